@@ -1,0 +1,222 @@
+//! API keys and the per-key API rate limit.
+//!
+//! A key is `od_<lookup>_<secret>`: the lookup part finds the row, and the SHA-256 of the whole
+//! key is compared in constant time with the stored hash. The secret carries ~238 bits of
+//! entropy, so a fast hash is enough (no password stretching needed), and nothing stored can be
+//! turned back into a key.
+
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::{TimeZone, Utc};
+use domain::{ApiKeyId, TenantId};
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use subtle::ConstantTimeEq;
+
+const PREFIX: &str = "od_";
+const LOOKUP_LEN: usize = 12;
+const SECRET_LEN: usize = 40;
+
+/// A freshly minted key: `key` is shown once; only `lookup` and `hash` are stored.
+pub struct NewKey {
+    pub key: String,
+    pub lookup: String,
+    pub hash: String,
+}
+
+fn random_alnum(n: usize) -> String {
+    rand::rngs::OsRng
+        .sample_iter(&Alphanumeric)
+        .take(n)
+        .map(char::from)
+        .collect()
+}
+
+pub fn generate_key() -> NewKey {
+    let lookup = random_alnum(LOOKUP_LEN).to_ascii_lowercase();
+    let key = format!("{PREFIX}{lookup}_{}", random_alnum(SECRET_LEN));
+    let hash = hash_key(&key);
+    NewKey { key, lookup, hash }
+}
+
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+fn lookup_of(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix(PREFIX)?;
+    let (lookup, secret) = rest.split_once('_')?;
+    (lookup.len() == LOOKUP_LEN && secret.len() == SECRET_LEN).then_some(lookup)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Who is calling; inserted into the request by [`authenticate`].
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub tenant: TenantId,
+    pub key: ApiKeyId,
+}
+
+/// Fixed one-minute windows per key, as the contract's `X-RateLimit-Reset` (the end of the
+/// current window) implies. Per node: with N nodes a key gets up to N times the limit, which is
+/// documented; the per-number limit that protects callees is enforced in the database instead.
+pub struct ApiRateLimiter {
+    per_minute: u32,
+    windows: Mutex<HashMap<ApiKeyId, (i64, u32)>>,
+}
+
+pub struct RateState {
+    pub limit: u32,
+    pub remaining: u32,
+    pub reset_unix: i64,
+    pub allowed: bool,
+}
+
+impl ApiRateLimiter {
+    pub fn new(per_minute: u32) -> Self {
+        Self {
+            per_minute,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `None` when the limit is off.
+    pub fn hit(&self, key: ApiKeyId, now_unix_ms: i64) -> Option<RateState> {
+        if self.per_minute == 0 {
+            return None;
+        }
+        let minute = now_unix_ms.div_euclid(60_000);
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = windows.entry(key).or_insert((minute, 0));
+        if entry.0 != minute {
+            *entry = (minute, 0);
+        }
+        let allowed = entry.1 < self.per_minute;
+        if allowed {
+            entry.1 += 1;
+        }
+        Some(RateState {
+            limit: self.per_minute,
+            remaining: self.per_minute - entry.1,
+            reset_unix: (minute + 1) * 60,
+            allowed,
+        })
+    }
+}
+
+fn add_rate_headers(headers: &mut HeaderMap, s: &RateState) {
+    let reset = Utc
+        .timestamp_opt(s.reset_unix, 0)
+        .single()
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S+00:00").to_string())
+        .unwrap_or_default();
+    for (name, value) in [
+        ("x-ratelimit-limit", s.limit.to_string()),
+        ("x-ratelimit-remaining", s.remaining.to_string()),
+        ("x-ratelimit-reset", reset),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    }
+}
+
+/// Middleware for every `/v1` route: resolves the bearer key to a tenant, applies the per-key
+/// limit, and stamps the rate-limit headers on whatever the handler answers.
+pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let caller = match resolve(&state, req.headers()).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let now = domain::Millis::now().0;
+    let rate = state.api_limiter.hit(caller.key, now);
+    let mut response = match &rate {
+        Some(r) if !r.allowed => {
+            let retry_after_seconds = u64::try_from(r.reset_unix - now.div_euclid(1000))
+                .unwrap_or(1)
+                .max(1);
+            ApiError::ApiRateLimited {
+                retry_after_seconds,
+            }
+            .into_response()
+        }
+        _ => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+    };
+    if let Some(r) = &rate {
+        add_rate_headers(response.headers_mut(), r);
+    }
+    response
+}
+
+async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let key = bearer(headers).ok_or(ApiError::Unauthenticated)?;
+    let lookup = lookup_of(key).ok_or(ApiError::Unauthenticated)?;
+    let cred = state
+        .store
+        .find_api_key(lookup)
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
+    let matches: bool = hash_key(key)
+        .as_bytes()
+        .ct_eq(cred.secret_hash.as_bytes())
+        .into();
+    if !matches || cred.revoked {
+        return Err(ApiError::Unauthenticated);
+    }
+    Ok(Caller {
+        tenant: cred.tenant,
+        key: cred.id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_unique_parseable_and_hashed() {
+        let a = generate_key();
+        let b = generate_key();
+        assert_ne!(a.key, b.key);
+        assert_eq!(lookup_of(&a.key), Some(a.lookup.as_str()));
+        assert_eq!(a.hash, hash_key(&a.key));
+        assert!(!a.hash.contains(&a.key[PREFIX.len() + LOOKUP_LEN + 1..]));
+        assert_eq!(lookup_of("od_short_x"), None);
+        assert_eq!(lookup_of(&a.key.replace("od_", "xx_")), None);
+    }
+
+    #[test]
+    fn fixed_window_counts_down_and_resets_on_the_minute() {
+        let l = ApiRateLimiter::new(2);
+        let k = ApiKeyId(1);
+        let t0 = 1_775_000_080_000; // 40 s into a minute
+        assert_eq!(
+            l.hit(k, t0).map(|s| (s.allowed, s.remaining)),
+            Some((true, 1))
+        );
+        assert_eq!(
+            l.hit(k, t0 + 1).map(|s| (s.allowed, s.remaining)),
+            Some((true, 0))
+        );
+        let third = l.hit(k, t0 + 2).unwrap();
+        assert!(!third.allowed);
+        assert_eq!(third.reset_unix * 1000, t0 + 20_000);
+        assert!(l.hit(k, t0 + 20_000).unwrap().allowed);
+        assert!(ApiRateLimiter::new(0).hit(k, t0).is_none());
+    }
+}

@@ -1,0 +1,152 @@
+//! The contract's error body, produced here and only here: everything inside the service speaks
+//! its own `thiserror` enums, and this is where each becomes a status, a `type` and a message.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use domain::store::{CreateCallError, ManageError, StoreError};
+use domain::TraceId;
+use serde_json::{json, Map, Value};
+
+tokio::task_local! {
+    /// The trace id of the request being served, so that a 500 can name it without every
+    /// handler threading it through.
+    pub static REQUEST_TRACE: TraceId;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("invalid or missing api key")]
+    Unauthenticated,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("idempotency key already used")]
+    Duplicate { first_trace_id: TraceId },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body too large")]
+    TooLarge,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("rate limit exceeded")]
+    ApiRateLimited { retry_after_seconds: u64 },
+    #[error("rate limit exceeded for this number")]
+    NumberRateLimited { retry_after_seconds: u64 },
+    #[error("concurrent call limit reached. {max} simultaneous calls allowed.")]
+    ConcurrentLimit { current: u64, max: u32 },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(field: &str) -> Self {
+        Self::Invalid(format!("invalid {field}"))
+    }
+
+    fn status_and_type(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "authentication_error"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Duplicate { .. } => (StatusCode::CONFLICT, "duplicate_request"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "invalid_request"),
+            Self::ApiRateLimited { .. } | Self::NumberRateLimited { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded")
+            }
+            Self::ConcurrentLimit { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "concurrent_call_limit_exceeded",
+            ),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind) = self.status_and_type();
+        let trace = REQUEST_TRACE.try_with(|t| *t).ok();
+        let message = match &self {
+            Self::Internal(detail) => {
+                // The detail goes to the log, never to the client.
+                tracing::error!(error = %detail, "internal error");
+                match trace {
+                    Some(t) => format!("internal error (trace_id: {t})"),
+                    None => "internal error".to_string(),
+                }
+            }
+            other => other.to_string(),
+        };
+        let mut error = Map::new();
+        error.insert("message".into(), Value::String(message));
+        error.insert("type".into(), Value::String(kind.into()));
+        match &self {
+            Self::Duplicate { first_trace_id } => {
+                error.insert("trace_id".into(), json!(first_trace_id.to_string()));
+            }
+            Self::ConcurrentLimit { current, max } => {
+                error.insert("current_calls".into(), json!(current));
+                error.insert("max_calls".into(), json!(max));
+            }
+            _ => {}
+        }
+        let mut response = (status, axum::Json(json!({ "error": error }))).into_response();
+        if let Self::ApiRateLimited {
+            retry_after_seconds,
+        }
+        | Self::NumberRateLimited {
+            retry_after_seconds,
+        } = self
+        {
+            if let Ok(v) = HeaderValue::from_str(&retry_after_seconds.max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<ManageError> for ApiError {
+    fn from(e: ManageError) -> Self {
+        match e {
+            ManageError::NotFound(what) => Self::NotFound(format!("{what} not found")),
+            // Name clashes are bad input to fix, as the webhook targets' contract treats them.
+            ManageError::Conflict(msg) => Self::Invalid(msg.to_string()),
+            ManageError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<CreateCallError> for ApiError {
+    fn from(e: CreateCallError) -> Self {
+        match e {
+            CreateCallError::AgentNotFound | CreateCallError::ConversationNotFound => {
+                Self::NotFound(e.to_string())
+            }
+            CreateCallError::AgentHasNoNumber => Self::Invalid(e.to_string()),
+            CreateCallError::DuplicateRequest { first_trace_id } => {
+                Self::Duplicate { first_trace_id }
+            }
+            CreateCallError::NumberRateLimited {
+                retry_after_seconds,
+            } => Self::NumberRateLimited {
+                retry_after_seconds,
+            },
+            CreateCallError::ConcurrentLimit { current, max } => {
+                Self::ConcurrentLimit { current, max }
+            }
+            CreateCallError::Store(e) => e.into(),
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

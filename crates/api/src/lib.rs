@@ -1,0 +1,179 @@
+//! The HTTP edge. Requests are parsed here into domain types, handed to the store, and every
+//! error is turned into the contract's body here and nowhere else.
+
+pub mod auth;
+pub mod error;
+pub mod input;
+pub mod openapi;
+pub mod routes;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use domain::store::Store;
+use domain::TraceId;
+use error::{ApiError, REQUEST_TRACE};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+use tracing::Instrument;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// Settings of the HTTP edge.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Requests per key per minute; 0 turns the limit off.
+    pub api_rate_limit_per_minute: u32,
+    /// Base URL clients reach this service at, for `recording_url`.
+    pub public_url: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            api_rate_limit_per_minute: 6000,
+            public_url: "http://127.0.0.1:8080".into(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub config: Arc<ApiConfig>,
+    pub api_limiter: Arc<auth::ApiRateLimiter>,
+    pub metrics: PrometheusHandle,
+}
+
+/// The process-wide Prometheus recorder (a `metrics` recorder can be installed only once).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("outdial_http_request_duration_seconds".into()),
+                    &[
+                        0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    ],
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Suffix("_seconds".into()),
+                        &[
+                            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                        ],
+                    )
+                })
+                .map(|b| b.build_recorder())
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; the handle still renders ours.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, config: ApiConfig) -> Self {
+        Self {
+            store,
+            api_limiter: Arc::new(auth::ApiRateLimiter::new(config.api_rate_limit_per_minute)),
+            config: Arc::new(config),
+            metrics: metrics_handle(),
+        }
+    }
+}
+
+/// Every documented route. With a state, `/v1` routes get the authentication layer; without one
+/// (for the document alone) they are built bare.
+fn api_routes(state: Option<&AppState>) -> OpenApiRouter<AppState> {
+    use routes::{agents, calls, conversations, service, trunks};
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(calls::create_call))
+        .routes(routes!(conversations::list_conversations))
+        .routes(routes!(conversations::get_conversation))
+        .routes(routes!(conversations::get_recording))
+        .routes(routes!(agents::create_agent, agents::list_agents))
+        .routes(routes!(
+            agents::get_agent,
+            agents::update_agent,
+            agents::delete_agent
+        ))
+        .routes(routes!(trunks::create_trunk, trunks::list_trunks))
+        .routes(routes!(
+            trunks::create_phone_number,
+            trunks::list_phone_numbers
+        ));
+    let v1 = match state {
+        Some(state) => v1.route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        )),
+        None => v1,
+    };
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(v1)
+        .routes(routes!(service::healthz))
+        .routes(routes!(service::readyz))
+        .routes(routes!(service::metrics))
+}
+
+/// The OpenAPI document of everything [`router`] serves.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    api_routes(None).split_for_parts().1
+}
+
+/// The whole service.
+pub fn router(state: AppState) -> Router {
+    let (routes, doc) = api_routes(Some(&state)).split_for_parts();
+    let doc = Arc::new(doc);
+    // Authentication wraps /v1 only, so the service endpoints stay open for probes and scrapers.
+    routes
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
+        )
+        .fallback(|| async { ApiError::NotFound("not found".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn(observe))
+        .with_state(state)
+}
+
+/// Every request: a trace id (task-local, so errors can name it), a tracing span carrying it,
+/// and the request metrics.
+async fn observe(req: Request, next: Next) -> Response {
+    let trace = TraceId::new();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let span = tracing::info_span!("request", trace_id = %trace, %method, %route);
+    let start = Instant::now();
+    let response = REQUEST_TRACE
+        .scope(trace, async move { next.run(req).await })
+        .instrument(span.clone())
+        .await;
+    let elapsed = start.elapsed().as_secs_f64();
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("outdial_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
+        .increment(1);
+    metrics::histogram!("outdial_http_request_duration_seconds", "route" => route).record(elapsed);
+    span.in_scope(|| {
+        tracing::debug!(
+            status = response.status().as_u16(),
+            elapsed_ms = elapsed * 1000.0,
+            "served"
+        )
+    });
+    response.into_response()
+}

@@ -1,0 +1,178 @@
+//! Conversations: one per attempt.
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::input::{page, positive_id, query_pairs, query_value};
+use crate::AppState;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use domain::call::Conversation;
+use domain::{AgentId, ConversationId};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConversationItem {
+    pub agent_id: i64,
+    pub contact_number: String,
+    pub conversation_id: String,
+    pub duration_seconds: Option<i64>,
+    /// Unix milliseconds; `null` until dialling starts.
+    pub start_timestamp: Option<i64>,
+    /// Unix milliseconds; `null` until the call ends.
+    pub end_timestamp: Option<i64>,
+    pub status: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TranscriptLine {
+    pub role: String,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConversationDetail {
+    #[serde(flatten)]
+    pub item: ConversationItem,
+    pub failure_reason: Option<String>,
+    #[schema(value_type = Object)]
+    pub results: Map<String, Value>,
+    pub trace_id: String,
+    pub transcript: Vec<TranscriptLine>,
+    pub metadata: Option<String>,
+    /// RFC 3339, UTC; `null` for immediate calls.
+    pub scheduled_for: Option<String>,
+    /// `null` until a recording exists.
+    pub recording_url: Option<String>,
+    pub attempt: u32,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConversationList {
+    pub data: Vec<ConversationItem>,
+    pub has_more: bool,
+    pub total: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConversationResponse {
+    pub data: ConversationDetail,
+}
+
+fn item(c: &Conversation) -> ConversationItem {
+    ConversationItem {
+        agent_id: c.agent.0,
+        contact_number: c.contact_number.clone(),
+        conversation_id: c.id.to_string(),
+        duration_seconds: c.duration_seconds,
+        start_timestamp: c.started_at.map(|m| m.0),
+        end_timestamp: c.ended_at.map(|m| m.0),
+        status: c.status.as_str().to_string(),
+    }
+}
+
+pub fn detail(c: Conversation, public_url: &str) -> ConversationDetail {
+    ConversationDetail {
+        item: item(&c),
+        failure_reason: c.failure_reason,
+        results: c.results,
+        trace_id: c.trace_id.to_string(),
+        transcript: c
+            .transcript
+            .into_iter()
+            .map(|t| TranscriptLine {
+                role: t.role,
+                message: t.message,
+            })
+            .collect(),
+        metadata: c.metadata,
+        scheduled_for: c.scheduled_for.map(|m| m.to_rfc3339()),
+        recording_url: c
+            .recording_path
+            .as_ref()
+            .map(|_| format!("{public_url}/v1/conversations/{}/recording", c.id)),
+        attempt: c.id.attempt,
+    }
+}
+
+/// An id that cannot exist is reported like one that does not: not found.
+pub fn conversation_id(raw: &str) -> Result<ConversationId, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::NotFound("conversation not found".into()))
+}
+
+/// List conversations, newest first.
+#[utoipa::path(get, path = "/v1/conversations", tag = "conversations",
+    params(
+        ("agent_id" = Option<i64>, Query, description = "Only this agent's conversations"),
+        ("limit" = Option<u32>, Query, description = "1..=100, default 20"),
+        ("offset" = Option<u64>, Query, description = "default 0"),
+    ),
+    responses((status = 200, body = ConversationList), (status = 400, body = crate::openapi::ErrorBody), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_conversations(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<ConversationList>> {
+    let pairs = query_pairs(raw.as_deref());
+    let agent = query_value(&pairs, "agent_id")
+        .map(|v| positive_id(v, "agent_id").map(AgentId))
+        .transpose()?;
+    let page = page(&pairs)?;
+    let listed = state
+        .store
+        .list_conversations(caller.tenant, agent, page)
+        .await?;
+    Ok(Json(ConversationList {
+        has_more: listed.has_more(page),
+        total: listed.total,
+        data: listed.items.iter().map(item).collect(),
+    }))
+}
+
+/// One conversation with its transcript and results.
+#[utoipa::path(get, path = "/v1/conversations/{conversation_id}", tag = "conversations",
+    params(("conversation_id" = String, Path, description = "`<uuid>_<attempt>`")),
+    responses((status = 200, body = ConversationResponse), (status = 404, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_conversation(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ConversationResponse>> {
+    let id = conversation_id(&id)?;
+    let c = state
+        .store
+        .get_conversation(caller.tenant, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("conversation not found".into()))?;
+    Ok(Json(ConversationResponse {
+        data: detail(c, &state.config.public_url),
+    }))
+}
+
+/// The call's recording (both legs mixed), as WAV.
+#[utoipa::path(get, path = "/v1/conversations/{conversation_id}/recording", tag = "conversations",
+    params(("conversation_id" = String, Path)),
+    responses((status = 200, content_type = "audio/wav", description = "WAV audio"), (status = 404, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_recording(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let id = conversation_id(&id)?;
+    let c = state
+        .store
+        .get_conversation(caller.tenant, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("conversation not found".into()))?;
+    let missing = || ApiError::NotFound("recording not found".into());
+    let path = c.recording_path.ok_or_else(missing)?;
+    let bytes = tokio::fs::read(&path).await.map_err(|_| missing())?;
+    Ok(([(header::CONTENT_TYPE, "audio/wav")], bytes).into_response())
+}

@@ -1,0 +1,5 @@
+pub mod agents;
+pub mod calls;
+pub mod conversations;
+pub mod service;
+pub mod trunks;

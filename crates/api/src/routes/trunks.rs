@@ -1,0 +1,262 @@
+//! SIP trunks and the phone numbers on them.
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::input::read_json_object;
+use crate::AppState;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::{Extension, Json};
+use domain::tenant::{NewTrunk, PhoneNumber, Trunk};
+use domain::{Millis, TrunkId, E164};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrunkView {
+    pub trunk_id: i64,
+    pub name: String,
+    pub uri: String,
+    pub username: Option<String>,
+    pub max_concurrent_calls: Option<u32>,
+    pub created_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrunkResponse {
+    pub data: TrunkView,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrunkList {
+    pub data: Vec<TrunkView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PhoneNumberView {
+    pub phone_number_id: i64,
+    pub number: String,
+    pub trunk_id: i64,
+    pub created_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PhoneNumberResponse {
+    pub data: PhoneNumberView,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PhoneNumberList {
+    pub data: Vec<PhoneNumberView>,
+}
+
+/// Passwords are write-only.
+fn trunk_view(t: Trunk) -> TrunkView {
+    TrunkView {
+        trunk_id: t.id.0,
+        name: t.name,
+        uri: t.uri,
+        username: t.username,
+        max_concurrent_calls: t.max_concurrent_calls,
+        created_at: t.created_at.to_rfc3339_millis(),
+    }
+}
+
+fn number_view(n: PhoneNumber) -> PhoneNumberView {
+    PhoneNumberView {
+        phone_number_id: n.id.0,
+        number: n.number.to_string(),
+        trunk_id: n.trunk.0,
+        created_at: n.created_at.to_rfc3339_millis(),
+    }
+}
+
+/// `sip:host[:port]` (or `sips:`), with no user part or parameters we would silently ignore.
+pub fn valid_sip_uri(uri: &str) -> bool {
+    let Some(rest) = uri
+        .strip_prefix("sip:")
+        .or_else(|| uri.strip_prefix("sips:"))
+    else {
+        return false;
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, Some(p)),
+        _ => (rest, None),
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+    host_ok && port_ok
+}
+
+fn text(
+    body: &Map<String, Value>,
+    field: &str,
+    required: bool,
+    max: usize,
+) -> Result<Option<String>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) if required => {
+            Err(ApiError::Invalid(format!("{field} is required")))
+        }
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.trim().is_empty() && s.chars().count() <= max => {
+            Ok(Some(s.clone()))
+        }
+        Some(_) => Err(ApiError::invalid(field)),
+    }
+}
+
+fn reject_unknown(body: &Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
+    let mut unknown: Vec<&String> = body
+        .keys()
+        .filter(|k| !known.contains(&k.as_str()))
+        .collect();
+    unknown.sort();
+    unknown
+        .first()
+        .map_or(Ok(()), |k| Err(ApiError::invalid(k)))
+}
+
+/// Add a SIP trunk.
+#[utoipa::path(post, path = "/v1/trunks", tag = "telephony", request_body(content = Object, description = "{name, uri, username?, password?, max_concurrent_calls?}"),
+    responses((status = 200, body = TrunkResponse), (status = 400, body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
+pub async fn create_trunk(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<TrunkResponse>> {
+    let body = read_json_object(&headers, body).await?;
+    reject_unknown(
+        &body,
+        &[
+            "name",
+            "uri",
+            "username",
+            "password",
+            "max_concurrent_calls",
+        ],
+    )?;
+    let name = text(&body, "name", true, 100)?.unwrap_or_default();
+    let uri = text(&body, "uri", true, 300)?.unwrap_or_default();
+    if !valid_sip_uri(&uri) {
+        return Err(ApiError::invalid("uri"));
+    }
+    let username = text(&body, "username", false, 200)?;
+    let password = text(&body, "password", false, 200)?;
+    if password.is_some() && username.is_none() {
+        return Err(ApiError::invalid("password"));
+    }
+    let max_concurrent_calls = match body.get("max_concurrent_calls") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .filter(|n| (1..=100_000).contains(n))
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| ApiError::invalid("max_concurrent_calls"))?,
+        ),
+    };
+    let trunk = NewTrunk {
+        name,
+        uri,
+        username,
+        password,
+        max_concurrent_calls,
+    };
+    let trunk = state
+        .store
+        .create_trunk(caller.tenant, &trunk, Millis::now())
+        .await?;
+    Ok(Json(TrunkResponse {
+        data: trunk_view(trunk),
+    }))
+}
+
+/// The tenant's trunks.
+#[utoipa::path(get, path = "/v1/trunks", tag = "telephony", responses((status = 200, body = TrunkList)), security(("bearer" = [])))]
+pub async fn list_trunks(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<TrunkList>> {
+    let trunks = state.store.list_trunks(caller.tenant).await?;
+    Ok(Json(TrunkList {
+        data: trunks.into_iter().map(trunk_view).collect(),
+    }))
+}
+
+/// Add a phone number (E.164) on one of the tenant's trunks.
+#[utoipa::path(post, path = "/v1/phone-numbers", tag = "telephony", request_body(content = Object, description = "{number, trunk_id}"),
+    responses((status = 200, body = PhoneNumberResponse), (status = 400, body = crate::openapi::ErrorBody), (status = 404, description = "trunk not found", body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_phone_number(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<PhoneNumberResponse>> {
+    let body = read_json_object(&headers, body).await?;
+    reject_unknown(&body, &["number", "trunk_id"])?;
+    let number = text(&body, "number", true, 32)?.unwrap_or_default();
+    let number = E164::parse(&number).map_err(|_| ApiError::invalid("number"))?;
+    let trunk = match body.get("trunk_id") {
+        None | Some(Value::Null) => return Err(ApiError::Invalid("trunk_id is required".into())),
+        Some(v) => TrunkId(
+            v.as_i64()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| ApiError::invalid("trunk_id"))?,
+        ),
+    };
+    let n = state
+        .store
+        .create_phone_number(caller.tenant, &number, trunk, Millis::now())
+        .await?;
+    Ok(Json(PhoneNumberResponse {
+        data: number_view(n),
+    }))
+}
+
+/// The tenant's phone numbers.
+#[utoipa::path(get, path = "/v1/phone-numbers", tag = "telephony", responses((status = 200, body = PhoneNumberList)), security(("bearer" = [])))]
+pub async fn list_phone_numbers(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<PhoneNumberList>> {
+    let numbers = state.store.list_phone_numbers(caller.tenant).await?;
+    Ok(Json(PhoneNumberList {
+        data: numbers.into_iter().map(number_view).collect(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_sip_uri;
+
+    #[test]
+    fn sip_uris() {
+        for ok in [
+            "sip:127.0.0.1:5080",
+            "sip:trunk.example.com",
+            "sips:pbx.local:5061",
+            "sip:[::1]:5060",
+        ] {
+            assert!(valid_sip_uri(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "http://x",
+            "sip:",
+            "sip:host:0",
+            "sip:host:99999",
+            "sip:user@host",
+            "sip:host;transport=tcp",
+        ] {
+            assert!(!valid_sip_uri(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Agents, trunks and numbers through the API.
+
+use crate::harness::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn agent_lifecycle_and_validation() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("acme").await;
+    let trunk = body(app.post(&t, "/v1/trunks", &json!({"name": "pbx", "uri": "sip:127.0.0.1:5080", "username": "u", "password": "secret-pw", "max_concurrent_calls": 4})).await).await;
+    assert!(
+        !trunk.to_string().contains("secret-pw"),
+        "passwords are never returned"
+    );
+    assert_eq!(trunk["data"]["max_concurrent_calls"], 4);
+    let trunk_id = trunk["data"]["trunk_id"].clone();
+    expect_error(
+        app.post(
+            &t,
+            "/v1/trunks",
+            &json!({"name": "pbx", "uri": "sip:127.0.0.1:5081"}),
+        )
+        .await,
+        400,
+        "invalid_request",
+        "trunk name already used",
+    )
+    .await;
+    expect_error(
+        app.post(&t, "/v1/trunks", &json!({"uri": "sip:127.0.0.1:5081"}))
+            .await,
+        400,
+        "invalid_request",
+        "name is required",
+    )
+    .await;
+    let listed = body(app.get(&t, "/v1/trunks").await).await;
+    assert!(!listed.to_string().contains("secret-pw"));
+
+    assert_eq!(
+        app.post(
+            &t,
+            "/v1/phone-numbers",
+            &json!({"number": "+91 80357 39222", "trunk_id": trunk_id})
+        )
+        .await
+        .status(),
+        200
+    );
+    expect_error(
+        app.post(
+            &t,
+            "/v1/phone-numbers",
+            &json!({"number": "+918035739222", "trunk_id": trunk_id}),
+        )
+        .await,
+        400,
+        "invalid_request",
+        "phone number already exists",
+    )
+    .await;
+    expect_error(
+        app.post(
+            &t,
+            "/v1/phone-numbers",
+            &json!({"number": "+918035739223", "trunk_id": 999}),
+        )
+        .await,
+        404,
+        "not_found",
+        "trunk not found",
+    )
+    .await;
+    assert_eq!(
+        body(app.get(&t, "/v1/phone-numbers").await).await["data"][0]["number"],
+        "+918035739222"
+    );
+
+    expect_error(
+        app.post(
+            &t,
+            "/v1/agents",
+            &json!({"name": "a", "phone_number": "+918035739999"}),
+        )
+        .await,
+        404,
+        "not_found",
+        "phone number not found",
+    )
+    .await;
+    expect_error(
+        app.post(
+            &t,
+            "/v1/agents",
+            &json!({"name": "a", "first_mesage": "typo"}),
+        )
+        .await,
+        400,
+        "invalid_request",
+        "invalid first_mesage",
+    )
+    .await;
+    expect_error(
+        app.post(
+            &t,
+            "/v1/agents",
+            &json!({"name": "a", "max_duration_seconds": "300"}),
+        )
+        .await,
+        400,
+        "invalid_request",
+        "invalid max_duration_seconds",
+    )
+    .await;
+    expect_error(
+        app.post(&t, "/v1/agents", &json!({"first_message": "hi"}))
+            .await,
+        400,
+        "invalid_request",
+        "name is required",
+    )
+    .await;
+
+    let created = body(app.post(&t, "/v1/agents", &json!({
+        "name": "collections", "phone_number": "+918035739222",
+        "stages": [{"id": "ask", "say": "Can you pay by Friday?", "routes": [{"when_any": ["yes"], "set": {"intent": "promise"}, "end": true}]}],
+        "retry_policy": {"on": ["busy", "no_answer"], "max_attempts": 3, "delay_seconds": 60},
+        "brain": {"type": "llm", "base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key": "sk-live-secret"}
+    })).await).await["data"].clone();
+    let id = created["agent_id"].as_i64().unwrap();
+    assert_eq!(created["retry_policy"]["max_attempts"], 3);
+    assert!(!created.to_string().contains("sk-live-secret"));
+
+    let patched = app
+        .client
+        .patch(app.url(&format!("/v1/agents/{id}")))
+        .bearer_auth(&t.key)
+        .json(&json!({"first_message": "Hi {{customer_name}}", "retry_policy": null}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 200);
+    let patched = body(patched).await["data"].clone();
+    assert_eq!(patched["first_message"], "Hi {{customer_name}}");
+    assert_eq!(patched["retry_policy"], json!(null));
+    assert_eq!(patched["stages"], created["stages"]);
+    let bad = app
+        .client
+        .patch(app.url(&format!("/v1/agents/{id}")))
+        .bearer_auth(&t.key)
+        .json(&json!({"stages": [{"id": "x", "routes": [{"when_any": ["y"], "next": "missing"}]}]}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(bad, 400, "invalid_request", "invalid stages").await;
+    assert_eq!(
+        body(app.get(&t, &format!("/v1/agents/{id}")).await).await["data"]["first_message"],
+        "Hi {{customer_name}}",
+        "a refused PATCH changed nothing"
+    );
+
+    assert_eq!(body(app.get(&t, "/v1/agents").await).await["total"], 1);
+    let del = app
+        .client
+        .delete(app.url(&format!("/v1/agents/{id}")))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 200);
+    expect_error(
+        app.get(&t, &format!("/v1/agents/{id}")).await,
+        404,
+        "not_found",
+        "agent not found",
+    )
+    .await;
+    expect_error(
+        app.post(&t, "/v1/call", &call(id, &phone(1))).await,
+        404,
+        "not_found",
+        "agent not found",
+    )
+    .await;
+    assert_eq!(body(app.get(&t, "/v1/agents").await).await["total"], 0);
+}

@@ -1,0 +1,10 @@
+//! The HTTP API end to end: the real router and the real SQLite store on a fresh file, served on
+//! a random loopback port, driven by a real HTTP client. One test binary, many modules.
+
+mod harness;
+
+mod agents;
+mod calls;
+mod conversations;
+mod errors;
+mod service;

@@ -1,0 +1,110 @@
+use crate::harness::*;
+use reqwest::StatusCode;
+
+#[tokio::test]
+async fn probes_metrics_and_openapi() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("acme").await;
+    let agent = app.agent(&t, "+918035739222").await;
+    assert_eq!(
+        app.client
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.post(&t, "/v1/call", &call(agent, &phone(1)))
+            .await
+            .status(),
+        200
+    );
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "outdial_http_requests_total{route=\"/v1/call\",method=\"POST\",status=\"200\"}"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("outdial_http_request_duration_seconds_bucket{route=\"/v1/call\""));
+    assert!(metrics.contains("outdial_calls_accepted_total{status=\"initiated\"}"));
+
+    let doc = body(
+        app.client
+            .get(app.url("/openapi.json"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    for path in [
+        "/v1/call",
+        "/v1/conversations",
+        "/v1/conversations/{conversation_id}",
+        "/v1/conversations/{conversation_id}/recording",
+        "/v1/agents",
+        "/v1/agents/{agent_id}",
+        "/v1/trunks",
+        "/v1/phone-numbers",
+        "/healthz",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from openapi.json"
+        );
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+#[tokio::test]
+async fn a_database_failure_is_a_500_naming_the_trace_id_and_nothing_internal() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("acme").await;
+    let agent = app.agent(&t, "+918035739222").await;
+    // Authentication needs the database too, so break only the write path: close the store.
+    let r = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    app.store.close().await;
+    let r = app.post(&t, "/v1/call", &call(agent, &phone(1))).await;
+    assert_eq!(r.status(), 500);
+    let e = body(r).await;
+    assert_eq!(e["error"]["type"], "internal_error");
+    let msg = e["error"]["message"].as_str().unwrap();
+    let trace = msg
+        .strip_prefix("internal error (trace_id: ")
+        .and_then(|m| m.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{msg}"));
+    assert!(uuid::Uuid::parse_str(trace).is_ok(), "{msg}");
+    assert!(
+        !msg.to_lowercase().contains("sql") && !msg.contains("pool"),
+        "{msg}"
+    );
+    assert_eq!(
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+}

@@ -1,0 +1,329 @@
+//! `outdial`: the single binary. `serve` runs the service; `tenants` and `keys` manage who may
+//! use it, straight against the database.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use domain::store::Store;
+use domain::tenant::TenantLimits;
+use domain::{ApiKeyId, Millis, TenantId};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use store::{SqlStore, StoreOptions};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "outdial",
+    version,
+    about = "Outbound voice-agent calls, self-hosted"
+)]
+struct Cli {
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct DbArgs {
+    /// Where the embedded database and recordings live.
+    #[arg(
+        long,
+        env = "OUTDIAL_DATA_DIR",
+        default_value = "./outdial-data",
+        global = true
+    )]
+    data_dir: PathBuf,
+    /// `sqlite://...` or `postgres://...`; default: SQLite in the data dir.
+    #[arg(long, env = "OUTDIAL_DATABASE_URL", global = true)]
+    database_url: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Serve(ServeArgs),
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenants(TenantCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeyCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// HTTP listen address (port 0 = any free port).
+    #[arg(long, env = "OUTDIAL_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// SIP listen address (port 0 = any free port).
+    #[arg(long, env = "OUTDIAL_SIP_LISTEN", default_value = "127.0.0.1:5060")]
+    sip_listen: SocketAddr,
+    /// API requests per key per minute (0 = no limit).
+    #[arg(
+        long,
+        env = "OUTDIAL_API_RATE_LIMIT_PER_MINUTE",
+        default_value_t = 6000
+    )]
+    api_rate_limit_per_minute: u32,
+    /// Base URL clients use to reach this service (for recording URLs); default: http://<listen>.
+    #[arg(long, env = "OUTDIAL_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Database connections (readers on SQLite).
+    #[arg(long, env = "OUTDIAL_DB_MAX_CONNECTIONS", default_value_t = 8)]
+    db_max_connections: u32,
+    /// Calls one SQLite commit may carry (group commit).
+    #[arg(long, env = "OUTDIAL_DB_MAX_WRITE_BATCH", default_value_t = 128)]
+    db_max_write_batch: usize,
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant and its first API key; prints {"tenant_id", "name", "api_key"}.
+    Create {
+        name: String,
+        #[arg(long)]
+        max_concurrent_calls: Option<u32>,
+    },
+    /// Change a tenant's limits.
+    Update {
+        tenant_id: i64,
+        /// Simultaneous immediate calls; 0 removes the limit.
+        #[arg(long)]
+        max_concurrent_calls: Option<u32>,
+        /// Calls to one destination per window.
+        #[arg(long)]
+        per_number_calls: Option<u32>,
+        #[arg(long)]
+        per_number_window_seconds: Option<u32>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create a key; it is printed once and stored only as a hash.
+    Create {
+        #[arg(long)]
+        tenant: i64,
+        #[arg(long, default_value = "default")]
+        name: String,
+    },
+    /// List a tenant's keys (never the secrets).
+    List {
+        #[arg(long)]
+        tenant: i64,
+    },
+    /// Revoke a key; requests with it are refused from now on.
+    Revoke {
+        #[arg(long)]
+        tenant: i64,
+        key_id: i64,
+    },
+}
+
+fn database_url(db: &DbArgs) -> Result<String> {
+    if let Some(url) = &db.database_url {
+        return Ok(url.clone());
+    }
+    std::fs::create_dir_all(&db.data_dir)
+        .with_context(|| format!("creating data dir {}", db.data_dir.display()))?;
+    Ok(format!("sqlite://{}/outdial.db", db.data_dir.display()))
+}
+
+async fn open_store(db: &DbArgs, opts: StoreOptions) -> Result<SqlStore> {
+    let url = database_url(db)?;
+    SqlStore::connect(&url, opts)
+        .await
+        .context("opening the database")
+}
+
+fn print(value: serde_json::Value) {
+    println!("{value}");
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_env("OUTDIAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("OUTDIAL_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    match cli.command {
+        Command::Serve(args) => serve(&cli.db, args).await,
+        Command::Tenants(cmd) => tenants(&cli.db, cmd).await,
+        Command::Keys(cmd) => keys(&cli.db, cmd).await,
+    }
+}
+
+async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
+    let store = open_store(
+        db,
+        StoreOptions {
+            max_connections: args.db_max_connections,
+            max_write_batch: args.db_max_write_batch,
+        },
+    )
+    .await?;
+    let store = Arc::new(store);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let config = api::ApiConfig {
+        api_rate_limit_per_minute: args.api_rate_limit_per_minute,
+        public_url: args.public_url.unwrap_or_else(|| format!("http://{addr}")),
+    };
+    let app = api::router(api::AppState::new(store.clone(), config));
+    tracing::info!(%addr, sip = %args.sip_listen, backend = ?store.backend(), "outdial listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving")?;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C: stop accepting, let in-flight requests finish.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+async fn tenants(db: &DbArgs, cmd: TenantCommand) -> Result<()> {
+    let store = open_store(db, StoreOptions::default()).await?;
+    match cmd {
+        TenantCommand::Create {
+            name,
+            max_concurrent_calls,
+        } => {
+            if name.trim().is_empty() {
+                bail!("a tenant needs a name");
+            }
+            let now = Millis::now();
+            let tenant = store.create_tenant(&name, now).await?;
+            if let Some(max) = max_concurrent_calls.filter(|m| *m > 0) {
+                let limits = TenantLimits {
+                    max_concurrent_calls: Some(max),
+                    ..tenant.limits.clone()
+                };
+                store.update_tenant_limits(tenant.id, &limits).await?;
+            }
+            let key = api::auth::generate_key();
+            store
+                .create_api_key(tenant.id, "default", &key.lookup, &key.hash, now)
+                .await?;
+            print(json!({"tenant_id": tenant.id.0, "name": tenant.name, "api_key": key.key}));
+        }
+        TenantCommand::Update {
+            tenant_id,
+            max_concurrent_calls,
+            per_number_calls,
+            per_number_window_seconds,
+        } => {
+            let tenant = store
+                .get_tenant(TenantId(tenant_id))
+                .await?
+                .with_context(|| format!("no tenant {tenant_id}"))?;
+            let mut limits = tenant.limits.clone();
+            if let Some(max) = max_concurrent_calls {
+                limits.max_concurrent_calls = (max > 0).then_some(max);
+            }
+            if let Some(n) = per_number_calls {
+                limits.per_number_calls = n;
+            }
+            if let Some(s) = per_number_window_seconds {
+                limits.per_number_window_seconds = s;
+            }
+            store.update_tenant_limits(tenant.id, &limits).await?;
+            print(json!({
+                "tenant_id": tenant.id.0,
+                "name": tenant.name,
+                "max_concurrent_calls": limits.max_concurrent_calls,
+                "per_number_calls": limits.per_number_calls,
+                "per_number_window_seconds": limits.per_number_window_seconds,
+            }));
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+async fn keys(db: &DbArgs, cmd: KeyCommand) -> Result<()> {
+    let store = open_store(db, StoreOptions::default()).await?;
+    let ensure_tenant = |id: i64| {
+        let store = &store;
+        async move {
+            store
+                .get_tenant(TenantId(id))
+                .await?
+                .with_context(|| format!("no tenant {id}"))
+        }
+    };
+    match cmd {
+        KeyCommand::Create { tenant, name } => {
+            let tenant = ensure_tenant(tenant).await?;
+            let key = api::auth::generate_key();
+            let info = store
+                .create_api_key(tenant.id, &name, &key.lookup, &key.hash, Millis::now())
+                .await?;
+            print(
+                json!({"key_id": info.id.0, "tenant_id": tenant.id.0, "name": info.name, "api_key": key.key}),
+            );
+        }
+        KeyCommand::List { tenant } => {
+            let tenant = ensure_tenant(tenant).await?;
+            let keys: Vec<_> = store
+                .list_api_keys(tenant.id)
+                .await?
+                .into_iter()
+                .map(|k| {
+                    json!({
+                        "key_id": k.id.0,
+                        "name": k.name,
+                        "prefix": format!("od_{}_", k.lookup),
+                        "created_at": k.created_at.to_rfc3339_millis(),
+                        "revoked_at": k.revoked_at.map(|t| t.to_rfc3339_millis()),
+                    })
+                })
+                .collect();
+            print(json!({"data": keys}));
+        }
+        KeyCommand::Revoke { tenant, key_id } => {
+            let tenant = ensure_tenant(tenant).await?;
+            if !store
+                .revoke_api_key(tenant.id, ApiKeyId(key_id), Millis::now())
+                .await?
+            {
+                bail!("no active key {key_id} for tenant {}", tenant.id);
+            }
+            print(json!({"key_id": key_id, "revoked": true}));
+        }
+    }
+    store.close().await;
+    Ok(())
+}

@@ -1,0 +1,568 @@
+//! The agent object of `spec/agents.md`: what a call runs. Parsed field by field so an unknown or
+//! mistyped field is named in the error (`invalid <field>`): a typo must never silently do nothing.
+
+use crate::E164;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::HashSet;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentConfigError {
+    #[error("{0} is required")]
+    Missing(&'static str),
+    #[error("invalid {0}")]
+    Invalid(String),
+}
+
+fn invalid(field: &str) -> AgentConfigError {
+    AgentConfigError::Invalid(field.to_string())
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Brain {
+    /// The deterministic stage machine.
+    Flow,
+    /// Any OpenAI-compatible chat completions endpoint.
+    Llm {
+        base_url: String,
+        model: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        api_key: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prompt: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub when_any: Vec<String>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub set: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub say: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub end: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Otherwise {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub say: Option<String>,
+    /// How many times the stage is asked again before `then_end` applies.
+    #[serde(default)]
+    pub repeat: u32,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub then_end: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub say: Option<String>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otherwise: Option<Otherwise>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultField {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// Outcomes a retry policy may act on: the ones where nobody was reached.
+pub const RETRYABLE_OUTCOMES: [&str; 6] = [
+    "no_answer",
+    "busy",
+    "failed",
+    "telephony_failed",
+    "unreachable",
+    "socket_failure",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    pub on: Vec<String>,
+    pub max_attempts: u32,
+    pub delay_seconds: u64,
+}
+
+pub const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallingWindow {
+    /// `HH:MM`, the callee's local time.
+    pub start: String,
+    /// `HH:MM`; earlier than `start` means the window runs past midnight.
+    pub end: String,
+    #[serde(default = "all_days")]
+    pub days: Vec<String>,
+}
+
+fn all_days() -> Vec<String> {
+    WEEKDAYS.iter().map(|d| d.to_string()).collect()
+}
+
+impl CallingWindow {
+    /// Minutes after midnight of (start, end).
+    pub fn minutes(&self) -> (u32, u32) {
+        (
+            parse_hhmm(&self.start).unwrap_or(0),
+            parse_hhmm(&self.end).unwrap_or(0),
+        )
+    }
+}
+
+fn parse_hhmm(s: &str) -> Option<u32> {
+    let (h, m) = s.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60).then_some(h * 60 + m)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Voice {
+    pub engine: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voice: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transcriber {
+    pub engine: String,
+}
+
+pub const VOICE_ENGINES: [&str; 2] = ["espeak-ng", "piper"];
+pub const TRANSCRIBER_ENGINES: [&str; 4] = ["local", "pocketsphinx", "whisper", "deepgram"];
+
+pub const DEFAULT_MAX_DURATION_SECONDS: u32 = 300;
+pub const DEFAULT_RING_TIMEOUT_SECONDS: u32 = 30;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentConfig {
+    pub name: String,
+    pub phone_number: Option<E164>,
+    pub language: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_message: Option<String>,
+    pub max_duration_seconds: u32,
+    pub ring_timeout_seconds: u32,
+    pub brain: Brain,
+    pub stages: Vec<Stage>,
+    pub results: Vec<ResultField>,
+    pub retry_policy: Option<RetryPolicy>,
+    pub calling_window: Option<CallingWindow>,
+    pub voice: Voice,
+    pub transcriber: Transcriber,
+}
+
+const MAX_TEXT: usize = 4096;
+
+/// BCP 47 in the shape people use (`en`, `en-IN`, `hi-IN`, `zh-Hant-TW`): letters and digits in
+/// dash-separated subtags, a 2-3 letter primary language.
+pub fn is_language_tag(s: &str) -> bool {
+    let mut parts = s.split('-');
+    let Some(primary) = parts.next() else {
+        return false;
+    };
+    (2..=3).contains(&primary.len())
+        && primary.bytes().all(|b| b.is_ascii_alphabetic())
+        && parts.all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+        && s.len() <= 35
+}
+
+fn typed<T: for<'de> Deserialize<'de>>(field: &str, v: &Value) -> Result<T, AgentConfigError> {
+    serde_json::from_value(v.clone()).map_err(|_| invalid(field))
+}
+
+fn text(field: &str, v: &Value, max: usize) -> Result<String, AgentConfigError> {
+    match v {
+        Value::String(s) if s.chars().count() <= max => Ok(s.clone()),
+        _ => Err(invalid(field)),
+    }
+}
+
+fn bounded(field: &str, v: &Value, lo: u64, hi: u64) -> Result<u32, AgentConfigError> {
+    match v.as_u64() {
+        Some(n) if (lo..=hi).contains(&n) => u32::try_from(n).map_err(|_| invalid(field)),
+        _ => Err(invalid(field)),
+    }
+}
+
+impl AgentConfig {
+    /// Parses a whole agent object. `null` for an optional field means "not set".
+    pub fn from_json(obj: &Map<String, Value>) -> Result<Self, AgentConfigError> {
+        let mut cfg = AgentConfig {
+            name: String::new(),
+            phone_number: None,
+            language: "en-US".into(),
+            first_message: None,
+            max_duration_seconds: DEFAULT_MAX_DURATION_SECONDS,
+            ring_timeout_seconds: DEFAULT_RING_TIMEOUT_SECONDS,
+            brain: Brain::Flow,
+            stages: Vec::new(),
+            results: Vec::new(),
+            retry_policy: None,
+            calling_window: None,
+            voice: Voice {
+                engine: "espeak-ng".into(),
+                voice: None,
+            },
+            transcriber: Transcriber {
+                engine: "local".into(),
+            },
+        };
+        let mut has_name = false;
+        // Keys in a stable order so the first bad field reported does not depend on hashing.
+        let mut keys: Vec<&String> = obj.keys().collect();
+        keys.sort();
+        for key in keys {
+            let v = &obj[key];
+            if v.is_null() && key != "name" {
+                continue;
+            }
+            match key.as_str() {
+                "name" => {
+                    let name = text("name", v, 100)?;
+                    if name.trim().is_empty() {
+                        return Err(invalid("name"));
+                    }
+                    cfg.name = name;
+                    has_name = true;
+                }
+                "phone_number" => {
+                    let s = text("phone_number", v, 32)?;
+                    cfg.phone_number = Some(E164::parse(&s).map_err(|_| invalid("phone_number"))?);
+                }
+                "language" => {
+                    let s = text("language", v, 35)?;
+                    if !is_language_tag(&s) {
+                        return Err(invalid("language"));
+                    }
+                    cfg.language = s;
+                }
+                "first_message" => cfg.first_message = Some(text("first_message", v, MAX_TEXT)?),
+                "max_duration_seconds" => {
+                    cfg.max_duration_seconds = bounded("max_duration_seconds", v, 10, 4 * 3600)?
+                }
+                "ring_timeout_seconds" => {
+                    cfg.ring_timeout_seconds = bounded("ring_timeout_seconds", v, 5, 120)?
+                }
+                "brain" => cfg.brain = typed("brain", v)?,
+                "stages" => cfg.stages = typed("stages", v)?,
+                "results" => cfg.results = typed("results", v)?,
+                "retry_policy" => cfg.retry_policy = Some(typed("retry_policy", v)?),
+                "calling_window" => cfg.calling_window = Some(typed("calling_window", v)?),
+                "voice" => cfg.voice = typed("voice", v)?,
+                "transcriber" => cfg.transcriber = typed("transcriber", v)?,
+                other => return Err(invalid(other)),
+            }
+        }
+        if !has_name {
+            return Err(AgentConfigError::Missing("name"));
+        }
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Rules that span fields or need more than a type.
+    fn check(&self) -> Result<(), AgentConfigError> {
+        if let Brain::Llm {
+            base_url, model, ..
+        } = &self.brain
+        {
+            let http = base_url.starts_with("http://") || base_url.starts_with("https://");
+            if !http || model.trim().is_empty() {
+                return Err(invalid("brain"));
+            }
+        }
+        let ids: HashSet<&str> = self.stages.iter().map(|s| s.id.as_str()).collect();
+        if ids.len() != self.stages.len() || self.stages.len() > 100 {
+            return Err(invalid("stages"));
+        }
+        for stage in &self.stages {
+            let bad_text =
+                |t: &Option<String>| t.as_ref().is_some_and(|t| t.chars().count() > MAX_TEXT);
+            if stage.id.trim().is_empty() || bad_text(&stage.say) {
+                return Err(invalid("stages"));
+            }
+            for route in &stage.routes {
+                let dangling = route.next.as_deref().is_some_and(|n| !ids.contains(n));
+                let no_words =
+                    route.when_any.is_empty() || route.when_any.iter().any(|w| w.trim().is_empty());
+                if dangling
+                    || no_words
+                    || bad_text(&route.say)
+                    || (route.end && route.next.is_some())
+                {
+                    return Err(invalid("stages"));
+                }
+            }
+            if stage
+                .otherwise
+                .as_ref()
+                .is_some_and(|o| bad_text(&o.say) || o.repeat > 10)
+            {
+                return Err(invalid("stages"));
+            }
+        }
+        let names: HashSet<&str> = self.results.iter().map(|r| r.name.as_str()).collect();
+        if names.len() != self.results.len() || names.iter().any(|n| n.trim().is_empty()) {
+            return Err(invalid("results"));
+        }
+        if let Some(p) = &self.retry_policy {
+            let known =
+                p.on.iter()
+                    .all(|o| RETRYABLE_OUTCOMES.contains(&o.as_str()));
+            if !known || !(1..=10).contains(&p.max_attempts) || p.delay_seconds > 7 * 24 * 3600 {
+                return Err(invalid("retry_policy"));
+            }
+        }
+        if let Some(w) = &self.calling_window {
+            let (Some(start), Some(end)) = (parse_hhmm(&w.start), parse_hhmm(&w.end)) else {
+                return Err(invalid("calling_window"));
+            };
+            let days_ok =
+                !w.days.is_empty() && w.days.iter().all(|d| WEEKDAYS.contains(&d.as_str()));
+            if start == end || !days_ok {
+                return Err(invalid("calling_window"));
+            }
+        }
+        if !VOICE_ENGINES.contains(&self.voice.engine.as_str()) {
+            return Err(invalid("voice"));
+        }
+        if !TRANSCRIBER_ENGINES.contains(&self.transcriber.engine.as_str()) {
+            return Err(invalid("transcriber"));
+        }
+        Ok(())
+    }
+
+    /// The object as stored and returned; secrets (an LLM key) are left out of what is returned
+    /// through `public_json`.
+    pub fn to_json(&self) -> Map<String, Value> {
+        match serde_json::to_value(self) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        }
+    }
+
+    pub fn public_json(&self) -> Map<String, Value> {
+        let mut m = self.to_json();
+        if let Some(Value::Object(brain)) = m.get_mut("brain") {
+            if brain.contains_key("api_key") {
+                brain.insert("api_key".into(), Value::String("********".into()));
+            }
+        }
+        m
+    }
+
+    /// A PATCH: the given fields replace the stored ones (`null` clears an optional field), and
+    /// the result is validated whole.
+    pub fn patched(&self, patch: &Map<String, Value>) -> Result<Self, AgentConfigError> {
+        let mut merged = self.to_json();
+        for (k, v) in patch {
+            merged.insert(k.clone(), v.clone());
+        }
+        Self::from_json(&merged)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    fn spec_example() -> Value {
+        json!({
+          "name": "collections",
+          "phone_number": "+918035739222",
+          "language": "en-IN",
+          "first_message": "Hello {{customer_name}}, this is Asha from Acme about invoice {{invoice_id}}.",
+          "max_duration_seconds": 300,
+          "ring_timeout_seconds": 30,
+          "brain": { "type": "flow" },
+          "stages": [
+            { "id": "stage_ask", "say": "Can you pay it by Friday?",
+              "routes": [
+                { "when_any": ["yes", "sure", "okay"], "set": { "intent": "payment_promise" },
+                  "say": "Thank you, we will note that. Goodbye.", "end": true },
+                { "when_any": ["no", "cannot", "can't"], "set": { "intent": "refused" }, "next": "stage_follow_up" }
+              ],
+              "otherwise": { "say": "Sorry, could you say that again?", "repeat": 1, "then_end": true } },
+            { "id": "stage_follow_up", "say": "When could you pay?", "routes": [] }
+          ],
+          "results": [ { "name": "intent", "description": "what the customer agreed to" } ],
+          "retry_policy": { "on": ["no_answer", "busy", "failed"], "max_attempts": 3, "delay_seconds": 1800 },
+          "calling_window": { "start": "09:00", "end": "21:00", "days": ["mon","tue","wed","thu","fri","sat"] },
+          "voice": { "engine": "espeak-ng", "voice": "en-us" },
+          "transcriber": { "engine": "local" }
+        })
+    }
+
+    #[test]
+    fn the_spec_example_parses_and_round_trips() {
+        let cfg = AgentConfig::from_json(&obj(spec_example())).unwrap();
+        assert_eq!(cfg.stages.len(), 2);
+        assert_eq!(cfg.phone_number.as_ref().unwrap().as_str(), "+918035739222");
+        let again = AgentConfig::from_json(&cfg.to_json()).unwrap();
+        assert_eq!(again, cfg);
+    }
+
+    #[test]
+    fn defaults_for_a_minimal_agent() {
+        let cfg = AgentConfig::from_json(&obj(json!({"name": "x"}))).unwrap();
+        assert_eq!(cfg.max_duration_seconds, DEFAULT_MAX_DURATION_SECONDS);
+        assert_eq!(cfg.brain, Brain::Flow);
+        assert_eq!(cfg.phone_number, None);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases: Vec<(Value, &str)> = vec![
+            (json!({}), "name is required"),
+            (json!({"name": ""}), "invalid name"),
+            (json!({"name": 5}), "invalid name"),
+            (
+                json!({"name": "a", "frist_message": "hi"}),
+                "invalid frist_message",
+            ),
+            (
+                json!({"name": "a", "phone_number": "12345"}),
+                "invalid phone_number",
+            ),
+            (
+                json!({"name": "a", "language": "english please"}),
+                "invalid language",
+            ),
+            (
+                json!({"name": "a", "max_duration_seconds": -1}),
+                "invalid max_duration_seconds",
+            ),
+            (
+                json!({"name": "a", "max_duration_seconds": 1e40}),
+                "invalid max_duration_seconds",
+            ),
+            (
+                json!({"name": "a", "ring_timeout_seconds": "30"}),
+                "invalid ring_timeout_seconds",
+            ),
+            (
+                json!({"name": "a", "brain": {"type": "magic"}}),
+                "invalid brain",
+            ),
+            (
+                json!({"name": "a", "brain": {"type": "llm", "base_url": "ftp://x", "model": "m"}}),
+                "invalid brain",
+            ),
+            (
+                json!({"name": "a", "stages": [{"id": "s", "routes": [{"when_any": ["y"], "next": "nowhere"}]}]}),
+                "invalid stages",
+            ),
+            (
+                json!({"name": "a", "stages": [{"id": "s"}, {"id": "s"}]}),
+                "invalid stages",
+            ),
+            (
+                json!({"name": "a", "stages": [{"id": "s", "sy": "typo"}]}),
+                "invalid stages",
+            ),
+            (
+                json!({"name": "a", "results": [{"name": "x"}, {"name": "x"}]}),
+                "invalid results",
+            ),
+            (
+                json!({"name": "a", "retry_policy": {"on": ["completed"], "max_attempts": 2, "delay_seconds": 1}}),
+                "invalid retry_policy",
+            ),
+            (
+                json!({"name": "a", "retry_policy": {"on": ["busy"], "max_attempts": 0, "delay_seconds": 1}}),
+                "invalid retry_policy",
+            ),
+            (
+                json!({"name": "a", "calling_window": {"start": "9:00", "end": "21:00"}}),
+                "invalid calling_window",
+            ),
+            (
+                json!({"name": "a", "calling_window": {"start": "09:00", "end": "21:00", "days": ["monday"]}}),
+                "invalid calling_window",
+            ),
+            (
+                json!({"name": "a", "voice": {"engine": "alexa"}}),
+                "invalid voice",
+            ),
+            (
+                json!({"name": "a", "transcriber": {"engine": "ears"}}),
+                "invalid transcriber",
+            ),
+        ];
+        for (input, want) in cases {
+            let err = AgentConfig::from_json(&obj(input.clone())).unwrap_err();
+            assert_eq!(err.to_string(), want, "for {input}");
+        }
+    }
+
+    #[test]
+    fn patch_replaces_fields_and_revalidates() {
+        let cfg = AgentConfig::from_json(&obj(spec_example())).unwrap();
+        let p = cfg
+            .patched(&obj(json!({"first_message": "Hi", "calling_window": null})))
+            .unwrap();
+        assert_eq!(p.first_message.as_deref(), Some("Hi"));
+        assert_eq!(p.calling_window, None);
+        assert_eq!(p.stages, cfg.stages);
+        assert_eq!(
+            cfg.patched(&obj(json!({"name": null})))
+                .unwrap_err()
+                .to_string(),
+            "invalid name"
+        );
+    }
+
+    #[test]
+    fn llm_key_is_not_returned() {
+        let cfg = AgentConfig::from_json(&obj(json!({"name": "a", "brain": {"type": "llm", "base_url": "http://127.0.0.1:1/v1", "model": "m", "api_key": "sk-secret"}}))).unwrap();
+        let public = Value::Object(cfg.public_json()).to_string();
+        assert!(!public.contains("sk-secret"));
+        assert!(Value::Object(cfg.to_json())
+            .to_string()
+            .contains("sk-secret"));
+    }
+
+    #[test]
+    fn language_tags() {
+        for ok in ["en", "en-IN", "hi-IN", "zh-Hant-TW"] {
+            assert!(is_language_tag(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "e",
+            "english",
+            "en_IN",
+            "en-",
+            "-IN",
+            "en-toolongsubtag",
+        ] {
+            assert!(!is_language_tag(bad), "{bad}");
+        }
+    }
+}

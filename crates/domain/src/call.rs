@@ -1,0 +1,379 @@
+//! The call: its identity along a retry chain, the request that creates it, and the one state
+//! machine every component moves it through.
+
+use crate::{AgentId, Millis, TenantId, TraceId, E164};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use uuid::Uuid;
+
+/// `<chain uuid>_<attempt>`, attempt counting from 1 along a chain of retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConversationId {
+    pub chain: Uuid,
+    pub attempt: u32,
+}
+
+impl ConversationId {
+    pub fn first() -> Self {
+        Self {
+            chain: Uuid::new_v4(),
+            attempt: 1,
+        }
+    }
+
+    pub fn next_attempt(self) -> Self {
+        Self {
+            chain: self.chain,
+            attempt: self.attempt + 1,
+        }
+    }
+}
+
+impl fmt::Display for ConversationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}_{}", self.chain.hyphenated(), self.attempt)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not a conversation id")]
+pub struct InvalidConversationId;
+
+impl FromStr for ConversationId {
+    type Err = InvalidConversationId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (chain, attempt) = s.rsplit_once('_').ok_or(InvalidConversationId)?;
+        // Only the canonical spelling, so that one conversation has exactly one id string.
+        if chain.len() != 36 || chain.chars().any(|c| c.is_ascii_uppercase()) {
+            return Err(InvalidConversationId);
+        }
+        let chain = Uuid::parse_str(chain).map_err(|_| InvalidConversationId)?;
+        if attempt.is_empty()
+            || attempt.starts_with('0')
+            || !attempt.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(InvalidConversationId);
+        }
+        let attempt = attempt.parse().map_err(|_| InvalidConversationId)?;
+        Ok(Self { chain, attempt })
+    }
+}
+
+/// Every status a conversation can have. The wire spelling is the contract's; `initiated` is the
+/// durable "dialling has begun" mark (the design's `dialing`), written before any INVITE leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallStatus {
+    Scheduled,
+    Queued,
+    Initiated,
+    Ringing,
+    InProgress,
+    Completed,
+    Failed,
+    Busy,
+    NoAnswer,
+    Unreachable,
+    TelephonyFailed,
+    SocketFailure,
+    Canceled,
+}
+
+impl CallStatus {
+    pub const ALL: [CallStatus; 13] = [
+        Self::Scheduled,
+        Self::Queued,
+        Self::Initiated,
+        Self::Ringing,
+        Self::InProgress,
+        Self::Completed,
+        Self::Failed,
+        Self::Busy,
+        Self::NoAnswer,
+        Self::Unreachable,
+        Self::TelephonyFailed,
+        Self::SocketFailure,
+        Self::Canceled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scheduled => "scheduled",
+            Self::Queued => "queued",
+            Self::Initiated => "initiated",
+            Self::Ringing => "ringing",
+            Self::InProgress => "in_progress",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Busy => "busy",
+            Self::NoAnswer => "no_answer",
+            Self::Unreachable => "unreachable",
+            Self::TelephonyFailed => "telephony_failed",
+            Self::SocketFailure => "socket_failure",
+            Self::Canceled => "canceled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Completed
+                | Self::Failed
+                | Self::Busy
+                | Self::NoAnswer
+                | Self::Unreachable
+                | Self::TelephonyFailed
+                | Self::SocketFailure
+                | Self::Canceled
+        )
+    }
+
+    /// Statuses that count against the tenant's concurrent call limit and can still be cancelled
+    /// or dialled: everything not terminal.
+    pub fn live() -> impl Iterator<Item = CallStatus> {
+        Self::ALL.into_iter().filter(|s| !s.is_terminal())
+    }
+
+    /// The state machine, in one place:
+    ///
+    /// ```text
+    /// scheduled ──due──▶ queued ──claim──▶ initiated ──180/183──▶ ringing ──200──▶ in_progress ──▶ completed | failed
+    ///     └──────────────┴──▶ canceled          └──────────────┬─────────┘
+    ///                                                          ▼
+    ///                  busy | no_answer | unreachable | telephony_failed | socket_failure | failed
+    /// ```
+    ///
+    /// Cancelling is only possible before dialling begins: once `initiated` is durable a person
+    /// may already be hearing the phone ring.
+    pub fn can_become(self, next: CallStatus) -> bool {
+        use CallStatus::*;
+        match (self, next) {
+            (Scheduled, Queued | Canceled) => true,
+            (Queued, Initiated | Canceled) => true,
+            (Initiated, Ringing | InProgress) => true,
+            (Initiated | Ringing, Busy | NoAnswer | Unreachable | TelephonyFailed | Failed) => true,
+            (Ringing, InProgress) => true,
+            (InProgress, Completed | Failed | SocketFailure) => true,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for CallStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One `{name, value}` call parameter. Order is kept as given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parameter {
+    pub name: String,
+    pub value: String,
+}
+
+/// What a caller may hand an attempt so it resumes an earlier one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryContext {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collected_data: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_initial_message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_language: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_stage_id: Option<String>,
+}
+
+/// How far ahead a call may be scheduled.
+pub const MAX_SCHEDULE_AHEAD_SECONDS: i64 = 30 * 24 * 3600;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid scheduled_for")]
+pub struct InvalidSchedule;
+
+/// Parses `scheduled_for`: RFC 3339 with an explicit zone, strictly after `now`, at most 30 days
+/// ahead. A time without a zone is refused: guessing the zone is how a call lands at 3 a.m.
+pub fn parse_scheduled_for(input: &str, now: Millis) -> Result<Millis, InvalidSchedule> {
+    let t = DateTime::parse_from_rfc3339(input.trim()).map_err(|_| InvalidSchedule)?;
+    let at = Millis::from_datetime(t.with_timezone(&Utc));
+    if at <= now || at > now.plus_seconds(MAX_SCHEDULE_AHEAD_SECONDS) {
+        return Err(InvalidSchedule);
+    }
+    Ok(at)
+}
+
+/// A validated `POST /v1/call`: every field already parsed; the store only has to check what
+/// needs the database (agent, chain, idempotency, limits) and write.
+#[derive(Debug, Clone)]
+pub struct NewCall {
+    pub tenant: TenantId,
+    pub agent: AgentId,
+    pub customer_phone: E164,
+    pub parameters: Vec<Parameter>,
+    /// The existing conversation whose chain this call continues.
+    pub continues: Option<ConversationId>,
+    pub idempotency_key: Option<String>,
+    pub metadata: Option<String>,
+    pub retry_context: Option<RetryContext>,
+    pub scheduled_for: Option<Millis>,
+    pub trace_id: TraceId,
+    pub now: Millis,
+}
+
+/// What the store answers for an accepted call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedCall {
+    pub conversation_id: ConversationId,
+    pub status: CallStatus,
+    pub trace_id: TraceId,
+}
+
+/// A transcript line: only what was actually played or heard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TranscriptItem {
+    pub role: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_ms: Option<i64>,
+}
+
+/// A conversation (one attempt) as the store returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conversation {
+    pub id: ConversationId,
+    pub tenant: TenantId,
+    pub agent: AgentId,
+    pub status: CallStatus,
+    pub contact_number: String,
+    pub from_number: String,
+    pub parameters: Vec<Parameter>,
+    pub metadata: Option<String>,
+    pub retry_context: Option<RetryContext>,
+    pub scheduled_for: Option<Millis>,
+    pub trace_id: TraceId,
+    pub failure_reason: Option<String>,
+    pub results: serde_json::Map<String, serde_json::Value>,
+    pub transcript: Vec<TranscriptItem>,
+    pub recording_path: Option<String>,
+    pub created_at: Millis,
+    pub started_at: Option<Millis>,
+    pub ended_at: Option<Millis>,
+    pub duration_seconds: Option<i64>,
+    pub batch_id: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn conversation_ids_round_trip_and_chain() {
+        let id = ConversationId::first();
+        let s = id.to_string();
+        assert!(s.ends_with("_1"));
+        assert_eq!(s.parse::<ConversationId>(), Ok(id));
+        let next = id.next_attempt();
+        assert_eq!(next.chain, id.chain);
+        assert!(next.to_string().ends_with("_2"));
+        for bad in [
+            "",
+            "abc_1",
+            "e36853de-9cbb-441e-ad75-d3c8ac82abfb",
+            "e36853de-9cbb-441e-ad75-d3c8ac82abfb_",
+            "e36853de-9cbb-441e-ad75-d3c8ac82abfb_0",
+            "e36853de-9cbb-441e-ad75-d3c8ac82abfb_01",
+            "e36853de-9cbb-441e-ad75-d3c8ac82abfb_-1",
+            "E36853DE-9CBB-441E-AD75-D3C8AC82ABFB_1",
+            "e36853de9cbb441ead75d3c8ac82abfb_1",
+            "e36853de-9cbb-441e-ad75-d3c8ac82abfb_99999999999",
+        ] {
+            assert!(bad.parse::<ConversationId>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn state_machine_never_leaves_a_terminal_state_and_cancel_stops_at_dialling() {
+        for from in CallStatus::ALL {
+            for to in CallStatus::ALL {
+                if from.is_terminal() {
+                    assert!(!from.can_become(to), "{from} -> {to}");
+                }
+                if to == CallStatus::Canceled && from.can_become(to) {
+                    assert!(matches!(from, CallStatus::Scheduled | CallStatus::Queued));
+                }
+            }
+            assert_eq!(CallStatus::parse(from.as_str()), Some(from));
+        }
+        assert!(CallStatus::Queued.can_become(CallStatus::Initiated));
+        assert!(!CallStatus::Initiated.can_become(CallStatus::Canceled));
+        assert!(!CallStatus::Initiated.can_become(CallStatus::Queued));
+    }
+
+    const NOW: Millis = Millis(1_775_000_000_000);
+
+    #[test]
+    fn scheduled_for_edges() {
+        let now_dt = NOW.to_datetime();
+        let in_an_hour = (now_dt + chrono::Duration::hours(1)).to_rfc3339();
+        assert_eq!(
+            parse_scheduled_for(&in_an_hour, NOW),
+            Ok(NOW.plus_seconds(3600))
+        );
+        // Offsets are honoured and normalised to UTC.
+        let t = (now_dt + chrono::Duration::hours(2))
+            .with_timezone(&chrono::FixedOffset::east_opt(5 * 3600 + 1800).unwrap())
+            .to_rfc3339();
+        assert_eq!(parse_scheduled_for(&t, NOW), Ok(NOW.plus_seconds(7200)));
+        let exactly_30_days = NOW
+            .plus_seconds(MAX_SCHEDULE_AHEAD_SECONDS)
+            .to_rfc3339_millis();
+        assert!(parse_scheduled_for(&exactly_30_days, NOW).is_ok());
+        let just_over =
+            Millis(NOW.plus_seconds(MAX_SCHEDULE_AHEAD_SECONDS).0 + 1).to_rfc3339_millis();
+        assert_eq!(parse_scheduled_for(&just_over, NOW), Err(InvalidSchedule));
+        assert_eq!(
+            parse_scheduled_for(&NOW.to_rfc3339_millis(), NOW),
+            Err(InvalidSchedule)
+        );
+        for bad in [
+            "",
+            "tomorrow",
+            "2026-04-08T14:00:00",
+            "2026-04-08 14:00",
+            "2026-13-01T00:00:00Z",
+            "2026-02-30T00:00:00Z",
+            "1775000000",
+        ] {
+            assert_eq!(
+                parse_scheduled_for(bad, NOW),
+                Err(InvalidSchedule),
+                "{bad:?}"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn scheduled_for_accepts_exactly_the_open_window(offset_ms in -10_000_000i64..(MAX_SCHEDULE_AHEAD_SECONDS * 1000 + 10_000_000)) {
+            let at = Millis(NOW.0 + offset_ms);
+            let r = parse_scheduled_for(&at.to_rfc3339_millis(), NOW);
+            let inside = offset_ms > 0 && offset_ms <= MAX_SCHEDULE_AHEAD_SECONDS * 1000;
+            prop_assert_eq!(r.is_ok(), inside);
+            if inside { prop_assert_eq!(r, Ok(at)); }
+        }
+
+        #[test]
+        fn scheduled_for_never_panics(s in ".{0,64}") {
+            let _ = parse_scheduled_for(&s, NOW);
+        }
+    }
+}

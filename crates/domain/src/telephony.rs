@@ -1,0 +1,113 @@
+//! The telephony port: how dispatch asks for a call and learns what became of it. Adapters (the
+//! SIP trunk UAC, later a provider's REST API) implement [`Telephony`]; each reports the same
+//! events, so nothing above this line knows what a SIP response code is.
+
+use crate::{CallStatus, ConversationId, Millis, TraceId, E164};
+use async_trait::async_trait;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Audio inside outdial: 16 kHz mono signed 16-bit, 20 ms (320 samples) per frame. Adapters
+/// convert to and from what the wire carries (8 kHz G.711 for a SIP trunk).
+pub type AudioFrame = Vec<i16>;
+pub const SAMPLE_RATE: u32 = 16_000;
+pub const FRAME_SAMPLES: usize = 320;
+
+/// Where and how to reach the trunk for one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrunkTarget {
+    /// `sip:host:port`.
+    pub uri: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DialRequest {
+    pub conversation_id: ConversationId,
+    pub trace_id: TraceId,
+    /// The agent's number (caller id).
+    pub from: E164,
+    pub to: E164,
+    pub trunk: TrunkTarget,
+    /// CANCEL after this long without an answer (`no_answer`).
+    pub ring_timeout: Duration,
+    /// Hang up after this long once answered.
+    pub max_duration: Duration,
+}
+
+/// Both directions of an answered call's audio.
+#[derive(Debug)]
+pub struct MediaStream {
+    /// What the callee says, in order, with gaps filled (silence) so frame N is always 20 ms
+    /// after frame N-1.
+    pub inbound: mpsc::Receiver<AudioFrame>,
+    /// What the callee should hear. Frames are played at 20 ms each in order; when nothing is
+    /// queued, silence is sent.
+    pub outbound: mpsc::Sender<AudioFrame>,
+}
+
+#[derive(Debug)]
+pub enum CallEvent {
+    /// 180, or 183 without media.
+    Ringing,
+    /// 183 with SDP: early media (announcements, ringback) is being received.
+    EarlyMedia,
+    /// 200 OK and ACK: the callee picked up.
+    Answered { at: Millis, media: MediaStream },
+    /// An RFC 4733 digit from the callee.
+    Dtmf(char),
+    /// Always the last event of a call.
+    Ended(CallEnd),
+}
+
+/// How a call ended, normalised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallEnd {
+    /// A terminal status: `completed` for an answered call that ended normally, else `busy`,
+    /// `no_answer`, `unreachable`, `telephony_failed`, `socket_failure` or `failed`.
+    pub status: CallStatus,
+    /// For every status but `completed`: the SIP code and reason phrase, or what went wrong
+    /// (e.g. `486 Busy Here`, `trunk unreachable: no response to INVITE`).
+    pub failure_reason: Option<String>,
+    pub answered_at: Option<Millis>,
+    pub ended_at: Millis,
+    /// Both legs mixed, if the adapter recorded the call.
+    pub recording: Option<PathBuf>,
+}
+
+/// What the owner of a live call can ask of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallControl {
+    /// CANCEL before answer, BYE after.
+    Hangup,
+    SendDtmf(char),
+    /// Drop queued outbound audio at once (barge-in).
+    FlushAudio,
+}
+
+/// A call in progress: its events and a way to steer it.
+#[derive(Debug)]
+pub struct LiveCall {
+    pub events: mpsc::Receiver<CallEvent>,
+    pub control: mpsc::Sender<CallControl>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The request cannot be turned into a call (bad trunk URI, ...). Nothing was sent.
+    #[error("invalid dial request: {0}")]
+    Invalid(String),
+    /// The adapter cannot place calls at all right now (socket not bound, shutting down).
+    #[error("telephony unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[async_trait]
+pub trait Telephony: Send + Sync + 'static {
+    /// Starts a call and returns at once; everything after that arrives as [`CallEvent`]s, the
+    /// last one always `Ended`. Once this returns `Ok`, a dial attempt may have reached the
+    /// network: the caller must treat the attempt as spent.
+    async fn dial(&self, request: DialRequest) -> Result<LiveCall, DialError>;
+}

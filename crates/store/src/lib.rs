@@ -1,0 +1,365 @@
+//! The `Store` port on SQL: one implementation over sqlx's `Any` driver serving both SQLite (the
+//! embedded default) and PostgreSQL (scale-out). The queries are written once in the subset both
+//! speak (`$N` parameters, `RETURNING`, `ON CONFLICT`, integer milliseconds, JSON as text); the few
+//! places where the engines must differ (locking, the write path) branch on [`Backend`].
+
+mod calls;
+mod manage;
+mod rows;
+mod sqlite_writer;
+
+use domain::agent::AgentConfig;
+use domain::call::{AcceptedCall, Conversation, NewCall};
+use domain::store::{Agent, CreateCallError, Listed, ManageError, Page, Store, StoreError};
+use domain::tenant::{
+    ApiKeyCredential, ApiKeyInfo, NewTrunk, PhoneNumber, Tenant, TenantLimits, Trunk,
+};
+use domain::{AgentId, ApiKeyId, ConversationId, Millis, TenantId, TrunkId, E164};
+use futures::future::BoxFuture;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Tuning that has a sane default and must stay configurable.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Readers on SQLite; the whole pool on PostgreSQL.
+    pub max_connections: u32,
+    /// How many `POST /v1/call` transactions one SQLite commit may carry (group commit).
+    pub max_write_batch: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 8,
+            max_write_batch: 128,
+        }
+    }
+}
+
+pub struct SqlStore {
+    backend: Backend,
+    /// Reads. On SQLite a separate pool, so reads never wait for the single writer.
+    read: AnyPool,
+    /// Writes. On SQLite exactly one connection: SQLite has one writer anyway, and owning it
+    /// means no SQLITE_BUSY and a natural point for group commit.
+    write: AnyPool,
+    call_writer: Option<sqlite_writer::Handle>,
+}
+
+fn sqlite_pragmas(
+    conn: &mut sqlx::AnyConnection,
+    _meta: sqlx::pool::PoolConnectionMetadata,
+) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+    Box::pin(async move {
+        // FULL: a call acknowledged with 200 survives power loss, not just a process crash.
+        conn.execute(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+        )
+        .await
+        .map(|_| ())
+    })
+}
+
+pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+impl SqlStore {
+    /// Connects, applies migrations and starts the write path. `url` is `sqlite://<path>` or
+    /// `postgres://...`.
+    pub async fn connect(url: &str, opts: StoreOptions) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(StoreError::Database(format!(
+                "unsupported database url scheme (want sqlite:// or postgres://): {}",
+                url.split(':').next().unwrap_or("")
+            )));
+        };
+        let store = match backend {
+            Backend::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(opts.max_connections.max(2))
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(url)
+                    .await
+                    .map_err(db_err)?;
+                sqlx::migrate!("./migrations/postgres")
+                    .run(&pool)
+                    .await
+                    .map_err(|e| StoreError::Database(e.to_string()))?;
+                SqlStore {
+                    backend,
+                    read: pool.clone(),
+                    write: pool,
+                    call_writer: None,
+                }
+            }
+            Backend::Sqlite => {
+                let url = if url.contains('?') {
+                    url.to_string()
+                } else {
+                    format!("{url}?mode=rwc")
+                };
+                let connect_opts = AnyConnectOptions::from_str(&url).map_err(db_err)?;
+                let write = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .after_connect(sqlite_pragmas)
+                    .connect_with(connect_opts.clone())
+                    .await
+                    .map_err(db_err)?;
+                sqlx::migrate!("./migrations/sqlite")
+                    .run(&write)
+                    .await
+                    .map_err(|e| StoreError::Database(e.to_string()))?;
+                let read = AnyPoolOptions::new()
+                    .max_connections(opts.max_connections.max(1))
+                    .acquire_timeout(Duration::from_secs(30))
+                    .after_connect(sqlite_pragmas)
+                    .connect_with(connect_opts)
+                    .await
+                    .map_err(db_err)?;
+                let call_writer = Some(sqlite_writer::spawn(
+                    write.clone(),
+                    opts.max_write_batch.max(1),
+                ));
+                SqlStore {
+                    backend,
+                    read,
+                    write,
+                    call_writer,
+                }
+            }
+        };
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes the pools after in-flight writes finish (graceful shutdown).
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SqlStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.read)
+            .await
+            .map(|_| ())
+            .map_err(db_err)
+    }
+
+    async fn create_tenant(&self, name: &str, now: Millis) -> Result<Tenant, StoreError> {
+        self.create_tenant_row(name, now).await
+    }
+
+    async fn get_tenant(&self, id: TenantId) -> Result<Option<Tenant>, StoreError> {
+        self.get_tenant_row(id).await
+    }
+
+    async fn update_tenant_limits(
+        &self,
+        id: TenantId,
+        limits: &TenantLimits,
+    ) -> Result<bool, StoreError> {
+        self.set_tenant_limits(id, limits).await
+    }
+
+    async fn create_api_key(
+        &self,
+        tenant: TenantId,
+        name: &str,
+        lookup: &str,
+        secret_hash: &str,
+        now: Millis,
+    ) -> Result<ApiKeyInfo, StoreError> {
+        self.insert_api_key(tenant, name, lookup, secret_hash, now)
+            .await
+    }
+
+    async fn list_api_keys(&self, tenant: TenantId) -> Result<Vec<ApiKeyInfo>, StoreError> {
+        self.api_keys(tenant).await
+    }
+
+    async fn revoke_api_key(
+        &self,
+        tenant: TenantId,
+        id: ApiKeyId,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        self.revoke_key(tenant, id, now).await
+    }
+
+    async fn find_api_key(&self, lookup: &str) -> Result<Option<ApiKeyCredential>, StoreError> {
+        self.key_credential(lookup).await
+    }
+
+    async fn create_trunk(
+        &self,
+        tenant: TenantId,
+        trunk: &NewTrunk,
+        now: Millis,
+    ) -> Result<Trunk, ManageError> {
+        self.insert_trunk(tenant, trunk, now).await
+    }
+
+    async fn list_trunks(&self, tenant: TenantId) -> Result<Vec<Trunk>, StoreError> {
+        self.trunks(tenant).await
+    }
+
+    async fn create_phone_number(
+        &self,
+        tenant: TenantId,
+        number: &E164,
+        trunk: TrunkId,
+        now: Millis,
+    ) -> Result<PhoneNumber, ManageError> {
+        self.insert_phone_number(tenant, number, trunk, now).await
+    }
+
+    async fn list_phone_numbers(&self, tenant: TenantId) -> Result<Vec<PhoneNumber>, StoreError> {
+        self.phone_numbers(tenant).await
+    }
+
+    async fn create_agent(
+        &self,
+        tenant: TenantId,
+        config: &AgentConfig,
+        now: Millis,
+    ) -> Result<Agent, ManageError> {
+        self.insert_agent(tenant, config, now).await
+    }
+
+    async fn get_agent(&self, tenant: TenantId, id: AgentId) -> Result<Option<Agent>, StoreError> {
+        self.agent_row(tenant, id).await
+    }
+
+    async fn list_agents(&self, tenant: TenantId, page: Page) -> Result<Listed<Agent>, StoreError> {
+        self.agents(tenant, page).await
+    }
+
+    async fn update_agent(
+        &self,
+        tenant: TenantId,
+        id: AgentId,
+        config: &AgentConfig,
+        now: Millis,
+    ) -> Result<Agent, ManageError> {
+        self.replace_agent(tenant, id, config, now).await
+    }
+
+    async fn delete_agent(
+        &self,
+        tenant: TenantId,
+        id: AgentId,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        self.retire_agent(tenant, id, now).await
+    }
+
+    async fn create_call(&self, call: NewCall) -> Result<AcceptedCall, CreateCallError> {
+        if let Some(writer) = &self.call_writer {
+            return writer.create_call(call).await;
+        }
+        let mut tx = self.write.begin().await.map_err(db_err)?;
+        match calls::create_call_in(&mut tx, self.backend, &call).await {
+            Ok(accepted) => {
+                tx.commit().await.map_err(db_err)?;
+                Ok(accepted)
+            }
+            Err(refused) => {
+                tx.rollback().await.map_err(db_err)?;
+                Err(refused)
+            }
+        }
+    }
+
+    async fn get_conversation(
+        &self,
+        tenant: TenantId,
+        id: ConversationId,
+    ) -> Result<Option<Conversation>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {} FROM calls WHERE tenant_id = $1 AND id = $2",
+            rows::CONVERSATION_COLUMNS
+        ))
+        .bind(tenant.0)
+        .bind(id.to_string())
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db_err)?
+        .map(|r| rows::conversation(&r))
+        .transpose()
+    }
+
+    async fn list_conversations(
+        &self,
+        tenant: TenantId,
+        agent: Option<AgentId>,
+        page: Page,
+    ) -> Result<Listed<Conversation>, StoreError> {
+        // `$2 IS NULL OR agent_id = $2` would defeat the per-agent index on SQLite; two shapes instead.
+        let filter = if agent.is_some() {
+            "tenant_id = $1 AND agent_id = $2"
+        } else {
+            "tenant_id = $1 AND $2 = 0"
+        };
+        let agent_bind = agent.map(|a| a.0).unwrap_or(0);
+        let items = sqlx::query(&format!(
+            "SELECT {} FROM calls WHERE {filter} ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4",
+            rows::CONVERSATION_COLUMNS
+        ))
+        .bind(tenant.0)
+        .bind(agent_bind)
+        .bind(i64::from(page.limit))
+        .bind(i64::try_from(page.offset).unwrap_or(i64::MAX))
+        .fetch_all(&self.read)
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(rows::conversation)
+        .collect::<Result<Vec<_>, _>>()?;
+        let row = sqlx::query(&format!("SELECT COUNT(*) AS n FROM calls WHERE {filter}"))
+            .bind(tenant.0)
+            .bind(agent_bind)
+            .fetch_one(&self.read)
+            .await
+            .map_err(db_err)?;
+        let total: i64 = rows::get(&row, "n")?;
+        Ok(Listed {
+            items,
+            total: u64::try_from(total).unwrap_or(0),
+        })
+    }
+
+    async fn count_calls(&self, tenant: TenantId) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM calls WHERE tenant_id = $1")
+            .bind(tenant.0)
+            .fetch_one(&self.read)
+            .await
+            .map_err(db_err)?;
+        let n: i64 = rows::get(&row, "n")?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}

@@ -1,0 +1,66 @@
+//! Row <-> domain mapping. Values read back were parsed before they were written, so a value
+//! that does not parse now means the database was changed behind our back: `Corrupt`.
+
+use domain::call::{Conversation, Parameter, RetryContext, TranscriptItem};
+use domain::store::StoreError;
+use domain::{AgentId, CallStatus, ConversationId, Millis, TenantId, TraceId};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+pub(crate) fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+pub(crate) fn get<'r, T>(row: &'r AnyRow, col: &str) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    row.try_get(col).map_err(crate::db_err)
+}
+
+pub(crate) fn json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|_| corrupt(what))
+}
+
+pub(crate) const CONVERSATION_COLUMNS: &str = "id, tenant_id, agent_id, status, customer_phone, \
+    from_phone, parameters, metadata, retry_context, scheduled_for, trace_id, failure_reason, \
+    results, transcript, recording_path, created_at, started_at, ended_at, duration_seconds, batch_id";
+
+pub(crate) fn conversation(row: &AnyRow) -> Result<Conversation, StoreError> {
+    let id: String = get(row, "id")?;
+    let status: String = get(row, "status")?;
+    let trace: String = get(row, "trace_id")?;
+    let parameters: String = get(row, "parameters")?;
+    let retry_context: Option<String> = get(row, "retry_context")?;
+    let results: String = get(row, "results")?;
+    let transcript: String = get(row, "transcript")?;
+    let recording: Option<String> = get(row, "recording_path")?;
+    Ok(Conversation {
+        id: id
+            .parse::<ConversationId>()
+            .map_err(|_| corrupt("calls.id"))?,
+        tenant: TenantId(get(row, "tenant_id")?),
+        agent: AgentId(get(row, "agent_id")?),
+        status: CallStatus::parse(&status).ok_or_else(|| corrupt("calls.status"))?,
+        contact_number: get(row, "customer_phone")?,
+        from_number: get(row, "from_phone")?,
+        parameters: json::<Vec<Parameter>>(&parameters, "calls.parameters")?,
+        metadata: get(row, "metadata")?,
+        retry_context: retry_context
+            .map(|s| json::<RetryContext>(&s, "calls.retry_context"))
+            .transpose()?,
+        scheduled_for: get::<Option<i64>>(row, "scheduled_for")?.map(Millis),
+        trace_id: trace
+            .parse::<TraceId>()
+            .map_err(|_| corrupt("calls.trace_id"))?,
+        failure_reason: get(row, "failure_reason")?,
+        results: json(&results, "calls.results")?,
+        transcript: json::<Vec<TranscriptItem>>(&transcript, "calls.transcript")?,
+        recording_path: recording,
+        created_at: Millis(get(row, "created_at")?),
+        started_at: get::<Option<i64>>(row, "started_at")?.map(Millis),
+        ended_at: get::<Option<i64>>(row, "ended_at")?.map(Millis),
+        duration_seconds: get(row, "duration_seconds")?,
+        batch_id: get(row, "batch_id")?,
+    })
+}
