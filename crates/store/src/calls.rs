@@ -47,8 +47,8 @@ fn live_status_list() -> String {
 }
 
 /// Runs every database check of the contract, in its order, then writes the call, its first
-/// event and the idempotency claim. The caller owns the transaction: on `Err` it must roll back,
-/// which is what makes "a refused request writes nothing" hold.
+/// event and the idempotency claim. Refusals happen before the first write; the caller owns the
+/// transaction and rolls it back on a database error.
 pub(crate) async fn create_call_in(
     conn: &mut AnyConnection,
     backend: Backend,
@@ -56,7 +56,10 @@ pub(crate) async fn create_call_in(
 ) -> Result<AcceptedCall, CreateCallError> {
     let tenant = call.tenant.0;
     let agent = sqlx::query(
-        "SELECT phone_number FROM agents WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL",
+        "SELECT a.phone_number AS phone_number, t.max_concurrent_calls AS max_concurrent_calls, \
+         t.per_number_calls AS per_number_calls, t.per_number_window_seconds AS per_number_window_seconds \
+         FROM agents a JOIN tenants t ON t.id = a.tenant_id \
+         WHERE a.tenant_id = $1 AND a.id = $2 AND a.deleted_at IS NULL",
     )
     .bind(tenant)
     .bind(call.agent.0)
@@ -103,51 +106,27 @@ pub(crate) async fn create_call_in(
     let trace = call.trace_id.to_string();
 
     if let Some(key) = &call.idempotency_key {
-        // Insert-or-take-over-if-expired in one statement: the primary key decides races, and a
-        // key older than 24 hours is reusable without a cleanup job having run first.
-        let claimed = sqlx::query(
-            "INSERT INTO idempotency_keys (tenant_id, agent_id, key, trace_id, call_id, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (tenant_id, agent_id, key) DO UPDATE \
-             SET trace_id = excluded.trace_id, call_id = excluded.call_id, created_at = excluded.created_at \
-             WHERE idempotency_keys.created_at <= $7",
+        // Checked here, in the contract's order, and claimed with the writes below. On SQLite
+        // the single writer makes this read final; on PostgreSQL a racing claim is caught by
+        // the primary key at insert time.
+        let existing = sqlx::query(
+            "SELECT trace_id FROM idempotency_keys WHERE tenant_id = $1 AND agent_id = $2 AND key = $3 AND created_at > $4",
         )
         .bind(tenant)
         .bind(call.agent.0)
         .bind(key.as_str())
-        .bind(trace.as_str())
-        .bind(id.as_str())
-        .bind(now)
         .bind(now - IDEMPOTENCY_TTL_MS)
-        .execute(&mut *conn)
+        .fetch_optional(&mut *conn)
         .await
-        .map_err(db_err)?
-        .rows_affected();
-        if claimed == 0 {
-            let row = sqlx::query("SELECT trace_id FROM idempotency_keys WHERE tenant_id = $1 AND agent_id = $2 AND key = $3")
-                .bind(tenant)
-                .bind(call.agent.0)
-                .bind(key.as_str())
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(db_err)?;
-            let first: String = get(&row, "trace_id")?;
-            let first_trace_id = first
-                .parse::<TraceId>()
-                .map_err(|_| rows::corrupt("idempotency_keys.trace_id"))?;
-            return Err(CreateCallError::DuplicateRequest { first_trace_id });
+        .map_err(db_err)?;
+        if let Some(row) = existing {
+            return Err(duplicate(&row)?);
         }
     }
 
     let immediate = call.scheduled_for.is_none();
     if immediate {
-        let limits = sqlx::query(
-            "SELECT max_concurrent_calls, per_number_calls, per_number_window_seconds FROM tenants WHERE id = $1",
-        )
-        .bind(tenant)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(db_err)?;
+        let limits = &agent;
         let per_number: i64 = get(&limits, "per_number_calls")?;
         let window_s: i64 = get(&limits, "per_number_window_seconds")?;
         let max_concurrent: Option<i64> = get(&limits, "max_concurrent_calls")?;
@@ -229,6 +208,40 @@ pub(crate) async fn create_call_in(
         .map_err(|e| StoreError::Database(e.to_string()))?
         .unwrap_or_else(|| "{}".into());
     let due_at = call.scheduled_for.map(|m| m.0).unwrap_or(now);
+
+    // Every check has passed: only writes from here on, so a refusal above has written nothing
+    // and needs no savepoint to undo.
+    if let Some(key) = &call.idempotency_key {
+        // Insert-or-take-over-if-expired in one statement: the primary key decides races between
+        // nodes, and a key older than 24 hours is reusable without a cleanup job having run.
+        let claimed = sqlx::query(
+            "INSERT INTO idempotency_keys (tenant_id, agent_id, key, trace_id, call_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (tenant_id, agent_id, key) DO UPDATE \
+             SET trace_id = excluded.trace_id, call_id = excluded.call_id, created_at = excluded.created_at \
+             WHERE idempotency_keys.created_at <= $7 RETURNING trace_id",
+        )
+        .bind(tenant)
+        .bind(call.agent.0)
+        .bind(key.as_str())
+        .bind(trace.as_str())
+        .bind(id.as_str())
+        .bind(now)
+        .bind(now - IDEMPOTENCY_TTL_MS)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_err)?;
+        if claimed.is_none() {
+            let row = sqlx::query("SELECT trace_id FROM idempotency_keys WHERE tenant_id = $1 AND agent_id = $2 AND key = $3")
+                .bind(tenant)
+                .bind(call.agent.0)
+                .bind(key.as_str())
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(db_err)?;
+            return Err(duplicate(&row)?);
+        }
+    }
     sqlx::query(
         "INSERT INTO calls (id, chain_id, attempt, tenant_id, agent_id, status, immediate, customer_phone, \
          from_phone, parameters, metadata, retry_context, scheduled_for, due_at, trace_id, results, created_at) \
@@ -260,6 +273,14 @@ pub(crate) async fn create_call_in(
         status,
         trace_id: call.trace_id,
     })
+}
+
+fn duplicate(row: &sqlx::any::AnyRow) -> Result<CreateCallError, StoreError> {
+    let first: String = get(row, "trace_id")?;
+    let first_trace_id = first
+        .parse::<TraceId>()
+        .map_err(|_| rows::corrupt("idempotency_keys.trace_id"))?;
+    Ok(CreateCallError::DuplicateRequest { first_trace_id })
 }
 
 pub(crate) async fn insert_event(

@@ -1,8 +1,9 @@
 //! Group commit for `POST /v1/call` on SQLite. With `synchronous = FULL` every commit is an
 //! fsync, and one fsync per call caps acceptance at the disk's fsync rate. Requests that arrive
-//! while a commit is in flight queue here; the next transaction carries all of them, each inside
-//! its own savepoint so a refused call still writes nothing, and every caller is answered only
-//! after the commit that holds its call is durable.
+//! while a commit is in flight queue here; the next transaction carries all of them (a refused
+//! call is refused before it writes anything, so it needs no savepoint), and every caller is
+//! answered only after the commit that holds its call is durable. A database error fails the
+//! whole batch: nothing of it is kept and every caller hears so.
 
 use crate::calls::create_call_in;
 use crate::{db_err, Backend};
@@ -65,21 +66,10 @@ async fn commit_batch(
     };
     let mut results = Vec::with_capacity(batch.len());
     for (call, _) in batch {
-        let outcome = async {
-            let mut sp = tx.begin().await.map_err(db_err)?;
-            match create_call_in(&mut sp, Backend::Sqlite, call).await {
-                Ok(accepted) => {
-                    sp.commit().await.map_err(db_err)?;
-                    Ok(accepted)
-                }
-                Err(refused) => {
-                    sp.rollback().await.map_err(db_err)?;
-                    Err(refused)
-                }
-            }
+        match create_call_in(&mut tx, Backend::Sqlite, call).await {
+            Err(CreateCallError::Store(e)) => return fail_all(e),
+            outcome => results.push(outcome),
         }
-        .await;
-        results.push(outcome);
     }
     match tx.commit().await {
         Ok(()) => results,

@@ -1,0 +1,97 @@
+//! Fresh databases for tests: a SQLite file in a temp dir, or a uniquely named PostgreSQL
+//! database that is dropped afterwards.
+
+#![allow(dead_code)]
+
+use domain::store::Store;
+use sqlx::Connection;
+use std::sync::Arc;
+use store::{SqlStore, StoreOptions};
+
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub fn backends() -> Vec<Backend> {
+    let skip = std::env::var("OUTDIAL_TEST_SKIP_POSTGRES").is_ok_and(|v| v == "1");
+    if skip {
+        vec![Backend::Sqlite]
+    } else {
+        vec![Backend::Sqlite, Backend::Postgres]
+    }
+}
+
+pub fn postgres_admin_url() -> String {
+    std::env::var("OUTDIAL_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub struct TestDb {
+    pub store: Arc<SqlStore>,
+    pub url: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Dir(tempfile::TempDir),
+    Database(String),
+}
+
+impl Backend {
+    pub async fn open(self) -> TestDb {
+        self.open_with(StoreOptions::default()).await
+    }
+
+    pub async fn open_with(self, opts: StoreOptions) -> TestDb {
+        match self {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}/outdial.db", dir.path().display());
+                let store = Arc::new(SqlStore::connect(&url, opts).await.unwrap());
+                TestDb {
+                    store,
+                    url,
+                    cleanup: Cleanup::Dir(dir),
+                }
+            }
+            Backend::Postgres => {
+                let admin = postgres_admin_url();
+                let name = format!("outdial_test_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is needed for this test ({e}); set OUTDIAL_TEST_SKIP_POSTGRES=1 to skip it knowingly"));
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                let (base, _) = admin.rsplit_once('/').unwrap();
+                let url = format!("{base}/{name}");
+                let store = Arc::new(SqlStore::connect(&url, opts).await.unwrap());
+                TestDb {
+                    store,
+                    url,
+                    cleanup: Cleanup::Database(name),
+                }
+            }
+        }
+    }
+}
+
+impl TestDb {
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    pub async fn finish(self) {
+        self.store.close().await;
+        if let Cleanup::Database(name) = &self.cleanup {
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await;
+            }
+        }
+    }
+}

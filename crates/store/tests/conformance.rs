@@ -1,0 +1,380 @@
+//! One suite, both backends: the same story runs against SQLite (a fresh file) and PostgreSQL (a
+//! fresh database on the server named by OUTDIAL_TEST_POSTGRES_URL, default
+//! postgres://postgres@127.0.0.1:5432/postgres). PostgreSQL being down is a failure, not a skip:
+//! set OUTDIAL_TEST_SKIP_POSTGRES=1 to leave it out knowingly.
+
+mod common;
+
+use common::{backends, Backend};
+use domain::call::{NewCall, Parameter};
+use domain::store::{CreateCallError, ManageError, Page, Store};
+use domain::tenant::{NewTrunk, TenantLimits};
+use domain::{AgentConfig, AgentId, ConversationId, Millis, TenantId, TraceId, E164};
+use serde_json::json;
+use std::sync::Arc;
+
+const T0: Millis = Millis(1_775_000_000_000);
+
+async fn tenant_with_agent(store: &dyn Store, name: &str, number: &str) -> (TenantId, AgentId) {
+    let t = store.create_tenant(name, T0).await.unwrap();
+    let trunk = store
+        .create_trunk(
+            t.id,
+            &NewTrunk {
+                name: "pbx".into(),
+                uri: "sip:127.0.0.1:5080".into(),
+                username: None,
+                password: None,
+                max_concurrent_calls: None,
+            },
+            T0,
+        )
+        .await
+        .unwrap();
+    let number = E164::parse(number).unwrap();
+    store
+        .create_phone_number(t.id, &number, trunk.id, T0)
+        .await
+        .unwrap();
+    let cfg = AgentConfig::from_json(
+        json!({"name": "a", "phone_number": number.as_str()})
+            .as_object()
+            .unwrap(),
+    )
+    .unwrap();
+    let agent = store.create_agent(t.id, &cfg, T0).await.unwrap();
+    (t.id, agent.id)
+}
+
+fn new_call(tenant: TenantId, agent: AgentId, phone: &str, now: Millis) -> NewCall {
+    NewCall {
+        tenant,
+        agent,
+        customer_phone: E164::parse(phone).unwrap(),
+        parameters: vec![Parameter {
+            name: "customer_phone".into(),
+            value: phone.into(),
+        }],
+        continues: None,
+        idempotency_key: None,
+        metadata: None,
+        retry_context: None,
+        scheduled_for: None,
+        trace_id: TraceId::new(),
+        now,
+    }
+}
+
+async fn story_keys_and_agents(store: &dyn Store) {
+    let (t, agent) = tenant_with_agent(store, "acme", "+918035739222").await;
+    let key = store
+        .create_api_key(t, "ci", "lookup123456", "hash", T0)
+        .await
+        .unwrap();
+    let cred = store.find_api_key("lookup123456").await.unwrap().unwrap();
+    assert_eq!(
+        (cred.tenant, cred.secret_hash.as_str(), cred.revoked),
+        (t, "hash", false)
+    );
+    assert!(store.revoke_api_key(t, key.id, T0).await.unwrap());
+    assert!(
+        store
+            .find_api_key("lookup123456")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked
+    );
+    assert!(
+        !store.revoke_api_key(t, key.id, T0).await.unwrap(),
+        "revoking twice is a no-op"
+    );
+    assert!(store.find_api_key("nope").await.unwrap().is_none());
+
+    // An agent may only use the tenant's own numbers.
+    let (other, other_agent) = tenant_with_agent(store, "globex", "+918035739223").await;
+    let cfg = AgentConfig::from_json(
+        json!({"name": "b", "phone_number": "+918035739223"})
+            .as_object()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(matches!(
+        store.create_agent(t, &cfg, T0).await,
+        Err(ManageError::NotFound("phone number"))
+    ));
+    // Isolation: neither sees the other's agent.
+    assert!(store.get_agent(t, other_agent).await.unwrap().is_none());
+    assert!(store.get_agent(other, agent).await.unwrap().is_none());
+    assert!(matches!(
+        store.update_agent(other, agent, &cfg, T0).await,
+        Err(ManageError::NotFound("agent"))
+    ));
+    assert!(!store.delete_agent(other, agent, T0).await.unwrap());
+    assert_eq!(
+        store
+            .list_agents(
+                t,
+                Page {
+                    limit: 10,
+                    offset: 0
+                }
+            )
+            .await
+            .unwrap()
+            .total,
+        1
+    );
+    // Numbers are unique per tenant, not globally.
+    let trunk = store.list_trunks(t).await.unwrap()[0].id;
+    let dup = E164::parse("+918035739222").unwrap();
+    assert!(matches!(
+        store.create_phone_number(t, &dup, trunk, T0).await,
+        Err(ManageError::Conflict(_))
+    ));
+    let other_trunk = store.list_trunks(other).await.unwrap()[0].id;
+    assert!(store
+        .create_phone_number(other, &dup, other_trunk, T0)
+        .await
+        .is_ok());
+    assert!(matches!(
+        store
+            .create_phone_number(other, &E164::parse("+918035739224").unwrap(), trunk, T0)
+            .await,
+        Err(ManageError::NotFound("trunk"))
+    ));
+}
+
+async fn story_calls(store: &dyn Store) {
+    let (t, agent) = tenant_with_agent(store, "acme", "+918035739222").await;
+    store
+        .update_tenant_limits(
+            t,
+            &TenantLimits {
+                max_concurrent_calls: Some(3),
+                per_number_calls: 2,
+                per_number_window_seconds: 60,
+            },
+        )
+        .await
+        .unwrap();
+
+    // Idempotency: a key is claimed for 24 hours, then reusable.
+    let mut keyed = new_call(t, agent, "+919876500001", T0);
+    keyed.idempotency_key = Some("k".into());
+    let first = store.create_call(keyed.clone()).await.unwrap();
+    keyed.trace_id = TraceId::new();
+    keyed.now = Millis(T0.0 + 1000);
+    match store.create_call(keyed.clone()).await {
+        Err(CreateCallError::DuplicateRequest { first_trace_id }) => {
+            assert_eq!(first_trace_id, first.trace_id)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.count_calls(t).await.unwrap(), 1);
+
+    // Per number: 2 per 60 s; the third waits for the oldest to leave the window.
+    let n = "+919876500002";
+    store.create_call(new_call(t, agent, n, T0)).await.unwrap();
+    store
+        .create_call(new_call(t, agent, n, Millis(T0.0 + 10_000)))
+        .await
+        .unwrap();
+    match store
+        .create_call(new_call(t, agent, n, Millis(T0.0 + 20_000)))
+        .await
+    {
+        Err(CreateCallError::NumberRateLimited {
+            retry_after_seconds,
+        }) => assert_eq!(retry_after_seconds, 40),
+        other => panic!("{other:?}"),
+    }
+
+    // Concurrency: 3 live immediate calls now; a fourth is refused, scheduled ones are not.
+    match store
+        .create_call(new_call(t, agent, "+919876500003", Millis(T0.0 + 30_000)))
+        .await
+    {
+        Err(CreateCallError::ConcurrentLimit { current, max }) => {
+            assert_eq!((current, max), (3, 3))
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut later = new_call(t, agent, "+919876500003", Millis(T0.0 + 30_000));
+    later.scheduled_for = Some(Millis(T0.0 + 3_600_000));
+    let scheduled = store.create_call(later).await.unwrap();
+    assert_eq!(scheduled.status, domain::CallStatus::Scheduled);
+    assert_eq!(
+        store.count_calls(t).await.unwrap(),
+        4,
+        "refusals wrote nothing"
+    );
+
+    // After 24 h the key is free again (and the concurrency limit lifted to let it through).
+    store
+        .update_tenant_limits(
+            t,
+            &TenantLimits {
+                max_concurrent_calls: None,
+                per_number_calls: 2,
+                per_number_window_seconds: 60,
+            },
+        )
+        .await
+        .unwrap();
+    keyed.now = Millis(T0.0 + 24 * 3600 * 1000 + 1);
+    keyed.trace_id = TraceId::new();
+    store.create_call(keyed).await.unwrap();
+
+    // Chains.
+    let mut next = new_call(t, agent, "+919876500004", Millis(T0.0 + 40_000));
+    next.continues = Some(first.conversation_id);
+    let second = store.create_call(next.clone()).await.unwrap();
+    assert_eq!(
+        second.conversation_id,
+        ConversationId {
+            chain: first.conversation_id.chain,
+            attempt: 2
+        }
+    );
+    next.continues = Some(ConversationId {
+        chain: uuid_of("e36853de-9cbb-441e-ad75-d3c8ac82abfb"),
+        attempt: 1,
+    });
+    assert!(matches!(
+        store.create_call(next).await,
+        Err(CreateCallError::ConversationNotFound)
+    ));
+
+    // Agent checks come first; another tenant's agent is "not found".
+    let (other, _) = tenant_with_agent(store, "globex", "+918035739223").await;
+    assert!(matches!(
+        store
+            .create_call(new_call(other, agent, "+919876500005", T0))
+            .await,
+        Err(CreateCallError::AgentNotFound)
+    ));
+    let bare = store
+        .create_agent(
+            t,
+            &AgentConfig::from_json(json!({"name": "bare"}).as_object().unwrap()).unwrap(),
+            T0,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .create_call(new_call(t, bare.id, "+919876500005", T0))
+            .await,
+        Err(CreateCallError::AgentHasNoNumber)
+    ));
+
+    // Reads are tenant-scoped, newest first.
+    let all = store
+        .list_conversations(
+            t,
+            None,
+            Page {
+                limit: 100,
+                offset: 0,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.total, 6);
+    assert!(all
+        .items
+        .windows(2)
+        .all(|w| w[0].created_at >= w[1].created_at));
+    let page = Page {
+        limit: 4,
+        offset: 4,
+    };
+    let tail = store
+        .list_conversations(t, Some(agent), page)
+        .await
+        .unwrap();
+    assert_eq!((tail.items.len(), tail.has_more(page)), (2, false));
+    assert!(store
+        .get_conversation(other, first.conversation_id)
+        .await
+        .unwrap()
+        .is_none());
+    let got = store
+        .get_conversation(t, first.conversation_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.contact_number, "+919876500001");
+    assert_eq!(got.status, domain::CallStatus::Queued);
+    assert_eq!(
+        store
+            .list_conversations(
+                other,
+                None,
+                Page {
+                    limit: 10,
+                    offset: 0
+                }
+            )
+            .await
+            .unwrap()
+            .total,
+        0
+    );
+}
+
+fn uuid_of(s: &str) -> uuid::Uuid {
+    s.parse().unwrap()
+}
+
+/// Many writers at once: exactly one claim of a key wins.
+async fn story_idempotency_race(store: Arc<dyn Store>) {
+    let (t, agent) = tenant_with_agent(store.as_ref(), "acme", "+918035739222").await;
+    let tasks = (0..20).map(|i| {
+        let store = store.clone();
+        let mut call = new_call(t, agent, &format!("+9198765{:05}", i), Millis::now());
+        call.idempotency_key = Some("same".into());
+        tokio::spawn(async move { store.create_call(call).await })
+    });
+    let results = futures::future::join_all(tasks).await;
+    let ok = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+    let dup = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Err(CreateCallError::DuplicateRequest { .. }))))
+        .count();
+    assert_eq!((ok, dup), (1, 19));
+    assert_eq!(store.count_calls(t).await.unwrap(), 1);
+}
+
+macro_rules! on_both {
+    ($name:ident, $story:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            for backend in backends() {
+                let db = backend.open().await;
+                $story(db.store()).await;
+                db.finish().await;
+            }
+        }
+    };
+}
+
+async fn keys_and_agents(store: Arc<dyn Store>) {
+    story_keys_and_agents(store.as_ref()).await
+}
+async fn calls(store: Arc<dyn Store>) {
+    story_calls(store.as_ref()).await
+}
+
+on_both!(keys_and_agents_on_every_backend, keys_and_agents);
+on_both!(calls_on_every_backend, calls);
+on_both!(idempotency_race_on_every_backend, story_idempotency_race);
+
+#[test]
+fn both_backends_are_covered_unless_postgres_is_skipped_knowingly() {
+    let n = backends().len();
+    let skip = std::env::var("OUTDIAL_TEST_SKIP_POSTGRES").is_ok_and(|v| v == "1");
+    assert_eq!(n, if skip { 1 } else { 2 });
+    assert!(matches!(backends()[0], Backend::Sqlite));
+}
