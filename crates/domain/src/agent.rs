@@ -170,6 +170,9 @@ pub struct AgentConfig {
     pub calling_window: Option<CallingWindow>,
     pub voice: Voice,
     pub transcriber: Transcriber,
+    /// Simultaneous live calls of this agent; `None` = no cap of its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_calls: Option<u32>,
 }
 
 const MAX_TEXT: usize = 4096;
@@ -227,6 +230,7 @@ impl AgentConfig {
             transcriber: Transcriber {
                 engine: "local".into(),
             },
+            max_concurrent_calls: None,
         };
         let mut has_name = false;
         // Keys in a stable order so the first bad field reported does not depend on hashing.
@@ -271,6 +275,9 @@ impl AgentConfig {
                 "calling_window" => cfg.calling_window = Some(typed("calling_window", v)?),
                 "voice" => cfg.voice = typed("voice", v)?,
                 "transcriber" => cfg.transcriber = typed("transcriber", v)?,
+                "max_concurrent_calls" => {
+                    cfg.max_concurrent_calls = Some(bounded("max_concurrent_calls", v, 1, 100_000)?)
+                }
                 other => return Err(invalid(other)),
             }
         }

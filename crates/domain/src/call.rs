@@ -156,6 +156,8 @@ impl CallStatus {
         match (self, next) {
             (Scheduled, Queued | Canceled) => true,
             (Queued, Initiated | Canceled) => true,
+            // Could not be dialled at all (agent deleted, no trunk, no calling window).
+            (Scheduled | Queued, Failed) => true,
             (Initiated, Ringing | InProgress) => true,
             (Initiated | Ringing, Busy | NoAnswer | Unreachable | TelephonyFailed | Failed) => true,
             (Ringing, InProgress) => true,

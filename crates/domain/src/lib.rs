@@ -4,12 +4,14 @@
 
 pub mod agent;
 pub mod call;
+pub mod dispatch;
 pub mod ids;
 pub mod phone;
 pub mod store;
 pub mod telephony;
 pub mod tenant;
 pub mod time;
+pub mod webhooks;
 
 pub use agent::AgentConfig;
 pub use call::{CallStatus, ConversationId};

@@ -6,6 +6,7 @@ use crate::call::{AcceptedCall, Conversation, ConversationId, NewCall};
 use crate::tenant::{
     ApiKeyCredential, ApiKeyInfo, NewTrunk, PhoneNumber, Tenant, TenantLimits, Trunk,
 };
+use crate::webhooks::WebhookStore;
 use crate::{AgentId, ApiKeyId, Millis, TenantId, TraceId, TrunkId, E164};
 use async_trait::async_trait;
 
@@ -76,7 +77,7 @@ impl<T> Listed<T> {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: crate::dispatch::DispatchStore + WebhookStore + Send + Sync + 'static {
     /// Liveness of the database, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -4,9 +4,12 @@
 //! places where the engines must differ (locking, the write path) branch on [`Backend`].
 
 mod calls;
+mod dispatch;
 mod manage;
+mod outbox;
 mod rows;
 mod sqlite_writer;
+mod webhooks;
 
 use domain::agent::AgentConfig;
 use domain::call::{AcceptedCall, Conversation, NewCall};

@@ -4,7 +4,7 @@
 //! sent, unchanged, on every attempt. Each attempt is signed afresh ([`sign`]) with the
 //! target's current secrets ([`secret`]), sent by a [`client::DeliveryClient`] that can only
 //! reach addresses the [`guard`] permits, and judged by its [`client::Verdict`]; retries follow
-//! a [`schedule::RetrySchedule`].
+//! a [`schedule::RetrySchedule`]. The [`worker`] drives all of that from the durable outbox.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(
@@ -18,6 +18,7 @@ pub mod guard;
 pub mod schedule;
 pub mod secret;
 pub mod sign;
+pub mod worker;
 
 pub use client::{AttemptOutcome, ClientConfig, Delivery, DeliveryClient, Verdict};
 pub use event::{Envelope, EventId, EventType};
@@ -25,3 +26,4 @@ pub use guard::{UrlError, UrlPolicy};
 pub use schedule::RetrySchedule;
 pub use secret::{SecretSet, WebhookSecret};
 pub use sign::signature_headers;
+pub use worker::{Worker, WorkerConfig, WorkerError};

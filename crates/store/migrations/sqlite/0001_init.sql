@@ -74,6 +74,8 @@ CREATE TABLE calls (
     recording_path TEXT,
     created_at INTEGER NOT NULL,
     started_at INTEGER,
+    answered_at INTEGER,
+    trunk_id INTEGER,
     ended_at INTEGER,
     duration_seconds INTEGER,
     lease_owner TEXT,
@@ -85,6 +87,8 @@ CREATE INDEX calls_tenant_agent_created ON calls (tenant_id, agent_id, created_a
 CREATE INDEX calls_destination ON calls (tenant_id, customer_phone, created_at) WHERE immediate = 1;
 CREATE INDEX calls_live ON calls (tenant_id, status) WHERE immediate = 1;
 CREATE INDEX calls_due ON calls (due_at) WHERE status IN ('scheduled', 'queued');
+CREATE INDEX calls_dialing ON calls (lease_until) WHERE status IN ('initiated', 'ringing', 'in_progress');
+CREATE INDEX calls_started ON calls (tenant_id, customer_phone, started_at);
 
 CREATE TABLE call_events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -1,0 +1,491 @@
+//! Dispatch against the real store (SQLite files; PostgreSQL for the multi-node test) with a
+//! telephony double at the trait boundary that counts every dial. The SIP adapter's own tests
+//! cover the wire.
+
+use super::*;
+use async_trait::async_trait;
+use domain::call::{NewCall, Parameter};
+use domain::dispatch::DispatchStore;
+use domain::telephony::{CallControl, CallEnd, CallEvent, DialError, DialRequest, LiveCall};
+use domain::tenant::NewTrunk;
+use domain::{AgentConfig, AgentId, TenantId, TraceId, E164};
+use serde_json::json;
+use std::sync::atomic::{AtomicI64, Ordering};
+use store::{SqlStore, StoreOptions};
+use tokio::sync::mpsc;
+
+struct ManualClock(AtomicI64);
+
+impl Clock for ManualClock {
+    fn now(&self) -> Millis {
+        Millis(self.0.load(Ordering::SeqCst))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Script {
+    Answer,
+    Busy,
+    /// Never ends: the node "dies" with the call up.
+    Hang,
+}
+
+/// Counts dials per destination and plays a script.
+struct Phone {
+    dials: Mutex<Vec<String>>,
+    script: Script,
+    clock: Arc<dyn Clock>,
+}
+
+#[async_trait]
+impl Telephony for Phone {
+    async fn dial(&self, req: DialRequest) -> Result<LiveCall, DialError> {
+        self.dials.lock().unwrap().push(req.to.to_string());
+        let (tx, rx) = mpsc::channel(8);
+        let (control, mut control_rx) = mpsc::channel::<CallControl>(8);
+        let script = self.script;
+        let now = self.clock.now();
+        tokio::spawn(async move {
+            let _ = tx.send(CallEvent::Ringing).await;
+            match script {
+                Script::Busy => {
+                    let _ = tx
+                        .send(CallEvent::Ended(CallEnd {
+                            status: CallStatus::Busy,
+                            failure_reason: Some("486 Busy Here".into()),
+                            answered_at: None,
+                            ended_at: now,
+                            recording: None,
+                        }))
+                        .await;
+                }
+                Script::Answer => {
+                    let (_in_tx, inbound) = mpsc::channel(1);
+                    let (outbound, _out_rx) = mpsc::channel(1);
+                    let media = domain::telephony::MediaStream { inbound, outbound };
+                    let _ = tx.send(CallEvent::Answered { at: now, media }).await;
+                    let _ = tx
+                        .send(CallEvent::Ended(CallEnd {
+                            status: CallStatus::Completed,
+                            failure_reason: None,
+                            answered_at: Some(now),
+                            ended_at: Millis(now.0 + 42_000),
+                            recording: None,
+                        }))
+                        .await;
+                }
+                Script::Hang => {
+                    let _ = control_rx.recv().await;
+                    std::future::pending::<()>().await;
+                }
+            }
+        });
+        Ok(LiveCall {
+            events: rx,
+            control,
+        })
+    }
+}
+
+impl Phone {
+    fn new(script: Script, clock: Arc<dyn Clock>) -> Arc<Self> {
+        Arc::new(Self {
+            dials: Mutex::new(Vec::new()),
+            script,
+            clock,
+        })
+    }
+    fn count(&self) -> usize {
+        self.dials.lock().unwrap().len()
+    }
+}
+
+const T0: i64 = 1_775_000_000_000;
+
+async fn setup(url: &str, agent: serde_json::Value) -> (Arc<SqlStore>, TenantId, AgentId) {
+    let store = Arc::new(
+        SqlStore::connect(url, StoreOptions::default())
+            .await
+            .unwrap(),
+    );
+    let t = store.create_tenant("acme", Millis(T0)).await.unwrap();
+    let trunk = store
+        .create_trunk(
+            t.id,
+            &NewTrunk {
+                name: "pbx".into(),
+                uri: "sip:127.0.0.1:5080".into(),
+                username: None,
+                password: None,
+                max_concurrent_calls: None,
+            },
+            Millis(T0),
+        )
+        .await
+        .unwrap();
+    store
+        .create_phone_number(
+            t.id,
+            &E164::parse("+918035739222").unwrap(),
+            trunk.id,
+            Millis(T0),
+        )
+        .await
+        .unwrap();
+    let mut cfg = json!({"name": "a", "phone_number": "+918035739222", "first_message": "Hello {{customer_name}}"});
+    cfg.as_object_mut()
+        .unwrap()
+        .extend(agent.as_object().unwrap().clone());
+    let a = store
+        .create_agent(
+            t.id,
+            &AgentConfig::from_json(cfg.as_object().unwrap()).unwrap(),
+            Millis(T0),
+        )
+        .await
+        .unwrap();
+    (store, t.id, a.id)
+}
+
+fn call(t: TenantId, a: AgentId, phone: &str, now: i64, at: Option<i64>) -> NewCall {
+    NewCall {
+        tenant: t,
+        agent: a,
+        customer_phone: E164::parse(phone).unwrap(),
+        parameters: vec![
+            Parameter {
+                name: "customer_phone".into(),
+                value: phone.into(),
+            },
+            Parameter {
+                name: "customer_name".into(),
+                value: "Rahul".into(),
+            },
+        ],
+        continues: None,
+        idempotency_key: None,
+        metadata: None,
+        retry_context: None,
+        scheduled_for: at.map(Millis),
+        trace_id: TraceId::new(),
+        now: Millis(now),
+    }
+}
+
+fn sqlite_url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}/outdial.db", dir.path().display())
+}
+
+async fn settle_tasks() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_answered_call_completes_with_its_opening_line_and_duration() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, t, a) = setup(&sqlite_url(&dir), json!({})).await;
+    let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
+    let phone = Phone::new(Script::Answer, clock.clone());
+    let d = Dispatcher::new(
+        store.clone(),
+        phone.clone(),
+        CountryZones::default(),
+        clock.clone(),
+        DispatchConfig::default(),
+    );
+    let accepted = store
+        .create_call(call(t, a, "+919876500001", T0, None))
+        .await
+        .unwrap();
+    assert_eq!(d.tick().await.unwrap(), 1);
+    settle_tasks().await;
+    assert_eq!(phone.count(), 1);
+    let c = store
+        .get_conversation(t, accepted.conversation_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.status, CallStatus::Completed);
+    assert_eq!(c.duration_seconds, Some(42));
+    assert_eq!(c.started_at, Some(Millis(T0)));
+    assert_eq!(c.failure_reason, None);
+    // Nothing more to dial.
+    assert_eq!(d.tick().await.unwrap(), 0);
+    assert_eq!(phone.count(), 1);
+}
+
+#[tokio::test]
+async fn retry_chains_follow_the_policy_with_its_delays() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, t, a) = setup(
+        &sqlite_url(&dir),
+        json!({"retry_policy": {"on": ["busy"], "max_attempts": 3, "delay_seconds": 60}}),
+    )
+    .await;
+    let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
+    let phone = Phone::new(Script::Busy, clock.clone());
+    let d = Dispatcher::new(
+        store.clone(),
+        phone.clone(),
+        CountryZones::default(),
+        clock.clone(),
+        DispatchConfig::default(),
+    );
+    let first = store
+        .create_call(call(t, a, "+919876500001", T0, None))
+        .await
+        .unwrap()
+        .conversation_id;
+    d.tick().await.unwrap();
+    settle_tasks().await;
+    for attempt in 2..=3u32 {
+        let id = ConversationId {
+            chain: first.chain,
+            attempt,
+        };
+        let c = store
+            .get_conversation(t, id)
+            .await
+            .unwrap()
+            .expect("next attempt scheduled");
+        assert_eq!(c.status, CallStatus::Scheduled);
+        let due = clock.now().0 + 60_000;
+        assert_eq!(c.scheduled_for, Some(Millis(due)));
+        clock.0.store(due - 1, Ordering::SeqCst);
+        assert_eq!(d.tick().await.unwrap(), 0, "not before its delay");
+        clock.0.store(due, Ordering::SeqCst);
+        assert_eq!(d.tick().await.unwrap(), 1);
+        settle_tasks().await;
+        assert_eq!(phone.count() as u32, attempt);
+    }
+    let last = ConversationId {
+        chain: first.chain,
+        attempt: 3,
+    };
+    assert_eq!(
+        store
+            .get_conversation(t, last)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        CallStatus::Busy
+    );
+    assert!(
+        store
+            .get_conversation(t, last.next_attempt())
+            .await
+            .unwrap()
+            .is_none(),
+        "max_attempts reached"
+    );
+    for attempt in 1..=3 {
+        let c = store
+            .get_conversation(
+                t,
+                ConversationId {
+                    chain: first.chain,
+                    attempt,
+                },
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.failure_reason.as_deref(), Some("486 Busy Here"));
+    }
+}
+
+#[tokio::test]
+async fn calls_outside_the_window_wait_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, t, a) = setup(
+        &sqlite_url(&dir),
+        json!({"calling_window": {"start": "09:00", "end": "21:00"}}),
+    )
+    .await;
+    // 2026-04-01T00:00Z is 05:30 in Kolkata: the window opens at 03:30Z.
+    let now = Millis::from_datetime(
+        chrono::DateTime::parse_from_rfc3339("2026-04-01T00:00:00Z")
+            .unwrap()
+            .into(),
+    );
+    let clock = Arc::new(ManualClock(AtomicI64::new(now.0)));
+    let phone = Phone::new(Script::Answer, clock.clone());
+    let zones = CountryZones::parse("IN\t+2232+08822\tAsia/Kolkata\n");
+    let d = Dispatcher::new(
+        store.clone(),
+        phone.clone(),
+        zones,
+        clock.clone(),
+        DispatchConfig::default(),
+    );
+    let id = store
+        .create_call(call(t, a, "+919876500001", now.0, None))
+        .await
+        .unwrap()
+        .conversation_id;
+    d.tick().await.unwrap();
+    settle_tasks().await;
+    assert_eq!(phone.count(), 0);
+    let opening = now.0 + 3 * 3_600_000 + 1_800_000;
+    assert_eq!(
+        store.next_due_at(Millis(now.0)).await.unwrap(),
+        Some(Millis(opening))
+    );
+    assert_eq!(
+        store.get_conversation(t, id).await.unwrap().unwrap().status,
+        CallStatus::Queued
+    );
+    clock.0.store(opening, Ordering::SeqCst);
+    d.tick().await.unwrap();
+    settle_tasks().await;
+    assert_eq!(phone.count(), 1);
+    // A number whose country has no known zone is never called at a guessed hour.
+    let uk = store
+        .create_call(call(t, a, "+442079460958", opening, None))
+        .await
+        .unwrap()
+        .conversation_id;
+    d.tick().await.unwrap();
+    let c = store.get_conversation(t, uk).await.unwrap().unwrap();
+    assert_eq!(c.status, CallStatus::Failed);
+    assert!(c.failure_reason.unwrap().starts_with("calling window"));
+    assert_eq!(phone.count(), 1);
+}
+
+#[tokio::test]
+async fn a_dead_nodes_live_call_is_settled_interrupted_and_not_redialled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, t, a) = setup(&sqlite_url(&dir), json!({})).await;
+    let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
+    let dead_phone = Phone::new(Script::Hang, clock.clone());
+    let cfg = |n: &str| DispatchConfig {
+        node_id: n.into(),
+        lease: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let dead = Dispatcher::new(
+        store.clone(),
+        dead_phone.clone(),
+        CountryZones::default(),
+        clock.clone(),
+        cfg("dead"),
+    );
+    let id = store
+        .create_call(call(t, a, "+919876500001", T0, None))
+        .await
+        .unwrap()
+        .conversation_id;
+    dead.tick().await.unwrap();
+    settle_tasks().await;
+    assert_eq!(dead_phone.count(), 1);
+    // The node dies: nobody renews its lease. Another node takes over after the lease.
+    let phone = Phone::new(Script::Answer, clock.clone());
+    let live = Dispatcher::new(
+        store.clone(),
+        phone.clone(),
+        CountryZones::default(),
+        clock.clone(),
+        cfg("live"),
+    );
+    assert_eq!(live.sweep_orphans().await.unwrap(), 0, "lease still valid");
+    clock.0.store(T0 + 10_001, Ordering::SeqCst);
+    assert_eq!(live.sweep_orphans().await.unwrap(), 1);
+    live.tick().await.unwrap();
+    settle_tasks().await;
+    let c = store.get_conversation(t, id).await.unwrap().unwrap();
+    assert_eq!(
+        (c.status, c.failure_reason.as_deref()),
+        (CallStatus::Failed, Some("interrupted"))
+    );
+    assert_eq!(dead_phone.count() + phone.count(), 1, "never dialled twice");
+}
+
+#[tokio::test]
+async fn a_full_trunk_queues_calls_and_cancel_stops_undialled_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, t, a) = setup(&sqlite_url(&dir), json!({"max_concurrent_calls": 1})).await;
+    let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
+    let phone = Phone::new(Script::Hang, clock.clone());
+    let d = Dispatcher::new(
+        store.clone(),
+        phone.clone(),
+        CountryZones::default(),
+        clock.clone(),
+        DispatchConfig::default(),
+    );
+    store
+        .create_call(call(t, a, "+919876500001", T0, None))
+        .await
+        .unwrap();
+    let second = store
+        .create_call(call(t, a, "+919876500002", T0, None))
+        .await
+        .unwrap()
+        .conversation_id;
+    d.tick().await.unwrap();
+    settle_tasks().await;
+    assert_eq!(
+        phone.count(),
+        1,
+        "the agent's cap of 1 holds the second call"
+    );
+    let c = store.get_conversation(t, second).await.unwrap().unwrap();
+    assert_eq!(c.status, CallStatus::Queued);
+    match store.cancel_call(t, second, clock.now()).await.unwrap() {
+        domain::dispatch::CancelOutcome::Canceled(c) => assert_eq!(c.status, CallStatus::Canceled),
+        other => panic!("{other:?}"),
+    }
+    clock.0.store(T0 + 5_000, Ordering::SeqCst);
+    d.tick().await.unwrap();
+    settle_tasks().await;
+    assert_eq!(phone.count(), 1, "a cancelled call is never dialled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scheduled_calls_fire_within_a_second_in_real_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, t, a) = setup(&sqlite_url(&dir), json!({})).await;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let phone = Phone::new(Script::Answer, clock.clone());
+    let d = Dispatcher::new(
+        store.clone(),
+        phone.clone(),
+        CountryZones::default(),
+        clock.clone(),
+        DispatchConfig::default(),
+    );
+    let (stop_tx, stop) = watch::channel(false);
+    let runner = tokio::spawn(d.clone().run(stop));
+    let now = Millis::now().0;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let at = now + 1_500 + i * 300;
+        ids.push((
+            store
+                .create_call(call(t, a, &format!("+9198765000{i:02}"), now, Some(at)))
+                .await
+                .unwrap()
+                .conversation_id,
+            at,
+        ));
+    }
+    // As the API does after accepting a call.
+    d.waker().notify_one();
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    stop_tx.send(true).unwrap();
+    runner.await.unwrap();
+    assert_eq!(phone.count(), 5);
+    for (id, at) in ids {
+        let c = store.get_conversation(t, id).await.unwrap().unwrap();
+        let started = c.started_at.unwrap().0;
+        assert!(
+            started >= at && started - at < 1_000,
+            "started {} ms after scheduled_for",
+            started - at
+        );
+    }
+}

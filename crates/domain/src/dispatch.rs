@@ -1,0 +1,389 @@
+//! Rules that decide when an accepted call may ring a phone: calling windows in the callee's
+//! local time, retry policy, and the records dispatch exchanges with the store.
+
+use crate::agent::{AgentConfig, CallingWindow, RetryPolicy, WEEKDAYS};
+use crate::call::{Parameter, RetryContext, TranscriptItem};
+use crate::telephony::TrunkTarget;
+use crate::tenant::TenantLimits;
+use crate::{AgentId, CallStatus, ConversationId, Millis, TenantId, TraceId, E164};
+use chrono::{DateTime, Datelike, Duration, NaiveTime, TimeZone, Timelike, Utc};
+use chrono_tz::Tz;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// Countries to their IANA zones, from the tz database's `zone.tab` (Debian's `tzdata`
+/// installs it at /usr/share/zoneinfo/zone.tab); the zones' rules come from `chrono-tz`.
+#[derive(Debug, Clone, Default)]
+pub struct CountryZones(HashMap<String, Vec<Tz>>);
+
+impl CountryZones {
+    /// Parses `zone.tab`: `CC<TAB>coordinates<TAB>Zone/Name[<TAB>comment]`; `#` starts a comment.
+    pub fn parse(zone_tab: &str) -> Self {
+        let mut map: HashMap<String, Vec<Tz>> = HashMap::new();
+        for line in zone_tab.lines().filter(|l| !l.starts_with('#')) {
+            let mut cols = line.split('\t');
+            let (Some(countries), Some(_), Some(zone)) = (cols.next(), cols.next(), cols.next())
+            else {
+                continue;
+            };
+            let Ok(tz) = zone.parse::<Tz>() else {
+                continue;
+            };
+            for cc in countries.split(',') {
+                map.entry(cc.to_string()).or_default().push(tz);
+            }
+        }
+        Self(map)
+    }
+
+    /// Every zone of the number's country; empty when unknown.
+    pub fn zones_for(&self, number: &E164) -> &[Tz] {
+        number
+            .region()
+            .and_then(|r| self.0.get(&r))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+}
+
+fn minutes(t: NaiveTime) -> u32 {
+    t.hour() * 60 + t.minute()
+}
+
+fn day_allowed(window: &CallingWindow, weekday: chrono::Weekday) -> bool {
+    let name = WEEKDAYS[weekday.num_days_from_monday() as usize];
+    window.days.iter().any(|d| d == name)
+}
+
+/// Whether `at` lies inside the window in zone `tz`. An overnight window (end before start)
+/// belongs to the day it starts on.
+pub fn is_open(window: &CallingWindow, tz: &Tz, at: DateTime<Utc>) -> bool {
+    let local = at.with_timezone(tz);
+    let m = minutes(local.time());
+    let (start, end) = window.minutes();
+    if start < end {
+        (start..end).contains(&m) && day_allowed(window, local.weekday())
+    } else {
+        (m >= start && day_allowed(window, local.weekday()))
+            || (m < end && day_allowed(window, local.weekday().pred()))
+    }
+}
+
+/// The earliest instant at or after `now` when the window is open in every one of `zones` (a
+/// country spanning several zones is called only when it is a decent hour in all of them).
+/// `None` when no such instant exists in the next 8 days (e.g. unknown zones: nobody is
+/// called at an hour we cannot vouch for).
+pub fn next_opening(
+    window: &CallingWindow,
+    zones: &[Tz],
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    if zones.is_empty() {
+        return None;
+    }
+    let open_everywhere = |t: DateTime<Utc>| zones.iter().all(|z| is_open(window, z, t));
+    // The intersection of the zones' windows opens when the last of them opens, so the
+    // candidates are now and every local opening time in the coming days.
+    let (start, _) = window.minutes();
+    let start_time = NaiveTime::from_hms_opt(start / 60, start % 60, 0)?;
+    let mut candidates = vec![now];
+    for tz in zones {
+        let today = now.with_timezone(tz).date_naive();
+        for d in 0..=8 {
+            let date = today + Duration::days(d);
+            if let Some(t) = tz
+                .from_local_datetime(&date.and_time(start_time))
+                .earliest()
+            {
+                let t = t.with_timezone(&Utc);
+                if t >= now {
+                    candidates.push(t);
+                }
+            }
+        }
+    }
+    candidates.sort();
+    candidates.into_iter().find(|t| open_everywhere(*t))
+}
+
+/// When the next attempt of a chain starts, if the agent's policy wants one.
+pub fn retry_delay(
+    policy: Option<&RetryPolicy>,
+    outcome: CallStatus,
+    attempt: u32,
+) -> Option<std::time::Duration> {
+    let p = policy?;
+    let wanted = p.on.iter().any(|o| o == outcome.as_str());
+    (wanted && attempt < p.max_attempts).then(|| std::time::Duration::from_secs(p.delay_seconds))
+}
+
+/// A call that has come due, with everything needed to decide on it and dial it.
+#[derive(Debug, Clone)]
+pub struct DueCall {
+    pub id: ConversationId,
+    pub tenant: TenantId,
+    pub agent: AgentId,
+    pub status: CallStatus,
+    pub immediate: bool,
+    pub customer_phone: E164,
+    pub parameters: Vec<Parameter>,
+    pub retry_context: Option<RetryContext>,
+    pub trace_id: TraceId,
+    pub due_at: Millis,
+    /// `None` when the agent was deleted after the call was accepted.
+    pub agent_config: Option<AgentConfig>,
+    /// The trunk of the agent's number; `None` when there is none.
+    pub trunk: Option<DueTrunk>,
+    pub tenant_limits: TenantLimits,
+}
+
+#[derive(Debug, Clone)]
+pub struct DueTrunk {
+    pub id: crate::TrunkId,
+    pub target: TrunkTarget,
+    pub from: E164,
+    pub max_concurrent_calls: Option<u32>,
+}
+
+/// Caps checked, under lock, in the same transaction that marks a call `initiated`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DialLimits {
+    pub trunk: Option<(crate::TrunkId, u32)>,
+    pub agent: Option<u32>,
+    pub tenant: Option<u32>,
+    /// For calls that were scheduled: (calls, window seconds) per destination.
+    pub per_number: Option<(u32, u32)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BeginDial {
+    /// `initiated` is durable: dial now.
+    Started,
+    /// A cap is full; try again after this time.
+    Deferred { until: Millis, reason: String },
+    /// Cancelled, or taken by another node, in the meantime: do nothing.
+    Gone,
+}
+
+/// Everything a finished attempt writes, in one transaction.
+#[derive(Debug, Clone)]
+pub struct FinishAttempt {
+    pub id: ConversationId,
+    pub node: String,
+    pub status: CallStatus,
+    pub failure_reason: Option<String>,
+    pub ended_at: Millis,
+    pub duration_seconds: Option<i64>,
+    pub recording_path: Option<PathBuf>,
+    pub transcript: Vec<TranscriptItem>,
+    pub results: serde_json::Map<String, serde_json::Value>,
+    /// The next attempt of the chain, due at this time.
+    pub retry_at: Option<Millis>,
+}
+
+/// A live call whose node stopped renewing its lease.
+#[derive(Debug, Clone)]
+pub struct OrphanedCall {
+    pub id: ConversationId,
+    pub attempt: u32,
+    pub retry_policy: Option<RetryPolicy>,
+}
+
+/// What `POST /v1/conversations/{id}/cancel` found.
+#[derive(Debug, Clone)]
+pub enum CancelOutcome {
+    Canceled(Box<crate::call::Conversation>),
+    /// Dialling has begun (or the call already ended): too late to cancel.
+    AlreadyStarted,
+    NotFound,
+}
+
+/// The store's side of dispatch. Every method that changes a call is fenced by the lease: a
+/// node acts only on calls it holds, or whose holder's lease has run out.
+#[async_trait::async_trait]
+pub trait DispatchStore: Send + Sync + 'static {
+    /// When the dispatcher next has something to do: the earliest `due_at` of a call waiting to
+    /// be dialled, or for one claimed by a node, when that claim runs out.
+    async fn next_due_at(&self, now: Millis) -> Result<Option<Millis>, crate::store::StoreError>;
+    /// Leases up to `limit` due calls (`scheduled`/`queued`, `due_at <= now`, not leased by a
+    /// live node) to `node` until `lease_until`.
+    async fn claim_due(
+        &self,
+        node: &str,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<DueCall>, crate::store::StoreError>;
+    /// Puts a claimed call back to wait (`queued`) until `until`, releasing the lease.
+    async fn defer_call(
+        &self,
+        id: ConversationId,
+        node: &str,
+        until: Millis,
+        reason: &str,
+    ) -> Result<(), crate::store::StoreError>;
+    /// Checks the caps under lock and, if there is room, makes `initiated` durable: after `Ok(Started)`
+    /// the call may be dialled, and never again.
+    async fn begin_dial(
+        &self,
+        id: ConversationId,
+        node: &str,
+        now: Millis,
+        lease_until: Millis,
+        trunk: Option<crate::TrunkId>,
+        limits: &DialLimits,
+    ) -> Result<BeginDial, crate::store::StoreError>;
+    /// `ringing` or `in_progress` (with the answer time).
+    async fn mark_progress(
+        &self,
+        id: ConversationId,
+        node: &str,
+        status: CallStatus,
+        at: Millis,
+    ) -> Result<bool, crate::store::StoreError>;
+    async fn renew_leases(
+        &self,
+        node: &str,
+        ids: &[ConversationId],
+        until: Millis,
+    ) -> Result<(), crate::store::StoreError>;
+    /// Settles an attempt (and schedules the chain's next one) in one transaction; `false` when
+    /// the call was not this node's to settle.
+    async fn finish_attempt(
+        &self,
+        finish: FinishAttempt,
+        now: Millis,
+    ) -> Result<bool, crate::store::StoreError>;
+    /// Live calls whose lease ran out before `now`: their node died mid-call.
+    async fn orphaned_calls(
+        &self,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Vec<OrphanedCall>, crate::store::StoreError>;
+    async fn cancel_call(
+        &self,
+        tenant: TenantId,
+        id: ConversationId,
+        now: Millis,
+    ) -> Result<CancelOutcome, crate::store::StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(start: &str, end: &str, days: &[&str]) -> CallingWindow {
+        CallingWindow {
+            start: start.into(),
+            end: end.into(),
+            days: days.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    const KOLKATA: Tz = chrono_tz::Asia::Kolkata;
+
+    #[test]
+    fn india_window_in_local_time() {
+        let w = window(
+            "09:00",
+            "21:00",
+            &["mon", "tue", "wed", "thu", "fri", "sat"],
+        );
+        // 2026-11-25 is a Wednesday. 02:00 UTC is 07:30 in Kolkata: wait until 09:00 IST.
+        let t = next_opening(&w, &[KOLKATA], utc("2026-11-25T02:00:00Z")).unwrap();
+        assert_eq!(t, utc("2026-11-25T03:30:00Z"));
+        // Inside the window: now.
+        let now = utc("2026-11-25T06:00:00Z");
+        assert_eq!(next_opening(&w, &[KOLKATA], now), Some(now));
+        // Saturday 21:30 IST: Sunday is off, so Monday 09:00 IST.
+        let t = next_opening(&w, &[KOLKATA], utc("2026-11-28T16:00:00Z")).unwrap();
+        assert_eq!(t, utc("2026-11-30T03:30:00Z"));
+        // The end is exclusive.
+        assert!(!is_open(&w, &KOLKATA, utc("2026-11-25T15:30:00Z")));
+        assert!(is_open(&w, &KOLKATA, utc("2026-11-25T15:29:00Z")));
+    }
+
+    #[test]
+    fn a_country_with_several_zones_is_called_only_when_all_are_open() {
+        let w = window("09:00", "21:00", &WEEKDAYS);
+        let us = [
+            chrono_tz::America::New_York,
+            chrono_tz::America::Los_Angeles,
+        ];
+        // 14:00 UTC = 09:00 New York, 06:00 Los Angeles: wait for 09:00 in Los Angeles (17:00 UTC).
+        assert_eq!(
+            next_opening(&w, &us, utc("2026-11-25T14:00:00Z")),
+            Some(utc("2026-11-25T17:00:00Z"))
+        );
+        // After 21:00 New York (02:00 UTC) nobody is called until the next day's 17:00 UTC.
+        assert_eq!(
+            next_opening(&w, &us, utc("2026-11-26T02:30:00Z")),
+            Some(utc("2026-11-26T17:00:00Z"))
+        );
+        assert_eq!(next_opening(&w, &[], utc("2026-11-26T02:30:00Z")), None);
+    }
+
+    #[test]
+    fn overnight_windows_and_dst() {
+        let w = window("22:00", "02:00", &["fri"]);
+        let berlin = chrono_tz::Europe::Berlin;
+        // Friday 23:00 and Saturday 01:00 Berlin belong to Friday's window; Saturday 23:00 does not.
+        assert!(is_open(&w, &berlin, utc("2026-11-27T22:00:00Z")));
+        assert!(is_open(&w, &berlin, utc("2026-11-28T00:00:00Z")));
+        assert!(!is_open(&w, &berlin, utc("2026-11-28T22:00:00Z")));
+        // Around a DST change the local opening time still holds: 09:00 Berlin is 07:00 UTC in
+        // summer (2026-03-30, Monday) and 08:00 UTC in winter (2026-03-27, Friday).
+        let day = window("09:00", "17:00", &WEEKDAYS);
+        assert_eq!(
+            next_opening(&day, &[berlin], utc("2026-03-27T05:00:00Z")),
+            Some(utc("2026-03-27T08:00:00Z"))
+        );
+        assert_eq!(
+            next_opening(&day, &[berlin], utc("2026-03-30T05:00:00Z")),
+            Some(utc("2026-03-30T07:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn zone_tab_parsing() {
+        let tab = "# comment\nIN\t+2232+08822\tAsia/Kolkata\nUS\t+404251-0740023\tAmerica/New_York\tEastern\nUS\t+340308-1181434\tAmerica/Los_Angeles\tPacific\nXX\t+0\tNot/AZone\n";
+        let z = CountryZones::parse(tab);
+        assert_eq!(
+            z.zones_for(&E164::parse("+919876543210").unwrap()),
+            &[KOLKATA]
+        );
+        assert_eq!(z.zones_for(&E164::parse("+14155552671").unwrap()).len(), 2);
+        assert!(z
+            .zones_for(&E164::parse("+442079460958").unwrap())
+            .is_empty());
+    }
+
+    #[test]
+    fn retry_policy_decides_by_outcome_and_attempt() {
+        let p = RetryPolicy {
+            on: vec!["busy".into(), "no_answer".into()],
+            max_attempts: 3,
+            delay_seconds: 60,
+        };
+        assert_eq!(
+            retry_delay(Some(&p), CallStatus::Busy, 1),
+            Some(std::time::Duration::from_secs(60))
+        );
+        assert_eq!(
+            retry_delay(Some(&p), CallStatus::NoAnswer, 2),
+            Some(std::time::Duration::from_secs(60))
+        );
+        assert_eq!(
+            retry_delay(Some(&p), CallStatus::Busy, 3),
+            None,
+            "max_attempts counts the first"
+        );
+        assert_eq!(retry_delay(Some(&p), CallStatus::Completed, 1), None);
+        assert_eq!(retry_delay(Some(&p), CallStatus::Failed, 1), None);
+        assert_eq!(retry_delay(None, CallStatus::Busy, 1), None);
+    }
+}

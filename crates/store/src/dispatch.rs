@@ -1,0 +1,553 @@
+//! The dispatcher's queries. Claiming uses `FOR UPDATE SKIP LOCKED` on PostgreSQL so nodes never
+//! wait on each other's rows; SQLite has one writer, which makes the same UPDATE atomic.
+
+use crate::calls::insert_event;
+use crate::rows::{self, corrupt, get, json};
+use crate::{db_err, Backend, SqlStore};
+use domain::agent::AgentConfig;
+use domain::call::{Parameter, RetryContext};
+use domain::dispatch::{
+    BeginDial, CancelOutcome, DialLimits, DispatchStore, DueCall, DueTrunk, FinishAttempt,
+    OrphanedCall,
+};
+use domain::store::StoreError;
+use domain::telephony::TrunkTarget;
+use domain::tenant::TenantLimits;
+use domain::{AgentId, CallStatus, ConversationId, Millis, TenantId, TraceId, TrunkId, E164};
+use sqlx::AnyConnection;
+
+const DIALING: &str = "'initiated', 'ringing', 'in_progress'";
+
+/// How long a call waits before another try when a cap is full. Short, because capacity frees
+/// up as calls end; it is not idle polling: it only happens while calls are waiting.
+const CAPACITY_RETRY_MS: i64 = 500;
+
+async fn lock(conn: &mut AnyConnection, backend: Backend, key: String) -> Result<(), StoreError> {
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(key)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+async fn count(
+    conn: &mut AnyConnection,
+    sql: &str,
+    binds: &[i64],
+    text: Option<&str>,
+) -> Result<i64, StoreError> {
+    let mut q = sqlx::query(sql);
+    for b in binds {
+        q = q.bind(*b);
+    }
+    if let Some(t) = text {
+        q = q.bind(t.to_string());
+    }
+    let row = q.fetch_one(&mut *conn).await.map_err(db_err)?;
+    get(&row, "n")
+}
+
+fn due_call(row: &sqlx::any::AnyRow) -> Result<DueCall, StoreError> {
+    let id: String = get(row, "id")?;
+    let status: String = get(row, "status")?;
+    let parameters: String = get(row, "parameters")?;
+    let retry_context: Option<String> = get(row, "retry_context")?;
+    let trace: String = get(row, "trace_id")?;
+    let config: Option<String> = get(row, "agent_config")?;
+    let deleted: Option<i64> = get(row, "agent_deleted")?;
+    let agent_config = match (config, deleted) {
+        (Some(c), None) => {
+            let map = json::<serde_json::Map<String, serde_json::Value>>(&c, "agents.config")?;
+            Some(AgentConfig::from_json(&map).map_err(|_| corrupt("agents.config"))?)
+        }
+        _ => None,
+    };
+    let trunk_id: Option<i64> = get(row, "trunk_id")?;
+    let trunk = match trunk_id {
+        Some(tid) => Some(DueTrunk {
+            id: TrunkId(tid),
+            target: TrunkTarget {
+                uri: get(row, "trunk_uri")?,
+                username: get(row, "trunk_username")?,
+                password: get(row, "trunk_password")?,
+            },
+            from: E164::from_trusted(get(row, "from_phone")?),
+            max_concurrent_calls: get::<Option<i64>>(row, "trunk_max")?
+                .and_then(|n| u32::try_from(n).ok()),
+        }),
+        None => None,
+    };
+    Ok(DueCall {
+        id: id.parse().map_err(|_| corrupt("calls.id"))?,
+        tenant: TenantId(get(row, "tenant_id")?),
+        agent: AgentId(get(row, "agent_id")?),
+        status: CallStatus::parse(&status).ok_or_else(|| corrupt("calls.status"))?,
+        immediate: get::<i64>(row, "immediate")? == 1,
+        customer_phone: E164::from_trusted(get(row, "customer_phone")?),
+        parameters: json::<Vec<Parameter>>(&parameters, "calls.parameters")?,
+        retry_context: retry_context
+            .map(|s| json::<RetryContext>(&s, "calls.retry_context"))
+            .transpose()?,
+        trace_id: trace
+            .parse::<TraceId>()
+            .map_err(|_| corrupt("calls.trace_id"))?,
+        due_at: Millis(get(row, "due_at")?),
+        agent_config,
+        trunk,
+        tenant_limits: TenantLimits {
+            max_concurrent_calls: get::<Option<i64>>(row, "tenant_max")?
+                .and_then(|n| u32::try_from(n).ok()),
+            per_number_calls: u32::try_from(get::<i64>(row, "per_number_calls")?).unwrap_or(1),
+            per_number_window_seconds: u32::try_from(get::<i64>(row, "per_number_window_seconds")?)
+                .unwrap_or(60),
+        },
+    })
+}
+
+const DUE_CALL_SELECT: &str = "SELECT c.id AS id, c.tenant_id AS tenant_id, c.agent_id AS agent_id, c.status AS status, \
+    c.immediate AS immediate, c.customer_phone AS customer_phone, c.from_phone AS from_phone, \
+    c.parameters AS parameters, c.retry_context AS retry_context, c.trace_id AS trace_id, c.due_at AS due_at, \
+    a.config AS agent_config, a.deleted_at AS agent_deleted, \
+    tr.id AS trunk_id, tr.uri AS trunk_uri, tr.username AS trunk_username, tr.password AS trunk_password, \
+    tr.max_concurrent_calls AS trunk_max, \
+    t.max_concurrent_calls AS tenant_max, t.per_number_calls AS per_number_calls, \
+    t.per_number_window_seconds AS per_number_window_seconds \
+    FROM calls c JOIN tenants t ON t.id = c.tenant_id \
+    LEFT JOIN agents a ON a.id = c.agent_id AND a.tenant_id = c.tenant_id \
+    LEFT JOIN phone_numbers pn ON pn.tenant_id = c.tenant_id AND pn.number = c.from_phone \
+    LEFT JOIN trunks tr ON tr.id = pn.trunk_id \
+    WHERE c.id = $1";
+
+#[async_trait::async_trait]
+impl DispatchStore for SqlStore {
+    async fn next_due_at(&self, now: Millis) -> Result<Option<Millis>, StoreError> {
+        let row = sqlx::query(
+            "SELECT MIN(CASE WHEN lease_until IS NOT NULL AND lease_until > $1 THEN lease_until ELSE due_at END) AS due \
+             FROM calls WHERE status IN ('scheduled', 'queued')",
+        )
+        .bind(now.0)
+        .fetch_one(&self.read)
+            .await
+            .map_err(db_err)?;
+        Ok(get::<Option<i64>>(&row, "due")?.map(Millis))
+    }
+
+    async fn claim_due(
+        &self,
+        node: &str,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<DueCall>, StoreError> {
+        let skip_locked = if self.backend == Backend::Postgres {
+            "FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
+        let ids = sqlx::query(&format!(
+            "UPDATE calls SET lease_owner = $1, lease_until = $2 WHERE id IN ( \
+               SELECT id FROM calls WHERE status IN ('scheduled', 'queued') AND due_at <= $3 \
+               AND (lease_until IS NULL OR lease_until < $3) ORDER BY due_at LIMIT $4 {skip_locked}) \
+             RETURNING id"
+        ))
+        .bind(node)
+        .bind(lease_until.0)
+        .bind(now.0)
+        .bind(i64::from(limit))
+        .fetch_all(&self.write)
+        .await
+        .map_err(db_err)?;
+        let mut due = Vec::with_capacity(ids.len());
+        for row in &ids {
+            let id: String = get(row, "id")?;
+            let row = sqlx::query(DUE_CALL_SELECT)
+                .bind(id)
+                .fetch_one(&self.write)
+                .await
+                .map_err(db_err)?;
+            due.push(due_call(&row)?);
+        }
+        due.sort_by_key(|d| d.due_at);
+        Ok(due)
+    }
+
+    async fn defer_call(
+        &self,
+        id: ConversationId,
+        node: &str,
+        until: Millis,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await.map_err(db_err)?;
+        let row = sqlx::query(
+            "UPDATE calls SET status = 'queued', due_at = $1, lease_owner = NULL, lease_until = NULL \
+             WHERE id = $2 AND lease_owner = $3 AND status IN ('scheduled', 'queued') RETURNING tenant_id, status",
+        )
+        .bind(until.0)
+        .bind(id.to_string())
+        .bind(node)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if let Some(row) = row {
+            let tenant: i64 = get(&row, "tenant_id")?;
+            insert_event(
+                &mut tx,
+                &id.to_string(),
+                tenant,
+                Millis::now(),
+                CallStatus::Queued,
+                Some(reason.to_string()),
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn begin_dial(
+        &self,
+        id: ConversationId,
+        node: &str,
+        now: Millis,
+        lease_until: Millis,
+        trunk: Option<TrunkId>,
+        limits: &DialLimits,
+    ) -> Result<BeginDial, StoreError> {
+        let mut tx = self.write.begin().await.map_err(db_err)?;
+        let Some(row) = sqlx::query(
+            "SELECT tenant_id, agent_id, customer_phone FROM calls WHERE id = $1 AND lease_owner = $2 \
+             AND status IN ('scheduled', 'queued')",
+        )
+        .bind(id.to_string())
+        .bind(node)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?
+        else {
+            return Ok(BeginDial::Gone);
+        };
+        let tenant: i64 = get(&row, "tenant_id")?;
+        let agent: i64 = get(&row, "agent_id")?;
+        let phone: String = get(&row, "customer_phone")?;
+        let defer = |reason: String| BeginDial::Deferred {
+            until: Millis(now.0 + CAPACITY_RETRY_MS),
+            reason,
+        };
+        // Locks in one fixed order (tenant, agent, trunk, number) so two nodes cannot deadlock.
+        if let Some(max) = limits.tenant {
+            lock(&mut tx, self.backend, format!("tenant-live:{tenant}")).await?;
+            let n = count(&mut tx, &format!("SELECT COUNT(*) AS n FROM calls WHERE tenant_id = $1 AND status IN ({DIALING})"), &[tenant], None).await?;
+            if n >= i64::from(max) {
+                return Ok(defer(format!(
+                    "tenant at its concurrent call limit ({max})"
+                )));
+            }
+        }
+        if let Some(max) = limits.agent {
+            lock(&mut tx, self.backend, format!("agent-live:{agent}")).await?;
+            let n = count(
+                &mut tx,
+                &format!(
+                    "SELECT COUNT(*) AS n FROM calls WHERE agent_id = $1 AND status IN ({DIALING})"
+                ),
+                &[agent],
+                None,
+            )
+            .await?;
+            if n >= i64::from(max) {
+                return Ok(defer(format!("agent at its concurrent call limit ({max})")));
+            }
+        }
+        if let Some((trunk_id, max)) = limits.trunk {
+            lock(&mut tx, self.backend, format!("trunk-live:{}", trunk_id.0)).await?;
+            let n = count(
+                &mut tx,
+                &format!(
+                    "SELECT COUNT(*) AS n FROM calls WHERE trunk_id = $1 AND status IN ({DIALING})"
+                ),
+                &[trunk_id.0],
+                None,
+            )
+            .await?;
+            if n >= i64::from(max) {
+                return Ok(defer(format!("trunk at max_concurrent_calls ({max})")));
+            }
+        }
+        if let Some((calls, window_s)) = limits.per_number.filter(|(c, w)| *c > 0 && *w > 0) {
+            lock(&mut tx, self.backend, format!("number:{tenant}:{phone}")).await?;
+            let window_ms = i64::from(window_s) * 1000;
+            let recent = sqlx::query(
+                "SELECT started_at FROM calls WHERE tenant_id = $1 AND customer_phone = $2 AND started_at > $3 \
+                 ORDER BY started_at DESC LIMIT $4",
+            )
+            .bind(tenant)
+            .bind(phone.as_str())
+            .bind(now.0 - window_ms)
+            .bind(i64::from(calls))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            if recent.len() as i64 >= i64::from(calls) {
+                let oldest: i64 = recent
+                    .last()
+                    .map(|r| get(r, "started_at"))
+                    .transpose()?
+                    .unwrap_or(now.0);
+                return Ok(BeginDial::Deferred {
+                    until: Millis(oldest + window_ms),
+                    reason: "per-number rate limit".into(),
+                });
+            }
+        }
+        let updated = sqlx::query(
+            "UPDATE calls SET status = 'initiated', started_at = $1, lease_until = $2, trunk_id = $3 \
+             WHERE id = $4 AND lease_owner = $5 AND status IN ('scheduled', 'queued')",
+        )
+        .bind(now.0)
+        .bind(lease_until.0)
+        .bind(trunk.map(|t| t.0))
+        .bind(id.to_string())
+        .bind(node)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+        if updated == 0 {
+            return Ok(BeginDial::Gone);
+        }
+        insert_event(
+            &mut tx,
+            &id.to_string(),
+            tenant,
+            now,
+            CallStatus::Initiated,
+            None,
+        )
+        .await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(BeginDial::Started)
+    }
+
+    async fn mark_progress(
+        &self,
+        id: ConversationId,
+        node: &str,
+        status: CallStatus,
+        at: Millis,
+    ) -> Result<bool, StoreError> {
+        let from = match status {
+            CallStatus::Ringing => "'initiated'",
+            CallStatus::InProgress => "'initiated', 'ringing'",
+            _ => return Ok(false),
+        };
+        let answered = if status == CallStatus::InProgress {
+            ", answered_at = $4"
+        } else {
+            ""
+        };
+        let mut tx = self.write.begin().await.map_err(db_err)?;
+        let sql = format!(
+            "UPDATE calls SET status = $1{answered} WHERE id = $2 AND lease_owner = $3 AND status IN ({from}) RETURNING tenant_id"
+        );
+        let mut q = sqlx::query(&sql)
+            .bind(status.as_str())
+            .bind(id.to_string())
+            .bind(node);
+        if status == CallStatus::InProgress {
+            q = q.bind(at.0);
+        }
+        let Some(row) = q.fetch_optional(&mut *tx).await.map_err(db_err)? else {
+            return Ok(false);
+        };
+        insert_event(
+            &mut tx,
+            &id.to_string(),
+            get(&row, "tenant_id")?,
+            at,
+            status,
+            None,
+        )
+        .await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(true)
+    }
+
+    async fn renew_leases(
+        &self,
+        node: &str,
+        ids: &[ConversationId],
+        until: Millis,
+    ) -> Result<(), StoreError> {
+        for id in ids {
+            sqlx::query("UPDATE calls SET lease_until = $1 WHERE id = $2 AND lease_owner = $3")
+                .bind(until.0)
+                .bind(id.to_string())
+                .bind(node)
+                .execute(&self.write)
+                .await
+                .map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    async fn finish_attempt(&self, f: FinishAttempt, now: Millis) -> Result<bool, StoreError> {
+        let id = f.id.to_string();
+        let transcript = serde_json::to_string(&f.transcript)
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        let results =
+            serde_json::to_string(&f.results).map_err(|e| StoreError::Database(e.to_string()))?;
+        let mut tx = self.write.begin().await.map_err(db_err)?;
+        // Fenced: the holder of the lease, or anyone once that lease has run out. A call that
+        // was claimed but could not be dialled (`queued`) is settled by its holder only.
+        let Some(row) = sqlx::query(&format!(
+            "UPDATE calls SET status = $1, failure_reason = $2, ended_at = $3, duration_seconds = $4, \
+             recording_path = $5, transcript = $6, results = $7, lease_owner = NULL, lease_until = NULL \
+             WHERE id = $8 AND ((status IN ({DIALING}) AND (lease_owner = $9 OR lease_until < $10)) \
+             OR (status IN ('scheduled', 'queued') AND lease_owner = $9)) RETURNING tenant_id"
+        ))
+        .bind(f.status.as_str())
+        .bind(f.failure_reason.clone())
+        .bind(f.ended_at.0)
+        .bind(f.duration_seconds)
+        .bind(f.recording_path.as_ref().map(|p| p.display().to_string()))
+        .bind(transcript)
+        .bind(results)
+        .bind(id.as_str())
+        .bind(f.node.as_str())
+        .bind(now.0)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?
+        else {
+            return Ok(false);
+        };
+        let tenant: i64 = get(&row, "tenant_id")?;
+        insert_event(
+            &mut tx,
+            &id,
+            tenant,
+            f.ended_at,
+            f.status,
+            f.failure_reason.clone(),
+        )
+        .await?;
+        if let Some(due) = f.retry_at {
+            let next = f.id.next_attempt();
+            sqlx::query(
+                "INSERT INTO calls (id, chain_id, attempt, tenant_id, agent_id, status, immediate, customer_phone, \
+                 from_phone, parameters, metadata, retry_context, scheduled_for, due_at, trace_id, batch_id, results, created_at) \
+                 SELECT $1, chain_id, attempt + 1, tenant_id, agent_id, 'scheduled', 0, customer_phone, from_phone, \
+                 parameters, metadata, retry_context, $2, $2, trace_id, batch_id, '{}', $3 FROM calls WHERE id = $4",
+            )
+            .bind(next.to_string())
+            .bind(due.0)
+            .bind(now.0)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            insert_event(
+                &mut tx,
+                &next.to_string(),
+                tenant,
+                now,
+                CallStatus::Scheduled,
+                Some(format!("retry of {id}")),
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(true)
+    }
+
+    async fn orphaned_calls(
+        &self,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Vec<OrphanedCall>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT c.id AS id, c.attempt AS attempt, a.config AS config FROM calls c \
+             LEFT JOIN agents a ON a.id = c.agent_id WHERE c.status IN ({DIALING}) AND c.lease_until < $1 \
+             ORDER BY c.lease_until LIMIT $2"
+        ))
+        .bind(now.0)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|row| {
+                let id: String = get(row, "id")?;
+                let config: Option<String> = get(row, "config")?;
+                let retry_policy = config
+                    .map(|c| {
+                        json::<serde_json::Map<String, serde_json::Value>>(&c, "agents.config")
+                    })
+                    .transpose()?
+                    .and_then(|m| AgentConfig::from_json(&m).ok())
+                    .and_then(|c| c.retry_policy);
+                Ok(OrphanedCall {
+                    id: id.parse().map_err(|_| corrupt("calls.id"))?,
+                    attempt: u32::try_from(get::<i64>(row, "attempt")?).unwrap_or(1),
+                    retry_policy,
+                })
+            })
+            .collect()
+    }
+
+    async fn cancel_call(
+        &self,
+        tenant: TenantId,
+        id: ConversationId,
+        now: Millis,
+    ) -> Result<CancelOutcome, StoreError> {
+        let mut tx = self.write.begin().await.map_err(db_err)?;
+        let updated = sqlx::query(
+            "UPDATE calls SET status = 'canceled', ended_at = $1, lease_owner = NULL, lease_until = NULL \
+             WHERE tenant_id = $2 AND id = $3 AND status IN ('scheduled', 'queued')",
+        )
+        .bind(now.0)
+        .bind(tenant.0)
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+        if updated == 0 {
+            let exists = sqlx::query("SELECT 1 AS one FROM calls WHERE tenant_id = $1 AND id = $2")
+                .bind(tenant.0)
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            return Ok(if exists.is_some() {
+                CancelOutcome::AlreadyStarted
+            } else {
+                CancelOutcome::NotFound
+            });
+        }
+        insert_event(
+            &mut tx,
+            &id.to_string(),
+            tenant.0,
+            now,
+            CallStatus::Canceled,
+            None,
+        )
+        .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {} FROM calls WHERE id = $1",
+            rows::CONVERSATION_COLUMNS
+        ))
+        .bind(id.to_string())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let conversation = rows::conversation(&row)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(CancelOutcome::Canceled(Box::new(conversation)))
+    }
+}

@@ -1,0 +1,341 @@
+//! The webhook outbox: events are written in the transaction of the state change that causes
+//! them ([`enqueue_in`]); workers lease due deliveries, attempt them and record the outcome.
+//!
+//! Leasing follows the dispatcher's discipline: on PostgreSQL `UPDATE ... WHERE id IN (SELECT
+//! ... FOR UPDATE SKIP LOCKED)` so nodes never take the same row, on SQLite the single writer
+//! connection serialises leases. A lease that is not settled before it ends (the worker died)
+//! makes the delivery leasable again, by any node, with the same `event_id`.
+
+use crate::rows::{get, json};
+use crate::{db_err, Backend, SqlStore};
+use domain::store::StoreError;
+use domain::webhooks::{
+    AttemptResult, DeliveryId, LeaseRequest, LeasedDelivery, NextState, OutboxEvent, OutboxStats,
+    WebhookTargetId,
+};
+use domain::{Millis, TenantId};
+use sqlx::any::AnyRow;
+use sqlx::AnyConnection;
+
+/// `last_error` of deliveries failed because their target went away or was switched off.
+pub(crate) const TARGET_DEACTIVATED: &str = "webhook target deactivated";
+
+/// Writes `event` and one pending delivery, due at the event's creation time, per active target
+/// of the event's agent subscribed to its type. Runs inside the caller's transaction; returns the
+/// number of deliveries created.
+pub(crate) async fn enqueue_in(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    event: &OutboxEvent,
+) -> Result<u64, StoreError> {
+    insert_event(conn, event).await?;
+    // On PostgreSQL a concurrent delete or deactivation of a target waits for this transaction,
+    // and then fails the deliveries written here instead of missing them.
+    let lock = if backend == Backend::Postgres {
+        " FOR SHARE"
+    } else {
+        ""
+    };
+    let targets = sqlx::query(&format!(
+        "SELECT id, events FROM webhook_targets \
+         WHERE tenant_id = $1 AND agent_id = $2 AND active = 1 ORDER BY id{lock}"
+    ))
+    .bind(event.tenant.0)
+    .bind(event.agent.0)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    let mut created = 0;
+    for row in &targets {
+        let events: String = get(row, "events")?;
+        let events: Vec<String> = json(&events, "webhook_targets.events")?;
+        if events.iter().any(|e| *e == event.event_type) {
+            insert_delivery(conn, event, WebhookTargetId(get(row, "id")?)).await?;
+            created += 1;
+        }
+    }
+    Ok(created)
+}
+
+/// Writes `event` for one target only, whatever it subscribed to (`webhook.test`).
+pub(crate) async fn enqueue_for_target_in(
+    conn: &mut AnyConnection,
+    event: &OutboxEvent,
+    target: WebhookTargetId,
+) -> Result<(), StoreError> {
+    insert_event(conn, event).await?;
+    insert_delivery(conn, event, target).await
+}
+
+async fn insert_event(conn: &mut AnyConnection, event: &OutboxEvent) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO outbox_events \
+         (event_id, tenant_id, agent_id, conversation_id, chain_id, event_type, payload, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&event.event_id)
+    .bind(event.tenant.0)
+    .bind(event.agent.0)
+    .bind(event.conversation_id.as_deref())
+    .bind(&event.chain_id)
+    .bind(&event.event_type)
+    .bind(event.payload.to_string())
+    .bind(event.created_at.0)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+async fn insert_delivery(
+    conn: &mut AnyConnection,
+    event: &OutboxEvent,
+    target: WebhookTargetId,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO webhook_deliveries \
+         (tenant_id, event_id, target_id, chain_id, conversation_id, status, attempts, \
+          next_attempt_at, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6)",
+    )
+    .bind(event.tenant.0)
+    .bind(&event.event_id)
+    .bind(target.0)
+    .bind(&event.chain_id)
+    .bind(event.conversation_id.as_deref())
+    .bind(event.created_at.0)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// Fails every pending delivery of a target that was deleted or deactivated: none of them could
+/// ever be leased, and leaving them pending would inflate the outbox depth forever.
+pub(crate) async fn fail_pending_of_target(
+    conn: &mut AnyConnection,
+    target: WebhookTargetId,
+    reason: &str,
+    now: Millis,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE webhook_deliveries SET status = 'failed', next_attempt_at = NULL, \
+         lease_owner = NULL, lease_until = NULL, last_error = $1, updated_at = $2 \
+         WHERE target_id = $3 AND status = 'pending'",
+    )
+    .bind(reason)
+    .bind(now.0)
+    .bind(target.0)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn leased(row: &AnyRow) -> Result<LeasedDelivery, StoreError> {
+    let previous: Option<String> = get(row, "previous_secret")?;
+    let until: Option<i64> = get(row, "previous_secret_until")?;
+    Ok(LeasedDelivery {
+        id: DeliveryId(get(row, "id")?),
+        tenant: TenantId(get(row, "tenant_id")?),
+        target: WebhookTargetId(get(row, "target_id")?),
+        event_id: get(row, "event_id")?,
+        event_type: get(row, "event_type")?,
+        payload: get(row, "payload")?,
+        attempts: u32::try_from(get::<i64>(row, "attempts")?).unwrap_or(u32::MAX),
+        url: get(row, "url")?,
+        secret: get(row, "secret")?,
+        previous_secret: previous.zip(until.map(Millis)),
+        include_transcript: get::<i64>(row, "include_transcript")? != 0,
+        include_recording_url: get::<i64>(row, "include_recording_url")? != 0,
+    })
+}
+
+fn lease_ms(lease: &LeaseRequest<'_>) -> i64 {
+    i64::try_from(lease.lease_for.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl SqlStore {
+    /// Like [`domain::webhooks::WebhookStore::enqueue_event`] for many events in one
+    /// transaction (tests and the benchmark enqueue bursts this way).
+    pub async fn enqueue_events(&self, events: &[OutboxEvent]) -> Result<u64, StoreError> {
+        let mut tx = self.write.begin().await.map_err(db_err)?;
+        let mut created = 0;
+        for event in events {
+            created += enqueue_in(&mut tx, self.backend, event).await?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(created)
+    }
+
+    pub(crate) async fn lease_deliveries(
+        &self,
+        lease: LeaseRequest<'_>,
+    ) -> Result<Vec<LeasedDelivery>, StoreError> {
+        if lease.limit == 0 || lease.per_target == 0 {
+            return Ok(Vec::new());
+        }
+        let skip_locked = if self.backend == Backend::Postgres {
+            "FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
+        // Candidates are due, unleased, of an active target, first of their chain to that target,
+        // and ranked per target so that with the target's unexpired leases they stay within the
+        // per-target cap. The window function sits a level below the locking SELECT because
+        // PostgreSQL refuses FOR UPDATE next to window functions.
+        let sql = format!(
+            "UPDATE webhook_deliveries SET lease_owner = $1, lease_until = $2 WHERE id IN ( \
+               SELECT d.id FROM webhook_deliveries d WHERE d.id IN ( \
+                 SELECT c.id FROM ( \
+                   SELECT p.id AS id, \
+                     ROW_NUMBER() OVER (PARTITION BY p.target_id ORDER BY p.next_attempt_at, p.id) AS rank, \
+                     (SELECT COUNT(*) FROM webhook_deliveries l WHERE l.target_id = p.target_id \
+                        AND l.status = 'pending' AND l.lease_until > $3) AS busy \
+                   FROM webhook_deliveries p JOIN webhook_targets t ON t.id = p.target_id AND t.active = 1 \
+                   WHERE p.status = 'pending' AND p.next_attempt_at <= $3 \
+                     AND (p.lease_until IS NULL OR p.lease_until <= $3) \
+                     AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.target_id = p.target_id \
+                        AND e.chain_id = p.chain_id AND e.status = 'pending' AND e.id < p.id) \
+                 ) c WHERE c.rank + c.busy <= $4) \
+               ORDER BY d.next_attempt_at, d.id LIMIT $5 {skip_locked}) \
+             RETURNING id"
+        );
+        let now = lease.now.0;
+        let mut tx = self.write.begin().await.map_err(db_err)?;
+        let ids: Vec<i64> = sqlx::query(&sql)
+            .bind(lease.owner)
+            .bind(now.saturating_add(lease_ms(&lease)))
+            .bind(now)
+            .bind(i64::from(lease.per_target))
+            .bind(i64::from(lease.limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .iter()
+            .map(|row| get::<i64>(row, "id"))
+            .collect::<Result<_, _>>()?;
+        if ids.is_empty() {
+            tx.commit().await.map_err(db_err)?;
+            return Ok(Vec::new());
+        }
+        let select = format!(
+            "SELECT d.id AS id, d.tenant_id AS tenant_id, d.target_id AS target_id, \
+             d.event_id AS event_id, d.attempts AS attempts, o.event_type AS event_type, \
+             o.payload AS payload, t.url AS url, t.secret AS secret, \
+             t.previous_secret AS previous_secret, t.previous_secret_until AS previous_secret_until, \
+             t.include_transcript AS include_transcript, t.include_recording_url AS include_recording_url \
+             FROM webhook_deliveries d JOIN outbox_events o ON o.event_id = d.event_id \
+             JOIN webhook_targets t ON t.id = d.target_id \
+             WHERE d.id IN ({}) ORDER BY d.next_attempt_at, d.id",
+            placeholders(1, ids.len())
+        );
+        let mut query = sqlx::query(&select);
+        for id in &ids {
+            query = query.bind(*id);
+        }
+        let rows = query.fetch_all(&mut *tx).await.map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        rows.iter().map(leased).collect()
+    }
+
+    pub(crate) async fn record_attempt_results(
+        &self,
+        owner: &str,
+        results: &[AttemptResult],
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.write.begin().await.map_err(db_err)?;
+        let mut changed = 0;
+        for result in results {
+            let attempt = &result.attempt;
+            sqlx::query(
+                "INSERT INTO webhook_attempts (delivery_id, at, http_status, error, duration_ms) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(result.delivery.0)
+            .bind(attempt.at.0)
+            .bind(attempt.http_status.map(i64::from))
+            .bind(attempt.error.as_deref())
+            .bind(i64::try_from(attempt.duration_ms).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            let (status, next_at) = match result.next {
+                NextState::Delivered => ("delivered", None),
+                NextState::RetryAt(at) => ("pending", Some(at.0)),
+                NextState::Failed | NextState::FailedAndDeactivate => ("failed", None),
+            };
+            let settled = sqlx::query(
+                "UPDATE webhook_deliveries SET status = $1, attempts = attempts + 1, \
+                 next_attempt_at = $2, lease_owner = NULL, lease_until = NULL, last_status = $3, \
+                 last_error = $4, updated_at = $5 \
+                 WHERE id = $6 AND lease_owner = $7 AND status = 'pending' RETURNING target_id",
+            )
+            .bind(status)
+            .bind(next_at)
+            .bind(attempt.http_status.map(i64::from))
+            .bind(attempt.error.as_deref())
+            .bind(attempt.at.0)
+            .bind(result.delivery.0)
+            .bind(owner)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            let Some(row) = settled else {
+                tracing::warn!(delivery = %result.delivery, "webhook delivery lease lost before its attempt was recorded");
+                continue;
+            };
+            changed += 1;
+            if result.next == NextState::FailedAndDeactivate {
+                let target = WebhookTargetId(get(&row, "target_id")?);
+                sqlx::query("UPDATE webhook_targets SET active = 0, updated_at = $1 WHERE id = $2")
+                    .bind(attempt.at.0)
+                    .bind(target.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                fail_pending_of_target(&mut tx, target, TARGET_DEACTIVATED, attempt.at).await?;
+                tracing::warn!(%target, "webhook target deactivated: it answered 410 Gone");
+            }
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(changed)
+    }
+
+    pub(crate) async fn next_delivery_due(
+        &self,
+        now: Millis,
+    ) -> Result<Option<Millis>, StoreError> {
+        let row = sqlx::query(
+            "SELECT MIN(CASE WHEN d.lease_until > $1 THEN d.lease_until ELSE d.next_attempt_at END) AS due \
+             FROM webhook_deliveries d JOIN webhook_targets t ON t.id = d.target_id AND t.active = 1 \
+             WHERE d.status = 'pending'",
+        )
+        .bind(now.0)
+        .fetch_one(&self.read)
+        .await
+        .map_err(db_err)?;
+        Ok(get::<Option<i64>>(&row, "due")?.map(Millis))
+    }
+
+    pub(crate) async fn outbox_figures(&self) -> Result<OutboxStats, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM webhook_deliveries \
+             WHERE status = 'pending'",
+        )
+        .fetch_one(&self.read)
+        .await
+        .map_err(db_err)?;
+        Ok(OutboxStats {
+            depth: u64::try_from(get::<i64>(&row, "n")?).unwrap_or(0),
+            oldest_pending_created_at: get::<Option<i64>>(&row, "oldest")?.map(Millis),
+        })
+    }
+}
