@@ -29,6 +29,12 @@ pub struct ApiConfig {
     pub api_rate_limit_per_minute: u32,
     /// Base URL clients reach this service at, for `recording_url`.
     pub public_url: String,
+    /// Webhook target URLs may point at loopback and private addresses
+    /// (`OUTDIAL_WEBHOOK_ALLOW_PRIVATE`).
+    pub webhook_allow_private: bool,
+    /// Poked after a webhook event is enqueued or a delivery retried, so the delivery worker of
+    /// this process (`webhooks::Worker::waker`) looks at once.
+    pub webhook_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Default for ApiConfig {
@@ -36,6 +42,8 @@ impl Default for ApiConfig {
         Self {
             api_rate_limit_per_minute: 6000,
             public_url: "http://127.0.0.1:8080".into(),
+            webhook_allow_private: false,
+            webhook_wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
 }
@@ -46,6 +54,8 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     pub api_limiter: Arc<auth::ApiRateLimiter>,
     pub metrics: PrometheusHandle,
+    /// Poked after a call due now is accepted, so the local dispatcher dials it at once.
+    pub dispatch_wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// The process-wide Prometheus recorder (a `metrics` recorder can be installed only once).
@@ -85,19 +95,26 @@ impl AppState {
             api_limiter: Arc::new(auth::ApiRateLimiter::new(config.api_rate_limit_per_minute)),
             config: Arc::new(config),
             metrics: metrics_handle(),
+            dispatch_wake: None,
         }
+    }
+
+    pub fn with_dispatch_wake(mut self, wake: Arc<tokio::sync::Notify>) -> Self {
+        self.dispatch_wake = Some(wake);
+        self
     }
 }
 
 /// Every documented route. With a state, `/v1` routes get the authentication layer; without one
 /// (for the document alone) they are built bare.
 fn api_routes(state: Option<&AppState>) -> OpenApiRouter<AppState> {
-    use routes::{agents, calls, conversations, service, trunks};
+    use routes::{agents, calls, conversations, service, trunks, webhooks};
     let v1 = OpenApiRouter::new()
         .routes(routes!(calls::create_call))
         .routes(routes!(conversations::list_conversations))
         .routes(routes!(conversations::get_conversation))
         .routes(routes!(conversations::get_recording))
+        .routes(routes!(conversations::cancel_conversation))
         .routes(routes!(agents::create_agent, agents::list_agents))
         .routes(routes!(
             agents::get_agent,
@@ -108,7 +125,20 @@ fn api_routes(state: Option<&AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(
             trunks::create_phone_number,
             trunks::list_phone_numbers
-        ));
+        ))
+        .routes(routes!(
+            webhooks::create_webhook_target,
+            webhooks::list_webhook_targets
+        ))
+        .routes(routes!(
+            webhooks::get_webhook_target,
+            webhooks::update_webhook_target,
+            webhooks::delete_webhook_target
+        ))
+        .routes(routes!(webhooks::rotate_webhook_secret))
+        .routes(routes!(webhooks::test_webhook_target))
+        .routes(routes!(webhooks::list_webhook_deliveries))
+        .routes(routes!(webhooks::retry_webhook_delivery));
     let v1 = match state {
         Some(state) => v1.route_layer(middleware::from_fn_with_state(
             state.clone(),

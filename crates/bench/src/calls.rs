@@ -104,6 +104,7 @@ pub async fn run(args: Args) -> Result<()> {
         api::ApiConfig {
             api_rate_limit_per_minute: 0,
             public_url: format!("http://{addr}"),
+            ..Default::default()
         },
     ));
     tokio::spawn(async move { axum::serve(listener, app).await });

@@ -2,6 +2,7 @@
 //! command of this binary, run on the machine the document names.
 
 mod calls;
+mod dispatch;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -18,6 +19,8 @@ enum Command {
     /// POST /v1/call throughput and latency on the embedded default, beside the machine's
     /// SQLite durable-commit rate measured in the same run.
     Calls(calls::Args),
+    /// Dispatch throughput and lag with a large backlog of pending calls.
+    Dispatch(dispatch::Args),
 }
 
 fn main() -> Result<()> {
@@ -27,5 +30,6 @@ fn main() -> Result<()> {
         .build()?;
     match cli.command {
         Command::Calls(args) => rt.block_on(calls::run(args)),
+        Command::Dispatch(args) => rt.block_on(dispatch::run(args)),
     }
 }

@@ -77,6 +77,47 @@ struct ServeArgs {
     /// Calls one SQLite commit may carry (group commit).
     #[arg(long, env = "OUTDIAL_DB_MAX_WRITE_BATCH", default_value_t = 128)]
     db_max_write_batch: usize,
+    /// Address put in SIP Contact/Via and SDP when behind NAT or listening on a wildcard.
+    #[arg(long, env = "OUTDIAL_SIP_PUBLIC_IP")]
+    sip_public_ip: Option<std::net::IpAddr>,
+    /// RTP port range, `first-last`.
+    #[arg(long, env = "OUTDIAL_RTP_PORTS", default_value = "10000-20000")]
+    rtp_ports: String,
+    /// An answered call with no RTP for this long ends as socket_failure.
+    #[arg(long, env = "OUTDIAL_NO_RTP_TIMEOUT_SECONDS", default_value_t = 5)]
+    no_rtp_timeout_seconds: u64,
+    /// How long a node holds a claimed or live call without renewing (crash detection time).
+    #[arg(long, env = "OUTDIAL_DISPATCH_LEASE_SECONDS", default_value_t = 30)]
+    dispatch_lease_seconds: u64,
+    /// Longest dispatcher sleep when nothing is due.
+    #[arg(long, env = "OUTDIAL_DISPATCH_IDLE_WAIT_MS", default_value_t = 5000)]
+    dispatch_idle_wait_ms: u64,
+    /// This node's name in leases (default: a fresh random one per process).
+    #[arg(long, env = "OUTDIAL_NODE_ID")]
+    node_id: Option<String>,
+    /// The tz database's zone.tab, mapping countries to time zones for calling windows.
+    #[arg(long, env = "OUTDIAL_ZONE_TAB", default_value = "/usr/share/zoneinfo/zone.tab")]
+    zone_tab: PathBuf,
+    /// A calling window for agents without their own, `HH:MM-HH:MM` in the callee's local time.
+    #[arg(long, env = "OUTDIAL_DEFAULT_CALLING_WINDOW")]
+    default_calling_window: Option<String>,
+}
+
+fn rtp_range(s: &str) -> Result<std::ops::RangeInclusive<u16>> {
+    let (a, b) = s.split_once('-').context("OUTDIAL_RTP_PORTS must be first-last")?;
+    let (a, b): (u16, u16) = (a.trim().parse()?, b.trim().parse()?);
+    if a == 0 || a >= b {
+        bail!("OUTDIAL_RTP_PORTS must be an increasing range of non-zero ports");
+    }
+    Ok(a..=b)
+}
+
+fn calling_window(s: &str) -> Result<domain::agent::CallingWindow> {
+    let (start, end) = s.split_once('-').context("OUTDIAL_DEFAULT_CALLING_WINDOW must be HH:MM-HH:MM")?;
+    let obj = json!({"name": "x", "calling_window": {"start": start.trim(), "end": end.trim()}});
+    let cfg = domain::AgentConfig::from_json(obj.as_object().context("window")?)
+        .map_err(|_| anyhow::anyhow!("OUTDIAL_DEFAULT_CALLING_WINDOW must be HH:MM-HH:MM"))?;
+    cfg.calling_window.context("window")
 }
 
 #[derive(Subcommand)]
@@ -172,20 +213,92 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
     )
     .await?;
     let store = Arc::new(store);
+    let data_dir = db.data_dir.clone();
+    std::fs::create_dir_all(data_dir.join("recordings"))?;
+    let telephony = sip::SipTelephony::bind(sip::SipConfig {
+        listen: args.sip_listen,
+        public_ip: args.sip_public_ip,
+        rtp_ports: rtp_range(&args.rtp_ports)?,
+        recording_dir: Some(data_dir.join("recordings")),
+        no_rtp_timeout: std::time::Duration::from_secs(args.no_rtp_timeout_seconds),
+        ..Default::default()
+    })
+    .await
+    .with_context(|| format!("binding SIP on {}", args.sip_listen))?;
+    let sip_addr = telephony.local_addr();
+    let zones = match std::fs::read_to_string(&args.zone_tab) {
+        Ok(text) => domain::dispatch::CountryZones::parse(&text),
+        Err(e) => {
+            // Without it, agents with a calling window cannot be dialled (never at a guessed hour).
+            tracing::warn!(path = %args.zone_tab.display(), error = %e, "no zone.tab: calls under a calling window will fail");
+            domain::dispatch::CountryZones::default()
+        }
+    };
+    let node_id = args
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("node-{}-{}", std::process::id(), domain::TraceId::new()));
+    let dispatcher = dispatch::Dispatcher::new(
+        store.clone(),
+        Arc::new(telephony),
+        Arc::new(agent::EspeakNg::default()),
+        zones,
+        Arc::new(dispatch::SystemClock),
+        dispatch::DispatchConfig {
+            node_id,
+            lease: std::time::Duration::from_secs(args.dispatch_lease_seconds.max(1)),
+            idle_wait: std::time::Duration::from_millis(args.dispatch_idle_wait_ms.max(10)),
+            default_window: args.default_calling_window.as_deref().map(calling_window).transpose()?,
+            ..Default::default()
+        },
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let dispatch_task = tokio::spawn(dispatcher.clone().run(stop_rx));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let url_policy = webhooks::UrlPolicy::from_env()?;
+    let webhook_worker = webhooks::Worker::new(
+        store.clone(),
+        webhooks::WorkerConfig::new(
+            webhooks::RetrySchedule::from_env()?,
+            webhooks::ClientConfig {
+                policy: url_policy,
+                ..Default::default()
+            },
+        ),
+    )?;
     let config = api::ApiConfig {
         api_rate_limit_per_minute: args.api_rate_limit_per_minute,
         public_url: args.public_url.unwrap_or_else(|| format!("http://{addr}")),
+        webhook_allow_private: url_policy.allow_private,
+        webhook_wake: webhook_worker.waker(),
     };
-    let app = api::router(api::AppState::new(store.clone(), config));
-    tracing::info!(%addr, sip = %args.sip_listen, backend = ?store.backend(), "outdial listening");
+    let (stop_webhooks, webhooks_stopped) = tokio::sync::oneshot::channel::<()>();
+    let webhook_task = tokio::spawn(async move {
+        webhook_worker
+            .run(async {
+                let _ = webhooks_stopped.await;
+            })
+            .await
+    });
+    let app = api::router(api::AppState::new(store.clone(), config).with_dispatch_wake(dispatcher.waker()));
+    tracing::info!(%addr, sip = %sip_addr, backend = ?store.backend(), "outdial listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving")?;
+    // Stop claiming; calls already live keep their leases until the process exits, then
+    // another node (or this one after a restart) settles them.
+    let _ = stop_tx.send(true);
+    let _ = dispatch_task.await;
+    // In-flight webhook attempts finish (each within its 10 s timeout) and are recorded before
+    // the database closes.
+    let _ = stop_webhooks.send(());
+    if let Err(err) = webhook_task.await {
+        tracing::error!(error = %err, "webhook worker task failed");
+    }
     store.close().await;
     tracing::info!("stopped");
     Ok(())

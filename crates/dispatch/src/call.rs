@@ -76,6 +76,20 @@ impl Dispatcher {
             ring_timeout: Duration::from_secs(u64::from(agent.ring_timeout_seconds)),
             max_duration: Duration::from_secs(u64::from(agent.max_duration_seconds)),
         };
+        // The opening line is synthesised while the phone rings, so the callee hears it as soon
+        // as they pick up, and never before.
+        let opening = call
+            .retry_context
+            .as_ref()
+            .and_then(|r| r.retry_initial_message.clone())
+            .or_else(|| agent.first_message.clone())
+            .map(|t| render(&t, &call.parameters))
+            .filter(|t| !t.trim().is_empty());
+        let voice = agent.voice.voice.clone();
+        let tts = self.tts.clone();
+        let speech = opening.clone().map(|line| {
+            tokio::spawn(async move { tts.synthesize(&line, voice.as_deref()).await })
+        });
         let mut live = match self.telephony.dial(request).await {
             Ok(live) => live,
             Err(DialError::Invalid(reason)) => return failed(CallStatus::Failed, reason),
@@ -86,6 +100,9 @@ impl Dispatcher {
         metrics::counter!("outdial_dial_attempts_total").increment(1);
         tracing::info!(started_ms = now.0, "dialling");
         let mut transcript = Vec::new();
+        let mut speech = speech;
+        // Held until the call ends: dropping it would tell the adapter nobody is talking.
+        let mut _media = None;
         loop {
             let Some(event) = live.events.recv().await else {
                 return failed(
@@ -99,23 +116,23 @@ impl Dispatcher {
                 }
                 CallEvent::Answered { at, media } => {
                     let _ = self.mark(call, CallStatus::InProgress, at).await;
-                    let opening = call
-                        .retry_context
-                        .as_ref()
-                        .and_then(|r| r.retry_initial_message.clone())
-                        .or_else(|| agent.first_message.clone())
-                        .map(|t| render(&t, &call.parameters))
-                        .filter(|t| !t.trim().is_empty());
-                    if let Some(line) = opening {
-                        transcript.push(TranscriptItem {
-                            role: "agent".into(),
-                            message: line,
-                            at_ms: Some(at.0),
-                        });
+                    if let (Some(line), Some(task)) = (opening.clone(), speech.take()) {
+                        match task.await {
+                            Ok(Ok(audio)) => {
+                                // Only what was played goes in the transcript.
+                                if agent::play(&audio, &media.outbound).await {
+                                    transcript.push(TranscriptItem {
+                                        role: "agent".into(),
+                                        message: line,
+                                        at_ms: Some(at.0),
+                                    });
+                                }
+                            }
+                            Ok(Err(e)) => tracing::error!(error = %e, "the opening line could not be synthesised"),
+                            Err(e) => tracing::error!(error = %e, "speech task failed"),
+                        }
                     }
-                    // The audio is the agent runtime's; until it lands nothing is spoken, and
-                    // dropping the stream leaves the adapter sending silence.
-                    drop(media);
+                    _media = Some(media);
                 }
                 CallEvent::Dtmf(digit) => tracing::info!(%digit, "dtmf"),
                 CallEvent::Ended(end) => return (end, transcript),

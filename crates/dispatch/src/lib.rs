@@ -60,6 +60,7 @@ impl Default for DispatchConfig {
 pub struct Dispatcher {
     store: Arc<dyn Store>,
     telephony: Arc<dyn Telephony>,
+    tts: Arc<dyn agent::TextToSpeech>,
     zones: Arc<CountryZones>,
     clock: Arc<dyn Clock>,
     config: DispatchConfig,
@@ -126,6 +127,7 @@ impl Dispatcher {
     pub fn new(
         store: Arc<dyn Store>,
         telephony: Arc<dyn Telephony>,
+        tts: Arc<dyn agent::TextToSpeech>,
         zones: CountryZones,
         clock: Arc<dyn Clock>,
         config: DispatchConfig,
@@ -133,6 +135,7 @@ impl Dispatcher {
         Arc::new(Self {
             store,
             telephony,
+            tts,
             zones: Arc::new(zones),
             clock,
             config,

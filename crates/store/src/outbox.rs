@@ -190,7 +190,9 @@ impl SqlStore {
         // Candidates are due, unleased, of an active target, first of their chain to that target,
         // and ranked per target so that with the target's unexpired leases they stay within the
         // per-target cap. The window function sits a level below the locking SELECT because
-        // PostgreSQL refuses FOR UPDATE next to window functions.
+        // PostgreSQL refuses FOR UPDATE next to window functions. The locking level repeats the
+        // row conditions because PostgreSQL re-checks only those on a row another node has just
+        // leased; the candidates come from a snapshot taken before that lease.
         let sql = format!(
             "UPDATE webhook_deliveries SET lease_owner = $1, lease_until = $2 WHERE id IN ( \
                SELECT d.id FROM webhook_deliveries d WHERE d.id IN ( \
@@ -205,6 +207,7 @@ impl SqlStore {
                      AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.target_id = p.target_id \
                         AND e.chain_id = p.chain_id AND e.status = 'pending' AND e.id < p.id) \
                  ) c WHERE c.rank + c.busy <= $4) \
+               AND d.status = 'pending' AND (d.lease_until IS NULL OR d.lease_until <= $3) \
                ORDER BY d.next_attempt_at, d.id LIMIT $5 {skip_locked}) \
              RETURNING id"
         );

@@ -368,7 +368,7 @@ async fn attempt(
         attempt = delivery.attempts + 1,
     );
     async move {
-        let outcome = match (&prepared, secrets(&delivery)) {
+        let outcome = match (prepared.as_ref().map_err(|e| *e), secrets(&delivery)) {
             (Ok(prepared), Ok(set)) => {
                 let signing = set.signing_secrets(Utc::now());
                 client

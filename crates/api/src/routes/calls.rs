@@ -255,6 +255,9 @@ pub async fn create_call(
         "initiated"
     };
     metrics::counter!("outdial_calls_accepted_total", "status" => status).increment(1);
+    if let Some(wake) = &state.dispatch_wake {
+        wake.notify_one();
+    }
     tracing::info!(conversation_id = %accepted.conversation_id, agent_id, status, "call accepted");
     let mut response = Json(CallAcceptedResponse {
         data: CallAccepted {

@@ -9,6 +9,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use domain::call::Conversation;
+use domain::dispatch::CancelOutcome;
 use domain::{AgentId, ConversationId};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -175,4 +176,27 @@ pub async fn get_recording(
     let path = c.recording_path.ok_or_else(missing)?;
     let bytes = tokio::fs::read(&path).await.map_err(|_| missing())?;
     Ok(([(header::CONTENT_TYPE, "audio/wav")], bytes).into_response())
+}
+
+/// Cancel a `scheduled` or `queued` call (ours). Once dialling has begun: 409 `call already started`.
+#[utoipa::path(post, path = "/v1/conversations/{conversation_id}/cancel", tag = "conversations",
+    params(("conversation_id" = String, Path)),
+    responses((status = 200, body = ConversationResponse), (status = 404, body = crate::openapi::ErrorBody), (status = 409, description = "call already started", body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn cancel_conversation(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ConversationResponse>> {
+    let id = conversation_id(&id)?;
+    match state.store.cancel_call(caller.tenant, id, domain::Millis::now()).await? {
+        CancelOutcome::Canceled(c) => {
+            tracing::info!(conversation_id = %id, "call canceled");
+            Ok(Json(ConversationResponse {
+                data: detail(*c, &state.config.public_url),
+            }))
+        }
+        CancelOutcome::AlreadyStarted => Err(ApiError::Conflict("call already started".into())),
+        CancelOutcome::NotFound => Err(ApiError::NotFound("conversation not found".into())),
+    }
 }

@@ -3,3 +3,4 @@ pub mod calls;
 pub mod conversations;
 pub mod service;
 pub mod trunks;
+pub mod webhooks;

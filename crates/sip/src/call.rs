@@ -1,0 +1,498 @@
+//! One outbound call from INVITE to `Ended`: all SIP dialog handling of the adapter lives here.
+//! rsipstack runs the transactions (retransmits, ACK, digest retry, CANCEL); this task turns its
+//! dialog states into `CallEvent`s and decides how the call ended.
+
+use crate::outcome::{classify, Termination};
+use crate::recording::Recorder;
+use crate::rtp_session::{MediaCommand, MediaEvent, MediaHandle, MediaSetup};
+use crate::sdp::{self, RemoteMedia};
+use crate::trunk::{sip_addr, Probe, Target};
+use crate::{Shared, INBOUND_FRAMES, OUTBOUND_FRAMES};
+use domain::telephony::{CallControl, CallEnd, CallEvent, DialRequest, MediaStream};
+use domain::Millis;
+use rsipstack::dialog::authenticate::Credential;
+use rsipstack::dialog::dialog::{DialogState, DialogStateReceiver, TerminatedReason};
+use rsipstack::dialog::invitation::{InviteAsyncResult, InviteOption};
+use rsipstack::dialog::invite_dialog::InviteDialog;
+use rsipstack::sip::{self, prelude::HeadersExt, Header, Response, StatusCode};
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, info_span, warn, Instrument, Span};
+
+/// How long an ending call waits for the BYE's 200 before reporting `Ended`; the BYE
+/// transaction itself carries on in the background.
+const BYE_WAIT: Duration = Duration::from_secs(2);
+
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    request: DialRequest,
+    target: Target,
+    events: mpsc::Sender<CallEvent>,
+    control: mpsc::Receiver<CallControl>,
+) {
+    let span = info_span!(
+        "call",
+        trace_id = %request.trace_id.0,
+        conversation_id = %request.conversation_id,
+    );
+    async move {
+        let mut call = Call {
+            shared,
+            request,
+            target,
+            events,
+            control,
+            media: None,
+            early: None,
+            answered_at: None,
+            sdp: String::new(),
+        };
+        let termination = call.drive().await;
+        let recording = match call.media.take() {
+            Some(media) => media.stop().await,
+            None => None,
+        };
+        let (status, failure_reason) = classify(&termination);
+        info!(status = status.as_str(), reason = ?failure_reason, "call ended");
+        let end = CallEnd {
+            status,
+            failure_reason,
+            answered_at: call.answered_at,
+            ended_at: Millis::now(),
+            recording,
+        };
+        let _ = call.events.send(CallEvent::Ended(end)).await;
+    }
+    .instrument(span)
+    .await;
+}
+
+struct Call {
+    shared: Arc<Shared>,
+    request: DialRequest,
+    target: Target,
+    events: mpsc::Sender<CallEvent>,
+    control: mpsc::Receiver<CallControl>,
+    media: Option<MediaHandle>,
+    /// Early media's remote description, the fallback if the 200 repeats no SDP.
+    early: Option<RemoteMedia>,
+    answered_at: Option<Millis>,
+    /// Our SDP as offered; re-offered unchanged on session refresh.
+    sdp: String,
+}
+
+/// Why we sent CANCEL, which decides what the 487 that follows means.
+#[derive(Clone, Copy)]
+enum CancelCause {
+    RingTimeout,
+    Hangup,
+}
+
+impl Call {
+    async fn drive(&mut self) -> Termination {
+        let trunk = match self.target.resolve(self.shared.local).await {
+            Ok(addr) => addr,
+            Err(e) => return Termination::Transport(e),
+        };
+        let probe = match Probe::open(trunk).await {
+            Ok(p) => p,
+            Err(e) => return Termination::Transport(format!("{trunk}: {e}")),
+        };
+        let ip = match self.local_ip(&probe) {
+            Ok(ip) => ip,
+            Err(e) => return Termination::Other(format!("no local address for media: {e}")),
+        };
+        let rtp = match self.shared.ports.bind(ip).await {
+            Ok(s) => s,
+            Err(e) => return Termination::Other(format!("no RTP port available: {e}")),
+        };
+        let rtp_port = match rtp.local_addr() {
+            Ok(a) => a.port(),
+            Err(e) => return Termination::Other(format!("RTP socket: {e}")),
+        };
+        self.sdp = sdp::offer(ip, rtp_port, rand::random::<u32>().into(), 1);
+
+        let option = match self.invite_option(ip, trunk) {
+            Ok(o) => o,
+            Err(e) => return Termination::Other(e),
+        };
+        let (state_tx, mut states) = self.shared.dialogs.new_dialog_state_channel();
+        let (dialog, mut invite) = match self.shared.dialogs.do_invite_async(option, state_tx) {
+            Ok(started) => started,
+            Err(e) => return Termination::Other(format!("INVITE not sent: {e}")),
+        };
+        info!(%trunk, to = %self.request.to, "INVITE sent");
+        if let Err(e) = probe.ping().await {
+            invite.abort();
+            return Termination::Transport(format!("{trunk}: {e}"));
+        }
+
+        let answer = self
+            .until_answered(&dialog, &mut invite, &mut states, &probe, rtp)
+            .await;
+        // Only the ringing phase listens for ICMP; an answered call needs no extra socket.
+        drop(probe);
+        let termination = match answer {
+            Ok(()) => self.while_answered(&dialog, &mut states).await,
+            Err(t) => t,
+        };
+        self.shared.dialogs.remove_dialog(&dialog.id());
+        termination
+    }
+
+    fn local_ip(&self, probe: &Probe) -> std::io::Result<IpAddr> {
+        if let Some(ip) = self.shared.config.public_ip {
+            return Ok(ip);
+        }
+        let listen = self.shared.local.ip();
+        if !listen.is_unspecified() {
+            return Ok(listen);
+        }
+        probe.local_ip()
+    }
+
+    fn invite_option(
+        &self,
+        ip: IpAddr,
+        trunk: std::net::SocketAddr,
+    ) -> Result<InviteOption, String> {
+        let host = self.target.host_port();
+        let uri = |s: String| {
+            sip::Uri::try_from(s.as_str()).map_err(|e| format!("cannot build URI {s}: {e}"))
+        };
+        let local = std::net::SocketAddr::new(ip, self.shared.local.port());
+        let credential = self
+            .request
+            .trunk
+            .username
+            .clone()
+            .map(|username| Credential {
+                username,
+                password: self.request.trunk.password.clone().unwrap_or_default(),
+                realm: None,
+                auth_username: None,
+            });
+        Ok(InviteOption {
+            caller: uri(format!("sip:{}@{host}", self.request.from))?,
+            callee: uri(format!("sip:{}@{host}", self.request.to))?,
+            contact: uri(format!("sip:{}@{local}", self.request.from))?,
+            destination: Some(sip_addr(trunk)),
+            content_type: Some("application/sdp".into()),
+            offer: Some(self.sdp.clone().into_bytes()),
+            credential,
+            ..Default::default()
+        })
+    }
+
+    /// Everything before the 200: provisional responses, early media, the ring timeout, our own
+    /// hangup, and an unreachable trunk. `Ok` means the call is answered and media attached.
+    async fn until_answered(
+        &mut self,
+        dialog: &InviteDialog,
+        invite: &mut JoinHandle<InviteAsyncResult>,
+        states: &mut DialogStateReceiver,
+        probe: &Probe,
+        rtp: UdpSocket,
+    ) -> Result<(), Termination> {
+        let mut rtp = Some(rtp);
+        let started = Instant::now();
+        let ring_deadline = tokio::time::sleep(self.request.ring_timeout);
+        tokio::pin!(ring_deadline);
+        let unreachable = probe.unreachable();
+        tokio::pin!(unreachable);
+        let mut cancelled: Option<CancelCause> = None;
+        let mut ringing_sent = false;
+
+        let response = loop {
+            tokio::select! {
+                result = &mut *invite => break result,
+                Some(state) = states.recv() => {
+                    if let DialogState::Early(_, resp) = state {
+                        self.on_provisional(&resp, &mut rtp, &mut ringing_sent).await;
+                    }
+                }
+                () = &mut ring_deadline, if cancelled.is_none() => {
+                    info!("ring timeout, sending CANCEL");
+                    cancelled = Some(CancelCause::RingTimeout);
+                    cancel(dialog);
+                }
+                command = self.control.recv(), if cancelled.is_none() => match command {
+                    // A dropped LiveCall can never hang up, so it counts as a hangup.
+                    Some(CallControl::Hangup) | None => {
+                        info!("hangup before answer, sending CANCEL");
+                        cancelled = Some(CancelCause::Hangup);
+                        cancel(dialog);
+                    }
+                    Some(other) => debug!(?other, "control ignored before answer"),
+                },
+                e = &mut unreachable => {
+                    invite.abort();
+                    return Err(Termination::Transport(e.to_string()));
+                }
+                Some(event) = next_media_event(&mut self.media) => {
+                    // Digits during early media are announcements' business, not the callee's.
+                    debug!(?event, "media event before answer ignored");
+                }
+            }
+        };
+
+        let cancel_termination = |cause: CancelCause| match cause {
+            CancelCause::RingTimeout => Termination::RingTimeout {
+                after: started.elapsed().min(self.request.ring_timeout),
+            },
+            CancelCause::Hangup => Termination::HungUpBeforeAnswer,
+        };
+        let resp = match response {
+            Err(e) => return Err(Termination::Other(format!("INVITE task failed: {e}"))),
+            Ok(Err(e)) => return Err(transport_or_other(e)),
+            Ok(Ok((_, None))) => return Err(Termination::NoResponse),
+            Ok(Ok((_, Some(resp)))) => resp,
+        };
+        let code = resp.status_code.code();
+        if resp.status_code.kind() != sip::StatusCodeKind::Successful {
+            if let Some(cause) = cancelled.filter(|_| code == 487) {
+                return Err(cancel_termination(cause));
+            }
+            // rsipstack reports Timer B as a 408 it builds itself: a real 408 carries the
+            // responder's To tag, the synthesised one only our INVITE's tagless To.
+            let tagged = resp.to_header().ok().and_then(|t| t.tag().ok().flatten());
+            if code == 408 && tagged.is_none() {
+                return Err(Termination::NoResponse);
+            }
+            return Err(Termination::Rejected {
+                code,
+                reason: reason_phrase(&resp),
+            });
+        }
+        if let Some(cause) = cancelled {
+            // 200 crossed our CANCEL; rsipstack ACKs and BYEs it.
+            return Err(cancel_termination(cause));
+        }
+
+        let remote = match body_media(&resp).or(self.early.map(Ok)) {
+            Some(Ok(remote)) => remote,
+            Some(Err(e)) => {
+                self.bye(dialog).await;
+                return Err(Termination::Other(format!("unusable SDP answer: {e}")));
+            }
+            None => {
+                self.bye(dialog).await;
+                return Err(Termination::Other("200 OK without SDP answer".into()));
+            }
+        };
+        self.start_or_update_media(remote, &mut rtp);
+        let (in_tx, inbound) = mpsc::channel(INBOUND_FRAMES);
+        let (outbound, out_rx) = mpsc::channel(OUTBOUND_FRAMES);
+        self.media_command(MediaCommand::Attach {
+            inbound: in_tx,
+            outbound: out_rx,
+        });
+        let at = Millis::now();
+        self.answered_at = Some(at);
+        info!(codec = ?remote.codec, remote = %remote.addr, "answered");
+        self.emit(CallEvent::Answered {
+            at,
+            media: MediaStream { inbound, outbound },
+        })
+        .await;
+        Ok(())
+    }
+
+    async fn on_provisional(
+        &mut self,
+        resp: &Response,
+        rtp: &mut Option<UdpSocket>,
+        ringing_sent: &mut bool,
+    ) {
+        match body_media(resp) {
+            Some(Ok(remote)) => {
+                let first = self.early.is_none();
+                self.early = Some(remote);
+                self.start_or_update_media(remote, rtp);
+                if first {
+                    info!(remote = %remote.addr, "early media");
+                    self.emit(CallEvent::EarlyMedia).await;
+                }
+            }
+            Some(Err(e)) => warn!(error = %e, "unusable SDP in provisional response"),
+            None if !*ringing_sent && self.early.is_none() => {
+                *ringing_sent = true;
+                self.emit(CallEvent::Ringing).await;
+            }
+            None => {}
+        }
+    }
+
+    /// The answered call: ends on either side's BYE, `max_duration`, or silence on the wire.
+    async fn while_answered(
+        &mut self,
+        dialog: &InviteDialog,
+        states: &mut DialogStateReceiver,
+    ) -> Termination {
+        let max_duration = tokio::time::sleep(self.request.max_duration);
+        tokio::pin!(max_duration);
+        loop {
+            tokio::select! {
+                state = states.recv() => match state {
+                    Some(DialogState::Terminated(_, reason)) => {
+                        info!(?reason, "dialog terminated by far end");
+                        return match reason {
+                            TerminatedReason::UasBye | TerminatedReason::UacBye => Termination::Completed,
+                            TerminatedReason::Timeout => Termination::Other("dialog timed out".into()),
+                            other => Termination::Other(format!("dialog ended: {other:?}")),
+                        };
+                    }
+                    Some(DialogState::Updated(_, req, handle)) => {
+                        // Session refresh (re-INVITE or UPDATE): keep our media as it is, follow
+                        // the far end if it moved.
+                        match body_media_of(&req.body) {
+                            Some(Ok(remote)) => self.media_command(MediaCommand::Remote(remote)),
+                            Some(Err(e)) => warn!(error = %e, "unusable SDP in session refresh"),
+                            None => {}
+                        }
+                        let with_sdp = req.method == sip::Method::Invite || !req.body.is_empty();
+                        let (headers, body) = if with_sdp {
+                            (
+                                Some(vec![Header::ContentType("application/sdp".into())]),
+                                Some(self.sdp.clone().into_bytes()),
+                            )
+                        } else {
+                            (None, None)
+                        };
+                        debug!(method = %req.method, "answering session refresh");
+                        if let Err(e) = handle.respond(StatusCode::OK, headers, body).await {
+                            warn!(error = %e, "could not answer session refresh");
+                        }
+                    }
+                    Some(DialogState::Options(_, _, handle)) => {
+                        let _ = handle.reply(StatusCode::OK).await;
+                    }
+                    // INFO, MESSAGE, REFER, NOTIFY: dropping the handle answers 501.
+                    Some(other) => debug!(state = %other, "dialog state"),
+                    None => return Termination::Other("dialog state channel closed".into()),
+                },
+                () = &mut max_duration => {
+                    info!("max duration reached, sending BYE");
+                    self.bye(dialog).await;
+                    return Termination::Completed;
+                }
+                command = self.control.recv() => match command {
+                    Some(CallControl::Hangup) | None => {
+                        info!("hangup, sending BYE");
+                        self.bye(dialog).await;
+                        return Termination::Completed;
+                    }
+                    Some(CallControl::SendDtmf(digit)) => self.media_command(MediaCommand::Dtmf(digit)),
+                    Some(CallControl::FlushAudio) => self.media_command(MediaCommand::Flush),
+                },
+                Some(event) = next_media_event(&mut self.media) => match event {
+                    MediaEvent::Dtmf(digit) => self.emit(CallEvent::Dtmf(digit)).await,
+                    MediaEvent::NoRtp => {
+                        warn!("no RTP after answer, sending BYE");
+                        self.bye(dialog).await;
+                        return Termination::NoRtp { after: self.shared.config.no_rtp_timeout };
+                    }
+                },
+            }
+        }
+    }
+
+    fn start_or_update_media(&mut self, remote: RemoteMedia, rtp: &mut Option<UdpSocket>) {
+        if let Some(media) = self.media.as_ref() {
+            let _ = media.commands.send(MediaCommand::Remote(remote));
+            return;
+        }
+        let Some(socket) = rtp.take() else {
+            return;
+        };
+        let recorder = self.shared.config.recording_dir.as_ref().and_then(|dir| {
+            Recorder::create(dir, &self.request.conversation_id.to_string())
+                .map_err(|e| warn!(error = %e, "recording disabled for this call"))
+                .ok()
+        });
+        self.media = Some(MediaHandle::start(
+            MediaSetup {
+                socket,
+                remote,
+                recorder,
+                no_rtp_timeout: self.shared.config.no_rtp_timeout,
+                counters: self.shared.counters.clone(),
+                ssrc: rand::random(),
+                initial_sequence: rand::random(),
+                initial_timestamp: rand::random(),
+            },
+            Span::current(),
+        ));
+    }
+
+    fn media_command(&self, command: MediaCommand) {
+        if let Some(media) = self.media.as_ref() {
+            let _ = media.commands.send(command);
+        }
+    }
+
+    async fn emit(&self, event: CallEvent) {
+        // An owner that stopped listening still gets its call torn down properly.
+        let _ = self.events.send(event).await;
+    }
+
+    async fn bye(&self, dialog: &InviteDialog) {
+        let dialog = dialog.clone();
+        let bye = tokio::spawn(async move { dialog.bye().await });
+        match tokio::time::timeout(BYE_WAIT, bye).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => warn!(error = %e, "BYE failed"),
+            Ok(Err(e)) => warn!(error = %e, "BYE task failed"),
+            Err(_) => warn!("no answer to BYE yet; reporting the call ended anyway"),
+        }
+    }
+}
+
+fn cancel(dialog: &InviteDialog) {
+    let dialog = dialog.clone();
+    tokio::spawn(async move {
+        if let Err(e) = dialog.cancel().await {
+            warn!(error = %e, "CANCEL failed");
+        }
+    });
+}
+
+fn next_media_event(
+    media: &mut Option<MediaHandle>,
+) -> Pin<Box<dyn Future<Output = Option<MediaEvent>> + Send + '_>> {
+    match media {
+        Some(m) => Box::pin(m.events.recv()),
+        None => Box::pin(std::future::pending()),
+    }
+}
+
+fn body_media(resp: &Response) -> Option<Result<RemoteMedia, sdp::SdpError>> {
+    body_media_of(&resp.body)
+}
+
+fn body_media_of(body: &[u8]) -> Option<Result<RemoteMedia, sdp::SdpError>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    Some(sdp::parse(&String::from_utf8_lossy(body)))
+}
+
+fn transport_or_other(e: rsipstack::Error) -> Termination {
+    match e {
+        rsipstack::Error::TransportLayerError(..) => Termination::Transport(e.to_string()),
+        other => Termination::Other(format!("INVITE failed: {other}")),
+    }
+}
+
+/// The reason phrase as the far end wrote it, else the standard one for the code.
+pub(crate) fn reason_phrase(resp: &Response) -> String {
+    resp.wire_reason
+        .clone()
+        .unwrap_or_else(|| resp.status_code.text().to_string())
+}

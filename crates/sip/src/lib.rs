@@ -1,0 +1,218 @@
+//! outdial's SIP trunk adapter: a UAC that implements [`domain::telephony::Telephony`] over UDP.
+//!
+//! Signalling is `rsipstack` (transactions, dialogs, digest auth, CANCEL/BYE); media is a tokio
+//! driver around the sans-IO `media` crate, one task and one UDP socket per call. One
+//! [`SipTelephony`] owns one SIP endpoint shared by every call it places.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), sip::SipError> {
+//! let telephony = sip::SipTelephony::bind(sip::SipConfig {
+//!     listen: "0.0.0.0:5060".parse().unwrap(),
+//!     recording_dir: Some("/var/lib/outdial/recordings".into()),
+//!     ..sip::SipConfig::default()
+//! })
+//! .await?;
+//! # Ok(()) }
+//! ```
+
+mod call;
+mod config;
+mod outcome;
+mod recording;
+mod rtp_session;
+mod sdp;
+mod trunk;
+
+pub use config::SipConfig;
+pub use outcome::{classify, Termination};
+pub use rtp_session::MediaStats;
+pub use trunk::OptionsReply;
+
+use async_trait::async_trait;
+use domain::telephony::{DialError, DialRequest, LiveCall, Telephony, TrunkTarget};
+use rsipstack::dialog::dialog::Dialog;
+use rsipstack::dialog::dialog_layer::DialogLayer;
+use rsipstack::platform::CancellationToken;
+use rsipstack::sip::prelude::HeadersExt;
+use rsipstack::sip::{Method, StatusCode};
+use rsipstack::transaction::TransactionReceiver;
+use rsipstack::transport::{udp::UdpConnection, TransportLayer};
+use rsipstack::EndpointBuilder;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+/// Failures of the adapter itself (not of a call: those end in `CallEvent::Ended`).
+#[derive(Debug, thiserror::Error)]
+pub enum SipError {
+    #[error("cannot bind SIP endpoint on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("SIP stack: {0}")]
+    Stack(#[source] Box<rsipstack::Error>),
+    #[error("invalid trunk: {0}")]
+    InvalidTrunk(String),
+    #[error("trunk unreachable: {0}")]
+    Unreachable(String),
+    #[error("no response from trunk within {0:?}")]
+    Timeout(Duration),
+}
+
+impl From<rsipstack::Error> for SipError {
+    fn from(e: rsipstack::Error) -> Self {
+        Self::Stack(Box::new(e))
+    }
+}
+
+/// Owner-side buffering of answered calls' audio.
+const INBOUND_FRAMES: usize = 50;
+/// Up to 10 s of agent speech may be queued ahead of playout; `FlushAudio` drops it all.
+const OUTBOUND_FRAMES: usize = 500;
+
+/// The SIP trunk adapter. Dropping it shuts the endpoint down; calls in progress then fail.
+pub struct SipTelephony {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub config: SipConfig,
+    pub dialogs: Arc<DialogLayer>,
+    pub endpoint: rsipstack::transaction::endpoint::EndpointInnerRef,
+    pub local: SocketAddr,
+    pub ports: rtp_session::PortPool,
+    pub counters: Arc<rtp_session::Counters>,
+    cancel: CancellationToken,
+}
+
+impl SipTelephony {
+    /// Binds the SIP UDP socket and starts the endpoint. Must run inside a tokio runtime.
+    pub async fn bind(config: SipConfig) -> Result<Self, SipError> {
+        let cancel = CancellationToken::new();
+        let transport = TransportLayer::new(cancel.clone());
+        let external = config
+            .public_ip
+            .map(|ip| SocketAddr::new(ip, config.listen.port()));
+        let connection =
+            UdpConnection::create_connection(config.listen, external, Some(cancel.child_token()))
+                .await
+                .map_err(|e| SipError::Bind {
+                    addr: config.listen,
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+        let bound = connection
+            .get_addr()
+            .get_socketaddr()
+            .map_err(SipError::from)?;
+        // With port 0 the OS picked the port; the external address must carry the real one.
+        let connection = match external {
+            Some(ext) if ext.port() == 0 => {
+                let mut c = connection;
+                c.external = Some(trunk::sip_addr(SocketAddr::new(ext.ip(), bound.port())));
+                c
+            }
+            _ => connection,
+        };
+        transport.add_transport(connection.into());
+        let endpoint = EndpointBuilder::new()
+            .with_cancel_token(cancel.clone())
+            .with_transport_layer(transport)
+            .with_user_agent(&config.user_agent)
+            .build();
+        let incoming = endpoint.incoming_transactions()?;
+        let dialogs = Arc::new(DialogLayer::new(endpoint.inner.clone()));
+        let shared = Arc::new(Shared {
+            ports: rtp_session::PortPool::new(config.rtp_ports.clone()),
+            config,
+            dialogs: dialogs.clone(),
+            endpoint: endpoint.inner.clone(),
+            local: bound,
+            counters: Arc::default(),
+            cancel,
+        });
+        tokio::spawn(async move { endpoint.serve().await });
+        tokio::spawn(route_incoming(dialogs, incoming));
+        info!(addr = %bound, "SIP endpoint listening");
+        Ok(Self { shared })
+    }
+
+    /// The SIP endpoint's bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local
+    }
+
+    /// Media counters over all calls so far.
+    pub fn media_stats(&self) -> MediaStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// Sends an out-of-dialog OPTIONS to the trunk: a keep-alive and a reachability probe. Any
+    /// response (even 401/404) means the trunk is alive.
+    pub async fn options(&self, trunk: &TrunkTarget) -> Result<OptionsReply, SipError> {
+        trunk::options(&self.shared, trunk).await
+    }
+}
+
+impl Drop for SipTelephony {
+    fn drop(&mut self) {
+        self.shared.cancel.cancel();
+    }
+}
+
+#[async_trait]
+impl Telephony for SipTelephony {
+    async fn dial(&self, request: DialRequest) -> Result<LiveCall, DialError> {
+        if self.shared.cancel.is_cancelled() {
+            return Err(DialError::Unavailable("SIP endpoint shut down".into()));
+        }
+        let target = trunk::Target::parse(&request.trunk.uri)
+            .map_err(|e| DialError::Invalid(e.to_string()))?;
+        let (event_tx, events) = mpsc::channel(16);
+        let (control, control_rx) = mpsc::channel(16);
+        tokio::spawn(call::run(
+            self.shared.clone(),
+            request,
+            target,
+            event_tx,
+            control_rx,
+        ));
+        Ok(LiveCall { events, control })
+    }
+}
+
+/// Hands in-dialog requests (BYE, re-INVITE, UPDATE, OPTIONS) to their dialog, whose call task
+/// sees them as dialog states; answers what belongs to no call.
+async fn route_incoming(dialogs: Arc<DialogLayer>, mut incoming: TransactionReceiver) {
+    while let Some(mut tx) = incoming.recv().await {
+        if let Some(Dialog::Invite(mut dialog)) = dialogs.match_dialog(&tx) {
+            tokio::spawn(async move {
+                if let Err(e) = dialog.handle(&mut tx).await {
+                    debug!(error = %e, "in-dialog request failed");
+                }
+            });
+            continue;
+        }
+        let in_dialog = tx
+            .original
+            .to_header()
+            .ok()
+            .and_then(|to| to.tag().ok().flatten())
+            .is_some();
+        let status = match tx.original.method {
+            Method::Ack => continue,
+            Method::Options => StatusCode::OK,
+            _ if in_dialog => StatusCode::CallTransactionDoesNotExist,
+            // outdial only places calls.
+            Method::Invite => StatusCode::Decline,
+            _ => StatusCode::MethodNotAllowed,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = tx.reply(status).await {
+                warn!(error = %e, "reply to stray request failed");
+            }
+        });
+    }
+}

@@ -1,0 +1,153 @@
+//! How a SIP call attempt ended, reduced to outdial's terminal statuses. Kept pure so the table
+//! below is the single place that decides what a SIP code means to the rest of outdial.
+
+use domain::CallStatus;
+use std::time::Duration;
+
+/// Everything that can end a call, as the call task observed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Termination {
+    /// A final non-2xx response to our INVITE (not one provoked by our own CANCEL).
+    Rejected { code: u16, reason: String },
+    /// We sent CANCEL because `ring_timeout` passed.
+    RingTimeout { after: Duration },
+    /// Our owner asked to hang up before the callee answered.
+    HungUpBeforeAnswer,
+    /// The INVITE transaction timed out (Timer B): nothing ever answered.
+    NoResponse,
+    /// The trunk could not be reached at all: DNS failure, ICMP unreachable, socket error.
+    Transport(String),
+    /// Answered, but no RTP arrived within the configured time.
+    NoRtp { after: Duration },
+    /// Answered, then ended by either side's BYE or by `max_duration`.
+    Completed,
+    /// Anything else (a malformed answer, a local failure); the text says what.
+    Other(String),
+}
+
+/// Maps a termination to the status and `failure_reason` of [`domain::telephony::CallEnd`].
+pub fn classify(t: &Termination) -> (CallStatus, Option<String>) {
+    match t {
+        Termination::Completed => (CallStatus::Completed, None),
+        Termination::Rejected { code, reason } => {
+            let status = match code {
+                486 | 600 => CallStatus::Busy,
+                408 | 480 => CallStatus::NoAnswer,
+                404 | 410 | 484 | 604 => CallStatus::Unreachable,
+                403 | 500..=599 => CallStatus::TelephonyFailed,
+                _ => CallStatus::Failed,
+            };
+            (status, Some(format!("{code} {reason}")))
+        }
+        Termination::RingTimeout { after } => (
+            CallStatus::NoAnswer,
+            Some(format!(
+                "no answer within {} s (CANCEL, 487 Request Terminated)",
+                after.as_secs()
+            )),
+        ),
+        Termination::HungUpBeforeAnswer => (
+            CallStatus::Failed,
+            Some("hung up before answer (CANCEL)".to_string()),
+        ),
+        Termination::NoResponse => (
+            CallStatus::TelephonyFailed,
+            Some("trunk unreachable: no response to INVITE (408 Request Timeout)".to_string()),
+        ),
+        Termination::Transport(e) => (
+            CallStatus::TelephonyFailed,
+            Some(format!("trunk unreachable: {e}")),
+        ),
+        Termination::NoRtp { after } => (
+            CallStatus::SocketFailure,
+            Some(format!(
+                "no RTP received within {} s of answer",
+                after.as_secs()
+            )),
+        ),
+        Termination::Other(e) => (CallStatus::Failed, Some(e.clone())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(code: u16, reason: &str) -> (CallStatus, Option<String>) {
+        classify(&Termination::Rejected {
+            code,
+            reason: reason.to_string(),
+        })
+    }
+
+    #[test]
+    fn sip_codes_map_to_statuses_with_code_and_phrase() {
+        let table = [
+            (486, "Busy Here", CallStatus::Busy),
+            (600, "Busy Everywhere", CallStatus::Busy),
+            (408, "Request Timeout", CallStatus::NoAnswer),
+            (480, "Temporarily Unavailable", CallStatus::NoAnswer),
+            (404, "Not Found", CallStatus::Unreachable),
+            (410, "Gone", CallStatus::Unreachable),
+            (484, "Address Incomplete", CallStatus::Unreachable),
+            (604, "Does Not Exist Anywhere", CallStatus::Unreachable),
+            (403, "Forbidden", CallStatus::TelephonyFailed),
+            (500, "Server Internal Error", CallStatus::TelephonyFailed),
+            (503, "Service Unavailable", CallStatus::TelephonyFailed),
+            (599, "Whatever", CallStatus::TelephonyFailed),
+            (401, "Unauthorized", CallStatus::Failed),
+            (488, "Not Acceptable Here", CallStatus::Failed),
+            (603, "Decline", CallStatus::Failed),
+            (302, "Moved Temporarily", CallStatus::Failed),
+        ];
+        for (code, reason, status) in table {
+            let (got, why) = rejected(code, reason);
+            assert_eq!(got, status, "{code}");
+            assert_eq!(why.as_deref(), Some(format!("{code} {reason}").as_str()));
+        }
+    }
+
+    #[test]
+    fn our_cancel_at_ring_timeout_is_no_answer() {
+        let (status, why) = classify(&Termination::RingTimeout {
+            after: Duration::from_secs(30),
+        });
+        assert_eq!(status, CallStatus::NoAnswer);
+        assert!(why.unwrap().contains("30 s"));
+    }
+
+    #[test]
+    fn unreachable_trunk_and_timeouts_are_telephony_failed() {
+        let (status, why) = classify(&Termination::NoResponse);
+        assert_eq!(status, CallStatus::TelephonyFailed);
+        assert!(why.unwrap().contains("no response to INVITE"));
+        let (status, why) = classify(&Termination::Transport("connection refused".into()));
+        assert_eq!(status, CallStatus::TelephonyFailed);
+        assert_eq!(why.unwrap(), "trunk unreachable: connection refused");
+    }
+
+    #[test]
+    fn silent_media_is_socket_failure() {
+        let (status, why) = classify(&Termination::NoRtp {
+            after: Duration::from_secs(5),
+        });
+        assert_eq!(status, CallStatus::SocketFailure);
+        assert!(why.unwrap().contains("5 s"));
+    }
+
+    #[test]
+    fn completed_has_no_reason_and_everything_else_has_one() {
+        assert_eq!(
+            classify(&Termination::Completed),
+            (CallStatus::Completed, None)
+        );
+        for t in [
+            Termination::HungUpBeforeAnswer,
+            Termination::Other("bad SDP".into()),
+        ] {
+            let (status, why) = classify(&t);
+            assert_eq!(status, CallStatus::Failed);
+            assert!(why.is_some());
+        }
+    }
+}

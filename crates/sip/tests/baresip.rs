@@ -1,0 +1,181 @@
+//! Interoperability with a second, independent UA: baresip as an auto-answering callee that plays
+//! a 440 Hz tone and dumps what it decodes (sndfile module). Needs `/usr/bin/baresip`.
+
+mod common;
+
+use common::*;
+use domain::telephony::{CallControl, CallEvent, LiveCall, Telephony};
+use domain::CallStatus;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BARESIP: &str = "/usr/bin/baresip";
+
+struct Baresip {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Baresip {
+    fn start() -> Self {
+        let port = free_udp_port();
+        let rtp = free_media_port();
+        let dir = tempfile::tempdir().unwrap();
+        // ausine only runs at 48 kHz; aufile plays a WAV at the call's 8 kHz.
+        let sine = dir.path().join("sine.wav");
+        let samples: Vec<i16> = (0..8_000 * 30)
+            .map(|i| {
+                let t = f64::from(i) / 8_000.0;
+                (6_000.0 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()) as i16
+            })
+            .collect();
+        media::wav::write(std::fs::File::create(&sine).unwrap(), 8_000, &samples).unwrap();
+        let config = format!(
+            "poll_method\t\tepoll\n\
+             sip_listen\t\t127.0.0.1:{port}\n\
+             sip_trans_def\t\tudp\n\
+             audio_source\t\taufile,{}\n\
+             audio_alert\t\taufile,/dev/null\n\
+             rtp_ports\t\t{rtp}-{}\n\
+             module_path\t\t/usr/lib/baresip/modules\n\
+             module\t\t\tg711.so\n\
+             module\t\t\taufile.so\n\
+             module\t\t\tsndfile.so\n\
+             snd_path\t\t{}\n\
+             module\t\t\tmenu.so\n\
+             module_app\t\taccount.so\n",
+            sine.display(),
+            rtp + 1,
+            dir.path().display(),
+        );
+        std::fs::write(dir.path().join("config"), config).unwrap();
+        std::fs::write(
+            dir.path().join("accounts"),
+            "<sip:+14155550199@127.0.0.1>;regint=0;answermode=auto;audio_codecs=PCMU\n",
+        )
+        .unwrap();
+        let child = Command::new(BARESIP)
+            .arg("-f")
+            .arg(dir.path())
+            .args(["-t", "30"])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("baresip.log")).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start baresip");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            assert!(Instant::now() < deadline, "baresip did not start listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port, dir }
+    }
+}
+
+impl Drop for Baresip {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rms(x: &[i16]) -> f64 {
+    (x.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt()
+}
+
+/// Frequency estimate from zero crossings.
+fn frequency(x: &[i16], rate: f64) -> f64 {
+    let crossings = x.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();
+    crossings as f64 / 2.0 / (x.len() as f64 / rate)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baresip_answers_and_audio_flows_both_ways() {
+    init_tracing();
+    assert!(
+        Path::new(BARESIP).exists(),
+        "baresip not installed: apt-get install -y baresip"
+    );
+    let callee = Baresip::start();
+    let tel = adapter(None, Duration::from_secs(5)).await;
+    let LiveCall {
+        mut events,
+        control,
+    } = tel
+        .dial(request(
+            &format!("sip:127.0.0.1:{}", callee.port),
+            Duration::from_secs(10),
+            Duration::from_secs(30),
+        ))
+        .await
+        .unwrap();
+    let mut media = loop {
+        match events.recv().await.expect("events") {
+            CallEvent::Answered { media, .. } => break media,
+            CallEvent::Ended(end) => panic!(
+                "not answered: {end:?}\n{}",
+                std::fs::read_to_string(callee.dir.path().join("baresip.log")).unwrap_or_default()
+            ),
+            _ => {}
+        }
+    };
+    // A 1 kHz tone for baresip to hear while we listen to its 440 Hz sine.
+    for f in 0..100 {
+        let frame: Vec<i16> = (0..320)
+            .map(|i| {
+                let t = (f * 320 + i) as f64 / 16_000.0;
+                (6_000.0 * (2.0 * std::f64::consts::PI * 1_000.0 * t).sin()) as i16
+            })
+            .collect();
+        media.outbound.send(frame).await.unwrap();
+    }
+    let mut heard = Vec::new();
+    for _ in 0..100 {
+        heard.extend(media.inbound.recv().await.expect("inbound audio"));
+    }
+    control.send(CallControl::Hangup).await.unwrap();
+    let end = loop {
+        if let CallEvent::Ended(end) = events.recv().await.expect("Ended") {
+            break end;
+        }
+    };
+    assert_eq!(end.status, CallStatus::Completed, "{end:?}");
+
+    // The last second, well after any start-up silence.
+    let tail = &heard[heard.len() - 16_000..];
+    assert!(
+        rms(tail) > 500.0,
+        "baresip's sine not received: rms {}",
+        rms(tail)
+    );
+    let f = frequency(tail, 16_000.0);
+    assert!((400.0..480.0).contains(&f), "received {f} Hz, expected 440");
+
+    // baresip's sndfile module dumped what it decoded from us.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dump = std::fs::read_dir(callee.dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-dec.wav"));
+    let recorded = dump.map(|p| std::fs::read(p).unwrap()).unwrap_or_default();
+    let wav = media::wav::read(&recorded).unwrap_or_else(|e| {
+        panic!(
+            "baresip recording ({} bytes, {:?}): {e}\n{}",
+            recorded.len(),
+            &recorded[..recorded.len().min(48)],
+            std::fs::read_to_string(callee.dir.path().join("baresip.log")).unwrap_or_default()
+        )
+    });
+    let tail = &wav.samples[wav
+        .samples
+        .len()
+        .saturating_sub(wav.sample_rate as usize / 2)..];
+    let f = frequency(tail, f64::from(wav.sample_rate));
+    assert!(
+        (950.0..1050.0).contains(&f),
+        "baresip heard {f} Hz, expected 1000"
+    );
+}

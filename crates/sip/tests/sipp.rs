@@ -1,0 +1,506 @@
+//! The adapter against SIPp on loopback: every outcome the trunk can produce, real RTP both ways.
+//! Needs `/usr/bin/sipp` (Debian package `sip-tester`).
+
+mod common;
+
+use common::*;
+use domain::telephony::{CallControl, CallEvent, LiveCall, Telephony, TrunkTarget};
+use domain::CallStatus;
+use std::time::{Duration, Instant};
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+macro_rules! require_sipp {
+    () => {
+        init_tracing();
+        assert!(
+            sipp_available(),
+            "sipp not installed: apt-get install -y sip-tester"
+        );
+    };
+}
+
+#[tokio::test]
+async fn answered_call_we_hang_up_is_completed() {
+    require_sipp!();
+    let mut sipp = Sipp::uas("answer.xml", &["-rtp_echo"]);
+    let tel = adapter(None, SECS(5)).await;
+    let (kinds, end) = run_call(
+        &tel,
+        request(&sipp.uri(), SECS(10), SECS(30)),
+        Some(Duration::from_millis(500)),
+    )
+    .await;
+    assert_eq!(kinds, [Kind::Ringing, Kind::Answered]);
+    assert_eq!(end.status, CallStatus::Completed, "{end:?}");
+    assert_eq!(end.failure_reason, None);
+    assert!(end.answered_at.is_some());
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+}
+
+#[tokio::test]
+async fn max_duration_ends_the_call_with_our_bye() {
+    require_sipp!();
+    let mut sipp = Sipp::uas("answer.xml", &["-rtp_echo"]);
+    let tel = adapter(None, SECS(5)).await;
+    let started = Instant::now();
+    let (kinds, end) = run_call(&tel, request(&sipp.uri(), SECS(10), SECS(1)), None).await;
+    assert_eq!(kinds, [Kind::Ringing, Kind::Answered]);
+    assert_eq!(end.status, CallStatus::Completed, "{end:?}");
+    assert!(started.elapsed() < SECS(4));
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+}
+
+#[tokio::test]
+async fn callee_bye_after_session_refresh_is_completed() {
+    require_sipp!();
+    let mut sipp = Sipp::uas("callee_bye.xml", &["-rtp_echo"]);
+    let tel = adapter(None, SECS(5)).await;
+    let (kinds, end) = run_call(&tel, request(&sipp.uri(), SECS(10), SECS(30)), None).await;
+    assert_eq!(kinds, [Kind::Answered]);
+    assert_eq!(end.status, CallStatus::Completed, "{end:?}");
+    // SIPp checked that our 200 to its re-INVITE carried our SDP, and got 200 to its BYE.
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+}
+
+#[tokio::test]
+async fn busy_486() {
+    require_sipp!();
+    let mut sipp = Sipp::uas("busy.xml", &[]);
+    let tel = adapter(None, SECS(5)).await;
+    let (kinds, end) = run_call(&tel, request(&sipp.uri(), SECS(10), SECS(30)), None).await;
+    assert_eq!(kinds, [Kind::Ringing]);
+    assert_eq!(end.status, CallStatus::Busy);
+    assert_eq!(end.failure_reason.as_deref(), Some("486 Busy Here"));
+    assert_eq!(end.answered_at, None);
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+}
+
+async fn rejected(scenario: &str) -> (domain::telephony::CallEnd, Option<i32>) {
+    let mut sipp = Sipp::uas(scenario, &[]);
+    let tel = adapter(None, SECS(5)).await;
+    let (kinds, end) = run_call(&tel, request(&sipp.uri(), SECS(10), SECS(30)), None).await;
+    assert!(kinds.is_empty(), "{kinds:?}");
+    (end, sipp.exit_code(SECS(5)))
+}
+
+#[tokio::test]
+async fn service_unavailable_503_is_telephony_failed() {
+    require_sipp!();
+    let (end, code) = rejected("unavailable_503.xml").await;
+    assert_eq!(end.status, CallStatus::TelephonyFailed);
+    assert_eq!(
+        end.failure_reason.as_deref(),
+        Some("503 Service Unavailable")
+    );
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test]
+async fn not_found_404_is_unreachable() {
+    require_sipp!();
+    let (end, code) = rejected("not_found_404.xml").await;
+    assert_eq!(end.status, CallStatus::Unreachable);
+    assert_eq!(end.failure_reason.as_deref(), Some("404 Not Found"));
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test]
+async fn ring_timeout_sends_cancel_and_is_no_answer() {
+    require_sipp!();
+    let mut sipp = Sipp::uas("no_answer.xml", &[]);
+    let tel = adapter(None, SECS(5)).await;
+    let started = Instant::now();
+    let (kinds, end) = run_call(&tel, request(&sipp.uri(), SECS(2), SECS(30)), None).await;
+    assert_eq!(kinds, [Kind::Ringing]);
+    assert_eq!(end.status, CallStatus::NoAnswer, "{end:?}");
+    assert!(end.failure_reason.unwrap().contains("CANCEL"));
+    let took = started.elapsed();
+    assert!(took >= SECS(2) && took < SECS(5), "{took:?}");
+    // SIPp saw our CANCEL, answered it and got the ACK for its 487.
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+}
+
+#[tokio::test]
+async fn hangup_before_answer_cancels() {
+    require_sipp!();
+    let mut sipp = Sipp::uas("no_answer.xml", &[]);
+    let tel = adapter(None, SECS(5)).await;
+    let LiveCall {
+        mut events,
+        control,
+    } = tel
+        .dial(request(&sipp.uri(), SECS(20), SECS(30)))
+        .await
+        .unwrap();
+    assert!(matches!(events.recv().await, Some(CallEvent::Ringing)));
+    control.send(CallControl::Hangup).await.unwrap();
+    let Some(CallEvent::Ended(end)) = events.recv().await else {
+        panic!("expected Ended");
+    };
+    assert_eq!(end.status, CallStatus::Failed);
+    assert!(end.failure_reason.unwrap().contains("CANCEL"));
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+}
+
+#[tokio::test]
+async fn unreachable_trunk_fails_fast() {
+    init_tracing();
+    let tel = adapter(None, SECS(5)).await;
+    let port = free_udp_port();
+    let started = Instant::now();
+    let (kinds, end) = run_call(
+        &tel,
+        request(&format!("sip:127.0.0.1:{port}"), SECS(30), SECS(30)),
+        None,
+    )
+    .await;
+    assert!(kinds.is_empty());
+    assert_eq!(end.status, CallStatus::TelephonyFailed);
+    let reason = end.failure_reason.unwrap();
+    assert!(reason.contains("trunk unreachable"), "{reason}");
+    assert!(started.elapsed() < SECS(5), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn dns_failure_is_telephony_failed() {
+    init_tracing();
+    let tel = adapter(None, SECS(5)).await;
+    let (_, end) = run_call(
+        &tel,
+        request("sip:no-such-host.invalid:5060", SECS(30), SECS(30)),
+        None,
+    )
+    .await;
+    assert_eq!(end.status, CallStatus::TelephonyFailed);
+    assert!(end.failure_reason.unwrap().contains("DNS"));
+}
+
+#[tokio::test]
+async fn invalid_trunk_uri_is_refused_before_dialling() {
+    init_tracing();
+    let tel = adapter(None, SECS(5)).await;
+    let err = tel
+        .dial(request("http://example.com", SECS(30), SECS(30)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, domain::telephony::DialError::Invalid(_)));
+}
+
+async fn with_auth(
+    scenario: &str,
+    password: &str,
+) -> (Vec<Kind>, domain::telephony::CallEnd, Sipp) {
+    let sipp = Sipp::uas(scenario, &["-rtp_echo"]);
+    let tel = adapter(None, SECS(5)).await;
+    let mut req = request(&sipp.uri(), SECS(10), SECS(30));
+    req.trunk.username = Some("alice".into());
+    req.trunk.password = Some(password.into());
+    let (kinds, end) = run_call(&tel, req, Some(Duration::from_millis(300))).await;
+    (kinds, end, sipp)
+}
+
+#[tokio::test]
+async fn digest_401_challenge_then_answer() {
+    require_sipp!();
+    let (kinds, end, mut sipp) = with_auth("auth_401.xml", "secret").await;
+    assert_eq!(kinds, [Kind::Answered]);
+    assert_eq!(end.status, CallStatus::Completed, "{end:?}");
+    assert!(sipp.messages().contains("Authorization: Digest"));
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+}
+
+#[tokio::test]
+async fn digest_407_challenge_then_answer() {
+    require_sipp!();
+    let (kinds, end, mut sipp) = with_auth("auth_407.xml", "secret").await;
+    assert_eq!(kinds, [Kind::Answered], "{}", sipp.messages());
+    assert_eq!(end.status, CallStatus::Completed, "{end:?}");
+    assert!(
+        proxy_digest_is_valid(&sipp.messages(), "alice", "secret"),
+        "{}",
+        sipp.messages()
+    );
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+}
+
+#[tokio::test]
+async fn wrong_password_is_refused_by_the_trunk() {
+    require_sipp!();
+    let (kinds, end, _sipp) = with_auth("auth_401.xml", "wrong").await;
+    assert!(kinds.is_empty());
+    assert_eq!(end.status, CallStatus::TelephonyFailed);
+    assert_eq!(end.failure_reason.as_deref(), Some("403 Forbidden"));
+}
+
+#[tokio::test]
+async fn early_media_183_is_received_and_recorded() {
+    require_sipp!();
+    let mut sipp = Sipp::uas("early_media.xml", &[]);
+    let rec = tempfile::tempdir().unwrap();
+    let tel = adapter(Some(rec.path()), SECS(5)).await;
+    let (kinds, end) = run_call(
+        &tel,
+        request(&sipp.uri(), SECS(10), SECS(30)),
+        Some(Duration::from_millis(200)),
+    )
+    .await;
+    assert_eq!(kinds, [Kind::EarlyMedia, Kind::Answered]);
+    assert_eq!(end.status, CallStatus::Completed, "{end:?}");
+    let wav = media::wav::read(&std::fs::read(end.recording.unwrap()).unwrap()).unwrap();
+    // The announcement played during the 2 s before the answer.
+    let early = &wav.samples[..(wav.samples.len().min(16_000))];
+    assert!(rms(early) > 300.0, "early media silent: rms {}", rms(early));
+    assert!(tel.media_stats().packets_received > 50);
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+}
+
+#[tokio::test]
+async fn dtmf_from_the_callee_becomes_events() {
+    require_sipp!();
+    let mut sipp = Sipp::uas("dtmf.xml", &[]);
+    let tel = adapter(None, SECS(5)).await;
+    let LiveCall {
+        mut events,
+        control,
+    } = tel
+        .dial(request(&sipp.uri(), SECS(10), SECS(30)))
+        .await
+        .unwrap();
+    let mut digits = Vec::new();
+    let mut _media = None;
+    let deadline = tokio::time::Instant::now() + SECS(8);
+    while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.recv()).await {
+        match ev {
+            CallEvent::Answered { media, .. } => _media = Some(media),
+            CallEvent::Dtmf(d) => {
+                digits.push(d);
+                break;
+            }
+            CallEvent::Ended(end) => panic!("ended early: {end:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(digits, ['1']);
+    control.send(CallControl::Hangup).await.unwrap();
+    while let Some(ev) = events.recv().await {
+        if let CallEvent::Ended(end) = ev {
+            assert_eq!(end.status, CallStatus::Completed);
+        }
+    }
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+}
+
+#[tokio::test]
+async fn dtmf_we_send_comes_back_through_the_echo() {
+    require_sipp!();
+    let _sipp = Sipp::uas("answer.xml", &["-rtp_echo"]);
+    let tel = adapter(None, SECS(5)).await;
+    let LiveCall {
+        mut events,
+        control,
+    } = tel
+        .dial(request(&_sipp.uri(), SECS(10), SECS(30)))
+        .await
+        .unwrap();
+    let mut digits = Vec::new();
+    let mut _media = None;
+    let deadline = tokio::time::Instant::now() + SECS(8);
+    while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.recv()).await {
+        match ev {
+            CallEvent::Answered { media, .. } => {
+                _media = Some(media);
+                for d in ['5', '#', 'A'] {
+                    control.send(CallControl::SendDtmf(d)).await.unwrap();
+                }
+            }
+            CallEvent::Dtmf(d) => {
+                digits.push(d);
+                if digits.len() == 3 {
+                    break;
+                }
+            }
+            CallEvent::Ended(end) => panic!("ended early: {end:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(digits, ['5', '#', 'A']);
+    control.send(CallControl::Hangup).await.unwrap();
+}
+
+#[tokio::test]
+async fn no_rtp_after_answer_is_socket_failure() {
+    require_sipp!();
+    // Without -rtp_echo SIPp sends no media at all.
+    let _sipp = Sipp::uas("answer.xml", &[]);
+    let tel = adapter(None, SECS(1)).await;
+    let (kinds, end) = run_call(&tel, request(&_sipp.uri(), SECS(10), SECS(30)), None).await;
+    assert_eq!(kinds, [Kind::Ringing, Kind::Answered]);
+    assert_eq!(end.status, CallStatus::SocketFailure);
+    assert!(end.failure_reason.unwrap().contains("no RTP"));
+}
+
+#[tokio::test]
+async fn options_probe_reports_the_trunk() {
+    require_sipp!();
+    let sipp = Sipp::uas("answer.xml", &["-aa"]);
+    let tel = adapter(None, SECS(5)).await;
+    let trunk = TrunkTarget {
+        uri: sipp.uri(),
+        username: None,
+        password: None,
+    };
+    let reply = tel.options(&trunk).await.expect("OPTIONS answered");
+    assert_eq!(reply.code, 200);
+
+    let dead = TrunkTarget {
+        uri: format!("sip:127.0.0.1:{}", free_udp_port()),
+        username: None,
+        password: None,
+    };
+    let started = Instant::now();
+    assert!(matches!(
+        tel.options(&dead).await,
+        Err(sip::SipError::Unreachable(_))
+    ));
+    assert!(started.elapsed() < SECS(2));
+}
+
+/// Recomputes the RFC 2617 digest (no qop) of the Proxy-Authorization SIPp logged.
+fn proxy_digest_is_valid(log: &str, user: &str, password: &str) -> bool {
+    use md5::{Digest, Md5};
+    let hex = |s: String| {
+        Md5::digest(s.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let Some(line) = log
+        .lines()
+        .find(|l| l.starts_with("Proxy-Authorization: Digest"))
+    else {
+        return false;
+    };
+    let param = |name: &str| {
+        let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+        let end = line[start..].find('"')? + start;
+        Some(line[start..end].to_string())
+    };
+    let (Some(realm), Some(nonce), Some(uri), Some(response), Some(username)) = (
+        param("realm"),
+        param("nonce"),
+        param("uri"),
+        param("response"),
+        param("username"),
+    ) else {
+        return false;
+    };
+    let ha1 = hex(format!("{user}:{realm}:{password}"));
+    let ha2 = hex(format!("INVITE:{uri}"));
+    username == user && hex(format!("{ha1}:{nonce}:{ha2}")) == response
+}
+
+fn chirp(seconds: f64) -> Vec<i16> {
+    let rate = 16_000.0;
+    let (f0, f1) = (300.0, 3_000.0);
+    let n = (seconds * rate) as usize;
+    (0..n)
+        .map(|i| {
+            let t = i as f64 / rate;
+            let phase = 2.0 * std::f64::consts::PI * (f0 * t + (f1 - f0) * t * t / (2.0 * seconds));
+            (8_000.0 * phase.sin()) as i16
+        })
+        .collect()
+}
+
+fn rms(x: &[i16]) -> f64 {
+    (x.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt()
+}
+
+/// Best normalised cross-correlation of `probe` within `signal`, over `lags`.
+fn best_correlation(probe: &[i16], signal: &[i16], lags: std::ops::Range<usize>) -> (usize, f64) {
+    let p: Vec<f64> = probe.iter().map(|&s| f64::from(s)).collect();
+    let pe = p.iter().map(|v| v * v).sum::<f64>();
+    let mut best = (0, 0.0);
+    for lag in lags {
+        let Some(window) = signal.get(lag..lag + p.len()) else {
+            break;
+        };
+        let (mut dot, mut we) = (0.0, 0.0);
+        for (a, &b) in p.iter().zip(window) {
+            let b = f64::from(b);
+            dot += a * b;
+            we += b * b;
+        }
+        let c = dot / (pe * we).sqrt().max(1.0);
+        if c > best.1 {
+            best = (lag, c);
+        }
+    }
+    best
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_round_trips_through_rtp_echo_and_is_recorded() {
+    require_sipp!();
+    let mut sipp = Sipp::uas("answer.xml", &["-rtp_echo"]);
+    let rec = tempfile::tempdir().unwrap();
+    let tel = adapter(Some(rec.path()), SECS(5)).await;
+    let req = request(&sipp.uri(), SECS(10), SECS(30));
+    let conversation = req.conversation_id;
+    let LiveCall {
+        mut events,
+        control,
+    } = tel.dial(req).await.unwrap();
+    let mut media = loop {
+        match events.recv().await.expect("call events") {
+            CallEvent::Answered { media, .. } => break media,
+            CallEvent::Ended(end) => panic!("not answered: {end:?}"),
+            _ => {}
+        }
+    };
+
+    let sent = chirp(2.0);
+    for frame in sent.chunks(domain::telephony::FRAME_SAMPLES) {
+        media.outbound.send(frame.to_vec()).await.unwrap();
+    }
+    let mut received: Vec<i16> = Vec::new();
+    let mut frames = 0;
+    // 3 s of inbound audio: the 2 s chirp plus its echo delay.
+    while frames < 150 {
+        let frame = media.inbound.recv().await.expect("inbound audio");
+        assert_eq!(frame.len(), domain::telephony::FRAME_SAMPLES);
+        received.extend_from_slice(&frame);
+        frames += 1;
+    }
+    control.send(CallControl::Hangup).await.unwrap();
+    let end = loop {
+        if let CallEvent::Ended(end) = events.recv().await.expect("Ended") {
+            break end;
+        }
+    };
+    assert_eq!(end.status, CallStatus::Completed);
+
+    // Compare the middle half second of the chirp with what came back.
+    let probe = &sent[12_000..20_000];
+    let (lag, corr) = best_correlation(probe, &received, 12_000..20_000);
+    let delay_ms = (lag as f64 - 12_000.0) / 16.0;
+    assert!(corr > 0.9, "echo correlation {corr:.3} at {delay_ms} ms");
+    assert!((0.0..400.0).contains(&delay_ms), "echo delay {delay_ms} ms");
+    let gain = rms(&received[lag..lag + probe.len()]) / rms(probe);
+    assert!((0.7..1.3).contains(&gain), "echo gain {gain:.2}");
+
+    let path = end.recording.expect("recording");
+    assert_eq!(path, rec.path().join(format!("{conversation}.wav")));
+    let wav = media::wav::read(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(wav.sample_rate, 8_000);
+    let seconds = wav.samples.len() as f64 / 8_000.0;
+    assert!((2.8..4.5).contains(&seconds), "recording lasts {seconds} s");
+    assert!(rms(&wav.samples) > 1_000.0, "recording silent");
+    let stats = tel.media_stats();
+    assert!(
+        stats.packets_sent >= 150 && stats.packets_received >= 140,
+        "{stats:?}"
+    );
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+}

@@ -1,0 +1,490 @@
+//! The webhook outbox on both backends: targets, enqueue, leases (chain order, per-target cap,
+//! expiry, concurrent workers), attempts and the delivery log.
+
+mod common;
+
+use common::backends;
+use domain::store::{ManageError, Page, Store};
+use domain::tenant::NewTrunk;
+use domain::webhooks::{
+    AttemptRecord, AttemptResult, DeliveryFilter, DeliveryStatus, LeaseRequest, NewWebhookTarget,
+    NextState, OutboxEvent, WebhookStore, WebhookTargetPatch, NAME_TAKEN, TARGET_INACTIVE,
+    TOO_MANY_TARGETS,
+};
+use domain::{AgentConfig, AgentId, Millis, TenantId, E164};
+use serde_json::json;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use store::SqlStore;
+
+const T0: Millis = Millis(1_775_000_000_000);
+
+async fn tenant_with_agent(store: &dyn Store, name: &str) -> (TenantId, AgentId) {
+    let t = store.create_tenant(name, T0).await.unwrap();
+    let trunk = store
+        .create_trunk(
+            t.id,
+            &NewTrunk {
+                name: "pbx".into(),
+                uri: "sip:127.0.0.1:5080".into(),
+                username: None,
+                password: None,
+                max_concurrent_calls: None,
+            },
+            T0,
+        )
+        .await
+        .unwrap();
+    let number = E164::parse("+918035739222").unwrap();
+    store
+        .create_phone_number(t.id, &number, trunk.id, T0)
+        .await
+        .unwrap();
+    let cfg = AgentConfig::from_json(
+        json!({"name": "a", "phone_number": number.as_str()})
+            .as_object()
+            .unwrap(),
+    )
+    .unwrap();
+    let agent = store.create_agent(t.id, &cfg, T0).await.unwrap();
+    (t.id, agent.id)
+}
+
+fn target(name: &str, events: &[&str]) -> NewWebhookTarget {
+    NewWebhookTarget {
+        name: name.into(),
+        url: "http://127.0.0.1:9/hook".into(),
+        secret: "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into(),
+        events: events.iter().map(|e| e.to_string()).collect(),
+        include_transcript: false,
+        include_recording_url: false,
+        active: true,
+    }
+}
+
+fn event(
+    n: u32,
+    tenant: TenantId,
+    agent: AgentId,
+    chain: &str,
+    kind: &str,
+    at: Millis,
+) -> OutboxEvent {
+    OutboxEvent {
+        event_id: format!("evt_{n:012}"),
+        event_type: kind.into(),
+        tenant,
+        agent,
+        conversation_id: Some(format!("{chain}_{n}")),
+        chain_id: chain.into(),
+        payload: json!({"event_id": format!("evt_{n:012}"), "event_type": kind}),
+        created_at: at,
+    }
+}
+
+fn lease(owner: &str, now: Millis, limit: u32, per_target: u32) -> LeaseRequest<'_> {
+    LeaseRequest {
+        owner,
+        now,
+        lease_for: Duration::from_secs(60),
+        limit,
+        per_target,
+    }
+}
+
+fn result(delivery: domain::webhooks::DeliveryId, at: Millis, status: u16, next: NextState) -> AttemptResult {
+    AttemptResult {
+        delivery,
+        attempt: AttemptRecord {
+            at,
+            http_status: Some(status),
+            error: None,
+            duration_ms: 3,
+        },
+        next,
+    }
+}
+
+async fn story_targets(store: Arc<SqlStore>) {
+    let (t, agent) = tenant_with_agent(store.as_ref(), "acme").await;
+    let (other, other_agent) = tenant_with_agent(store.as_ref(), "other").await;
+    let first = store
+        .create_webhook_target(t, agent, &target("a", &["call.completed"]), T0)
+        .await
+        .unwrap();
+    assert!(first.active);
+    assert_eq!(first.events, vec!["call.completed"]);
+    assert!(matches!(
+        store.create_webhook_target(t, agent, &target("a", &["call.failed"]), T0).await,
+        Err(ManageError::Conflict(m)) if m == NAME_TAKEN
+    ));
+    for name in ["b", "c", "d", "e"] {
+        store
+            .create_webhook_target(t, agent, &target(name, &["call.failed"]), T0)
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        store.create_webhook_target(t, agent, &target("f", &["call.failed"]), T0).await,
+        Err(ManageError::Conflict(m)) if m == TOO_MANY_TARGETS
+    ));
+    // Another tenant's agent is not found, whichever tenant asks.
+    assert!(matches!(
+        store.create_webhook_target(other, agent, &target("x", &["call.failed"]), T0).await,
+        Err(ManageError::NotFound("agent"))
+    ));
+    assert!(matches!(
+        store.list_webhook_targets(t, other_agent).await,
+        Err(ManageError::NotFound("agent"))
+    ));
+    assert!(store
+        .get_webhook_target(other, agent, first.id)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(store.list_webhook_targets(t, agent).await.unwrap().len(), 5);
+
+    let renamed = store
+        .update_webhook_target(
+            t,
+            agent,
+            first.id,
+            &WebhookTargetPatch {
+                name: Some("renamed".into()),
+                include_transcript: Some(true),
+                ..Default::default()
+            },
+            Millis(T0.0 + 1),
+        )
+        .await
+        .unwrap();
+    assert_eq!((renamed.name.as_str(), renamed.include_transcript), ("renamed", true));
+    assert!(matches!(
+        store
+            .update_webhook_target(
+                t,
+                agent,
+                first.id,
+                &WebhookTargetPatch {
+                    name: Some("b".into()),
+                    ..Default::default()
+                },
+                T0
+            )
+            .await,
+        Err(ManageError::Conflict(m)) if m == NAME_TAKEN
+    ));
+    store
+        .rotate_webhook_secret(t, agent, first.id, "a-new-secret-of-enough-length", T0)
+        .await
+        .unwrap();
+    assert!(store.delete_webhook_target(t, agent, first.id, T0).await.unwrap());
+    assert!(!store.delete_webhook_target(t, agent, first.id, T0).await.unwrap());
+    // The freed slot can be used again.
+    store
+        .create_webhook_target(t, agent, &target("a", &["call.failed"]), T0)
+        .await
+        .unwrap();
+}
+
+async fn story_enqueue_and_lease(store: Arc<SqlStore>) {
+    let (t, agent) = tenant_with_agent(store.as_ref(), "acme").await;
+    let all = store
+        .create_webhook_target(t, agent, &target("all", &["call.completed", "call.failed"]), T0)
+        .await
+        .unwrap();
+    let failed_only = store
+        .create_webhook_target(t, agent, &target("failed", &["call.failed"]), T0)
+        .await
+        .unwrap();
+    let mut inactive = target("off", &["call.completed"]);
+    inactive.active = false;
+    store
+        .create_webhook_target(t, agent, &inactive, T0)
+        .await
+        .unwrap();
+
+    // Two events of one chain and one of another.
+    let n = store
+        .enqueue_events(&[
+            event(1, t, agent, "chain-a", "call.completed", T0),
+            event(2, t, agent, "chain-a", "call.failed", T0),
+            event(3, t, agent, "chain-b", "call.failed", T0),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(n, 1 + 2 + 2);
+    let stats = store.outbox_stats().await.unwrap();
+    assert_eq!((stats.depth, stats.oldest_pending_created_at), (5, Some(T0)));
+    assert_eq!(store.next_delivery_due_at(T0).await.unwrap(), Some(T0));
+
+    // Not yet due.
+    assert!(store
+        .lease_due(lease("w1", Millis(T0.0 - 1), 100, 100))
+        .await
+        .unwrap()
+        .is_empty());
+    let now = Millis(T0.0 + 10);
+    let first = store.lease_due(lease("w1", now, 100, 100)).await.unwrap();
+    let got: HashSet<(i64, String)> = first
+        .iter()
+        .map(|d| (d.target.0, d.event_id.clone()))
+        .collect();
+    // evt 2 to `all` waits behind evt 1 of the same chain; to `failed` it is that chain's first.
+    let expected: HashSet<(i64, String)> = [
+        (all.id.0, "evt_000000000001".to_string()),
+        (all.id.0, "evt_000000000003".to_string()),
+        (failed_only.id.0, "evt_000000000002".to_string()),
+        (failed_only.id.0, "evt_000000000003".to_string()),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(got, expected);
+    let leased_secret = &first[0].secret;
+    assert!(leased_secret.starts_with("whsec_"));
+    // Leased deliveries are not leased again, by anyone, until their lease ends.
+    assert!(store
+        .lease_due(lease("w2", now, 100, 100))
+        .await
+        .unwrap()
+        .is_empty());
+    // evt 2 to `all` is due, though held back by its chain: the worker waits for an attempt to
+    // finish rather than for a time.
+    assert_eq!(store.next_delivery_due_at(now).await.unwrap(), Some(T0));
+
+    let evt1 = first
+        .iter()
+        .find(|d| d.event_id == "evt_000000000001")
+        .unwrap();
+    let retry_at = Millis(now.0 + 1_000);
+    assert_eq!(
+        store
+            .record_attempts(
+                "w1",
+                &[result(evt1.id, now, 500, NextState::RetryAt(retry_at))]
+            )
+            .await
+            .unwrap(),
+        1
+    );
+    // evt 1 is pending again, so evt 2 of its chain still waits; evt 1 itself is not due yet.
+    assert!(store
+        .lease_due(lease("w1", now, 100, 100))
+        .await
+        .unwrap()
+        .is_empty());
+    let again = store.lease_due(lease("w1", retry_at, 100, 100)).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].event_id.as_str(), again[0].attempts), ("evt_000000000001", 1));
+    store
+        .record_attempts("w1", &[result(again[0].id, retry_at, 200, NextState::Delivered)])
+        .await
+        .unwrap();
+    let next = store.lease_due(lease("w1", retry_at, 100, 100)).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!((next[0].event_id.as_str(), next[0].target), ("evt_000000000002", all.id));
+
+    // A lease that lapses is taken by another worker; the first worker's late result enters the
+    // log but no longer settles the delivery.
+    let later = Millis(retry_at.0 + 60_001);
+    let stolen = store.lease_due(lease("w2", later, 100, 100)).await.unwrap();
+    assert_eq!(stolen.len(), 4, "{stolen:?}");
+    let lost = stolen
+        .iter()
+        .find(|d| d.event_id == "evt_000000000002" && d.target == all.id)
+        .unwrap();
+    assert_eq!(
+        store
+            .record_attempts("w1", &[result(lost.id, later, 200, NextState::Delivered)])
+            .await
+            .unwrap(),
+        0
+    );
+    let rec = store.get_delivery(t, lost.id).await.unwrap().unwrap();
+    assert_eq!((rec.status, rec.attempts.len()), (DeliveryStatus::Pending, 1));
+
+    // 410: the target is deactivated and its other pending deliveries fail.
+    let gone = stolen
+        .iter()
+        .find(|d| d.target == failed_only.id)
+        .unwrap();
+    store
+        .record_attempts(
+            "w2",
+            &[
+                result(gone.id, later, 410, NextState::FailedAndDeactivate),
+                result(lost.id, later, 400, NextState::Failed),
+            ],
+        )
+        .await
+        .unwrap();
+    let target = store
+        .get_webhook_target(t, agent, failed_only.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!target.active);
+    let failed = store
+        .list_deliveries(
+            t,
+            &DeliveryFilter {
+                target: Some(failed_only.id),
+                ..Default::default()
+            },
+            Page { limit: 10, offset: 0 },
+        )
+        .await
+        .unwrap();
+    assert_eq!(failed.total, 2);
+    assert!(failed.items.iter().all(|d| d.status == DeliveryStatus::Failed));
+    assert!(matches!(
+        store.retry_delivery(t, gone.id, later).await,
+        Err(ManageError::Conflict(m)) if m == TARGET_INACTIVE
+    ));
+
+    // The log: filters, attempts oldest first, newest delivery first.
+    let by_conversation = store
+        .list_deliveries(
+            t,
+            &DeliveryFilter {
+                conversation_id: Some("chain-a_1".into()),
+                ..Default::default()
+            },
+            Page { limit: 10, offset: 0 },
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_conversation.total, 1);
+    let log = &by_conversation.items[0];
+    assert_eq!(log.status, DeliveryStatus::Delivered);
+    assert_eq!(
+        log.attempts.iter().map(|a| a.http_status).collect::<Vec<_>>(),
+        vec![Some(500), Some(200)]
+    );
+    let delivered = store
+        .list_deliveries(
+            t,
+            &DeliveryFilter {
+                status: Some(DeliveryStatus::Delivered),
+                ..Default::default()
+            },
+            Page { limit: 10, offset: 0 },
+        )
+        .await
+        .unwrap();
+    assert_eq!(delivered.total, 1);
+    let page = store
+        .list_deliveries(t, &DeliveryFilter::default(), Page { limit: 2, offset: 0 })
+        .await
+        .unwrap();
+    assert_eq!((page.items.len(), page.total), (2, 5));
+    assert!(page.has_more(Page { limit: 2, offset: 0 }));
+    assert!(page.items[0].id > page.items[1].id);
+    // Another tenant sees none of it.
+    let (other, _) = tenant_with_agent(store.as_ref(), "other").await;
+    assert_eq!(
+        store
+            .list_deliveries(other, &DeliveryFilter::default(), Page { limit: 10, offset: 0 })
+            .await
+            .unwrap()
+            .total,
+        0
+    );
+    assert!(matches!(
+        store.retry_delivery(other, log.id, later).await,
+        Err(ManageError::NotFound(_))
+    ));
+
+    // Retrying a delivered delivery makes it due now, with the same event.
+    let retried = store.retry_delivery(t, log.id, later).await.unwrap();
+    assert_eq!((retried.status, retried.next_attempt_at), (DeliveryStatus::Pending, Some(later)));
+    let re = store.lease_due(lease("w3", later, 100, 100)).await.unwrap();
+    assert!(re.iter().any(|d| d.id == log.id && d.event_id == "evt_000000000001"));
+}
+
+async fn story_per_target_cap(store: Arc<SqlStore>) {
+    let (t, agent) = tenant_with_agent(store.as_ref(), "acme").await;
+    let slow = store
+        .create_webhook_target(t, agent, &target("slow", &["call.completed"]), T0)
+        .await
+        .unwrap();
+    let events: Vec<OutboxEvent> = (0..20)
+        .map(|i| event(i, t, agent, &format!("chain-{i}"), "call.completed", T0))
+        .collect();
+    store.enqueue_events(&events).await.unwrap();
+    let a = store.lease_due(lease("w1", T0, 100, 4)).await.unwrap();
+    assert_eq!(a.len(), 4);
+    // The cap counts every worker's unexpired leases.
+    assert!(store.lease_due(lease("w2", T0, 100, 4)).await.unwrap().is_empty());
+    let healthy = store
+        .create_webhook_target(t, agent, &target("healthy", &["call.completed"]), T0)
+        .await
+        .unwrap();
+    store
+        .enqueue_events(&[event(99, t, agent, "chain-99", "call.completed", T0)])
+        .await
+        .unwrap();
+    // The capped target holds back only itself.
+    let b = store.lease_due(lease("w2", T0, 100, 4)).await.unwrap();
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert_eq!(b[0].target, healthy.id);
+    assert!(a.iter().all(|d| d.target == slow.id));
+}
+
+async fn story_concurrent_workers(store: Arc<SqlStore>) {
+    let (t, agent) = tenant_with_agent(store.as_ref(), "acme").await;
+    store
+        .create_webhook_target(t, agent, &target("a", &["call.completed"]), T0)
+        .await
+        .unwrap();
+    store
+        .create_webhook_target(t, agent, &target("b", &["call.completed"]), T0)
+        .await
+        .unwrap();
+    let events: Vec<OutboxEvent> = (0..200)
+        .map(|i| event(i, t, agent, &format!("c{i}"), "call.completed", T0))
+        .collect();
+    store.enqueue_events(&events).await.unwrap();
+    let owners: Vec<String> = (0..8).map(|i| format!("w{i}")).collect();
+    let tasks = owners.iter().map(|owner| {
+        let store = store.clone();
+        let owner = owner.clone();
+        tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = store.lease_due(lease(&owner, T0, 7, 1000)).await.unwrap();
+                if got.is_empty() {
+                    break;
+                }
+                mine.extend(got.into_iter().map(|d| d.id));
+            }
+            mine
+        })
+    });
+    let all: Vec<_> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .flat_map(|r| r.unwrap())
+        .collect();
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!((all.len(), unique.len()), (400, 400));
+}
+
+macro_rules! on_both {
+    ($name:ident, $story:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            for backend in backends() {
+                let db = backend.open().await;
+                $story(db.store.clone()).await;
+                db.finish().await;
+            }
+        }
+    };
+}
+
+on_both!(targets_on_every_backend, story_targets);
+on_both!(enqueue_and_lease_on_every_backend, story_enqueue_and_lease);
+on_both!(per_target_cap_on_every_backend, story_per_target_cap);
+on_both!(concurrent_workers_on_every_backend, story_concurrent_workers);
