@@ -213,6 +213,11 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
     )
     .await?;
     let store = Arc::new(store);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
     let data_dir = db.data_dir.clone();
     std::fs::create_dir_all(data_dir.join("recordings"))?;
     let telephony = sip::SipTelephony::bind(sip::SipConfig {
@@ -249,15 +254,12 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
             lease: std::time::Duration::from_secs(args.dispatch_lease_seconds.max(1)),
             idle_wait: std::time::Duration::from_millis(args.dispatch_idle_wait_ms.max(10)),
             default_window: args.default_calling_window.as_deref().map(calling_window).transpose()?,
+            public_url: public_url.clone(),
             ..Default::default()
         },
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let dispatch_task = tokio::spawn(dispatcher.clone().run(stop_rx));
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    let addr = listener.local_addr()?;
     let url_policy = webhooks::UrlPolicy::from_env()?;
     let webhook_worker = webhooks::Worker::new(
         store.clone(),
@@ -271,7 +273,7 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
     )?;
     let config = api::ApiConfig {
         api_rate_limit_per_minute: args.api_rate_limit_per_minute,
-        public_url: args.public_url.unwrap_or_else(|| format!("http://{addr}")),
+        public_url,
         webhook_allow_private: url_policy.allow_private,
         webhook_wake: webhook_worker.waker(),
     };

@@ -196,6 +196,7 @@ impl Dispatcher {
             transcript,
             results,
             retry_at,
+            public_url: self.config.public_url.clone(),
         };
         metrics::counter!("outdial_calls_ended_total", "status" => status.as_str()).increment(1);
         match self.store.finish_attempt(finish, now).await {

@@ -43,6 +43,8 @@ pub struct DispatchConfig {
     pub idle_wait: Duration,
     /// A tenant-wide window for agents without their own (the service config's default).
     pub default_window: Option<CallingWindow>,
+    /// Base URL of the API, for webhooks' `recording_url`.
+    pub public_url: String,
 }
 
 impl Default for DispatchConfig {
@@ -53,6 +55,7 @@ impl Default for DispatchConfig {
             claim_batch: 64,
             idle_wait: Duration::from_secs(5),
             default_window: None,
+            public_url: "http://127.0.0.1:8080".into(),
         }
     }
 }
@@ -240,6 +243,7 @@ impl Dispatcher {
                     transcript: Vec::new(),
                     results: Default::default(),
                     retry_at: None,
+                    public_url: self.config.public_url.clone(),
                 },
                 now,
             )
@@ -271,6 +275,7 @@ impl Dispatcher {
                 transcript: Vec::new(),
                 results: Default::default(),
                 retry_at,
+                public_url: self.config.public_url.clone(),
             };
             if self.store.finish_attempt(finish, now).await? {
                 tracing::warn!(conversation_id = %o.id, "settled an interrupted call");

@@ -179,6 +179,8 @@ pub struct FinishAttempt {
     pub results: serde_json::Map<String, serde_json::Value>,
     /// The next attempt of the chain, due at this time.
     pub retry_at: Option<Millis>,
+    /// Base URL of the API, for the webhook's `recording_url`.
+    pub public_url: String,
 }
 
 /// A live call whose node stopped renewing its lease.

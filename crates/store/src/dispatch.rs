@@ -121,6 +121,43 @@ const DUE_CALL_SELECT: &str = "SELECT c.id AS id, c.tenant_id AS tenant_id, c.ag
     LEFT JOIN trunks tr ON tr.id = pn.trunk_id \
     WHERE c.id = $1";
 
+/// Writes the conversation's `call.<outcome>` event to the outbox in the caller's transaction,
+/// so the event exists exactly when the outcome does. Returns the conversation as settled.
+async fn emit_terminal_event(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    id: ConversationId,
+    next_retry_at: Option<Millis>,
+    public_url: &str,
+    now: Millis,
+) -> Result<domain::call::Conversation, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {}, a.config AS agent_config FROM calls c LEFT JOIN agents a ON a.id = c.agent_id WHERE c.id = $1",
+        rows::CONVERSATION_COLUMNS
+            .split(", ")
+            .map(|col| format!("c.{col} AS {col}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+    .bind(id.to_string())
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    let conversation = rows::conversation(&row)?;
+    let config: Option<String> = get(&row, "agent_config")?;
+    let max_attempts = config
+        .map(|c| json::<serde_json::Map<String, serde_json::Value>>(&c, "agents.config"))
+        .transpose()?
+        .and_then(|m| AgentConfig::from_json(&m).ok())
+        .and_then(|c| c.retry_policy.map(|p| p.max_attempts))
+        .unwrap_or(1);
+    let chain = webhooks::terminal::ChainPosition { max_attempts, next_retry_at };
+    let event = webhooks::terminal::terminal_event(&conversation, chain, public_url, now)
+        .map_err(|e| StoreError::Database(format!("building the webhook event: {e}")))?;
+    crate::outbox::enqueue_in(conn, backend, &event).await?;
+    Ok(conversation)
+}
+
 #[async_trait::async_trait]
 impl DispatchStore for SqlStore {
     async fn next_due_at(&self, now: Millis) -> Result<Option<Millis>, StoreError> {
@@ -434,6 +471,7 @@ impl DispatchStore for SqlStore {
             f.failure_reason.clone(),
         )
         .await?;
+        emit_terminal_event(&mut tx, self.backend, f.id, f.retry_at, &f.public_url, now).await?;
         if let Some(due) = f.retry_at {
             let next = f.id.next_attempt();
             sqlx::query(
@@ -538,15 +576,8 @@ impl DispatchStore for SqlStore {
             None,
         )
         .await?;
-        let row = sqlx::query(&format!(
-            "SELECT {} FROM calls WHERE id = $1",
-            rows::CONVERSATION_COLUMNS
-        ))
-        .bind(id.to_string())
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let conversation = rows::conversation(&row)?;
+        // A cancelled call never rang, so its event has no recording URL to build.
+        let conversation = emit_terminal_event(&mut tx, self.backend, id, None, "", now).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(CancelOutcome::Canceled(Box::new(conversation)))
     }

@@ -49,7 +49,7 @@ pub(crate) async fn enqueue_in(
     for row in &targets {
         let events: String = get(row, "events")?;
         let events: Vec<String> = json(&events, "webhook_targets.events")?;
-        if events.iter().any(|e| *e == event.event_type) {
+        if events.contains(&event.event_type) {
             insert_delivery(conn, event, WebhookTargetId(get(row, "id")?)).await?;
             created += 1;
         }

@@ -93,7 +93,12 @@ fn lease(owner: &str, now: Millis, limit: u32, per_target: u32) -> LeaseRequest<
     }
 }
 
-fn result(delivery: domain::webhooks::DeliveryId, at: Millis, status: u16, next: NextState) -> AttemptResult {
+fn result(
+    delivery: domain::webhooks::DeliveryId,
+    at: Millis,
+    status: u16,
+    next: NextState,
+) -> AttemptResult {
     AttemptResult {
         delivery,
         attempt: AttemptRecord {
@@ -131,7 +136,9 @@ async fn story_targets(store: Arc<SqlStore>) {
     ));
     // Another tenant's agent is not found, whichever tenant asks.
     assert!(matches!(
-        store.create_webhook_target(other, agent, &target("x", &["call.failed"]), T0).await,
+        store
+            .create_webhook_target(other, agent, &target("x", &["call.failed"]), T0)
+            .await,
         Err(ManageError::NotFound("agent"))
     ));
     assert!(matches!(
@@ -159,7 +166,10 @@ async fn story_targets(store: Arc<SqlStore>) {
         )
         .await
         .unwrap();
-    assert_eq!((renamed.name.as_str(), renamed.include_transcript), ("renamed", true));
+    assert_eq!(
+        (renamed.name.as_str(), renamed.include_transcript),
+        ("renamed", true)
+    );
     assert!(matches!(
         store
             .update_webhook_target(
@@ -179,8 +189,14 @@ async fn story_targets(store: Arc<SqlStore>) {
         .rotate_webhook_secret(t, agent, first.id, "a-new-secret-of-enough-length", T0)
         .await
         .unwrap();
-    assert!(store.delete_webhook_target(t, agent, first.id, T0).await.unwrap());
-    assert!(!store.delete_webhook_target(t, agent, first.id, T0).await.unwrap());
+    assert!(store
+        .delete_webhook_target(t, agent, first.id, T0)
+        .await
+        .unwrap());
+    assert!(!store
+        .delete_webhook_target(t, agent, first.id, T0)
+        .await
+        .unwrap());
     // The freed slot can be used again.
     store
         .create_webhook_target(t, agent, &target("a", &["call.failed"]), T0)
@@ -191,7 +207,12 @@ async fn story_targets(store: Arc<SqlStore>) {
 async fn story_enqueue_and_lease(store: Arc<SqlStore>) {
     let (t, agent) = tenant_with_agent(store.as_ref(), "acme").await;
     let all = store
-        .create_webhook_target(t, agent, &target("all", &["call.completed", "call.failed"]), T0)
+        .create_webhook_target(
+            t,
+            agent,
+            &target("all", &["call.completed", "call.failed"]),
+            T0,
+        )
         .await
         .unwrap();
     let failed_only = store
@@ -216,7 +237,10 @@ async fn story_enqueue_and_lease(store: Arc<SqlStore>) {
         .unwrap();
     assert_eq!(n, 1 + 2 + 2);
     let stats = store.outbox_stats().await.unwrap();
-    assert_eq!((stats.depth, stats.oldest_pending_created_at), (5, Some(T0)));
+    assert_eq!(
+        (stats.depth, stats.oldest_pending_created_at),
+        (5, Some(T0))
+    );
     assert_eq!(store.next_delivery_due_at(T0).await.unwrap(), Some(T0));
 
     // Not yet due.
@@ -274,16 +298,31 @@ async fn story_enqueue_and_lease(store: Arc<SqlStore>) {
         .await
         .unwrap()
         .is_empty());
-    let again = store.lease_due(lease("w1", retry_at, 100, 100)).await.unwrap();
-    assert_eq!(again.len(), 1);
-    assert_eq!((again[0].event_id.as_str(), again[0].attempts), ("evt_000000000001", 1));
-    store
-        .record_attempts("w1", &[result(again[0].id, retry_at, 200, NextState::Delivered)])
+    let again = store
+        .lease_due(lease("w1", retry_at, 100, 100))
         .await
         .unwrap();
-    let next = store.lease_due(lease("w1", retry_at, 100, 100)).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].event_id.as_str(), again[0].attempts),
+        ("evt_000000000001", 1)
+    );
+    store
+        .record_attempts(
+            "w1",
+            &[result(again[0].id, retry_at, 200, NextState::Delivered)],
+        )
+        .await
+        .unwrap();
+    let next = store
+        .lease_due(lease("w1", retry_at, 100, 100))
+        .await
+        .unwrap();
     assert_eq!(next.len(), 1);
-    assert_eq!((next[0].event_id.as_str(), next[0].target), ("evt_000000000002", all.id));
+    assert_eq!(
+        (next[0].event_id.as_str(), next[0].target),
+        ("evt_000000000002", all.id)
+    );
 
     // A lease that lapses is taken by another worker; the first worker's late result enters the
     // log but no longer settles the delivery.
@@ -302,13 +341,13 @@ async fn story_enqueue_and_lease(store: Arc<SqlStore>) {
         0
     );
     let rec = store.get_delivery(t, lost.id).await.unwrap().unwrap();
-    assert_eq!((rec.status, rec.attempts.len()), (DeliveryStatus::Pending, 1));
+    assert_eq!(
+        (rec.status, rec.attempts.len()),
+        (DeliveryStatus::Pending, 1)
+    );
 
     // 410: the target is deactivated and its other pending deliveries fail.
-    let gone = stolen
-        .iter()
-        .find(|d| d.target == failed_only.id)
-        .unwrap();
+    let gone = stolen.iter().find(|d| d.target == failed_only.id).unwrap();
     store
         .record_attempts(
             "w2",
@@ -332,12 +371,18 @@ async fn story_enqueue_and_lease(store: Arc<SqlStore>) {
                 target: Some(failed_only.id),
                 ..Default::default()
             },
-            Page { limit: 10, offset: 0 },
+            Page {
+                limit: 10,
+                offset: 0,
+            },
         )
         .await
         .unwrap();
     assert_eq!(failed.total, 2);
-    assert!(failed.items.iter().all(|d| d.status == DeliveryStatus::Failed));
+    assert!(failed
+        .items
+        .iter()
+        .all(|d| d.status == DeliveryStatus::Failed));
     assert!(matches!(
         store.retry_delivery(t, gone.id, later).await,
         Err(ManageError::Conflict(m)) if m == TARGET_INACTIVE
@@ -351,7 +396,10 @@ async fn story_enqueue_and_lease(store: Arc<SqlStore>) {
                 conversation_id: Some("chain-a_1".into()),
                 ..Default::default()
             },
-            Page { limit: 10, offset: 0 },
+            Page {
+                limit: 10,
+                offset: 0,
+            },
         )
         .await
         .unwrap();
@@ -359,7 +407,10 @@ async fn story_enqueue_and_lease(store: Arc<SqlStore>) {
     let log = &by_conversation.items[0];
     assert_eq!(log.status, DeliveryStatus::Delivered);
     assert_eq!(
-        log.attempts.iter().map(|a| a.http_status).collect::<Vec<_>>(),
+        log.attempts
+            .iter()
+            .map(|a| a.http_status)
+            .collect::<Vec<_>>(),
         vec![Some(500), Some(200)]
     );
     let delivered = store
@@ -369,23 +420,43 @@ async fn story_enqueue_and_lease(store: Arc<SqlStore>) {
                 status: Some(DeliveryStatus::Delivered),
                 ..Default::default()
             },
-            Page { limit: 10, offset: 0 },
+            Page {
+                limit: 10,
+                offset: 0,
+            },
         )
         .await
         .unwrap();
     assert_eq!(delivered.total, 1);
     let page = store
-        .list_deliveries(t, &DeliveryFilter::default(), Page { limit: 2, offset: 0 })
+        .list_deliveries(
+            t,
+            &DeliveryFilter::default(),
+            Page {
+                limit: 2,
+                offset: 0,
+            },
+        )
         .await
         .unwrap();
     assert_eq!((page.items.len(), page.total), (2, 5));
-    assert!(page.has_more(Page { limit: 2, offset: 0 }));
+    assert!(page.has_more(Page {
+        limit: 2,
+        offset: 0
+    }));
     assert!(page.items[0].id > page.items[1].id);
     // Another tenant sees none of it.
     let (other, _) = tenant_with_agent(store.as_ref(), "other").await;
     assert_eq!(
         store
-            .list_deliveries(other, &DeliveryFilter::default(), Page { limit: 10, offset: 0 })
+            .list_deliveries(
+                other,
+                &DeliveryFilter::default(),
+                Page {
+                    limit: 10,
+                    offset: 0
+                }
+            )
             .await
             .unwrap()
             .total,
@@ -398,9 +469,14 @@ async fn story_enqueue_and_lease(store: Arc<SqlStore>) {
 
     // Retrying a delivered delivery makes it due now, with the same event.
     let retried = store.retry_delivery(t, log.id, later).await.unwrap();
-    assert_eq!((retried.status, retried.next_attempt_at), (DeliveryStatus::Pending, Some(later)));
+    assert_eq!(
+        (retried.status, retried.next_attempt_at),
+        (DeliveryStatus::Pending, Some(later))
+    );
     let re = store.lease_due(lease("w3", later, 100, 100)).await.unwrap();
-    assert!(re.iter().any(|d| d.id == log.id && d.event_id == "evt_000000000001"));
+    assert!(re
+        .iter()
+        .any(|d| d.id == log.id && d.event_id == "evt_000000000001"));
 }
 
 async fn story_per_target_cap(store: Arc<SqlStore>) {
@@ -416,7 +492,11 @@ async fn story_per_target_cap(store: Arc<SqlStore>) {
     let a = store.lease_due(lease("w1", T0, 100, 4)).await.unwrap();
     assert_eq!(a.len(), 4);
     // The cap counts every worker's unexpired leases.
-    assert!(store.lease_due(lease("w2", T0, 100, 4)).await.unwrap().is_empty());
+    assert!(store
+        .lease_due(lease("w2", T0, 100, 4))
+        .await
+        .unwrap()
+        .is_empty());
     let healthy = store
         .create_webhook_target(t, agent, &target("healthy", &["call.completed"]), T0)
         .await
@@ -487,4 +567,7 @@ macro_rules! on_both {
 on_both!(targets_on_every_backend, story_targets);
 on_both!(enqueue_and_lease_on_every_backend, story_enqueue_and_lease);
 on_both!(per_target_cap_on_every_backend, story_per_target_cap);
-on_both!(concurrent_workers_on_every_backend, story_concurrent_workers);
+on_both!(
+    concurrent_workers_on_every_backend,
+    story_concurrent_workers
+);

@@ -209,8 +209,8 @@ pub struct CallData {
     pub call_parameters: CallParameters,
     /// The conversation's id.
     pub conversation_id: String,
-    /// Talk time; 0 for a call that never connected.
-    pub duration_seconds: u64,
+    /// Talk time; `null` for a call that never connected (as in FormantAI's `call.no_answer`).
+    pub duration_seconds: Option<u64>,
     /// When the call connected; `null` if it never did.
     #[serde(serialize_with = "iso_millis_opt")]
     pub started_at: Option<DateTime<Utc>>,
@@ -229,10 +229,10 @@ pub struct CallData {
     pub status: String,
     /// Correlates the call across services.
     pub trace_id: String,
-    /// Caller-supplied metadata (outdial's own); `{}` when there is none.
-    pub metadata: Map<String, Value>,
+    /// The request's `metadata` string, unchanged (outdial's own); `null` when there was none.
+    pub metadata: Option<String>,
     /// The batch the call belonged to (outdial's own); `null` for a single call.
-    pub batch_id: Option<String>,
+    pub batch_id: Option<i64>,
 }
 
 /// `data.retry`: the call's own redial state.
@@ -415,7 +415,7 @@ mod tests {
                     agent_id: 497,
                     call_parameters: CallParameters::new(params),
                     conversation_id: "e36853de-9cbb-441e-ad75-d3c8ac82abfb_1".into(),
-                    duration_seconds: 142,
+                    duration_seconds: Some(142),
                     started_at: Some(at("2026-03-18T20:53:41.766Z")),
                     ended_at: Some(at("2026-03-18T20:55:41.766Z")),
                     failure_reason: None,
@@ -424,7 +424,7 @@ mod tests {
                     recording_url: Some("<base>/v1/conversations/<id>/recording".into()),
                     status: "completed".into(),
                     trace_id: "a1b2c3d4-e5f6-7890-abcd-ef1234567890".into(),
-                    metadata: Map::new(),
+                    metadata: None,
                     batch_id: None,
                 },
                 results,
@@ -454,7 +454,7 @@ mod tests {
             "failure_reason": null, "from_phone": "+918065177389", "to_phone": "+917014675791",
             "recording_url": "<base>/v1/conversations/<id>/recording", "status": "completed",
             "trace_id": "a1b2c3d4-e5f6-7890-abcd-ef1234567890",
-            "metadata": {}, "batch_id": null},
+            "metadata": null, "batch_id": null},
    "results": {"intent": "payment_confirmed"},
    "retry": {"attempt_number": 1, "is_final_attempt": true, "max_attempts": 3, "next_retry_at": null},
    "retry_context": {"collected_data": {}, "retry_initial_message": "...", "retry_language": "hi-IN", "retry_stage_id": "..."},

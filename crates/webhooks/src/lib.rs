@@ -18,6 +18,7 @@ pub mod guard;
 pub mod schedule;
 pub mod secret;
 pub mod sign;
+pub mod terminal;
 pub mod worker;
 
 pub use client::{AttemptOutcome, ClientConfig, Delivery, DeliveryClient, Verdict};

@@ -19,7 +19,9 @@ use serde_json::{json, Map, Value};
 use store::SqlStore;
 use support::receiver::Receiver;
 use webhooks::event::{CallData, CallParameters, CallRetry, EventData, RetryContext};
-use webhooks::{ClientConfig, Envelope, EventId, EventType, RetrySchedule, UrlPolicy, Worker, WorkerConfig};
+use webhooks::{
+    ClientConfig, Envelope, EventId, EventType, RetrySchedule, UrlPolicy, Worker, WorkerConfig,
+};
 
 const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 
@@ -97,16 +99,18 @@ fn event((t, agent): (TenantId, AgentId), chain: &str, attempt: u32) -> OutboxEv
                 agent_id: agent.0,
                 call_parameters: CallParameters::new(params),
                 conversation_id: conversation.clone(),
-                duration_seconds: 142,
+                duration_seconds: Some(142),
                 started_at: Some(now),
                 ended_at: Some(now),
                 failure_reason: None,
                 from_phone: "+918065177389".into(),
                 to_phone: "+917014675791".into(),
-                recording_url: Some(format!("http://x/v1/conversations/{conversation}/recording")),
+                recording_url: Some(format!(
+                    "http://x/v1/conversations/{conversation}/recording"
+                )),
                 status: "completed".into(),
                 trace_id: "a1b2c3d4-e5f6-7890-abcd-ef1234567890".into(),
-                metadata: Map::new(),
+                metadata: None,
                 batch_id: None,
             },
             results: Map::new(),
@@ -153,7 +157,12 @@ fn worker(store: &Arc<SqlStore>, owner: &str) -> Arc<Worker<SqlStore>> {
 }
 
 /// Runs the worker loop in the background until the returned sender fires (or is dropped).
-fn spawn_loop(w: Arc<Worker<SqlStore>>) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+fn spawn_loop(
+    w: Arc<Worker<SqlStore>>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         w.run(async {
@@ -166,7 +175,14 @@ fn spawn_loop(w: Arc<Worker<SqlStore>>) -> (tokio::sync::oneshot::Sender<()>, to
 
 async fn deliveries(store: &SqlStore, t: TenantId) -> Vec<domain::webhooks::DeliveryRecord> {
     store
-        .list_deliveries(t, &DeliveryFilter::default(), Page { limit: 100, offset: 0 })
+        .list_deliveries(
+            t,
+            &DeliveryFilter::default(),
+            Page {
+                limit: 100,
+                offset: 0,
+            },
+        )
         .await
         .unwrap()
         .items
@@ -198,13 +214,20 @@ async fn story_signed_and_opted_out(store: Arc<SqlStore>) {
     let p = &plain.seen()[0];
     let f = &full.seen()[0];
     assert!(p.verified && f.verified);
-    assert_eq!((p.webhook_id.as_str(), p.event_type.as_str()), (e.event_id.as_str(), "call.completed"));
+    assert_eq!(
+        (p.webhook_id.as_str(), p.event_type.as_str()),
+        (e.event_id.as_str(), "call.completed")
+    );
     assert_eq!(p.body["data"]["transcript"], Value::Null);
     assert_eq!(p.body["data"]["call"]["recording_url"], Value::Null);
     assert_eq!(f.body["data"]["transcript"], "BOT: Hello Rahul\nHUMAN: Yes");
-    assert!(f.body["data"]["call"]["call_parameters"].get("customer_phone").is_none());
+    assert!(f.body["data"]["call"]["call_parameters"]
+        .get("customer_phone")
+        .is_none());
     let all = deliveries(&store, ta.0).await;
-    assert!(all.iter().all(|d| d.status == DeliveryStatus::Delivered && d.attempts.len() == 1));
+    assert!(all
+        .iter()
+        .all(|d| d.status == DeliveryStatus::Delivered && d.attempts.len() == 1));
     assert_eq!(store.outbox_stats().await.unwrap().depth, 0);
 }
 
@@ -223,7 +246,10 @@ async fn story_400_is_not_retried(store: Arc<SqlStore>) {
     task.await.unwrap();
     assert_eq!(rx.seen().len(), 1);
     let d = &deliveries(&store, ta.0).await[0];
-    assert_eq!((d.status, d.attempts.len(), d.last_status), (DeliveryStatus::Failed, 1, Some(400)));
+    assert_eq!(
+        (d.status, d.attempts.len(), d.last_status),
+        (DeliveryStatus::Failed, 1, Some(400))
+    );
 }
 
 async fn story_500_500_200(store: Arc<SqlStore>) {
@@ -239,13 +265,22 @@ async fn story_500_500_200(store: Arc<SqlStore>) {
     task.await.unwrap();
     let seen = rx.seen();
     assert_eq!(
-        seen.iter().map(|r| (r.webhook_id.as_str(), r.replied, r.verified)).collect::<Vec<_>>(),
-        vec![(e.event_id.as_str(), 500, true), (e.event_id.as_str(), 500, true), (e.event_id.as_str(), 200, true)]
+        seen.iter()
+            .map(|r| (r.webhook_id.as_str(), r.replied, r.verified))
+            .collect::<Vec<_>>(),
+        vec![
+            (e.event_id.as_str(), 500, true),
+            (e.event_id.as_str(), 500, true),
+            (e.event_id.as_str(), 200, true)
+        ]
     );
     // About a second (plus up to 10% jitter) between attempts.
     for pair in seen.windows(2) {
         let gap = pair[1].at - pair[0].at;
-        assert!(gap >= Duration::from_millis(950) && gap < Duration::from_millis(2500), "{gap:?}");
+        assert!(
+            gap >= Duration::from_millis(950) && gap < Duration::from_millis(2500),
+            "{gap:?}"
+        );
     }
     let d = &deliveries(&store, ta.0).await[0];
     assert_eq!(d.status, DeliveryStatus::Delivered);
@@ -301,7 +336,10 @@ async fn story_worker_killed_mid_flight(store: Arc<SqlStore>) {
     // Killed with attempts in flight: nothing is recorded, the leases stay until they lapse.
     first.abort();
     let _ = first.await;
-    assert!(deliveries(&store, ta.0).await.iter().any(|d| d.status == DeliveryStatus::Pending));
+    assert!(deliveries(&store, ta.0)
+        .await
+        .iter()
+        .any(|d| d.status == DeliveryStatus::Pending));
     let (stop, second) = spawn_loop(worker(&store, "second"));
     wait_settled(&store, ta.0, Duration::from_secs(20)).await;
     stop.send(()).unwrap();
@@ -312,7 +350,8 @@ async fn story_worker_killed_mid_flight(store: Arc<SqlStore>) {
     let seen = rx.seen();
     assert!(seen.iter().all(|r| r.verified));
     let ids: std::collections::HashSet<&str> = seen.iter().map(|r| r.webhook_id.as_str()).collect();
-    let expected: std::collections::HashSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    let expected: std::collections::HashSet<&str> =
+        events.iter().map(|e| e.event_id.as_str()).collect();
     // Every event arrived; a duplicate (sent by the killed worker, then again) has the same id.
     assert_eq!(ids, expected);
     assert!(seen.len() >= 40);
@@ -333,7 +372,10 @@ async fn story_rotation_signs_twice(store: Arc<SqlStore>) {
     let seen = rx.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].signatures, 2);
-    assert!(seen[0].verified, "both signatures verify, FormantAI's with the new secret");
+    assert!(
+        seen[0].verified,
+        "both signatures verify, FormantAI's with the new secret"
+    );
 }
 
 async fn story_gone_deactivates(store: Arc<SqlStore>) {
@@ -348,10 +390,17 @@ async fn story_gone_deactivates(store: Arc<SqlStore>) {
         .unwrap();
     worker(&store, "w").run_once().await.unwrap();
     assert_eq!(rx.seen().len(), 1);
-    let t = store.get_webhook_target(ta.0, ta.1, target.id).await.unwrap().unwrap();
+    let t = store
+        .get_webhook_target(ta.0, ta.1, target.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!t.active);
     let all = deliveries(&store, ta.0).await;
-    assert!(all.iter().all(|d| d.status == DeliveryStatus::Failed), "{all:?}");
+    assert!(
+        all.iter().all(|d| d.status == DeliveryStatus::Failed),
+        "{all:?}"
+    );
 }
 
 async fn story_chain_order(store: Arc<SqlStore>) {
@@ -375,7 +424,13 @@ async fn story_failing_target_does_not_delay_healthy(store: Arc<SqlStore>) {
     let healthy = Receiver::start(&[], 200).await;
     healthy.expect_secrets(&[SECRET]);
     // Slow and failing: each attempt holds a connection for a second, then 500.
-    let bad = Receiver::start_with("127.0.0.1:0".parse().unwrap(), &[], 500, Duration::from_secs(1)).await;
+    let bad = Receiver::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        &[],
+        500,
+        Duration::from_secs(1),
+    )
+    .await;
     add_target(&store, ta, "healthy", &healthy.url(), false).await;
     add_target(&store, ta, "bad", &bad.url(), false).await;
     let w = worker(&store, "w");
@@ -396,8 +451,14 @@ async fn story_failing_target_does_not_delay_healthy(store: Arc<SqlStore>) {
     task.await.unwrap();
     latencies.sort();
     let worst = *latencies.last().unwrap();
-    assert!(bad.seen().len() >= 8, "the bad target was being attempted meanwhile");
-    assert!(worst < Duration::from_millis(500), "healthy latencies {latencies:?}");
+    assert!(
+        bad.seen().len() >= 8,
+        "the bad target was being attempted meanwhile"
+    );
+    assert!(
+        worst < Duration::from_millis(500),
+        "healthy latencies {latencies:?}"
+    );
 }
 
 macro_rules! on_both {
@@ -413,12 +474,30 @@ macro_rules! on_both {
     };
 }
 
-on_both!(signed_deliveries_verify_and_honour_opt_outs, story_signed_and_opted_out);
+on_both!(
+    signed_deliveries_verify_and_honour_opt_outs,
+    story_signed_and_opted_out
+);
 on_both!(a_400_gets_exactly_one_attempt, story_400_is_not_retried);
-on_both!(a_500_500_200_receiver_gets_the_same_id_three_times, story_500_500_200);
-on_both!(a_receiver_that_was_down_gets_the_event_when_up, story_receiver_down_then_up);
-on_both!(a_killed_worker_loses_nothing, story_worker_killed_mid_flight);
-on_both!(rotation_sends_two_signatures_that_verify, story_rotation_signs_twice);
+on_both!(
+    a_500_500_200_receiver_gets_the_same_id_three_times,
+    story_500_500_200
+);
+on_both!(
+    a_receiver_that_was_down_gets_the_event_when_up,
+    story_receiver_down_then_up
+);
+on_both!(
+    a_killed_worker_loses_nothing,
+    story_worker_killed_mid_flight
+);
+on_both!(
+    rotation_sends_two_signatures_that_verify,
+    story_rotation_signs_twice
+);
 on_both!(gone_deactivates_the_target, story_gone_deactivates);
 on_both!(a_chain_is_delivered_in_order, story_chain_order);
-on_both!(a_failing_target_does_not_delay_a_healthy_one, story_failing_target_does_not_delay_healthy);
+on_both!(
+    a_failing_target_does_not_delay_a_healthy_one,
+    story_failing_target_does_not_delay_healthy
+);

@@ -216,7 +216,10 @@ fn flag(value: &Value, field: &str) -> ApiResult<bool> {
 /// A non-empty list of subscribable event types without repeats, kept in the caller's order.
 fn events(value: &Value) -> ApiResult<Vec<String>> {
     let invalid = || ApiError::invalid("events");
-    let items = value.as_array().filter(|a| !a.is_empty()).ok_or_else(invalid)?;
+    let items = value
+        .as_array()
+        .filter(|a| !a.is_empty())
+        .ok_or_else(invalid)?;
     let mut out: Vec<String> = Vec::with_capacity(items.len());
     for item in items {
         let kind = item
@@ -424,9 +427,7 @@ pub async fn update_webhook_target(
         include_recording_url: field("include_recording_url")?
             .map(|v| flag(v, "include_recording_url"))
             .transpose()?,
-        active: field("active")?
-            .map(|v| flag(v, "active"))
-            .transpose()?,
+        active: field("active")?.map(|v| flag(v, "active")).transpose()?,
     };
     if let Some(v) = field("url")? {
         patch.url = Some(url(&state, v).await?);

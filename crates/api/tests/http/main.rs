@@ -8,3 +8,4 @@ mod calls;
 mod conversations;
 mod errors;
 mod service;
+mod webhooks;

@@ -70,7 +70,9 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
     let secrets = inner.secrets.lock().unwrap().clone();
     let verified = !secrets.is_empty()
         && formantai_verifies(&secrets[0], &body, &headers)
-        && secrets.iter().all(|s| standard_verifies(s, &body, &headers));
+        && secrets
+            .iter()
+            .all(|s| standard_verifies(s, &body, &headers));
     let header = |name: &str| {
         headers
             .get(name)
