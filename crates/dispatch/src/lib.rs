@@ -9,7 +9,7 @@
 mod call;
 
 use domain::agent::CallingWindow;
-use domain::dispatch::{next_opening, BeginDial, CountryZones, DialLimits, DueCall, FinishAttempt};
+use domain::dispatch::{next_opening, BeginDial, CountryZones, DialLimits, DialStart, DueCall, FinishAttempt};
 use domain::store::{Store, StoreError};
 use domain::telephony::Telephony;
 use domain::{CallStatus, ConversationId, Millis};
@@ -173,6 +173,7 @@ impl Dispatcher {
             )
             .await?;
         let claimed = due.len();
+        let mut to_dial = Vec::new();
         for call in due {
             let lag_ms = (now.0 - call.due_at.0).max(0);
             metrics::histogram!("outdial_dispatch_lag_seconds").record(lag_ms as f64 / 1000.0);
@@ -180,38 +181,38 @@ impl Dispatcher {
                 Decision::Fail(reason) => self.fail_undialled(&call, reason).await?,
                 Decision::Wait { until, reason } => {
                     tracing::info!(conversation_id = %call.id, trace_id = %call.trace_id, %reason, until = %until.to_rfc3339(), "call waits");
-                    self.store
-                        .defer_call(call.id, &self.config.node_id, until, &reason)
-                        .await?;
+                    self.store.defer_call(call.id, &self.config.node_id, until, &reason).await?;
                 }
-                Decision::Dial(limits) => {
-                    let trunk = call.trunk.as_ref().map(|t| t.id);
-                    let now = self.clock.now();
-                    match self
-                        .store
-                        .begin_dial(
-                            call.id,
-                            &self.config.node_id,
-                            now,
-                            self.lease_until(now),
-                            trunk,
-                            &limits,
-                        )
-                        .await?
-                    {
-                        BeginDial::Started => {
-                            self.track(call.id, true);
-                            let me = self.clone();
-                            tokio::spawn(async move { me.run_call(call).await });
-                        }
-                        BeginDial::Deferred { until, reason } => {
-                            self.store
-                                .defer_call(call.id, &self.config.node_id, until, &reason)
-                                .await?;
-                        }
-                        BeginDial::Gone => {}
-                    }
+                Decision::Dial(limits) => to_dial.push((call, limits)),
+            }
+        }
+        if to_dial.is_empty() {
+            return Ok(claimed);
+        }
+        let now = self.clock.now();
+        let starts: Vec<DialStart> = to_dial
+            .iter()
+            .map(|(call, limits)| DialStart {
+                id: call.id,
+                trunk: call.trunk.as_ref().map(|t| t.id),
+                limits: limits.clone(),
+            })
+            .collect();
+        let outcomes = self
+            .store
+            .begin_dials(&self.config.node_id, now, self.lease_until(now), &starts)
+            .await?;
+        for ((call, _), outcome) in to_dial.into_iter().zip(outcomes) {
+            match outcome {
+                BeginDial::Started => {
+                    self.track(call.id, true);
+                    let me = self.clone();
+                    tokio::spawn(async move { me.run_call(call).await });
                 }
+                BeginDial::Deferred { until, reason } => {
+                    self.store.defer_call(call.id, &self.config.node_id, until, &reason).await?;
+                }
+                BeginDial::Gone => {}
             }
         }
         Ok(claimed)

@@ -155,6 +155,14 @@ pub struct DialLimits {
     pub per_number: Option<(u32, u32)>,
 }
 
+/// One call of a claim round that may be dialled.
+#[derive(Debug, Clone)]
+pub struct DialStart {
+    pub id: ConversationId,
+    pub trunk: Option<crate::TrunkId>,
+    pub limits: DialLimits,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BeginDial {
     /// `initiated` is durable: dial now.
@@ -205,7 +213,7 @@ pub enum CancelOutcome {
 #[async_trait::async_trait]
 pub trait DispatchStore: Send + Sync + 'static {
     /// When the dispatcher next has something to do: the earliest `due_at` of a call waiting to
-    /// be dialled, or for one claimed by a node, when that claim runs out.
+    /// be dialled that no node holds. Must stay an index walk: it runs on every wake-up.
     async fn next_due_at(&self, now: Millis) -> Result<Option<Millis>, crate::store::StoreError>;
     /// Leases up to `limit` due calls (`scheduled`/`queued`, `due_at <= now`, not leased by a
     /// live node) to `node` until `lease_until`.
@@ -235,6 +243,14 @@ pub trait DispatchStore: Send + Sync + 'static {
         trunk: Option<crate::TrunkId>,
         limits: &DialLimits,
     ) -> Result<BeginDial, crate::store::StoreError>;
+    /// [`DispatchStore::begin_dial`] for a whole claim round in one transaction.
+    async fn begin_dials(
+        &self,
+        node: &str,
+        now: Millis,
+        lease_until: Millis,
+        calls: &[DialStart],
+    ) -> Result<Vec<BeginDial>, crate::store::StoreError>;
     /// `ringing` or `in_progress` (with the answer time).
     async fn mark_progress(
         &self,

@@ -7,7 +7,7 @@ use crate::{db_err, Backend, SqlStore};
 use domain::agent::AgentConfig;
 use domain::call::{Parameter, RetryContext};
 use domain::dispatch::{
-    BeginDial, CancelOutcome, DialLimits, DispatchStore, DueCall, DueTrunk, FinishAttempt,
+    BeginDial, CancelOutcome, DialLimits, DialStart, DispatchStore, DueCall, DueTrunk, FinishAttempt,
     OrphanedCall,
 };
 use domain::store::StoreError;
@@ -158,18 +158,144 @@ async fn emit_terminal_event(
     Ok(conversation)
 }
 
+async fn begin_dial_in(
+    tx: &mut AnyConnection,
+    backend: Backend,
+    id: ConversationId,
+    node: &str,
+    now: Millis,
+    lease_until: Millis,
+    trunk: Option<TrunkId>,
+    limits: &DialLimits,
+) -> Result<BeginDial, StoreError> {
+    let Some(row) = sqlx::query(
+        "SELECT tenant_id, agent_id, customer_phone FROM calls WHERE id = $1 AND lease_owner = $2 \
+         AND status IN ('scheduled', 'queued')",
+    )
+    .bind(id.to_string())
+    .bind(node)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db_err)?
+    else {
+        return Ok(BeginDial::Gone);
+    };
+    let tenant: i64 = get(&row, "tenant_id")?;
+    let agent: i64 = get(&row, "agent_id")?;
+    let phone: String = get(&row, "customer_phone")?;
+    let defer = |reason: String| BeginDial::Deferred {
+        until: Millis(now.0 + CAPACITY_RETRY_MS),
+        reason,
+    };
+    // Locks in one fixed order (tenant, agent, trunk, number) so two nodes cannot deadlock.
+    if let Some(max) = limits.tenant {
+        lock(&mut *tx, backend, format!("tenant-live:{tenant}")).await?;
+        let n = count(&mut *tx, &format!("SELECT COUNT(*) AS n FROM calls WHERE tenant_id = $1 AND status IN ({DIALING})"), &[tenant], None).await?;
+        if n >= i64::from(max) {
+            return Ok(defer(format!(
+                "tenant at its concurrent call limit ({max})"
+            )));
+        }
+    }
+    if let Some(max) = limits.agent {
+        lock(&mut *tx, backend, format!("agent-live:{agent}")).await?;
+        let n = count(
+            &mut *tx,
+            &format!(
+                "SELECT COUNT(*) AS n FROM calls WHERE agent_id = $1 AND status IN ({DIALING})"
+            ),
+            &[agent],
+            None,
+        )
+        .await?;
+        if n >= i64::from(max) {
+            return Ok(defer(format!("agent at its concurrent call limit ({max})")));
+        }
+    }
+    if let Some((trunk_id, max)) = limits.trunk {
+        lock(&mut *tx, backend, format!("trunk-live:{}", trunk_id.0)).await?;
+        let n = count(
+            &mut *tx,
+            &format!(
+                "SELECT COUNT(*) AS n FROM calls WHERE trunk_id = $1 AND status IN ({DIALING})"
+            ),
+            &[trunk_id.0],
+            None,
+        )
+        .await?;
+        if n >= i64::from(max) {
+            return Ok(defer(format!("trunk at max_concurrent_calls ({max})")));
+        }
+    }
+    if let Some((calls, window_s)) = limits.per_number.filter(|(c, w)| *c > 0 && *w > 0) {
+        lock(&mut *tx, backend, format!("number:{tenant}:{phone}")).await?;
+        let window_ms = i64::from(window_s) * 1000;
+        let recent = sqlx::query(
+            "SELECT started_at FROM calls WHERE tenant_id = $1 AND customer_phone = $2 AND started_at > $3 \
+             ORDER BY started_at DESC LIMIT $4",
+        )
+        .bind(tenant)
+        .bind(phone.as_str())
+        .bind(now.0 - window_ms)
+        .bind(i64::from(calls))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if recent.len() as i64 >= i64::from(calls) {
+            let oldest: i64 = recent
+                .last()
+                .map(|r| get(r, "started_at"))
+                .transpose()?
+                .unwrap_or(now.0);
+            return Ok(BeginDial::Deferred {
+                until: Millis(oldest + window_ms),
+                reason: "per-number rate limit".into(),
+            });
+        }
+    }
+    let updated = sqlx::query(
+        "UPDATE calls SET status = 'initiated', started_at = $1, lease_until = $2, trunk_id = $3 \
+         WHERE id = $4 AND lease_owner = $5 AND status IN ('scheduled', 'queued')",
+    )
+    .bind(now.0)
+    .bind(lease_until.0)
+    .bind(trunk.map(|t| t.0))
+    .bind(id.to_string())
+    .bind(node)
+    .execute(&mut *tx)
+    .await
+    .map_err(db_err)?
+    .rows_affected();
+    if updated == 0 {
+        return Ok(BeginDial::Gone);
+    }
+    insert_event(
+        &mut *tx,
+        &id.to_string(),
+        tenant,
+        now,
+        CallStatus::Initiated,
+        None,
+    )
+    .await?;
+    Ok(BeginDial::Started)
+}
+
+
 #[async_trait::async_trait]
 impl DispatchStore for SqlStore {
     async fn next_due_at(&self, now: Millis) -> Result<Option<Millis>, StoreError> {
+        // Walks the partial `calls_due` index in order and stops at the first call nobody holds;
+        // calls claimed by a node that then died come back through the dispatcher's idle wake-up.
         let row = sqlx::query(
-            "SELECT MIN(CASE WHEN lease_until IS NOT NULL AND lease_until > $1 THEN lease_until ELSE due_at END) AS due \
-             FROM calls WHERE status IN ('scheduled', 'queued')",
+            "SELECT due_at FROM calls WHERE status IN ('scheduled', 'queued') \
+             AND (lease_until IS NULL OR lease_until < $1) ORDER BY due_at LIMIT 1",
         )
         .bind(now.0)
-        .fetch_one(&self.read)
-            .await
-            .map_err(db_err)?;
-        Ok(get::<Option<i64>>(&row, "due")?.map(Millis))
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| get::<i64>(&r, "due_at").map(Millis)).transpose()
     }
 
     async fn claim_due(
@@ -253,119 +379,27 @@ impl DispatchStore for SqlStore {
         trunk: Option<TrunkId>,
         limits: &DialLimits,
     ) -> Result<BeginDial, StoreError> {
+        let start = DialStart { id, trunk, limits: limits.clone() };
+        let mut outcomes = self.begin_dials(node, now, lease_until, std::slice::from_ref(&start)).await?;
+        Ok(outcomes.pop().unwrap_or(BeginDial::Gone))
+    }
+
+    async fn begin_dials(
+        &self,
+        node: &str,
+        now: Millis,
+        lease_until: Millis,
+        calls: &[DialStart],
+    ) -> Result<Vec<BeginDial>, StoreError> {
+        // One transaction (one fsync) for a whole claim round; each call's caps are checked
+        // against the rows the earlier ones in the round just wrote.
         let mut tx = self.write.begin().await.map_err(db_err)?;
-        let Some(row) = sqlx::query(
-            "SELECT tenant_id, agent_id, customer_phone FROM calls WHERE id = $1 AND lease_owner = $2 \
-             AND status IN ('scheduled', 'queued')",
-        )
-        .bind(id.to_string())
-        .bind(node)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?
-        else {
-            return Ok(BeginDial::Gone);
-        };
-        let tenant: i64 = get(&row, "tenant_id")?;
-        let agent: i64 = get(&row, "agent_id")?;
-        let phone: String = get(&row, "customer_phone")?;
-        let defer = |reason: String| BeginDial::Deferred {
-            until: Millis(now.0 + CAPACITY_RETRY_MS),
-            reason,
-        };
-        // Locks in one fixed order (tenant, agent, trunk, number) so two nodes cannot deadlock.
-        if let Some(max) = limits.tenant {
-            lock(&mut tx, self.backend, format!("tenant-live:{tenant}")).await?;
-            let n = count(&mut tx, &format!("SELECT COUNT(*) AS n FROM calls WHERE tenant_id = $1 AND status IN ({DIALING})"), &[tenant], None).await?;
-            if n >= i64::from(max) {
-                return Ok(defer(format!(
-                    "tenant at its concurrent call limit ({max})"
-                )));
-            }
+        let mut outcomes = Vec::with_capacity(calls.len());
+        for c in calls {
+            outcomes.push(begin_dial_in(&mut tx, self.backend, c.id, node, now, lease_until, c.trunk, &c.limits).await?);
         }
-        if let Some(max) = limits.agent {
-            lock(&mut tx, self.backend, format!("agent-live:{agent}")).await?;
-            let n = count(
-                &mut tx,
-                &format!(
-                    "SELECT COUNT(*) AS n FROM calls WHERE agent_id = $1 AND status IN ({DIALING})"
-                ),
-                &[agent],
-                None,
-            )
-            .await?;
-            if n >= i64::from(max) {
-                return Ok(defer(format!("agent at its concurrent call limit ({max})")));
-            }
-        }
-        if let Some((trunk_id, max)) = limits.trunk {
-            lock(&mut tx, self.backend, format!("trunk-live:{}", trunk_id.0)).await?;
-            let n = count(
-                &mut tx,
-                &format!(
-                    "SELECT COUNT(*) AS n FROM calls WHERE trunk_id = $1 AND status IN ({DIALING})"
-                ),
-                &[trunk_id.0],
-                None,
-            )
-            .await?;
-            if n >= i64::from(max) {
-                return Ok(defer(format!("trunk at max_concurrent_calls ({max})")));
-            }
-        }
-        if let Some((calls, window_s)) = limits.per_number.filter(|(c, w)| *c > 0 && *w > 0) {
-            lock(&mut tx, self.backend, format!("number:{tenant}:{phone}")).await?;
-            let window_ms = i64::from(window_s) * 1000;
-            let recent = sqlx::query(
-                "SELECT started_at FROM calls WHERE tenant_id = $1 AND customer_phone = $2 AND started_at > $3 \
-                 ORDER BY started_at DESC LIMIT $4",
-            )
-            .bind(tenant)
-            .bind(phone.as_str())
-            .bind(now.0 - window_ms)
-            .bind(i64::from(calls))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_err)?;
-            if recent.len() as i64 >= i64::from(calls) {
-                let oldest: i64 = recent
-                    .last()
-                    .map(|r| get(r, "started_at"))
-                    .transpose()?
-                    .unwrap_or(now.0);
-                return Ok(BeginDial::Deferred {
-                    until: Millis(oldest + window_ms),
-                    reason: "per-number rate limit".into(),
-                });
-            }
-        }
-        let updated = sqlx::query(
-            "UPDATE calls SET status = 'initiated', started_at = $1, lease_until = $2, trunk_id = $3 \
-             WHERE id = $4 AND lease_owner = $5 AND status IN ('scheduled', 'queued')",
-        )
-        .bind(now.0)
-        .bind(lease_until.0)
-        .bind(trunk.map(|t| t.0))
-        .bind(id.to_string())
-        .bind(node)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?
-        .rows_affected();
-        if updated == 0 {
-            return Ok(BeginDial::Gone);
-        }
-        insert_event(
-            &mut tx,
-            &id.to_string(),
-            tenant,
-            now,
-            CallStatus::Initiated,
-            None,
-        )
-        .await?;
         tx.commit().await.map_err(db_err)?;
-        Ok(BeginDial::Started)
+        Ok(outcomes)
     }
 
     async fn mark_progress(
