@@ -32,7 +32,11 @@ impl FlowBrain {
         let resume = retry
             .and_then(|r| r.retry_stage_id.as_deref())
             .and_then(|id| agent.stages.iter().position(|s| s.id == id));
-        let current = resume.or(if agent.stages.is_empty() { None } else { Some(0) });
+        let current = resume.or(if agent.stages.is_empty() {
+            None
+        } else {
+            Some(0)
+        });
         let results = retry
             .and_then(|r| r.collected_data.clone())
             .unwrap_or_default();
@@ -235,7 +239,10 @@ mod tests {
     async fn a_yes_sets_the_intent_says_goodbye_and_ends() {
         let mut b = FlowBrain::new(&agent(), &params(), None);
         assert_eq!(b.start().say, vec!["Can you pay invoice INV-7 by Friday?"]);
-        assert_eq!(b.expected_phrases(), vec!["yes", "sure", "okay", "no", "cannot", "can't"]);
+        assert_eq!(
+            b.expected_phrases(),
+            vec!["yes", "sure", "okay", "no", "cannot", "can't"]
+        );
         let r = hear(&mut b, "Yes, I can pay by Friday").await;
         assert_eq!(r.say, vec!["Thank you, we will note that. Goodbye."]);
         assert!(r.end);
@@ -262,7 +269,13 @@ mod tests {
         assert_eq!(r.say, vec!["Sorry, could you say that again?"]);
         assert!(!r.end);
         let r = hear(&mut b, "").await;
-        assert_eq!(r, Reply { say: vec![], end: true });
+        assert_eq!(
+            r,
+            Reply {
+                say: vec![],
+                end: true
+            }
+        );
         assert!(b.results().is_empty());
     }
 
@@ -293,7 +306,10 @@ mod tests {
             retry_stage_id: Some("gone".into()),
             ..RetryContext::default()
         };
-        assert_eq!(FlowBrain::new(&agent(), &params(), Some(&retry)).stage_id(), Some("stage_ask"));
+        assert_eq!(
+            FlowBrain::new(&agent(), &params(), Some(&retry)).stage_id(),
+            Some("stage_ask")
+        );
     }
 
     #[tokio::test]

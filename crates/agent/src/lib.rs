@@ -1,10 +1,26 @@
-//! The agent's voice. Today: text-to-speech behind a trait, with espeak-ng (Debian) as the
-//! offline default, and playback of a line onto a call's outbound audio. The listening side
-//! (VAD, speech-to-text, turn taking) and the brains grow here next.
+//! The agent's conversation: listen (earshot VAD and a sans-IO turn taker), decide (a brain:
+//! the deterministic `flow` stage machine), speak (text-to-speech), with speech-to-text and
+//! text-to-speech engines behind traits so offline engines are the default and cloud ones plug
+//! in. [`converse`] runs one answered call.
 
+pub mod brain;
+pub mod conversation;
+pub mod flow;
+pub mod stt;
+pub mod template;
 pub mod tts;
+pub mod turn;
+pub mod vad;
 
+pub use brain::{Brain, BrainError, Reply};
+pub use conversation::{
+    converse, ConversationOutcome, EndedBy, Opening, Session, Timing, TurnTiming,
+};
+pub use flow::FlowBrain;
+pub use stt::{PocketSphinx, SpeechToText, SttError};
+pub use template::render;
 pub use tts::{EspeakNg, TextToSpeech, TtsError};
+pub use turn::{TurnConfig, TurnEvent, TurnTaker};
 
 use domain::telephony::{AudioFrame, FRAME_SAMPLES};
 use tokio::sync::mpsc;

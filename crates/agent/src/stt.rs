@@ -82,21 +82,25 @@ impl PocketSphinx {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| SttError::Spawn(format!("{}: {e}", self.python)))?;
-        let stdin = child.stdin.take().ok_or_else(|| SttError::Spawn("no stdin".into()))?;
-        let stdout = child.stdout.take().ok_or_else(|| SttError::Spawn("no stdout".into()))?;
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| SttError::Spawn("no stdin".into()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| SttError::Spawn("no stdout".into()))?;
         let mut sidecar = Sidecar {
             _child: child,
             stdin,
             stdout: BufReader::new(stdout),
         };
         let mut line = String::new();
-        let ready = tokio::time::timeout(
-            Duration::from_secs(30),
-            sidecar.stdout.read_line(&mut line),
-        )
-        .await
-        .map_err(|_| SttError::Spawn("model did not load within 30 s".into()))?
-        .map_err(|e| SttError::Spawn(e.to_string()))?;
+        let ready =
+            tokio::time::timeout(Duration::from_secs(30), sidecar.stdout.read_line(&mut line))
+                .await
+                .map_err(|_| SttError::Spawn("model did not load within 30 s".into()))?
+                .map_err(|e| SttError::Spawn(e.to_string()))?;
         if ready == 0 || line.trim() != "ready" {
             return Err(SttError::Spawn(
                 "sidecar exited before it was ready (is `pip install pocketsphinx==5.1.1` done?)"
@@ -107,7 +111,11 @@ impl PocketSphinx {
         Ok(sidecar)
     }
 
-    async fn exchange(sidecar: &mut Sidecar, audio: &[i16], phrases: &[String]) -> Result<String, SttError> {
+    async fn exchange(
+        sidecar: &mut Sidecar,
+        audio: &[i16],
+        phrases: &[String],
+    ) -> Result<String, SttError> {
         let io = |e: std::io::Error| SttError::Engine(e.to_string());
         let header = serde_json::json!({ "samples": audio.len(), "phrases": phrases });
         let mut request = header.to_string().into_bytes();
@@ -148,7 +156,9 @@ impl SpeechToText for PocketSphinx {
                 Some(s) => s,
                 None => self.spawn().await?,
             };
-            match tokio::time::timeout(self.timeout, Self::exchange(&mut sidecar, audio, phrases)).await {
+            match tokio::time::timeout(self.timeout, Self::exchange(&mut sidecar, audio, phrases))
+                .await
+            {
                 Ok(Ok(text)) => {
                     *guard = Some(sidecar);
                     return Ok(text);

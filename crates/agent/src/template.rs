@@ -48,7 +48,10 @@ mod tests {
             "Hello Rahul {{x}}, about INV-7."
         );
         assert_eq!(render("Hi {{missing}}!", &ps), "Hi !");
-        assert_eq!(render("broken {{customer_name", &ps), "broken {{customer_name");
+        assert_eq!(
+            render("broken {{customer_name", &ps),
+            "broken {{customer_name"
+        );
         assert_eq!(render("", &ps), "");
         assert_eq!(render("no templates", &ps), "no templates");
     }

@@ -66,7 +66,8 @@ fn voice_ok(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= 64
         && !v.starts_with('-')
-        && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+'))
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+'))
 }
 
 /// A WAV as a streaming writer makes it: espeak-ng on a pipe cannot seek back to fill in the
@@ -80,10 +81,17 @@ fn streamed_wav(bytes: &[u8]) -> Result<(u32, Vec<i16>), TtsError> {
     let mut rate = None;
     while pos + 8 <= bytes.len() {
         let id = &bytes[pos..pos + 4];
-        let size = u32::from_le_bytes([bytes[pos + 4], bytes[pos + 5], bytes[pos + 6], bytes[pos + 7]]) as usize;
+        let size = u32::from_le_bytes([
+            bytes[pos + 4],
+            bytes[pos + 5],
+            bytes[pos + 6],
+            bytes[pos + 7],
+        ]) as usize;
         let body = pos + 8;
         if id == b"fmt " {
-            let f = bytes.get(body..body + 16).ok_or_else(|| bad("short fmt chunk"))?;
+            let f = bytes
+                .get(body..body + 16)
+                .ok_or_else(|| bad("short fmt chunk"))?;
             let (format, channels, bits) = (
                 u16::from_le_bytes([f[0], f[1]]),
                 u16::from_le_bytes([f[2], f[3]]),
@@ -119,7 +127,10 @@ impl TextToSpeech for EspeakNg {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| TtsError::Spawn(format!("{}: {e}", self.program)))?;
-        let mut stdin = child.stdin.take().ok_or_else(|| TtsError::Spawn("no stdin".into()))?;
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| TtsError::Spawn("no stdin".into()))?;
         let text = text.replace('\n', " ");
         let write = async move {
             stdin.write_all(text.as_bytes()).await?;
@@ -127,13 +138,18 @@ impl TextToSpeech for EspeakNg {
         };
         let run = async {
             write.await.map_err(|e| TtsError::Engine(e.to_string()))?;
-            child.wait_with_output().await.map_err(|e| TtsError::Engine(e.to_string()))
+            child
+                .wait_with_output()
+                .await
+                .map_err(|e| TtsError::Engine(e.to_string()))
         };
         let out = tokio::time::timeout(self.timeout, run)
             .await
             .map_err(|_| TtsError::Timeout(self.timeout))??;
         if !out.status.success() {
-            return Err(TtsError::Engine(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+            return Err(TtsError::Engine(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ));
         }
         let (rate, samples) = streamed_wav(&out.stdout)?;
         Ok(resample_linear(&samples, rate, SAMPLE_RATE))
@@ -146,7 +162,9 @@ mod tests {
 
     #[test]
     fn resampling_keeps_duration_and_shape() {
-        let one_second: Vec<i16> = (0..22_050).map(|i| ((i as f64 * 0.05).sin() * 10_000.0) as i16).collect();
+        let one_second: Vec<i16> = (0..22_050)
+            .map(|i| ((i as f64 * 0.05).sin() * 10_000.0) as i16)
+            .collect();
         let out = resample_linear(&one_second, 22_050, 16_000);
         assert_eq!(out.len(), 16_000);
         let peak = out.iter().map(|s| s.unsigned_abs()).max().unwrap();
@@ -161,13 +179,17 @@ mod tests {
             .expect("espeak-ng must be installed (apt-get install espeak-ng)");
         let seconds = audio.len() as f64 / f64::from(SAMPLE_RATE);
         assert!((1.0..6.0).contains(&seconds), "{seconds} s");
-        let rms = (audio.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>() / audio.len() as f64).sqrt();
+        let rms =
+            (audio.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>() / audio.len() as f64).sqrt();
         assert!(rms > 300.0, "speech, not silence: rms {rms}");
     }
 
     #[tokio::test]
     async fn option_looking_text_is_spoken_not_parsed() {
-        let audio = EspeakNg::default().synthesize("--help -w /tmp/x", Some("--evil")).await.unwrap();
+        let audio = EspeakNg::default()
+            .synthesize("--help -w /tmp/x", Some("--evil"))
+            .await
+            .unwrap();
         assert!(!audio.is_empty());
     }
 }

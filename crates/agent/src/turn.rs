@@ -190,7 +190,12 @@ mod tests {
             ev,
             vec![
                 (1800, TurnEvent::Pause),
-                (2100, TurnEvent::TurnEnded { speech_end_ms: 1600 })
+                (
+                    2100,
+                    TurnEvent::TurnEnded {
+                        speech_end_ms: 1600
+                    }
+                )
             ]
         );
     }
@@ -231,7 +236,15 @@ mod tests {
             assert!(feed(&mut t, &mut clock, 1000, true, false).is_empty());
             let ev = feed(&mut t, &mut clock, 1000, false, false);
             assert_eq!(ev[0], (1100, TurnEvent::Pause));
-            assert_eq!(ev[1], (1000 + silence, TurnEvent::TurnEnded { speech_end_ms: 1000 }));
+            assert_eq!(
+                ev[1],
+                (
+                    1000 + silence,
+                    TurnEvent::TurnEnded {
+                        speech_end_ms: 1000
+                    }
+                )
+            );
             assert_eq!(ev.len(), 2);
         }
     }
@@ -246,7 +259,15 @@ mod tests {
         let ev = feed(&mut t, &mut clock, 400, true, false);
         assert_eq!(ev, vec![(720, TurnEvent::Resumed)]);
         let ev = feed(&mut t, &mut clock, 500, false, false);
-        assert_eq!(ev.last(), Some(&(1600, TurnEvent::TurnEnded { speech_end_ms: 1100 })));
+        assert_eq!(
+            ev.last(),
+            Some(&(
+                1600,
+                TurnEvent::TurnEnded {
+                    speech_end_ms: 1100
+                }
+            ))
+        );
     }
 
     #[test]
@@ -257,7 +278,10 @@ mod tests {
         let ev = feed(&mut t, &mut clock, 500, false, false);
         assert_eq!(ev.last(), Some(&(540, TurnEvent::Dropped)));
         let ev = feed(&mut t, &mut clock, 16_000, true, false);
-        assert!(matches!(ev.as_slice(), [(_, TurnEvent::TurnEnded { .. })]), "{ev:?}");
+        assert!(
+            matches!(ev.as_slice(), [(_, TurnEvent::TurnEnded { .. })]),
+            "{ev:?}"
+        );
     }
 
     #[test]

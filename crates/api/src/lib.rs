@@ -35,6 +35,8 @@ pub struct ApiConfig {
     /// Poked after a webhook event is enqueued or a delivery retried, so the delivery worker of
     /// this process (`webhooks::Worker::waker`) looks at once.
     pub webhook_wake: Arc<tokio::sync::Notify>,
+    /// Size and row limits of `POST /v1/batch-call`.
+    pub batch_limits: domain::batch::BatchLimits,
 }
 
 impl Default for ApiConfig {
@@ -44,6 +46,7 @@ impl Default for ApiConfig {
             public_url: "http://127.0.0.1:8080".into(),
             webhook_allow_private: false,
             webhook_wake: Arc::new(tokio::sync::Notify::new()),
+            batch_limits: Default::default(),
         }
     }
 }
@@ -108,7 +111,11 @@ impl AppState {
 /// Every documented route. With a state, `/v1` routes get the authentication layer; without one
 /// (for the document alone) they are built bare.
 fn api_routes(state: Option<&AppState>) -> OpenApiRouter<AppState> {
-    use routes::{agents, calls, conversations, service, trunks, webhooks};
+    use routes::{agents, batches, calls, conversations, service, trunks, webhooks};
+    // The upload streams up to its own (much larger) limit, checked by the handler itself.
+    let batch_upload = OpenApiRouter::new()
+        .routes(routes!(batches::create_batch))
+        .layer(axum::extract::DefaultBodyLimit::disable());
     let v1 = OpenApiRouter::new()
         .routes(routes!(calls::create_call))
         .routes(routes!(conversations::list_conversations))
@@ -138,7 +145,14 @@ fn api_routes(state: Option<&AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::rotate_webhook_secret))
         .routes(routes!(webhooks::test_webhook_target))
         .routes(routes!(webhooks::list_webhook_deliveries))
-        .routes(routes!(webhooks::retry_webhook_delivery));
+        .routes(routes!(webhooks::retry_webhook_delivery))
+        .merge(batch_upload)
+        .routes(routes!(batches::list_batches))
+        .routes(routes!(batches::get_batch))
+        .routes(routes!(batches::get_batch_metrics))
+        .routes(routes!(batches::pause_batch))
+        .routes(routes!(batches::resume_batch))
+        .routes(routes!(batches::cancel_batch));
     let v1 = match state {
         Some(state) => v1.route_layer(middleware::from_fn_with_state(
             state.clone(),

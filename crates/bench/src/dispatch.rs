@@ -6,7 +6,9 @@ use async_trait::async_trait;
 use dispatch::{DispatchConfig, Dispatcher, SystemClock};
 use domain::dispatch::CountryZones;
 use domain::store::Store;
-use domain::telephony::{CallControl, CallEnd, CallEvent, DialError, DialRequest, LiveCall, Telephony};
+use domain::telephony::{
+    CallControl, CallEnd, CallEvent, DialError, DialRequest, LiveCall, Telephony,
+};
 use domain::{CallStatus, Millis};
 use serde_json::json;
 use sqlx::Connection;
@@ -52,21 +54,36 @@ impl Telephony for InstantAnswer {
             ended_at: now,
             recording: None,
         }));
-        Ok(LiveCall { events: rx, control })
+        Ok(LiveCall {
+            events: rx,
+            control,
+        })
     }
 }
 
 fn rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
         .and_then(|kb| kb.parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
 }
 
 /// Bulk rows straight into `calls`: setup only, values generated here (no user input).
-async fn bulk_insert(store: &SqlStore, url: &str, tenant: i64, agent: i64, from: u64, n: u64, due_at: impl Fn(u64) -> i64) -> Result<()> {
+async fn bulk_insert(
+    store: &SqlStore,
+    url: &str,
+    tenant: i64,
+    agent: i64,
+    from: u64,
+    n: u64,
+    due_at: impl Fn(u64) -> i64,
+) -> Result<()> {
     let _ = store;
     let mut conn = sqlx::AnyConnection::connect(url).await?;
     let chunk = 500;
@@ -105,12 +122,18 @@ pub async fn run(args: Args) -> Result<()> {
     sqlx::any::install_default_drivers();
     let tmp = tempfile::tempdir()?;
     let (url, pg_name, admin) = if args.backend == "sqlite" {
-        (format!("sqlite://{}/outdial.db", tmp.path().display()), None, None)
+        (
+            format!("sqlite://{}/outdial.db", tmp.path().display()),
+            None,
+            None,
+        )
     } else {
         let admin = args.backend.clone();
         let name = format!("outdial_bench_{}", uuid::Uuid::new_v4().simple());
         let mut conn = sqlx::PgConnection::connect(&admin).await?;
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await?;
         let (base, _) = admin.rsplit_once('/').context("postgres url")?;
         (format!("{base}/{name}"), Some(name), Some(admin))
     };
@@ -119,22 +142,53 @@ pub async fn run(args: Args) -> Result<()> {
     let trunk = store
         .create_trunk(
             t.id,
-            &domain::tenant::NewTrunk { name: "t".into(), uri: "sip:127.0.0.1:5080".into(), username: None, password: None, max_concurrent_calls: None },
+            &domain::tenant::NewTrunk {
+                name: "t".into(),
+                uri: "sip:127.0.0.1:5080".into(),
+                username: None,
+                password: None,
+                max_concurrent_calls: None,
+            },
             Millis::now(),
         )
         .await?;
-    store.create_phone_number(t.id, &domain::E164::parse("+918035739222")?, trunk.id, Millis::now()).await?;
+    store
+        .create_phone_number(
+            t.id,
+            &domain::E164::parse("+918035739222")?,
+            trunk.id,
+            Millis::now(),
+        )
+        .await?;
     let agent = store
-        .create_agent(t.id, &domain::AgentConfig::from_json(json!({"name": "a", "phone_number": "+918035739222"}).as_object().context("obj")?)?, Millis::now())
+        .create_agent(
+            t.id,
+            &domain::AgentConfig::from_json(
+                json!({"name": "a", "phone_number": "+918035739222"})
+                    .as_object()
+                    .context("obj")?,
+            )?,
+            Millis::now(),
+        )
         .await?;
     store
-        .update_tenant_limits(t.id, &domain::tenant::TenantLimits { max_concurrent_calls: None, per_number_calls: 1_000_000, per_number_window_seconds: 1 })
+        .update_tenant_limits(
+            t.id,
+            &domain::tenant::TenantLimits {
+                max_concurrent_calls: None,
+                per_number_calls: 1_000_000,
+                per_number_window_seconds: 1,
+            },
+        )
         .await?;
 
     let rss_before = rss_mb();
     let far = Millis::now().0 + 20 * 24 * 3600 * 1000;
     let insert_start = Instant::now();
-    bulk_insert(&store, &url, t.id.0, agent.id.0, 0, args.pending, |k| far + k as i64).await?;
+    bulk_insert(&store, &url, t.id.0, agent.id.0, 0, args.pending, |k| {
+        far + k as i64
+    })
+    .await?;
     let insert_s = insert_start.elapsed().as_secs_f64();
 
     let phone = Arc::new(InstantAnswer(AtomicU64::new(0)));
@@ -145,10 +199,17 @@ pub async fn run(args: Args) -> Result<()> {
         let d = Dispatcher::new(
             node_store,
             phone.clone(),
-            Arc::new(agent::EspeakNg::default()),
+            dispatch::Engines {
+                tts: Arc::new(agent::EspeakNg::default()),
+                stt: Arc::new(agent::PocketSphinx::default()),
+            },
             CountryZones::default(),
             Arc::new(SystemClock),
-            DispatchConfig { node_id: format!("bench-{i}"), claim_batch: 256, ..Default::default() },
+            DispatchConfig {
+                node_id: format!("bench-{i}"),
+                claim_batch: 256,
+                ..Default::default()
+            },
         );
         runners.push(tokio::spawn(d.run(stop.clone())));
     }
@@ -159,7 +220,10 @@ pub async fn run(args: Args) -> Result<()> {
     let due_n = args.rate * args.seconds;
     let start = Millis::now().0 + 3_000;
     let step_us = 1_000_000 / args.rate.max(1);
-    bulk_insert(&store, &url, t.id.0, agent.id.0, args.pending, due_n, |k| start + ((k - args.pending) * step_us / 1000) as i64).await?;
+    bulk_insert(&store, &url, t.id.0, agent.id.0, args.pending, due_n, |k| {
+        start + ((k - args.pending) * step_us / 1000) as i64
+    })
+    .await?;
     let deadline = Instant::now() + Duration::from_secs(args.seconds + 30);
     while phone.0.load(Ordering::Relaxed) < due_n && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -173,12 +237,24 @@ pub async fn run(args: Args) -> Result<()> {
     let rows = sqlx::query("SELECT started_at - scheduled_for AS lag FROM calls WHERE started_at IS NOT NULL ORDER BY lag")
         .fetch_all(&mut conn)
         .await?;
-    let lags: Vec<i64> = rows.iter().map(|r| sqlx::Row::try_get::<i64, _>(r, "lag")).collect::<Result<_, _>>()?;
-    let pct = |p: f64| lags.get(((lags.len().max(1) - 1) as f64 * p).round() as usize).copied().unwrap_or(0);
-    let first = sqlx::query("SELECT MIN(started_at) AS a, MAX(started_at) AS b FROM calls WHERE started_at IS NOT NULL")
-        .fetch_one(&mut conn)
-        .await?;
-    let (a, b): (Option<i64>, Option<i64>) = (sqlx::Row::try_get(&first, "a")?, sqlx::Row::try_get(&first, "b")?);
+    let lags: Vec<i64> = rows
+        .iter()
+        .map(|r| sqlx::Row::try_get::<i64, _>(r, "lag"))
+        .collect::<Result<_, _>>()?;
+    let pct = |p: f64| {
+        lags.get(((lags.len().max(1) - 1) as f64 * p).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    let first = sqlx::query(
+        "SELECT MIN(started_at) AS a, MAX(started_at) AS b FROM calls WHERE started_at IS NOT NULL",
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    let (a, b): (Option<i64>, Option<i64>) = (
+        sqlx::Row::try_get(&first, "a")?,
+        sqlx::Row::try_get(&first, "b")?,
+    );
     conn.close().await?;
     let span_s = (b.unwrap_or(0) - a.unwrap_or(0)) as f64 / 1000.0;
     println!(
@@ -203,7 +279,9 @@ pub async fn run(args: Args) -> Result<()> {
     store.close().await;
     if let (Some(name), Some(admin)) = (pg_name, admin) {
         let mut conn = sqlx::PgConnection::connect(&admin).await?;
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await?;
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod calls;
 mod dispatch;
+mod webhooks;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -21,6 +22,9 @@ enum Command {
     Calls(calls::Args),
     /// Dispatch throughput and lag with a large backlog of pending calls.
     Dispatch(dispatch::Args),
+    /// Webhook delivery: a burst of events to a loopback receiver, events/s and
+    /// enqueue-to-received latency, with and without a second target failing every attempt.
+    Webhooks(webhooks::Args),
 }
 
 fn main() -> Result<()> {
@@ -30,6 +34,7 @@ fn main() -> Result<()> {
         .build()?;
     match cli.command {
         Command::Calls(args) => rt.block_on(calls::run(args)),
+        Command::Webhooks(args) => rt.block_on(webhooks::run(args)),
         Command::Dispatch(args) => rt.block_on(dispatch::run(args)),
     }
 }

@@ -96,7 +96,11 @@ struct ServeArgs {
     #[arg(long, env = "OUTDIAL_NODE_ID")]
     node_id: Option<String>,
     /// The tz database's zone.tab, mapping countries to time zones for calling windows.
-    #[arg(long, env = "OUTDIAL_ZONE_TAB", default_value = "/usr/share/zoneinfo/zone.tab")]
+    #[arg(
+        long,
+        env = "OUTDIAL_ZONE_TAB",
+        default_value = "/usr/share/zoneinfo/zone.tab"
+    )]
     zone_tab: PathBuf,
     /// A calling window for agents without their own, `HH:MM-HH:MM` in the callee's local time.
     #[arg(long, env = "OUTDIAL_DEFAULT_CALLING_WINDOW")]
@@ -104,7 +108,9 @@ struct ServeArgs {
 }
 
 fn rtp_range(s: &str) -> Result<std::ops::RangeInclusive<u16>> {
-    let (a, b) = s.split_once('-').context("OUTDIAL_RTP_PORTS must be first-last")?;
+    let (a, b) = s
+        .split_once('-')
+        .context("OUTDIAL_RTP_PORTS must be first-last")?;
     let (a, b): (u16, u16) = (a.trim().parse()?, b.trim().parse()?);
     if a == 0 || a >= b {
         bail!("OUTDIAL_RTP_PORTS must be an increasing range of non-zero ports");
@@ -113,7 +119,9 @@ fn rtp_range(s: &str) -> Result<std::ops::RangeInclusive<u16>> {
 }
 
 fn calling_window(s: &str) -> Result<domain::agent::CallingWindow> {
-    let (start, end) = s.split_once('-').context("OUTDIAL_DEFAULT_CALLING_WINDOW must be HH:MM-HH:MM")?;
+    let (start, end) = s
+        .split_once('-')
+        .context("OUTDIAL_DEFAULT_CALLING_WINDOW must be HH:MM-HH:MM")?;
     let obj = json!({"name": "x", "calling_window": {"start": start.trim(), "end": end.trim()}});
     let cfg = domain::AgentConfig::from_json(obj.as_object().context("window")?)
         .map_err(|_| anyhow::anyhow!("OUTDIAL_DEFAULT_CALLING_WINDOW must be HH:MM-HH:MM"))?;
@@ -217,7 +225,10 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let public_url = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
     let data_dir = db.data_dir.clone();
     std::fs::create_dir_all(data_dir.join("recordings"))?;
     let telephony = sip::SipTelephony::bind(sip::SipConfig {
@@ -243,23 +254,6 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
         .node_id
         .clone()
         .unwrap_or_else(|| format!("node-{}-{}", std::process::id(), domain::TraceId::new()));
-    let dispatcher = dispatch::Dispatcher::new(
-        store.clone(),
-        Arc::new(telephony),
-        Arc::new(agent::EspeakNg::default()),
-        zones,
-        Arc::new(dispatch::SystemClock),
-        dispatch::DispatchConfig {
-            node_id,
-            lease: std::time::Duration::from_secs(args.dispatch_lease_seconds.max(1)),
-            idle_wait: std::time::Duration::from_millis(args.dispatch_idle_wait_ms.max(10)),
-            default_window: args.default_calling_window.as_deref().map(calling_window).transpose()?,
-            public_url: public_url.clone(),
-            ..Default::default()
-        },
-    );
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let dispatch_task = tokio::spawn(dispatcher.clone().run(stop_rx));
     let url_policy = webhooks::UrlPolicy::from_env()?;
     let webhook_worker = webhooks::Worker::new(
         store.clone(),
@@ -271,11 +265,43 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
             },
         ),
     )?;
+    let stt = Arc::new(agent::PocketSphinx::default());
+    // Starting the recogniser now keeps its model load off the first call's first turn.
+    if let Err(e) = stt.warm_up().await {
+        tracing::warn!(error = %e, "speech-to-text is not available: agents will not hear callees");
+    }
+    let engines = dispatch::Engines {
+        tts: Arc::new(agent::EspeakNg::default()),
+        stt,
+    };
+    let dispatcher = dispatch::Dispatcher::new(
+        store.clone(),
+        Arc::new(telephony),
+        engines,
+        zones,
+        Arc::new(dispatch::SystemClock),
+        dispatch::DispatchConfig {
+            node_id,
+            lease: std::time::Duration::from_secs(args.dispatch_lease_seconds.max(1)),
+            idle_wait: std::time::Duration::from_millis(args.dispatch_idle_wait_ms.max(10)),
+            default_window: args
+                .default_calling_window
+                .as_deref()
+                .map(calling_window)
+                .transpose()?,
+            public_url: public_url.clone(),
+            events_written: Some(webhook_worker.waker()),
+            ..Default::default()
+        },
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let dispatch_task = tokio::spawn(dispatcher.clone().run(stop_rx));
     let config = api::ApiConfig {
         api_rate_limit_per_minute: args.api_rate_limit_per_minute,
         public_url,
         webhook_allow_private: url_policy.allow_private,
         webhook_wake: webhook_worker.waker(),
+        batch_limits: Default::default(),
     };
     let (stop_webhooks, webhooks_stopped) = tokio::sync::oneshot::channel::<()>();
     let webhook_task = tokio::spawn(async move {
@@ -285,7 +311,9 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
             })
             .await
     });
-    let app = api::router(api::AppState::new(store.clone(), config).with_dispatch_wake(dispatcher.waker()));
+    let app = api::router(
+        api::AppState::new(store.clone(), config).with_dispatch_wake(dispatcher.waker()),
+    );
     tracing::info!(%addr, sip = %sip_addr, backend = ?store.backend(), "outdial listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())

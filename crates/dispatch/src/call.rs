@@ -9,31 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
-/// `{{name}}` replaced by the call parameter of that name; a missing one renders empty (and is
-/// logged). Parameters are text, never evaluated.
-pub fn render(template: &str, parameters: &[domain::call::Parameter]) -> String {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(open) = rest.find("{{") {
-        out.push_str(&rest[..open]);
-        let after = &rest[open + 2..];
-        let Some(close) = after.find("}}") else {
-            out.push_str(&rest[open..]);
-            return out;
-        };
-        let name = after[..close].trim();
-        match parameters.iter().find(|p| p.name == name) {
-            Some(p) => out.push_str(&p.value),
-            None => tracing::warn!(
-                parameter = name,
-                "template names a parameter the call does not have"
-            ),
-        }
-        rest = &after[close + 2..];
-    }
-    out.push_str(rest);
-    out
-}
+type Results = serde_json::Map<String, serde_json::Value>;
 
 impl Dispatcher {
     pub(crate) async fn run_call(self: Arc<Self>, call: DueCall) {
@@ -48,9 +24,9 @@ impl Dispatcher {
         .await
     }
 
-    /// Dials and follows the call's events to its end. The transcript holds only what was
-    /// played; until the agent runtime drives the conversation, that is the opening line.
-    async fn dial_and_follow(&self, call: &DueCall) -> (CallEnd, Vec<TranscriptItem>) {
+    /// Dials and follows the call's events to its end; once answered, the agent's conversation
+    /// runs beside it and hands back what was played and heard, and the results.
+    async fn dial_and_follow(&self, call: &DueCall) -> (CallEnd, Vec<TranscriptItem>, Results) {
         let now = self.clock.now();
         let failed = |status, reason: String| {
             (
@@ -62,6 +38,7 @@ impl Dispatcher {
                     recording: None,
                 },
                 Vec::new(),
+                Results::new(),
             )
         };
         let (Some(agent), Some(trunk)) = (&call.agent_config, &call.trunk) else {
@@ -83,12 +60,17 @@ impl Dispatcher {
             .as_ref()
             .and_then(|r| r.retry_initial_message.clone())
             .or_else(|| agent.first_message.clone())
-            .map(|t| render(&t, &call.parameters))
+            .map(|t| agent::render(&t, &call.parameters))
             .filter(|t| !t.trim().is_empty());
-        let voice = agent.voice.voice.clone();
-        let tts = self.tts.clone();
+        let voice = call
+            .retry_context
+            .as_ref()
+            .and_then(|r| r.retry_language.clone())
+            .or_else(|| agent.voice.voice.clone());
+        let tts = self.engines.tts.clone();
+        let speech_voice = voice.clone();
         let speech = opening.clone().map(|line| {
-            tokio::spawn(async move { tts.synthesize(&line, voice.as_deref()).await })
+            tokio::spawn(async move { tts.synthesize(&line, speech_voice.as_deref()).await })
         });
         let mut live = match self.telephony.dial(request).await {
             Ok(live) => live,
@@ -99,10 +81,8 @@ impl Dispatcher {
         };
         metrics::counter!("outdial_dial_attempts_total").increment(1);
         tracing::info!(started_ms = now.0, "dialling");
-        let mut transcript = Vec::new();
         let mut speech = speech;
-        // Held until the call ends: dropping it would tell the adapter nobody is talking.
-        let mut _media = None;
+        let mut conversation = None;
         loop {
             let Some(event) = live.events.recv().await else {
                 return failed(
@@ -116,26 +96,72 @@ impl Dispatcher {
                 }
                 CallEvent::Answered { at, media } => {
                     let _ = self.mark(call, CallStatus::InProgress, at).await;
-                    if let (Some(line), Some(task)) = (opening.clone(), speech.take()) {
-                        match task.await {
-                            Ok(Ok(audio)) => {
-                                // Only what was played goes in the transcript.
-                                if agent::play(&audio, &media.outbound).await {
-                                    transcript.push(TranscriptItem {
-                                        role: "agent".into(),
-                                        message: line,
-                                        at_ms: Some(at.0),
-                                    });
-                                }
+                    let opening = match (opening.clone(), speech.take()) {
+                        (Some(text), Some(task)) => match task.await {
+                            Ok(Ok(audio)) => Some(agent::Opening { text, audio }),
+                            Ok(Err(e)) => {
+                                tracing::error!(error = %e, "the opening line could not be synthesised");
+                                None
                             }
-                            Ok(Err(e)) => tracing::error!(error = %e, "the opening line could not be synthesised"),
-                            Err(e) => tracing::error!(error = %e, "speech task failed"),
-                        }
-                    }
-                    _media = Some(media);
+                            Err(e) => {
+                                tracing::error!(error = %e, "speech task failed");
+                                None
+                            }
+                        },
+                        _ => None,
+                    };
+                    let session = agent::Session {
+                        trace_id: call.trace_id.to_string(),
+                        brain: Box::new(agent::FlowBrain::new(
+                            agent,
+                            &call.parameters,
+                            call.retry_context.as_ref(),
+                        )),
+                        tts: self.engines.tts.clone(),
+                        stt: self.engines.stt.clone(),
+                        voice: voice.clone(),
+                        opening,
+                        answered_at: tokio::time::Instant::now(),
+                        answered_at_ms: at.0,
+                        timing: agent::Timing {
+                            max_duration: Duration::from_secs(u64::from(
+                                agent.max_duration_seconds,
+                            )),
+                            ..Default::default()
+                        },
+                    };
+                    conversation = Some(tokio::spawn(agent::converse(
+                        session,
+                        media,
+                        live.control.clone(),
+                    )));
                 }
                 CallEvent::Dtmf(digit) => tracing::info!(%digit, "dtmf"),
-                CallEvent::Ended(end) => return (end, transcript),
+                CallEvent::Ended(end) => {
+                    let Some(task) = conversation else {
+                        return (end, Vec::new(), serde_json::Map::new());
+                    };
+                    // The inbound stream has closed, so the conversation returns at once.
+                    return match tokio::time::timeout(Duration::from_secs(10), task).await {
+                        Ok(Ok(outcome)) => {
+                            for t in &outcome.turns {
+                                metrics::histogram!("outdial_turn_latency_seconds")
+                                    .record(t.voice_to_voice_ms as f64 / 1000.0);
+                                metrics::histogram!("outdial_pipeline_added_seconds")
+                                    .record(t.added_us as f64 / 1e6);
+                            }
+                            if let Some(ms) = outcome.answer_to_first_word_ms {
+                                metrics::histogram!("outdial_answer_to_first_word_seconds")
+                                    .record(ms as f64 / 1000.0);
+                            }
+                            (end, outcome.transcript, outcome.results)
+                        }
+                        _ => {
+                            tracing::error!("the conversation did not finish with the call");
+                            (end, Vec::new(), serde_json::Map::new())
+                        }
+                    };
+                }
             }
         }
     }
@@ -151,7 +177,11 @@ impl Dispatcher {
             .await
     }
 
-    async fn settle(&self, call: &DueCall, (end, transcript): (CallEnd, Vec<TranscriptItem>)) {
+    async fn settle(
+        &self,
+        call: &DueCall,
+        (end, transcript, results): (CallEnd, Vec<TranscriptItem>, Results),
+    ) {
         let now = self.clock.now();
         let status = if end.status.is_terminal() {
             end.status
@@ -173,14 +203,16 @@ impl Dispatcher {
         } else {
             Vec::new()
         };
-        let mut results = serde_json::Map::new();
-        if let Some(seed) = call
-            .retry_context
-            .as_ref()
-            .and_then(|r| r.collected_data.clone())
-        {
-            results.extend(seed);
-        }
+        // The conversation's results start from the retry context's collected data; a call
+        // that was never answered keeps that seed.
+        let results = if end.answered_at.is_some() {
+            results
+        } else {
+            call.retry_context
+                .as_ref()
+                .and_then(|r| r.collected_data.clone())
+                .unwrap_or_default()
+        };
         let finish = FinishAttempt {
             id: call.id,
             node: self.config.node_id.clone(),
@@ -201,6 +233,7 @@ impl Dispatcher {
         metrics::counter!("outdial_calls_ended_total", "status" => status.as_str()).increment(1);
         match self.store.finish_attempt(finish, now).await {
             Ok(true) => {
+                self.events_written();
                 tracing::info!(%status, reason = end.failure_reason.as_deref().unwrap_or(""), retry = retry_at.is_some(), "call ended")
             }
             Ok(false) => tracing::warn!(%status, "call was settled elsewhere (lease lost)"),
@@ -208,35 +241,5 @@ impl Dispatcher {
                 tracing::error!(error = %e, %status, "settling the call failed; the orphan sweep will settle it")
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::render;
-    use domain::call::Parameter;
-
-    #[test]
-    fn templates_render_parameters_as_text() {
-        let p = vec![
-            Parameter {
-                name: "customer_name".into(),
-                value: "Rahul {{x}}".into(),
-            },
-            Parameter {
-                name: "invoice_id".into(),
-                value: "INV-7".into(),
-            },
-        ];
-        assert_eq!(
-            render("Hello {{customer_name}}, about {{ invoice_id }}.", &p),
-            "Hello Rahul {{x}}, about INV-7."
-        );
-        assert_eq!(render("Hi {{missing}}!", &p), "Hi !");
-        assert_eq!(
-            render("broken {{customer_name", &p),
-            "broken {{customer_name"
-        );
-        assert_eq!(render("", &p), "");
     }
 }

@@ -9,7 +9,9 @@
 mod call;
 
 use domain::agent::CallingWindow;
-use domain::dispatch::{next_opening, BeginDial, CountryZones, DialLimits, DialStart, DueCall, FinishAttempt};
+use domain::dispatch::{
+    next_opening, BeginDial, CountryZones, DialLimits, DialStart, DueCall, FinishAttempt,
+};
 use domain::store::{Store, StoreError};
 use domain::telephony::Telephony;
 use domain::{CallStatus, ConversationId, Millis};
@@ -45,6 +47,9 @@ pub struct DispatchConfig {
     pub default_window: Option<CallingWindow>,
     /// Base URL of the API, for webhooks' `recording_url`.
     pub public_url: String,
+    /// Poked after a call settles (its webhook event is in the outbox), so the delivery worker
+    /// sends it at once instead of at its next poll.
+    pub events_written: Option<Arc<Notify>>,
 }
 
 impl Default for DispatchConfig {
@@ -56,14 +61,22 @@ impl Default for DispatchConfig {
             idle_wait: Duration::from_secs(5),
             default_window: None,
             public_url: "http://127.0.0.1:8080".into(),
+            events_written: None,
         }
     }
+}
+
+/// The agent's ears and voice, shared by every call of a node.
+#[derive(Clone)]
+pub struct Engines {
+    pub tts: Arc<dyn agent::TextToSpeech>,
+    pub stt: Arc<dyn agent::SpeechToText>,
 }
 
 pub struct Dispatcher {
     store: Arc<dyn Store>,
     telephony: Arc<dyn Telephony>,
-    tts: Arc<dyn agent::TextToSpeech>,
+    engines: Engines,
     zones: Arc<CountryZones>,
     clock: Arc<dyn Clock>,
     config: DispatchConfig,
@@ -130,7 +143,7 @@ impl Dispatcher {
     pub fn new(
         store: Arc<dyn Store>,
         telephony: Arc<dyn Telephony>,
-        tts: Arc<dyn agent::TextToSpeech>,
+        engines: Engines,
         zones: CountryZones,
         clock: Arc<dyn Clock>,
         config: DispatchConfig,
@@ -138,7 +151,7 @@ impl Dispatcher {
         Arc::new(Self {
             store,
             telephony,
-            tts,
+            engines,
             zones: Arc::new(zones),
             clock,
             config,
@@ -181,7 +194,9 @@ impl Dispatcher {
                 Decision::Fail(reason) => self.fail_undialled(&call, reason).await?,
                 Decision::Wait { until, reason } => {
                     tracing::info!(conversation_id = %call.id, trace_id = %call.trace_id, %reason, until = %until.to_rfc3339(), "call waits");
-                    self.store.defer_call(call.id, &self.config.node_id, until, &reason).await?;
+                    self.store
+                        .defer_call(call.id, &self.config.node_id, until, &reason)
+                        .await?;
                 }
                 Decision::Dial(limits) => to_dial.push((call, limits)),
             }
@@ -210,12 +225,20 @@ impl Dispatcher {
                     tokio::spawn(async move { me.run_call(call).await });
                 }
                 BeginDial::Deferred { until, reason } => {
-                    self.store.defer_call(call.id, &self.config.node_id, until, &reason).await?;
+                    self.store
+                        .defer_call(call.id, &self.config.node_id, until, &reason)
+                        .await?;
                 }
                 BeginDial::Gone => {}
             }
         }
         Ok(claimed)
+    }
+
+    pub(crate) fn events_written(&self) {
+        if let Some(n) = &self.config.events_written {
+            n.notify_one();
+        }
     }
 
     fn track(&self, id: ConversationId, live: bool) {
@@ -280,6 +303,7 @@ impl Dispatcher {
             };
             if self.store.finish_attempt(finish, now).await? {
                 tracing::warn!(conversation_id = %o.id, "settled an interrupted call");
+                self.events_written();
                 settled += 1;
             }
         }

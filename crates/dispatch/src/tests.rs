@@ -102,8 +102,11 @@ impl Phone {
 
 const T0: i64 = 1_775_000_000_000;
 
-fn tts() -> Arc<dyn agent::TextToSpeech> {
-    Arc::new(agent::EspeakNg::default())
+fn tts() -> Engines {
+    Engines {
+        tts: Arc::new(agent::EspeakNg::default()),
+        stt: Arc::new(agent::PocketSphinx::default()),
+    }
 }
 
 async fn setup(url: &str, agent: serde_json::Value) -> (Arc<SqlStore>, TenantId, AgentId) {
@@ -507,25 +510,36 @@ async fn postgres_db() -> Option<(String, String)> {
     if std::env::var("OUTDIAL_TEST_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
         return None;
     }
-    let admin = std::env::var("OUTDIAL_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let admin = std::env::var("OUTDIAL_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let name = format!("outdial_test_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL is needed (OUTDIAL_TEST_SKIP_POSTGRES=1 skips knowingly)");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("PostgreSQL is needed (OUTDIAL_TEST_SKIP_POSTGRES=1 skips knowingly)");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
     let (base, _) = admin.rsplit_once('/').unwrap();
     Some((format!("{base}/{name}"), name))
 }
 
 async fn drop_postgres_db(name: &str) {
     use sqlx::Connection;
-    let admin = std::env::var("OUTDIAL_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let admin = std::env::var("OUTDIAL_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_on_postgres_with_one_killed_dial_every_destination_exactly_once() {
-    let Some((url, name)) = postgres_db().await else { return };
+    let Some((url, name)) = postgres_db().await else {
+        return;
+    };
     let (store, t, a) = setup(&url, json!({})).await;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let cfg = |n: &str| DispatchConfig {
@@ -536,20 +550,47 @@ async fn three_nodes_on_postgres_with_one_killed_dial_every_destination_exactly_
         ..Default::default()
     };
     let victim_phone = Phone::new(Script::Hang, clock.clone());
-    let phones = [victim_phone.clone(), Phone::new(Script::Answer, clock.clone()), Phone::new(Script::Answer, clock.clone())];
+    let phones = [
+        victim_phone.clone(),
+        Phone::new(Script::Answer, clock.clone()),
+        Phone::new(Script::Answer, clock.clone()),
+    ];
     let mut nodes = Vec::new();
     let mut runners = Vec::new();
     let (stop_tx, stop) = watch::channel(false);
     for (i, phone) in phones.iter().enumerate() {
-        let node_store = Arc::new(SqlStore::connect(&url, StoreOptions::default()).await.unwrap());
-        let d = Dispatcher::new(node_store, phone.clone(), tts(), CountryZones::default(), clock.clone(), cfg(&format!("node-{i}")));
+        let node_store = Arc::new(
+            SqlStore::connect(&url, StoreOptions::default())
+                .await
+                .unwrap(),
+        );
+        let d = Dispatcher::new(
+            node_store,
+            phone.clone(),
+            tts(),
+            CountryZones::default(),
+            clock.clone(),
+            cfg(&format!("node-{i}")),
+        );
         runners.push(tokio::spawn(d.clone().run(stop.clone())));
         nodes.push(d);
     }
     let total = 60;
     let mut ids = Vec::new();
     for i in 0..total {
-        ids.push(store.create_call(call(t, a, &format!("+91987650{i:04}"), Millis::now().0, None)).await.unwrap().conversation_id);
+        ids.push(
+            store
+                .create_call(call(
+                    t,
+                    a,
+                    &format!("+91987650{i:04}"),
+                    Millis::now().0,
+                    None,
+                ))
+                .await
+                .unwrap()
+                .conversation_id,
+        );
     }
     for n in &nodes {
         n.waker().notify_one();
@@ -566,7 +607,14 @@ async fn three_nodes_on_postgres_with_one_killed_dial_every_destination_exactly_
     loop {
         let mut open = 0;
         for id in &ids {
-            if !store.get_conversation(t, *id).await.unwrap().unwrap().status.is_terminal() {
+            if !store
+                .get_conversation(t, *id)
+                .await
+                .unwrap()
+                .unwrap()
+                .status
+                .is_terminal()
+            {
                 open += 1;
             }
         }
@@ -577,19 +625,35 @@ async fn three_nodes_on_postgres_with_one_killed_dial_every_destination_exactly_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop_tx.send(true).unwrap();
-    let mut dialled: Vec<String> = phones.iter().flat_map(|p| p.dials.lock().unwrap().clone()).collect();
+    let mut dialled: Vec<String> = phones
+        .iter()
+        .flat_map(|p| p.dials.lock().unwrap().clone())
+        .collect();
     dialled.sort();
     let before = dialled.len();
     dialled.dedup();
     assert_eq!(before, dialled.len(), "a destination was dialled twice");
     assert_eq!(dialled.len(), total, "every destination dialled");
-    let interrupted = futures::future::join_all(ids.iter().map(|id| store.get_conversation(t, *id)))
-        .await
-        .into_iter()
-        .filter(|c| c.as_ref().unwrap().as_ref().unwrap().failure_reason.as_deref() == Some("interrupted"))
-        .count();
+    let interrupted =
+        futures::future::join_all(ids.iter().map(|id| store.get_conversation(t, *id)))
+            .await
+            .into_iter()
+            .filter(|c| {
+                c.as_ref()
+                    .unwrap()
+                    .as_ref()
+                    .unwrap()
+                    .failure_reason
+                    .as_deref()
+                    == Some("interrupted")
+            })
+            .count();
     assert!(victim_phone.count() >= 1);
-    assert_eq!(interrupted, victim_phone.count(), "the dead node's live calls were settled, not redialled");
+    assert_eq!(
+        interrupted,
+        victim_phone.count(),
+        "the dead node's live calls were settled, not redialled"
+    );
     store.close().await;
     drop_postgres_db(&name).await;
 }

@@ -3,6 +3,7 @@
 //! dispatch, telephony, api) depend on this crate, never the other way round.
 
 pub mod agent;
+pub mod batch;
 pub mod call;
 pub mod dispatch;
 pub mod ids;

@@ -77,7 +77,9 @@ impl<T> Listed<T> {
 }
 
 #[async_trait]
-pub trait Store: crate::dispatch::DispatchStore + WebhookStore + Send + Sync + 'static {
+pub trait Store:
+    crate::dispatch::DispatchStore + WebhookStore + crate::batch::BatchStore + Send + Sync + 'static
+{
     /// Liveness of the database, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 

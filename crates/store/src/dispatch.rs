@@ -7,8 +7,8 @@ use crate::{db_err, Backend, SqlStore};
 use domain::agent::AgentConfig;
 use domain::call::{Parameter, RetryContext};
 use domain::dispatch::{
-    BeginDial, CancelOutcome, DialLimits, DialStart, DispatchStore, DueCall, DueTrunk, FinishAttempt,
-    OrphanedCall,
+    BeginDial, CancelOutcome, DialLimits, DialStart, DispatchStore, DueCall, DueTrunk,
+    FinishAttempt, OrphanedCall,
 };
 use domain::store::StoreError;
 use domain::telephony::TrunkTarget;
@@ -17,6 +17,12 @@ use domain::{AgentId, CallStatus, ConversationId, Millis, TenantId, TraceId, Tru
 use sqlx::AnyConnection;
 
 const DIALING: &str = "'initiated', 'ringing', 'in_progress'";
+
+/// Calls of a paused batch wait: neither claimed nor counted as due (else the dispatcher would
+/// wake for them at once, forever). The subquery is uncorrelated and small (paused batches), so
+/// it is evaluated once per query while the `calls_due` index is walked.
+const NOT_PAUSED: &str =
+    "(batch_id IS NULL OR batch_id NOT IN (SELECT id FROM batches WHERE status = 'paused'))";
 
 /// How long a call waits before another try when a cap is full. Short, because capacity frees
 /// up as calls end; it is not idle polling: it only happens while calls are waiting.
@@ -151,7 +157,10 @@ async fn emit_terminal_event(
         .and_then(|m| AgentConfig::from_json(&m).ok())
         .and_then(|c| c.retry_policy.map(|p| p.max_attempts))
         .unwrap_or(1);
-    let chain = webhooks::terminal::ChainPosition { max_attempts, next_retry_at };
+    let chain = webhooks::terminal::ChainPosition {
+        max_attempts,
+        next_retry_at,
+    };
     let event = webhooks::terminal::terminal_event(&conversation, chain, public_url, now)
         .map_err(|e| StoreError::Database(format!("building the webhook event: {e}")))?;
     crate::outbox::enqueue_in(conn, backend, &event).await?;
@@ -190,7 +199,15 @@ async fn begin_dial_in(
     // Locks in one fixed order (tenant, agent, trunk, number) so two nodes cannot deadlock.
     if let Some(max) = limits.tenant {
         lock(&mut *tx, backend, format!("tenant-live:{tenant}")).await?;
-        let n = count(&mut *tx, &format!("SELECT COUNT(*) AS n FROM calls WHERE tenant_id = $1 AND status IN ({DIALING})"), &[tenant], None).await?;
+        let n = count(
+            &mut *tx,
+            &format!(
+                "SELECT COUNT(*) AS n FROM calls WHERE tenant_id = $1 AND status IN ({DIALING})"
+            ),
+            &[tenant],
+            None,
+        )
+        .await?;
         if n >= i64::from(max) {
             return Ok(defer(format!(
                 "tenant at its concurrent call limit ({max})"
@@ -278,24 +295,25 @@ async fn begin_dial_in(
         None,
     )
     .await?;
+    crate::batches::on_dial_started_in(&mut *tx, &id.to_string(), now).await?;
     Ok(BeginDial::Started)
 }
-
 
 #[async_trait::async_trait]
 impl DispatchStore for SqlStore {
     async fn next_due_at(&self, now: Millis) -> Result<Option<Millis>, StoreError> {
         // Walks the partial `calls_due` index in order and stops at the first call nobody holds;
         // calls claimed by a node that then died come back through the dispatcher's idle wake-up.
-        let row = sqlx::query(
+        let row = sqlx::query(&format!(
             "SELECT due_at FROM calls WHERE status IN ('scheduled', 'queued') \
-             AND (lease_until IS NULL OR lease_until < $1) ORDER BY due_at LIMIT 1",
-        )
+             AND (lease_until IS NULL OR lease_until < $1) AND {NOT_PAUSED} ORDER BY due_at LIMIT 1"
+        ))
         .bind(now.0)
         .fetch_optional(&self.read)
         .await
         .map_err(db_err)?;
-        row.map(|r| get::<i64>(&r, "due_at").map(Millis)).transpose()
+        row.map(|r| get::<i64>(&r, "due_at").map(Millis))
+            .transpose()
     }
 
     async fn claim_due(
@@ -313,7 +331,7 @@ impl DispatchStore for SqlStore {
         let ids = sqlx::query(&format!(
             "UPDATE calls SET lease_owner = $1, lease_until = $2 WHERE id IN ( \
                SELECT id FROM calls WHERE status IN ('scheduled', 'queued') AND due_at <= $3 \
-               AND (lease_until IS NULL OR lease_until < $3) ORDER BY due_at LIMIT $4 {skip_locked}) \
+               AND (lease_until IS NULL OR lease_until < $3) AND {NOT_PAUSED} ORDER BY due_at LIMIT $4 {skip_locked}) \
              RETURNING id"
         ))
         .bind(node)
@@ -379,8 +397,14 @@ impl DispatchStore for SqlStore {
         trunk: Option<TrunkId>,
         limits: &DialLimits,
     ) -> Result<BeginDial, StoreError> {
-        let start = DialStart { id, trunk, limits: limits.clone() };
-        let mut outcomes = self.begin_dials(node, now, lease_until, std::slice::from_ref(&start)).await?;
+        let start = DialStart {
+            id,
+            trunk,
+            limits: limits.clone(),
+        };
+        let mut outcomes = self
+            .begin_dials(node, now, lease_until, std::slice::from_ref(&start))
+            .await?;
         Ok(outcomes.pop().unwrap_or(BeginDial::Gone))
     }
 
@@ -396,7 +420,19 @@ impl DispatchStore for SqlStore {
         let mut tx = self.write.begin().await.map_err(db_err)?;
         let mut outcomes = Vec::with_capacity(calls.len());
         for c in calls {
-            outcomes.push(begin_dial_in(&mut tx, self.backend, c.id, node, now, lease_until, c.trunk, &c.limits).await?);
+            outcomes.push(
+                begin_dial_in(
+                    &mut tx,
+                    self.backend,
+                    c.id,
+                    node,
+                    now,
+                    lease_until,
+                    c.trunk,
+                    &c.limits,
+                )
+                .await?,
+            );
         }
         tx.commit().await.map_err(db_err)?;
         Ok(outcomes)
@@ -531,6 +567,8 @@ impl DispatchStore for SqlStore {
             )
             .await?;
         }
+        crate::batches::on_attempt_finished_in(&mut tx, &id, f.status, f.retry_at.is_some(), now)
+            .await?;
         tx.commit().await.map_err(db_err)?;
         Ok(true)
     }
@@ -610,6 +648,7 @@ impl DispatchStore for SqlStore {
             None,
         )
         .await?;
+        crate::batches::on_canceled_in(&mut tx, &id.to_string(), now).await?;
         // A cancelled call never rang, so its event has no recording URL to build.
         let conversation = emit_terminal_event(&mut tx, self.backend, id, None, "", now).await?;
         tx.commit().await.map_err(db_err)?;

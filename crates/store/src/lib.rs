@@ -3,6 +3,7 @@
 //! speak (`$N` parameters, `RETURNING`, `ON CONFLICT`, integer milliseconds, JSON as text); the few
 //! places where the engines must differ (locking, the write path) branch on [`Backend`].
 
+mod batches;
 mod calls;
 mod dispatch;
 mod manage;

@@ -199,9 +199,11 @@ impl SqlStore {
                  SELECT c.id FROM ( \
                    SELECT p.id AS id, \
                      ROW_NUMBER() OVER (PARTITION BY p.target_id ORDER BY p.next_attempt_at, p.id) AS rank, \
-                     (SELECT COUNT(*) FROM webhook_deliveries l WHERE l.target_id = p.target_id \
-                        AND l.status = 'pending' AND l.lease_until > $3) AS busy \
+                     COALESCE(b.busy, 0) AS busy \
                    FROM webhook_deliveries p JOIN webhook_targets t ON t.id = p.target_id AND t.active = 1 \
+                   LEFT JOIN (SELECT l.target_id AS target_id, COUNT(*) AS busy FROM webhook_deliveries l \
+                     WHERE l.status = 'pending' AND l.lease_until > $3 GROUP BY l.target_id) b \
+                     ON b.target_id = p.target_id \
                    WHERE p.status = 'pending' AND p.next_attempt_at <= $3 \
                      AND (p.lease_until IS NULL OR p.lease_until <= $3) \
                      AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.target_id = p.target_id \

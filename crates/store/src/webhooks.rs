@@ -78,19 +78,16 @@ fn events_json(events: &[String]) -> Result<String, StoreError> {
     serde_json::to_string(events).map_err(|e| StoreError::Database(e.to_string()))
 }
 
-/// Whether the agent is the tenant's and not retired; on PostgreSQL the row stays locked until
-/// the transaction ends, which serialises the five-targets check per agent across nodes.
+/// Whether the agent is the tenant's and not retired. With `lock` (PostgreSQL, inside a writing
+/// transaction) the row stays locked until the transaction ends, which serialises the
+/// five-targets check per agent across nodes.
 async fn agent_exists(
     conn: &mut AnyConnection,
-    backend: Backend,
+    lock: bool,
     tenant: TenantId,
     agent: AgentId,
 ) -> Result<bool, StoreError> {
-    let lock = if backend == Backend::Postgres {
-        " FOR UPDATE"
-    } else {
-        ""
-    };
+    let lock = if lock { " FOR UPDATE" } else { "" };
     Ok(sqlx::query(&format!(
         "SELECT id FROM agents WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL{lock}"
     ))
@@ -169,7 +166,7 @@ impl WebhookStore for SqlStore {
         now: Millis,
     ) -> Result<WebhookTarget, ManageError> {
         let mut tx = self.write.begin().await.map_err(db_err)?;
-        if !agent_exists(&mut tx, self.backend, tenant, agent).await? {
+        if !agent_exists(&mut tx, self.backend == Backend::Postgres, tenant, agent).await? {
             return Err(ManageError::NotFound("agent"));
         }
         if name_taken(&mut tx, agent, &new.name, None).await? {
@@ -218,8 +215,7 @@ impl WebhookStore for SqlStore {
         agent: AgentId,
     ) -> Result<Vec<WebhookTarget>, ManageError> {
         let mut conn = self.read.acquire().await.map_err(db_err)?;
-        // Reads never lock: the row lock only matters inside a writing transaction.
-        if !agent_exists(&mut conn, Backend::Sqlite, tenant, agent).await? {
+        if !agent_exists(&mut conn, false, tenant, agent).await? {
             return Err(ManageError::NotFound("agent"));
         }
         let rows = sqlx::query(&format!(

@@ -1,7 +1,9 @@
 //! The `call.<outcome>` event of a conversation that reached a terminal status, built from the
 //! conversation as stored, for the outbox row written in the same transaction.
 
-use crate::event::{self, CallData, CallParameters, CallRetry, Envelope, EventData, EventId, EventType, Role};
+use crate::event::{
+    self, CallData, CallParameters, CallRetry, Envelope, EventData, EventId, EventType, Role,
+};
 use domain::call::Conversation;
 use domain::webhooks::OutboxEvent;
 use domain::Millis;
@@ -48,7 +50,8 @@ pub fn terminal_event(
         .collect();
     let recording_url = match &c.recording_path {
         Some(_) => {
-            let base = url::Url::parse(public_url).map_err(|e| TerminalEventError::PublicUrl(e.to_string()))?;
+            let base = url::Url::parse(public_url)
+                .map_err(|e| TerminalEventError::PublicUrl(e.to_string()))?;
             Some(
                 event::recording_url(&base, &c.id.to_string())
                     .map_err(|e| TerminalEventError::PublicUrl(e.to_string()))?
@@ -58,7 +61,11 @@ pub fn terminal_event(
         None => None,
     };
     let turns = c.transcript.iter().map(|t| {
-        let role = if t.role == "agent" { Role::Bot } else { Role::Human };
+        let role = if t.role == "agent" {
+            Role::Bot
+        } else {
+            Role::Human
+        };
         (role, t.message.as_str())
     });
     let ctx = c.retry_context.clone().unwrap_or_default();

@@ -189,7 +189,11 @@ pub async fn cancel_conversation(
     Path(id): Path<String>,
 ) -> ApiResult<Json<ConversationResponse>> {
     let id = conversation_id(&id)?;
-    match state.store.cancel_call(caller.tenant, id, domain::Millis::now()).await? {
+    match state
+        .store
+        .cancel_call(caller.tenant, id, domain::Millis::now())
+        .await?
+    {
         CancelOutcome::Canceled(c) => {
             tracing::info!(conversation_id = %id, "call canceled");
             Ok(Json(ConversationResponse {

@@ -1,4 +1,5 @@
 pub mod agents;
+pub mod batches;
 pub mod calls;
 pub mod conversations;
 pub mod service;

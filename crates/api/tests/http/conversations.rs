@@ -201,22 +201,68 @@ async fn cancel_before_dialling_and_conflict_after() {
     let agent = app.agent(&t, "+918035739222").await;
     let mut req = call(agent, &phone(1));
     req["scheduled_for"] = json!((chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339());
-    let loc = app.post(&t, "/v1/call", &req).await.headers()["location"].to_str().unwrap().to_string();
+    let loc = app.post(&t, "/v1/call", &req).await.headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let r = app.post(&t, &format!("{loc}/cancel"), &json!({})).await;
     assert_eq!(r.status(), 200);
     assert_eq!(body(r).await["data"]["status"], "canceled");
-    expect_error(app.post(&t, &format!("{loc}/cancel"), &json!({})).await, 409, "conflict", "call already started").await;
+    expect_error(
+        app.post(&t, &format!("{loc}/cancel"), &json!({})).await,
+        409,
+        "conflict",
+        "call already started",
+    )
+    .await;
 
     // Once dialling has begun (the dispatcher made `initiated` durable), it is too late.
-    let loc2 = app.post(&t, "/v1/call", &call(agent, &phone(2))).await.headers()["location"].to_str().unwrap().to_string();
+    let loc2 = app
+        .post(&t, "/v1/call", &call(agent, &phone(2)))
+        .await
+        .headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let now = domain::Millis::now();
-    let claimed = app.store.claim_due("n1", now, domain::Millis(now.0 + 30_000), 10).await.unwrap();
+    let claimed = app
+        .store
+        .claim_due("n1", now, domain::Millis(now.0 + 30_000), 10)
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 1);
-    let started = app.store.begin_dial(claimed[0].id, "n1", now, domain::Millis(now.0 + 30_000), None, &Default::default()).await.unwrap();
+    let started = app
+        .store
+        .begin_dial(
+            claimed[0].id,
+            "n1",
+            now,
+            domain::Millis(now.0 + 30_000),
+            None,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
     assert_eq!(started, domain::dispatch::BeginDial::Started);
-    expect_error(app.post(&t, &format!("{loc2}/cancel"), &json!({})).await, 409, "conflict", "call already started").await;
-    assert_eq!(body(app.get(&t, &loc2).await).await["data"]["status"], "initiated");
+    expect_error(
+        app.post(&t, &format!("{loc2}/cancel"), &json!({})).await,
+        409,
+        "conflict",
+        "call already started",
+    )
+    .await;
+    assert_eq!(
+        body(app.get(&t, &loc2).await).await["data"]["status"],
+        "initiated"
+    );
 
     let other = app.tenant("globex").await;
-    expect_error(app.post(&other, &format!("{loc2}/cancel"), &json!({})).await, 404, "not_found", "conversation not found").await;
+    expect_error(
+        app.post(&other, &format!("{loc2}/cancel"), &json!({}))
+            .await,
+        404,
+        "not_found",
+        "conversation not found",
+    )
+    .await;
 }

@@ -4,6 +4,7 @@
 mod harness;
 
 mod agents;
+mod batches;
 mod calls;
 mod conversations;
 mod errors;

@@ -1,0 +1,671 @@
+//! One answered call's conversation: listen (earshot VAD + turn taking), decide (the brain),
+//! speak (text-to-speech), until the brain ends the call, the callee hangs up or time runs out.
+//!
+//! The inbound stream is the clock: the telephony adapter delivers one 20 ms frame per tick,
+//! gaps filled with silence, and plays one outbound frame per tick. So the driver queues agent
+//! audio only a few frames ahead of playout (`Timing::lead_frames`) and always knows, to within
+//! that lead, what the callee has heard: a barge-in stops the agent by flushing at most those
+//! frames, and the transcript records only what was played.
+
+use crate::brain::{Brain, Reply};
+use crate::stt::SpeechToText;
+use crate::tts::TextToSpeech;
+use crate::turn::{TurnConfig, TurnEvent, TurnTaker, FRAME_MS};
+use crate::vad::Vad;
+use domain::call::TranscriptItem;
+use domain::telephony::{AudioFrame, CallControl, MediaStream, FRAME_SAMPLES};
+use serde_json::{Map, Value};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+/// The opening line, synthesised while the phone rang.
+#[derive(Debug, Clone)]
+pub struct Opening {
+    pub text: String,
+    pub audio: Vec<i16>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub turn: TurnConfig,
+    /// earshot score at or above which a 16 ms window is speech.
+    pub vad_threshold: f32,
+    /// Frames queued ahead of playout: enough to ride out scheduling hiccups, few enough that a
+    /// barge-in has little to flush and the transcript knows what was heard.
+    pub lead_frames: usize,
+    pub max_duration: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            turn: TurnConfig::default(),
+            vad_threshold: 0.5,
+            lead_frames: 3,
+            max_duration: Duration::from_secs(u64::from(
+                domain::agent::DEFAULT_MAX_DURATION_SECONDS,
+            )),
+        }
+    }
+}
+
+/// Everything one conversation needs; built by dispatch when the call is answered.
+pub struct Session {
+    /// For the tracing span; the call's trace id.
+    pub trace_id: String,
+    pub brain: Box<dyn Brain>,
+    pub tts: Arc<dyn TextToSpeech>,
+    pub stt: Arc<dyn SpeechToText>,
+    /// The TTS voice (the agent's, or the retry context's language).
+    pub voice: Option<String>,
+    pub opening: Option<Opening>,
+    /// When the answer arrived (monotonic), for answer-to-first-word.
+    pub answered_at: Instant,
+    /// The same moment on the wall clock (ms since the epoch), for transcript timestamps.
+    pub answered_at_ms: i64,
+    pub timing: Timing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndedBy {
+    AgentEnded,
+    CalleeHungUp,
+    MaxDuration,
+}
+
+/// Where the time went in one turn, caller's last speech to the reply's first queued frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TurnTiming {
+    /// Caller stopped speaking -> first frame of the reply queued. Includes the end-of-turn
+    /// silence wait.
+    pub voice_to_voice_ms: u64,
+    /// Time after the turn ended spent waiting for speech-to-text (speculative transcription
+    /// started at the first pause usually hides it).
+    pub stt_wait_ms: u64,
+    pub stt_ms: u64,
+    pub brain_ms: u64,
+    /// Synthesis of the reply's first line.
+    pub tts_ms: u64,
+    /// Our own pipeline's share after the turn ended: everything but waiting on the STT and
+    /// TTS models, in microseconds.
+    pub added_us: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConversationOutcome {
+    pub transcript: Vec<TranscriptItem>,
+    pub results: Map<String, Value>,
+    pub ended_by: EndedBy,
+    pub turns: Vec<TurnTiming>,
+    pub answer_to_first_word_ms: Option<u64>,
+}
+
+impl ConversationOutcome {
+    pub fn turn_latencies_ms(&self) -> Vec<u64> {
+        self.turns.iter().map(|t| t.voice_to_voice_ms).collect()
+    }
+}
+
+/// Marks the agent's line that a line cut off by barge-in ends with: the transcript keeps the
+/// words estimated to have been played (proportional to the audio played) and this marker.
+pub const CUT_MARKER: &str = "…";
+
+/// Runs the conversation of an answered call. Returns when the brain ended the call (after its
+/// goodbye was played and `Hangup` sent), when the inbound stream closes (the callee hung up),
+/// or at `timing.max_duration` (after sending `Hangup`).
+pub async fn converse(
+    session: Session,
+    media: MediaStream,
+    control: mpsc::Sender<CallControl>,
+) -> ConversationOutcome {
+    let span = tracing::info_span!("conversation", trace_id = %session.trace_id);
+    run(session, media, control).instrument(span).await
+}
+
+/// A turn whose reply is on its way.
+#[derive(Debug, Clone, Copy)]
+struct TurnMark {
+    speech_end_at: Instant,
+    ended_at: Instant,
+    stt_wait: Duration,
+    stt: Duration,
+    brain: Duration,
+}
+
+struct Line {
+    text: String,
+    audio: Vec<i16>,
+    sent: usize,
+    started_ms: i64,
+    mark: Option<TurnMark>,
+    tts: Duration,
+    /// The goodbye: barge-in does not cut it.
+    last_words: bool,
+}
+
+enum Internal {
+    Heard {
+        utterance: u64,
+        text: String,
+        took: Duration,
+    },
+    Spoken {
+        reply: u64,
+        text: String,
+        audio: Option<Vec<i16>>,
+        took: Duration,
+        mark: Option<TurnMark>,
+        last_words: bool,
+    },
+}
+
+struct Heard {
+    utterance: u64,
+    text: String,
+    took: Duration,
+    at: Instant,
+}
+
+struct Driver {
+    s: Session,
+    control: mpsc::Sender<CallControl>,
+    outbound: mpsc::Sender<AudioFrame>,
+    tx: mpsc::Sender<Internal>,
+    vad: Vad,
+    turns: TurnTaker,
+    frame_no: u64,
+    preroll: VecDeque<AudioFrame>,
+    utterance_audio: Vec<i16>,
+    utterance_started_ms: i64,
+    /// Bumped whenever the utterance so far changes meaning (new utterance, resumed speech), so
+    /// a transcription of an older version is recognised as stale.
+    utterance: u64,
+    stt_inflight: Option<u64>,
+    heard: Option<Heard>,
+    /// The turn ended; waiting for its transcription.
+    awaiting: Option<(Instant, Instant)>,
+    last_speech_at: Instant,
+    /// Bumped by barge-in so replies still being synthesised are dropped.
+    reply: u64,
+    synth_pending: usize,
+    queue: VecDeque<Line>,
+    current: Option<Line>,
+    ahead: usize,
+    ending: bool,
+    tail_ticks: usize,
+    transcript: Vec<TranscriptItem>,
+    timings: Vec<TurnTiming>,
+    first_word: Option<u64>,
+}
+
+const PREROLL_FRAMES: usize = 10;
+/// Ticks after the goodbye's last frame is played before hanging up, so the adapter sends it.
+const TAIL_TICKS: usize = 3;
+
+async fn run(
+    session: Session,
+    media: MediaStream,
+    control: mpsc::Sender<CallControl>,
+) -> ConversationOutcome {
+    let MediaStream {
+        mut inbound,
+        outbound,
+    } = media;
+    let (tx, mut rx) = mpsc::channel(64);
+    let deadline = session.answered_at + session.timing.max_duration;
+    let mut d = Driver {
+        vad: Vad::new(session.timing.vad_threshold),
+        turns: TurnTaker::new(session.timing.turn),
+        last_speech_at: session.answered_at,
+        s: session,
+        control,
+        outbound,
+        tx,
+        frame_no: 0,
+        preroll: VecDeque::with_capacity(PREROLL_FRAMES),
+        utterance_audio: Vec::new(),
+        utterance_started_ms: 0,
+        utterance: 0,
+        stt_inflight: None,
+        heard: None,
+        awaiting: None,
+        reply: 0,
+        synth_pending: 0,
+        queue: VecDeque::new(),
+        current: None,
+        ahead: 0,
+        ending: false,
+        tail_ticks: 0,
+        transcript: Vec::new(),
+        timings: Vec::new(),
+        first_word: None,
+    };
+    if let Some(opening) = d.s.opening.take() {
+        d.queue.push_back(Line {
+            text: opening.text,
+            audio: trim_leading_silence(opening.audio),
+            sent: 0,
+            started_ms: 0,
+            mark: None,
+            tts: Duration::ZERO,
+            last_words: false,
+        });
+    }
+    let start = d.s.brain.start();
+    d.speak(start, None);
+    d.fill();
+    let ended_by = loop {
+        if d.finished() {
+            let _ = d.control.send(CallControl::Hangup).await;
+            break EndedBy::AgentEnded;
+        }
+        tokio::select! {
+            biased;
+            frame = inbound.recv() => match frame {
+                Some(frame) => d.tick(frame).await,
+                None => break EndedBy::CalleeHungUp,
+            },
+            Some(msg) = rx.recv() => d.internal(msg).await,
+            () = tokio::time::sleep_until(deadline) => {
+                let _ = d.control.send(CallControl::Hangup).await;
+                break EndedBy::MaxDuration;
+            }
+        }
+    };
+    d.stop_talking();
+    tracing::info!(?ended_by, turns = d.timings.len(), "conversation over");
+    ConversationOutcome {
+        transcript: d.transcript,
+        results: d.s.brain.results().clone(),
+        ended_by,
+        turns: d.timings,
+        answer_to_first_word_ms: d.first_word,
+    }
+}
+
+impl Driver {
+    fn now_ms(&self) -> i64 {
+        self.s.answered_at_ms
+            + Instant::now()
+                .duration_since(self.s.answered_at)
+                .as_millis() as i64
+    }
+
+    fn agent_talking(&self) -> bool {
+        self.current.is_some() || self.ahead > 0
+    }
+
+    fn finished(&self) -> bool {
+        self.ending
+            && self.synth_pending == 0
+            && self.queue.is_empty()
+            && self.current.is_none()
+            && self.ahead == 0
+            && self.tail_ticks >= TAIL_TICKS
+    }
+
+    /// One inbound frame: the clock of the conversation.
+    async fn tick(&mut self, frame: AudioFrame) {
+        self.frame_no += 1;
+        self.ahead = self.ahead.saturating_sub(1);
+        if self.ending && !self.agent_talking() && self.synth_pending == 0 && self.queue.is_empty()
+        {
+            self.tail_ticks += 1;
+        }
+        self.fill();
+        let speech = self.vad.is_speech(&frame);
+        if speech {
+            self.last_speech_at = Instant::now();
+        }
+        let was_in = self.turns.in_utterance();
+        let event = self
+            .turns
+            .frame(speech, self.frame_no * FRAME_MS, self.agent_talking());
+        if !was_in && self.turns.in_utterance() {
+            // Start with what came just before: the VAD needs a few frames to be sure.
+            self.utterance += 1;
+            self.utterance_started_ms =
+                self.now_ms() - (self.preroll.len() as i64 * FRAME_MS as i64);
+            self.utterance_audio.clear();
+            for f in &self.preroll {
+                self.utterance_audio.extend_from_slice(f);
+            }
+        }
+        if was_in || self.turns.in_utterance() {
+            self.utterance_audio.extend_from_slice(&frame);
+        }
+        if self.preroll.len() == PREROLL_FRAMES {
+            self.preroll.pop_front();
+        }
+        self.preroll.push_back(frame);
+        let Some(event) = event else {
+            return;
+        };
+        if self.ending {
+            // The call is ending: nothing the caller says now changes that.
+            return;
+        }
+        match event {
+            TurnEvent::BargeIn => {
+                self.utterance += 1;
+                if self.current.as_ref().is_some_and(|l| l.last_words) {
+                    return;
+                }
+                tracing::info!("barge-in: the caller talks over the agent");
+                let _ = self.control.try_send(CallControl::FlushAudio);
+                self.stop_talking();
+            }
+            TurnEvent::Pause => self.transcribe(),
+            TurnEvent::Resumed => self.utterance += 1,
+            TurnEvent::TurnEnded { .. } => {
+                let ended_at = Instant::now();
+                self.awaiting = Some((self.last_speech_at, ended_at));
+                if self.stt_inflight != Some(self.utterance)
+                    && self
+                        .heard
+                        .as_ref()
+                        .is_none_or(|h| h.utterance != self.utterance)
+                {
+                    self.transcribe();
+                }
+                self.respond_if_ready().await;
+            }
+            TurnEvent::Dropped => {
+                self.utterance += 1;
+                self.utterance_audio.clear();
+            }
+        }
+    }
+
+    /// Starts transcribing the utterance so far.
+    fn transcribe(&mut self) {
+        let audio = self.utterance_audio.clone();
+        let phrases = self.s.brain.expected_phrases();
+        let stt = self.s.stt.clone();
+        let tx = self.tx.clone();
+        let utterance = self.utterance;
+        self.stt_inflight = Some(utterance);
+        tokio::spawn(
+            async move {
+                let started = Instant::now();
+                let text = match stt.transcribe(&audio, &phrases).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::error!(error = %e, "speech-to-text failed; the turn counts as not understood");
+                        String::new()
+                    }
+                };
+                let _ = tx
+                    .send(Internal::Heard {
+                        utterance,
+                        text,
+                        took: started.elapsed(),
+                    })
+                    .await;
+            }
+            .in_current_span(),
+        );
+    }
+
+    async fn internal(&mut self, msg: Internal) {
+        match msg {
+            Internal::Heard {
+                utterance,
+                text,
+                took,
+            } => {
+                if self.stt_inflight == Some(utterance) {
+                    self.stt_inflight = None;
+                }
+                if utterance == self.utterance {
+                    self.heard = Some(Heard {
+                        utterance,
+                        text,
+                        took,
+                        at: Instant::now(),
+                    });
+                    self.respond_if_ready().await;
+                }
+            }
+            Internal::Spoken {
+                reply,
+                text,
+                audio,
+                took,
+                mark,
+                last_words,
+            } => {
+                if reply != self.reply {
+                    return;
+                }
+                self.synth_pending = self.synth_pending.saturating_sub(1);
+                let Some(audio) = audio else {
+                    return;
+                };
+                self.queue.push_back(Line {
+                    text,
+                    audio,
+                    sent: 0,
+                    started_ms: 0,
+                    mark,
+                    tts: took,
+                    last_words,
+                });
+                // At once, not at the next tick: up to 20 ms of latency saved.
+                self.fill();
+            }
+        }
+    }
+
+    /// The turn ended and its transcription is in: ask the brain, speak its reply.
+    async fn respond_if_ready(&mut self) {
+        let Some((speech_end_at, ended_at)) = self.awaiting else {
+            return;
+        };
+        if self
+            .heard
+            .as_ref()
+            .is_none_or(|h| h.utterance != self.utterance)
+        {
+            return;
+        }
+        let Some(heard) = self.heard.take() else {
+            return;
+        };
+        self.awaiting = None;
+        self.utterance_audio.clear();
+        let text = heard.text.trim().to_string();
+        tracing::info!(heard = %text, stt_ms = heard.took.as_millis() as u64, "caller's turn");
+        if !text.is_empty() {
+            self.transcript.push(TranscriptItem {
+                role: "user".into(),
+                message: text.clone(),
+                at_ms: Some(self.utterance_started_ms),
+            });
+        }
+        let brain_started = Instant::now();
+        let reply = match self.s.brain.hear(&text).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "the brain failed; the agent stays silent this turn");
+                Reply::default()
+            }
+        };
+        let mark = TurnMark {
+            speech_end_at,
+            ended_at,
+            stt_wait: heard.at.saturating_duration_since(ended_at),
+            stt: heard.took,
+            brain: brain_started.elapsed(),
+        };
+        self.speak(reply, Some(mark));
+    }
+
+    /// Synthesises the reply's lines in order on a task; each is queued as it is ready.
+    fn speak(&mut self, reply: Reply, mark: Option<TurnMark>) {
+        if reply.end {
+            self.ending = true;
+        }
+        if reply.say.is_empty() {
+            return;
+        }
+        self.synth_pending += reply.say.len();
+        let tts = self.s.tts.clone();
+        let voice = self.s.voice.clone();
+        let tx = self.tx.clone();
+        let id = self.reply;
+        let end = reply.end;
+        tokio::spawn(
+            async move {
+                let mut mark = mark;
+                for text in reply.say {
+                    let started = Instant::now();
+                    let audio = match tts.synthesize(&text, voice.as_deref()).await {
+                        Ok(a) => Some(trim_leading_silence(a)),
+                        Err(e) => {
+                            tracing::error!(error = %e, line = %text, "a line could not be synthesised");
+                            None
+                        }
+                    };
+                    let msg = Internal::Spoken {
+                        reply: id,
+                        text,
+                        audio,
+                        took: started.elapsed(),
+                        mark: mark.take(),
+                        last_words: end,
+                    };
+                    if tx.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// Queues agent audio up to `lead_frames` ahead of playout.
+    fn fill(&mut self) {
+        while self.ahead < self.s.timing.lead_frames {
+            if self.current.is_none() {
+                let Some(mut line) = self.queue.pop_front() else {
+                    return;
+                };
+                line.started_ms = self.now_ms();
+                self.current = Some(line);
+            }
+            let Some(line) = self.current.as_mut() else {
+                return;
+            };
+            let end = (line.sent + FRAME_SAMPLES).min(line.audio.len());
+            let mut frame = line.audio[line.sent..end].to_vec();
+            frame.resize(FRAME_SAMPLES, 0);
+            match self.outbound.try_send(frame) {
+                Ok(()) => {}
+                // The adapter's queue is full or gone: try again next tick / the call is ending.
+                Err(_) => return,
+            }
+            let now = Instant::now();
+            if line.sent == 0 {
+                if self.first_word.is_none() {
+                    self.first_word =
+                        Some(now.duration_since(self.s.answered_at).as_millis() as u64);
+                }
+                if let Some(m) = line.mark.take() {
+                    let after_end = now.duration_since(m.ended_at);
+                    let models = m.stt_wait + line.tts;
+                    self.timings.push(TurnTiming {
+                        voice_to_voice_ms: now.duration_since(m.speech_end_at).as_millis() as u64,
+                        stt_wait_ms: m.stt_wait.as_millis() as u64,
+                        stt_ms: m.stt.as_millis() as u64,
+                        brain_ms: m.brain.as_millis() as u64,
+                        tts_ms: line.tts.as_millis() as u64,
+                        added_us: after_end.saturating_sub(models).as_micros() as u64,
+                    });
+                }
+            }
+            line.sent = end;
+            self.ahead += 1;
+            if line.sent >= line.audio.len() {
+                if let Some(line) = self.current.take() {
+                    self.transcript.push(TranscriptItem {
+                        role: "agent".into(),
+                        message: line.text,
+                        at_ms: Some(line.started_ms),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Stops the agent: the line being played is recorded as far as it was heard, everything
+    /// queued or still being synthesised is dropped.
+    fn stop_talking(&mut self) {
+        if let Some(line) = self.current.take() {
+            let played = line
+                .sent
+                .saturating_sub(self.ahead * FRAME_SAMPLES)
+                .min(line.audio.len());
+            if played > 0 {
+                self.transcript.push(TranscriptItem {
+                    role: "agent".into(),
+                    message: cut_text(&line.text, played as f64 / line.audio.len().max(1) as f64),
+                    at_ms: Some(line.started_ms),
+                });
+            }
+        }
+        self.ahead = 0;
+        self.queue.clear();
+        self.reply += 1;
+        self.synth_pending = 0;
+    }
+}
+
+/// The words of `text` estimated to fit in the `fraction` of its audio that was played, with
+/// the cut marker.
+pub fn cut_text(text: &str, fraction: f64) -> String {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let n = ((words.len() as f64) * fraction.clamp(0.0, 1.0)).round() as usize;
+    let mut s = words[..n.min(words.len())].join(" ");
+    s.push_str(CUT_MARKER);
+    s
+}
+
+/// Synthesisers start with up to a few hundred ms of silence; dropping it (keeping one frame)
+/// brings the first word forward by as much.
+pub fn trim_leading_silence(mut audio: Vec<i16>) -> Vec<i16> {
+    const LOUD: u16 = 300;
+    let first = audio
+        .iter()
+        .position(|s| s.unsigned_abs() >= LOUD)
+        .unwrap_or(audio.len());
+    let keep_from = first.saturating_sub(FRAME_SAMPLES);
+    audio.drain(..keep_from);
+    audio
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cut_line_keeps_the_words_played() {
+        assert_eq!(cut_text("Can you pay it by Friday?", 0.5), "Can you pay…");
+        assert_eq!(cut_text("Hello there", 0.0), "…");
+        assert_eq!(cut_text("Hello there", 1.0), "Hello there…");
+    }
+
+    #[test]
+    fn leading_silence_is_trimmed_to_one_frame() {
+        let mut a = vec![0i16; 5000];
+        a.extend([1000i16; 100]);
+        let t = trim_leading_silence(a);
+        assert_eq!(t.len(), FRAME_SAMPLES + 100);
+        // All silence: nothing to find, nothing dropped.
+        assert_eq!(trim_leading_silence(vec![0; 10]).len(), 10);
+    }
+}

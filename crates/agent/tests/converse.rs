@@ -1,0 +1,300 @@
+//! `converse` driven through in-memory media channels on tokio's paused clock: fake STT and TTS
+//! (instant, scripted), real earshot VAD on espeak-ng speech as the caller.
+
+use agent::{
+    converse, ConversationOutcome, EndedBy, EspeakNg, FlowBrain, Opening, Session, SpeechToText,
+    SttError, TextToSpeech, Timing, TtsError,
+};
+use async_trait::async_trait;
+use domain::agent::AgentConfig;
+use domain::call::Parameter;
+use domain::telephony::{CallControl, MediaStream, FRAME_SAMPLES};
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// 150 ms of a 300 Hz tone per word: long lines take long to play, like real speech.
+struct ToneTts;
+
+#[async_trait]
+impl TextToSpeech for ToneTts {
+    async fn synthesize(&self, text: &str, _voice: Option<&str>) -> Result<Vec<i16>, TtsError> {
+        let n = text.split_whitespace().count() * 2400;
+        Ok((0..n)
+            .map(|i| ((i as f64 * 300.0 * std::f64::consts::TAU / 16_000.0).sin() * 8000.0) as i16)
+            .collect())
+    }
+}
+
+/// Hears what the script says, and records the phrases it was offered.
+struct ScriptedStt {
+    text: String,
+    phrases: Mutex<Vec<Vec<String>>>,
+}
+
+#[async_trait]
+impl SpeechToText for ScriptedStt {
+    async fn transcribe(&self, _audio: &[i16], phrases: &[String]) -> Result<String, SttError> {
+        if let Ok(mut p) = self.phrases.lock() {
+            p.push(phrases.to_vec());
+        }
+        Ok(self.text.clone())
+    }
+}
+
+fn agent() -> AgentConfig {
+    let v = json!({
+      "name": "collections",
+      "stages": [
+        { "id": "stage_ask", "say": "Can you pay it by Friday?",
+          "routes": [
+            { "when_any": ["yes", "sure", "okay"], "set": { "intent": "payment_promise" },
+              "say": "Thank you, we will note that. Goodbye.", "end": true }
+          ],
+          "otherwise": { "say": "Sorry, could you say that again?", "repeat": 1, "then_end": true } }
+      ]
+    });
+    AgentConfig::from_json(v.as_object().unwrap()).unwrap()
+}
+
+async fn caller_voice() -> Vec<i16> {
+    EspeakNg::default()
+        .synthesize("yes, I can pay by Friday", Some("en-us"))
+        .await
+        .expect("espeak-ng must be installed")
+}
+
+struct Run {
+    outcome: ConversationOutcome,
+    controls: Vec<(Duration, CallControl)>,
+    /// When each non-silent agent frame was played, from the answer.
+    agent_audio: Vec<Duration>,
+}
+
+/// Plays `caller` (16 kHz) starting `caller_at` after the answer, silence around it, for at
+/// most `call_for`; the callee hangs up then (if the agent has not).
+async fn run(
+    opening: &str,
+    caller: Vec<i16>,
+    caller_at: Duration,
+    call_for: Duration,
+    heard: &str,
+) -> Run {
+    tokio::time::pause();
+    let (in_tx, inbound) = mpsc::channel(50);
+    let (outbound, mut out_rx) = mpsc::channel::<Vec<i16>>(500);
+    let (control, mut ctl_rx) = mpsc::channel(8);
+    let answered = Instant::now();
+    let opening_audio = ToneTts.synthesize(opening, None).await.unwrap();
+    let cfg = agent();
+    let session = Session {
+        trace_id: "test".into(),
+        brain: Box::new(FlowBrain::new(&cfg, &Vec::<Parameter>::new(), None)),
+        tts: Arc::new(ToneTts),
+        stt: Arc::new(ScriptedStt {
+            text: heard.into(),
+            phrases: Mutex::new(Vec::new()),
+        }),
+        voice: None,
+        opening: Some(Opening {
+            text: opening.into(),
+            audio: opening_audio,
+        }),
+        answered_at: answered,
+        answered_at_ms: 1_000_000,
+        timing: Timing::default(),
+    };
+    // The telephony adapter: one frame in and one frame out per 20 ms tick; FlushAudio drops
+    // what is queued; Hangup ends the call.
+    let adapter = tokio::spawn(async move {
+        let mut controls = Vec::new();
+        let mut agent_audio = Vec::new();
+        let start_frame = (caller_at.as_millis() / 20) as usize;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for n in 0..(call_for.as_millis() / 20) as usize {
+            tick.tick().await;
+            while let Ok(c) = ctl_rx.try_recv() {
+                if c == CallControl::FlushAudio {
+                    while out_rx.try_recv().is_ok() {}
+                }
+                let hangup = c == CallControl::Hangup;
+                controls.push((answered.elapsed(), c));
+                if hangup {
+                    return (controls, agent_audio);
+                }
+            }
+            if let Ok(f) = out_rx.try_recv() {
+                if f.iter().any(|s| s.unsigned_abs() > 300) {
+                    agent_audio.push(answered.elapsed());
+                }
+            }
+            let from = n.saturating_sub(start_frame) * FRAME_SAMPLES;
+            let mut frame: Vec<i16> = if n >= start_frame && from < caller.len() {
+                caller[from..(from + FRAME_SAMPLES).min(caller.len())].to_vec()
+            } else {
+                Vec::new()
+            };
+            frame.resize(FRAME_SAMPLES, 0);
+            if in_tx.send(frame).await.is_err() {
+                break;
+            }
+        }
+        (controls, agent_audio)
+    });
+    let outcome = converse(session, MediaStream { inbound, outbound }, control).await;
+    let (controls, agent_audio) = adapter.await.unwrap();
+    Run {
+        outcome,
+        controls,
+        agent_audio,
+    }
+}
+
+fn lines(o: &ConversationOutcome) -> Vec<(String, String)> {
+    o.transcript
+        .iter()
+        .map(|t| (t.role.clone(), t.message.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_yes_after_the_question_completes_the_call() {
+    let voice = caller_voice().await;
+    // Opening 0.3 s + question 0.9 s; the caller answers at 1.6 s.
+    let r = run(
+        "Hello Rahul.",
+        voice,
+        Duration::from_millis(1600),
+        Duration::from_secs(10),
+        "yes i can pay by friday",
+    )
+    .await;
+    assert_eq!(r.outcome.ended_by, EndedBy::AgentEnded);
+    assert_eq!(
+        lines(&r.outcome),
+        vec![
+            ("agent".into(), "Hello Rahul.".into()),
+            ("agent".into(), "Can you pay it by Friday?".into()),
+            ("user".into(), "yes i can pay by friday".into()),
+            (
+                "agent".into(),
+                "Thank you, we will note that. Goodbye.".into()
+            ),
+        ]
+    );
+    assert_eq!(r.outcome.results["intent"], "payment_promise");
+    assert_eq!(r.controls.last().map(|c| &c.1), Some(&CallControl::Hangup));
+    assert!(!r.controls.iter().any(|c| c.1 == CallControl::FlushAudio));
+    // The goodbye (7 words, 1.05 s) was played whole before the hang-up.
+    let hangup_at = r.controls.last().unwrap().0;
+    let goodbye_frames = r
+        .agent_audio
+        .iter()
+        .filter(|t| **t > Duration::from_millis(2000))
+        .count();
+    assert!(
+        goodbye_frames >= 52,
+        "{goodbye_frames} frames of goodbye before hang-up at {hangup_at:?}"
+    );
+    assert_eq!(r.outcome.answer_to_first_word_ms, Some(0));
+    let t = r.outcome.turns[0];
+    // Paused clock: model time is zero, so voice-to-voice is the end-of-turn silence plus our
+    // pipeline, and what we add is under a frame.
+    assert!((500..=560).contains(&t.voice_to_voice_ms), "{t:?}");
+    assert!(t.added_us < 20_000, "{t:?}");
+    // Timestamps follow the answer's wall clock.
+    assert_eq!(r.outcome.transcript[0].at_ms, Some(1_000_000));
+}
+
+#[tokio::test]
+async fn talking_over_the_agent_for_half_a_second_stops_it_at_once() {
+    let voice = caller_voice().await;
+    let long = "This is a long opening line that goes on and on about the invoice and the many ways you could pay it";
+    let r = run(
+        long,
+        voice,
+        Duration::from_millis(500),
+        Duration::from_secs(12),
+        "yes i can pay by friday",
+    )
+    .await;
+    let flush = r
+        .controls
+        .iter()
+        .find(|c| c.1 == CallControl::FlushAudio)
+        .expect("barge-in flushes")
+        .0;
+    // 0.5 s of detected speech after the caller starts at 0.5 s (plus the VAD's onset).
+    assert!(
+        (Duration::from_millis(1000)..Duration::from_millis(1300)).contains(&flush),
+        "{flush:?}"
+    );
+    // Nothing of the agent is heard after the flush until its reply to the caller's turn.
+    let next = r.agent_audio.iter().find(|t| **t > flush).copied();
+    assert!(
+        next.is_none_or(|n| n > flush + Duration::from_millis(400)),
+        "{next:?} after {flush:?}"
+    );
+    let l = lines(&r.outcome);
+    assert!(
+        l[0].1.ends_with('…') && l[0].1.starts_with("This is a"),
+        "{l:?}"
+    );
+    assert!(l[0].1.len() < long.len() / 2, "{l:?}");
+    // The barge-in was the caller's turn: the flow took it and ended the call.
+    assert_eq!(l[1], ("user".into(), "yes i can pay by friday".into()));
+    assert_eq!(r.outcome.results["intent"], "payment_promise");
+    assert_eq!(r.outcome.ended_by, EndedBy::AgentEnded);
+}
+
+#[tokio::test]
+async fn a_short_mhm_does_not_cut_the_agent_off() {
+    let voice = caller_voice().await;
+    // The first 0.3 s of the caller's speech (after espeak's own leading silence).
+    let onset = voice.iter().position(|s| s.unsigned_abs() > 300).unwrap();
+    let mhm = voice[onset..onset + 4800].to_vec();
+    let opening = "This is a long opening line that goes on about the invoice";
+    let r = run(
+        opening,
+        mhm,
+        Duration::from_millis(500),
+        Duration::from_secs(4),
+        "mhm",
+    )
+    .await;
+    assert!(
+        !r.controls.iter().any(|c| c.1 == CallControl::FlushAudio),
+        "{:?}",
+        r.controls
+    );
+    let l = lines(&r.outcome);
+    assert_eq!(l[0], ("agent".into(), opening.into()));
+    assert!(!l.iter().any(|(role, _)| role == "user"), "{l:?}");
+    // Nobody answered the question: the callee hung up at 4 s.
+    assert_eq!(r.outcome.ended_by, EndedBy::CalleeHungUp);
+}
+
+#[tokio::test]
+async fn the_callee_hanging_up_mid_line_ends_at_once_with_what_was_played() {
+    let opening = "This is a long opening line that goes on and on about the invoice and the many ways you could pay it";
+    let started = Instant::now();
+    let r = run(
+        opening,
+        Vec::new(),
+        Duration::ZERO,
+        Duration::from_millis(1000),
+        "",
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_millis(1100));
+    assert_eq!(r.outcome.ended_by, EndedBy::CalleeHungUp);
+    let l = lines(&r.outcome);
+    assert_eq!(l.len(), 1, "{l:?}");
+    assert!(
+        l[0].1.starts_with("This is a long") && l[0].1.ends_with('…'),
+        "{l:?}"
+    );
+    assert!(r.controls.is_empty());
+}

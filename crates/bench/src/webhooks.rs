@@ -1,0 +1,311 @@
+//! Webhook delivery throughput and latency: a burst of events enqueued in one transaction on the
+//! embedded SQLite store, delivered by the real worker to a receiver on loopback; once with one
+//! healthy target, once with a second target that answers 500 to everything.
+
+use anyhow::{Context, Result};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use domain::store::Store;
+use domain::tenant::NewTrunk;
+use domain::webhooks::{NewWebhookTarget, OutboxEvent, WebhookStore};
+use domain::{AgentConfig, AgentId, Millis, TenantId, E164};
+use serde_json::{json, Map};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use store::{SqlStore, StoreOptions};
+use webhooks::event::{CallData, CallParameters, CallRetry, EventData, RetryContext};
+use webhooks::{
+    ClientConfig, Envelope, EventId, EventType, RetrySchedule, UrlPolicy, Worker, WorkerConfig,
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Events in the burst.
+    #[arg(long, default_value_t = 1000)]
+    events: usize,
+    /// Attempts in flight at once (worker concurrency).
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Attempts in flight at once per target.
+    #[arg(long, default_value_t = 64)]
+    per_target: u32,
+    /// Where the databases go (default: a temp dir on the same disk as /tmp).
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
+}
+
+type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
+
+#[derive(Clone)]
+struct Healthy {
+    arrivals: Arrivals,
+}
+
+async fn healthy(State(rx): State<Healthy>, headers: HeaderMap) -> StatusCode {
+    if let Some(id) = headers.get("webhook-id").and_then(|v| v.to_str().ok()) {
+        if let Ok(mut seen) = rx.arrivals.lock() {
+            seen.entry(id.to_owned()).or_insert_with(Instant::now);
+        }
+    }
+    StatusCode::OK
+}
+
+async fn failing() -> StatusCode {
+    StatusCode::INTERNAL_SERVER_ERROR
+}
+
+async fn serve(app: Router) -> Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(format!("http://{addr}/hook"))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn tenant_with_agent(store: &SqlStore) -> Result<(TenantId, AgentId)> {
+    let now = Millis::now();
+    let t = store.create_tenant("bench", now).await?;
+    let trunk = store
+        .create_trunk(
+            t.id,
+            &NewTrunk {
+                name: "pbx".into(),
+                uri: "sip:127.0.0.1:5080".into(),
+                username: None,
+                password: None,
+                max_concurrent_calls: None,
+            },
+            now,
+        )
+        .await?;
+    let number = E164::parse("+918035739222").context("number")?;
+    store
+        .create_phone_number(t.id, &number, trunk.id, now)
+        .await?;
+    let config = json!({"name": "bench", "phone_number": number.as_str()});
+    let config = config.as_object().context("agent config")?;
+    let agent = store
+        .create_agent(
+            t.id,
+            &AgentConfig::from_json(config).context("agent config")?,
+            now,
+        )
+        .await?;
+    Ok((t.id, agent.id))
+}
+
+fn event(tenant: TenantId, agent: AgentId, i: usize) -> Result<OutboxEvent> {
+    let id = EventId::generate();
+    let now = chrono::Utc::now();
+    let conversation = format!("{}_1", uuid_like(i));
+    let mut params = Map::new();
+    params.insert("customer_name".into(), json!("Rahul"));
+    let envelope = Envelope {
+        event_id: id.clone(),
+        event_type: EventType::CallCompleted,
+        timestamp: now,
+        data: EventData {
+            call: CallData {
+                agent_id: agent.0,
+                call_parameters: CallParameters::new(params),
+                conversation_id: conversation.clone(),
+                duration_seconds: Some(142),
+                started_at: Some(now),
+                ended_at: Some(now),
+                failure_reason: None,
+                from_phone: "+918035739222".into(),
+                to_phone: "+917014675791".into(),
+                recording_url: None,
+                status: "completed".into(),
+                trace_id: "a1b2c3d4-e5f6-7890-abcd-ef1234567890".into(),
+                metadata: None,
+                batch_id: None,
+            },
+            results: Map::new(),
+            retry: CallRetry {
+                attempt_number: 1,
+                is_final_attempt: true,
+                max_attempts: 1,
+                next_retry_at: None,
+            },
+            retry_context: RetryContext::default(),
+            transcript: Some("BOT: Hello Rahul\nHUMAN: Yes, I can talk.".into()),
+        },
+    };
+    Ok(OutboxEvent {
+        event_id: id.as_str().to_owned(),
+        event_type: EventType::CallCompleted.as_str().to_owned(),
+        tenant,
+        agent,
+        conversation_id: Some(conversation.clone()),
+        chain_id: conversation,
+        payload: serde_json::to_value(&envelope)?,
+        created_at: Millis::now(),
+    })
+}
+
+fn uuid_like(i: usize) -> String {
+    format!("00000000-0000-4000-8000-{i:012}")
+}
+
+struct Figures {
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+    awaiting_retry: u64,
+}
+
+async fn scenario(args: &Args, dir: &std::path::Path, with_failing: bool) -> Result<Figures> {
+    let url = format!("sqlite://{}/webhooks-{with_failing}.db", dir.display());
+    let store = Arc::new(SqlStore::connect(&url, StoreOptions::default()).await?);
+    let (tenant, agent) = tenant_with_agent(&store).await?;
+    let arrivals = Arrivals::default();
+    let healthy_url = serve(
+        Router::new()
+            .route("/hook", post(healthy))
+            .with_state(Healthy {
+                arrivals: arrivals.clone(),
+            }),
+    )
+    .await?;
+    let mut targets = vec![("healthy", healthy_url)];
+    if with_failing {
+        targets.push((
+            "failing",
+            serve(Router::new().route("/hook", post(failing))).await?,
+        ));
+    }
+    for (name, url) in targets {
+        store
+            .create_webhook_target(
+                tenant,
+                agent,
+                &NewWebhookTarget {
+                    name: name.into(),
+                    url,
+                    secret: webhooks::WebhookSecret::generate().expose().to_owned(),
+                    events: vec![EventType::CallCompleted.as_str().to_owned()],
+                    include_transcript: true,
+                    include_recording_url: false,
+                    active: true,
+                },
+                Millis::now(),
+            )
+            .await?;
+    }
+    let mut config = WorkerConfig::new(
+        RetrySchedule::default(),
+        ClientConfig {
+            policy: UrlPolicy::ALLOW_PRIVATE,
+            ..ClientConfig::default()
+        },
+    );
+    config.concurrency = args.concurrency;
+    config.per_target = args.per_target;
+    let worker = Arc::new(Worker::new(store.clone(), config)?);
+    let wake = worker.waker();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = {
+        let worker = worker.clone();
+        tokio::spawn(async move {
+            worker
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    };
+    let events = (0..args.events)
+        .map(|i| event(tenant, agent, i))
+        .collect::<Result<Vec<_>>>()?;
+    // Let the worker settle into its idle wait, so the burst meets a sleeping worker.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    store.enqueue_events(&events).await?;
+    let committed = Instant::now();
+    wake.notify_one();
+    let deadline = committed + Duration::from_secs(120);
+    loop {
+        let n = arrivals.lock().map(|a| a.len()).unwrap_or(0);
+        if n >= events.len() {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {n} of {} delivered",
+            events.len()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut latencies: Vec<Duration> = arrivals
+        .lock()
+        .map_err(|_| anyhow::anyhow!("receiver lock poisoned"))?
+        .values()
+        .map(|at| at.saturating_duration_since(committed))
+        .collect();
+    latencies.sort();
+    let last = latencies.last().copied().unwrap_or_default();
+    let _ = stop.send(());
+    running.await?;
+    let awaiting = awaiting_retry(&store, tenant).await?;
+    store.close().await;
+    Ok(Figures {
+        per_second: events.len() as f64 / last.as_secs_f64().max(1e-9),
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+        max: last,
+        awaiting_retry: awaiting,
+    })
+}
+
+/// Deliveries waiting for a retry: the failing target's, which were attempted meanwhile.
+async fn awaiting_retry(store: &SqlStore, tenant: TenantId) -> Result<u64> {
+    let listed = store
+        .list_deliveries(
+            tenant,
+            &domain::webhooks::DeliveryFilter {
+                status: Some(domain::webhooks::DeliveryStatus::Pending),
+                ..Default::default()
+            },
+            domain::store::Page {
+                limit: 1,
+                offset: 0,
+            },
+        )
+        .await?;
+    Ok(listed.total)
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&dir)?;
+    for with_failing in [false, true] {
+        let f = scenario(&args, &dir, with_failing).await?;
+        println!(
+            "{}",
+            json!({
+                "scenario": if with_failing { "healthy + failing (500) target" } else { "one healthy target" },
+                "events": args.events,
+                "delivered_per_second": (f.per_second * 10.0).round() / 10.0,
+                "enqueue_to_received_ms": {
+                    "p50": f.p50.as_secs_f64() * 1000.0,
+                    "p99": f.p99.as_secs_f64() * 1000.0,
+                    "max": f.max.as_secs_f64() * 1000.0,
+                },
+                "deliveries_awaiting_retry": f.awaiting_retry,
+            })
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,439 @@
+//! Batch calls: a CSV of recipients becomes a campaign of calls of one agent, with counters kept
+//! per recipient by its latest attempt.
+//!
+//! The CSV is read once, row by row, into [`Recipients`], a compact columnar form (a number as
+//! an integer, the other values in one string arena), so a 1,000,000-row file costs tens of
+//! megabytes, never the file twice.
+
+use crate::{AgentId, CallStatus, Millis, TenantId, TraceId, E164};
+use async_trait::async_trait;
+use std::collections::HashSet;
+use std::fmt;
+use std::io::Read;
+
+/// Limits of `POST /v1/batch-call`; configurable because a small deployment may want less.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Largest accepted `file`, in bytes.
+    pub max_bytes: u64,
+    /// Most data rows (recipients) in one file.
+    pub max_rows: usize,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 50 * 1024 * 1024,
+            max_rows: 1_000_000,
+        }
+    }
+}
+
+/// The limits `POST /v1/call` puts on parameters, applied to every row so a batch call is no
+/// different from a single one.
+const MAX_PARAMETERS: usize = 100;
+const MAX_PARAMETER_NAME: usize = 128;
+const MAX_PARAMETER_VALUE: usize = 4096;
+
+/// Why a file was refused. Rows are data rows counted from 1 (the header is not a row); a quoted
+/// field may span lines, so file line numbers would not name a row reliably.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CsvError {
+    #[error("customer_phone column is required")]
+    NoPhoneColumn,
+    #[error("invalid header")]
+    InvalidHeader,
+    #[error("file has no rows")]
+    NoRows,
+    #[error("file has more than {0} rows")]
+    TooManyRows(usize),
+    #[error("invalid customer_phone on row {0}")]
+    InvalidPhone(usize),
+    #[error("duplicate customer_phone on row {0}")]
+    DuplicatePhone(usize),
+    /// The header itself is not UTF-8: most likely not a text file at all.
+    #[error("file must be UTF-8")]
+    NotUtf8,
+    #[error("invalid UTF-8 on row {0}")]
+    InvalidUtf8(usize),
+    #[error("wrong number of fields on row {0}")]
+    WrongFieldCount(usize),
+    #[error("value too long on row {0}")]
+    ValueTooLong(usize),
+    #[error("file is not valid CSV on row {0}")]
+    Malformed(usize),
+}
+
+/// Every recipient of a file, checked. Numbers are held as their E.164 digits (at most 15, so
+/// they fit a `u64`), which also makes the duplicate check exact and cheap.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recipients {
+    /// The extra columns' names, in file order; each becomes a call parameter.
+    pub columns: Vec<String>,
+    phones: Vec<u64>,
+    arena: String,
+    /// End offset in `arena` of every value, row-major (`columns.len()` per row).
+    ends: Vec<u32>,
+}
+
+impl Recipients {
+    pub fn len(&self) -> usize {
+        self.phones.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.phones.is_empty()
+    }
+
+    /// The `i`th recipient's number in E.164.
+    pub fn phone(&self, i: usize) -> String {
+        format!("+{}", self.phones[i])
+    }
+
+    /// The `i`th recipient's extra values, in column order.
+    pub fn values(&self, i: usize) -> impl Iterator<Item = &str> {
+        let n = self.columns.len();
+        (i * n..(i + 1) * n).map(move |k| {
+            let start = if k == 0 { 0 } else { self.ends[k - 1] as usize };
+            &self.arena[start..self.ends[k] as usize]
+        })
+    }
+
+    /// The `i`th recipient's call parameters as stored for a call: `customer_phone` first, as
+    /// `POST /v1/call` requires it among the parameters, then the extra columns.
+    pub fn parameters_json(&self, i: usize) -> Result<String, serde_json::Error> {
+        let mut params = Vec::with_capacity(self.columns.len() + 1);
+        let phone = self.phone(i);
+        params.push(serde_json::json!({"name": "customer_phone", "value": phone}));
+        for (name, value) in self.columns.iter().zip(self.values(i)) {
+            params.push(serde_json::json!({"name": name, "value": value}));
+        }
+        serde_json::to_string(&params)
+    }
+}
+
+/// Reads and checks a whole CSV file: UTF-8 with or without a BOM, CRLF or LF, RFC 4180 quoting,
+/// a header row with exactly one `customer_phone` column. Stops at the first bad row.
+pub fn parse_recipients<R: Read>(input: R, max_rows: usize) -> Result<Recipients, CsvError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .from_reader(input);
+    let header = reader
+        .byte_headers()
+        .map_err(|e| csv_error(&e, 0))
+        .map_err(|e| match e {
+            CsvError::InvalidUtf8(_) => CsvError::NotUtf8,
+            other => other,
+        })?
+        .clone();
+    if header.is_empty() {
+        return Err(CsvError::NoRows);
+    }
+    let mut phone_col = None;
+    let mut columns = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, raw) in header.iter().enumerate() {
+        let name = std::str::from_utf8(raw).map_err(|_| CsvError::NotUtf8)?;
+        // A BOM the reader left in place would hide the first column's name.
+        let name = name.trim_start_matches('\u{feff}').trim();
+        if name.is_empty() || name.chars().count() > MAX_PARAMETER_NAME || !seen.insert(name) {
+            return Err(CsvError::InvalidHeader);
+        }
+        if name == "customer_phone" {
+            phone_col = Some(i);
+        } else {
+            columns.push(name.to_string());
+        }
+    }
+    let phone_col = phone_col.ok_or(CsvError::NoPhoneColumn)?;
+    if columns.len() + 1 > MAX_PARAMETERS {
+        return Err(CsvError::InvalidHeader);
+    }
+
+    let mut out = Recipients {
+        columns,
+        ..Default::default()
+    };
+    let mut numbers = HashSet::new();
+    let mut record = csv::ByteRecord::new();
+    let mut row = 0usize;
+    loop {
+        let more = reader
+            .read_byte_record(&mut record)
+            .map_err(|e| csv_error(&e, row + 1))?;
+        if !more {
+            break;
+        }
+        row += 1;
+        if row > max_rows {
+            return Err(CsvError::TooManyRows(max_rows));
+        }
+        let raw_phone =
+            std::str::from_utf8(&record[phone_col]).map_err(|_| CsvError::InvalidUtf8(row))?;
+        let phone = E164::parse(raw_phone).map_err(|_| CsvError::InvalidPhone(row))?;
+        let digits: u64 = phone.as_str()[1..]
+            .parse()
+            .map_err(|_| CsvError::InvalidPhone(row))?;
+        if !numbers.insert(digits) {
+            return Err(CsvError::DuplicatePhone(row));
+        }
+        for (i, raw) in record.iter().enumerate() {
+            if i == phone_col {
+                continue;
+            }
+            let value = std::str::from_utf8(raw).map_err(|_| CsvError::InvalidUtf8(row))?;
+            if value.chars().count() > MAX_PARAMETER_VALUE {
+                return Err(CsvError::ValueTooLong(row));
+            }
+            out.arena.push_str(value);
+            let end = u32::try_from(out.arena.len()).map_err(|_| CsvError::TooManyRows(row))?;
+            out.ends.push(end);
+        }
+        out.phones.push(digits);
+    }
+    if out.phones.is_empty() {
+        return Err(CsvError::NoRows);
+    }
+    out.phones.shrink_to_fit();
+    out.ends.shrink_to_fit();
+    out.arena.shrink_to_fit();
+    Ok(out)
+}
+
+fn csv_error(e: &csv::Error, row: usize) -> CsvError {
+    match e.kind() {
+        csv::ErrorKind::UnequalLengths { .. } => CsvError::WrongFieldCount(row),
+        csv::ErrorKind::Utf8 { .. } => CsvError::InvalidUtf8(row),
+        _ => CsvError::Malformed(row),
+    }
+}
+
+/// `pending` until the first dial, `in_progress` while any recipient is unfinished, `completed`
+/// when none is; `paused` and `canceled` are ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchStatus {
+    Pending,
+    InProgress,
+    Completed,
+    Paused,
+    Canceled,
+}
+
+impl BatchStatus {
+    pub const ALL: [BatchStatus; 5] = [
+        Self::Pending,
+        Self::InProgress,
+        Self::Completed,
+        Self::Paused,
+        Self::Canceled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::InProgress => "in_progress",
+            Self::Completed => "completed",
+            Self::Paused => "paused",
+            Self::Canceled => "canceled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+impl fmt::Display for BatchStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A checked upload, ready to be written all or nothing.
+#[derive(Debug, Clone)]
+pub struct NewBatch {
+    pub tenant: TenantId,
+    pub agent: AgentId,
+    pub name: String,
+    pub scheduled_for: Option<Millis>,
+    pub recipients: Recipients,
+    /// The upload request's trace id; every call of the batch carries it, as a retry carries
+    /// the trace id of the request that created its chain.
+    pub trace_id: TraceId,
+    pub now: Millis,
+}
+
+/// Per-recipient counters, by each recipient's latest attempt. They always add up:
+/// `pending + in_progress + pending_retry + processed() == total_recipients`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchCounts {
+    pub pending: i64,
+    pub in_progress: i64,
+    pub pending_retry: i64,
+    pub completed: i64,
+    pub busy: i64,
+    pub no_answer: i64,
+    /// Includes `telephony_failed`.
+    pub failed: i64,
+    pub socket_failure: i64,
+    pub unreachable: i64,
+    pub canceled: i64,
+    /// Sum of completed calls' durations, for the average.
+    pub completed_duration_seconds: i64,
+}
+
+impl BatchCounts {
+    /// Recipients with a final outcome: no further attempt is coming.
+    pub fn processed(&self) -> i64 {
+        self.completed
+            + self.busy
+            + self.no_answer
+            + self.failed
+            + self.socket_failure
+            + self.unreachable
+            + self.canceled
+    }
+
+    pub fn unfinished(&self) -> i64 {
+        self.pending + self.in_progress + self.pending_retry
+    }
+}
+
+/// The counter a settled attempt lands in.
+pub fn outcome_counter(status: CallStatus) -> &'static str {
+    match status {
+        CallStatus::Completed => "completed_count",
+        CallStatus::Busy => "busy_count",
+        CallStatus::NoAnswer => "no_answer_count",
+        CallStatus::Unreachable => "unreachable_count",
+        CallStatus::SocketFailure => "socket_failure_count",
+        CallStatus::Canceled => "canceled_count",
+        // `failed` and `telephony_failed` are one counter in the contract; a non-terminal status
+        // cannot be an attempt's end, so it is counted as the failure it would be.
+        _ => "failed_count",
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub id: i64,
+    pub tenant: TenantId,
+    pub agent: AgentId,
+    pub name: String,
+    pub status: BatchStatus,
+    pub total_recipients: i64,
+    pub counts: BatchCounts,
+    pub scheduled_for: Option<Millis>,
+    pub started_at: Option<Millis>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("agent not found")]
+    AgentNotFound,
+    #[error("agent has no phone number configured")]
+    AgentHasNoNumber,
+    #[error("batch not found")]
+    NotFound,
+    /// The batch is already settled (`completed` or `canceled`) and cannot change.
+    #[error("batch already {0}")]
+    Finished(BatchStatus),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// What a pause, resume or cancel asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchAction {
+    Pause,
+    Resume,
+    Cancel,
+}
+
+#[async_trait]
+pub trait BatchStore: Send + Sync + 'static {
+    /// Checks the agent and writes the batch and one `scheduled` call per recipient in one
+    /// transaction: all of them or none.
+    async fn create_batch(&self, batch: NewBatch) -> Result<Batch, BatchError>;
+    async fn get_batch(&self, tenant: TenantId, id: i64) -> Result<Option<Batch>, BatchError>;
+    async fn list_batches(
+        &self,
+        tenant: TenantId,
+        agent: Option<AgentId>,
+        page: crate::store::Page,
+    ) -> Result<crate::store::Listed<Batch>, BatchError>;
+    /// Pause stops new dials of the batch's calls; resume lets them go again; cancel settles
+    /// every recipient not yet dialled as `canceled`. None of them touches a live call.
+    async fn change_batch(
+        &self,
+        tenant: TenantId,
+        id: i64,
+        action: BatchAction,
+        now: Millis,
+    ) -> Result<Batch, BatchError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &[u8]) -> Result<Recipients, CsvError> {
+        parse_recipients(s, 1_000_000)
+    }
+
+    #[test]
+    fn good_files() {
+        let r = parse(b"\xef\xbb\xbfcustomer_phone,customer_name\r\n+919876543210,\"Rahul, Jr.\"\r\n+14155552671,\"two\nlines\"\r\n").unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r.columns, vec!["customer_name"]);
+        assert_eq!(r.phone(0), "+919876543210");
+        assert_eq!(r.values(0).collect::<Vec<_>>(), vec!["Rahul, Jr."]);
+        assert_eq!(r.values(1).collect::<Vec<_>>(), vec!["two\nlines"]);
+        assert_eq!(
+            r.parameters_json(0).unwrap(),
+            r#"[{"name":"customer_phone","value":"+919876543210"},{"name":"customer_name","value":"Rahul, Jr."}]"#
+        );
+        let one = parse(b"customer_phone\n+919876543210\n+91 98765 43211\n").unwrap();
+        assert_eq!(one.len(), 2);
+        assert_eq!(one.phone(1), "+919876543211");
+        assert_eq!(one.values(1).count(), 0);
+    }
+
+    #[test]
+    fn bad_files_name_the_first_bad_row() {
+        assert_eq!(parse(b""), Err(CsvError::NoRows));
+        assert_eq!(parse(b"customer_phone\n"), Err(CsvError::NoRows));
+        assert_eq!(parse(b"+919876543210\n"), Err(CsvError::NoPhoneColumn));
+        assert_eq!(
+            parse(b"phone,name\n+919876543210,a\n"),
+            Err(CsvError::NoPhoneColumn)
+        );
+        assert_eq!(
+            parse(b"customer_phone,a,a\n+919876543210,1,2\n"),
+            Err(CsvError::InvalidHeader)
+        );
+        assert_eq!(
+            parse(b"customer_phone\n+919876543210\n12345\n+919876543210\n"),
+            Err(CsvError::InvalidPhone(2))
+        );
+        assert_eq!(
+            parse(b"customer_phone\n+919876543210\n+91-98765-43210\n"),
+            Err(CsvError::DuplicatePhone(2))
+        );
+        assert_eq!(
+            parse(b"customer_phone,name\n+919876543210,\xff\n"),
+            Err(CsvError::InvalidUtf8(1))
+        );
+        assert_eq!(
+            parse(b"customer_phone,name\n+919876543210\n"),
+            Err(CsvError::WrongFieldCount(1))
+        );
+        assert_eq!(
+            parse_recipients(&b"customer_phone\n+919876543210\n+919876543211\n"[..], 1),
+            Err(CsvError::TooManyRows(1))
+        );
+    }
+}

@@ -1,0 +1,492 @@
+//! Batch calls on SQL: the bulk insert of a checked upload, the reads, pause/resume/cancel, and
+//! the counter hooks the dispatch queries call in their own transactions.
+//!
+//! Counters are per recipient by its latest attempt, so every state change of a batch call moves
+//! exactly one recipient from one counter to another and the counters always add up to
+//! `total_recipients`; reading them is one primary-key lookup.
+
+use crate::rows::{corrupt, get};
+use crate::{db_err, SqlStore};
+use domain::batch::{
+    outcome_counter, Batch, BatchAction, BatchCounts, BatchError, BatchStatus, BatchStore, NewBatch,
+};
+use domain::store::{Listed, Page, StoreError};
+use domain::{AgentId, CallStatus, Millis, TenantId};
+use sqlx::AnyConnection;
+
+const BATCH_COLUMNS: &str = "id, tenant_id, agent_id, name, status, total_recipients, \
+    pending_count, in_progress_count, pending_retry_count, completed_count, busy_count, \
+    no_answer_count, failed_count, socket_failure_count, unreachable_count, canceled_count, \
+    completed_duration_seconds, scheduled_for, started_at, created_at, updated_at";
+
+/// Rows per multi-row INSERT: 3 values each plus 8 shared, well under SQLite's 32,766 and
+/// PostgreSQL's 65,535 bind parameters, and large enough that statement overhead is noise.
+const INSERT_CHUNK: usize = 1000;
+
+/// Parameters shared by every row of a chunk, bound once per statement.
+const SHARED_PARAMS: usize = 8;
+
+fn batch(row: &sqlx::any::AnyRow) -> Result<Batch, StoreError> {
+    let status: String = get(row, "status")?;
+    Ok(Batch {
+        id: get(row, "id")?,
+        tenant: TenantId(get(row, "tenant_id")?),
+        agent: AgentId(get(row, "agent_id")?),
+        name: get(row, "name")?,
+        status: BatchStatus::parse(&status).ok_or_else(|| corrupt("batches.status"))?,
+        total_recipients: get(row, "total_recipients")?,
+        counts: BatchCounts {
+            pending: get(row, "pending_count")?,
+            in_progress: get(row, "in_progress_count")?,
+            pending_retry: get(row, "pending_retry_count")?,
+            completed: get(row, "completed_count")?,
+            busy: get(row, "busy_count")?,
+            no_answer: get(row, "no_answer_count")?,
+            failed: get(row, "failed_count")?,
+            socket_failure: get(row, "socket_failure_count")?,
+            unreachable: get(row, "unreachable_count")?,
+            canceled: get(row, "canceled_count")?,
+            completed_duration_seconds: get(row, "completed_duration_seconds")?,
+        },
+        scheduled_for: get::<Option<i64>>(row, "scheduled_for")?.map(Millis),
+        started_at: get::<Option<i64>>(row, "started_at")?.map(Millis),
+        created_at: Millis(get(row, "created_at")?),
+        updated_at: Millis(get(row, "updated_at")?),
+    })
+}
+
+fn chunk_sql(rows: usize) -> String {
+    let mut sql = String::with_capacity(160 + rows * 80);
+    sql.push_str(
+        "INSERT INTO calls (id, chain_id, attempt, tenant_id, agent_id, status, immediate, \
+         customer_phone, from_phone, parameters, scheduled_for, due_at, trace_id, batch_id, created_at) VALUES ",
+    );
+    for r in 0..rows {
+        let p = SHARED_PARAMS + 1 + r * 3;
+        if r > 0 {
+            sql.push(',');
+        }
+        // `immediate = 0`: like a scheduled `POST /v1/call`, the per-number limit and the
+        // calling window apply when the dispatcher dials, not at upload.
+        sql.push_str(&format!(
+            "(${p} || '_1', ${p}, 1, $1, $2, 'scheduled', 0, ${}, $3, ${}, $4, $5, $6, $7, $8)",
+            p + 1,
+            p + 2
+        ));
+    }
+    sql
+}
+
+/// Writes the batch and one call per recipient (with its first event). The caller owns the
+/// transaction: a failure anywhere leaves nothing behind.
+async fn insert_batch_in(conn: &mut AnyConnection, b: &NewBatch) -> Result<Batch, BatchError> {
+    let agent = sqlx::query(
+        "SELECT phone_number FROM agents WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL",
+    )
+    .bind(b.tenant.0)
+    .bind(b.agent.0)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_err)?
+    .ok_or(BatchError::AgentNotFound)?;
+    let from_phone: Option<String> = get(&agent, "phone_number")?;
+    let from_phone = from_phone.ok_or(BatchError::AgentHasNoNumber)?;
+    let total = i64::try_from(b.recipients.len()).map_err(|_| corrupt("recipients"))?;
+    let now = b.now.0;
+    let row = sqlx::query(&format!(
+        "INSERT INTO batches (tenant_id, agent_id, name, status, total_recipients, pending_count, \
+         scheduled_for, created_at, updated_at) VALUES ($1, $2, $3, 'pending', $4, $4, $5, $6, $6) \
+         RETURNING {BATCH_COLUMNS}"
+    ))
+    .bind(b.tenant.0)
+    .bind(b.agent.0)
+    .bind(b.name.as_str())
+    .bind(total)
+    .bind(b.scheduled_for.map(|m| m.0))
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    let created = batch(&row)?;
+    let due_at = b.scheduled_for.map(|m| m.0).unwrap_or(now);
+    let trace = b.trace_id.to_string();
+    let full_sql = chunk_sql(INSERT_CHUNK);
+    let n = b.recipients.len();
+    let mut start = 0;
+    while start < n {
+        let end = (start + INSERT_CHUNK).min(n);
+        let partial_sql;
+        let sql = if end - start == INSERT_CHUNK {
+            full_sql.as_str()
+        } else {
+            partial_sql = chunk_sql(end - start);
+            partial_sql.as_str()
+        };
+        let mut q = sqlx::query(sql)
+            .bind(b.tenant.0)
+            .bind(b.agent.0)
+            .bind(from_phone.as_str())
+            .bind(b.scheduled_for.map(|m| m.0))
+            .bind(due_at)
+            .bind(trace.as_str())
+            .bind(created.id)
+            .bind(now);
+        for i in start..end {
+            let params = b
+                .recipients
+                .parameters_json(i)
+                .map_err(|e| StoreError::Database(e.to_string()))?;
+            q = q
+                .bind(uuid::Uuid::new_v4().to_string())
+                .bind(b.recipients.phone(i))
+                .bind(params);
+        }
+        q.execute(&mut *conn).await.map_err(db_err)?;
+        start = end;
+    }
+    // Every call starts with its first event, as a `POST /v1/call` does; one statement over the
+    // batch's index instead of a million round trips.
+    sqlx::query(
+        "INSERT INTO call_events (call_id, tenant_id, at, status, detail) \
+         SELECT id, tenant_id, created_at, status, NULL FROM calls WHERE batch_id = $1",
+    )
+    .bind(created.id)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    Ok(created)
+}
+
+/// The batch and the recipient position of one call, if it belongs to a batch.
+struct BatchCall {
+    batch_id: i64,
+    attempt: i64,
+    started: bool,
+    duration_seconds: Option<i64>,
+}
+
+async fn batch_call(conn: &mut AnyConnection, id: &str) -> Result<Option<BatchCall>, StoreError> {
+    let row = sqlx::query(
+        "SELECT batch_id, attempt, started_at, duration_seconds FROM calls WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let Some(batch_id) = get::<Option<i64>>(&row, "batch_id")? else {
+        return Ok(None);
+    };
+    Ok(Some(BatchCall {
+        batch_id,
+        attempt: get(&row, "attempt")?,
+        started: get::<Option<i64>>(&row, "started_at")?.is_some(),
+        duration_seconds: get(&row, "duration_seconds")?,
+    }))
+}
+
+/// Where a recipient waiting for this attempt is counted: its first attempt is `pending`, a
+/// later one `pending_retry`.
+fn waiting_counter(attempt: i64) -> &'static str {
+    if attempt > 1 {
+        "pending_retry_count"
+    } else {
+        "pending_count"
+    }
+}
+
+/// Moves one recipient from the waiting counter to `in_progress`; the batch's first dial makes
+/// it `in_progress`. Called by `begin_dial` in its transaction once `initiated` is written.
+pub(crate) async fn on_dial_started_in(
+    conn: &mut AnyConnection,
+    id: &str,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let Some(call) = batch_call(conn, id).await? else {
+        return Ok(());
+    };
+    let from = waiting_counter(call.attempt);
+    sqlx::query(&format!(
+        "UPDATE batches SET {from} = {from} - 1, in_progress_count = in_progress_count + 1, \
+         status = CASE WHEN status = 'pending' THEN 'in_progress' ELSE status END, \
+         started_at = COALESCE(started_at, $2), updated_at = $2 WHERE id = $1"
+    ))
+    .bind(call.batch_id)
+    .bind(now.0)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// Moves one recipient to where its settled attempt puts it: `pending_retry` when the chain's
+/// next attempt was scheduled, else the outcome's counter. The last recipient to settle
+/// completes the batch. Called by `finish_attempt` in its transaction.
+pub(crate) async fn on_attempt_finished_in(
+    conn: &mut AnyConnection,
+    id: &str,
+    status: CallStatus,
+    retry_scheduled: bool,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let Some(call) = batch_call(conn, id).await? else {
+        return Ok(());
+    };
+    // An attempt settled without being dialled (no trunk, agent gone) was still waiting.
+    let from = if call.started {
+        "in_progress_count"
+    } else {
+        waiting_counter(call.attempt)
+    };
+    let to = if retry_scheduled {
+        "pending_retry_count"
+    } else {
+        outcome_counter(status)
+    };
+    let duration = if !retry_scheduled && status == CallStatus::Completed {
+        call.duration_seconds.unwrap_or(0)
+    } else {
+        0
+    };
+    move_recipient(conn, call.batch_id, from, to, duration, now).await
+}
+
+/// A waiting batch call cancelled on its own (`POST /v1/conversations/{id}/cancel`). Called by
+/// `cancel_call` in its transaction.
+pub(crate) async fn on_canceled_in(
+    conn: &mut AnyConnection,
+    id: &str,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let Some(call) = batch_call(conn, id).await? else {
+        return Ok(());
+    };
+    let from = waiting_counter(call.attempt);
+    move_recipient(conn, call.batch_id, from, "canceled_count", 0, now).await
+}
+
+async fn move_recipient(
+    conn: &mut AnyConnection,
+    batch_id: i64,
+    from: &str,
+    to: &str,
+    duration: i64,
+    now: Millis,
+) -> Result<(), StoreError> {
+    // SET expressions read the row as it was, so "this was the last unfinished recipient" is
+    // an unfinished total of 1 before the move, when the recipient lands in a final counter.
+    let completes = if to == "pending_retry_count" {
+        "0 = 1"
+    } else {
+        "pending_count + in_progress_count + pending_retry_count = 1"
+    };
+    sqlx::query(&format!(
+        "UPDATE batches SET {from} = {from} - 1, {to} = {to} + 1, \
+         completed_duration_seconds = completed_duration_seconds + $2, \
+         status = CASE WHEN status IN ('pending', 'in_progress', 'paused') AND {completes} \
+         THEN 'completed' ELSE status END, updated_at = $3 WHERE id = $1"
+    ))
+    .bind(batch_id)
+    .bind(duration)
+    .bind(now.0)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+impl SqlStore {
+    async fn batch_row(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: TenantId,
+        id: i64,
+    ) -> Result<Batch, BatchError> {
+        let row = sqlx::query(&format!(
+            "SELECT {BATCH_COLUMNS} FROM batches WHERE tenant_id = $1 AND id = $2"
+        ))
+        .bind(tenant.0)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_err)?
+        .ok_or(BatchError::NotFound)?;
+        Ok(batch(&row)?)
+    }
+
+    /// Settles every waiting call of the batch as `canceled` and moves their recipients to
+    /// `canceled_count`. Calls already dialling are not touched: their own settlement counts
+    /// them. Calls first, then the batch row: the same lock order as `begin_dial`, so the two
+    /// cannot deadlock on PostgreSQL.
+    async fn cancel_batch_in(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: TenantId,
+        id: i64,
+        now: Millis,
+    ) -> Result<(), BatchError> {
+        let mut moved = [0u64; 2];
+        for (slot, attempts) in [(0, "attempt = 1"), (1, "attempt > 1")] {
+            moved[slot] = sqlx::query(&format!(
+                "UPDATE calls SET status = 'canceled', ended_at = $1, lease_owner = NULL, lease_until = NULL \
+                 WHERE batch_id = $2 AND tenant_id = $3 AND status IN ('scheduled', 'queued') AND {attempts}"
+            ))
+            .bind(now.0)
+            .bind(id)
+            .bind(tenant.0)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        }
+        sqlx::query(
+            "INSERT INTO call_events (call_id, tenant_id, at, status, detail) \
+             SELECT id, tenant_id, $1, 'canceled', 'batch canceled' FROM calls \
+             WHERE batch_id = $2 AND status = 'canceled' AND ended_at = $1",
+        )
+        .bind(now.0)
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+        let (first, retries) = (
+            i64::try_from(moved[0]).unwrap_or(i64::MAX),
+            i64::try_from(moved[1]).unwrap_or(i64::MAX),
+        );
+        sqlx::query(
+            "UPDATE batches SET pending_count = pending_count - $1, \
+             pending_retry_count = pending_retry_count - $2, canceled_count = canceled_count + $1 + $2, \
+             status = 'canceled', updated_at = $3 WHERE id = $4",
+        )
+        .bind(first)
+        .bind(retries)
+        .bind(now.0)
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+        tracing::info!(batch_id = id, canceled = first + retries, "batch canceled");
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl BatchStore for SqlStore {
+    async fn create_batch(&self, b: NewBatch) -> Result<Batch, BatchError> {
+        let mut tx = self.write.begin().await.map_err(db_err)?;
+        match insert_batch_in(&mut tx, &b).await {
+            Ok(created) => {
+                tx.commit().await.map_err(db_err)?;
+                Ok(created)
+            }
+            Err(e) => {
+                tx.rollback().await.map_err(db_err)?;
+                Err(e)
+            }
+        }
+    }
+
+    async fn get_batch(&self, tenant: TenantId, id: i64) -> Result<Option<Batch>, BatchError> {
+        let row = sqlx::query(&format!(
+            "SELECT {BATCH_COLUMNS} FROM batches WHERE tenant_id = $1 AND id = $2"
+        ))
+        .bind(tenant.0)
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db_err)?;
+        Ok(row.map(|r| batch(&r)).transpose()?)
+    }
+
+    async fn list_batches(
+        &self,
+        tenant: TenantId,
+        agent: Option<AgentId>,
+        page: Page,
+    ) -> Result<Listed<Batch>, BatchError> {
+        // Two shapes rather than `$2 IS NULL OR ...`, so SQLite keeps using the per-agent index.
+        let filter = if agent.is_some() {
+            "tenant_id = $1 AND agent_id = $2"
+        } else {
+            "tenant_id = $1 AND $2 = 0"
+        };
+        let agent_bind = agent.map(|a| a.0).unwrap_or(0);
+        let items = sqlx::query(&format!(
+            "SELECT {BATCH_COLUMNS} FROM batches WHERE {filter} ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
+        ))
+        .bind(tenant.0)
+        .bind(agent_bind)
+        .bind(i64::from(page.limit))
+        .bind(i64::try_from(page.offset).unwrap_or(i64::MAX))
+        .fetch_all(&self.read)
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(batch)
+        .collect::<Result<Vec<_>, _>>()?;
+        let row = sqlx::query(&format!("SELECT COUNT(*) AS n FROM batches WHERE {filter}"))
+            .bind(tenant.0)
+            .bind(agent_bind)
+            .fetch_one(&self.read)
+            .await
+            .map_err(db_err)?;
+        let total: i64 = get(&row, "n")?;
+        Ok(Listed {
+            items,
+            total: u64::try_from(total).unwrap_or(0),
+        })
+    }
+
+    async fn change_batch(
+        &self,
+        tenant: TenantId,
+        id: i64,
+        action: BatchAction,
+        now: Millis,
+    ) -> Result<Batch, BatchError> {
+        let mut tx = self.write.begin().await.map_err(db_err)?;
+        let current = self.batch_row(&mut tx, tenant, id).await?;
+        use BatchStatus::*;
+        match (action, current.status) {
+            (_, Completed) => return Err(BatchError::Finished(Completed)),
+            (BatchAction::Cancel, Canceled) => return Ok(current),
+            (_, Canceled) => return Err(BatchError::Finished(Canceled)),
+            // Already in the state asked for: answer it unchanged, so a retried request is safe.
+            (BatchAction::Pause, Paused) | (BatchAction::Resume, Pending | InProgress) => {
+                return Ok(current)
+            }
+            (BatchAction::Pause, Pending | InProgress) => {
+                // Conditional, so a concurrent cancel is never overwritten.
+                sqlx::query(
+                    "UPDATE batches SET status = 'paused', updated_at = $1 WHERE id = $2 \
+                     AND status IN ('pending', 'in_progress')",
+                )
+                .bind(now.0)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            }
+            (BatchAction::Resume, Paused) => {
+                sqlx::query(
+                    "UPDATE batches SET status = CASE WHEN started_at IS NULL THEN 'pending' \
+                     ELSE 'in_progress' END, updated_at = $1 WHERE id = $2 AND status = 'paused'",
+                )
+                .bind(now.0)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            }
+            (BatchAction::Cancel, Pending | InProgress | Paused) => {
+                self.cancel_batch_in(&mut tx, tenant, id, now).await?;
+            }
+        }
+        let changed = self.batch_row(&mut tx, tenant, id).await?;
+        tx.commit().await.map_err(db_err)?;
+        tracing::info!(batch_id = id, action = ?action, status = %changed.status, "batch changed");
+        Ok(changed)
+    }
+}

@@ -1,0 +1,197 @@
+//! Batches on both backends: the bulk insert (several chunks), the counter hooks inside the
+//! dispatch transactions, pause hiding a batch's calls from the claim, and cancel.
+
+mod common;
+
+use common::backends;
+use domain::agent::AgentConfig;
+use domain::batch::{parse_recipients, BatchAction, BatchError, BatchStatus, NewBatch};
+use domain::dispatch::{BeginDial, DialLimits, FinishAttempt};
+use domain::store::Store;
+use domain::tenant::NewTrunk;
+use domain::{AgentId, CallStatus, Millis, TraceId, E164};
+use serde_json::json;
+
+const ROWS: u32 = 2500;
+
+async fn story(store: &dyn Store) {
+    let now = Millis::now();
+    let t = store.create_tenant("acme", now).await.unwrap();
+    let trunk = store
+        .create_trunk(
+            t.id,
+            &NewTrunk {
+                name: "pbx".into(),
+                uri: "sip:127.0.0.1:5080".into(),
+                username: None,
+                password: None,
+                max_concurrent_calls: None,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    store
+        .create_phone_number(t.id, &E164::parse("+918035739222").unwrap(), trunk.id, now)
+        .await
+        .unwrap();
+    let cfg = AgentConfig::from_json(
+        json!({"name": "a", "phone_number": "+918035739222"})
+            .as_object()
+            .unwrap(),
+    )
+    .unwrap();
+    let agent = store.create_agent(t.id, &cfg, now).await.unwrap();
+
+    let mut csv = String::from("customer_phone,customer_name\n");
+    for i in 0..ROWS {
+        csv.push_str(&format!("+9198{i:08},N{i}\n"));
+    }
+    let recipients = parse_recipients(csv.as_bytes(), 1_000_000).unwrap();
+    let new = |agent: AgentId| NewBatch {
+        tenant: t.id,
+        agent,
+        name: "b".into(),
+        scheduled_for: None,
+        recipients: recipients.clone(),
+        trace_id: TraceId::new(),
+        now,
+    };
+    // An unknown agent writes nothing.
+    assert!(matches!(
+        store.create_batch(new(AgentId(9999))).await,
+        Err(BatchError::AgentNotFound)
+    ));
+    assert_eq!(store.count_calls(t.id).await.unwrap(), 0);
+
+    let b = store.create_batch(new(agent.id)).await.unwrap();
+    assert_eq!(store.count_calls(t.id).await.unwrap(), u64::from(ROWS));
+    assert_eq!(
+        (b.status, b.counts.pending, b.total_recipients),
+        (BatchStatus::Pending, 2500, 2500)
+    );
+
+    // Paused: nothing of it is claimed or due.
+    store
+        .change_batch(t.id, b.id, BatchAction::Pause, now)
+        .await
+        .unwrap();
+    let later = Millis(now.0 + 1000);
+    assert!(store
+        .claim_due("n1", later, Millis(later.0 + 30_000), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.next_due_at(later).await.unwrap(), None);
+    let b2 = store
+        .change_batch(t.id, b.id, BatchAction::Resume, now)
+        .await
+        .unwrap();
+    assert_eq!(b2.status, BatchStatus::Pending);
+
+    // One dial and its end move one recipient pending -> in_progress -> completed.
+    let due = store
+        .claim_due("n1", later, Millis(later.0 + 30_000), 2)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 2);
+    let limits = DialLimits {
+        trunk: None,
+        agent: None,
+        tenant: None,
+        per_number: None,
+    };
+    let started = store
+        .begin_dial(
+            due[0].id,
+            "n1",
+            later,
+            Millis(later.0 + 30_000),
+            None,
+            &limits,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(started, BeginDial::Started));
+    let mid = store.get_batch(t.id, b.id).await.unwrap().unwrap();
+    assert_eq!(
+        (mid.status, mid.counts.pending, mid.counts.in_progress),
+        (BatchStatus::InProgress, 2499, 1)
+    );
+    let finish = FinishAttempt {
+        id: due[0].id,
+        node: "n1".into(),
+        status: CallStatus::Completed,
+        failure_reason: None,
+        ended_at: later,
+        duration_seconds: Some(42),
+        recording_path: None,
+        transcript: Vec::new(),
+        results: Default::default(),
+        retry_at: None,
+        public_url: String::new(),
+    };
+    assert!(store.finish_attempt(finish, later).await.unwrap());
+    // The second claimed call is cancelled on its own.
+    store.cancel_call(t.id, due[1].id, later).await.unwrap();
+    let after = store.get_batch(t.id, b.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            after.counts.pending,
+            after.counts.in_progress,
+            after.counts.completed,
+            after.counts.canceled,
+            after.counts.completed_duration_seconds
+        ),
+        (2498, 0, 1, 1, 42)
+    );
+
+    // Cancel settles every waiting recipient; another tenant cannot see or touch the batch.
+    let other = store.create_tenant("other", now).await.unwrap();
+    assert!(store.get_batch(other.id, b.id).await.unwrap().is_none());
+    assert!(matches!(
+        store
+            .change_batch(other.id, b.id, BatchAction::Cancel, now)
+            .await,
+        Err(BatchError::NotFound)
+    ));
+    let c = store
+        .change_batch(t.id, b.id, BatchAction::Cancel, later)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            c.status,
+            c.counts.pending,
+            c.counts.canceled,
+            c.counts.processed()
+        ),
+        (BatchStatus::Canceled, 0, 2499, 2500)
+    );
+    assert!(store
+        .claim_due("n1", Millis(later.0 + 60_000), Millis(later.0 + 90_000), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let listed = store
+        .list_batches(
+            t.id,
+            Some(agent.id),
+            domain::store::Page {
+                limit: 10,
+                offset: 0,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.total, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_on_every_backend() {
+    for backend in backends() {
+        let db = backend.open().await;
+        story(db.store().as_ref()).await;
+        db.finish().await;
+    }
+}
