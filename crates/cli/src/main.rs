@@ -44,7 +44,7 @@ struct DbArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Run the service.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage tenants.
     #[command(subcommand)]
     Tenants(TenantCommand),
@@ -205,7 +205,7 @@ async fn main() -> Result<()> {
         builder.init();
     }
     match cli.command {
-        Command::Serve(args) => serve(&cli.db, args).await,
+        Command::Serve(args) => serve(&cli.db, *args).await,
         Command::Tenants(cmd) => tenants(&cli.db, cmd).await,
         Command::Keys(cmd) => keys(&cli.db, cmd).await,
     }

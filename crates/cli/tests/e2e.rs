@@ -454,16 +454,17 @@ async fn sigkill_mid_run_loses_no_call_and_dials_none_twice() {
     );
 }
 
-/// A webhook receiver on loopback that checks both signatures with independent code.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>>;
+
+/// A webhook receiver on loopback; the test checks both signatures with independent code.
 struct Receiver {
     url: String,
-    got: std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>>,
+    got: Received,
 }
 
 impl Receiver {
     async fn start() -> Self {
-        let got: std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>> =
-            Default::default();
+        let got: Received = Default::default();
         let sink = got.clone();
         let app = axum::Router::new().route(
             "/hook",

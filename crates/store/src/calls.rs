@@ -126,10 +126,9 @@ pub(crate) async fn create_call_in(
 
     let immediate = call.scheduled_for.is_none();
     if immediate {
-        let limits = &agent;
-        let per_number: i64 = get(&limits, "per_number_calls")?;
-        let window_s: i64 = get(&limits, "per_number_window_seconds")?;
-        let max_concurrent: Option<i64> = get(&limits, "max_concurrent_calls")?;
+        let per_number: i64 = get(&agent, "per_number_calls")?;
+        let window_s: i64 = get(&agent, "per_number_window_seconds")?;
+        let max_concurrent: Option<i64> = get(&agent, "max_concurrent_calls")?;
 
         if per_number > 0 && window_s > 0 {
             advisory_lock(

@@ -170,13 +170,13 @@ async fn emit_terminal_event(
 async fn begin_dial_in(
     tx: &mut AnyConnection,
     backend: Backend,
-    id: ConversationId,
+    start: &DialStart,
     node: &str,
     now: Millis,
     lease_until: Millis,
-    trunk: Option<TrunkId>,
-    limits: &DialLimits,
 ) -> Result<BeginDial, StoreError> {
+    let DialStart { id, trunk, limits } = start;
+    let (id, trunk) = (*id, *trunk);
     let Some(row) = sqlx::query(
         "SELECT tenant_id, agent_id, customer_phone FROM calls WHERE id = $1 AND lease_owner = $2 \
          AND status IN ('scheduled', 'queued')",
@@ -420,19 +420,7 @@ impl DispatchStore for SqlStore {
         let mut tx = self.write.begin().await.map_err(db_err)?;
         let mut outcomes = Vec::with_capacity(calls.len());
         for c in calls {
-            outcomes.push(
-                begin_dial_in(
-                    &mut tx,
-                    self.backend,
-                    c.id,
-                    node,
-                    now,
-                    lease_until,
-                    c.trunk,
-                    &c.limits,
-                )
-                .await?,
-            );
+            outcomes.push(begin_dial_in(&mut tx, self.backend, c, node, now, lease_until).await?);
         }
         tx.commit().await.map_err(db_err)?;
         Ok(outcomes)
