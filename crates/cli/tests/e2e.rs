@@ -39,6 +39,48 @@ struct Service {
     env: Vec<(String, String)>,
 }
 
+/// The database of a test: SQLite in the data dir, or a throw-away PostgreSQL database.
+#[derive(Clone)]
+struct Db(Option<String>);
+
+impl Db {
+    fn sqlite() -> Self {
+        Db(None)
+    }
+
+    fn postgres() -> (Self, String) {
+        let name = format!("outdial_test_{}", uuid_like());
+        let ok = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-c",
+                &format!("CREATE DATABASE {name}"),
+            ])
+            .output()
+            .expect("psql");
+        assert!(
+            ok.status.success(),
+            "PostgreSQL is needed: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        (
+            Db(Some(format!("postgres://postgres@127.0.0.1:5432/{name}"))),
+            name,
+        )
+    }
+}
+
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{}_{nanos}", std::process::id())
+}
+
 impl Service {
     fn outdial(data: &Path) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_outdial"));
@@ -47,10 +89,15 @@ impl Service {
     }
 
     fn create_tenant(data: &Path) -> String {
-        let out = Self::outdial(data)
-            .args(["tenants", "create", "acme"])
-            .output()
-            .unwrap();
+        Self::create_tenant_in(data, &Db::sqlite())
+    }
+
+    fn create_tenant_in(data: &Path, db: &Db) -> String {
+        let mut cmd = Self::outdial(data);
+        if let Some(url) = &db.0 {
+            cmd.env("OUTDIAL_DATABASE_URL", url);
+        }
+        let out = cmd.args(["tenants", "create", "acme"]).output().unwrap();
         assert!(
             out.status.success(),
             "{}",
@@ -61,9 +108,13 @@ impl Service {
     }
 
     fn start(data: &Path) -> Self {
+        Self::start_in(data, &Db::sqlite())
+    }
+
+    fn start_in(data: &Path, db: &Db) -> Self {
         let http = free_tcp_port();
         let rtp = free_rtp_base();
-        let env = vec![
+        let mut env = vec![
             ("OUTDIAL_LISTEN".to_string(), format!("127.0.0.1:{http}")),
             (
                 "OUTDIAL_SIP_LISTEN".to_string(),
@@ -87,6 +138,9 @@ impl Service {
                 "true".to_string(),
             ),
         ];
+        if let Some(url) = &db.0 {
+            env.push(("OUTDIAL_DATABASE_URL".to_string(), url.clone()));
+        }
         Self::spawn(data, env)
     }
 
@@ -394,9 +448,29 @@ async fn a_busy_callee_ends_busy_with_the_sip_reason_and_retries_by_policy() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_mid_run_loses_no_call_and_dials_none_twice() {
+    sigkill_mid_run(Db::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_mid_run_loses_no_call_and_dials_none_twice_on_postgres() {
+    let (db, name) = Db::postgres();
+    sigkill_mid_run(db).await;
+    let _ = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-c",
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        ])
+        .output();
+}
+
+async fn sigkill_mid_run(db: Db) {
     let dir = tempfile::tempdir().unwrap();
-    let key = Service::create_tenant(dir.path());
-    let mut svc = Service::start(dir.path());
+    let key = Service::create_tenant_in(dir.path(), &db);
+    let mut svc = Service::start_in(dir.path(), &db);
     let total = 12;
     let sipp = Sipp::callee("answer_talk_bye.xml", total, 4000, dir.path());
     let api = Api {

@@ -461,7 +461,20 @@ async fn a_full_trunk_queues_calls_and_cancel_stops_undialled_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scheduled_calls_fire_within_a_second_in_real_time() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, t, a) = setup(&sqlite_url(&dir), json!({})).await;
+    scheduled_calls_fire_on(&sqlite_url(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scheduled_calls_fire_within_a_second_in_real_time_on_postgres() {
+    let Some((url, name)) = postgres_db().await else {
+        return;
+    };
+    scheduled_calls_fire_on(&url).await;
+    drop_postgres_db(&name).await;
+}
+
+async fn scheduled_calls_fire_on(url: &str) {
+    let (store, t, a) = setup(url, json!({})).await;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let phone = Phone::new(Script::Answer, clock.clone());
     let d = Dispatcher::new(
