@@ -12,6 +12,7 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::{TimeZone, Utc};
+use domain::tenant::ApiKeyCredential;
 use domain::{ApiKeyId, TenantId};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
@@ -163,12 +164,56 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     response
 }
 
+/// Recently seen keys, so that a busy client does not cost a database read per request. Only
+/// keys found in the database are kept, for `ttl`: a revoked key stops working on every node
+/// within that time (0 turns the cache off).
+pub struct KeyCache {
+    ttl: std::time::Duration,
+    entries: Mutex<HashMap<String, (ApiKeyCredential, std::time::Instant)>>,
+}
+
+/// Bounds the cache; past it, it starts afresh (a burst of distinct keys costs reads, not memory).
+const KEY_CACHE_MAX: usize = 10_000;
+
+impl KeyCache {
+    pub fn new(ttl: std::time::Duration) -> Self {
+        Self {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn get(
+        &self,
+        store: &dyn domain::store::Store,
+        lookup: &str,
+    ) -> Result<Option<ApiKeyCredential>, ApiError> {
+        if !self.ttl.is_zero() {
+            let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((cred, at)) = entries.get(lookup) {
+                if at.elapsed() < self.ttl {
+                    return Ok(Some(cred.clone()));
+                }
+            }
+        }
+        let cred = store.find_api_key(lookup).await?;
+        if let (Some(c), false) = (&cred, self.ttl.is_zero()) {
+            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            if entries.len() >= KEY_CACHE_MAX {
+                entries.clear();
+            }
+            entries.insert(lookup.to_string(), (c.clone(), std::time::Instant::now()));
+        }
+        Ok(cred)
+    }
+}
+
 async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let key = bearer(headers).ok_or(ApiError::Unauthenticated)?;
     let lookup = lookup_of(key).ok_or(ApiError::Unauthenticated)?;
     let cred = state
-        .store
-        .find_api_key(lookup)
+        .key_cache
+        .get(state.store.as_ref(), lookup)
         .await?
         .ok_or(ApiError::Unauthenticated)?;
     let matches: bool = hash_key(key)

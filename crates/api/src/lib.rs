@@ -37,6 +37,9 @@ pub struct ApiConfig {
     pub webhook_wake: Arc<tokio::sync::Notify>,
     /// Size and row limits of `POST /v1/batch-call`.
     pub batch_limits: domain::batch::BatchLimits,
+    /// How long a key found in the database is trusted without reading it again (so how long a
+    /// revocation takes to reach every node); zero reads the database on every request.
+    pub key_cache_ttl: std::time::Duration,
 }
 
 impl Default for ApiConfig {
@@ -45,6 +48,7 @@ impl Default for ApiConfig {
             api_rate_limit_per_minute: 6000,
             public_url: "http://127.0.0.1:8080".into(),
             webhook_allow_private: false,
+            key_cache_ttl: std::time::Duration::from_secs(2),
             webhook_wake: Arc::new(tokio::sync::Notify::new()),
             batch_limits: Default::default(),
         }
@@ -56,6 +60,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub config: Arc<ApiConfig>,
     pub api_limiter: Arc<auth::ApiRateLimiter>,
+    pub key_cache: Arc<auth::KeyCache>,
     pub metrics: PrometheusHandle,
     /// Poked after a call due now is accepted, so the local dispatcher dials it at once.
     pub dispatch_wake: Option<Arc<tokio::sync::Notify>>,
@@ -96,6 +101,7 @@ impl AppState {
         Self {
             store,
             api_limiter: Arc::new(auth::ApiRateLimiter::new(config.api_rate_limit_per_minute)),
+            key_cache: Arc::new(auth::KeyCache::new(config.key_cache_ttl)),
             config: Arc::new(config),
             metrics: metrics_handle(),
             dispatch_wake: None,

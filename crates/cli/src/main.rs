@@ -77,6 +77,10 @@ struct ServeArgs {
     /// Calls one SQLite commit may carry (group commit).
     #[arg(long, env = "OUTDIAL_DB_MAX_WRITE_BATCH", default_value_t = 128)]
     db_max_write_batch: usize,
+    /// How long a verified API key is trusted without a database read; a revoked key stops
+    /// working on every node within this time (0 = read on every request).
+    #[arg(long, env = "OUTDIAL_KEY_CACHE_MS", default_value_t = 2000)]
+    key_cache_ms: u64,
     /// Address put in SIP Contact/Via and SDP when behind NAT or listening on a wildcard.
     #[arg(long, env = "OUTDIAL_SIP_PUBLIC_IP")]
     sip_public_ip: Option<std::net::IpAddr>,
@@ -302,6 +306,7 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
         webhook_allow_private: url_policy.allow_private,
         webhook_wake: webhook_worker.waker(),
         batch_limits: Default::default(),
+        key_cache_ttl: std::time::Duration::from_millis(args.key_cache_ms),
     };
     let (stop_webhooks, webhooks_stopped) = tokio::sync::oneshot::channel::<()>();
     let webhook_task = tokio::spawn(async move {

@@ -349,3 +349,28 @@ async fn malformed_input_is_always_a_4xx_with_the_error_shape_and_writes_nothing
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_revoked_key_stops_working_within_the_key_cache_time() {
+    let app = TestApp::spawn_with(api::ApiConfig {
+        api_rate_limit_per_minute: 0,
+        key_cache_ttl: std::time::Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    let t = app.tenant("acme").await;
+    assert_eq!(app.get(&t, "/v1/conversations").await.status(), 200);
+    let keys = app.store.list_api_keys(t.id).await.unwrap();
+    app.store
+        .revoke_api_key(t.id, keys[0].id, domain::Millis::now())
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(350)).await;
+    expect_error(
+        app.get(&t, "/v1/conversations").await,
+        401,
+        "authentication_error",
+        "invalid or missing api key",
+    )
+    .await;
+}
