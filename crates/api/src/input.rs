@@ -41,6 +41,19 @@ pub async fn read_json_object(
     json_object(&bytes)
 }
 
+/// `invalid <field>` for the first (in sorted order) field not in `known`: a misspelt field must
+/// never silently do nothing.
+pub fn reject_unknown(body: &Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
+    let mut unknown: Vec<&String> = body
+        .keys()
+        .filter(|k| !known.contains(&k.as_str()))
+        .collect();
+    unknown.sort();
+    unknown
+        .first()
+        .map_or(Ok(()), |k| Err(ApiError::invalid(k)))
+}
+
 /// Query parameters as pairs; the last of a repeated name wins.
 pub fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
     raw.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())

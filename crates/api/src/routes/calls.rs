@@ -2,7 +2,7 @@
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, REQUEST_TRACE};
-use crate::input::read_json_object;
+use crate::input::{read_json_object, reject_unknown};
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::State;
@@ -159,14 +159,7 @@ pub fn parse_call_request(
         Some(_) => return Err(ApiError::invalid("scheduled_for")),
     };
     // A misspelt field (say `schedule_for`) must not silently turn into a call placed now.
-    let mut unknown: Vec<&String> = body
-        .keys()
-        .filter(|k| !KNOWN_FIELDS.contains(&k.as_str()))
-        .collect();
-    unknown.sort();
-    if let Some(field) = unknown.first() {
-        return Err(ApiError::invalid(field));
-    }
+    reject_unknown(body, &KNOWN_FIELDS)?;
     Ok(NewCall {
         tenant: caller.tenant,
         agent,

@@ -2,7 +2,8 @@
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::input::read_json_object;
+
+use crate::input::{read_json_object, reject_unknown};
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::State;
@@ -110,17 +111,6 @@ fn text(
         }
         Some(_) => Err(ApiError::invalid(field)),
     }
-}
-
-fn reject_unknown(body: &Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
-    let mut unknown: Vec<&String> = body
-        .keys()
-        .filter(|k| !known.contains(&k.as_str()))
-        .collect();
-    unknown.sort();
-    unknown
-        .first()
-        .map_or(Ok(()), |k| Err(ApiError::invalid(k)))
 }
 
 /// Add a SIP trunk.

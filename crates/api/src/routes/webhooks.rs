@@ -2,7 +2,10 @@
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::input::{json_object, page, positive_id, query_pairs, query_value, read_body};
+
+use crate::input::{
+    json_object, page, positive_id, query_pairs, query_value, read_body, reject_unknown,
+};
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
@@ -187,17 +190,6 @@ async fn own_agent(state: &AppState, tenant: TenantId, raw: &str) -> ApiResult<A
         .await?
         .map(|a| a.id)
         .ok_or_else(|| ApiError::NotFound("agent not found".into()))
-}
-
-fn reject_unknown(body: &Map<String, Value>, known: &[&str]) -> ApiResult<()> {
-    let mut unknown: Vec<&String> = body
-        .keys()
-        .filter(|k| !known.contains(&k.as_str()))
-        .collect();
-    unknown.sort();
-    unknown
-        .first()
-        .map_or(Ok(()), |k| Err(ApiError::invalid(k)))
 }
 
 fn name(value: &Value) -> ApiResult<String> {
