@@ -8,43 +8,12 @@ mod common;
 use common::{backends, Backend};
 use domain::call::{NewCall, Parameter};
 use domain::store::{CreateCallError, ManageError, Page, Store};
-use domain::tenant::{NewTrunk, TenantLimits};
+use domain::tenant::TenantLimits;
 use domain::{AgentConfig, AgentId, ConversationId, Millis, TenantId, TraceId, E164};
 use serde_json::json;
 use std::sync::Arc;
 
 const T0: Millis = Millis(1_775_000_000_000);
-
-async fn tenant_with_agent(store: &dyn Store, name: &str, number: &str) -> (TenantId, AgentId) {
-    let t = store.create_tenant(name, T0).await.unwrap();
-    let trunk = store
-        .create_trunk(
-            t.id,
-            &NewTrunk {
-                name: "pbx".into(),
-                uri: "sip:127.0.0.1:5080".into(),
-                username: None,
-                password: None,
-                max_concurrent_calls: None,
-            },
-            T0,
-        )
-        .await
-        .unwrap();
-    let number = E164::parse(number).unwrap();
-    store
-        .create_phone_number(t.id, &number, trunk.id, T0)
-        .await
-        .unwrap();
-    let cfg = AgentConfig::from_json(
-        json!({"name": "a", "phone_number": number.as_str()})
-            .as_object()
-            .unwrap(),
-    )
-    .unwrap();
-    let agent = store.create_agent(t.id, &cfg, T0).await.unwrap();
-    (t.id, agent.id)
-}
 
 fn new_call(tenant: TenantId, agent: AgentId, phone: &str, now: Millis) -> NewCall {
     NewCall {
@@ -66,7 +35,7 @@ fn new_call(tenant: TenantId, agent: AgentId, phone: &str, now: Millis) -> NewCa
 }
 
 async fn story_keys_and_agents(store: &dyn Store) {
-    let (t, agent) = tenant_with_agent(store, "acme", "+918035739222").await;
+    let (t, agent) = common::tenant_with_agent(store, "acme", "+918035739222").await;
     let key = store
         .create_api_key(t, "ci", "lookup123456", "hash", T0)
         .await
@@ -92,7 +61,7 @@ async fn story_keys_and_agents(store: &dyn Store) {
     assert!(store.find_api_key("nope").await.unwrap().is_none());
 
     // An agent may only use the tenant's own numbers.
-    let (other, other_agent) = tenant_with_agent(store, "globex", "+918035739223").await;
+    let (other, other_agent) = common::tenant_with_agent(store, "globex", "+918035739223").await;
     let cfg = AgentConfig::from_json(
         json!({"name": "b", "phone_number": "+918035739223"})
             .as_object()
@@ -146,7 +115,7 @@ async fn story_keys_and_agents(store: &dyn Store) {
 }
 
 async fn story_calls(store: &dyn Store) {
-    let (t, agent) = tenant_with_agent(store, "acme", "+918035739222").await;
+    let (t, agent) = common::tenant_with_agent(store, "acme", "+918035739222").await;
     store
         .update_tenant_limits(
             t,
@@ -247,7 +216,7 @@ async fn story_calls(store: &dyn Store) {
     ));
 
     // Agent checks come first; another tenant's agent is "not found".
-    let (other, _) = tenant_with_agent(store, "globex", "+918035739223").await;
+    let (other, _) = common::tenant_with_agent(store, "globex", "+918035739223").await;
     assert!(matches!(
         store
             .create_call(new_call(other, agent, "+919876500005", T0))
@@ -330,7 +299,7 @@ fn uuid_of(s: &str) -> uuid::Uuid {
 
 /// Many writers at once: exactly one claim of a key wins.
 async fn story_idempotency_race(store: Arc<dyn Store>) {
-    let (t, agent) = tenant_with_agent(store.as_ref(), "acme", "+918035739222").await;
+    let (t, agent) = common::tenant_with_agent(store.as_ref(), "acme", "+918035739222").await;
     let tasks = (0..20).map(|i| {
         let store = store.clone();
         let mut call = new_call(t, agent, &format!("+9198765{:05}", i), Millis::now());

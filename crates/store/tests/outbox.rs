@@ -4,14 +4,14 @@
 mod common;
 
 use common::backends;
-use domain::store::{ManageError, Page, Store};
-use domain::tenant::NewTrunk;
+use domain::store::{ManageError, Page};
+
 use domain::webhooks::{
     AttemptRecord, AttemptResult, DeliveryFilter, DeliveryStatus, LeaseRequest, NewWebhookTarget,
     NextState, OutboxEvent, WebhookStore, WebhookTargetPatch, NAME_TAKEN, TARGET_INACTIVE,
     TOO_MANY_TARGETS,
 };
-use domain::{AgentConfig, AgentId, Millis, TenantId, E164};
+use domain::{AgentId, Millis, TenantId};
 use serde_json::json;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -19,37 +19,6 @@ use std::time::Duration;
 use store::SqlStore;
 
 const T0: Millis = Millis(1_775_000_000_000);
-
-async fn tenant_with_agent(store: &dyn Store, name: &str) -> (TenantId, AgentId) {
-    let t = store.create_tenant(name, T0).await.unwrap();
-    let trunk = store
-        .create_trunk(
-            t.id,
-            &NewTrunk {
-                name: "pbx".into(),
-                uri: "sip:127.0.0.1:5080".into(),
-                username: None,
-                password: None,
-                max_concurrent_calls: None,
-            },
-            T0,
-        )
-        .await
-        .unwrap();
-    let number = E164::parse("+918035739222").unwrap();
-    store
-        .create_phone_number(t.id, &number, trunk.id, T0)
-        .await
-        .unwrap();
-    let cfg = AgentConfig::from_json(
-        json!({"name": "a", "phone_number": number.as_str()})
-            .as_object()
-            .unwrap(),
-    )
-    .unwrap();
-    let agent = store.create_agent(t.id, &cfg, T0).await.unwrap();
-    (t.id, agent.id)
-}
 
 fn target(name: &str, events: &[&str]) -> NewWebhookTarget {
     NewWebhookTarget {
@@ -112,8 +81,9 @@ fn result(
 }
 
 async fn story_targets(store: Arc<SqlStore>) {
-    let (t, agent) = tenant_with_agent(store.as_ref(), "acme").await;
-    let (other, other_agent) = tenant_with_agent(store.as_ref(), "other").await;
+    let (t, agent) = common::tenant_with_agent(store.as_ref(), "acme", "+918035739222").await;
+    let (other, other_agent) =
+        common::tenant_with_agent(store.as_ref(), "other", "+918035739222").await;
     let first = store
         .create_webhook_target(t, agent, &target("a", &["call.completed"]), T0)
         .await
@@ -205,7 +175,7 @@ async fn story_targets(store: Arc<SqlStore>) {
 }
 
 async fn story_enqueue_and_lease(store: Arc<SqlStore>) {
-    let (t, agent) = tenant_with_agent(store.as_ref(), "acme").await;
+    let (t, agent) = common::tenant_with_agent(store.as_ref(), "acme", "+918035739222").await;
     let all = store
         .create_webhook_target(
             t,
@@ -446,7 +416,7 @@ async fn story_enqueue_and_lease(store: Arc<SqlStore>) {
     }));
     assert!(page.items[0].id > page.items[1].id);
     // Another tenant sees none of it.
-    let (other, _) = tenant_with_agent(store.as_ref(), "other").await;
+    let (other, _) = common::tenant_with_agent(store.as_ref(), "other", "+918035739222").await;
     assert_eq!(
         store
             .list_deliveries(
@@ -480,7 +450,7 @@ async fn story_enqueue_and_lease(store: Arc<SqlStore>) {
 }
 
 async fn story_per_target_cap(store: Arc<SqlStore>) {
-    let (t, agent) = tenant_with_agent(store.as_ref(), "acme").await;
+    let (t, agent) = common::tenant_with_agent(store.as_ref(), "acme", "+918035739222").await;
     let slow = store
         .create_webhook_target(t, agent, &target("slow", &["call.completed"]), T0)
         .await
@@ -513,7 +483,7 @@ async fn story_per_target_cap(store: Arc<SqlStore>) {
 }
 
 async fn story_concurrent_workers(store: Arc<SqlStore>) {
-    let (t, agent) = tenant_with_agent(store.as_ref(), "acme").await;
+    let (t, agent) = common::tenant_with_agent(store.as_ref(), "acme", "+918035739222").await;
     store
         .create_webhook_target(t, agent, &target("a", &["call.completed"]), T0)
         .await
