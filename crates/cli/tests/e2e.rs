@@ -112,6 +112,10 @@ impl Service {
     }
 
     fn start_in(data: &Path, db: &Db) -> Self {
+        Self::start_with(data, db, &[])
+    }
+
+    fn start_with(data: &Path, db: &Db, extra: &[(&str, &str)]) -> Self {
         let http = free_tcp_port();
         let rtp = free_rtp_base();
         let mut env = vec![
@@ -141,6 +145,7 @@ impl Service {
         if let Some(url) = &db.0 {
             env.push(("OUTDIAL_DATABASE_URL".to_string(), url.clone()));
         }
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         Self::spawn(data, env)
     }
 
@@ -534,20 +539,29 @@ type Received = std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, Vec<
 struct Receiver {
     url: String,
     got: Received,
+    /// While false the receiver answers 500 (and still records what it got).
+    healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Receiver {
     async fn start() -> Self {
         let got: Received = Default::default();
         let sink = got.clone();
+        let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let up = healthy.clone();
         let app = axum::Router::new().route(
             "/hook",
             axum::routing::post(
                 move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
                     let sink = sink.clone();
+                    let up = up.clone();
                     async move {
                         sink.lock().unwrap().push((headers, body.to_vec()));
-                        axum::http::StatusCode::NO_CONTENT
+                        if up.load(std::sync::atomic::Ordering::SeqCst) {
+                            axum::http::StatusCode::NO_CONTENT
+                        } else {
+                            axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                        }
                     }
                 },
             ),
@@ -555,7 +569,7 @@ impl Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Receiver { url, got }
+        Receiver { url, got, healthy }
     }
 
     async fn wait_for(&self, n: usize, within: Duration) -> Vec<(axum::http::HeaderMap, Vec<u8>)> {
@@ -649,4 +663,105 @@ async fn a_busy_call_sends_exactly_one_signed_call_busy_that_agrees_with_the_api
     assert_eq!(call["metadata"], "crm-42");
     assert_eq!(call["duration_seconds"], Value::Null);
     assert_eq!(event["data"]["retry"]["is_final_attempt"], true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_events_pending_at_a_sigkill_are_all_delivered_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = Service::create_tenant(dir.path());
+    let schedule = [(
+        "OUTDIAL_WEBHOOK_RETRY_SCHEDULE",
+        "1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1",
+    )];
+    let mut svc = Service::start_with(dir.path(), &Db::sqlite(), &schedule);
+    let total = 4;
+    let sipp = Sipp::callee("busy.xml", total, 0, dir.path());
+    let api = Api {
+        base: svc.base.clone(),
+        key: key.clone(),
+        http: reqwest::Client::new(),
+    };
+    let agent = api.setup_agent(sipp.port, json!({})).await;
+    let receiver = Receiver::start().await;
+    receiver
+        .healthy
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let target: Value = api
+        .post(
+            &format!("/v1/agents/{agent}/webhook-targets"),
+            json!({"name": "crm", "url": receiver.url}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let secret = target["data"]["secret"].as_str().unwrap().to_string();
+    let mut locations = Vec::new();
+    for i in 0..total {
+        locations.push(api.call(agent, &format!("+9198765432{i:02}")).await);
+    }
+    for loc in &locations {
+        assert_eq!(
+            api.wait_terminal(loc, Duration::from_secs(20)).await["status"],
+            "busy"
+        );
+    }
+    // Every event has been tried (and refused) at least once: deliveries are pending.
+    receiver
+        .wait_for(total as usize, Duration::from_secs(10))
+        .await;
+    svc.kill();
+    receiver
+        .healthy
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let before_restart = receiver.got.lock().unwrap().len();
+    svc.restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let delivered = loop {
+        let got = receiver.got.lock().unwrap().clone();
+        let after: Vec<_> = got[before_restart..].to_vec();
+        let ids: std::collections::HashSet<String> = after
+            .iter()
+            .map(|(h, _)| h["webhook-id"].to_str().unwrap().to_string())
+            .collect();
+        if ids.len() >= total as usize || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Every event reached the receiver after the restart; a repeat carries the same id and body.
+    let mut bodies: std::collections::HashMap<String, Vec<u8>> = Default::default();
+    for (headers, body) in &delivered {
+        verify(&secret, headers, body);
+        let id = headers["webhook-id"].to_str().unwrap().to_string();
+        let prev = bodies.insert(id.clone(), body.clone());
+        assert!(
+            prev.is_none_or(|p| p == *body),
+            "event {id} changed between attempts"
+        );
+    }
+    let conversations: std::collections::HashSet<String> = bodies
+        .values()
+        .map(|b| {
+            serde_json::from_slice::<Value>(b).unwrap()["data"]["call"]["conversation_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        bodies.len(),
+        total as usize,
+        "one event per call, none lost"
+    );
+    assert_eq!(conversations.len(), total as usize);
+    let redelivered: std::collections::HashSet<String> = delivered[before_restart..]
+        .iter()
+        .map(|(h, _)| h["webhook-id"].to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        redelivered.len(),
+        total as usize,
+        "all pending events delivered after the restart"
+    );
 }
