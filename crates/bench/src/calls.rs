@@ -27,6 +27,9 @@ pub struct Args {
     /// Calls one SQLite commit may carry (1 = no group commit).
     #[arg(long, default_value_t = 128)]
     max_write_batch: usize,
+    /// Reader connections (each a thread on SQLite).
+    #[arg(long, default_value_t = StoreOptions::default().max_connections)]
+    db_max_connections: u32,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -77,7 +80,7 @@ pub async fn run(args: Args) -> Result<()> {
             &url,
             StoreOptions {
                 max_write_batch: args.max_write_batch,
-                ..Default::default()
+                max_connections: args.db_max_connections,
             },
         )
         .await?,
