@@ -1,14 +1,12 @@
-use anyhow::{Context, Result};
+use anyhow::Result;
 use domain::store::Store;
-use domain::tenant::TenantLimits;
-use domain::Millis;
 use serde_json::json;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use store::{SqlStore, StoreOptions};
+use store::StoreOptions;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -74,74 +72,23 @@ pub async fn run(args: Args) -> Result<()> {
     };
     let commits_per_s = commit_rate(tmp.path(), args.commit_seconds).await?;
 
-    let url = format!("sqlite://{}/outdial.db", tmp.path().display());
-    let store = Arc::new(
-        SqlStore::connect(
-            &url,
-            StoreOptions {
-                max_write_batch: args.max_write_batch,
-                max_connections: args.db_max_connections,
-            },
-        )
-        .await?,
-    );
-    let tenant = store.create_tenant("bench", Millis::now()).await?;
-    store
-        .update_tenant_limits(
-            tenant.id,
-            &TenantLimits {
-                max_concurrent_calls: None,
-                per_number_calls: 1_000_000,
-                per_number_window_seconds: 1,
-            },
-        )
-        .await?;
-    let key = api::auth::generate_key();
-    store
-        .create_api_key(tenant.id, "bench", &key.lookup, &key.hash, Millis::now())
-        .await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let app = api::router(api::AppState::new(
-        store.clone(),
-        api::ApiConfig {
-            api_rate_limit_per_minute: 0,
-            public_url: format!("http://{addr}"),
-            ..Default::default()
+    let server = crate::server::Server::start(
+        tmp.path(),
+        StoreOptions {
+            max_write_batch: args.max_write_batch,
+            max_connections: args.db_max_connections,
         },
-    ));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let base = format!("http://{addr}");
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.clients)
-        .build()?;
-    let post = |path: &str, body: serde_json::Value| {
-        client
-            .post(format!("{base}{path}"))
-            .bearer_auth(&key.key)
-            .json(&body)
-            .send()
-    };
-    let trunk: serde_json::Value = post(
-        "/v1/trunks",
-        json!({"name": "t", "uri": "sip:127.0.0.1:5080"}),
-    )
-    .await?
-    .json()
-    .await?;
-    post(
-        "/v1/phone-numbers",
-        json!({"number": "+918035739222", "trunk_id": trunk["data"]["trunk_id"]}),
+        args.clients,
     )
     .await?;
-    let agent: serde_json::Value = post(
-        "/v1/agents",
-        json!({"name": "a", "phone_number": "+918035739222"}),
-    )
-    .await?
-    .json()
-    .await?;
-    let agent_id = agent["data"]["agent_id"].as_i64().context("agent")?;
+    let (store, tenant, key, base, client, agent_id) = (
+        server.store.clone(),
+        server.tenant,
+        server.key.clone(),
+        server.base.clone(),
+        server.client.clone(),
+        server.agent_id,
+    );
 
     let counter = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
@@ -150,7 +97,7 @@ pub async fn run(args: Args) -> Result<()> {
         let client = client.clone();
         let counter = counter.clone();
         let url = format!("{base}/v1/call");
-        let auth = key.key.clone();
+        let auth = key.clone();
         tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0u64;
@@ -184,7 +131,7 @@ pub async fn run(args: Args) -> Result<()> {
     let elapsed = start.elapsed().as_secs_f64();
     latencies.sort();
     let accepted = latencies.len() as f64 / elapsed;
-    let stored = store.count_calls(tenant.id).await?;
+    let stored = store.count_calls(tenant).await?;
     let report = json!({
         "clients": args.clients,
         "seconds": elapsed,

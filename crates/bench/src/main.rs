@@ -1,8 +1,10 @@
 //! `outdial-bench`: measurements behind docs/benchmarks.md. Every figure there comes from a
 //! command of this binary, run on the machine the document names.
 
+mod batch;
 mod calls;
 mod dispatch;
+mod server;
 mod webhooks;
 
 use anyhow::Result;
@@ -20,6 +22,8 @@ enum Command {
     /// POST /v1/call throughput and latency on the embedded default, beside the machine's
     /// SQLite durable-commit rate measured in the same run.
     Calls(calls::Args),
+    /// A large CSV batch: upload time, peak memory, metrics latency.
+    Batch(batch::Args),
     /// Dispatch throughput and lag with a large backlog of pending calls.
     Dispatch(dispatch::Args),
     /// Webhook delivery: a burst of events to a loopback receiver, events/s and
@@ -34,6 +38,7 @@ fn main() -> Result<()> {
         .build()?;
     match cli.command {
         Command::Calls(args) => rt.block_on(calls::run(args)),
+        Command::Batch(args) => rt.block_on(batch::run(args)),
         Command::Webhooks(args) => rt.block_on(webhooks::run(args)),
         Command::Dispatch(args) => rt.block_on(dispatch::run(args)),
     }

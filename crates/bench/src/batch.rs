@@ -1,0 +1,96 @@
+//! A 1,000,000-row batch: upload time, the process's peak memory, and the metrics endpoint's
+//! latency on that batch.
+
+use anyhow::{ensure, Result};
+use std::time::{Duration, Instant};
+use store::StoreOptions;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Recipients in the CSV.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: u64,
+    /// GETs of the metrics endpoint to time.
+    #[arg(long, default_value_t = 1000)]
+    metrics_requests: u32,
+}
+
+/// Peak resident memory of this process so far (VmHWM), in MB.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        })
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let server = crate::server::Server::start(tmp.path(), StoreOptions::default(), 4).await?;
+    // Valid, distinct Indian mobile numbers and one extra column, as a CRM export would have.
+    let mut csv = String::with_capacity(args.rows as usize * 40);
+    csv.push_str("customer_phone,customer_name\n");
+    for i in 0..args.rows {
+        csv.push_str(&format!("+9198{:08},Customer {i}\n", i));
+    }
+    let csv_mb = csv.len() as f64 / 1_048_576.0;
+    let rss_before = peak_rss_mb();
+    let form = reqwest::multipart::Form::new()
+        .text("agent_id", server.agent_id.to_string())
+        .text("name", "bench")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(csv.into_bytes()).file_name("recipients.csv"),
+        );
+    let started = Instant::now();
+    let r = server
+        .client
+        .post(format!("{}/v1/batch-call", server.base))
+        .bearer_auth(&server.key)
+        .multipart(form)
+        .send()
+        .await?;
+    let status = r.status();
+    let body: serde_json::Value = r.json().await?;
+    let upload_s = started.elapsed().as_secs_f64();
+    ensure!(status == 200, "upload refused: {body}");
+    let id = body["data"]["id"].clone();
+    let peak = peak_rss_mb();
+
+    let url = format!("{}/v1/batch-calls/{id}/metrics", server.base);
+    let mut latencies = Vec::with_capacity(args.metrics_requests as usize);
+    for _ in 0..args.metrics_requests {
+        let t = Instant::now();
+        let r = server
+            .client
+            .get(&url)
+            .bearer_auth(&server.key)
+            .send()
+            .await?;
+        ensure!(r.status() == 200, "metrics: {}", r.status());
+        r.bytes().await?;
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+    let ms = |d: Duration| (d.as_secs_f64() * 1e5).round() / 100.0;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "rows": args.rows,
+            "csv_mb": (csv_mb * 10.0).round() / 10.0,
+            "total_recipients": body["data"]["total_recipients"],
+            "upload_seconds": (upload_s * 100.0).round() / 100.0,
+            "peak_rss_mb_process": peak.round(),
+            "peak_rss_mb_before_upload": rss_before.round(),
+            "metrics_p50_ms": ms(pct(0.5)),
+            "metrics_p99_ms": ms(pct(0.99)),
+        }))?
+    );
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! The service under test, in-process: the real router and SQLite store on a temp dir, with a
+//! tenant, a key, a trunk, a number and an agent created through the API.
+
+use anyhow::{Context, Result};
+use domain::store::Store;
+use domain::tenant::TenantLimits;
+use domain::{Millis, TenantId};
+use serde_json::json;
+use std::path::Path;
+use std::sync::Arc;
+use store::{SqlStore, StoreOptions};
+
+pub struct Server {
+    pub store: Arc<SqlStore>,
+    pub tenant: TenantId,
+    pub key: String,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub agent_id: i64,
+}
+
+impl Server {
+    pub async fn start(dir: &Path, opts: StoreOptions, clients: usize) -> Result<Self> {
+        let url = format!("sqlite://{}/outdial.db", dir.display());
+        let store = Arc::new(SqlStore::connect(&url, opts).await?);
+        let tenant = store.create_tenant("bench", Millis::now()).await?;
+        // The bench calls many numbers many times; the per-number limit is not what is measured.
+        store
+            .update_tenant_limits(
+                tenant.id,
+                &TenantLimits {
+                    max_concurrent_calls: None,
+                    per_number_calls: 1_000_000,
+                    per_number_window_seconds: 1,
+                },
+            )
+            .await?;
+        let key = api::auth::generate_key();
+        store
+            .create_api_key(tenant.id, "bench", &key.lookup, &key.hash, Millis::now())
+            .await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let app = api::router(api::AppState::new(
+            store.clone(),
+            api::ApiConfig {
+                api_rate_limit_per_minute: 0,
+                public_url: format!("http://{addr}"),
+                ..Default::default()
+            },
+        ));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let base = format!("http://{addr}");
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(clients)
+            .build()?;
+        let post = |path: &str, body: serde_json::Value| {
+            client
+                .post(format!("{base}{path}"))
+                .bearer_auth(&key.key)
+                .json(&body)
+                .send()
+        };
+        let trunk: serde_json::Value = post(
+            "/v1/trunks",
+            json!({"name": "t", "uri": "sip:127.0.0.1:5080"}),
+        )
+        .await?
+        .json()
+        .await?;
+        post(
+            "/v1/phone-numbers",
+            json!({"number": "+918035739222", "trunk_id": trunk["data"]["trunk_id"]}),
+        )
+        .await?;
+        let agent: serde_json::Value = post(
+            "/v1/agents",
+            json!({"name": "a", "phone_number": "+918035739222"}),
+        )
+        .await?
+        .json()
+        .await?;
+        let agent_id = agent["data"]["agent_id"].as_i64().context("agent")?;
+        Ok(Self {
+            store,
+            tenant: tenant.id,
+            key: key.key,
+            base,
+            client,
+            agent_id,
+        })
+    }
+}
