@@ -585,7 +585,6 @@ async fn three_nodes_on_postgres_with_one_killed_dial_every_destination_exactly_
             clock.clone(),
             cfg(&format!("node-{i}")),
         );
-        runners.push(tokio::spawn(d.clone().run(stop.clone())));
         nodes.push(d);
     }
     let total = 60;
@@ -605,16 +604,22 @@ async fn three_nodes_on_postgres_with_one_killed_dial_every_destination_exactly_
                 .conversation_id,
         );
     }
-    for n in &nodes {
-        n.waker().notify_one();
-    }
-    // Kill node 0 as soon as it holds a live call: its run loop (claims, lease renewal) stops.
-    for _ in 0..200 {
+    // Node 0 starts first so that it surely holds live calls when it is killed; the other two
+    // join while it runs, then node 0's run loop (claims, lease renewal) stops.
+    runners.push(tokio::spawn(nodes[0].clone().run(stop.clone())));
+    nodes[0].waker().notify_one();
+    for _ in 0..1000 {
         if victim_phone.count() > 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    assert!(victim_phone.count() > 0, "node 0 dialled nothing");
+    for n in &nodes[1..] {
+        runners.push(tokio::spawn(n.clone().run(stop.clone())));
+        n.waker().notify_one();
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
     runners[0].abort();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
