@@ -15,20 +15,6 @@ pub struct Args {
     metrics_requests: u32,
 }
 
-/// Peak resident memory of this process so far (VmHWM), in MB.
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
-        })
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
 pub async fn run(args: Args) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let server = crate::server::Server::start(tmp.path(), StoreOptions::default(), 4).await?;
@@ -39,7 +25,7 @@ pub async fn run(args: Args) -> Result<()> {
         csv.push_str(&format!("+9198{:08},Customer {i}\n", i));
     }
     let csv_mb = csv.len() as f64 / 1_048_576.0;
-    let rss_before = peak_rss_mb();
+    let rss_before = crate::server::proc_status_mb("VmHWM");
     let form = reqwest::multipart::Form::new()
         .text("agent_id", server.agent_id.to_string())
         .text("name", "bench")
@@ -60,7 +46,7 @@ pub async fn run(args: Args) -> Result<()> {
     let upload_s = started.elapsed().as_secs_f64();
     ensure!(status == 200, "upload refused: {body}");
     let id = body["data"]["id"].clone();
-    let peak = peak_rss_mb();
+    let peak = crate::server::proc_status_mb("VmHWM");
 
     let url = format!("{}/v1/batch-calls/{id}/metrics", server.base);
     let mut latencies = Vec::with_capacity(args.metrics_requests as usize);

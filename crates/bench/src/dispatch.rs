@@ -61,19 +61,6 @@ impl Telephony for InstantAnswer {
     }
 }
 
-fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
-        })
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
 /// Bulk rows straight into `calls`: setup only, values generated here (no user input).
 async fn bulk_insert(
     store: &SqlStore,
@@ -182,7 +169,7 @@ pub async fn run(args: Args) -> Result<()> {
         )
         .await?;
 
-    let rss_before = rss_mb();
+    let rss_before = crate::server::proc_status_mb("VmRSS");
     let far = Millis::now().0 + 20 * 24 * 3600 * 1000;
     let insert_start = Instant::now();
     bulk_insert(&store, &url, t.id.0, agent.id.0, 0, args.pending, |k| {
@@ -215,7 +202,7 @@ pub async fn run(args: Args) -> Result<()> {
     }
     // Let the dispatchers settle on the far-future backlog, then measure what an idle node holds.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_idle_with_backlog = rss_mb();
+    let rss_idle_with_backlog = crate::server::proc_status_mb("VmRSS");
 
     let due_n = args.rate * args.seconds;
     let start = Millis::now().0 + 3_000;
@@ -228,7 +215,7 @@ pub async fn run(args: Args) -> Result<()> {
     while phone.0.load(Ordering::Relaxed) < due_n && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let rss_after = rss_mb();
+    let rss_after = crate::server::proc_status_mb("VmRSS");
     stop_tx.send(true)?;
     for r in runners {
         let _ = r.await;

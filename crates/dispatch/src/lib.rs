@@ -251,26 +251,34 @@ impl Dispatcher {
         }
     }
 
+    /// A `failed` settlement of a call that was never talked on (nothing played or heard).
+    fn failed_attempt(
+        &self,
+        id: ConversationId,
+        reason: String,
+        now: Millis,
+        retry_at: Option<Millis>,
+    ) -> FinishAttempt {
+        FinishAttempt {
+            id,
+            node: self.config.node_id.clone(),
+            status: CallStatus::Failed,
+            failure_reason: Some(reason),
+            ended_at: now,
+            duration_seconds: None,
+            recording_path: None,
+            transcript: Vec::new(),
+            results: Default::default(),
+            retry_at,
+            public_url: self.config.public_url.clone(),
+        }
+    }
+
     async fn fail_undialled(&self, call: &DueCall, reason: String) -> Result<(), StoreError> {
         tracing::warn!(conversation_id = %call.id, trace_id = %call.trace_id, %reason, "call cannot be dialled");
         let now = self.clock.now();
         self.store
-            .finish_attempt(
-                FinishAttempt {
-                    id: call.id,
-                    node: self.config.node_id.clone(),
-                    status: CallStatus::Failed,
-                    failure_reason: Some(reason),
-                    ended_at: now,
-                    duration_seconds: None,
-                    recording_path: None,
-                    transcript: Vec::new(),
-                    results: Default::default(),
-                    retry_at: None,
-                    public_url: self.config.public_url.clone(),
-                },
-                now,
-            )
+            .finish_attempt(self.failed_attempt(call.id, reason, now, None), now)
             .await
             .map(|_| ())
     }
@@ -288,19 +296,7 @@ impl Dispatcher {
                 o.attempt,
             )
             .map(|d| Millis(now.0 + d.as_millis() as i64));
-            let finish = FinishAttempt {
-                id: o.id,
-                node: self.config.node_id.clone(),
-                status: CallStatus::Failed,
-                failure_reason: Some("interrupted".into()),
-                ended_at: now,
-                duration_seconds: None,
-                recording_path: None,
-                transcript: Vec::new(),
-                results: Default::default(),
-                retry_at,
-                public_url: self.config.public_url.clone(),
-            };
+            let finish = self.failed_attempt(o.id, "interrupted".into(), now, retry_at);
             if self.store.finish_attempt(finish, now).await? {
                 tracing::warn!(conversation_id = %o.id, "settled an interrupted call");
                 self.events_written();

@@ -127,6 +127,18 @@ const DUE_CALL_SELECT: &str = "SELECT c.id AS id, c.tenant_id AS tenant_id, c.ag
     LEFT JOIN trunks tr ON tr.id = pn.trunk_id \
     WHERE c.id = $1";
 
+/// The settled conversation with its agent's config; built once, it runs on every settle.
+static TERMINAL_EVENT_SELECT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let columns: Vec<String> = rows::CONVERSATION_COLUMNS
+        .split(", ")
+        .map(|col| format!("c.{col} AS {col}"))
+        .collect();
+    format!(
+        "SELECT {}, a.config AS agent_config FROM calls c LEFT JOIN agents a ON a.id = c.agent_id WHERE c.id = $1",
+        columns.join(", ")
+    )
+});
+
 /// Writes the conversation's `call.<outcome>` event to the outbox in the caller's transaction,
 /// so the event exists exactly when the outcome does. Returns the conversation as settled.
 async fn emit_terminal_event(
@@ -137,18 +149,11 @@ async fn emit_terminal_event(
     public_url: &str,
     now: Millis,
 ) -> Result<domain::call::Conversation, StoreError> {
-    let row = sqlx::query(&format!(
-        "SELECT {}, a.config AS agent_config FROM calls c LEFT JOIN agents a ON a.id = c.agent_id WHERE c.id = $1",
-        rows::CONVERSATION_COLUMNS
-            .split(", ")
-            .map(|col| format!("c.{col} AS {col}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ))
-    .bind(id.to_string())
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(db_err)?;
+    let row = sqlx::query(&TERMINAL_EVENT_SELECT)
+        .bind(id.to_string())
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_err)?;
     let conversation = rows::conversation(&row)?;
     let config: Option<String> = get(&row, "agent_config")?;
     let max_attempts = config
@@ -476,16 +481,19 @@ impl DispatchStore for SqlStore {
         ids: &[ConversationId],
         until: Millis,
     ) -> Result<(), StoreError> {
+        // One transaction for all of a node's live calls: one fsync per renewal round, not one
+        // per call.
+        let mut tx = self.write.begin().await.map_err(db_err)?;
         for id in ids {
             sqlx::query("UPDATE calls SET lease_until = $1 WHERE id = $2 AND lease_owner = $3")
                 .bind(until.0)
                 .bind(id.to_string())
                 .bind(node)
-                .execute(&self.write)
+                .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
         }
-        Ok(())
+        tx.commit().await.map_err(db_err)
     }
 
     async fn finish_attempt(&self, f: FinishAttempt, now: Millis) -> Result<bool, StoreError> {
