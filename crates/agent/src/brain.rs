@@ -2,11 +2,25 @@
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
+use std::time::Duration;
+use tokio::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrainError {
     #[error("the brain's model failed: {0}")]
     Model(String),
+    /// The model server could not be reached (refused, DNS, TLS).
+    #[error("the model server could not be reached: {0}")]
+    Connect(String),
+    /// The model server answered with a non-success status; `body` is a short excerpt.
+    #[error("the model server answered {status}: {body}")]
+    Http { status: u16, body: String },
+    /// `stage` is what we were waiting for: "connect", "response", "next chunk" or "turn".
+    #[error("the model server took longer than {limit:?} ({stage})")]
+    Timeout { stage: &'static str, limit: Duration },
+    /// The reply stream broke off or could not be read.
+    #[error("the model's reply stream was malformed or cut: {0}")]
+    Stream(String),
 }
 
 /// What the agent does after a turn: speak `say` in order, then hang up if `end`.
@@ -22,6 +36,21 @@ pub trait Brain: Send + 'static {
     fn start(&mut self) -> Reply;
     /// The caller finished a turn and said `heard` (possibly empty: speech nobody could read).
     async fn hear(&mut self, heard: &str) -> Result<Reply, BrainError>;
+    /// Like [`Brain::hear`], but each line of the reply is also sent to `lines` as soon as it is
+    /// known, so speech can start before a streaming model has finished. On `Ok` the lines sent
+    /// are exactly the returned `say`, in order; on `Err` the lines already sent are still the
+    /// brain's (the agent should speak them). The default sends the lines after `hear`.
+    async fn hear_streaming(
+        &mut self,
+        heard: &str,
+        lines: &mpsc::UnboundedSender<String>,
+    ) -> Result<Reply, BrainError> {
+        let reply = self.hear(heard).await?;
+        for line in &reply.say {
+            let _ = lines.send(line.clone());
+        }
+        Ok(reply)
+    }
     /// Words and phrases the caller is expected to say now: a hint for speech-to-text.
     fn expected_phrases(&self) -> Vec<String>;
     /// Everything collected so far.

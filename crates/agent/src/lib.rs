@@ -6,6 +6,7 @@
 pub mod brain;
 pub mod conversation;
 pub mod flow;
+pub mod llm;
 pub mod stt;
 pub mod template;
 pub mod tts;
@@ -17,6 +18,7 @@ pub use conversation::{
     converse, ConversationOutcome, EndedBy, Opening, Session, Timing, TurnTiming,
 };
 pub use flow::FlowBrain;
+pub use llm::{LlmBrain, LlmOptions};
 pub use stt::{PocketSphinx, SpeechToText, SttError};
 pub use template::render;
 pub use tts::{EspeakNg, TextToSpeech, TtsError};

@@ -1,0 +1,494 @@
+//! The llm brain against recorded OpenAI-compatible chat completion streams, replayed by a real
+//! HTTP/1.1 server on loopback. The fixtures (`tests/fixtures/llm/*.sse`) are the bytes such a
+//! server sends: a role chunk, content deltas, tool-call deltas whose `arguments` arrive in
+//! fragments, a `finish_reason` chunk and `data: [DONE]`. The server sends them in small,
+//! uneven pieces of a chunked body, so events are split across reads as on a real network.
+
+use agent::{Brain, BrainError, LlmBrain, LlmOptions};
+use domain::agent::AgentConfig;
+use domain::call::{Parameter, RetryContext};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{}/tests/fixtures/llm/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+enum Answer {
+    /// 200 with this SSE body, sent whole.
+    Stream(Vec<u8>),
+    /// 200 with this body, then the connection is dropped without ending the chunked body.
+    Cut(Vec<u8>),
+    /// A non-success status with a JSON body.
+    Status(u16, Vec<u8>),
+    /// Read the request, then say nothing.
+    Hang,
+}
+
+#[derive(Debug, Clone)]
+struct Request {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Value,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+struct Server {
+    base_url: String,
+    requests: Arc<Mutex<Vec<Request>>>,
+}
+
+impl Server {
+    fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+async fn serve(answers: Vec<Answer>) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let answers = Arc::new(Mutex::new(VecDeque::from(answers)));
+    let seen = requests.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen.clone();
+            let answers = answers.clone();
+            tokio::spawn(async move {
+                if let Some(req) = read_request(sock).await {
+                    let (req, sock) = req;
+                    seen.lock().unwrap().push(req);
+                    let answer = answers.lock().unwrap().pop_front();
+                    answer_with(sock, answer).await;
+                }
+            });
+        }
+    });
+    Server {
+        base_url: format!("http://{addr}/v1"),
+        requests,
+    }
+}
+
+async fn read_request(mut sock: TcpStream) -> Option<(Request, TcpStream)> {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    let head_end = loop {
+        let n = sock.read(&mut tmp).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let method = first.next()?.to_string();
+    let path = first.next()?.to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let n = sock.read(&mut tmp).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    let body = serde_json::from_slice(&buf[head_end..head_end + len]).unwrap_or(Value::Null);
+    Some((
+        Request {
+            method,
+            path,
+            headers,
+            body,
+        },
+        sock,
+    ))
+}
+
+/// Uneven piece sizes, so SSE events and UTF-8 sequences straddle reads.
+const PIECES: [usize; 6] = [1, 17, 3, 64, 9, 250];
+
+async fn chunked(sock: &mut TcpStream, body: &[u8]) {
+    let mut rest = body;
+    let mut i = 0;
+    while !rest.is_empty() {
+        let n = PIECES[i % PIECES.len()].min(rest.len());
+        let (piece, tail) = rest.split_at(n);
+        let mut frame = format!("{n:x}\r\n").into_bytes();
+        frame.extend_from_slice(piece);
+        frame.extend_from_slice(b"\r\n");
+        if sock.write_all(&frame).await.is_err() {
+            return;
+        }
+        let _ = sock.flush().await;
+        rest = tail;
+        i += 1;
+        if i % 8 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+async fn answer_with(mut sock: TcpStream, answer: Option<Answer>) {
+    let sse_head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n\
+                    Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n\
+                    openai-processing-ms: 231\r\nx-request-id: req_7c1f0e2b9a\r\nConnection: close\r\n\r\n";
+    match answer {
+        Some(Answer::Stream(body)) => {
+            let _ = sock.write_all(sse_head.as_bytes()).await;
+            chunked(&mut sock, &body).await;
+            let _ = sock.write_all(b"0\r\n\r\n").await;
+            let _ = sock.shutdown().await;
+        }
+        Some(Answer::Cut(body)) => {
+            let _ = sock.write_all(sse_head.as_bytes()).await;
+            chunked(&mut sock, &body).await;
+            // Dropped here: no terminating chunk, as when a proxy or the server dies.
+        }
+        Some(Answer::Status(code, body)) => {
+            let head = format!(
+                "HTTP/1.1 {code} Error\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(&body).await;
+            let _ = sock.shutdown().await;
+        }
+        Some(Answer::Hang) => {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        None => {
+            let _ = sock
+                .write_all(b"HTTP/1.1 503 No More\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .await;
+        }
+    }
+}
+
+const KEY: &str = "sk-test-9f8e7d6c5b4a3210wxyz";
+
+fn agent(base_url: &str) -> AgentConfig {
+    let v = json!({
+      "name": "collections",
+      "language": "en-IN",
+      "first_message": "Hello {{customer_name}}, this is Asha from Acme about invoice {{invoice_id}}.",
+      "brain": { "type": "llm", "base_url": base_url, "model": "gpt-4o-mini",
+                 "api_key": KEY, "prompt": "You are Asha, a polite collections agent for Acme calling {{customer_name}}." },
+      "stages": [
+        { "id": "stage_ask", "say": "Can you pay invoice {{invoice_id}} by Friday?",
+          "routes": [
+            { "when_any": ["yes", "sure"], "set": { "intent": "payment_promise" },
+              "say": "Thank you, we will note that. Goodbye.", "end": true },
+            { "when_any": ["no", "cannot"], "set": { "intent": "refused" }, "next": "stage_follow_up" }
+          ],
+          "otherwise": { "say": "Sorry, could you say that again?", "repeat": 1, "then_end": true } },
+        { "id": "stage_follow_up", "say": "When could you pay?",
+          "routes": [ { "when_any": ["next week"], "set": { "when": "next_week" }, "say": "Noted. Goodbye.", "end": true } ] }
+      ],
+      "results": [ { "name": "intent", "description": "what the customer agreed to" },
+                   { "name": "when", "description": "when the customer will pay" } ]
+    });
+    AgentConfig::from_json(v.as_object().unwrap()).unwrap()
+}
+
+fn params() -> Vec<Parameter> {
+    vec![
+        Parameter {
+            name: "customer_name".into(),
+            value: "Rahul".into(),
+        },
+        Parameter {
+            name: "invoice_id".into(),
+            value: "INV-7".into(),
+        },
+    ]
+}
+
+fn options() -> LlmOptions {
+    LlmOptions {
+        response_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(5),
+        turn_timeout: Duration::from_secs(10),
+        ..LlmOptions::default()
+    }
+}
+
+fn brain(server: &Server, retry: Option<&RetryContext>, o: LlmOptions) -> LlmBrain {
+    let client = o.client().map_err(|e| e.to_string());
+    LlmBrain::new(&agent(&server.base_url), &params(), retry, o, client)
+}
+
+fn tool_names(body: &Value) -> Vec<&str> {
+    body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_promise_is_spoken_recorded_and_ends_the_call() {
+    let server = serve(vec![Answer::Stream(fixture("promise_and_end.sse"))]).await;
+    let mut b = brain(&server, None, options());
+    assert_eq!(b.start().say, vec!["Can you pay invoice INV-7 by Friday?"]);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let reply = b
+        .hear_streaming("Yes, I can pay by Friday.", &tx)
+        .await
+        .unwrap();
+    assert_eq!(reply.say, vec!["Thank you, we will note that.", "Goodbye."]);
+    assert!(reply.end, "end_call ends the call");
+    assert_eq!(b.results()["intent"], "payment_promise");
+    let mut streamed = Vec::new();
+    while let Ok(l) = rx.try_recv() {
+        streamed.push(l);
+    }
+    assert_eq!(streamed, reply.say, "each sentence went out as it completed");
+
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 1);
+    let r = &reqs[0];
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.path, "/v1/chat/completions");
+    assert_eq!(r.header("authorization"), Some(format!("Bearer {KEY}").as_str()));
+    assert!(r.header("content-type").unwrap().starts_with("application/json"));
+    assert_eq!(r.body["model"], "gpt-4o-mini");
+    assert_eq!(r.body["stream"], true);
+    assert_eq!(tool_names(&r.body), vec!["set_result", "end_call"]);
+    let names = &r.body["tools"][0]["function"]["parameters"]["properties"]["name"]["enum"];
+    assert_eq!(names, &json!(["intent", "when"]));
+    let msgs = r.body["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 3, "{msgs:#?}");
+    let system = msgs[0]["content"].as_str().unwrap();
+    assert_eq!(msgs[0]["role"], "system");
+    for want in [
+        "You are Asha, a polite collections agent for Acme calling Rahul.",
+        "en-IN",
+        "Stage \"stage_ask\": ask \"Can you pay invoice INV-7 by Friday?\"",
+        "call set_result with name \"intent\" and value \"payment_promise\"",
+        "then go on to stage \"stage_follow_up\"",
+        "intent: what the customer agreed to",
+        "\"invoice_id\":\"INV-7\"",
+        "end_call",
+    ] {
+        assert!(system.contains(want), "system prompt lacks {want:?}:\n{system}");
+    }
+    assert_eq!(
+        msgs[1],
+        json!({"role": "assistant", "content":
+            "Hello Rahul, this is Asha from Acme about invoice INV-7. Can you pay invoice INV-7 by Friday?"})
+    );
+    assert_eq!(msgs[2], json!({"role": "user", "content": "Yes, I can pay by Friday."}));
+}
+
+#[tokio::test]
+async fn tool_only_replies_are_answered_and_history_carries_over_turns() {
+    let server = serve(vec![
+        Answer::Stream(fixture("refusal_tool_only.sse")),
+        Answer::Stream(fixture("refusal_follow_up.sse")),
+        Answer::Stream(fixture("next_week_end.sse")),
+    ])
+    .await;
+    let mut b = brain(&server, None, options());
+    b.start();
+    let r = b.hear("No, I cannot pay this week.").await.unwrap();
+    assert_eq!(r.say, vec!["I understand.", "When do you think you could pay?"]);
+    assert!(!r.end);
+    assert_eq!(b.results()["intent"], "refused");
+
+    let r = b.hear("Maybe next week.").await.unwrap();
+    assert_eq!(r.say, vec!["Thank you, I have noted next week.", "Goodbye!"]);
+    assert!(r.end);
+    assert_eq!(b.results()["when"], "next week");
+    assert_eq!(b.results()["intent"], "refused");
+
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 3, "one request per round");
+    // Round two answers the tool call of round one.
+    let m = reqs[1].body["messages"].as_array().unwrap();
+    let n = m.len();
+    assert_eq!(m[n - 2]["role"], "assistant");
+    assert_eq!(m[n - 2]["content"], Value::Null);
+    let call = &m[n - 2]["tool_calls"][0];
+    assert_eq!(call["id"], "call_Zr7Ty2Uq9Wm4Nb6Vc1Xk3Lp8");
+    assert_eq!(call["function"]["name"], "set_result");
+    assert_eq!(
+        serde_json::from_str::<Value>(call["function"]["arguments"].as_str().unwrap()).unwrap(),
+        json!({"name": "intent", "value": "refused"})
+    );
+    assert_eq!(
+        m[n - 1],
+        json!({"role": "tool", "tool_call_id": "call_Zr7Ty2Uq9Wm4Nb6Vc1Xk3Lp8", "content": "recorded intent"})
+    );
+    // The next turn's request holds the whole conversation, in order.
+    let m = reqs[2].body["messages"].as_array().unwrap();
+    let roles: Vec<&str> = m.iter().map(|x| x["role"].as_str().unwrap()).collect();
+    assert_eq!(
+        roles,
+        vec!["system", "assistant", "user", "assistant", "tool", "assistant", "user"]
+    );
+    assert_eq!(m[5]["content"], "I understand. When do you think you could pay?");
+    assert_eq!(m[6]["content"], "Maybe next week.");
+    // The brain's own history ends with the last turn's tool answers.
+    let h = b.history();
+    assert_eq!(h[h.len() - 1]["role"], "tool");
+    assert_eq!(h[h.len() - 3]["tool_calls"][1]["function"]["name"], "end_call");
+}
+
+#[tokio::test]
+async fn a_retry_resumes_at_its_stage_in_its_language_with_what_was_collected() {
+    let server = serve(vec![Answer::Stream(fixture("next_week_end.sse"))]).await;
+    let retry = RetryContext {
+        collected_data: Some(json!({"intent": "refused"}).as_object().unwrap().clone()),
+        retry_initial_message: Some("Hello again {{customer_name}}, it's Asha from Acme.".into()),
+        retry_language: Some("hi-IN".into()),
+        retry_stage_id: Some("stage_follow_up".into()),
+    };
+    let mut b = brain(&server, Some(&retry), options());
+    assert_eq!(b.results()["intent"], "refused");
+    assert_eq!(b.start().say, vec!["When could you pay?"]);
+    let r = b.hear("next week").await.unwrap();
+    assert!(r.end);
+    let body = &server.requests()[0].body;
+    let system = body["messages"][0]["content"].as_str().unwrap();
+    assert!(system.contains("hi-IN"), "{system}");
+    assert!(system.contains("now at stage \"stage_follow_up\""), "{system}");
+    assert!(system.contains("{\"intent\":\"refused\"}"), "{system}");
+    assert_eq!(
+        body["messages"][1]["content"],
+        "Hello again Rahul, it's Asha from Acme. When could you pay?"
+    );
+}
+
+#[tokio::test]
+async fn http_errors_are_reported_and_the_agent_falls_back_then_hangs_up() {
+    let server = serve(vec![
+        Answer::Status(401, fixture("errors_401.json")),
+        Answer::Status(500, fixture("errors_500.json")),
+        Answer::Status(500, fixture("errors_500.json")),
+    ])
+    .await;
+    let mut b = brain(&server, None, options());
+    b.start();
+    let err = b.respond("hello?", None).await.unwrap_err();
+    match &err {
+        BrainError::Http { status, body } => {
+            assert_eq!(*status, 401);
+            assert!(body.starts_with("Incorrect API key provided"), "{body}");
+        }
+        other => panic!("want an HTTP error, got {other:?}"),
+    }
+    assert!(!err.to_string().contains(KEY), "the key is masked: {err}");
+
+    // Through the Brain trait: a safe line instead of silence, then goodbye on the second miss.
+    let defaults = LlmOptions::default();
+    let r = b.hear("hello?").await.unwrap();
+    assert_eq!(r.say, vec![defaults.retry_line.clone()]);
+    assert!(!r.end);
+    let r = b.hear("are you there?").await.unwrap();
+    assert_eq!(r.say, vec![defaults.goodbye_line.clone()]);
+    assert!(r.end);
+    // What the caller heard is in the history, so a recovered model would know.
+    let h = b.history();
+    assert_eq!(h[h.len() - 1]["content"], defaults.goodbye_line);
+    assert_eq!(h[h.len() - 2]["content"], "are you there?");
+    assert_eq!(server.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn a_stream_cut_mid_way_is_an_error_and_what_was_said_stays_said() {
+    let server = serve(vec![
+        Answer::Cut(fixture("cut.sse")),
+        Answer::Cut(fixture("cut.sse")),
+    ])
+    .await;
+    let mut b = brain(&server, None, options());
+    b.start();
+    let err = b.respond("how much do I owe?", None).await.unwrap_err();
+    assert!(matches!(err, BrainError::Stream(_)), "{err:?}");
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let r = b.hear_streaming("how much do I owe?", &tx).await.unwrap();
+    let fallback = LlmOptions::default().retry_line;
+    assert_eq!(r.say, vec!["Thank you.".to_string(), fallback.clone()]);
+    assert!(!r.end);
+    let mut streamed = Vec::new();
+    while let Ok(l) = rx.try_recv() {
+        streamed.push(l);
+    }
+    assert_eq!(streamed, r.say);
+    assert_eq!(
+        b.history().last().unwrap()["content"],
+        format!("Thank you. {fallback}")
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_event_is_a_stream_error() {
+    let server = serve(vec![Answer::Stream(fixture("malformed.sse"))]).await;
+    let mut b = brain(&server, None, options());
+    let err = b.respond("hi", None).await.unwrap_err();
+    match err {
+        BrainError::Stream(msg) => assert!(msg.contains("not valid JSON"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_silent_server_times_out_and_a_closed_port_is_a_connect_error() {
+    let server = serve(vec![Answer::Hang]).await;
+    let o = LlmOptions {
+        response_timeout: Duration::from_millis(300),
+        ..options()
+    };
+    let mut b = brain(&server, None, o);
+    let err = b.respond("hi", None).await.unwrap_err();
+    assert!(
+        matches!(err, BrainError::Timeout { stage: "response", .. }),
+        "{err:?}"
+    );
+
+    // A port nobody listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let closed = Server {
+        base_url: format!("http://127.0.0.1:{port}/v1"),
+        requests: Arc::default(),
+    };
+    let mut b = brain(&closed, None, options());
+    let err = b.respond("hi", None).await.unwrap_err();
+    assert!(matches!(err, BrainError::Connect(_)), "{err:?}");
+    assert!(!err.to_string().contains(&port.to_string()), "no endpoint in: {err}");
+}
