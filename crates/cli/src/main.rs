@@ -13,6 +13,8 @@ use std::sync::Arc;
 use store::{SqlStore, StoreOptions};
 use tracing_subscriber::EnvFilter;
 
+mod batch;
+
 #[derive(Parser)]
 #[command(
     name = "outdial",
@@ -51,6 +53,8 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeyCommand),
+    /// Batch calls on a running service, over its HTTP API: create, watch.
+    Batch(batch::BatchArgs),
 }
 
 #[derive(Args)]
@@ -109,6 +113,22 @@ struct ServeArgs {
     /// A calling window for agents without their own, `HH:MM-HH:MM` in the callee's local time.
     #[arg(long, env = "OUTDIAL_DEFAULT_CALLING_WINDOW")]
     default_calling_window: Option<String>,
+    /// Largest CSV file `POST /v1/batch-call` accepts, in bytes (default 50 MiB).
+    #[arg(long, env = "OUTDIAL_BATCH_MAX_BYTES", default_value_t = domain::batch::BatchLimits::default().max_bytes,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    batch_max_bytes: u64,
+    /// Most recipients (data rows) in one batch file.
+    #[arg(long, env = "OUTDIAL_BATCH_MAX_ROWS", default_value_t = domain::batch::BatchLimits::default().max_rows,
+        value_parser = parse_max_rows)]
+    batch_max_rows: usize,
+}
+
+fn parse_max_rows(s: &str) -> Result<usize> {
+    let n: usize = s.trim().parse()?;
+    if n == 0 {
+        bail!("must be at least 1");
+    }
+    Ok(n)
 }
 
 fn rtp_range(s: &str) -> Result<std::ops::RangeInclusive<u16>> {
@@ -212,6 +232,7 @@ async fn main() -> Result<()> {
         Command::Serve(args) => serve(&cli.db, *args).await,
         Command::Tenants(cmd) => tenants(&cli.db, cmd).await,
         Command::Keys(cmd) => keys(&cli.db, cmd).await,
+        Command::Batch(args) => batch::run(args).await,
     }
 }
 
@@ -305,7 +326,10 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
         public_url,
         webhook_allow_private: url_policy.allow_private,
         webhook_wake: webhook_worker.waker(),
-        batch_limits: Default::default(),
+        batch_limits: domain::batch::BatchLimits {
+            max_bytes: args.batch_max_bytes,
+            max_rows: args.batch_max_rows,
+        },
         key_cache_ttl: std::time::Duration::from_millis(args.key_cache_ms),
     };
     let (stop_webhooks, webhooks_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -5,8 +5,9 @@
 //! exactly one recipient from one counter to another and the counters always add up to
 //! `total_recipients`; reading them is one primary-key lookup.
 
-use crate::rows::{corrupt, get};
+use crate::rows::{self, corrupt, get, json, CONVERSATION_COLUMNS};
 use crate::{db_err, SqlStore};
+use domain::agent::AgentConfig;
 use domain::batch::{
     outcome_counter, Batch, BatchAction, BatchCounts, BatchError, BatchStatus, BatchStore, NewBatch,
 };
@@ -25,6 +26,9 @@ const INSERT_CHUNK: usize = 1000;
 
 /// Parameters shared by every row of a chunk, bound once per statement.
 const SHARED_PARAMS: usize = 8;
+
+/// Calls settled per statement by a batch cancel (one bind each).
+const CANCEL_CHUNK: usize = 500;
 
 fn batch(row: &sqlx::any::AnyRow) -> Result<Batch, StoreError> {
     let status: String = get(row, "status")?;
@@ -316,45 +320,76 @@ impl SqlStore {
         Ok(batch(&row)?)
     }
 
-    /// Settles every waiting call of the batch as `canceled` and moves their recipients to
-    /// `canceled_count`. Calls already dialling are not touched: their own settlement counts
-    /// them. Calls first, then the batch row: the same lock order as `begin_dial`, so the two
-    /// cannot deadlock on PostgreSQL.
+    /// Settles every waiting call of the batch as `canceled`, with its event and its
+    /// `call.canceled` webhook, and moves their recipients to `canceled_count`. Calls already
+    /// dialling are not touched: their own settlement counts them. Calls first, then the batch
+    /// row: the same lock order as `begin_dial`, so the two cannot deadlock on PostgreSQL.
     async fn cancel_batch_in(
         &self,
         conn: &mut AnyConnection,
-        tenant: TenantId,
-        id: i64,
+        batch: &Batch,
         now: Millis,
     ) -> Result<(), BatchError> {
-        let mut moved = [0u64; 2];
-        for (slot, attempts) in [(0, "attempt = 1"), (1, "attempt > 1")] {
-            moved[slot] = sqlx::query(&format!(
-                "UPDATE calls SET status = 'canceled', ended_at = $1, lease_owner = NULL, lease_until = NULL \
-                 WHERE batch_id = $2 AND tenant_id = $3 AND status IN ('scheduled', 'queued') AND {attempts}"
-            ))
-            .bind(now.0)
-            .bind(id)
-            .bind(tenant.0)
-            .execute(&mut *conn)
-            .await
-            .map_err(db_err)?
-            .rows_affected();
-        }
-        sqlx::query(
-            "INSERT INTO call_events (call_id, tenant_id, at, status, detail) \
-             SELECT id, tenant_id, $1, 'canceled', 'batch canceled' FROM calls \
-             WHERE batch_id = $2 AND status = 'canceled' AND ended_at = $1",
+        let waiting: Vec<String> = sqlx::query(
+            "SELECT id FROM calls WHERE batch_id = $1 AND tenant_id = $2 \
+             AND status IN ('scheduled', 'queued')",
         )
-        .bind(now.0)
-        .bind(id)
-        .execute(&mut *conn)
+        .bind(batch.id)
+        .bind(batch.tenant.0)
+        .fetch_all(&mut *conn)
         .await
-        .map_err(db_err)?;
-        let (first, retries) = (
-            i64::try_from(moved[0]).unwrap_or(i64::MAX),
-            i64::try_from(moved[1]).unwrap_or(i64::MAX),
-        );
+        .map_err(db_err)?
+        .iter()
+        .map(|r| get::<String>(r, "id"))
+        .collect::<Result<_, _>>()?;
+        let chain = webhooks::terminal::ChainPosition {
+            max_attempts: agent_max_attempts(conn, batch.agent).await?,
+            next_retry_at: None,
+        };
+        let (mut first, mut retries) = (0i64, 0i64);
+        for ids in waiting.chunks(CANCEL_CHUNK) {
+            let update_sql = format!(
+                "UPDATE calls SET status = 'canceled', ended_at = $1, lease_owner = NULL, lease_until = NULL \
+                 WHERE tenant_id = $2 AND id IN ({}) AND status IN ('scheduled', 'queued') \
+                 RETURNING attempt, {CONVERSATION_COLUMNS}",
+                placeholders(3, ids.len())
+            );
+            let mut update = sqlx::query(&update_sql).bind(now.0).bind(batch.tenant.0);
+            for id in ids {
+                update = update.bind(id.as_str());
+            }
+            // Only what this statement settled: a call that began dialling since the SELECT is
+            // no longer waiting and is left to its own settlement.
+            let settled = update.fetch_all(&mut *conn).await.map_err(db_err)?;
+            if settled.is_empty() {
+                continue;
+            }
+            let mut events = Vec::with_capacity(settled.len());
+            let history_sql = format!(
+                "INSERT INTO call_events (call_id, tenant_id, at, status, detail) \
+                 SELECT id, tenant_id, $1, 'canceled', 'batch canceled' FROM calls WHERE id IN ({})",
+                placeholders(2, settled.len())
+            );
+            let mut history = sqlx::query(&history_sql).bind(now.0);
+            for row in &settled {
+                if get::<i64>(row, "attempt")? > 1 {
+                    retries += 1;
+                } else {
+                    first += 1;
+                }
+                let conversation = rows::conversation(row)?;
+                history = history.bind(conversation.id.to_string());
+                // A canceled call never rang, so its event has no recording URL to build.
+                events.push(
+                    webhooks::terminal::terminal_event(&conversation, chain, "", now).map_err(
+                        |e| StoreError::Database(format!("building the webhook event: {e}")),
+                    )?,
+                );
+            }
+            history.execute(&mut *conn).await.map_err(db_err)?;
+            crate::outbox::enqueue_many_in(conn, self.backend, batch.tenant, batch.agent, &events)
+                .await?;
+        }
         sqlx::query(
             "UPDATE batches SET pending_count = pending_count - $1, \
              pending_retry_count = pending_retry_count - $2, canceled_count = canceled_count + $1 + $2, \
@@ -363,13 +398,50 @@ impl SqlStore {
         .bind(first)
         .bind(retries)
         .bind(now.0)
-        .bind(id)
+        .bind(batch.id)
         .execute(&mut *conn)
         .await
         .map_err(db_err)?;
-        tracing::info!(batch_id = id, canceled = first + retries, "batch canceled");
+        tracing::info!(
+            batch_id = batch.id,
+            canceled = first + retries,
+            "batch canceled"
+        );
         Ok(())
     }
+}
+
+/// `$from, $from+1, ...`: `n` numbered placeholders for an `IN (...)` list.
+fn placeholders(from: usize, n: usize) -> String {
+    let mut s = String::with_capacity(n * 6);
+    for i in 0..n {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push('$');
+        s.push_str(&(from + i).to_string());
+    }
+    s
+}
+
+/// The agent's `retry_policy.max_attempts` (1 without a policy), for the events' `retry` block,
+/// as a single call's settlement reports it.
+async fn agent_max_attempts(conn: &mut AnyConnection, agent: AgentId) -> Result<u32, StoreError> {
+    let row = sqlx::query("SELECT config FROM agents WHERE id = $1")
+        .bind(agent.0)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    let config: Option<String> = match row {
+        Some(r) => get(&r, "config")?,
+        None => None,
+    };
+    Ok(config
+        .map(|c| json::<serde_json::Map<String, serde_json::Value>>(&c, "agents.config"))
+        .transpose()?
+        .and_then(|m| AgentConfig::from_json(&m).ok())
+        .and_then(|c| c.retry_policy.map(|p| p.max_attempts))
+        .unwrap_or(1))
 }
 
 #[async_trait::async_trait]
@@ -481,7 +553,7 @@ impl BatchStore for SqlStore {
                 .map_err(db_err)?;
             }
             (BatchAction::Cancel, Pending | InProgress | Paused) => {
-                self.cancel_batch_in(&mut tx, tenant, id, now).await?;
+                self.cancel_batch_in(&mut tx, &current, now).await?;
             }
         }
         let changed = self.batch_row(&mut tx, tenant, id).await?;

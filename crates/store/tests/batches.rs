@@ -9,8 +9,11 @@ use domain::batch::{parse_recipients, BatchAction, BatchError, BatchStatus, NewB
 use domain::dispatch::{BeginDial, DialLimits, FinishAttempt};
 use domain::store::Store;
 use domain::tenant::NewTrunk;
+use domain::webhooks::{LeaseRequest, NewWebhookTarget};
 use domain::{AgentId, CallStatus, Millis, TraceId, E164};
 use serde_json::json;
+use std::collections::HashSet;
+use std::time::Duration;
 
 const ROWS: u32 = 2500;
 
@@ -42,6 +45,24 @@ async fn story(store: &dyn Store) {
     )
     .unwrap();
     let agent = store.create_agent(t.id, &cfg, now).await.unwrap();
+    // Subscribed to cancellations only: the one completed call below must not reach it.
+    let hooks = store
+        .create_webhook_target(
+            t.id,
+            agent.id,
+            &NewWebhookTarget {
+                name: "crm".into(),
+                url: "http://127.0.0.1:9/hook".into(),
+                secret: "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into(),
+                events: vec!["call.canceled".into()],
+                include_transcript: false,
+                include_recording_url: false,
+                active: true,
+            },
+            now,
+        )
+        .await
+        .unwrap();
 
     let mut csv = String::from("customer_phone,customer_name\n");
     for i in 0..ROWS {
@@ -128,6 +149,7 @@ async fn story(store: &dyn Store) {
         recording_path: None,
         transcript: Vec::new(),
         results: Default::default(),
+        latency: None,
         retry_at: None,
         public_url: String::new(),
     };
@@ -145,6 +167,9 @@ async fn story(store: &dyn Store) {
         ),
         (2498, 0, 1, 1, 42)
     );
+
+    // The call canceled on its own has its webhook already.
+    assert_eq!(store.outbox_stats().await.unwrap().depth, 1);
 
     // Cancel settles every waiting recipient; another tenant cannot see or touch the batch.
     let other = store.create_tenant("other", now).await.unwrap();
@@ -173,6 +198,74 @@ async fn story(store: &dyn Store) {
         .await
         .unwrap()
         .is_empty());
+
+    // Every recipient the cancel settled has exactly one `call.canceled` webhook, written with
+    // it, whose call is that recipient's as stored; the completed one has none.
+    assert_eq!(store.outbox_stats().await.unwrap().depth, 2499);
+    let leased = store
+        .lease_due(LeaseRequest {
+            owner: "w1",
+            now: Millis(later.0 + 1000),
+            lease_for: Duration::from_secs(60),
+            limit: 10_000,
+            per_target: 10_000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        leased.len(),
+        2499,
+        "2,498 from the batch cancel + 1 single cancel"
+    );
+    let mut conversations = HashSet::new();
+    let mut numbers = HashSet::new();
+    for d in &leased {
+        assert_eq!(
+            (d.target, d.event_type.as_str()),
+            (hooks.id, "call.canceled")
+        );
+        let e: serde_json::Value = serde_json::from_str(&d.payload).unwrap();
+        let call = &e["data"]["call"];
+        assert_eq!(call["status"], "canceled");
+        assert_eq!(call["batch_id"], b.id);
+        assert_eq!(call["duration_seconds"], serde_json::Value::Null);
+        assert_eq!(e["data"]["retry"]["is_final_attempt"], true);
+        let to = call["to_phone"].as_str().unwrap().to_string();
+        let i: u32 = to[5..].parse().unwrap();
+        assert_eq!(
+            call["call_parameters"],
+            json!({"customer_name": format!("N{i}")})
+        );
+        numbers.insert(to);
+        assert!(conversations.insert(call["conversation_id"].as_str().unwrap().to_string()));
+    }
+    assert_eq!(numbers.len(), 2499);
+    let completed = due[0].id.to_string();
+    assert!(!conversations.contains(&completed));
+    // The events agree with the calls as the API shows them.
+    let one = leased
+        .iter()
+        .map(|d| serde_json::from_str::<serde_json::Value>(&d.payload).unwrap())
+        .find(|e| e["data"]["call"]["conversation_id"] != due[1].id.to_string())
+        .unwrap();
+    let id: domain::ConversationId = one["data"]["call"]["conversation_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let stored = store.get_conversation(t.id, id).await.unwrap().unwrap();
+    assert_eq!(stored.status, CallStatus::Canceled);
+    assert_eq!(
+        one["data"]["call"]["to_phone"].as_str(),
+        Some(stored.contact_number.as_str())
+    );
+
+    // Cancelling again settles nothing more and writes no second event.
+    store
+        .change_batch(t.id, b.id, BatchAction::Cancel, Millis(later.0 + 2000))
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_stats().await.unwrap().depth, 2499);
     let listed = store
         .list_batches(
             t.id,

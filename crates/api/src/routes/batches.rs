@@ -449,10 +449,15 @@ async fn change(
         .store
         .change_batch(caller.tenant, id, action, Millis::now())
         .await?;
-    if action == BatchAction::Resume {
-        if let Some(wake) = &state.dispatch_wake {
-            wake.notify_one();
+    match action {
+        BatchAction::Resume => {
+            if let Some(wake) = &state.dispatch_wake {
+                wake.notify_one();
+            }
         }
+        // Every recipient settled as canceled has its `call.canceled` event in the outbox now.
+        BatchAction::Cancel => state.config.webhook_wake.notify_one(),
+        BatchAction::Pause => {}
     }
     Ok(Json(BatchResponse { data: item(&b) }))
 }

@@ -1,0 +1,375 @@
+//! What the end-to-end tests of the real binary share: free loopback ports, `outdial serve` on
+//! a fresh data dir (SQLite or a throw-away PostgreSQL database), a SIPp callee that counts
+//! INVITE Call-IDs per number, and a small HTTP API client. Each test file uses a part of it.
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An even port with a few free neighbours, for RTP ranges of parallel tests.
+pub fn free_rtp_base() -> u16 {
+    loop {
+        let p = free_udp_port() & !1;
+        if p < 60_000 && (p..p + 40).all(|q| std::net::UdpSocket::bind(("127.0.0.1", q)).is_ok()) {
+            return p;
+        }
+    }
+}
+
+pub struct Service {
+    pub child: Child,
+    pub base: String,
+    pub data: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+/// The database of a test: SQLite in the data dir, or a throw-away PostgreSQL database.
+#[derive(Clone)]
+pub struct Db(pub Option<String>);
+
+impl Db {
+    pub fn sqlite() -> Self {
+        Db(None)
+    }
+
+    pub fn postgres() -> (Self, String) {
+        let name = format!("outdial_test_{}", uuid_like());
+        let ok = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-c",
+                &format!("CREATE DATABASE {name}"),
+            ])
+            .output()
+            .expect("psql");
+        assert!(
+            ok.status.success(),
+            "PostgreSQL is needed: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        (
+            Db(Some(format!("postgres://postgres@127.0.0.1:5432/{name}"))),
+            name,
+        )
+    }
+}
+
+/// Drops a database made by [`Db::postgres`], even with the service's connections still open.
+pub fn drop_postgres(name: &str) {
+    let _ = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-c",
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        ])
+        .output();
+}
+
+pub fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{}_{nanos}", std::process::id())
+}
+
+impl Service {
+    pub fn outdial(data: &Path) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_outdial"));
+        c.env("OUTDIAL_DATA_DIR", data).env("OUTDIAL_LOG", "warn");
+        c
+    }
+
+    pub fn create_tenant(data: &Path) -> String {
+        Self::create_tenant_in(data, &Db::sqlite())
+    }
+
+    pub fn create_tenant_in(data: &Path, db: &Db) -> String {
+        let mut cmd = Self::outdial(data);
+        if let Some(url) = &db.0 {
+            cmd.env("OUTDIAL_DATABASE_URL", url);
+        }
+        let out = cmd.args(["tenants", "create", "acme"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["api_key"].as_str().unwrap().to_string()
+    }
+
+    pub fn start(data: &Path) -> Self {
+        Self::start_in(data, &Db::sqlite())
+    }
+
+    pub fn start_in(data: &Path, db: &Db) -> Self {
+        Self::start_with(data, db, &[])
+    }
+
+    pub fn start_with(data: &Path, db: &Db, extra: &[(&str, &str)]) -> Self {
+        let http = free_tcp_port();
+        let rtp = free_rtp_base();
+        let mut env = vec![
+            ("OUTDIAL_LISTEN".to_string(), format!("127.0.0.1:{http}")),
+            (
+                "OUTDIAL_SIP_LISTEN".to_string(),
+                format!("127.0.0.1:{}", free_udp_port()),
+            ),
+            (
+                "OUTDIAL_RTP_PORTS".to_string(),
+                format!("{rtp}-{}", rtp + 39),
+            ),
+            (
+                "OUTDIAL_DISPATCH_LEASE_SECONDS".to_string(),
+                "3".to_string(),
+            ),
+            (
+                "OUTDIAL_API_RATE_LIMIT_PER_MINUTE".to_string(),
+                "0".to_string(),
+            ),
+            // The test's webhook receiver is on loopback.
+            (
+                "OUTDIAL_WEBHOOK_ALLOW_PRIVATE".to_string(),
+                "true".to_string(),
+            ),
+        ];
+        if let Some(url) = &db.0 {
+            env.push(("OUTDIAL_DATABASE_URL".to_string(), url.clone()));
+        }
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Self::spawn(data, env)
+    }
+
+    pub fn spawn(data: &Path, env: Vec<(String, String)>) -> Self {
+        let child = Self::outdial(data)
+            .arg("serve")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let http = env[0].1.clone();
+        let s = Service {
+            child,
+            base: format!("http://{http}"),
+            data: data.to_path_buf(),
+            env,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&http).is_err() {
+            assert!(Instant::now() < deadline, "service did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn restart(&mut self) {
+        let env = self.env.clone();
+        *self = Self::spawn(&self.data.clone(), env);
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Sipp {
+    pub child: Child,
+    pub port: u16,
+    pub trace: PathBuf,
+}
+
+impl Sipp {
+    /// A callee that echoes our audio back (`-rtp_echo`), as a real line carries audio.
+    pub fn callee(scenario: &str, calls: u32, talk_ms: u32, dir: &Path) -> Self {
+        let port = free_udp_port();
+        let media = free_rtp_base();
+        let trace = dir.join(format!("sipp-{port}.log"));
+        let scenario = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/scenarios")
+            .join(scenario);
+        let child = Command::new("sipp")
+            .arg("-sf")
+            .arg(&scenario)
+            .args([
+                "-i",
+                "127.0.0.1",
+                "-mi",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-mp",
+                &media.to_string(),
+            ])
+            .args([
+                "-rtp_echo",
+                "-m",
+                &calls.to_string(),
+                "-d",
+                &talk_ms.to_string(),
+            ])
+            .args(["-nostdin", "-timeout", "90s", "-trace_msg", "-message_file"])
+            .arg(&trace)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sipp (Debian package sip-tester) must be installed");
+        std::thread::sleep(Duration::from_millis(300));
+        Sipp { child, port, trace }
+    }
+
+    /// Distinct dial attempts (INVITE Call-IDs) per destination number, from SIPp's own log.
+    pub fn invites_per_number(&self) -> std::collections::HashMap<String, usize> {
+        let log = std::fs::read_to_string(&self.trace).unwrap_or_default();
+        let mut seen: std::collections::HashMap<String, std::collections::HashSet<String>> =
+            Default::default();
+        for msg in log.split("----------------------------------------------- ") {
+            let Some(start) = msg.find("INVITE sip:") else {
+                continue;
+            };
+            let invite = &msg[start..];
+            if !invite.starts_with("INVITE sip:+") {
+                continue;
+            }
+            let number = invite["INVITE sip:".len()..]
+                .split('@')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let call_id = invite
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("Call-ID:")
+                        .or_else(|| l.strip_prefix("Call-Id:"))
+                })
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            seen.entry(number).or_default().insert(call_id);
+        }
+        seen.into_iter().map(|(k, v)| (k, v.len())).collect()
+    }
+}
+
+impl Drop for Sipp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Api {
+    pub base: String,
+    pub key: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn setup_agent(&self, sipp_port: u16, extra: Value) -> i64 {
+        let trunk: Value = self
+            .post(
+                "/v1/trunks",
+                json!({"name": "sipp", "uri": format!("sip:127.0.0.1:{sipp_port}")}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let r = self
+            .post(
+                "/v1/phone-numbers",
+                json!({"number": "+918035739222", "trunk_id": trunk["data"]["trunk_id"]}),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        let mut agent = json!({"name": "collections", "phone_number": "+918035739222",
+            "first_message": "Hello {{customer_name}}, this is Asha from Acme about your invoice."});
+        agent
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let a: Value = self.post("/v1/agents", agent).await.json().await.unwrap();
+        a["data"]["agent_id"].as_i64().unwrap()
+    }
+
+    pub async fn call(&self, agent: i64, phone: &str) -> String {
+        let r = self
+            .post("/v1/call", json!({"agent_id": agent, "parameters": [
+                {"name": "customer_phone", "value": phone}, {"name": "customer_name", "value": "Rahul"}]}))
+            .await;
+        assert_eq!(r.status(), 200);
+        r.headers()["location"].to_str().unwrap().to_string()
+    }
+
+    pub async fn wait_terminal(&self, location: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let c: Value = self.get(location).await.json().await.unwrap();
+            let status = c["data"]["status"].as_str().unwrap_or("").to_string();
+            let terminal = !["scheduled", "queued", "initiated", "ringing", "in_progress"]
+                .contains(&status.as_str());
+            if terminal {
+                return c["data"].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still {status} after {within:?}: {c}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
