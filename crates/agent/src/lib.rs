@@ -7,6 +7,8 @@ pub mod brain;
 pub mod conversation;
 pub mod flow;
 pub mod llm;
+pub mod piper;
+pub mod resample;
 pub mod stt;
 pub mod template;
 pub mod tts;
@@ -19,6 +21,7 @@ pub use conversation::{
 };
 pub use flow::FlowBrain;
 pub use llm::{LlmBrain, LlmOptions};
+pub use piper::{Piper, PiperConfig};
 pub use stt::{PocketSphinx, SpeechToText, SttError};
 pub use template::render;
 pub use tts::{EspeakNg, TextToSpeech, TtsError};

@@ -49,8 +49,8 @@ impl Default for LlmOptions {
             max_tool_rounds: 3,
             max_failures: 2,
             retry_line: "Sorry, could you say that again?".into(),
-            goodbye_line: "I'm sorry, I'm having trouble on my side. We will call you back. Goodbye."
-                .into(),
+            goodbye_line:
+                "I'm sorry, I'm having trouble on my side. We will call you back. Goodbye.".into(),
         }
     }
 }
@@ -288,9 +288,8 @@ impl LlmBrain {
                 let (answer, ends, last_words) = self.apply(call);
                 end |= ends;
                 goodbye = goodbye.or(last_words);
-                self.messages.push(
-                    json!({"role": "tool", "tool_call_id": call.id, "content": answer}),
-                );
+                self.messages
+                    .push(json!({"role": "tool", "tool_call_id": call.id, "content": answer}));
             }
             if end {
                 if !spoke {
@@ -322,9 +321,7 @@ impl LlmBrain {
     }
 
     fn last_is_tool(&self) -> bool {
-        self.messages
-            .last()
-            .is_some_and(|m| m["role"] == "tool")
+        self.messages.last().is_some_and(|m| m["role"] == "tool")
     }
 
     /// Runs one tool call: the tool message's text, whether it ends the call, and last words.
@@ -336,15 +333,26 @@ impl LlmBrain {
         };
         let Ok(args) = args else {
             tracing::warn!(tool = %call.name, "the model's tool arguments are not a JSON object");
-            return ("error: the arguments must be a JSON object".into(), false, None);
+            return (
+                "error: the arguments must be a JSON object".into(),
+                false,
+                None,
+            );
         };
         match call.name.as_str() {
             "set_result" => {
                 let name = args.get("name").and_then(Value::as_str).unwrap_or("");
                 let value = args.get("value").cloned().unwrap_or(Value::Null);
                 if !self.result_names.contains(name) {
-                    tracing::warn!(result = name, "the model set a result the agent does not declare");
-                    return (format!("error: {name:?} is not a declared result"), false, None);
+                    tracing::warn!(
+                        result = name,
+                        "the model set a result the agent does not declare"
+                    );
+                    return (
+                        format!("error: {name:?} is not a declared result"),
+                        false,
+                        None,
+                    );
                 }
                 if value.is_null() {
                     return ("error: value is required".into(), false, None);
@@ -364,7 +372,11 @@ impl LlmBrain {
                     .map(str::trim)
                     .filter(|s| !s.is_empty())
                     .map(str::to_string);
-                ("the call will end after your reply is spoken".into(), true, goodbye)
+                (
+                    "the call will end after your reply is spoken".into(),
+                    true,
+                    goodbye,
+                )
             }
             other => {
                 tracing::warn!(tool = other, "the model called an unknown tool");
@@ -424,7 +436,10 @@ impl LlmBrain {
         lines: Option<&mpsc::UnboundedSender<String>>,
         turn: &mut TurnLines,
     ) -> Result<Round, BrainError> {
-        let client = self.client.as_ref().map_err(|e| BrainError::Connect(e.clone()))?;
+        let client = self
+            .client
+            .as_ref()
+            .map_err(|e| BrainError::Connect(e.clone()))?;
         if self.model.is_empty() {
             return Err(BrainError::Model("the agent has no llm endpoint".into()));
         }
@@ -580,7 +595,10 @@ fn instructions(
     collected: &Map<String, Value>,
 ) -> String {
     let mut s = String::new();
-    match prompt.map(|p| render(p, parameters)).filter(|p| !p.trim().is_empty()) {
+    match prompt
+        .map(|p| render(p, parameters))
+        .filter(|p| !p.trim().is_empty())
+    {
         Some(p) => s.push_str(p.trim()),
         None => s.push_str(&format!(
             "You are {}, a voice agent making an outbound phone call.",
@@ -1022,13 +1040,25 @@ mod tests {
     fn sentences_are_cut_as_they_complete() {
         let mut s = Sentences::default();
         let mut got = Vec::new();
-        for piece in ["Thank", " you, Mr", ". Rao! The amount is 4.50", " rupees. When", " can you pay?"] {
+        for piece in [
+            "Thank",
+            " you, Mr",
+            ". Rao! The amount is 4.50",
+            " rupees. When",
+            " can you pay?",
+        ] {
             got.extend(s.push(piece));
         }
-        assert_eq!(got, vec!["Thank you, Mr.", "Rao!", "The amount is 4.50 rupees."]);
+        assert_eq!(
+            got,
+            vec!["Thank you, Mr.", "Rao!", "The amount is 4.50 rupees."]
+        );
         assert_eq!(s.finish().as_deref(), Some("When can you pay?"));
         assert_eq!(s.finish(), None);
-        assert_eq!(Sentences::default().push("He said \"yes.\" Then"), vec!["He said \"yes.\""]);
+        assert_eq!(
+            Sentences::default().push("He said \"yes.\" Then"),
+            vec!["He said \"yes.\""]
+        );
     }
 
     #[test]
@@ -1047,7 +1077,10 @@ mod tests {
         assert!(a.event("[DONE]").unwrap());
         let r = a.into_round();
         assert_eq!(r.tool_calls.len(), 2);
-        assert_eq!(r.tool_calls[0].arguments, r#"{"name":"intent","value":"x"}"#);
+        assert_eq!(
+            r.tool_calls[0].arguments,
+            r#"{"name":"intent","value":"x"}"#
+        );
         assert_eq!(r.tool_calls[1].name, "end_call");
         assert!(r.content.is_empty());
     }

@@ -188,7 +188,9 @@ async fn answer_with(mut sock: TcpStream, answer: Option<Answer>) {
         }
         None => {
             let _ = sock
-                .write_all(b"HTTP/1.1 503 No More\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .write_all(
+                    b"HTTP/1.1 503 No More\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                )
                 .await;
         }
     }
@@ -273,15 +275,24 @@ async fn a_promise_is_spoken_recorded_and_ends_the_call() {
     while let Ok(l) = rx.try_recv() {
         streamed.push(l);
     }
-    assert_eq!(streamed, reply.say, "each sentence went out as it completed");
+    assert_eq!(
+        streamed, reply.say,
+        "each sentence went out as it completed"
+    );
 
     let reqs = server.requests();
     assert_eq!(reqs.len(), 1);
     let r = &reqs[0];
     assert_eq!(r.method, "POST");
     assert_eq!(r.path, "/v1/chat/completions");
-    assert_eq!(r.header("authorization"), Some(format!("Bearer {KEY}").as_str()));
-    assert!(r.header("content-type").unwrap().starts_with("application/json"));
+    assert_eq!(
+        r.header("authorization"),
+        Some(format!("Bearer {KEY}").as_str())
+    );
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/json"));
     assert_eq!(r.body["model"], "gpt-4o-mini");
     assert_eq!(r.body["stream"], true);
     assert_eq!(tool_names(&r.body), vec!["set_result", "end_call"]);
@@ -301,14 +312,20 @@ async fn a_promise_is_spoken_recorded_and_ends_the_call() {
         "\"invoice_id\":\"INV-7\"",
         "end_call",
     ] {
-        assert!(system.contains(want), "system prompt lacks {want:?}:\n{system}");
+        assert!(
+            system.contains(want),
+            "system prompt lacks {want:?}:\n{system}"
+        );
     }
     assert_eq!(
         msgs[1],
         json!({"role": "assistant", "content":
             "Hello Rahul, this is Asha from Acme about invoice INV-7. Can you pay invoice INV-7 by Friday?"})
     );
-    assert_eq!(msgs[2], json!({"role": "user", "content": "Yes, I can pay by Friday."}));
+    assert_eq!(
+        msgs[2],
+        json!({"role": "user", "content": "Yes, I can pay by Friday."})
+    );
 }
 
 #[tokio::test]
@@ -322,12 +339,18 @@ async fn tool_only_replies_are_answered_and_history_carries_over_turns() {
     let mut b = brain(&server, None, options());
     b.start();
     let r = b.hear("No, I cannot pay this week.").await.unwrap();
-    assert_eq!(r.say, vec!["I understand.", "When do you think you could pay?"]);
+    assert_eq!(
+        r.say,
+        vec!["I understand.", "When do you think you could pay?"]
+    );
     assert!(!r.end);
     assert_eq!(b.results()["intent"], "refused");
 
     let r = b.hear("Maybe next week.").await.unwrap();
-    assert_eq!(r.say, vec!["Thank you, I have noted next week.", "Goodbye!"]);
+    assert_eq!(
+        r.say,
+        vec!["Thank you, I have noted next week.", "Goodbye!"]
+    );
     assert!(r.end);
     assert_eq!(b.results()["when"], "next week");
     assert_eq!(b.results()["intent"], "refused");
@@ -355,14 +378,28 @@ async fn tool_only_replies_are_answered_and_history_carries_over_turns() {
     let roles: Vec<&str> = m.iter().map(|x| x["role"].as_str().unwrap()).collect();
     assert_eq!(
         roles,
-        vec!["system", "assistant", "user", "assistant", "tool", "assistant", "user"]
+        vec![
+            "system",
+            "assistant",
+            "user",
+            "assistant",
+            "tool",
+            "assistant",
+            "user"
+        ]
     );
-    assert_eq!(m[5]["content"], "I understand. When do you think you could pay?");
+    assert_eq!(
+        m[5]["content"],
+        "I understand. When do you think you could pay?"
+    );
     assert_eq!(m[6]["content"], "Maybe next week.");
     // The brain's own history ends with the last turn's tool answers.
     let h = b.history();
     assert_eq!(h[h.len() - 1]["role"], "tool");
-    assert_eq!(h[h.len() - 3]["tool_calls"][1]["function"]["name"], "end_call");
+    assert_eq!(
+        h[h.len() - 3]["tool_calls"][1]["function"]["name"],
+        "end_call"
+    );
 }
 
 #[tokio::test]
@@ -382,7 +419,10 @@ async fn a_retry_resumes_at_its_stage_in_its_language_with_what_was_collected() 
     let body = &server.requests()[0].body;
     let system = body["messages"][0]["content"].as_str().unwrap();
     assert!(system.contains("hi-IN"), "{system}");
-    assert!(system.contains("now at stage \"stage_follow_up\""), "{system}");
+    assert!(
+        system.contains("now at stage \"stage_follow_up\""),
+        "{system}"
+    );
     assert!(system.contains("{\"intent\":\"refused\"}"), "{system}");
     assert_eq!(
         body["messages"][1]["content"],
@@ -474,7 +514,13 @@ async fn a_silent_server_times_out_and_a_closed_port_is_a_connect_error() {
     let mut b = brain(&server, None, o);
     let err = b.respond("hi", None).await.unwrap_err();
     assert!(
-        matches!(err, BrainError::Timeout { stage: "response", .. }),
+        matches!(
+            err,
+            BrainError::Timeout {
+                stage: "response",
+                ..
+            }
+        ),
         "{err:?}"
     );
 
@@ -490,5 +536,8 @@ async fn a_silent_server_times_out_and_a_closed_port_is_a_connect_error() {
     let mut b = brain(&closed, None, options());
     let err = b.respond("hi", None).await.unwrap_err();
     assert!(matches!(err, BrainError::Connect(_)), "{err:?}");
-    assert!(!err.to_string().contains(&port.to_string()), "no endpoint in: {err}");
+    assert!(
+        !err.to_string().contains(&port.to_string()),
+        "no endpoint in: {err}"
+    );
 }
