@@ -49,6 +49,8 @@ pub struct ConversationDetail {
     /// `null` until a recording exists.
     pub recording_url: Option<String>,
     pub attempt: u32,
+    /// Ours: the batch the call belongs to; `null` for a call made with `POST /v1/call`.
+    pub batch_id: Option<i64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -96,6 +98,7 @@ pub fn detail(c: Conversation, public_url: &str) -> ConversationDetail {
             .as_ref()
             .map(|_| format!("{public_url}/v1/conversations/{}/recording", c.id)),
         attempt: c.id.attempt,
+        batch_id: c.batch_id,
     }
 }
 
