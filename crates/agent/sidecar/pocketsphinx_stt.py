@@ -1,13 +1,20 @@
-"""outdial speech-to-text sidecar: pocketsphinx (PyPI, bundles the en-us model).
+"""outdial speech-to-text sidecar: pocketsphinx (PyPI, bundles the en-us model), streaming.
 
-Protocol on stdin/stdout, one request at a time:
-  request:  one JSON line {"samples": N, "phrases": [...]} then N little-endian int16
-            samples (16 kHz mono) as raw bytes
-  response: one JSON line {"text": "...", "ms": decode_ms} or {"error": "..."}
+One utterance at a time, fed while the caller speaks, so that at the end of the turn only
+finalisation is left. Protocol on stdin/stdout:
+  {"op": "start", "phrases": [...]}      begin an utterance (no reply)
+  {"op": "audio", "samples": N}          then N little-endian int16 samples (16 kHz mono) as raw
+                                         bytes (no reply)
+  {"op": "end"}                          reply {"text": "...", "ms": finalisation_ms,
+                                         "audio_ms": fed_ms} or {"error": "..."}
+  {"op": "cancel"}                       reply {"canceled": true}
 A "ready" line is printed once the model is loaded, so the parent knows start-up finished.
-With phrases, recognition is constrained to a word loop over their vocabulary plus common
-words (a JSGF grammar): exact on the words an agent expects, and still able to return other
-speech made of common words. Without phrases, the bundled general language model is used.
+An error while starting or feeding is remembered and reported by the next end/cancel, so
+replies always pair with requests.
+
+With phrases, recognition is constrained to a word loop over their vocabulary plus common words
+(a JSGF grammar): exact on the words an agent expects, and still able to return other speech
+made of common words. Without phrases, the bundled general language model is used.
 """
 import json
 import sys
@@ -23,9 +30,18 @@ COMMON = (
     "thank the today tomorrow um uh week will yes you"
 ).split()
 
+# Cepstral mean of G.711 telephone speech through the 8 -> 16 kHz path, measured here after a
+# few utterances. Live CMN starts every utterance from it: from the model's default the first
+# word of a call was lost, and carrying the mean over from utterance to utterance let it drift
+# (trailing silence pulls it), so each utterance starts from the same prior.
+CMN_PRIOR = "44,10,-18,18,-9,-4,0,-13,9,-5,1,3,-7"
+
 out = sys.stdout
 inp = sys.stdin.buffer
-decoder = Decoder(loglevel="FATAL")
+# bestpath: the lattice rescoring pass took ~2 s at end_utt on a streamed 2.5 s utterance
+# (nothing gained in accuracy on the phone path); without it end_utt takes ~1 ms.
+decoder = Decoder(loglevel="FATAL", cmn="live", cmninit=CMN_PRIOR, bestpath=False)
+default_search = decoder.current_search()
 grammars = {}
 
 
@@ -33,7 +49,10 @@ def clean(word):
     return "".join(c for c in word.lower() if c.isalpha() or c == "'")
 
 
-def use_phrases(phrases):
+def activate(phrases):
+    if not phrases:
+        decoder.activate_search(default_search)
+        return
     key = "\n".join(phrases)
     name = grammars.get(key)
     if name is None:
@@ -52,16 +71,14 @@ def use_phrases(phrases):
     decoder.activate_search(name)
 
 
-# The search the decoder starts with is the bundled general language model.
-default_search = decoder.current_search()
+def reply(obj):
+    out.write(json.dumps(obj) + "\n")
+    out.flush()
 
 
-def activate(phrases):
-    if phrases:
-        use_phrases(phrases)
-    else:
-        decoder.activate_search(default_search)
-
+in_utt = False
+failure = None
+fed = 0
 
 out.write("ready\n")
 out.flush()
@@ -71,19 +88,52 @@ while True:
         break
     try:
         req = json.loads(header)
-        n = int(req["samples"])
+    except ValueError:
+        break  # out of step with the parent: exit and let it start a fresh sidecar
+    op = req.get("op")
+    if op == "audio":
+        n = int(req.get("samples", 0))
         audio = inp.read(n * 2)
         if len(audio) != n * 2:
             break
+        fed += n
+        if in_utt and failure is None:
+            try:
+                decoder.process_raw(audio, False, False)
+            except Exception as e:
+                failure = str(e)
+    elif op == "start":
+        if in_utt:
+            try:
+                decoder.end_utt()
+            except Exception:
+                pass
+        in_utt, failure, fed = False, None, 0
+        try:
+            activate([str(p) for p in req.get("phrases") or []])
+            decoder.set_cmn(CMN_PRIOR)
+            decoder.start_utt()
+            in_utt = True
+        except Exception as e:
+            failure = str(e)
+    elif op in ("end", "cancel"):
         started = time.monotonic()
-        activate([str(p) for p in req.get("phrases") or []])
-        decoder.start_utt()
-        decoder.process_raw(audio, full_utt=True)
-        decoder.end_utt()
-        hyp = decoder.hyp()
-        text = hyp.hypstr if hyp is not None else ""
-        ms = int((time.monotonic() - started) * 1000)
-        out.write(json.dumps({"text": text, "ms": ms}) + "\n")
-    except Exception as e:  # reported to the parent; the process stays up
-        out.write(json.dumps({"error": str(e)}) + "\n")
-    out.flush()
+        text = ""
+        if in_utt:
+            try:
+                decoder.end_utt()
+                hyp = decoder.hyp()
+                text = hyp.hypstr if hyp is not None else ""
+            except Exception as e:
+                failure = failure or str(e)
+        in_utt = False
+        if op == "cancel":
+            reply({"canceled": True})
+        elif failure is not None:
+            reply({"error": failure})
+        else:
+            ms = int((time.monotonic() - started) * 1000)
+            reply({"text": text, "ms": ms, "audio_ms": fed // 16})
+        failure = None
+    else:
+        break  # a request this sidecar does not know: out of step, as above

@@ -8,7 +8,7 @@
 //! frames, and the transcript records only what was played.
 
 use crate::brain::{Brain, Reply};
-use crate::stt::SpeechToText;
+use crate::stt::{SpeechToText, SttStream};
 use crate::tts::TextToSpeech;
 use crate::turn::{TurnConfig, TurnEvent, TurnTaker, FRAME_MS};
 use crate::vad::Vad;
@@ -38,6 +38,19 @@ pub struct Timing {
     /// barge-in has little to flush and the transcript knows what was heard.
     pub lead_frames: usize,
     pub max_duration: Duration,
+}
+
+impl Timing {
+    /// The agent's own settings (its `turn_taking`, else the defaults).
+    pub fn for_agent(agent: &domain::agent::AgentConfig) -> Self {
+        let t = agent.turn_taking.unwrap_or_default();
+        Self {
+            turn: TurnConfig::from(&t),
+            vad_threshold: t.vad_threshold as f32,
+            max_duration: Duration::from_secs(u64::from(agent.max_duration_seconds)),
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for Timing {
@@ -83,8 +96,8 @@ pub struct TurnTiming {
     /// Caller stopped speaking -> first frame of the reply queued. Includes the end-of-turn
     /// silence wait.
     pub voice_to_voice_ms: u64,
-    /// Time after the turn ended spent waiting for speech-to-text (speculative transcription
-    /// started at the first pause usually hides it).
+    /// Time after the turn ended spent waiting for speech-to-text: finalisation only, for a
+    /// streaming engine fed while the caller spoke.
     pub stt_wait_ms: u64,
     pub stt_ms: u64,
     pub brain_ms: u64,
@@ -170,6 +183,32 @@ struct Heard {
     at: Instant,
 }
 
+/// The caller's current utterance on its way to the recogniser.
+enum Recognition {
+    /// Fed frame by frame while the caller speaks.
+    Streaming(SttStream),
+    /// The engine takes whole utterances: the audio so far, and the phrases expected when the
+    /// utterance began.
+    Buffered(Vec<i16>, Vec<String>),
+}
+
+impl Recognition {
+    fn push(&mut self, frame: &[i16]) {
+        match self {
+            Recognition::Streaming(s) => s.push(frame),
+            Recognition::Buffered(audio, _) => audio.extend_from_slice(frame),
+        }
+    }
+}
+
+/// A turn that ended and waits for its words.
+#[derive(Debug, Clone, Copy)]
+struct Awaiting {
+    utterance: u64,
+    speech_end_at: Instant,
+    ended_at: Instant,
+}
+
 struct Driver {
     s: Session,
     control: mpsc::Sender<CallControl>,
@@ -179,7 +218,7 @@ struct Driver {
     turns: TurnTaker,
     frame_no: u64,
     preroll: VecDeque<AudioFrame>,
-    utterance_audio: Vec<i16>,
+    recognition: Option<Recognition>,
     utterance_started_ms: i64,
     /// Bumped whenever the utterance so far changes meaning (new utterance, resumed speech), so
     /// a transcription of an older version is recognised as stale.
@@ -187,7 +226,7 @@ struct Driver {
     stt_inflight: Option<u64>,
     heard: Option<Heard>,
     /// The turn ended; waiting for its transcription.
-    awaiting: Option<(Instant, Instant)>,
+    awaiting: Option<Awaiting>,
     last_speech_at: Instant,
     /// Bumped by barge-in so replies still being synthesised are dropped.
     reply: u64,
@@ -227,7 +266,7 @@ async fn run(
         tx,
         frame_no: 0,
         preroll: VecDeque::with_capacity(PREROLL_FRAMES),
-        utterance_audio: Vec::new(),
+        recognition: None,
         utterance_started_ms: 0,
         utterance: 0,
         stt_inflight: None,
@@ -330,13 +369,20 @@ impl Driver {
             self.utterance += 1;
             self.utterance_started_ms =
                 self.now_ms() - (self.preroll.len() as i64 * FRAME_MS as i64);
-            self.utterance_audio.clear();
+            let phrases = self.s.brain.expected_phrases();
+            let mut rec = match self.s.stt.stream(&phrases) {
+                Some(stream) => Recognition::Streaming(stream),
+                None => Recognition::Buffered(Vec::new(), phrases),
+            };
             for f in &self.preroll {
-                self.utterance_audio.extend_from_slice(f);
+                rec.push(f);
             }
+            self.recognition = Some(rec);
         }
         if was_in || self.turns.in_utterance() {
-            self.utterance_audio.extend_from_slice(&frame);
+            if let Some(rec) = self.recognition.as_mut() {
+                rec.push(&frame);
+            }
         }
         if self.preroll.len() == PREROLL_FRAMES {
             self.preroll.pop_front();
@@ -344,6 +390,12 @@ impl Driver {
         self.preroll.push_back(frame);
         let Some(event) = event else {
             return;
+        };
+        // The utterance is over either way: its recognition goes with it (dropping a stream
+        // cancels it).
+        let recognition = match event {
+            TurnEvent::TurnEnded { .. } | TurnEvent::Dropped => self.recognition.take(),
+            _ => None,
         };
         if self.ending {
             // The call is ending: nothing the caller says now changes that.
@@ -359,40 +411,68 @@ impl Driver {
                 let _ = self.control.try_send(CallControl::FlushAudio);
                 self.stop_talking();
             }
-            TurnEvent::Pause => self.transcribe(),
+            TurnEvent::Pause => {
+                // Only an engine that takes whole utterances needs a head start; a stream has
+                // been fed all along.
+                if let Some(Recognition::Buffered(audio, phrases)) = &self.recognition {
+                    let (audio, phrases) = (audio.clone(), phrases.clone());
+                    self.transcribe(audio, phrases);
+                }
+            }
             TurnEvent::Resumed => self.utterance += 1,
             TurnEvent::TurnEnded { .. } => {
-                let ended_at = Instant::now();
-                self.awaiting = Some((self.last_speech_at, ended_at));
-                if self.stt_inflight != Some(self.utterance)
-                    && self
-                        .heard
-                        .as_ref()
-                        .is_none_or(|h| h.utterance != self.utterance)
-                {
-                    self.transcribe();
+                self.awaiting = Some(Awaiting {
+                    utterance: self.utterance,
+                    speech_end_at: self.last_speech_at,
+                    ended_at: Instant::now(),
+                });
+                match recognition {
+                    Some(Recognition::Streaming(stream)) => self.finish_stream(stream),
+                    Some(Recognition::Buffered(audio, phrases)) => {
+                        let have = self.stt_inflight == Some(self.utterance)
+                            || self
+                                .heard
+                                .as_ref()
+                                .is_some_and(|h| h.utterance == self.utterance);
+                        if !have {
+                            self.transcribe(audio, phrases);
+                        }
+                    }
+                    None => {}
                 }
                 self.respond_if_ready().await;
             }
-            TurnEvent::Dropped => {
-                self.utterance += 1;
-                self.utterance_audio.clear();
-            }
+            TurnEvent::Dropped => self.utterance += 1,
         }
     }
 
-    /// Starts transcribing the utterance so far.
-    fn transcribe(&mut self) {
-        let audio = self.utterance_audio.clone();
-        let phrases = self.s.brain.expected_phrases();
-        let stt = self.s.stt.clone();
-        let tx = self.tx.clone();
+    /// The turn is over: the stream's words, finalised off the media path.
+    fn finish_stream(&mut self, stream: SttStream) {
         let utterance = self.utterance;
         self.stt_inflight = Some(utterance);
+        self.report_heard(utterance, async move { stream.finish().await });
+    }
+
+    /// Transcribes a whole utterance (engines that do not stream).
+    fn transcribe(&mut self, audio: Vec<i16>, phrases: Vec<String>) {
+        let stt = self.s.stt.clone();
+        let utterance = self.utterance;
+        self.stt_inflight = Some(utterance);
+        self.report_heard(
+            utterance,
+            async move { stt.transcribe(&audio, &phrases).await },
+        );
+    }
+
+    fn report_heard<F>(&self, utterance: u64, words: F)
+    where
+        F: std::future::Future<Output = Result<String, crate::stt::SttError>> + Send + 'static,
+    {
+        let tx = self.tx.clone();
         tokio::spawn(
             async move {
                 let started = Instant::now();
-                let text = match stt.transcribe(&audio, &phrases).await {
+                let text = match words.await {
                     Ok(t) => t,
                     Err(e) => {
                         tracing::error!(error = %e, "speech-to-text failed; the turn counts as not understood");
@@ -421,7 +501,10 @@ impl Driver {
                 if self.stt_inflight == Some(utterance) {
                     self.stt_inflight = None;
                 }
-                if utterance == self.utterance {
+                // The awaited turn's words, or a speculative transcription of the utterance
+                // still going on; anything older is stale.
+                let awaited = self.awaiting.is_some_and(|a| a.utterance == utterance);
+                if awaited || utterance == self.utterance {
                     self.heard = Some(Heard {
                         utterance,
                         text,
@@ -463,21 +546,21 @@ impl Driver {
 
     /// The turn ended and its transcription is in: ask the brain, speak its reply.
     async fn respond_if_ready(&mut self) {
-        let Some((speech_end_at, ended_at)) = self.awaiting else {
+        let Some(Awaiting {
+            utterance,
+            speech_end_at,
+            ended_at,
+        }) = self.awaiting
+        else {
             return;
         };
-        if self
-            .heard
-            .as_ref()
-            .is_none_or(|h| h.utterance != self.utterance)
-        {
+        if self.heard.as_ref().is_none_or(|h| h.utterance != utterance) {
             return;
         }
         let Some(heard) = self.heard.take() else {
             return;
         };
         self.awaiting = None;
-        self.utterance_audio.clear();
         let text = heard.text.trim().to_string();
         tracing::info!(heard = %text, stt_ms = heard.took.as_millis() as u64, "caller's turn");
         if !text.is_empty() {

@@ -22,7 +22,9 @@ pub use conversation::{
 pub use flow::FlowBrain;
 pub use llm::{LlmBrain, LlmOptions};
 pub use piper::{Piper, PiperConfig};
-pub use stt::{PocketSphinx, SpeechToText, SttError};
+pub use stt::{
+    Feed, PocketSphinx, PocketSphinxConfig, SpeechToText, StreamFeed, SttError, SttStream,
+};
 pub use template::render;
 pub use tts::{EspeakNg, TextToSpeech, TtsError};
 pub use turn::{TurnConfig, TurnEvent, TurnTaker};

@@ -6,7 +6,8 @@
 //!   utterance during agent speech ("mhm", "okay", a cough, line noise) is dropped, so it
 //!   neither cuts the agent off nor becomes a turn.
 //! - Speculation: after `speculate_after` of silence the utterance so far is worth
-//!   transcribing; if the caller resumes, that transcription is stale.
+//!   transcribing by an engine that takes whole utterances; if the caller resumes, that
+//!   transcription is stale. (Streaming engines are fed throughout and ignore it.)
 
 use std::time::Duration;
 
@@ -31,6 +32,21 @@ impl Default for TurnConfig {
             speculate_after: Duration::from_millis(200),
             min_speech: Duration::from_millis(100),
             max_utterance: Duration::from_secs(15),
+        }
+    }
+}
+
+impl From<&domain::agent::TurnTaking> for TurnConfig {
+    fn from(t: &domain::agent::TurnTaking) -> Self {
+        let ms = |v: u32| Duration::from_millis(u64::from(v));
+        let end_of_turn = ms(t.end_of_turn_silence_ms);
+        Self {
+            end_of_turn,
+            barge_in: ms(t.barge_in_min_speech_ms),
+            // Only engines that take whole utterances use it; it must come before the end.
+            speculate_after: (end_of_turn / 2).min(Duration::from_millis(200)),
+            min_speech: ms(t.min_speech_ms),
+            max_utterance: ms(t.max_utterance_ms),
         }
     }
 }
@@ -281,6 +297,36 @@ mod tests {
         assert!(
             matches!(ev.as_slice(), [(_, TurnEvent::TurnEnded { .. })]),
             "{ev:?}"
+        );
+    }
+
+    #[test]
+    fn an_agents_turn_taking_sets_the_silence_and_barge_in() {
+        let t = domain::agent::TurnTaking {
+            end_of_turn_silence_ms: 300,
+            barge_in_min_speech_ms: 800,
+            ..Default::default()
+        };
+        let cfg = TurnConfig::from(&t);
+        assert_eq!(cfg.validate(), Ok(()));
+        let mut taker = TurnTaker::new(cfg);
+        let mut clock = 0;
+        // 0.6 s over the agent is not enough at 0.8 s...
+        assert!(feed(&mut taker, &mut clock, 600, true, true).is_empty());
+        // ...0.8 s is.
+        assert_eq!(
+            feed(&mut taker, &mut clock, 200, true, true),
+            vec![(800, TurnEvent::BargeIn)]
+        );
+        let ev = feed(&mut taker, &mut clock, 400, false, false);
+        assert_eq!(
+            ev.last(),
+            Some(&(1100, TurnEvent::TurnEnded { speech_end_ms: 800 }))
+        );
+        // The defaults are the runtime's defaults.
+        assert_eq!(
+            TurnConfig::from(&domain::agent::TurnTaking::default()),
+            TurnConfig::default()
         );
     }
 

@@ -1,7 +1,10 @@
 //! The conversation over a real SIP call, without dispatch: our `sip::SipTelephony` dials a
 //! SIPp callee on loopback who, after the agent's question, says "yes, I can pay by Friday"
-//! (espeak-ng, 8 kHz mu-law via sox, streamed by SIPp as RTP). The agent hears it through
-//! earshot and the pocketsphinx sidecar, the flow sets `intent`, says goodbye and hangs up.
+//! (the piper voice, 8 kHz mu-law via sox, streamed by SIPp as RTP). The agent hears it through
+//! earshot and the streaming pocketsphinx sidecar, the flow sets `intent`, says goodbye and
+//! hangs up.
+
+mod common;
 
 use agent::{
     converse, ConversationOutcome, EndedBy, EspeakNg, FlowBrain, Opening, PocketSphinx, Session,
@@ -66,20 +69,8 @@ impl Callee {
     fn start(sentence: &str, speak_after: Duration) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let wav = dir.path().join("caller.wav");
-        let st = Command::new("espeak-ng")
-            .args(["-v", "en-us", "-w"])
-            .arg(&wav)
-            .arg(sentence)
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let st = Command::new("sox")
-            .arg(&wav)
-            .args(["-r", "8000", "-c", "1", "-t", "ul"])
-            .arg(dir.path().join("caller.ul"))
-            .status()
-            .unwrap();
-        assert!(st.success());
+        common::voice::speak(sentence, &wav);
+        common::voice::to_mulaw(&wav, &dir.path().join("caller.ul"));
         let port = free_port(false);
         let media = free_port(true);
         let child = Command::new(SIPP)
@@ -218,10 +209,10 @@ async fn call(callee: &Callee, stt: Arc<PocketSphinx>) -> (ConversationOutcome, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_callee_says_yes_and_the_flow_completes_the_call() {
-    if !ready() {
-        eprintln!("skipped: needs sipp, sox and `pip install pocketsphinx==5.1.1`");
-        return;
-    }
+    assert!(
+        ready(),
+        "needs sipp, sox and `pip install pocketsphinx==5.1.1` (scripts/test installs them)"
+    );
     init_tracing();
     let stt = Arc::new(PocketSphinx::default());
     stt.warm_up().await.unwrap();
@@ -264,10 +255,10 @@ async fn the_callee_says_yes_and_the_flow_completes_the_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_callee_talks_over_the_opening_and_is_heard() {
-    if !ready() {
-        eprintln!("skipped: needs sipp, sox and `pip install pocketsphinx==5.1.1`");
-        return;
-    }
+    assert!(
+        ready(),
+        "needs sipp, sox and `pip install pocketsphinx==5.1.1` (scripts/test installs them)"
+    );
     init_tracing();
     let stt = Arc::new(PocketSphinx::default());
     stt.warm_up().await.unwrap();

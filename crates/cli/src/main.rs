@@ -103,6 +103,10 @@ struct ServeArgs {
     /// This node's name in leases (default: a fresh random one per process).
     #[arg(long, env = "OUTDIAL_NODE_ID")]
     node_id: Option<String>,
+    /// pocketsphinx sidecar processes: utterances recognised at once (default: one per core,
+    /// at least 2).
+    #[arg(long, env = "OUTDIAL_STT_SIDECARS")]
+    stt_sidecars: Option<usize>,
     /// The tz database's zone.tab, mapping countries to time zones for calling windows.
     #[arg(
         long,
@@ -290,7 +294,13 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
             },
         ),
     )?;
-    let stt = Arc::new(agent::PocketSphinx::default());
+    let stt = Arc::new(agent::PocketSphinx::new(agent::PocketSphinxConfig {
+        sidecars: args
+            .stt_sidecars
+            .unwrap_or_else(agent::stt::default_sidecars)
+            .clamp(1, 64),
+        ..Default::default()
+    }));
     // Starting the recogniser now keeps its model load off the first call's first turn.
     if let Err(e) = stt.warm_up().await {
         tracing::warn!(error = %e, "speech-to-text is not available: agents will not hear callees");

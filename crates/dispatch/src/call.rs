@@ -1,7 +1,7 @@
 //! One dialled call, from the durable `initiated` to its settled outcome.
 
 use crate::Dispatcher;
-use domain::call::TranscriptItem;
+use domain::call::{CallLatency, TranscriptItem};
 use domain::dispatch::{retry_delay, DueCall, FinishAttempt};
 use domain::telephony::{CallEnd, CallEvent, DialError, DialRequest};
 use domain::{CallStatus, Millis};
@@ -10,6 +10,14 @@ use std::time::Duration;
 use tracing::Instrument;
 
 type Results = serde_json::Map<String, serde_json::Value>;
+
+/// What the conversation of an answered call hands back to be settled.
+#[derive(Default)]
+struct Talk {
+    transcript: Vec<TranscriptItem>,
+    results: Results,
+    latency: Option<CallLatency>,
+}
 
 impl Dispatcher {
     pub(crate) async fn run_call(self: Arc<Self>, call: DueCall) {
@@ -26,7 +34,7 @@ impl Dispatcher {
 
     /// Dials and follows the call's events to its end; once answered, the agent's conversation
     /// runs beside it and hands back what was played and heard, and the results.
-    async fn dial_and_follow(&self, call: &DueCall) -> (CallEnd, Vec<TranscriptItem>, Results) {
+    async fn dial_and_follow(&self, call: &DueCall) -> (CallEnd, Talk) {
         let now = self.clock.now();
         let failed = |status, reason: String| {
             (
@@ -37,8 +45,7 @@ impl Dispatcher {
                     ended_at: self.clock.now(),
                     recording: None,
                 },
-                Vec::new(),
-                Results::new(),
+                Talk::default(),
             )
         };
         let (Some(agent), Some(trunk)) = (&call.agent_config, &call.trunk) else {
@@ -123,12 +130,7 @@ impl Dispatcher {
                         opening,
                         answered_at: tokio::time::Instant::now(),
                         answered_at_ms: at.0,
-                        timing: agent::Timing {
-                            max_duration: Duration::from_secs(u64::from(
-                                agent.max_duration_seconds,
-                            )),
-                            ..Default::default()
-                        },
+                        timing: agent::Timing::for_agent(agent),
                     };
                     conversation = Some(tokio::spawn(agent::converse(
                         session,
@@ -139,7 +141,7 @@ impl Dispatcher {
                 CallEvent::Dtmf(digit) => tracing::info!(%digit, "dtmf"),
                 CallEvent::Ended(end) => {
                     let Some(task) = conversation else {
-                        return (end, Vec::new(), serde_json::Map::new());
+                        return (end, Talk::default());
                     };
                     // The inbound stream has closed, so the conversation returns at once.
                     return match tokio::time::timeout(Duration::from_secs(10), task).await {
@@ -154,11 +156,20 @@ impl Dispatcher {
                                 metrics::histogram!("outdial_answer_to_first_word_seconds")
                                     .record(ms as f64 / 1000.0);
                             }
-                            (end, outcome.transcript, outcome.results)
+                            let latency = CallLatency {
+                                turns_ms: outcome.turn_latencies_ms(),
+                                answer_to_first_word_ms: outcome.answer_to_first_word_ms,
+                            };
+                            let talk = Talk {
+                                transcript: outcome.transcript,
+                                results: outcome.results,
+                                latency: Some(latency),
+                            };
+                            (end, talk)
                         }
                         _ => {
                             tracing::error!("the conversation did not finish with the call");
-                            (end, Vec::new(), serde_json::Map::new())
+                            (end, Talk::default())
                         }
                     };
                 }
@@ -177,11 +188,12 @@ impl Dispatcher {
             .await
     }
 
-    async fn settle(
-        &self,
-        call: &DueCall,
-        (end, transcript, results): (CallEnd, Vec<TranscriptItem>, Results),
-    ) {
+    async fn settle(&self, call: &DueCall, (end, talk): (CallEnd, Talk)) {
+        let Talk {
+            transcript,
+            results,
+            latency,
+        } = talk;
         let now = self.clock.now();
         let status = if end.status.is_terminal() {
             end.status
@@ -227,6 +239,7 @@ impl Dispatcher {
             recording_path: end.recording.clone(),
             transcript,
             results,
+            latency: end.answered_at.and(latency),
             retry_at,
             public_url: self.config.public_url.clone(),
         };

@@ -269,6 +269,7 @@ impl Dispatcher {
             recording_path: None,
             transcript: Vec::new(),
             results: Default::default(),
+            latency: None,
             retry_at,
             public_url: self.config.public_url.clone(),
         }

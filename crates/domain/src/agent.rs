@@ -148,6 +148,49 @@ pub struct Transcriber {
     pub engine: String,
 }
 
+/// How the agent takes turns (ours; `agents.md` is silent). Every field is optional; the
+/// object comes back with the defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnTaking {
+    /// Silence after the caller's speech that ends their turn, 200-800.
+    pub end_of_turn_silence_ms: u32,
+    /// Caller speech over the agent that stops it (barge-in), 100-2000. Shorter speech under
+    /// the agent ("mhm", "okay", a cough) neither stops it nor becomes a turn.
+    pub barge_in_min_speech_ms: u32,
+    /// Less speech than this is a click or a breath, not a turn, 20-1000.
+    pub min_speech_ms: u32,
+    /// A turn is cut here even if the caller (or a noisy line) never pauses, 2000-60000.
+    pub max_utterance_ms: u32,
+    /// Voice activity score (0-1) at or above which audio counts as speech, 0.1-0.95: higher
+    /// ignores more line noise, lower hears quieter callers.
+    pub vad_threshold: f64,
+}
+
+impl Default for TurnTaking {
+    fn default() -> Self {
+        Self {
+            // Natural speech pauses 300-350 ms at a comma (measured on the piper voice), so
+            // 0.5 s rarely cuts a caller mid-sentence and leaves room in an 800 ms reply.
+            end_of_turn_silence_ms: 500,
+            barge_in_min_speech_ms: 500,
+            min_speech_ms: 100,
+            max_utterance_ms: 15_000,
+            vad_threshold: 0.5,
+        }
+    }
+}
+
+impl TurnTaking {
+    fn valid(&self) -> bool {
+        (200..=800).contains(&self.end_of_turn_silence_ms)
+            && (100..=2000).contains(&self.barge_in_min_speech_ms)
+            && (20..=1000).contains(&self.min_speech_ms)
+            && (2000..=60_000).contains(&self.max_utterance_ms)
+            && (0.1..=0.95).contains(&self.vad_threshold)
+    }
+}
+
 pub const VOICE_ENGINES: [&str; 2] = ["espeak-ng", "piper"];
 pub const TRANSCRIBER_ENGINES: [&str; 4] = ["local", "pocketsphinx", "whisper", "deepgram"];
 
@@ -173,6 +216,9 @@ pub struct AgentConfig {
     /// Simultaneous live calls of this agent; `None` = no cap of its own.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrent_calls: Option<u32>,
+    /// `None`: the defaults of [`TurnTaking`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub turn_taking: Option<TurnTaking>,
 }
 
 const MAX_TEXT: usize = 4096;
@@ -231,6 +277,7 @@ impl AgentConfig {
                 engine: "local".into(),
             },
             max_concurrent_calls: None,
+            turn_taking: None,
         };
         let mut has_name = false;
         // Keys in a stable order so the first bad field reported does not depend on hashing.
@@ -277,6 +324,13 @@ impl AgentConfig {
                 "transcriber" => cfg.transcriber = typed("transcriber", v)?,
                 "max_concurrent_calls" => {
                     cfg.max_concurrent_calls = Some(bounded("max_concurrent_calls", v, 1, 100_000)?)
+                }
+                "turn_taking" => {
+                    let t: TurnTaking = typed("turn_taking", v)?;
+                    if !t.valid() {
+                        return Err(invalid("turn_taking"));
+                    }
+                    cfg.turn_taking = Some(t);
                 }
                 other => return Err(invalid(other)),
             }
@@ -521,6 +575,30 @@ mod tests {
                 json!({"name": "a", "transcriber": {"engine": "ears"}}),
                 "invalid transcriber",
             ),
+            (
+                json!({"name": "a", "turn_taking": {"end_of_turn_silence_ms": 900}}),
+                "invalid turn_taking",
+            ),
+            (
+                json!({"name": "a", "turn_taking": {"end_of_turn_silence_ms": 150}}),
+                "invalid turn_taking",
+            ),
+            (
+                json!({"name": "a", "turn_taking": {"barge_in_min_speech_ms": 50}}),
+                "invalid turn_taking",
+            ),
+            (
+                json!({"name": "a", "turn_taking": {"vad_threshold": 1.5}}),
+                "invalid turn_taking",
+            ),
+            (
+                json!({"name": "a", "turn_taking": {"end_of_turn_ms": 400}}),
+                "invalid turn_taking",
+            ),
+            (
+                json!({"name": "a", "turn_taking": {"min_speech_ms": "100"}}),
+                "invalid turn_taking",
+            ),
         ];
         for (input, want) in cases {
             let err = AgentConfig::from_json(&obj(input.clone())).unwrap_err();
@@ -543,6 +621,26 @@ mod tests {
                 .to_string(),
             "invalid name"
         );
+    }
+
+    #[test]
+    fn turn_taking_is_optional_and_partial_objects_get_defaults() {
+        let cfg = AgentConfig::from_json(&obj(json!({"name": "a"}))).unwrap();
+        assert_eq!(cfg.turn_taking, None);
+        assert!(!cfg.to_json().contains_key("turn_taking"));
+        let cfg = AgentConfig::from_json(&obj(
+            json!({"name": "a", "turn_taking": {"end_of_turn_silence_ms": 300, "vad_threshold": 0.6}}),
+        ))
+        .unwrap();
+        let t = cfg.turn_taking.unwrap();
+        assert_eq!(t.end_of_turn_silence_ms, 300);
+        assert_eq!(t.vad_threshold, 0.6);
+        assert_eq!(t.barge_in_min_speech_ms, 500);
+        let back = cfg.to_json();
+        assert_eq!(back["turn_taking"]["end_of_turn_silence_ms"], 300);
+        assert_eq!(back["turn_taking"]["vad_threshold"], 0.6);
+        assert_eq!(back["turn_taking"]["max_utterance_ms"], 15_000);
+        assert_eq!(AgentConfig::from_json(&back).unwrap(), cfg);
     }
 
     #[test]

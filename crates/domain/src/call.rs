@@ -247,6 +247,30 @@ pub struct TranscriptItem {
     pub at_ms: Option<i64>,
 }
 
+/// How quickly the agent answered on one call (ours): each turn's voice-to-voice time (the
+/// caller stopped speaking -> the first packet of the reply) and the time from the answer to
+/// the agent's first word.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallLatency {
+    #[serde(default)]
+    pub turns_ms: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_to_first_word_ms: Option<u64>,
+}
+
+impl CallLatency {
+    /// The `q`-quantile (0-1) of the turns, nearest rank; `None` without turns.
+    pub fn turn_quantile_ms(&self, q: f64) -> Option<u64> {
+        if self.turns_ms.is_empty() {
+            return None;
+        }
+        let mut sorted = self.turns_ms.clone();
+        sorted.sort_unstable();
+        let rank = (q.clamp(0.0, 1.0) * sorted.len() as f64).ceil() as usize;
+        sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
+    }
+}
+
 /// A conversation (one attempt) as the store returns it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Conversation {
@@ -270,12 +294,32 @@ pub struct Conversation {
     pub ended_at: Option<Millis>,
     pub duration_seconds: Option<i64>,
     pub batch_id: Option<i64>,
+    /// `None` for calls nobody talked on.
+    pub latency: Option<CallLatency>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn latency_quantiles_are_nearest_rank() {
+        let l = CallLatency {
+            turns_ms: vec![700, 500, 600, 900],
+            answer_to_first_word_ms: Some(0),
+        };
+        assert_eq!(l.turn_quantile_ms(0.5), Some(600));
+        assert_eq!(l.turn_quantile_ms(0.95), Some(900));
+        assert_eq!(l.turn_quantile_ms(0.0), Some(500));
+        assert_eq!(CallLatency::default().turn_quantile_ms(0.5), None);
+        let one = CallLatency {
+            turns_ms: vec![640],
+            answer_to_first_word_ms: None,
+        };
+        assert_eq!(one.turn_quantile_ms(0.5), Some(640));
+        assert_eq!(one.turn_quantile_ms(0.95), Some(640));
+    }
 
     #[test]
     fn conversation_ids_round_trip_and_chain() {

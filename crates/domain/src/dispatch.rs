@@ -185,6 +185,8 @@ pub struct FinishAttempt {
     pub recording_path: Option<PathBuf>,
     pub transcript: Vec<TranscriptItem>,
     pub results: serde_json::Map<String, serde_json::Value>,
+    /// The agent's latency, for a call that was talked on.
+    pub latency: Option<crate::call::CallLatency>,
     /// The next attempt of the chain, due at this time.
     pub retry_at: Option<Millis>,
     /// Base URL of the API, for the webhook's `recording_url`.

@@ -1,7 +1,7 @@
 //! Row <-> domain mapping. Values read back were parsed before they were written, so a value
 //! that does not parse now means the database was changed behind our back: `Corrupt`.
 
-use domain::call::{Conversation, Parameter, RetryContext, TranscriptItem};
+use domain::call::{CallLatency, Conversation, Parameter, RetryContext, TranscriptItem};
 use domain::store::StoreError;
 use domain::{AgentId, CallStatus, ConversationId, Millis, TenantId, TraceId};
 use sqlx::any::AnyRow;
@@ -24,7 +24,8 @@ pub(crate) fn json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Resul
 
 pub(crate) const CONVERSATION_COLUMNS: &str = "id, tenant_id, agent_id, status, customer_phone, \
     from_phone, parameters, metadata, retry_context, scheduled_for, trace_id, failure_reason, \
-    results, transcript, recording_path, created_at, started_at, ended_at, duration_seconds, batch_id";
+    results, transcript, recording_path, created_at, started_at, ended_at, duration_seconds, batch_id, \
+    latency";
 
 pub(crate) fn conversation(row: &AnyRow) -> Result<Conversation, StoreError> {
     let id: String = get(row, "id")?;
@@ -35,6 +36,7 @@ pub(crate) fn conversation(row: &AnyRow) -> Result<Conversation, StoreError> {
     let results: String = get(row, "results")?;
     let transcript: String = get(row, "transcript")?;
     let recording: Option<String> = get(row, "recording_path")?;
+    let latency: Option<String> = get(row, "latency")?;
     Ok(Conversation {
         id: id
             .parse::<ConversationId>()
@@ -62,5 +64,8 @@ pub(crate) fn conversation(row: &AnyRow) -> Result<Conversation, StoreError> {
         ended_at: get::<Option<i64>>(row, "ended_at")?.map(Millis),
         duration_seconds: get(row, "duration_seconds")?,
         batch_id: get(row, "batch_id")?,
+        latency: latency
+            .map(|s| json::<CallLatency>(&s, "calls.latency"))
+            .transpose()?,
     })
 }

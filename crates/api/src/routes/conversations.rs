@@ -51,6 +51,19 @@ pub struct ConversationDetail {
     pub attempt: u32,
     /// Ours: the batch the call belongs to; `null` for a call made with `POST /v1/call`.
     pub batch_id: Option<i64>,
+    /// Ours: how quickly the agent answered; `null` for calls nobody talked on.
+    pub latency: Option<LatencyDetail>,
+}
+
+/// Ours. Voice-to-voice is the caller stopping speaking -> the first packet of the agent's
+/// reply, per turn; quantiles are nearest-rank over the call's turns.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LatencyDetail {
+    pub turns: usize,
+    pub voice_to_voice_p50_ms: Option<u64>,
+    pub voice_to_voice_p95_ms: Option<u64>,
+    pub turns_ms: Vec<u64>,
+    pub answer_to_first_word_ms: Option<u64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -99,6 +112,13 @@ pub fn detail(c: Conversation, public_url: &str) -> ConversationDetail {
             .map(|_| format!("{public_url}/v1/conversations/{}/recording", c.id)),
         attempt: c.id.attempt,
         batch_id: c.batch_id,
+        latency: c.latency.map(|l| LatencyDetail {
+            turns: l.turns_ms.len(),
+            voice_to_voice_p50_ms: l.turn_quantile_ms(0.5),
+            voice_to_voice_p95_ms: l.turn_quantile_ms(0.95),
+            answer_to_first_word_ms: l.answer_to_first_word_ms,
+            turns_ms: l.turns_ms,
+        }),
     }
 }
 
