@@ -17,7 +17,10 @@ pub enum BrainError {
     Http { status: u16, body: String },
     /// `stage` is what we were waiting for: "connect", "response", "next chunk" or "turn".
     #[error("the model server took longer than {limit:?} ({stage})")]
-    Timeout { stage: &'static str, limit: Duration },
+    Timeout {
+        stage: &'static str,
+        limit: Duration,
+    },
     /// The reply stream broke off or could not be read.
     #[error("the model's reply stream was malformed or cut: {0}")]
     Stream(String),

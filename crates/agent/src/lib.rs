@@ -5,20 +5,26 @@
 
 pub mod brain;
 pub mod conversation;
+pub mod deepgram;
+pub mod engines;
 pub mod flow;
 pub mod llm;
 pub mod piper;
 pub mod resample;
+mod sidecar;
 pub mod stt;
 pub mod template;
 pub mod tts;
 pub mod turn;
 pub mod vad;
+pub mod whisper;
 
 pub use brain::{Brain, BrainError, Reply};
 pub use conversation::{
     converse, ConversationOutcome, EndedBy, Opening, Session, Timing, TurnTiming,
 };
+pub use deepgram::{Deepgram, DeepgramConfig};
+pub use engines::{brain_for, engines_for, EngineRegistry};
 pub use flow::FlowBrain;
 pub use llm::{LlmBrain, LlmOptions};
 pub use piper::{Piper, PiperConfig};
@@ -28,6 +34,7 @@ pub use stt::{
 pub use template::render;
 pub use tts::{EspeakNg, TextToSpeech, TtsError};
 pub use turn::{TurnConfig, TurnEvent, TurnTaker};
+pub use whisper::{Whisper, WhisperConfig};
 
 use domain::telephony::{AudioFrame, FRAME_SAMPLES};
 use tokio::sync::mpsc;

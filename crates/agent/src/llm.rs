@@ -977,8 +977,7 @@ impl Sentences {
     pub fn push(&mut self, text: &str) -> Vec<String> {
         self.buf.push_str(text);
         let mut out = Vec::new();
-        loop {
-            let Some(cut) = self.boundary() else { break };
+        while let Some(cut) = self.boundary() {
             let rest = self.buf.split_off(cut);
             let sentence = std::mem::replace(&mut self.buf, rest);
             let sentence = sentence.trim();

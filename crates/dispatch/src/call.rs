@@ -74,7 +74,14 @@ impl Dispatcher {
             .as_ref()
             .and_then(|r| r.retry_language.clone())
             .or_else(|| agent.voice.voice.clone());
-        let tts = self.engines.tts.clone();
+        // The agent's `voice.engine` and `transcriber.engine` may name other engines.
+        let language = call
+            .retry_context
+            .as_ref()
+            .and_then(|r| r.retry_language.as_deref());
+        let (call_tts, call_stt) =
+            agent::engines_for(agent, language, &self.engines.tts, &self.engines.stt);
+        let tts = call_tts.clone();
         let speech_voice = voice.clone();
         let speech = opening.clone().map(|line| {
             tokio::spawn(async move { tts.synthesize(&line, speech_voice.as_deref()).await })
@@ -119,13 +126,13 @@ impl Dispatcher {
                     };
                     let session = agent::Session {
                         trace_id: call.trace_id.to_string(),
-                        brain: Box::new(agent::FlowBrain::new(
+                        brain: agent::brain_for(
                             agent,
                             &call.parameters,
                             call.retry_context.as_ref(),
-                        )),
-                        tts: self.engines.tts.clone(),
-                        stt: self.engines.stt.clone(),
+                        ),
+                        tts: call_tts.clone(),
+                        stt: call_stt.clone(),
                         voice: voice.clone(),
                         opening,
                         answered_at: tokio::time::Instant::now(),

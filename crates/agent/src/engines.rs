@@ -1,0 +1,208 @@
+//! Which brain, voice and ears an agent's configuration names. The node has default engines
+//! (espeak-ng, pocketsphinx); an agent's `brain`, `voice.engine` and `transcriber.engine` pick
+//! others, built once per node from the environment and shared by every call.
+
+use crate::brain::Brain;
+use crate::deepgram::{Deepgram, DeepgramConfig};
+use crate::flow::FlowBrain;
+use crate::llm::{LlmBrain, LlmOptions};
+use crate::piper::{Piper, PiperConfig};
+use crate::stt::SpeechToText;
+use crate::tts::TextToSpeech;
+use crate::whisper::{Whisper, WhisperConfig};
+use domain::agent::{AgentConfig, Brain as BrainConfig};
+use domain::call::{Parameter, RetryContext};
+use std::sync::{Arc, OnceLock};
+
+/// The brain the agent's `brain` object names, for one call.
+pub fn brain_for(
+    agent: &AgentConfig,
+    parameters: &[Parameter],
+    retry: Option<&RetryContext>,
+) -> Box<dyn Brain> {
+    match &agent.brain {
+        BrainConfig::Flow => Box::new(FlowBrain::new(agent, parameters, retry)),
+        BrainConfig::Llm { .. } => {
+            let (options, client) = llm_defaults();
+            Box::new(LlmBrain::new(
+                agent,
+                parameters,
+                retry,
+                options.clone(),
+                client.clone(),
+            ))
+        }
+    }
+}
+
+/// The node's llm settings and HTTP client (its connection pool is shared by every call).
+fn llm_defaults() -> &'static (LlmOptions, Result<reqwest::Client, String>) {
+    static LLM: OnceLock<(LlmOptions, Result<reqwest::Client, String>)> = OnceLock::new();
+    LLM.get_or_init(|| {
+        let options = LlmOptions::from_env().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "bad llm setting; using the defaults");
+            LlmOptions::default()
+        });
+        let client = options.client().map_err(|e| e.to_string());
+        (options, client)
+    })
+}
+
+/// Engines an agent may name beyond the node's defaults.
+pub struct EngineRegistry {
+    piper_config: PiperConfig,
+    piper: OnceLock<Arc<Piper>>,
+    whisper_config: WhisperConfig,
+    whisper: OnceLock<Arc<Whisper>>,
+    deepgram: Option<DeepgramConfig>,
+}
+
+impl EngineRegistry {
+    pub fn new(
+        piper_config: PiperConfig,
+        whisper_config: WhisperConfig,
+        deepgram: Option<DeepgramConfig>,
+    ) -> Self {
+        Self {
+            piper_config,
+            piper: OnceLock::new(),
+            whisper_config,
+            whisper: OnceLock::new(),
+            deepgram,
+        }
+    }
+
+    /// Piper from `OUTDIAL_PIPER_PROCESSES`, faster-whisper from `OUTDIAL_WHISPER_PROCESSES`,
+    /// Deepgram from `OUTDIAL_DEEPGRAM_API_KEY` (and `OUTDIAL_DEEPGRAM_URL`,
+    /// `OUTDIAL_DEEPGRAM_MODEL`).
+    pub fn from_env() -> Self {
+        Self::new(
+            PiperConfig::from_env(),
+            WhisperConfig::from_env(),
+            DeepgramConfig::from_env(),
+        )
+    }
+
+    /// The node's registry, read from the environment on first use.
+    pub fn global() -> &'static EngineRegistry {
+        static GLOBAL: OnceLock<EngineRegistry> = OnceLock::new();
+        GLOBAL.get_or_init(Self::from_env)
+    }
+
+    /// The piper voice, started on first use (or by [`Piper::warm_up`]).
+    pub fn piper(&self) -> Arc<Piper> {
+        self.piper
+            .get_or_init(|| Arc::new(Piper::new(self.piper_config.clone())))
+            .clone()
+    }
+
+    /// faster-whisper with tiny.en, started on first use (or by [`Whisper::warm_up`]).
+    pub fn whisper(&self) -> Arc<Whisper> {
+        self.whisper
+            .get_or_init(|| Arc::new(Whisper::new(self.whisper_config.clone())))
+            .clone()
+    }
+
+    pub fn tts_for(
+        &self,
+        agent: &AgentConfig,
+        default: &Arc<dyn TextToSpeech>,
+    ) -> Arc<dyn TextToSpeech> {
+        match agent.voice.engine.as_str() {
+            "piper" => self.piper(),
+            _ => default.clone(),
+        }
+    }
+
+    /// `language` is the call's (a retry context's `retry_language`, else the agent's).
+    pub fn stt_for(
+        &self,
+        agent: &AgentConfig,
+        language: Option<&str>,
+        default: &Arc<dyn SpeechToText>,
+    ) -> Arc<dyn SpeechToText> {
+        match agent.transcriber.engine.as_str() {
+            "whisper" => self.whisper(),
+            "deepgram" => match &self.deepgram {
+                Some(cfg) => {
+                    let mut cfg = cfg.clone();
+                    cfg.language = Some(language.unwrap_or(&agent.language).to_string());
+                    Arc::new(Deepgram::new(cfg))
+                }
+                None => {
+                    // The call still needs ears: the local engine rather than a deaf agent.
+                    tracing::error!(
+                        agent = %agent.name,
+                        "the agent's transcriber is deepgram but OUTDIAL_DEEPGRAM_API_KEY is not set; using the local engine"
+                    );
+                    default.clone()
+                }
+            },
+            _ => default.clone(),
+        }
+    }
+}
+
+/// The voice and ears for one call of `agent`, from the node's registry.
+pub fn engines_for(
+    agent: &AgentConfig,
+    language: Option<&str>,
+    tts: &Arc<dyn TextToSpeech>,
+    stt: &Arc<dyn SpeechToText>,
+) -> (Arc<dyn TextToSpeech>, Arc<dyn SpeechToText>) {
+    let registry = EngineRegistry::global();
+    (
+        registry.tts_for(agent, tts),
+        registry.stt_for(agent, language, stt),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn agent(v: serde_json::Value) -> AgentConfig {
+        AgentConfig::from_json(v.as_object().unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_agents_brain_object_picks_the_brain() {
+        let flow = agent(json!({"name": "a", "stages": [{"id": "s", "say": "Hi?"}]}));
+        let mut b = brain_for(&flow, &[], None);
+        assert_eq!(b.start().say, vec!["Hi?"]);
+        // An llm agent whose endpoint refuses connections: the llm brain, saying its fallback.
+        let llm = agent(json!({"name": "a", "stages": [{"id": "s", "say": "Hi?"}],
+            "brain": {"type": "llm", "base_url": "http://127.0.0.1:9/v1", "model": "m"}}));
+        let mut b = brain_for(&llm, &[], None);
+        assert_eq!(b.start().say, vec!["Hi?"]);
+        let r = b.hear("hello").await.unwrap();
+        assert_eq!(r.say, vec![LlmOptions::default().retry_line]);
+        assert!(!r.end);
+    }
+
+    #[test]
+    fn deepgram_without_a_key_falls_back_and_with_one_is_chosen() {
+        let default_stt: Arc<dyn SpeechToText> = Arc::new(crate::stt::PocketSphinx::default());
+        let dg = agent(json!({"name": "a", "transcriber": {"engine": "deepgram"}}));
+        let none = EngineRegistry::new(PiperConfig::default(), WhisperConfig::default(), None);
+        assert!(Arc::ptr_eq(
+            &none.stt_for(&dg, None, &default_stt),
+            &default_stt
+        ));
+        let some = EngineRegistry::new(
+            PiperConfig::default(),
+            WhisperConfig::default(),
+            Some(DeepgramConfig::new("k")),
+        );
+        assert!(!Arc::ptr_eq(
+            &some.stt_for(&dg, None, &default_stt),
+            &default_stt
+        ));
+        let local = agent(json!({"name": "a"}));
+        assert!(Arc::ptr_eq(
+            &some.stt_for(&local, None, &default_stt),
+            &default_stt
+        ));
+    }
+}
