@@ -1,0 +1,137 @@
+//! A whole conversation run by the llm brain that `brain_for` picks for a `"type": "llm"` agent,
+//! against the recorded chat completions server on loopback, in real time (the HTTP exchange is
+//! real, so tokio's paused clock cannot be used): the caller's speech (espeak-ng) is heard by
+//! the real VAD, the transcription is scripted, the agent's voice is a tone per word.
+
+mod llm_server;
+
+use agent::{
+    brain_for, converse, EndedBy, EspeakNg, Opening, Session, SpeechToText, SttError, TextToSpeech,
+    Timing, TtsError,
+};
+use async_trait::async_trait;
+use domain::agent::AgentConfig;
+use domain::call::Parameter;
+use domain::telephony::{CallControl, MediaStream, FRAME_SAMPLES};
+use llm_server::{fixture, serve, Answer};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+struct ToneTts;
+
+#[async_trait]
+impl TextToSpeech for ToneTts {
+    async fn synthesize(&self, text: &str, _voice: Option<&str>) -> Result<Vec<i16>, TtsError> {
+        let n = text.split_whitespace().count() * 2400;
+        Ok((0..n)
+            .map(|i| ((i as f64 * 300.0 * std::f64::consts::TAU / 16_000.0).sin() * 8000.0) as i16)
+            .collect())
+    }
+}
+
+struct ScriptedStt(&'static str);
+
+#[async_trait]
+impl SpeechToText for ScriptedStt {
+    async fn transcribe(&self, _audio: &[i16], _phrases: &[String]) -> Result<String, SttError> {
+        Ok(self.0.to_string())
+    }
+}
+
+#[tokio::test]
+async fn an_llm_agent_answers_records_the_result_and_hangs_up() {
+    let server = serve(vec![Answer::Stream(fixture("promise_and_end.sse"))]).await;
+    let cfg = AgentConfig::from_json(
+        json!({
+          "name": "collections",
+          "brain": { "type": "llm", "base_url": server.base_url, "model": "gpt-4o-mini", "api_key": "sk-test-conversation" },
+          "stages": [ { "id": "stage_ask", "say": "Can you pay invoice {{invoice_id}} by Friday?" } ],
+          "results": [ { "name": "intent" } ]
+        })
+        .as_object()
+        .unwrap(),
+    )
+    .unwrap();
+    let params = vec![Parameter {
+        name: "invoice_id".into(),
+        value: "INV-7".into(),
+    }];
+    let caller = EspeakNg::default()
+        .synthesize("yes, I can pay by Friday", Some("en-us"))
+        .await
+        .expect("espeak-ng must be installed");
+    let opening = "Hello Rahul.";
+    let session = Session {
+        trace_id: "llm-test".into(),
+        brain: brain_for(&cfg, &params, None),
+        tts: Arc::new(ToneTts),
+        stt: Arc::new(ScriptedStt("yes i can pay by friday")),
+        voice: None,
+        opening: Some(Opening {
+            text: opening.into(),
+            audio: ToneTts.synthesize(opening, None).await.unwrap(),
+        }),
+        answered_at: tokio::time::Instant::now(),
+        answered_at_ms: 1_000_000,
+        timing: Timing::for_agent(&cfg),
+    };
+    let (in_tx, inbound) = mpsc::channel(50);
+    let (outbound, mut out_rx) = mpsc::channel::<Vec<i16>>(500);
+    let (control, mut ctl_rx) = mpsc::channel(8);
+    // The telephony side: a frame in and a frame out every 20 ms; the caller answers after the
+    // question (opening 0.3 s + question 1.05 s) and the call gives up after 12 s.
+    let adapter = tokio::spawn(async move {
+        let start = 2000 / 20;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for n in 0..600usize {
+            tick.tick().await;
+            while let Ok(c) = ctl_rx.try_recv() {
+                if c == CallControl::Hangup {
+                    return true;
+                }
+            }
+            let _ = out_rx.try_recv();
+            let from = n.saturating_sub(start) * FRAME_SAMPLES;
+            let mut frame = if n >= start && from < caller.len() {
+                caller[from..(from + FRAME_SAMPLES).min(caller.len())].to_vec()
+            } else {
+                Vec::new()
+            };
+            frame.resize(FRAME_SAMPLES, 0);
+            if in_tx.send(frame).await.is_err() {
+                break;
+            }
+        }
+        false
+    });
+    let outcome = converse(session, MediaStream { inbound, outbound }, control).await;
+    assert!(adapter.await.unwrap(), "the agent hung up");
+    assert_eq!(outcome.ended_by, EndedBy::AgentEnded);
+    let lines: Vec<(String, String)> = outcome
+        .transcript
+        .iter()
+        .map(|t| (t.role.clone(), t.message.clone()))
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            ("agent".into(), "Hello Rahul.".into()),
+            (
+                "agent".into(),
+                "Can you pay invoice INV-7 by Friday?".into()
+            ),
+            ("user".into(), "yes i can pay by friday".into()),
+            ("agent".into(), "Thank you, we will note that.".into()),
+            ("agent".into(), "Goodbye.".into()),
+        ]
+    );
+    assert_eq!(outcome.results["intent"], "payment_promise");
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(
+        reqs[0].body["messages"].as_array().unwrap().last().unwrap()["content"],
+        "yes i can pay by friday"
+    );
+}
