@@ -246,6 +246,8 @@ pub struct LeaseRequest<'a> {
     /// At most this many leased deliveries per target at once, counting unexpired leases of every
     /// worker, so that a slow target cannot take all the slots.
     pub per_target: u32,
+    /// Targets to lease nothing for (the caller already holds enough of theirs).
+    pub skip_targets: &'a [WebhookTargetId],
 }
 
 /// Figures for the metrics.
@@ -352,6 +354,9 @@ pub trait WebhookStore: Send + Sync + 'static {
         owner: &str,
         results: &[AttemptResult],
     ) -> Result<u64, StoreError>;
+    /// Gives back `owner`'s leases of these still-pending deliveries unattempted, so that any
+    /// worker can lease them at once; returns how many were given back.
+    async fn release_leases(&self, owner: &str, ids: &[DeliveryId]) -> Result<u64, StoreError>;
     /// The earliest time something may become leasable: a pending delivery's due time, or an
     /// unexpired lease's end; `None` when nothing is pending.
     async fn next_delivery_due_at(&self, now: Millis) -> Result<Option<Millis>, StoreError>;

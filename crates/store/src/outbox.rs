@@ -16,6 +16,7 @@ use domain::webhooks::{
 use domain::{Millis, TenantId};
 use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
+use std::collections::{HashMap, HashSet};
 
 /// `last_error` of deliveries failed because their target went away or was switched off.
 pub(crate) const TARGET_DEACTIVATED: &str = "webhook target deactivated";
@@ -279,6 +280,79 @@ fn lease_ms(lease: &LeaseRequest<'_>) -> i64 {
     i64::try_from(lease.lease_for.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Rows per multi-row statement: 6 parameters a row stays far below SQLite's 32,766 and
+/// PostgreSQL's 65,535 bound parameters.
+const RECORD_CHUNK: usize = 256;
+
+async fn insert_attempts(
+    conn: &mut AnyConnection,
+    results: &[AttemptResult],
+) -> Result<(), StoreError> {
+    let rows = (0..results.len())
+        .map(|i| format!("({})", placeholders(i * 5 + 1, 5)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "INSERT INTO webhook_attempts (delivery_id, at, http_status, error, duration_ms) VALUES {rows}"
+    );
+    let mut query = sqlx::query(&sql);
+    for result in results {
+        let attempt = &result.attempt;
+        query = query
+            .bind(result.delivery.0)
+            .bind(attempt.at.0)
+            .bind(attempt.http_status.map(i64::from))
+            .bind(attempt.error.clone())
+            .bind(i64::try_from(attempt.duration_ms).unwrap_or(i64::MAX));
+    }
+    query.execute(&mut *conn).await.map_err(db_err)?;
+    Ok(())
+}
+
+/// Applies each result's next state while `owner` still holds the lease; returns the settled
+/// deliveries with their targets. `VALUES` columns are `column1..` on both engines.
+async fn settle(
+    conn: &mut AnyConnection,
+    owner: &str,
+    results: &[&AttemptResult],
+) -> Result<Vec<(i64, i64)>, StoreError> {
+    let rows = (0..results.len())
+        .map(|i| format!("({})", placeholders(i * 6 + 2, 6)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "UPDATE webhook_deliveries SET status = v.column2, attempts = attempts + 1, \
+         next_attempt_at = v.column3, lease_owner = NULL, lease_until = NULL, \
+         last_status = v.column4, last_error = v.column5, updated_at = v.column6 \
+         FROM (VALUES {rows}) AS v \
+         WHERE webhook_deliveries.id = v.column1 AND webhook_deliveries.lease_owner = $1 \
+         AND webhook_deliveries.status = 'pending' RETURNING id, target_id"
+    );
+    let mut query = sqlx::query(&sql).bind(owner);
+    for result in results {
+        let (status, next_at) = match result.next {
+            NextState::Delivered => ("delivered", None),
+            NextState::RetryAt(at) => ("pending", Some(at.0)),
+            NextState::Failed | NextState::FailedAndDeactivate => ("failed", None),
+        };
+        let attempt = &result.attempt;
+        query = query
+            .bind(result.delivery.0)
+            .bind(status)
+            .bind(next_at)
+            .bind(attempt.http_status.map(i64::from))
+            .bind(attempt.error.clone())
+            .bind(attempt.at.0);
+    }
+    query
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(|row| Ok((get::<i64>(row, "id")?, get::<i64>(row, "target_id")?)))
+        .collect()
+}
+
 impl SqlStore {
     /// Like [`domain::webhooks::WebhookStore::enqueue_event`] for many events in one
     /// transaction (tests and the benchmark enqueue bursts this way).
@@ -304,6 +378,16 @@ impl SqlStore {
         } else {
             ""
         };
+        // Targets the caller has enough of already (a backed-up worker would only let the
+        // leases lapse) are left to other workers.
+        let skip = if lease.skip_targets.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "AND p.target_id NOT IN ({}) ",
+                placeholders(6, lease.skip_targets.len())
+            )
+        };
         // Candidates are due, unleased, of an active target, first of their chain to that target,
         // and ranked per target so that with the target's unexpired leases they stay within the
         // per-target cap. The window function sits a level below the locking SELECT because
@@ -322,7 +406,7 @@ impl SqlStore {
                      WHERE l.status = 'pending' AND l.lease_until > $3 GROUP BY l.target_id) b \
                      ON b.target_id = p.target_id \
                    WHERE p.status = 'pending' AND p.next_attempt_at <= $3 \
-                     AND (p.lease_until IS NULL OR p.lease_until <= $3) \
+                     AND (p.lease_until IS NULL OR p.lease_until <= $3) {skip}\
                      AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.target_id = p.target_id \
                         AND e.chain_id = p.chain_id AND e.status = 'pending' AND e.id < p.id) \
                  ) c WHERE c.rank + c.busy <= $4) \
@@ -331,13 +415,17 @@ impl SqlStore {
              RETURNING id"
         );
         let now = lease.now.0;
-        let mut tx = self.write.begin().await.map_err(db_err)?;
-        let ids: Vec<i64> = sqlx::query(&sql)
+        let mut query = sqlx::query(&sql)
             .bind(lease.owner)
             .bind(now.saturating_add(lease_ms(&lease)))
             .bind(now)
             .bind(i64::from(lease.per_target))
-            .bind(i64::from(lease.limit))
+            .bind(i64::from(lease.limit));
+        for target in lease.skip_targets {
+            query = query.bind(target.0);
+        }
+        let mut tx = self.write.begin().await.map_err(db_err)?;
+        let ids: Vec<i64> = query
             .fetch_all(&mut *tx)
             .await
             .map_err(db_err)?
@@ -368,67 +456,92 @@ impl SqlStore {
         rows.iter().map(leased).collect()
     }
 
+    /// Records attempts in a handful of multi-row statements instead of two per attempt: the
+    /// worker commits whatever finished while the previous commit was in flight (group commit),
+    /// and on SQLite every statement is a hop to the connection's thread.
     pub(crate) async fn record_attempt_results(
         &self,
         owner: &str,
         results: &[AttemptResult],
     ) -> Result<u64, StoreError> {
+        if results.is_empty() {
+            return Ok(0);
+        }
         let mut tx = self.write.begin().await.map_err(db_err)?;
-        let mut changed = 0;
+        for chunk in results.chunks(RECORD_CHUNK) {
+            insert_attempts(&mut tx, chunk).await?;
+        }
+        let mut settled: HashMap<i64, i64> = HashMap::with_capacity(results.len());
+        // A delivery appears twice only when its lease lapsed and this worker leased it again
+        // before the first result was written; each pass settles one result per delivery, in
+        // the order the results came, as one UPDATE per result would.
+        let mut rest: Vec<&AttemptResult> = results.iter().collect();
+        while !rest.is_empty() {
+            let mut seen = HashSet::with_capacity(rest.len());
+            let (pass, later): (Vec<&AttemptResult>, Vec<&AttemptResult>) =
+                rest.into_iter().partition(|r| seen.insert(r.delivery.0));
+            for chunk in pass.chunks(RECORD_CHUNK) {
+                settled.extend(settle(&mut tx, owner, chunk).await?);
+            }
+            rest = later;
+        }
         for result in results {
-            let attempt = &result.attempt;
-            sqlx::query(
-                "INSERT INTO webhook_attempts (delivery_id, at, http_status, error, duration_ms) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(result.delivery.0)
-            .bind(attempt.at.0)
-            .bind(attempt.http_status.map(i64::from))
-            .bind(attempt.error.as_deref())
-            .bind(i64::try_from(attempt.duration_ms).unwrap_or(i64::MAX))
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-            let (status, next_at) = match result.next {
-                NextState::Delivered => ("delivered", None),
-                NextState::RetryAt(at) => ("pending", Some(at.0)),
-                NextState::Failed | NextState::FailedAndDeactivate => ("failed", None),
-            };
-            let settled = sqlx::query(
-                "UPDATE webhook_deliveries SET status = $1, attempts = attempts + 1, \
-                 next_attempt_at = $2, lease_owner = NULL, lease_until = NULL, last_status = $3, \
-                 last_error = $4, updated_at = $5 \
-                 WHERE id = $6 AND lease_owner = $7 AND status = 'pending' RETURNING target_id",
-            )
-            .bind(status)
-            .bind(next_at)
-            .bind(attempt.http_status.map(i64::from))
-            .bind(attempt.error.as_deref())
-            .bind(attempt.at.0)
-            .bind(result.delivery.0)
-            .bind(owner)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err)?;
-            let Some(row) = settled else {
+            if !settled.contains_key(&result.delivery.0) {
                 tracing::warn!(delivery = %result.delivery, "webhook delivery lease lost before its attempt was recorded");
-                continue;
-            };
-            changed += 1;
-            if result.next == NextState::FailedAndDeactivate {
-                let target = WebhookTargetId(get(&row, "target_id")?);
-                sqlx::query("UPDATE webhook_targets SET active = 0, updated_at = $1 WHERE id = $2")
-                    .bind(attempt.at.0)
-                    .bind(target.0)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                fail_pending_of_target(&mut tx, target, TARGET_DEACTIVATED, attempt.at).await?;
-                tracing::warn!(%target, "webhook target deactivated: it answered 410 Gone");
             }
         }
+        for result in results {
+            if result.next != NextState::FailedAndDeactivate {
+                continue;
+            }
+            let Some(&target) = settled.get(&result.delivery.0) else {
+                continue;
+            };
+            let target = WebhookTargetId(target);
+            let at = result.attempt.at;
+            sqlx::query("UPDATE webhook_targets SET active = 0, updated_at = $1 WHERE id = $2")
+                .bind(at.0)
+                .bind(target.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            fail_pending_of_target(&mut tx, target, TARGET_DEACTIVATED, at).await?;
+            tracing::warn!(%target, "webhook target deactivated: it answered 410 Gone");
+        }
         tx.commit().await.map_err(db_err)?;
-        Ok(changed)
+        Ok(u64::try_from(settled.len()).unwrap_or(u64::MAX))
+    }
+
+    /// Gives leases back before they end (a worker stopping, or one that cannot start an
+    /// attempt in time), so any worker can take the deliveries at once.
+    pub(crate) async fn release_delivery_leases(
+        &self,
+        owner: &str,
+        ids: &[DeliveryId],
+    ) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.write.begin().await.map_err(db_err)?;
+        let mut released = 0;
+        for chunk in ids.chunks(RECORD_CHUNK) {
+            let sql = format!(
+                "UPDATE webhook_deliveries SET lease_owner = NULL, lease_until = NULL \
+                 WHERE lease_owner = $1 AND status = 'pending' AND id IN ({})",
+                placeholders(2, chunk.len())
+            );
+            let mut query = sqlx::query(&sql).bind(owner);
+            for id in chunk {
+                query = query.bind(id.0);
+            }
+            released += query
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(released)
     }
 
     pub(crate) async fn next_delivery_due(

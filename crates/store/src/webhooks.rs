@@ -535,6 +535,10 @@ impl WebhookStore for SqlStore {
         self.record_attempt_results(owner, results).await
     }
 
+    async fn release_leases(&self, owner: &str, ids: &[DeliveryId]) -> Result<u64, StoreError> {
+        self.release_delivery_leases(owner, ids).await
+    }
+
     async fn next_delivery_due_at(&self, now: Millis) -> Result<Option<Millis>, StoreError> {
         self.next_delivery_due(now).await
     }

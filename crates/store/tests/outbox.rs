@@ -59,6 +59,7 @@ fn lease(owner: &str, now: Millis, limit: u32, per_target: u32) -> LeaseRequest<
         lease_for: Duration::from_secs(60),
         limit,
         per_target,
+        skip_targets: &[],
     }
 }
 
@@ -521,6 +522,156 @@ async fn story_concurrent_workers(store: Arc<SqlStore>) {
     assert_eq!((all.len(), unique.len()), (400, 400));
 }
 
+async fn story_skip_and_release(store: Arc<SqlStore>) {
+    let (t, agent) = common::tenant_with_agent(store.as_ref(), "acme", "+918035739222").await;
+    let a = store
+        .create_webhook_target(t, agent, &target("a", &["call.completed"]), T0)
+        .await
+        .unwrap();
+    let b = store
+        .create_webhook_target(t, agent, &target("b", &["call.completed"]), T0)
+        .await
+        .unwrap();
+    let events: Vec<OutboxEvent> = (0..3)
+        .map(|i| event(i, t, agent, &format!("c{i}"), "call.completed", T0))
+        .collect();
+    store.enqueue_events(&events).await.unwrap();
+    // A worker with enough of `a` queued leases only `b`'s.
+    let skip = [a.id];
+    let only_b = store
+        .lease_due(LeaseRequest {
+            skip_targets: &skip,
+            ..lease("w1", T0, 100, 100)
+        })
+        .await
+        .unwrap();
+    assert_eq!(only_b.len(), 3);
+    assert!(only_b.iter().all(|d| d.target == b.id));
+    // Leases given back by someone else's name stay; given back by the holder, any worker can
+    // take them at once, long before they would have lapsed.
+    let ids: Vec<_> = only_b.iter().map(|d| d.id).collect();
+    assert_eq!(store.release_leases("w2", &ids).await.unwrap(), 0);
+    assert_eq!(store.release_leases("w1", &ids[..2]).await.unwrap(), 2);
+    let again = store.lease_due(lease("w2", T0, 100, 100)).await.unwrap();
+    let got: HashSet<_> = again.iter().map(|d| d.id).collect();
+    let a_ids: HashSet<_> = again
+        .iter()
+        .filter(|d| d.target == a.id)
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(a_ids.len(), 3);
+    assert!(got.contains(&ids[0]) && got.contains(&ids[1]) && !got.contains(&ids[2]));
+    // A released delivery that was settled meanwhile is not made pending again.
+    store
+        .record_attempts("w2", &[result(ids[0], T0, 200, NextState::Delivered)])
+        .await
+        .unwrap();
+    assert_eq!(store.release_leases("w2", &ids[..1]).await.unwrap(), 0);
+    let rec = store.get_delivery(t, ids[0]).await.unwrap().unwrap();
+    assert_eq!(rec.status, DeliveryStatus::Delivered);
+}
+
+async fn story_record_many_at_once(store: Arc<SqlStore>) {
+    let (t, agent) = common::tenant_with_agent(store.as_ref(), "acme", "+918035739222").await;
+    store
+        .create_webhook_target(t, agent, &target("a", &["call.completed"]), T0)
+        .await
+        .unwrap();
+    // More than one multi-row statement's worth.
+    let events: Vec<OutboxEvent> = (0..300)
+        .map(|i| event(i, t, agent, &format!("c{i}"), "call.completed", T0))
+        .collect();
+    store.enqueue_events(&events).await.unwrap();
+    let leased = store.lease_due(lease("w1", T0, 1000, 1000)).await.unwrap();
+    assert_eq!(leased.len(), 300);
+    let retry_at = Millis(T0.0 + 5_000);
+    let results: Vec<AttemptResult> = leased
+        .iter()
+        .enumerate()
+        .map(|(i, d)| match i % 3 {
+            0 => result(d.id, T0, 200, NextState::Delivered),
+            1 => result(d.id, T0, 503, NextState::RetryAt(retry_at)),
+            _ => AttemptResult {
+                delivery: d.id,
+                attempt: AttemptRecord {
+                    at: T0,
+                    http_status: None,
+                    error: Some("connection refused".into()),
+                    duration_ms: 1,
+                },
+                next: NextState::Failed,
+            },
+        })
+        .collect();
+    assert_eq!(store.record_attempts("w1", &results).await.unwrap(), 300);
+    for (i, d) in leased.iter().enumerate() {
+        let rec = store.get_delivery(t, d.id).await.unwrap().unwrap();
+        let expected = match i % 3 {
+            0 => (DeliveryStatus::Delivered, None, Some(200), None),
+            1 => (DeliveryStatus::Pending, Some(retry_at), Some(503), None),
+            _ => (
+                DeliveryStatus::Failed,
+                None,
+                None,
+                Some("connection refused".to_string()),
+            ),
+        };
+        assert_eq!(
+            (
+                rec.status,
+                rec.next_attempt_at,
+                rec.last_status,
+                rec.last_error
+            ),
+            expected
+        );
+        assert_eq!(rec.attempts.len(), 1);
+        assert_eq!(rec.attempts[0].http_status, expected.2);
+    }
+    // The retried ones are leasable when due. One leased again by the same worker after its
+    // lease lapsed can have two results in one write: both enter the log, the first settles it
+    // and ends the lease, so the second settles nothing (as two separate writes would); the
+    // delivery is sent again later, with the same id.
+    let due = store
+        .lease_due(lease("w1", retry_at, 1000, 1000))
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 100);
+    let d = due[0].id;
+    let lapsed = Millis(retry_at.0 + 60_001);
+    let re = store
+        .lease_due(lease("w1", lapsed, 1000, 1000))
+        .await
+        .unwrap();
+    assert!(re.iter().any(|r| r.id == d));
+    let later = Millis(retry_at.0 + 10_000);
+    assert_eq!(
+        store
+            .record_attempts(
+                "w1",
+                &[
+                    result(d, retry_at, 500, NextState::RetryAt(later)),
+                    result(d, lapsed, 200, NextState::Delivered),
+                ],
+            )
+            .await
+            .unwrap(),
+        1
+    );
+    let rec = store.get_delivery(t, d).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.status, rec.next_attempt_at),
+        (DeliveryStatus::Pending, Some(later))
+    );
+    assert_eq!(
+        rec.attempts
+            .iter()
+            .map(|a| a.http_status)
+            .collect::<Vec<_>>(),
+        vec![Some(503), Some(500), Some(200)]
+    );
+}
+
 macro_rules! on_both {
     ($name:ident, $story:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -540,4 +691,9 @@ on_both!(per_target_cap_on_every_backend, story_per_target_cap);
 on_both!(
     concurrent_workers_on_every_backend,
     story_concurrent_workers
+);
+on_both!(skip_and_release_on_every_backend, story_skip_and_release);
+on_both!(
+    record_many_at_once_on_every_backend,
+    story_record_many_at_once
 );

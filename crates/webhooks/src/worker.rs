@@ -5,25 +5,36 @@
 //! share one outbox: a lease that lapses (the worker died) makes its deliveries leasable again,
 //! and they are re-sent with the same `webhook-id`, which receivers de-duplicate on.
 //!
-//! A slow or dead target cannot hold up the others: concurrency is bounded overall and per target
-//! (the per-target cap is enforced by the lease query), every attempt has the client's timeout,
-//! and a failed attempt goes back to the outbox with a future due time instead of waiting in
-//! memory. Between rounds the worker sleeps until the nearest due time, an attempt finishing, a
-//! poke on [`Worker::waker`] or, at the latest, `idle_poll` (other nodes cannot poke it).
+//! Deliveries flow instead of moving in rounds. Three things run side by side, none waiting for
+//! another: leasing (large batches, into one queue per target, whenever there is room), sending
+//! (an attempt starts the moment a slot frees, within the overall and the per-target cap), and
+//! recording (everything that finished while the previous write was in flight, in one
+//! transaction: group commit). A delivery's lease is only settled by that write, so a worker
+//! that dies at any point loses nothing.
+//!
+//! A slow or dead target cannot hold up the others: every attempt has the client's timeout, a
+//! target's queue is bounded, a failed attempt goes back to the outbox with a future due time,
+//! and a target whose attempts keep failing is sent to one attempt at a time, and only when no
+//! healthy target is waiting for a slot; its first success restores its share. The worker
+//! sleeps until the nearest due time, a write finishing, a poke on [`Worker::waker`] or, at the
+//! latest, `idle_poll` (other nodes cannot poke it).
 
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use domain::store::StoreError;
 use domain::webhooks::{
-    AttemptRecord, AttemptResult, LeaseRequest, LeasedDelivery, NextState, WebhookStore,
+    AttemptRecord, AttemptResult, DeliveryId, LeaseRequest, LeasedDelivery, NextState,
+    WebhookStore, WebhookTargetId,
 };
 use domain::Millis;
 use rand::Rng;
 use tokio::sync::Notify;
-use tokio::task::JoinSet;
+use tokio::task::{self, JoinSet};
 use tracing::Instrument;
 
 use crate::client::{AttemptOutcome, ClientBuildError, ClientConfig, Delivery, DeliveryClient};
@@ -35,8 +46,16 @@ use crate::Verdict;
 /// How often the outbox gauges are refreshed while the worker runs.
 const STATS_EVERY: Duration = Duration::from_secs(5);
 
-/// Pause after a store error before the next round, so a database outage is not hammered.
+/// Pause after a store error before the next lease, so a database outage is not hammered.
 const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// A target's queue is topped up while it holds fewer than this many of its current in-flight
+/// limit: enough that the next lease arrives before the queue runs dry, few enough that an
+/// attempt starts well within its lease.
+const QUEUE_AHEAD: usize = 4;
+
+/// How long a failing target keeps its one-at-a-time limit after its queue empties.
+const REMEMBER_FAILING: Duration = Duration::from_secs(600);
 
 /// Settings of a [`Worker`].
 #[derive(Debug, Clone)]
@@ -46,12 +65,19 @@ pub struct WorkerConfig {
     pub owner: String,
     /// Attempts in flight at once, over all targets.
     pub concurrency: usize,
-    /// Attempts in flight at once per target, over all workers sharing the database.
+    /// Attempts in flight at once per target on this worker.
     pub per_target: u32,
-    /// How long a lease lasts; must exceed the client's timeout, or a slow attempt could be
-    /// leased and sent again by another worker while it is still in flight.
+    /// Leases held at once per target, over all workers sharing the database (in flight,
+    /// queued, or finished and not yet recorded); this also bounds a target's attempts in flight
+    /// over all workers.
+    pub per_target_leased: u32,
+    /// Leases held by this worker at once, over all targets.
+    pub max_leased: usize,
+    /// How long a lease lasts. An attempt only starts in the first half of its lease, so the
+    /// half must exceed the client's timeout, or a slow attempt could be leased and sent again
+    /// by another worker while it is still in flight.
     pub lease_for: Duration,
-    /// Longest sleep between rounds when nothing local says otherwise.
+    /// Longest sleep between leases when nothing local says otherwise.
     pub idle_poll: Duration,
     /// Gaps between attempts.
     pub schedule: RetrySchedule,
@@ -70,6 +96,8 @@ impl WorkerConfig {
             ),
             concurrency: 256,
             per_target: 64,
+            per_target_leased: 256,
+            max_leased: 1024,
             lease_for: Duration::from_secs(60),
             idle_poll: Duration::from_secs(2),
             schedule,
@@ -99,6 +127,176 @@ pub struct Worker<S: WebhookStore + ?Sized> {
     wake: Arc<Notify>,
 }
 
+type Job<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a lease job brings back.
+struct Leased {
+    deliveries: Vec<LeasedDelivery>,
+    /// When to look again if nothing else happens first; `None` means at once.
+    next_look: Option<Duration>,
+}
+
+/// A finished attempt, with what it says about its target.
+struct Finished {
+    target: WebhookTargetId,
+    verdict: Verdict,
+    result: AttemptResult,
+}
+
+/// One leased delivery waiting for a slot.
+struct Queued {
+    delivery: LeasedDelivery,
+    /// Past this the lease is too far gone to start an attempt under it.
+    start_by: Instant,
+}
+
+/// One target's deliveries on this worker.
+struct Lane {
+    queue: VecDeque<Queued>,
+    inflight: usize,
+    /// Current in-flight limit: the configured cap while the target answers, one while it fails.
+    limit: usize,
+    /// When its last attempt asked for a retry, while it is failing.
+    failed_at: Option<Instant>,
+}
+
+impl Lane {
+    fn failing(&self, cap: usize) -> bool {
+        self.limit < cap
+    }
+
+    fn can_start(&self) -> bool {
+        !self.queue.is_empty() && self.inflight < self.limit
+    }
+
+    /// Whether the queue already holds enough for this target's current pace.
+    fn full(&self) -> bool {
+        self.queue.len() + self.inflight >= self.limit.saturating_mul(QUEUE_AHEAD)
+    }
+}
+
+/// The run loop's bookkeeping.
+struct Pipeline {
+    lanes: BTreeMap<WebhookTargetId, Lane>,
+    /// Attempts in flight.
+    inflight: usize,
+    /// Leases this worker holds: queued, in flight, or waiting to be recorded.
+    held: usize,
+    /// Finished attempts not yet handed to a write.
+    unrecorded: Vec<AttemptResult>,
+    /// Leases to give back with the next write.
+    release: Vec<DeliveryId>,
+    /// The target of each attempt in flight, for an attempt task that fails.
+    tasks: HashMap<task::Id, WebhookTargetId>,
+}
+
+impl Pipeline {
+    fn lane(&mut self, target: WebhookTargetId, cap: usize) -> &mut Lane {
+        self.lanes.entry(target).or_insert_with(|| Lane {
+            queue: VecDeque::new(),
+            inflight: 0,
+            limit: cap,
+            failed_at: None,
+        })
+    }
+
+    fn skip_targets(&self) -> Vec<WebhookTargetId> {
+        self.lanes
+            .iter()
+            .filter(|(_, lane)| lane.full())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Forgets targets with nothing queued or in flight; a failing one is remembered for a
+    /// while, so that its next retries start one at a time too.
+    fn prune(&mut self) {
+        let now = Instant::now();
+        self.lanes.retain(|_, lane| {
+            !lane.queue.is_empty()
+                || lane.inflight > 0
+                || lane.failed_at.is_some_and(|at| now - at < REMEMBER_FAILING)
+        });
+    }
+
+    /// The next delivery to start: healthy targets first, then failing ones, taking turns by
+    /// target within each, so neither a busy nor a failing target can take every slot.
+    fn next_start(&mut self, cap: usize, cursor: &mut Option<WebhookTargetId>) -> Option<Queued> {
+        let now = Instant::now();
+        loop {
+            let after = cursor.unwrap_or(WebhookTargetId(i64::MIN));
+            let mut pick = None;
+            for healthy in [true, false] {
+                let ready = |lane: &Lane| lane.failing(cap) != healthy && lane.can_start();
+                pick = self
+                    .lanes
+                    .iter()
+                    .filter(|(id, lane)| **id > after && ready(lane))
+                    .chain(self.lanes.iter().filter(|(_, lane)| ready(lane)))
+                    .map(|(id, _)| *id)
+                    .next();
+                if pick.is_some() {
+                    break;
+                }
+            }
+            let id = pick?;
+            let lane = self.lanes.get_mut(&id)?;
+            let queued = lane.queue.pop_front()?;
+            if queued.start_by > now {
+                lane.inflight += 1;
+                self.inflight += 1;
+                *cursor = Some(id);
+                return Some(queued);
+            }
+            // Too late to start under this lease: give it back for anyone to take.
+            self.release.push(queued.delivery.id);
+            self.held = self.held.saturating_sub(1);
+        }
+    }
+
+    fn joined(&mut self, joined: Result<(task::Id, Finished), task::JoinError>, cap: usize) {
+        match joined {
+            Ok((id, finished)) => {
+                self.tasks.remove(&id);
+                self.finished(finished, cap);
+            }
+            // Nothing to record: the lease lapses and the delivery is attempted again.
+            Err(err) => {
+                self.inflight = self.inflight.saturating_sub(1);
+                self.held = self.held.saturating_sub(1);
+                if let Some(lane) = self
+                    .tasks
+                    .remove(&err.id())
+                    .and_then(|target| self.lanes.get_mut(&target))
+                {
+                    lane.inflight = lane.inflight.saturating_sub(1);
+                }
+                tracing::error!(error = %err, "webhook attempt task failed");
+            }
+        }
+    }
+
+    fn finished(&mut self, finished: Finished, cap: usize) {
+        self.inflight = self.inflight.saturating_sub(1);
+        if let Some(lane) = self.lanes.get_mut(&finished.target) {
+            lane.inflight = lane.inflight.saturating_sub(1);
+            match finished.verdict {
+                // The target is not answering properly: one attempt at a time until it does.
+                Verdict::Retry => {
+                    lane.limit = 1;
+                    lane.failed_at = Some(Instant::now());
+                }
+                Verdict::Delivered => {
+                    lane.limit = cap;
+                    lane.failed_at = None;
+                }
+                Verdict::Failed | Verdict::FailedAndDeactivate => {}
+            }
+        }
+        self.unrecorded.push(finished.result);
+    }
+}
+
 impl<S: WebhookStore + ?Sized> Worker<S> {
     /// A worker over `store`.
     pub fn new(store: Arc<S>, config: WorkerConfig) -> Result<Self, WorkerError> {
@@ -122,46 +320,31 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
         &self.config.owner
     }
 
-    async fn lease(&self, limit: usize) -> Result<Vec<LeasedDelivery>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        self.store
+    fn per_target(&self) -> usize {
+        usize::try_from(self.config.per_target.max(1)).unwrap_or(usize::MAX)
+    }
+
+    fn spawn(&self, set: &mut JoinSet<Finished>, delivery: LeasedDelivery) -> task::Id {
+        let client = self.client.clone();
+        let schedule = self.schedule.clone();
+        set.spawn(attempt(client, schedule, delivery)).id()
+    }
+
+    /// One round: leases what is due (up to the concurrency, at most `per_target` per target),
+    /// attempts it all concurrently, records the results; returns how many deliveries were
+    /// attempted.
+    pub async fn run_once(&self) -> Result<usize, WorkerError> {
+        let leased = self
+            .store
             .lease_due(LeaseRequest {
                 owner: &self.config.owner,
                 now: Millis::now(),
                 lease_for: self.config.lease_for,
-                limit: u32::try_from(limit).unwrap_or(u32::MAX),
+                limit: u32::try_from(self.config.concurrency).unwrap_or(u32::MAX),
                 per_target: self.config.per_target,
+                skip_targets: &[],
             })
-            .await
-    }
-
-    fn spawn(&self, set: &mut JoinSet<AttemptResult>, delivery: LeasedDelivery) {
-        let client = self.client.clone();
-        let schedule = self.schedule.clone();
-        set.spawn(attempt(client, schedule, delivery));
-    }
-
-    async fn record(&self, results: &[AttemptResult]) {
-        if results.is_empty() {
-            return;
-        }
-        // On failure the leases lapse and the deliveries are attempted again (same webhook-id):
-        // at least once, never lost.
-        if let Err(err) = self
-            .store
-            .record_attempts(&self.config.owner, results)
-            .await
-        {
-            tracing::error!(error = %err, count = results.len(), "cannot record webhook attempts; they will be retried after their leases end");
-        }
-    }
-
-    /// One round: leases what is due (up to the concurrency), attempts it all concurrently,
-    /// records the results; returns how many deliveries were attempted.
-    pub async fn run_once(&self) -> Result<usize, WorkerError> {
-        let leased = self.lease(self.config.concurrency).await?;
+            .await?;
         let count = leased.len();
         let mut set = JoinSet::new();
         for delivery in leased {
@@ -170,7 +353,7 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
         let mut results = Vec::with_capacity(count);
         while let Some(joined) = set.join_next().await {
             match joined {
-                Ok(result) => results.push(result),
+                Ok(finished) => results.push(finished.result),
                 Err(err) => tracing::error!(error = %err, "webhook attempt task failed"),
             }
         }
@@ -180,65 +363,179 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
         Ok(count)
     }
 
-    /// Delivers until `stop` resolves, then lets in-flight attempts finish (each is bounded by
-    /// the client's timeout) and records them.
+    /// Leases up to `limit` deliveries of targets not in `skip`; when fewer come back, also
+    /// finds out when to look again.
+    async fn lease_job(&self, limit: usize, skip: Vec<WebhookTargetId>, stats: bool) -> Leased {
+        let leased = self
+            .store
+            .lease_due(LeaseRequest {
+                owner: &self.config.owner,
+                now: Millis::now(),
+                lease_for: self.config.lease_for,
+                limit: u32::try_from(limit).unwrap_or(u32::MAX),
+                per_target: self.config.per_target_leased.max(1),
+                skip_targets: &skip,
+            })
+            .await;
+        if stats {
+            self.publish_stats().await;
+        }
+        match leased {
+            Ok(deliveries) => {
+                let next_look = if deliveries.len() >= limit {
+                    // More may be due: look again as soon as there is room.
+                    None
+                } else {
+                    Some(self.until_next_due().await)
+                };
+                Leased {
+                    deliveries,
+                    next_look,
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot lease webhook deliveries");
+                Leased {
+                    deliveries: Vec::new(),
+                    next_look: Some(STORE_ERROR_PAUSE),
+                }
+            }
+        }
+    }
+
+    /// Writes finished attempts in one transaction and gives back leases that could not be
+    /// used; returns how many leases this settles locally.
+    async fn record_job(&self, results: Vec<AttemptResult>, release: Vec<DeliveryId>) -> usize {
+        if !results.is_empty() {
+            // On failure the leases lapse and the deliveries are attempted again (same
+            // webhook-id): at least once, never lost.
+            if let Err(err) = self
+                .store
+                .record_attempts(&self.config.owner, &results)
+                .await
+            {
+                tracing::error!(error = %err, count = results.len(), "cannot record webhook attempts; they will be retried after their leases end");
+            }
+        }
+        if !release.is_empty() {
+            if let Err(err) = self
+                .store
+                .release_leases(&self.config.owner, &release)
+                .await
+            {
+                tracing::warn!(error = %err, count = release.len(), "cannot give back webhook leases; they will lapse");
+            }
+        }
+        results.len()
+    }
+
+    /// Delivers until `stop` resolves, then gives back what it has not started, lets in-flight
+    /// attempts finish (each is bounded by the client's timeout) and records them.
     pub async fn run(&self, stop: impl Future<Output = ()>) {
         tokio::pin!(stop);
-        let mut inflight: JoinSet<AttemptResult> = JoinSet::new();
-        let mut finished: Vec<AttemptResult> = Vec::new();
+        let cap = self.per_target();
+        let mut pipe = Pipeline {
+            lanes: BTreeMap::new(),
+            inflight: 0,
+            held: 0,
+            unrecorded: Vec::new(),
+            release: Vec::new(),
+            tasks: HashMap::new(),
+        };
+        let mut attempts: JoinSet<Finished> = JoinSet::new();
+        let mut leasing: Option<Job<'_, Leased>> = None;
+        let mut recording: Option<Job<'_, usize>> = None;
+        let mut cursor = None;
+        // Look at once on start; afterwards after every write (it may free a chain's next event
+        // or a target's cap), every poke and every timer.
+        let mut look = true;
+        let mut look_at: Option<Instant> = None;
         let mut stats_at: Option<Instant> = None;
+        let mut stopping = false;
         tracing::info!(owner = %self.config.owner, "webhook worker started");
         loop {
-            while let Some(joined) = inflight.try_join_next() {
-                collect(joined, &mut finished);
-            }
-            // Attempts that finished while the previous round was being written are recorded in
-            // one transaction: on SQLite that is one fsync for many deliveries.
-            self.record(&finished).await;
-            finished.clear();
-
-            let free = self.config.concurrency.saturating_sub(inflight.len());
-            let mut pause = match self.lease(free).await {
-                Ok(leased) => {
-                    let saturated = !leased.is_empty() && leased.len() == free;
-                    for delivery in leased {
-                        self.spawn(&mut inflight, delivery);
-                    }
-                    if saturated {
-                        // More may be due: come back as soon as a slot frees.
-                        None
-                    } else {
-                        Some(self.until_next_due().await)
-                    }
+            if !stopping {
+                while pipe.inflight < self.config.concurrency {
+                    let Some(queued) = pipe.next_start(cap, &mut cursor) else {
+                        break;
+                    };
+                    let target = queued.delivery.target;
+                    let id = self.spawn(&mut attempts, queued.delivery);
+                    pipe.tasks.insert(id, target);
                 }
-                Err(err) => {
-                    tracing::error!(error = %err, "cannot lease webhook deliveries");
-                    Some(STORE_ERROR_PAUSE)
+            }
+            if recording.is_none() && (!pipe.unrecorded.is_empty() || !pipe.release.is_empty()) {
+                let results = std::mem::take(&mut pipe.unrecorded);
+                let release = std::mem::take(&mut pipe.release);
+                recording = Some(Box::pin(self.record_job(results, release)));
+            }
+            if leasing.is_none() && look && !stopping {
+                let room = self.config.max_leased.saturating_sub(pipe.held);
+                if room > 0 {
+                    look = false;
+                    look_at = None;
+                    let stats = stats_at.is_none_or(|at| at.elapsed() >= STATS_EVERY);
+                    if stats {
+                        stats_at = Some(Instant::now());
+                    }
+                    leasing = Some(Box::pin(self.lease_job(room, pipe.skip_targets(), stats)));
                 }
-            };
-            if stats_at.is_none_or(|at| at.elapsed() >= STATS_EVERY) {
-                self.publish_stats().await;
-                stats_at = Some(Instant::now());
             }
-            if pause.is_none() && inflight.is_empty() {
-                pause = Some(Duration::ZERO);
+            if stopping && attempts.is_empty() && leasing.is_none() && recording.is_none() {
+                if pipe.unrecorded.is_empty() && pipe.release.is_empty() {
+                    break;
+                }
+                continue;
             }
-            let sleep = tokio::time::sleep(pause.unwrap_or(self.config.idle_poll));
+            let timer = tokio::time::sleep_until(look_at.unwrap_or_else(Instant::now).into());
             tokio::select! {
                 biased;
-                () = &mut stop => break,
-                Some(joined) = inflight.join_next(), if !inflight.is_empty() => {
-                    collect(joined, &mut finished);
+                () = &mut stop, if !stopping => {
+                    stopping = true;
+                    tracing::info!(inflight = attempts.len(), "webhook worker stopping");
+                    for lane in pipe.lanes.values_mut() {
+                        pipe.release.extend(lane.queue.drain(..).map(|q| q.delivery.id));
+                    }
                 }
-                () = self.wake.notified() => {}
-                () = sleep, if pause.is_some() => {}
+                Some(joined) = attempts.join_next_with_id(), if !attempts.is_empty() => {
+                    pipe.joined(joined, cap);
+                    // Take whatever else finished too, so one write carries it all.
+                    while let Some(joined) = attempts.try_join_next_with_id() {
+                        pipe.joined(joined, cap);
+                    }
+                }
+                settled = finish(&mut recording), if recording.is_some() => {
+                    recording = None;
+                    pipe.held = pipe.held.saturating_sub(settled);
+                    pipe.prune();
+                    look = true;
+                }
+                leased = finish(&mut leasing), if leasing.is_some() => {
+                    leasing = None;
+                    let got = leased.deliveries.len();
+                    if stopping {
+                        pipe.release.extend(leased.deliveries.iter().map(|d| d.id));
+                    } else {
+                        pipe.held += got;
+                        let start_by = Instant::now() + self.config.lease_for / 2;
+                        for delivery in leased.deliveries {
+                            pipe.lane(delivery.target, cap)
+                                .queue
+                                .push_back(Queued { delivery, start_by });
+                        }
+                    }
+                    match leased.next_look {
+                        None => look = true,
+                        Some(wait) => look_at = Some(Instant::now() + wait),
+                    }
+                }
+                () = self.wake.notified() => look = true,
+                () = timer, if look_at.is_some() => {
+                    look_at = None;
+                    look = true;
+                }
             }
         }
-        tracing::info!(inflight = inflight.len(), "webhook worker stopping");
-        while let Some(joined) = inflight.join_next().await {
-            collect(joined, &mut finished);
-        }
-        self.record(&finished).await;
         tracing::info!("webhook worker stopped");
     }
 
@@ -250,8 +547,8 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
                 let wait = Duration::from_millis(u64::try_from(due.0 - now.0).unwrap_or(0));
                 wait.min(self.config.idle_poll)
             }
-            // Due but not leasable: held back by a chain's order or a target's cap, which an
-            // attempt finishing (which wakes the loop) or another node releases.
+            // Due but not leasable: held back by a chain's order or a target's cap, which a
+            // write finishing (which makes the loop look again) or another node releases.
             Ok(_) => self.config.idle_poll,
             Err(err) => {
                 tracing::error!(error = %err, "cannot read the next webhook due time");
@@ -275,14 +572,11 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
     }
 }
 
-fn collect(
-    joined: Result<AttemptResult, tokio::task::JoinError>,
-    finished: &mut Vec<AttemptResult>,
-) {
-    match joined {
-        Ok(result) => finished.push(result),
-        // The lease lapses and the delivery is attempted again.
-        Err(err) => tracing::error!(error = %err, "webhook attempt task failed"),
+/// Awaits a running job (the caller's `if` guard ensures there is one).
+async fn finish<T>(job: &mut Option<Job<'_, T>>) -> T {
+    match job {
+        Some(job) => job.await,
+        None => std::future::pending().await,
     }
 }
 
@@ -356,7 +650,7 @@ async fn attempt(
     client: DeliveryClient,
     schedule: Arc<RetrySchedule>,
     delivery: LeasedDelivery,
-) -> AttemptResult {
+) -> Finished {
     let at = Millis::now();
     let prepared = prepare(&delivery);
     let span = tracing::info_span!(
@@ -411,15 +705,19 @@ async fn attempt(
         metrics::counter!("outdial_webhook_attempts_total", "result" => result).increment(1);
         metrics::histogram!("outdial_webhook_attempt_duration_seconds")
             .record(outcome.duration.as_secs_f64());
-        AttemptResult {
-            delivery: delivery.id,
-            attempt: AttemptRecord {
-                at,
-                http_status: outcome.status,
-                error: outcome.error,
-                duration_ms: u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
+        Finished {
+            target: delivery.target,
+            verdict: outcome.verdict,
+            result: AttemptResult {
+                delivery: delivery.id,
+                attempt: AttemptRecord {
+                    at,
+                    http_status: outcome.status,
+                    error: outcome.error,
+                    duration_ms: u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
+                },
+                next,
             },
-            next,
         }
     }
     .instrument(span)

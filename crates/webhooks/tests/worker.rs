@@ -461,6 +461,58 @@ async fn story_failing_target_does_not_delay_healthy(store: Arc<SqlStore>) {
     );
 }
 
+/// With slots scarce, a target that answers 500 to everything is set aside after its first
+/// failures: every free slot goes to the healthy target until that one has nothing left, and
+/// only then does the failing one get its (one at a time) attempts. Asserted on the order of
+/// arrivals, not on their times.
+async fn story_failing_target_yields_its_slots(store: Arc<SqlStore>) {
+    let ta = tenant_with_agent(store.as_ref()).await;
+    let healthy = Receiver::start(&[], 200).await;
+    healthy.expect_secrets(&[SECRET]);
+    let failing = Receiver::start(&[], 500).await;
+    failing.expect_secrets(&[SECRET]);
+    add_target(&store, ta, "healthy", &healthy.url(), false).await;
+    add_target(&store, ta, "failing", &failing.url(), false).await;
+    let n = 40;
+    let events: Vec<OutboxEvent> = (0..n).map(|i| event(ta, &format!("c{i}"), 1)).collect();
+    store.enqueue_events(&events).await.unwrap();
+    let mut c = config("w");
+    c.concurrency = 2;
+    c.per_target = 2;
+    let w = Arc::new(Worker::new(store.clone(), c).unwrap());
+    let (stop, task) = spawn_loop(w);
+    let got = healthy.wait_for(n, Duration::from_secs(20)).await;
+    // Not starved: every event reaches the failing target too.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ids: std::collections::HashSet<String> =
+            failing.seen().into_iter().map(|r| r.webhook_id).collect();
+        if ids.len() == n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "failing target saw {} events",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    assert!(got.iter().all(|r| r.verified));
+    let ids: std::collections::HashSet<&str> = got.iter().map(|r| r.webhook_id.as_str()).collect();
+    assert_eq!(ids.len(), n);
+    // When the healthy target's third-last event arrived, its last one had not started (both
+    // slots were taken), so the failing target had only its attempts from before its first
+    // answer: at most one per slot, plus one more starting as the first 500 came back.
+    let mark = got[n - 3].at;
+    let before = failing.seen().iter().filter(|r| r.at < mark).count();
+    assert!(
+        before <= 3,
+        "the failing target took {before} slots while healthy deliveries waited"
+    );
+}
+
 macro_rules! on_both {
     ($name:ident, $story:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -500,4 +552,8 @@ on_both!(a_chain_is_delivered_in_order, story_chain_order);
 on_both!(
     a_failing_target_does_not_delay_a_healthy_one,
     story_failing_target_does_not_delay_healthy
+);
+on_both!(
+    a_failing_target_yields_its_slots_to_a_healthy_one,
+    story_failing_target_yields_its_slots
 );
