@@ -216,15 +216,21 @@ pub struct Sipp {
 impl Sipp {
     /// A callee that echoes our audio back (`-rtp_echo`), as a real line carries audio.
     pub fn callee(scenario: &str, calls: u32, talk_ms: u32, dir: &Path) -> Self {
-        let port = free_udp_port();
-        let media = free_rtp_base();
-        let trace = dir.join(format!("sipp-{port}.log"));
         let scenario = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("tests/scenarios")
             .join(scenario);
+        Self::run(&scenario, true, calls, talk_ms, dir)
+    }
+
+    /// `scenario` (a path) run in `dir`, so files it plays are found there; with `echo` our
+    /// audio comes back (`-rtp_echo`), without it the scenario's own audio is all we hear.
+    pub fn run(scenario: &Path, echo: bool, calls: u32, talk_ms: u32, dir: &Path) -> Self {
+        let port = free_udp_port();
+        let media = free_rtp_base();
+        let trace = dir.join(format!("sipp-{port}.log"));
         let child = Command::new("sipp")
             .arg("-sf")
-            .arg(&scenario)
+            .arg(scenario)
             .args([
                 "-i",
                 "127.0.0.1",
@@ -235,13 +241,8 @@ impl Sipp {
                 "-mp",
                 &media.to_string(),
             ])
-            .args([
-                "-rtp_echo",
-                "-m",
-                &calls.to_string(),
-                "-d",
-                &talk_ms.to_string(),
-            ])
+            .args(echo.then_some("-rtp_echo"))
+            .args(["-m", &calls.to_string(), "-d", &talk_ms.to_string()])
             .args(["-nostdin", "-timeout", "90s", "-trace_msg", "-message_file"])
             .arg(&trace)
             .current_dir(dir)
