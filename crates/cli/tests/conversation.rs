@@ -57,14 +57,10 @@ async fn talk(db: Db, speak_after_ms: u32) -> Talked {
     record("Yes, I can pay by Friday.", dir.path());
     let key = Service::create_tenant_in(dir.path(), &db);
     // The callee is silent until it speaks: no RTP for seconds is not a dead line here.
-    let _svc = Service::start_with(
-        dir.path(),
-        &db,
-        &[("OUTDIAL_NO_RTP_TIMEOUT_SECONDS", "30")],
-    );
+    let svc = Service::start_with(dir.path(), &db, &[("OUTDIAL_NO_RTP_TIMEOUT_SECONDS", "30")]);
     let mut sipp = Sipp::run(&scenario(), false, 1, speak_after_ms, dir.path());
     let api = Api {
-        base: _svc.base.clone(),
+        base: svc.base.clone(),
         key,
         http: reqwest::Client::new(),
     };
