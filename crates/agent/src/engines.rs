@@ -8,8 +8,9 @@ use crate::flow::FlowBrain;
 use crate::llm::{LlmBrain, LlmOptions};
 use crate::piper::{Piper, PiperConfig};
 use crate::stt::SpeechToText;
-use crate::tts::TextToSpeech;
+use crate::tts::{TextToSpeech, TtsError};
 use crate::whisper::{Whisper, WhisperConfig};
+use async_trait::async_trait;
 use domain::agent::{AgentConfig, Brain as BrainConfig};
 use domain::call::{Parameter, RetryContext};
 use std::sync::{Arc, OnceLock};
@@ -109,7 +110,10 @@ impl EngineRegistry {
         default: &Arc<dyn TextToSpeech>,
     ) -> Arc<dyn TextToSpeech> {
         match agent.voice.engine.as_str() {
-            "piper" => self.piper(),
+            "piper" => Arc::new(OrElse {
+                primary: self.piper(),
+                fallback: default.clone(),
+            }),
             _ => default.clone(),
         }
     }
@@ -139,6 +143,26 @@ impl EngineRegistry {
                 }
             },
             _ => default.clone(),
+        }
+    }
+}
+
+/// `primary`, or `fallback` while `primary` cannot start (its packages are not installed, its
+/// model does not load): a robotic voice is better than an agent that says nothing.
+struct OrElse {
+    primary: Arc<dyn TextToSpeech>,
+    fallback: Arc<dyn TextToSpeech>,
+}
+
+#[async_trait]
+impl TextToSpeech for OrElse {
+    async fn synthesize(&self, text: &str, voice: Option<&str>) -> Result<Vec<i16>, TtsError> {
+        match self.primary.synthesize(text, voice).await {
+            Err(TtsError::Spawn(e)) => {
+                tracing::error!(error = %e, "the agent's voice cannot start; speaking with the default voice");
+                self.fallback.synthesize(text, None).await
+            }
+            other => other,
         }
     }
 }
@@ -179,6 +203,35 @@ mod tests {
         let r = b.hear("hello").await.unwrap();
         assert_eq!(r.say, vec![LlmOptions::default().retry_line]);
         assert!(!r.end);
+    }
+
+    #[tokio::test]
+    async fn a_piper_voice_that_cannot_start_speaks_with_the_default_voice() {
+        let registry = EngineRegistry::new(
+            PiperConfig {
+                python: "/nonexistent/python3".into(),
+                ..PiperConfig::default()
+            },
+            WhisperConfig::default(),
+            None,
+        );
+        let default_tts: Arc<dyn TextToSpeech> = Arc::new(crate::tts::EspeakNg::default());
+        let piper = agent(json!({"name": "a", "voice": {"engine": "piper"}}));
+        let audio = registry
+            .tts_for(&piper, &default_tts)
+            .synthesize("Hello there.", Some("en-us"))
+            .await
+            .unwrap();
+        assert!(
+            audio.len() > 8_000,
+            "espeak-ng spoke: {} samples",
+            audio.len()
+        );
+        let espeak = agent(json!({"name": "a"}));
+        assert!(Arc::ptr_eq(
+            &registry.tts_for(&espeak, &default_tts),
+            &default_tts
+        ));
     }
 
     #[test]
