@@ -40,7 +40,7 @@ pub struct Args {
     #[arg(long, default_value_t = 64)]
     per_target: u32,
     /// Leases held at once per target (in flight, queued, or awaiting their write).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 1024)]
     per_target_leased: u32,
     /// Times to run both scenarios.
     #[arg(long, default_value_t = 1)]

@@ -246,8 +246,9 @@ pub struct LeaseRequest<'a> {
     /// At most this many leased deliveries per target at once, counting unexpired leases of every
     /// worker, so that a slow target cannot take all the slots.
     pub per_target: u32,
-    /// Targets to lease nothing for (the caller already holds enough of theirs).
-    pub skip_targets: &'a [WebhookTargetId],
+    /// Caps that replace `per_target` for these targets (0: lease none of theirs), e.g. one
+    /// that keeps failing, of which a worker wants only a few at a time.
+    pub target_caps: &'a [(WebhookTargetId, u32)],
 }
 
 /// Figures for the metrics.

@@ -378,15 +378,15 @@ impl SqlStore {
         } else {
             ""
         };
-        // Targets the caller has enough of already (a backed-up worker would only let the
-        // leases lapse) are left to other workers.
-        let skip = if lease.skip_targets.is_empty() {
-            String::new()
+        // A target with a cap of its own (one that keeps failing) gets only that many leases.
+        let cap = if lease.target_caps.is_empty() {
+            "$4".to_owned()
         } else {
-            format!(
-                "AND p.target_id NOT IN ({}) ",
-                placeholders(6, lease.skip_targets.len())
-            )
+            let arms = (0..lease.target_caps.len())
+                .map(|i| format!("WHEN ${} THEN ${}", 6 + 2 * i, 7 + 2 * i))
+                .collect::<Vec<_>>()
+                .join(" ");
+            format!("CASE c.target_id {arms} ELSE $4 END")
         };
         // Candidates are due, unleased, of an active target, first of their chain to that target,
         // and ranked per target so that with the target's unexpired leases they stay within the
@@ -398,7 +398,7 @@ impl SqlStore {
             "UPDATE webhook_deliveries SET lease_owner = $1, lease_until = $2 WHERE id IN ( \
                SELECT d.id FROM webhook_deliveries d WHERE d.id IN ( \
                  SELECT c.id FROM ( \
-                   SELECT p.id AS id, \
+                   SELECT p.id AS id, p.target_id AS target_id, \
                      ROW_NUMBER() OVER (PARTITION BY p.target_id ORDER BY p.next_attempt_at, p.id) AS rank, \
                      COALESCE(b.busy, 0) AS busy \
                    FROM webhook_deliveries p JOIN webhook_targets t ON t.id = p.target_id AND t.active = 1 \
@@ -406,10 +406,10 @@ impl SqlStore {
                      WHERE l.status = 'pending' AND l.lease_until > $3 GROUP BY l.target_id) b \
                      ON b.target_id = p.target_id \
                    WHERE p.status = 'pending' AND p.next_attempt_at <= $3 \
-                     AND (p.lease_until IS NULL OR p.lease_until <= $3) {skip}\
+                     AND (p.lease_until IS NULL OR p.lease_until <= $3) \
                      AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.target_id = p.target_id \
                         AND e.chain_id = p.chain_id AND e.status = 'pending' AND e.id < p.id) \
-                 ) c WHERE c.rank + c.busy <= $4) \
+                 ) c WHERE c.rank + c.busy <= {cap}) \
                AND d.status = 'pending' AND (d.lease_until IS NULL OR d.lease_until <= $3) \
                ORDER BY d.next_attempt_at, d.id LIMIT $5 {skip_locked}) \
              RETURNING id"
@@ -421,8 +421,8 @@ impl SqlStore {
             .bind(now)
             .bind(i64::from(lease.per_target))
             .bind(i64::from(lease.limit));
-        for target in lease.skip_targets {
-            query = query.bind(target.0);
+        for (target, cap) in lease.target_caps {
+            query = query.bind(target.0).bind(i64::from(*cap));
         }
         let mut tx = self.write.begin().await.map_err(db_err)?;
         let ids: Vec<i64> = query

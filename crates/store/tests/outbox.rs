@@ -59,7 +59,7 @@ fn lease(owner: &str, now: Millis, limit: u32, per_target: u32) -> LeaseRequest<
         lease_for: Duration::from_secs(60),
         limit,
         per_target,
-        skip_targets: &[],
+        target_caps: &[],
     }
 }
 
@@ -522,7 +522,7 @@ async fn story_concurrent_workers(store: Arc<SqlStore>) {
     assert_eq!((all.len(), unique.len()), (400, 400));
 }
 
-async fn story_skip_and_release(store: Arc<SqlStore>) {
+async fn story_caps_and_release(store: Arc<SqlStore>) {
     let (t, agent) = common::tenant_with_agent(store.as_ref(), "acme", "+918035739222").await;
     let a = store
         .create_webhook_target(t, agent, &target("a", &["call.completed"]), T0)
@@ -536,15 +536,40 @@ async fn story_skip_and_release(store: Arc<SqlStore>) {
         .map(|i| event(i, t, agent, &format!("c{i}"), "call.completed", T0))
         .collect();
     store.enqueue_events(&events).await.unwrap();
-    // A worker with enough of `a` queued leases only `b`'s.
-    let skip = [a.id];
-    let only_b = store
+    // A worker that wants none of `a`'s and one of `b`'s gets just that.
+    let caps = [(a.id, 0), (b.id, 1)];
+    let one_b = store
         .lease_due(LeaseRequest {
-            skip_targets: &skip,
+            target_caps: &caps,
             ..lease("w1", T0, 100, 100)
         })
         .await
         .unwrap();
+    assert_eq!(one_b.len(), 1);
+    assert_eq!(one_b[0].target, b.id);
+    // The cap counts leases already held: with one of `b`'s out, a cap of 1 gives none more.
+    let caps = [(a.id, 0), (b.id, 1)];
+    assert!(store
+        .lease_due(LeaseRequest {
+            target_caps: &caps,
+            ..lease("w1", T0, 100, 100)
+        })
+        .await
+        .unwrap()
+        .is_empty());
+    let caps = [(a.id, 0)];
+    let only_b: Vec<_> = one_b
+        .into_iter()
+        .chain(
+            store
+                .lease_due(LeaseRequest {
+                    target_caps: &caps,
+                    ..lease("w1", T0, 100, 100)
+                })
+                .await
+                .unwrap(),
+        )
+        .collect();
     assert_eq!(only_b.len(), 3);
     assert!(only_b.iter().all(|d| d.target == b.id));
     // Leases given back by someone else's name stay; given back by the holder, any worker can
@@ -692,7 +717,7 @@ on_both!(
     concurrent_workers_on_every_backend,
     story_concurrent_workers
 );
-on_both!(skip_and_release_on_every_backend, story_skip_and_release);
+on_both!(caps_and_release_on_every_backend, story_caps_and_release);
 on_both!(
     record_many_at_once_on_every_backend,
     story_record_many_at_once

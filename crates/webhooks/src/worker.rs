@@ -49,10 +49,9 @@ const STATS_EVERY: Duration = Duration::from_secs(5);
 /// Pause after a store error before the next lease, so a database outage is not hammered.
 const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
-/// A target's queue is topped up while it holds fewer than this many of its current in-flight
-/// limit: enough that the next lease arrives before the queue runs dry, few enough that an
-/// attempt starts well within its lease.
-const QUEUE_AHEAD: usize = 4;
+/// Leases a failing target keeps (one in flight, the rest queued): the rest go back to the
+/// outbox, so it holds no room that answering targets could use.
+const FAILING_LEASES: usize = 4;
 
 /// How long a failing target keeps its one-at-a-time limit after its queue empties.
 const REMEMBER_FAILING: Duration = Duration::from_secs(600);
@@ -96,8 +95,8 @@ impl WorkerConfig {
             ),
             concurrency: 256,
             per_target: 64,
-            per_target_leased: 256,
-            max_leased: 1024,
+            per_target_leased: 1024,
+            max_leased: 2048,
             lease_for: Duration::from_secs(60),
             idle_poll: Duration::from_secs(2),
             schedule,
@@ -168,11 +167,6 @@ impl Lane {
     fn can_start(&self) -> bool {
         !self.queue.is_empty() && self.inflight < self.limit
     }
-
-    /// Whether the queue already holds enough for this target's current pace.
-    fn full(&self) -> bool {
-        self.queue.len() + self.inflight >= self.limit.saturating_mul(QUEUE_AHEAD)
-    }
 }
 
 /// The run loop's bookkeeping.
@@ -200,11 +194,13 @@ impl Pipeline {
         })
     }
 
-    fn skip_targets(&self) -> Vec<WebhookTargetId> {
+    /// Failing targets get a handful of leases at a time, whatever the general cap.
+    fn target_caps(&self, cap: usize) -> Vec<(WebhookTargetId, u32)> {
+        let few = u32::try_from(FAILING_LEASES).unwrap_or(u32::MAX);
         self.lanes
             .iter()
-            .filter(|(_, lane)| lane.full())
-            .map(|(id, _)| *id)
+            .filter(|(_, lane)| lane.failing(cap))
+            .map(|(id, _)| (*id, few))
             .collect()
     }
 
@@ -285,6 +281,13 @@ impl Pipeline {
                 Verdict::Retry => {
                     lane.limit = 1;
                     lane.failed_at = Some(Instant::now());
+                    let keep = FAILING_LEASES.saturating_sub(1);
+                    if lane.queue.len() > keep {
+                        let surplus: Vec<DeliveryId> =
+                            lane.queue.drain(keep..).map(|q| q.delivery.id).collect();
+                        self.held = self.held.saturating_sub(surplus.len());
+                        self.release.extend(surplus);
+                    }
                 }
                 Verdict::Delivered => {
                     lane.limit = cap;
@@ -342,7 +345,7 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
                 lease_for: self.config.lease_for,
                 limit: u32::try_from(self.config.concurrency).unwrap_or(u32::MAX),
                 per_target: self.config.per_target,
-                skip_targets: &[],
+                target_caps: &[],
             })
             .await?;
         let count = leased.len();
@@ -363,9 +366,14 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
         Ok(count)
     }
 
-    /// Leases up to `limit` deliveries of targets not in `skip`; when fewer come back, also
-    /// finds out when to look again.
-    async fn lease_job(&self, limit: usize, skip: Vec<WebhookTargetId>, stats: bool) -> Leased {
+    /// Leases up to `limit` deliveries, within `caps` for the targets named there; when fewer
+    /// come back, also finds out when to look again.
+    async fn lease_job(
+        &self,
+        limit: usize,
+        caps: Vec<(WebhookTargetId, u32)>,
+        stats: bool,
+    ) -> Leased {
         let leased = self
             .store
             .lease_due(LeaseRequest {
@@ -374,7 +382,7 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
                 lease_for: self.config.lease_for,
                 limit: u32::try_from(limit).unwrap_or(u32::MAX),
                 per_target: self.config.per_target_leased.max(1),
-                skip_targets: &skip,
+                target_caps: &caps,
             })
             .await;
         if stats {
@@ -478,7 +486,7 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
                     if stats {
                         stats_at = Some(Instant::now());
                     }
-                    leasing = Some(Box::pin(self.lease_job(room, pipe.skip_targets(), stats)));
+                    leasing = Some(Box::pin(self.lease_job(room, pipe.target_caps(cap), stats)));
                 }
             }
             if stopping && attempts.is_empty() && leasing.is_none() && recording.is_none() {
