@@ -116,6 +116,10 @@ async fn insert_batch_in(conn: &mut AnyConnection, b: &NewBatch) -> Result<Batch
     let trace = b.trace_id.to_string();
     let full_sql = chunk_sql(INSERT_CHUNK);
     let n = b.recipients.len();
+    // Random ids, inserted in ascending order: the primary key and the chain index then grow at
+    // one end instead of taking a million random page splits, most of a big insert's cost.
+    let mut ids: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::new_v4()).collect();
+    ids.sort_unstable();
     let mut start = 0;
     while start < n {
         let end = (start + INSERT_CHUNK).min(n);
@@ -141,7 +145,7 @@ async fn insert_batch_in(conn: &mut AnyConnection, b: &NewBatch) -> Result<Batch
                 .parameters_json(i)
                 .map_err(|e| StoreError::Database(e.to_string()))?;
             q = q
-                .bind(uuid::Uuid::new_v4().to_string())
+                .bind(ids[i].to_string())
                 .bind(b.recipients.phone(i))
                 .bind(params);
         }
@@ -447,10 +451,19 @@ async fn agent_max_attempts(conn: &mut AnyConnection, agent: AgentId) -> Result<
 #[async_trait::async_trait]
 impl BatchStore for SqlStore {
     async fn create_batch(&self, b: NewBatch) -> Result<Batch, BatchError> {
+        let started = std::time::Instant::now();
         let mut tx = self.write.begin().await.map_err(db_err)?;
         match insert_batch_in(&mut tx, &b).await {
             Ok(created) => {
+                let inserted = started.elapsed();
                 tx.commit().await.map_err(db_err)?;
+                tracing::info!(
+                    batch_id = created.id,
+                    rows = b.recipients.len(),
+                    insert_ms = inserted.as_millis() as u64,
+                    commit_ms = (started.elapsed() - inserted).as_millis() as u64,
+                    "batch written"
+                );
                 Ok(created)
             }
             Err(e) => {
