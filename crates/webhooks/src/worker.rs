@@ -385,15 +385,19 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
                 target_caps: &caps,
             })
             .await;
-        if stats {
-            self.publish_stats().await;
-        }
         match leased {
             Ok(deliveries) => {
                 let next_look = if deliveries.len() >= limit {
                     // More may be due: look again as soon as there is room.
                     None
+                } else if !deliveries.is_empty() {
+                    // Their writes will make the loop look again; reading the next due time
+                    // now would only hold these back.
+                    Some(self.config.idle_poll)
                 } else {
+                    if stats {
+                        self.publish_stats().await;
+                    }
                     Some(self.until_next_due().await)
                 };
                 Leased {
@@ -413,7 +417,12 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
 
     /// Writes finished attempts in one transaction and gives back leases that could not be
     /// used; returns how many leases this settles locally.
-    async fn record_job(&self, results: Vec<AttemptResult>, release: Vec<DeliveryId>) -> usize {
+    async fn record_job(
+        &self,
+        results: Vec<AttemptResult>,
+        release: Vec<DeliveryId>,
+        stats: bool,
+    ) -> usize {
         if !results.is_empty() {
             // On failure the leases lapse and the deliveries are attempted again (same
             // webhook-id): at least once, never lost.
@@ -433,6 +442,9 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
             {
                 tracing::warn!(error = %err, count = release.len(), "cannot give back webhook leases; they will lapse");
             }
+        }
+        if stats {
+            self.publish_stats().await;
         }
         results.len()
     }
@@ -475,13 +487,19 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
             if recording.is_none() && (!pipe.unrecorded.is_empty() || !pipe.release.is_empty()) {
                 let results = std::mem::take(&mut pipe.unrecorded);
                 let release = std::mem::take(&mut pipe.release);
-                recording = Some(Box::pin(self.record_job(results, release)));
+                let stats = stats_at.is_none_or(|at| at.elapsed() >= STATS_EVERY);
+                if stats {
+                    stats_at = Some(Instant::now());
+                }
+                recording = Some(Box::pin(self.record_job(results, release, stats)));
             }
             if leasing.is_none() && look && !stopping {
                 let room = self.config.max_leased.saturating_sub(pipe.held);
                 if room > 0 {
                     look = false;
                     look_at = None;
+                    // Published after the write or, when idle, after a lease that found
+                    // nothing: never between a lease and the attempts it feeds.
                     let stats = stats_at.is_none_or(|at| at.elapsed() >= STATS_EVERY);
                     if stats {
                         stats_at = Some(Instant::now());
