@@ -5,6 +5,7 @@ mod batch;
 mod calls;
 mod dispatch;
 mod server;
+mod voice;
 mod webhooks;
 
 use anyhow::Result;
@@ -29,6 +30,9 @@ enum Command {
     /// Webhook delivery: a burst of events to a loopback receiver, events/s and
     /// enqueue-to-received latency, with and without a second target failing every attempt.
     Webhooks(webhooks::Args),
+    /// The agent pipeline with the local engines on paced in-memory lines: voice-to-voice,
+    /// answer-to-first-word, our own added time per turn, at `--calls` conversations at once.
+    Voice(voice::Args),
 }
 
 fn main() -> Result<()> {
@@ -41,5 +45,6 @@ fn main() -> Result<()> {
         Command::Batch(args) => rt.block_on(batch::run(args)),
         Command::Webhooks(args) => rt.block_on(webhooks::run(args)),
         Command::Dispatch(args) => rt.block_on(dispatch::run(args)),
+        Command::Voice(args) => rt.block_on(voice::run(args)),
     }
 }
