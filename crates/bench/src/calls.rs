@@ -1,8 +1,11 @@
-use anyhow::Result;
+use anyhow::{Context, Result};
+use bytes::Bytes;
 use domain::store::Store;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, LOCATION};
 use serde_json::json;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use sqlx::{ConnectOptions, Connection};
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +13,7 @@ use store::StoreOptions;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Concurrent HTTP clients.
+    /// Concurrent HTTP clients (each one keep-alive connection, one request at a time).
     #[arg(long, default_value_t = 32)]
     clients: usize,
     /// Seconds of load.
@@ -38,31 +41,113 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// One INSERT + COMMIT per row, WAL, synchronous=FULL: what a naive durable write path can do.
-async fn commit_rate(dir: &std::path::Path, seconds: u64) -> Result<f64> {
-    let mut conn = SqliteConnectOptions::new()
-        .filename(dir.join("commit-rate.db"))
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .connect()
-        .await?;
-    sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
-        .execute(&mut conn)
-        .await?;
+/// One INSERT + COMMIT per row, WAL, synchronous=FULL, in a tight loop on one connection with
+/// prepared statements: the most a write path without group commit could do on this disk.
+fn commit_rate(dir: &std::path::Path, seconds: u64) -> Result<f64> {
+    let conn = rusqlite::Connection::open(dir.join("commit-rate.db"))?;
+    conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))?;
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL; CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
+    )?;
+    let mut begin = conn.prepare("BEGIN")?;
+    let mut insert = conn.prepare("INSERT INTO t (v) VALUES (?1)")?;
+    let mut commit = conn.prepare("COMMIT")?;
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < Duration::from_secs(seconds) {
-        let mut tx = conn.begin().await?;
-        sqlx::query("INSERT INTO t (v) VALUES ($1)")
-            .bind("a row about the size of a call")
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        begin.execute([])?;
+        insert.execute(["a row about the size of a call"])?;
+        commit.execute([])?;
         n += 1;
     }
-    conn.close().await?;
+    let rows: u64 = conn.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?;
+    anyhow::ensure!(rows == n, "commit-rate table holds {rows} rows, not {n}");
     Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// What one client saw: latencies of its 200s, the conversation ids they named, other answers.
+#[derive(Default)]
+struct ClientRun {
+    latencies: Vec<Duration>,
+    conversations: Vec<String>,
+    errors: u64,
+}
+
+/// One client: a keep-alive HTTP/1.1 connection (hyper, no pooling layer) sending a body
+/// built by formatting bytes, one request at a time until the deadline. A 200 counts only with
+/// the contract's `initiated` body and a `Location` naming the stored conversation.
+async fn client(
+    addr: SocketAddr,
+    auth: HeaderValue,
+    agent_id: i64,
+    counter: Arc<AtomicU64>,
+    deadline: Instant,
+) -> Result<ClientRun> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let uri: hyper::Uri = format!("http://{addr}/v1/call").parse()?;
+    let json_type = HeaderValue::from_static("application/json");
+    let mut run = ClientRun::default();
+    while Instant::now() < deadline {
+        let i = counter.fetch_add(1, Ordering::Relaxed);
+        let body = format!(
+            r#"{{"agent_id":{agent_id},"parameters":[{{"name":"customer_phone","value":"+9198{:08}"}},{{"name":"customer_name","value":"Rahul"}}]}}"#,
+            i % 100_000_000
+        );
+        let mut req = hyper::Request::post(uri.clone()).body(Full::new(Bytes::from(body)))?;
+        req.headers_mut().insert(AUTHORIZATION, auth.clone());
+        req.headers_mut().insert(CONTENT_TYPE, json_type.clone());
+        let t = Instant::now();
+        sender.ready().await?;
+        let response = sender.send_request(req).await?;
+        let status = response.status();
+        let location = response
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("/v1/conversations/"))
+            .map(str::to_string);
+        let body = response.into_body().collect().await?.to_bytes();
+        let elapsed = t.elapsed();
+        let initiated = body
+            .windows(br#""status":"initiated""#.len())
+            .any(|w| w == br#""status":"initiated""#);
+        match location {
+            Some(id) if status == 200 && initiated => {
+                run.latencies.push(elapsed);
+                run.conversations.push(id);
+            }
+            _ => run.errors += 1,
+        }
+    }
+    Ok(run)
+}
+
+/// CPU seconds by thread group between two `thread_cpu_seconds` readings.
+fn cpu_split(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) -> BTreeMap<&'static str, f64> {
+    let mut groups = BTreeMap::new();
+    for (name, secs) in after {
+        let used = secs - before.get(name).copied().unwrap_or(0.0);
+        let group = if name.starts_with("bench-client") {
+            "clients"
+        } else if name.starts_with("tokio-r") || name == "outdial-bench" {
+            "server (tokio workers)"
+        } else if name.starts_with("outdial-call-wr") {
+            "call writer thread"
+        } else if name.starts_with("sqlx-sqlite") {
+            "sqlx sqlite threads"
+        } else {
+            "other"
+        };
+        *groups.entry(group).or_insert(0.0) += used;
+    }
+    groups
 }
 
 pub async fn run(args: Args) -> Result<()> {
@@ -70,7 +155,10 @@ pub async fn run(args: Args) -> Result<()> {
         Some(d) => tempfile::tempdir_in(d)?,
         None => tempfile::tempdir()?,
     };
-    let commits_per_s = commit_rate(tmp.path(), args.commit_seconds).await?;
+    let commit_dir = tmp.path().to_path_buf();
+    let commit_seconds = args.commit_seconds;
+    let commits_per_s =
+        tokio::task::spawn_blocking(move || commit_rate(&commit_dir, commit_seconds)).await??;
 
     let server = crate::server::Server::start(
         tmp.path(),
@@ -81,57 +169,69 @@ pub async fn run(args: Args) -> Result<()> {
         args.clients,
     )
     .await?;
-    let (store, tenant, key, base, client, agent_id) = (
-        server.store.clone(),
-        server.tenant,
-        server.key.clone(),
-        server.base.clone(),
-        server.client.clone(),
-        server.agent_id,
-    );
+    let addr: SocketAddr = server
+        .base
+        .strip_prefix("http://")
+        .context("server address")?
+        .parse()?;
+    let auth = HeaderValue::from_str(&format!("Bearer {}", server.key))?;
+    let agent_id = server.agent_id;
 
+    // The clients get a single-threaded runtime on a thread of their own, so that their CPU
+    // can be told apart from the server's; they still share the machine's cores with it.
     let counter = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let clients = args.clients;
+    let seconds = args.seconds;
+    let cpu_before = crate::server::thread_cpu_seconds();
     let start = Instant::now();
-    let workers = (0..args.clients).map(|_| {
-        let client = client.clone();
-        let counter = counter.clone();
-        let url = format!("{base}/v1/call");
-        let auth = key.clone();
-        tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0u64;
-            while Instant::now() < deadline {
-                let i = counter.fetch_add(1, Ordering::Relaxed);
-                let body = json!({"agent_id": agent_id, "parameters": [
-                    {"name": "customer_phone", "value": format!("+9198{:08}", i % 100_000_000)},
-                    {"name": "customer_name", "value": "Rahul"}]});
-                let t = Instant::now();
-                match client
-                    .post(&url)
-                    .bearer_auth(&auth)
-                    .json(&body)
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status() == 200 => latencies.push(t.elapsed()),
-                    _ => errors += 1,
-                }
-            }
-            (latencies, errors)
-        })
-    });
+    let load = std::thread::Builder::new()
+        .name("bench-client".into())
+        .spawn(
+            move || -> Result<(Vec<ClientRun>, f64, BTreeMap<String, f64>)> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let deadline = Instant::now() + Duration::from_secs(seconds);
+                    let tasks: Vec<_> = (0..clients)
+                        .map(|_| {
+                            tokio::spawn(client(
+                                addr,
+                                auth.clone(),
+                                agent_id,
+                                counter.clone(),
+                                deadline,
+                            ))
+                        })
+                        .collect();
+                    let mut runs = Vec::with_capacity(tasks.len());
+                    for t in tasks {
+                        runs.push(t.await??);
+                    }
+                    let elapsed = start.elapsed().as_secs_f64();
+                    // Read while this thread is still alive, or its CPU time goes with it.
+                    Ok((runs, elapsed, crate::server::thread_cpu_seconds()))
+                })
+            },
+        )?;
+    let (runs, elapsed, cpu_after) = tokio::task::spawn_blocking(move || load.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the client thread panicked"))??;
+
     let mut latencies = Vec::new();
+    let mut conversations = HashSet::new();
     let mut errors = 0;
-    for w in futures::future::join_all(workers).await {
-        let (l, e) = w?;
-        latencies.extend(l);
-        errors += e;
+    for r in runs {
+        latencies.extend(r.latencies);
+        conversations.extend(r.conversations);
+        errors += r.errors;
     }
-    let elapsed = start.elapsed().as_secs_f64();
     latencies.sort();
     let accepted = latencies.len() as f64 / elapsed;
-    let stored = store.count_calls(tenant).await?;
+    let stored = server.store.count_calls(server.tenant).await?;
+    let split = cpu_split(&cpu_before, &cpu_after);
+    let cpu_total: f64 = split.values().sum();
+    let per_call_us = |s: f64| (s / latencies.len().max(1) as f64 * 1e7).round() / 10.0;
     let report = json!({
         "clients": args.clients,
         "seconds": elapsed,
@@ -145,11 +245,37 @@ pub async fn run(args: Args) -> Result<()> {
         "sqlite_durable_commits_per_s": commits_per_s.round(),
         "ratio_to_commit_rate": (accepted / commits_per_s * 100.0).round() / 100.0,
         "max_write_batch": args.max_write_batch,
+        "cpu_seconds": split.iter().map(|(k, v)| (k.to_string(), json!((v * 100.0).round() / 100.0))).collect::<serde_json::Map<_, _>>(),
+        "cpu_us_per_accepted_call": split.iter().map(|(k, v)| (k.to_string(), json!(per_call_us(*v)))).chain(std::iter::once(("total".to_string(), json!(per_call_us(cpu_total))))).collect::<serde_json::Map<_, _>>(),
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     anyhow::ensure!(
         stored as usize == latencies.len(),
-        "every 200 must be a stored call"
+        "every 200 must be a stored call ({stored} stored, {} accepted)",
+        latencies.len()
+    );
+    anyhow::ensure!(
+        conversations.len() == latencies.len(),
+        "every 200 must name its own conversation"
+    );
+    // And each one is there, as the 200 said.
+    use futures::StreamExt;
+    let missing = futures::stream::iter(conversations)
+        .map(|id| {
+            let store = server.store.clone();
+            let tenant = server.tenant;
+            async move {
+                let parsed = id.parse::<domain::ConversationId>().ok()?;
+                store.get_conversation(tenant, parsed).await.ok().flatten()
+            }
+        })
+        .buffer_unordered(8)
+        .filter(|found| std::future::ready(found.is_none()))
+        .count()
+        .await;
+    anyhow::ensure!(
+        missing == 0,
+        "{missing} accepted conversations are not stored"
     );
     Ok(())
 }

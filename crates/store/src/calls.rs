@@ -1,5 +1,10 @@
 //! `POST /v1/call` in the database: the checks that need it, then the writes, in one
 //! transaction; and the conversation reads.
+//!
+//! The SQL and every decision taken on its answers live here once. Two drivers run them: the
+//! sqlx one below (PostgreSQL, and SQLite when group commit is off) and the SQLite group-commit
+//! writer (`sqlite_writer`), which runs the same statements on its own connection in one
+//! blocking thread.
 
 use crate::rows::{self, get};
 use crate::{db_err, Backend};
@@ -7,9 +12,47 @@ use domain::call::{AcceptedCall, NewCall};
 use domain::store::{CreateCallError, StoreError};
 use domain::{CallStatus, ConversationId, Millis, TraceId};
 use sqlx::AnyConnection;
+use std::sync::LazyLock;
 
 /// How long an idempotency key stays claimed.
 pub(crate) const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+
+pub(crate) const AGENT_SQL: &str = "SELECT a.phone_number AS phone_number, \
+     t.max_concurrent_calls AS max_concurrent_calls, t.per_number_calls AS per_number_calls, \
+     t.per_number_window_seconds AS per_number_window_seconds \
+     FROM agents a JOIN tenants t ON t.id = a.tenant_id \
+     WHERE a.tenant_id = $1 AND a.id = $2 AND a.deleted_at IS NULL";
+pub(crate) const CHAIN_EXISTS_SQL: &str =
+    "SELECT 1 AS one FROM calls WHERE tenant_id = $1 AND id = $2";
+pub(crate) const CHAIN_LAST_SQL: &str =
+    "SELECT MAX(attempt) AS last FROM calls WHERE tenant_id = $1 AND chain_id = $2";
+pub(crate) const IDEMPOTENCY_SEEN_SQL: &str = "SELECT trace_id FROM idempotency_keys \
+     WHERE tenant_id = $1 AND agent_id = $2 AND key = $3 AND created_at > $4";
+pub(crate) const RECENT_TO_NUMBER_SQL: &str = "SELECT created_at FROM calls \
+     WHERE tenant_id = $1 AND customer_phone = $2 AND immediate = 1 \
+     AND created_at > $3 ORDER BY created_at DESC LIMIT $4";
+/// Insert-or-take-over-if-expired in one statement: the primary key decides races between
+/// nodes, and a key older than 24 hours is reusable without a cleanup job having run.
+pub(crate) const IDEMPOTENCY_CLAIM_SQL: &str = "INSERT INTO idempotency_keys \
+     (tenant_id, agent_id, key, trace_id, call_id, created_at) VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT (tenant_id, agent_id, key) DO UPDATE \
+     SET trace_id = excluded.trace_id, call_id = excluded.call_id, created_at = excluded.created_at \
+     WHERE idempotency_keys.created_at <= $7 RETURNING trace_id";
+pub(crate) const IDEMPOTENCY_HOLDER_SQL: &str =
+    "SELECT trace_id FROM idempotency_keys WHERE tenant_id = $1 AND agent_id = $2 AND key = $3";
+pub(crate) const INSERT_CALL_SQL: &str = "INSERT INTO calls (id, chain_id, attempt, tenant_id, \
+     agent_id, status, immediate, customer_phone, from_phone, parameters, metadata, retry_context, \
+     scheduled_for, due_at, trace_id, results, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
+pub(crate) const INSERT_EVENT_SQL: &str =
+    "INSERT INTO call_events (call_id, tenant_id, at, status, detail) VALUES ($1, $2, $3, $4, $5)";
+pub(crate) static LIVE_COUNT_SQL: LazyLock<String> = LazyLock::new(|| {
+    let live = CallStatus::live()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("SELECT COUNT(*) AS n FROM calls WHERE tenant_id = $1 AND immediate = 1 AND status IN ({live})")
+});
 
 /// A stable 64-bit key for PostgreSQL advisory locks (FNV-1a): it serialises the check-then-insert
 /// of the per-number and concurrency limits across nodes without locking whole tables.
@@ -39,11 +82,114 @@ async fn advisory_lock(
     Ok(())
 }
 
-fn live_status_list() -> String {
-    CallStatus::live()
-        .map(|s| format!("'{}'", s.as_str()))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// The agent's number and its tenant's limits, as `AGENT_SQL` reads them.
+#[derive(Debug, Clone)]
+pub(crate) struct AgentLimits {
+    pub(crate) from_phone: Option<String>,
+    pub(crate) per_number: i64,
+    pub(crate) window_s: i64,
+    pub(crate) max_concurrent: Option<i64>,
+}
+
+impl AgentLimits {
+    /// Only immediate calls count against the per-number window (when it is on).
+    pub(crate) fn number_window_ms(&self) -> Option<i64> {
+        (self.per_number > 0 && self.window_s > 0).then_some(self.window_s * 1000)
+    }
+}
+
+/// The next attempt of a chain whose highest attempt so far is `last`.
+pub(crate) fn next_attempt(last: Option<i64>) -> Result<u32, StoreError> {
+    u32::try_from(last.unwrap_or(0) + 1).map_err(|_| rows::corrupt("calls.attempt"))
+}
+
+/// The per-number verdict from the newest `per_number` immediate calls to the number inside the
+/// window (`recent`, newest first).
+pub(crate) fn number_verdict(
+    recent: &[i64],
+    per_number: i64,
+    window_ms: i64,
+    now: i64,
+) -> Result<(), CreateCallError> {
+    if (recent.len() as i64) < per_number {
+        return Ok(());
+    }
+    // The window frees up when the oldest of the last `per_number` calls leaves it.
+    let oldest = recent.last().copied().unwrap_or(now);
+    let wait_ms = (oldest + window_ms - now).max(1);
+    let retry_after_seconds = u64::try_from((wait_ms + 999) / 1000).unwrap_or(1).max(1);
+    Err(CreateCallError::NumberRateLimited {
+        retry_after_seconds,
+    })
+}
+
+pub(crate) fn concurrency_verdict(current: i64, max: i64) -> Result<(), CreateCallError> {
+    if current >= max {
+        return Err(CreateCallError::ConcurrentLimit {
+            current: u64::try_from(current).unwrap_or(0),
+            max: u32::try_from(max).unwrap_or(u32::MAX),
+        });
+    }
+    Ok(())
+}
+
+/// The 409 for a key already claimed by the request that carried `first_trace_id`.
+pub(crate) fn duplicate(first_trace_id: &str) -> Result<CreateCallError, StoreError> {
+    let first_trace_id = first_trace_id
+        .parse::<TraceId>()
+        .map_err(|_| rows::corrupt("idempotency_keys.trace_id"))?;
+    Ok(CreateCallError::DuplicateRequest { first_trace_id })
+}
+
+/// Every value `INSERT_CALL_SQL` and `INSERT_EVENT_SQL` write for an accepted call, computed
+/// once for both drivers.
+pub(crate) struct CallRow {
+    pub(crate) id: String,
+    pub(crate) chain: String,
+    pub(crate) attempt: i64,
+    pub(crate) status: CallStatus,
+    pub(crate) immediate: bool,
+    pub(crate) parameters: String,
+    pub(crate) retry_context: Option<String>,
+    pub(crate) results: String,
+    pub(crate) due_at: i64,
+    pub(crate) trace: String,
+}
+
+impl CallRow {
+    pub(crate) fn new(call: &NewCall, conversation_id: ConversationId) -> Result<Self, StoreError> {
+        let immediate = call.scheduled_for.is_none();
+        let to_json = |e: serde_json::Error| StoreError::Database(e.to_string());
+        Ok(Self {
+            id: conversation_id.to_string(),
+            chain: conversation_id.chain.to_string(),
+            attempt: i64::from(conversation_id.attempt),
+            // Immediate calls wait in `queued` for the dispatcher; scheduled ones in `scheduled`.
+            status: if immediate {
+                CallStatus::Queued
+            } else {
+                CallStatus::Scheduled
+            },
+            immediate,
+            parameters: serde_json::to_string(&call.parameters).map_err(to_json)?,
+            retry_context: call
+                .retry_context
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(to_json)?,
+            results: call
+                .retry_context
+                .as_ref()
+                .and_then(|r| r.collected_data.as_ref())
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(to_json)?
+                .unwrap_or_else(|| "{}".into()),
+            due_at: call.scheduled_for.map(|m| m.0).unwrap_or(call.now.0),
+            trace: call.trace_id.to_string(),
+        })
+    }
 }
 
 /// Runs every database check of the contract, in its order, then writes the call, its first
@@ -55,27 +201,30 @@ pub(crate) async fn create_call_in(
     call: &NewCall,
 ) -> Result<AcceptedCall, CreateCallError> {
     let tenant = call.tenant.0;
-    let agent = sqlx::query(
-        "SELECT a.phone_number AS phone_number, t.max_concurrent_calls AS max_concurrent_calls, \
-         t.per_number_calls AS per_number_calls, t.per_number_window_seconds AS per_number_window_seconds \
-         FROM agents a JOIN tenants t ON t.id = a.tenant_id \
-         WHERE a.tenant_id = $1 AND a.id = $2 AND a.deleted_at IS NULL",
-    )
-    .bind(tenant)
-    .bind(call.agent.0)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db_err)?
-    .ok_or(CreateCallError::AgentNotFound)?;
-    let from_phone: Option<String> = get(&agent, "phone_number")?;
-    let from_phone = from_phone.ok_or(CreateCallError::AgentHasNoNumber)?;
+    let row = sqlx::query(AGENT_SQL)
+        .bind(tenant)
+        .bind(call.agent.0)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_err)?
+        .ok_or(CreateCallError::AgentNotFound)?;
+    let agent = AgentLimits {
+        from_phone: get(&row, "phone_number")?,
+        per_number: get(&row, "per_number_calls")?,
+        window_s: get(&row, "per_number_window_seconds")?,
+        max_concurrent: get(&row, "max_concurrent_calls")?,
+    };
+    let from_phone = agent
+        .from_phone
+        .clone()
+        .ok_or(CreateCallError::AgentHasNoNumber)?;
 
     let conversation_id = match call.continues {
         None => ConversationId::first(),
         Some(prev) => {
             let chain = prev.chain.to_string();
             advisory_lock(conn, backend, &["chain", &chain]).await?;
-            let exists = sqlx::query("SELECT 1 AS one FROM calls WHERE tenant_id = $1 AND id = $2")
+            let exists = sqlx::query(CHAIN_EXISTS_SQL)
                 .bind(tenant)
                 .bind(prev.to_string())
                 .fetch_optional(&mut *conn)
@@ -84,202 +233,122 @@ pub(crate) async fn create_call_in(
             if exists.is_none() {
                 return Err(CreateCallError::ConversationNotFound);
             }
-            let row = sqlx::query(
-                "SELECT MAX(attempt) AS last FROM calls WHERE tenant_id = $1 AND chain_id = $2",
-            )
-            .bind(tenant)
-            .bind(&chain)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(db_err)?;
-            let last: Option<i64> = get(&row, "last")?;
-            let attempt =
-                u32::try_from(last.unwrap_or(0) + 1).map_err(|_| rows::corrupt("calls.attempt"))?;
+            let row = sqlx::query(CHAIN_LAST_SQL)
+                .bind(tenant)
+                .bind(&chain)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(db_err)?;
             ConversationId {
                 chain: prev.chain,
-                attempt,
+                attempt: next_attempt(get(&row, "last")?)?,
             }
         }
     };
-    let id = conversation_id.to_string();
     let now = call.now.0;
-    let trace = call.trace_id.to_string();
 
     if let Some(key) = &call.idempotency_key {
         // Checked here, in the contract's order, and claimed with the writes below. On SQLite
         // the single writer makes this read final; on PostgreSQL a racing claim is caught by
         // the primary key at insert time.
-        let existing = sqlx::query(
-            "SELECT trace_id FROM idempotency_keys WHERE tenant_id = $1 AND agent_id = $2 AND key = $3 AND created_at > $4",
-        )
-        .bind(tenant)
-        .bind(call.agent.0)
-        .bind(key.as_str())
-        .bind(now - IDEMPOTENCY_TTL_MS)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_err)?;
+        let existing = sqlx::query(IDEMPOTENCY_SEEN_SQL)
+            .bind(tenant)
+            .bind(call.agent.0)
+            .bind(key.as_str())
+            .bind(now - IDEMPOTENCY_TTL_MS)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_err)?;
         if let Some(row) = existing {
-            return Err(duplicate(&row)?);
+            return Err(duplicate(&get::<String>(&row, "trace_id")?)?);
         }
     }
 
-    let immediate = call.scheduled_for.is_none();
-    if immediate {
-        let per_number: i64 = get(&agent, "per_number_calls")?;
-        let window_s: i64 = get(&agent, "per_number_window_seconds")?;
-        let max_concurrent: Option<i64> = get(&agent, "max_concurrent_calls")?;
-
-        if per_number > 0 && window_s > 0 {
+    if call.scheduled_for.is_none() {
+        if let Some(window_ms) = agent.number_window_ms() {
             advisory_lock(
                 conn,
                 backend,
                 &["number", &tenant.to_string(), call.customer_phone.as_str()],
             )
             .await?;
-            let window_ms = window_s * 1000;
-            let recent = sqlx::query(
-                "SELECT created_at FROM calls WHERE tenant_id = $1 AND customer_phone = $2 AND immediate = 1 \
-                 AND created_at > $3 ORDER BY created_at DESC LIMIT $4",
-            )
-            .bind(tenant)
-            .bind(call.customer_phone.as_str())
-            .bind(now - window_ms)
-            .bind(per_number)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(db_err)?;
-            if recent.len() as i64 >= per_number {
-                // The window frees up when the oldest of the last `per_number` calls leaves it.
-                let oldest: i64 = recent
-                    .last()
-                    .map(|r| get(r, "created_at"))
-                    .transpose()?
-                    .unwrap_or(now);
-                let wait_ms = (oldest + window_ms - now).max(1);
-                let retry_after_seconds = u64::try_from((wait_ms + 999) / 1000).unwrap_or(1).max(1);
-                return Err(CreateCallError::NumberRateLimited {
-                    retry_after_seconds,
-                });
-            }
+            let recent = sqlx::query(RECENT_TO_NUMBER_SQL)
+                .bind(tenant)
+                .bind(call.customer_phone.as_str())
+                .bind(now - window_ms)
+                .bind(agent.per_number)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(db_err)?
+                .iter()
+                .map(|r| get::<i64>(r, "created_at"))
+                .collect::<Result<Vec<_>, _>>()?;
+            number_verdict(&recent, agent.per_number, window_ms, now)?;
         }
-
-        if let Some(max) = max_concurrent {
+        if let Some(max) = agent.max_concurrent {
             advisory_lock(conn, backend, &["live", &tenant.to_string()]).await?;
-            let row = sqlx::query(&format!(
-                "SELECT COUNT(*) AS n FROM calls WHERE tenant_id = $1 AND immediate = 1 AND status IN ({})",
-                live_status_list()
-            ))
-            .bind(tenant)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(db_err)?;
-            let current: i64 = get(&row, "n")?;
-            if current >= max {
-                return Err(CreateCallError::ConcurrentLimit {
-                    current: u64::try_from(current).unwrap_or(0),
-                    max: u32::try_from(max).unwrap_or(u32::MAX),
-                });
-            }
+            let row = sqlx::query(&LIVE_COUNT_SQL)
+                .bind(tenant)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(db_err)?;
+            concurrency_verdict(get(&row, "n")?, max)?;
         }
     }
 
-    // Immediate calls wait in `queued` for the dispatcher; scheduled ones in `scheduled`.
-    let status = if immediate {
-        CallStatus::Queued
-    } else {
-        CallStatus::Scheduled
-    };
-    let parameters =
-        serde_json::to_string(&call.parameters).map_err(|e| StoreError::Database(e.to_string()))?;
-    let retry_context = call
-        .retry_context
-        .as_ref()
-        .map(serde_json::to_string)
-        .transpose()
-        .map_err(|e| StoreError::Database(e.to_string()))?;
-    let results = call
-        .retry_context
-        .as_ref()
-        .and_then(|r| r.collected_data.as_ref())
-        .map(serde_json::to_string)
-        .transpose()
-        .map_err(|e| StoreError::Database(e.to_string()))?
-        .unwrap_or_else(|| "{}".into());
-    let due_at = call.scheduled_for.map(|m| m.0).unwrap_or(now);
-
+    let row = CallRow::new(call, conversation_id)?;
     // Every check has passed: only writes from here on, so a refusal above has written nothing
     // and needs no savepoint to undo.
     if let Some(key) = &call.idempotency_key {
-        // Insert-or-take-over-if-expired in one statement: the primary key decides races between
-        // nodes, and a key older than 24 hours is reusable without a cleanup job having run.
-        let claimed = sqlx::query(
-            "INSERT INTO idempotency_keys (tenant_id, agent_id, key, trace_id, call_id, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (tenant_id, agent_id, key) DO UPDATE \
-             SET trace_id = excluded.trace_id, call_id = excluded.call_id, created_at = excluded.created_at \
-             WHERE idempotency_keys.created_at <= $7 RETURNING trace_id",
-        )
-        .bind(tenant)
-        .bind(call.agent.0)
-        .bind(key.as_str())
-        .bind(trace.as_str())
-        .bind(id.as_str())
-        .bind(now)
-        .bind(now - IDEMPOTENCY_TTL_MS)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_err)?;
+        let claimed = sqlx::query(IDEMPOTENCY_CLAIM_SQL)
+            .bind(tenant)
+            .bind(call.agent.0)
+            .bind(key.as_str())
+            .bind(row.trace.as_str())
+            .bind(row.id.as_str())
+            .bind(now)
+            .bind(now - IDEMPOTENCY_TTL_MS)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_err)?;
         if claimed.is_none() {
-            let row = sqlx::query("SELECT trace_id FROM idempotency_keys WHERE tenant_id = $1 AND agent_id = $2 AND key = $3")
+            let holder = sqlx::query(IDEMPOTENCY_HOLDER_SQL)
                 .bind(tenant)
                 .bind(call.agent.0)
                 .bind(key.as_str())
                 .fetch_one(&mut *conn)
                 .await
                 .map_err(db_err)?;
-            return Err(duplicate(&row)?);
+            return Err(duplicate(&get::<String>(&holder, "trace_id")?)?);
         }
     }
-    sqlx::query(
-        "INSERT INTO calls (id, chain_id, attempt, tenant_id, agent_id, status, immediate, customer_phone, \
-         from_phone, parameters, metadata, retry_context, scheduled_for, due_at, trace_id, results, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-    )
-    .bind(id.as_str())
-    .bind(conversation_id.chain.to_string())
-    .bind(i64::from(conversation_id.attempt))
-    .bind(tenant)
-    .bind(call.agent.0)
-    .bind(status.as_str())
-    .bind(i64::from(immediate))
-    .bind(call.customer_phone.as_str())
-    .bind(from_phone)
-    .bind(parameters)
-    .bind(call.metadata.clone())
-    .bind(retry_context)
-    .bind(call.scheduled_for.map(|m| m.0))
-    .bind(due_at)
-    .bind(trace.as_str())
-    .bind(results)
-    .bind(now)
-    .execute(&mut *conn)
-    .await
-    .map_err(db_err)?;
-    insert_event(conn, &id, tenant, Millis(now), status, None).await?;
+    sqlx::query(INSERT_CALL_SQL)
+        .bind(row.id.as_str())
+        .bind(row.chain.as_str())
+        .bind(row.attempt)
+        .bind(tenant)
+        .bind(call.agent.0)
+        .bind(row.status.as_str())
+        .bind(i64::from(row.immediate))
+        .bind(call.customer_phone.as_str())
+        .bind(from_phone)
+        .bind(row.parameters.as_str())
+        .bind(call.metadata.clone())
+        .bind(row.retry_context.clone())
+        .bind(call.scheduled_for.map(|m| m.0))
+        .bind(row.due_at)
+        .bind(row.trace.as_str())
+        .bind(row.results.as_str())
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    insert_event(conn, &row.id, tenant, Millis(now), row.status, None).await?;
     Ok(AcceptedCall {
         conversation_id,
-        status,
+        status: row.status,
         trace_id: call.trace_id,
     })
-}
-
-fn duplicate(row: &sqlx::any::AnyRow) -> Result<CreateCallError, StoreError> {
-    let first: String = get(row, "trace_id")?;
-    let first_trace_id = first
-        .parse::<TraceId>()
-        .map_err(|_| rows::corrupt("idempotency_keys.trace_id"))?;
-    Ok(CreateCallError::DuplicateRequest { first_trace_id })
 }
 
 pub(crate) async fn insert_event(
@@ -290,7 +359,7 @@ pub(crate) async fn insert_event(
     status: CallStatus,
     detail: Option<String>,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO call_events (call_id, tenant_id, at, status, detail) VALUES ($1, $2, $3, $4, $5)")
+    sqlx::query(INSERT_EVENT_SQL)
         .bind(call_id)
         .bind(tenant)
         .bind(at.0)
@@ -313,5 +382,17 @@ mod tests {
             lock_key(&["number", "1", "+91"]),
             lock_key(&["number", "1", "+91"])
         );
+    }
+
+    #[test]
+    fn the_number_window_frees_when_its_oldest_call_leaves() {
+        let now = 100_000;
+        assert!(number_verdict(&[now - 10], 2, 60_000, now).is_ok());
+        match number_verdict(&[now - 10, now - 30_500], 2, 60_000, now) {
+            Err(CreateCallError::NumberRateLimited {
+                retry_after_seconds,
+            }) => assert_eq!(retry_after_seconds, 30),
+            other => panic!("{other:?}"),
+        }
     }
 }

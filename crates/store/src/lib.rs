@@ -138,10 +138,21 @@ impl SqlStore {
                     .connect_with(connect_opts)
                     .await
                     .map_err(db_err)?;
-                let call_writer = Some(sqlite_writer::spawn(
-                    write.clone(),
-                    opts.max_write_batch.max(1),
-                ));
+                // The group-commit writer opens the same file itself (it has its own connection).
+                let file = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
+                    .map_err(db_err)?
+                    .get_filename()
+                    .to_path_buf();
+                let call_writer = if file.is_file() {
+                    Some(sqlite_writer::spawn(
+                        &file,
+                        write.clone(),
+                        opts.max_write_batch.max(1),
+                    )?)
+                } else {
+                    // An in-memory database cannot be opened twice: calls take the sqlx path.
+                    None
+                };
                 SqlStore {
                     backend,
                     read,
