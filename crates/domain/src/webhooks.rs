@@ -246,9 +246,6 @@ pub struct LeaseRequest<'a> {
     /// At most this many leased deliveries per target at once, counting unexpired leases of every
     /// worker, so that a slow target cannot take all the slots.
     pub per_target: u32,
-    /// Caps that replace `per_target` for these targets (0: lease none of theirs), e.g. one
-    /// that keeps failing, of which a worker wants only a few at a time.
-    pub target_caps: &'a [(WebhookTargetId, u32)],
 }
 
 /// Figures for the metrics.
@@ -347,6 +344,13 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// Leases due deliveries of active targets, oldest due first, never one whose chain has an
     /// earlier pending delivery to the same target, and within the per-target cap.
     async fn lease_due(&self, lease: LeaseRequest<'_>) -> Result<Vec<LeasedDelivery>, StoreError>;
+    /// [`Self::lease_due`] with caps that replace `per_target` for the targets named (0: none of
+    /// theirs), e.g. for one that keeps failing, of which a worker wants only a few at a time.
+    async fn lease_due_capped(
+        &self,
+        lease: LeaseRequest<'_>,
+        target_caps: &[(WebhookTargetId, u32)],
+    ) -> Result<Vec<LeasedDelivery>, StoreError>;
     /// Records finished attempts and the deliveries' next states in one transaction. An attempt
     /// always enters the log; the delivery's state changes only while `owner` still holds its
     /// lease. Returns how many states changed.

@@ -369,6 +369,7 @@ impl SqlStore {
     pub(crate) async fn lease_deliveries(
         &self,
         lease: LeaseRequest<'_>,
+        target_caps: &[(WebhookTargetId, u32)],
     ) -> Result<Vec<LeasedDelivery>, StoreError> {
         if lease.limit == 0 || lease.per_target == 0 {
             return Ok(Vec::new());
@@ -379,10 +380,10 @@ impl SqlStore {
             ""
         };
         // A target with a cap of its own (one that keeps failing) gets only that many leases.
-        let cap = if lease.target_caps.is_empty() {
+        let cap = if target_caps.is_empty() {
             "$4".to_owned()
         } else {
-            let arms = (0..lease.target_caps.len())
+            let arms = (0..target_caps.len())
                 .map(|i| format!("WHEN ${} THEN ${}", 6 + 2 * i, 7 + 2 * i))
                 .collect::<Vec<_>>()
                 .join(" ");
@@ -421,7 +422,7 @@ impl SqlStore {
             .bind(now)
             .bind(i64::from(lease.per_target))
             .bind(i64::from(lease.limit));
-        for (target, cap) in lease.target_caps {
+        for (target, cap) in target_caps {
             query = query.bind(target.0).bind(i64::from(*cap));
         }
         let mut tx = self.write.begin().await.map_err(db_err)?;

@@ -524,7 +524,15 @@ impl WebhookStore for SqlStore {
     }
 
     async fn lease_due(&self, lease: LeaseRequest<'_>) -> Result<Vec<LeasedDelivery>, StoreError> {
-        self.lease_deliveries(lease).await
+        self.lease_deliveries(lease, &[]).await
+    }
+
+    async fn lease_due_capped(
+        &self,
+        lease: LeaseRequest<'_>,
+        target_caps: &[(WebhookTargetId, u32)],
+    ) -> Result<Vec<LeasedDelivery>, StoreError> {
+        self.lease_deliveries(lease, target_caps).await
     }
 
     async fn record_attempts(

@@ -59,7 +59,6 @@ fn lease(owner: &str, now: Millis, limit: u32, per_target: u32) -> LeaseRequest<
         lease_for: Duration::from_secs(60),
         limit,
         per_target,
-        target_caps: &[],
     }
 }
 
@@ -539,10 +538,7 @@ async fn story_caps_and_release(store: Arc<SqlStore>) {
     // A worker that wants none of `a`'s and one of `b`'s gets just that.
     let caps = [(a.id, 0), (b.id, 1)];
     let one_b = store
-        .lease_due(LeaseRequest {
-            target_caps: &caps,
-            ..lease("w1", T0, 100, 100)
-        })
+        .lease_due_capped(lease("w1", T0, 100, 100), &caps)
         .await
         .unwrap();
     assert_eq!(one_b.len(), 1);
@@ -550,10 +546,7 @@ async fn story_caps_and_release(store: Arc<SqlStore>) {
     // The cap counts leases already held: with one of `b`'s out, a cap of 1 gives none more.
     let caps = [(a.id, 0), (b.id, 1)];
     assert!(store
-        .lease_due(LeaseRequest {
-            target_caps: &caps,
-            ..lease("w1", T0, 100, 100)
-        })
+        .lease_due_capped(lease("w1", T0, 100, 100), &caps)
         .await
         .unwrap()
         .is_empty());
@@ -562,10 +555,7 @@ async fn story_caps_and_release(store: Arc<SqlStore>) {
         .into_iter()
         .chain(
             store
-                .lease_due(LeaseRequest {
-                    target_caps: &caps,
-                    ..lease("w1", T0, 100, 100)
-                })
+                .lease_due_capped(lease("w1", T0, 100, 100), &caps)
                 .await
                 .unwrap(),
         )

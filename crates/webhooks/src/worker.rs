@@ -345,7 +345,6 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
                 lease_for: self.config.lease_for,
                 limit: u32::try_from(self.config.concurrency).unwrap_or(u32::MAX),
                 per_target: self.config.per_target,
-                target_caps: &[],
             })
             .await?;
         let count = leased.len();
@@ -376,14 +375,16 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
     ) -> Leased {
         let leased = self
             .store
-            .lease_due(LeaseRequest {
-                owner: &self.config.owner,
-                now: Millis::now(),
-                lease_for: self.config.lease_for,
-                limit: u32::try_from(limit).unwrap_or(u32::MAX),
-                per_target: self.config.per_target_leased.max(1),
-                target_caps: &caps,
-            })
+            .lease_due_capped(
+                LeaseRequest {
+                    owner: &self.config.owner,
+                    now: Millis::now(),
+                    lease_for: self.config.lease_for,
+                    limit: u32::try_from(limit).unwrap_or(u32::MAX),
+                    per_target: self.config.per_target_leased.max(1),
+                },
+                &caps,
+            )
             .await;
         match leased {
             Ok(deliveries) => {
