@@ -37,7 +37,7 @@ pub struct Args {
     /// Caller turns per conversation.
     #[arg(long, default_value_t = 5)]
     turns: usize,
-    /// pocketsphinx sidecars (default: one per core, at least 2).
+    /// pocketsphinx sidecars (default: 4 per core).
     #[arg(long)]
     sidecars: Option<usize>,
     /// The agent's end-of-turn silence.

@@ -103,8 +103,7 @@ struct ServeArgs {
     /// This node's name in leases (default: a fresh random one per process).
     #[arg(long, env = "OUTDIAL_NODE_ID")]
     node_id: Option<String>,
-    /// pocketsphinx sidecar processes: utterances recognised at once (default: one per core,
-    /// at least 2).
+    /// pocketsphinx sidecar processes: utterances recognised at once (default: 4 per core).
     #[arg(long, env = "OUTDIAL_STT_SIDECARS")]
     stt_sidecars: Option<usize>,
     /// The tz database's zone.tab, mapping countries to time zones for calling windows.
