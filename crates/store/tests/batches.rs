@@ -209,7 +209,6 @@ async fn story(store: &dyn Store) {
             lease_for: Duration::from_secs(60),
             limit: 10_000,
             per_target: 10_000,
-            target_caps: &[],
         })
         .await
         .unwrap();
