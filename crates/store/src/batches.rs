@@ -6,7 +6,7 @@
 //! `total_recipients`; reading them is one primary-key lookup.
 
 use crate::rows::{self, corrupt, get, json, CONVERSATION_COLUMNS};
-use crate::{db_err, SqlStore};
+use crate::{db_err, placeholders, SqlStore};
 use domain::agent::AgentConfig;
 use domain::batch::{
     outcome_counter, Batch, BatchAction, BatchCounts, BatchError, BatchStatus, BatchStore, NewBatch,
@@ -414,19 +414,6 @@ impl SqlStore {
         );
         Ok(())
     }
-}
-
-/// `$from, $from+1, ...`: `n` numbered placeholders for an `IN (...)` list.
-fn placeholders(from: usize, n: usize) -> String {
-    let mut s = String::with_capacity(n * 6);
-    for i in 0..n {
-        if i > 0 {
-            s.push_str(", ");
-        }
-        s.push('$');
-        s.push_str(&(from + i).to_string());
-    }
-    s
 }
 
 /// The agent's `retry_policy.max_attempts` (1 without a policy), for the events' `retry` block,

@@ -74,6 +74,20 @@ fn sqlite_pragmas(
     })
 }
 
+/// `$from, $from+1, ...`: `n` numbered placeholders, for an `IN (...)` list or one row of a
+/// multi-row `VALUES`.
+pub(crate) fn placeholders(from: usize, n: usize) -> String {
+    let mut s = String::with_capacity(n * 6);
+    for i in from..from + n {
+        if i > from {
+            s.push_str(", ");
+        }
+        s.push('$');
+        s.push_str(&i.to_string());
+    }
+    s
+}
+
 pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
     StoreError::Database(e.to_string())
 }

@@ -7,7 +7,7 @@
 //! makes the delivery leasable again, by any node, with the same `event_id`.
 
 use crate::rows::{get, json};
-use crate::{db_err, Backend, SqlStore};
+use crate::{db_err, placeholders, Backend, SqlStore};
 use domain::store::StoreError;
 use domain::webhooks::{
     AttemptResult, DeliveryId, LeaseRequest, LeasedDelivery, NextState, OutboxEvent, OutboxStats,
@@ -103,17 +103,7 @@ pub(crate) async fn enqueue_many_in(
             if i > 0 {
                 sql.push(',');
             }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                p + 1,
-                p + 2,
-                p + 3,
-                p + 4,
-                p + 5,
-                p + 6,
-                p + 7,
-                p + 8
-            ));
+            sql.push_str(&format!("({})", placeholders(p + 1, 8)));
         }
         let mut q = sqlx::query(&sql);
         for e in chunk {
@@ -248,13 +238,6 @@ pub(crate) async fn fail_pending_of_target(
     .await
     .map_err(db_err)?;
     Ok(())
-}
-
-fn placeholders(from: usize, n: usize) -> String {
-    (from..from + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn leased(row: &AnyRow) -> Result<LeasedDelivery, StoreError> {
