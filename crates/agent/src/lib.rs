@@ -10,7 +10,6 @@ pub mod engines;
 pub mod flow;
 pub mod llm;
 pub mod piper;
-pub mod resample;
 mod sidecar;
 pub mod stt;
 pub mod template;

@@ -7,11 +7,11 @@
 //! killed and replaced on the next request (which is retried once on the fresh process), so one
 //! bad sentence never takes the voice down for the node.
 
-use crate::resample::resample;
 use crate::sidecar::{Pool, SidecarError, Spec};
 use crate::tts::{TextToSpeech, TtsError};
 use async_trait::async_trait;
 use domain::telephony::SAMPLE_RATE;
+use media::sinc_resample::resample;
 use serde_json::json;
 use std::time::Duration;
 

@@ -4,8 +4,8 @@
 //! it); without the wheels the test says so and skips.
 
 use agent::flow::{contains_phrase, normalize};
-use agent::resample::resample;
 use agent::{EspeakNg, SpeechToText, TextToSpeech, Whisper};
+use media::sinc_resample::resample;
 
 fn wheels_installed() -> bool {
     let ok = std::process::Command::new("python3")
