@@ -1,9 +1,11 @@
 //! `converse` driven through in-memory media channels on tokio's paused clock: fake STT and TTS
 //! (instant, scripted), real earshot VAD on espeak-ng speech as the caller.
 
+mod tone_tts;
+
 use agent::{
     converse, ConversationOutcome, EndedBy, EspeakNg, FlowBrain, Opening, Session, SpeechToText,
-    SttError, TextToSpeech, Timing, TtsError,
+    SttError, TextToSpeech, Timing,
 };
 use async_trait::async_trait;
 use domain::agent::AgentConfig;
@@ -14,19 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-
-/// 150 ms of a 300 Hz tone per word: long lines take long to play, like real speech.
-struct ToneTts;
-
-#[async_trait]
-impl TextToSpeech for ToneTts {
-    async fn synthesize(&self, text: &str, _voice: Option<&str>) -> Result<Vec<i16>, TtsError> {
-        let n = text.split_whitespace().count() * 2400;
-        Ok((0..n)
-            .map(|i| ((i as f64 * 300.0 * std::f64::consts::TAU / 16_000.0).sin() * 8000.0) as i16)
-            .collect())
-    }
-}
+use tone_tts::ToneTts;
 
 /// Hears what the script says, and records the phrases it was offered.
 struct ScriptedStt {

@@ -4,10 +4,11 @@
 //! the real VAD, the transcription is scripted, the agent's voice is a tone per word.
 
 mod llm_server;
+mod tone_tts;
 
 use agent::{
     brain_for, converse, EndedBy, EspeakNg, Opening, Session, SpeechToText, SttError, TextToSpeech,
-    Timing, TtsError,
+    Timing,
 };
 use async_trait::async_trait;
 use domain::agent::AgentConfig;
@@ -18,18 +19,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-
-struct ToneTts;
-
-#[async_trait]
-impl TextToSpeech for ToneTts {
-    async fn synthesize(&self, text: &str, _voice: Option<&str>) -> Result<Vec<i16>, TtsError> {
-        let n = text.split_whitespace().count() * 2400;
-        Ok((0..n)
-            .map(|i| ((i as f64 * 300.0 * std::f64::consts::TAU / 16_000.0).sin() * 8000.0) as i16)
-            .collect())
-    }
-}
+use tone_tts::ToneTts;
 
 struct ScriptedStt(&'static str);
 

@@ -69,11 +69,7 @@ async fn create_prints_the_batch_and_watch_json_follows_it_to_metrics_that_add_u
     let key = Service::create_tenant(dir.path());
     let svc = Service::start(dir.path());
     let sipp = Sipp::callee("busy.xml", rows, 0, dir.path());
-    let api = Api {
-        base: svc.base.clone(),
-        key: key.clone(),
-        http: reqwest::Client::new(),
-    };
+    let api = Api::new(&svc.base, &key);
     let agent = api
         .setup_agent(
             sipp.port,
@@ -185,11 +181,7 @@ async fn api_errors_are_shown_with_the_contracts_message_and_a_failing_exit() {
     let dir = tempfile::tempdir().unwrap();
     let key = Service::create_tenant(dir.path());
     let svc = Service::start(dir.path());
-    let api = Api {
-        base: svc.base.clone(),
-        key: key.clone(),
-        http: reqwest::Client::new(),
-    };
+    let api = Api::new(&svc.base, &key);
     // No call is ever placed: the trunk is never reached.
     let agent = api.setup_agent(9, serde_json::json!({})).await.to_string();
 
@@ -282,11 +274,7 @@ async fn lowered_batch_limits_refuse_with_the_contracts_message_style() {
             ("OUTDIAL_BATCH_MAX_BYTES", "2000"),
         ],
     );
-    let api = Api {
-        base: svc.base.clone(),
-        key: key.clone(),
-        http: reqwest::Client::new(),
-    };
+    let api = Api::new(&svc.base, &key);
     let agent = api.setup_agent(9, serde_json::json!({})).await.to_string();
     let create = |file: String| {
         cli(

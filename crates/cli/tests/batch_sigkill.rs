@@ -45,11 +45,7 @@ async fn sigkill_mid_batch(db: Db) {
     // Every call is answered and lasts a second; at most 16 at once, so at the kill some are
     // live, some done and most still waiting.
     let sipp = Sipp::callee("answer_talk_bye.xml", ROWS, 1000, dir.path());
-    let api = Api {
-        base: svc.base.clone(),
-        key: key.clone(),
-        http: reqwest::Client::new(),
-    };
+    let api = Api::new(&svc.base, &key);
     // No opening line: the test is about dialling, and keeps the CPU for it.
     let agent = api
         .setup_agent(
@@ -97,11 +93,7 @@ async fn sigkill_mid_batch(db: Db) {
     };
     svc.kill();
     svc.restart();
-    let api = Api {
-        base: svc.base.clone(),
-        key,
-        http: reqwest::Client::new(),
-    };
+    let api = Api::new(&svc.base, &key);
     let deadline = Instant::now() + Duration::from_secs(60);
     let after = loop {
         let b: Value = api

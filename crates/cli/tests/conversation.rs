@@ -59,11 +59,7 @@ async fn talk(db: Db, speak_after_ms: u32) -> Talked {
     // The callee is silent until it speaks: no RTP for seconds is not a dead line here.
     let svc = Service::start_with(dir.path(), &db, &[("OUTDIAL_NO_RTP_TIMEOUT_SECONDS", "30")]);
     let mut sipp = Sipp::run(&scenario(), false, 1, speak_after_ms, dir.path());
-    let api = Api {
-        base: svc.base.clone(),
-        key,
-        http: reqwest::Client::new(),
-    };
+    let api = Api::new(&svc.base, &key);
     let agent = api.setup_agent(sipp.port, agent()).await;
     let location = api.call(agent, "+919876543210").await;
     let conversation = api.wait_terminal(&location, Duration::from_secs(60)).await;

@@ -21,11 +21,7 @@ async fn an_api_call_is_dialled_answered_spoken_recorded_and_completed() {
     // talking over the agent, so the opening line may be cut (barge-in): the transcript then
     // holds what was played, ending in "…".
     let sipp = Sipp::callee("answer_talk_bye.xml", 1, 6000, dir.path());
-    let api = Api {
-        base: svc.base.clone(),
-        key,
-        http: reqwest::Client::new(),
-    };
+    let api = Api::new(&svc.base, &key);
     let agent = api.setup_agent(sipp.port, json!({})).await;
     let loc = api.call(agent, "+919876543210").await;
     let c = api.wait_terminal(&loc, Duration::from_secs(30)).await;
@@ -74,11 +70,7 @@ async fn a_busy_callee_ends_busy_with_the_sip_reason_and_retries_by_policy() {
     assert!(out.status.success());
     let svc = Service::start(dir.path());
     let sipp = Sipp::callee("busy.xml", 2, 0, dir.path());
-    let api = Api {
-        base: svc.base.clone(),
-        key,
-        http: reqwest::Client::new(),
-    };
+    let api = Api::new(&svc.base, &key);
     let agent = api
         .setup_agent(
             sipp.port,
@@ -118,11 +110,7 @@ async fn sigkill_mid_run(db: Db) {
     let mut svc = Service::start_in(dir.path(), &db);
     let total = 12;
     let sipp = Sipp::callee("answer_talk_bye.xml", total, 4000, dir.path());
-    let api = Api {
-        base: svc.base.clone(),
-        key: key.clone(),
-        http: reqwest::Client::new(),
-    };
+    let api = Api::new(&svc.base, &key);
     // At most 3 calls at once on the trunk, so some are live and some still queued at the kill.
     let agent = api
         .setup_agent(sipp.port, json!({"max_concurrent_calls": 3}))
@@ -134,11 +122,7 @@ async fn sigkill_mid_run(db: Db) {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     svc.kill();
     svc.restart();
-    let api = Api {
-        base: svc.base.clone(),
-        key,
-        http: reqwest::Client::new(),
-    };
+    let api = Api::new(&svc.base, &key);
     let mut outcomes = std::collections::BTreeMap::new();
     let mut completed_numbers = Vec::new();
     for loc in &locations {
@@ -246,11 +230,7 @@ async fn a_busy_call_sends_exactly_one_signed_call_busy_that_agrees_with_the_api
     let key = Service::create_tenant(dir.path());
     let svc = Service::start(dir.path());
     let sipp = Sipp::callee("busy.xml", 1, 0, dir.path());
-    let api = Api {
-        base: svc.base.clone(),
-        key,
-        http: reqwest::Client::new(),
-    };
+    let api = Api::new(&svc.base, &key);
     let agent = api.setup_agent(sipp.port, json!({})).await;
     let receiver = Receiver::start().await;
     let target: Value = api
@@ -316,11 +296,7 @@ async fn webhook_events_pending_at_a_sigkill_are_all_delivered_after_restart() {
     let mut svc = Service::start_with(dir.path(), &Db::sqlite(), &schedule);
     let total = 4;
     let sipp = Sipp::callee("busy.xml", total, 0, dir.path());
-    let api = Api {
-        base: svc.base.clone(),
-        key: key.clone(),
-        http: reqwest::Client::new(),
-    };
+    let api = Api::new(&svc.base, &key);
     let agent = api.setup_agent(sipp.port, json!({})).await;
     let receiver = Receiver::start().await;
     receiver

@@ -301,6 +301,14 @@ pub struct Api {
 }
 
 impl Api {
+    pub fn new(base: &str, key: &str) -> Self {
+        Self {
+            base: base.to_string(),
+            key: key.to_string(),
+            http: reqwest::Client::new(),
+        }
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
         self.http
             .post(format!("{}{path}", self.base))
