@@ -157,91 +157,38 @@ pub fn parse_recipients<R: Read>(input: R, max_rows: usize) -> Result<Recipients
     };
     let mut numbers = HashSet::new();
     let mut record = csv::ByteRecord::new();
-    // The rows read but whose numbers are not checked yet: the number check (libphonenumber's
-    // metadata) is most of the parser's time, so it runs a chunk at a time on every core.
-    let mut raw_phones = String::new();
-    let mut phone_ends: Vec<usize> = Vec::with_capacity(PHONE_CHUNK);
     let mut row = 0usize;
-    loop {
-        // A row-level failure of this row, found after its number was read (its number is
-        // checked first, as a bad number on the same row is the better message).
-        let mut after_phone: Option<CsvError> = None;
-        let more = match reader.read_byte_record(&mut record) {
-            Ok(more) => more,
-            Err(e) => {
-                check_phones(
-                    &raw_phones,
-                    &phone_ends,
-                    row - phone_ends.len(),
-                    &mut numbers,
-                    &mut out.phones,
-                )?;
-                return Err(csv_error(&e, row + 1));
-            }
-        };
-        if more {
-            row += 1;
-            if row > max_rows {
-                check_phones(
-                    &raw_phones,
-                    &phone_ends,
-                    row - 1 - phone_ends.len(),
-                    &mut numbers,
-                    &mut out.phones,
-                )?;
-                return Err(CsvError::TooManyRows(max_rows));
-            }
-            let Ok(raw_phone) = std::str::from_utf8(&record[phone_col]) else {
-                check_phones(
-                    &raw_phones,
-                    &phone_ends,
-                    row - 1 - phone_ends.len(),
-                    &mut numbers,
-                    &mut out.phones,
-                )?;
-                return Err(CsvError::InvalidUtf8(row));
-            };
-            raw_phones.push_str(raw_phone);
-            phone_ends.push(raw_phones.len());
-            for (i, raw) in record.iter().enumerate() {
-                if i == phone_col {
-                    continue;
-                }
-                let Ok(value) = std::str::from_utf8(raw) else {
-                    after_phone = Some(CsvError::InvalidUtf8(row));
-                    break;
-                };
-                if value.chars().count() > MAX_PARAMETER_VALUE {
-                    after_phone = Some(CsvError::ValueTooLong(row));
-                    break;
-                }
-                out.arena.push_str(value);
-                match u32::try_from(out.arena.len()) {
-                    Ok(end) => out.ends.push(end),
-                    Err(_) => {
-                        after_phone = Some(CsvError::TooManyRows(row));
-                        break;
-                    }
-                }
-            }
+    while reader
+        .read_byte_record(&mut record)
+        .map_err(|e| csv_error(&e, row + 1))?
+    {
+        row += 1;
+        if row > max_rows {
+            return Err(CsvError::TooManyRows(max_rows));
         }
-        if !more || after_phone.is_some() || phone_ends.len() == PHONE_CHUNK {
-            let first = row - phone_ends.len();
-            check_phones(
-                &raw_phones,
-                &phone_ends,
-                first,
-                &mut numbers,
-                &mut out.phones,
-            )?;
-            if let Some(e) = after_phone {
-                return Err(e);
-            }
-            raw_phones.clear();
-            phone_ends.clear();
+        // The number first: a bad number is the better message for a row that is also bad
+        // elsewhere.
+        let digits =
+            std::str::from_utf8(&record[phone_col]).map_err(|_| CsvError::InvalidUtf8(row))?;
+        let digits: u64 = E164::parse(digits)
+            .ok()
+            .and_then(|p| p.as_str()[1..].parse().ok())
+            .ok_or(CsvError::InvalidPhone(row))?;
+        if !numbers.insert(digits) {
+            return Err(CsvError::DuplicatePhone(row));
         }
-        if !more {
-            break;
+        out.phones.push(digits);
+        for (i, raw) in record.iter().enumerate() {
+            if i == phone_col {
+                continue;
+            }
+            let value = std::str::from_utf8(raw).map_err(|_| CsvError::InvalidUtf8(row))?;
+            if value.chars().count() > MAX_PARAMETER_VALUE {
+                return Err(CsvError::ValueTooLong(row));
+            }
+            out.arena.push_str(value);
+            let end = u32::try_from(out.arena.len()).map_err(|_| CsvError::TooManyRows(row))?;
+            out.ends.push(end);
         }
     }
     if out.phones.is_empty() {
@@ -251,60 +198,6 @@ pub fn parse_recipients<R: Read>(input: R, max_rows: usize) -> Result<Recipients
     out.ends.shrink_to_fit();
     out.arena.shrink_to_fit();
     Ok(out)
-}
-
-/// Rows whose numbers are checked together; small enough that a bad number early in a big file
-/// is reported before much more of it is read.
-const PHONE_CHUNK: usize = 16 * 1024;
-
-/// Checks the numbers of rows `first + 1 ..`, held as one string with their end offsets: each
-/// must be E.164 and new. Parsing is split over the machine's cores; the duplicate check runs in
-/// row order, so the error names the first bad row exactly as a one-by-one check would.
-fn check_phones(
-    raw: &str,
-    ends: &[usize],
-    first: usize,
-    seen: &mut HashSet<u64>,
-    phones: &mut Vec<u64>,
-) -> Result<(), CsvError> {
-    if ends.is_empty() {
-        return Ok(());
-    }
-    let get = |i: usize| &raw[if i == 0 { 0 } else { ends[i - 1] }..ends[i]];
-    let parse_one = |i: usize| -> Option<u64> {
-        let phone = E164::parse(get(i)).ok()?;
-        phone.as_str()[1..].parse().ok()
-    };
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 4);
-    let parsed: Vec<Option<u64>> = if workers == 1 || ends.len() < 1024 {
-        (0..ends.len()).map(parse_one).collect()
-    } else {
-        let per = ends.len().div_ceil(workers);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..ends.len())
-                .step_by(per)
-                .map(|start| {
-                    let end = (start + per).min(ends.len());
-                    scope.spawn(move || (start..end).map(parse_one).collect::<Vec<_>>())
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        })
-    };
-    for (i, digits) in parsed.into_iter().enumerate() {
-        let row = first + i + 1;
-        let digits = digits.ok_or(CsvError::InvalidPhone(row))?;
-        if !seen.insert(digits) {
-            return Err(CsvError::DuplicatePhone(row));
-        }
-        phones.push(digits);
-    }
-    Ok(())
 }
 
 fn csv_error(e: &csv::Error, row: usize) -> CsvError {
@@ -543,11 +436,11 @@ mod tests {
         );
     }
 
-    /// Numbers are checked a chunk at a time on several threads: the first bad row is still the
-    /// one named, whichever check finds it and wherever the chunks split.
+    /// Deep in a big file, the first bad row is the one named, whichever check finds it.
     #[test]
-    fn the_first_bad_row_is_named_across_chunks() {
-        let n = PHONE_CHUNK * 2 + 100;
+    fn the_first_bad_row_is_named_deep_in_a_big_file() {
+        const DEEP: usize = 16 * 1024;
+        let n = DEEP * 2 + 100;
         let file = |edit: &dyn Fn(usize, String) -> String| {
             let mut s = String::from("customer_phone,name\n");
             for i in 0..n {
@@ -560,17 +453,17 @@ mod tests {
         assert_eq!(r.len(), n);
         assert_eq!(r.phone(n - 1), format!("+9198{:08}", n - 1));
         assert_eq!(
-            r.values(PHONE_CHUNK + 7).collect::<Vec<_>>(),
-            vec![format!("n{}", PHONE_CHUNK + 7)]
+            r.values(DEEP + 7).collect::<Vec<_>>(),
+            vec![format!("n{}", DEEP + 7)]
         );
 
-        let far = PHONE_CHUNK + 5;
+        let far = DEEP + 5;
         let bad_number = file(&|row, line| if row == far { "12345,x\n".into() } else { line });
         assert_eq!(
             parse(bad_number.as_bytes()),
             Err(CsvError::InvalidPhone(far))
         );
-        // A duplicate of row 3 in the next chunk.
+        // A duplicate of row 3.
         let dup = file(&|row, line| {
             if row == far {
                 "+919800000002,again\n".into()
@@ -579,7 +472,7 @@ mod tests {
             }
         });
         assert_eq!(parse(dup.as_bytes()), Err(CsvError::DuplicatePhone(far)));
-        // A bad number before a bad value in the same chunk: the number is named; a bad value
+        // A bad number before a bad value: the number is named; a bad value
         // before a bad number: the value is.
         let long = "x".repeat(MAX_PARAMETER_VALUE + 1);
         let both = |num_row: usize, val_row: usize| {

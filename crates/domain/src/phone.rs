@@ -1,5 +1,7 @@
-//! E.164 numbers. Parsed once with libphonenumber's metadata (the `phonenumber` crate) so that the
-//! core only ever sees a number that is valid for its country, in one canonical spelling.
+//! E.164 numbers. Parsed once with libphonenumber's metadata (the `phonenumber` crate's) so that
+//! the core only ever sees a number that is valid for its country, in one canonical spelling.
+
+mod rules;
 
 use serde::{Serialize, Serializer};
 use std::fmt;
@@ -27,13 +29,12 @@ impl E164 {
         {
             return Err(InvalidPhone);
         }
-        let parsed = phonenumber::parse(None, s).map_err(|_| InvalidPhone)?;
-        if !phonenumber::is_valid(&parsed) {
-            return Err(InvalidPhone);
+        let digits: String = s[1..].chars().filter(char::is_ascii_digit).collect();
+        match rules::verdict(&digits) {
+            rules::Verdict::Valid(e164) => Ok(Self(e164)),
+            rules::Verdict::Invalid => Err(InvalidPhone),
+            rules::Verdict::Unknown => reference_parse(&digits).map(Self),
         }
-        Ok(Self(
-            parsed.format().mode(phonenumber::Mode::E164).to_string(),
-        ))
     }
 
     pub fn as_str(&self) -> &str {
@@ -42,14 +43,36 @@ impl E164 {
 
     /// ISO 3166 region of the number (e.g. `IN`), used for the callee's local time.
     pub fn region(&self) -> Option<String> {
-        let parsed = phonenumber::parse(None, &self.0).ok()?;
-        parsed.country().id().map(|id| format!("{id:?}"))
+        let digits = self.0.trim_start_matches('+');
+        match rules::region(digits) {
+            Ok(region) => region.map(str::to_owned),
+            Err(()) => reference_region(digits),
+        }
     }
 
     /// For values read back from our own store, which only ever holds parsed numbers.
     pub fn from_trusted(s: String) -> Self {
         Self(s)
     }
+}
+
+/// The `phonenumber` crate's own parse, validation and E.164 spelling of `+<digits>`: what
+/// `rules` must agree with, and the answer for a country code whose patterns `rules` could not
+/// compile. Given the digits alone because the crate reads the digits before a first `-`, `.`,
+/// `(` or `)` of a number without spaces as its country code (RFC 3966 style), so it refuses
+/// `+9198765-43210` while taking `+91 98765-43210`; the digits after a `+` are one unambiguous
+/// international number however they are grouped, so we read them that way.
+fn reference_parse(digits: &str) -> Result<String, InvalidPhone> {
+    let parsed = phonenumber::parse(None, format!("+{digits}")).map_err(|_| InvalidPhone)?;
+    if !phonenumber::is_valid(&parsed) {
+        return Err(InvalidPhone);
+    }
+    Ok(parsed.format().mode(phonenumber::Mode::E164).to_string())
+}
+
+fn reference_region(digits: &str) -> Option<String> {
+    let parsed = phonenumber::parse(None, format!("+{digits}")).ok()?;
+    parsed.country().id().map(|id| format!("{id:?}"))
 }
 
 impl fmt::Display for E164 {
@@ -87,6 +110,20 @@ mod tests {
             E164::parse("+919876543210").unwrap().region().as_deref(),
             Some("IN")
         );
+        // However the digits after `+` are grouped, they are one number (the `phonenumber`
+        // crate alone would read `9198765` as a country code here and refuse it).
+        assert_eq!(
+            E164::parse("+9198765-43210").unwrap().as_str(),
+            "+919876543210"
+        );
+        assert_eq!(
+            E164::parse("+1 (415) 555-2671")
+                .unwrap()
+                .region()
+                .as_deref(),
+            Some("US")
+        );
+        assert_eq!(E164::parse("+80012345678").unwrap().region(), None);
     }
 
     #[test]
