@@ -185,6 +185,7 @@ fn uuid_like(i: usize) -> String {
 
 struct Figures {
     per_second: f64,
+    first: Duration,
     p50: Duration,
     p99: Duration,
     max: Duration,
@@ -296,6 +297,7 @@ async fn scenario(args: &Args, dir: &std::path::Path, with_failing: bool) -> Res
     store.close().await;
     Ok(Figures {
         per_second: events.len() as f64 / last.as_secs_f64().max(1e-9),
+        first: latencies.first().copied().unwrap_or_default(),
         p50: percentile(&latencies, 0.50),
         p99: percentile(&latencies, 0.99),
         max: last,
@@ -338,6 +340,7 @@ pub async fn run(args: Args) -> Result<()> {
                     "events": args.events,
                     "delivered_per_second": (f.per_second * 10.0).round() / 10.0,
                     "enqueue_to_received_ms": {
+                        "first": f.first.as_secs_f64() * 1000.0,
                         "p50": f.p50.as_secs_f64() * 1000.0,
                         "p99": f.p99.as_secs_f64() * 1000.0,
                         "max": f.max.as_secs_f64() * 1000.0,

@@ -88,6 +88,38 @@ pub(crate) fn placeholders(from: usize, n: usize) -> String {
     s
 }
 
+/// A table of rows bound as one parameter, `$n`: a JSON array of arrays, whose columns are
+/// `column1..` typed as `types` (PostgreSQL type names). A multi-row `VALUES` binds a parameter
+/// per cell, and SQLite finds each bound parameter's name by walking a list (sqlx asks it for
+/// every one), so binding N of them costs N²; its text also changes with the row count, so it is
+/// parsed anew every time. One JSON parameter keeps the text fixed, prepared once.
+pub(crate) fn json_rows(backend: Backend, n: usize, types: &[&str]) -> String {
+    let columns = types
+        .iter()
+        .enumerate()
+        .map(|(i, ty)| match backend {
+            Backend::Sqlite => format!("json_extract(value, '$[{i}]') AS column{}", i + 1),
+            Backend::Postgres => format!("(value->>{i})::{ty} AS column{}", i + 1),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    match backend {
+        Backend::Sqlite => format!("(SELECT {columns} FROM json_each(${n}))"),
+        Backend::Postgres => format!("(SELECT {columns} FROM json_array_elements(${n}::json))"),
+    }
+}
+
+/// The ids of a JSON array of integers bound as one parameter, `$n`, for `id IN (...)`; see
+/// [`json_rows`] for why.
+pub(crate) fn json_ids(backend: Backend, n: usize) -> String {
+    match backend {
+        Backend::Sqlite => format!("SELECT value FROM json_each(${n})"),
+        Backend::Postgres => {
+            format!("SELECT value::bigint FROM json_array_elements_text(${n}::json)")
+        }
+    }
+}
+
 pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
     StoreError::Database(e.to_string())
 }

@@ -7,7 +7,7 @@
 //! makes the delivery leasable again, by any node, with the same `event_id`.
 
 use crate::rows::{get, json};
-use crate::{db_err, placeholders, Backend, SqlStore};
+use crate::{db_err, json_ids, json_rows, placeholders, Backend, SqlStore};
 use domain::store::StoreError;
 use domain::webhooks::{
     AttemptResult, DeliveryId, LeaseRequest, LeasedDelivery, NextState, OutboxEvent, OutboxStats,
@@ -263,71 +263,88 @@ fn lease_ms(lease: &LeaseRequest<'_>) -> i64 {
     i64::try_from(lease.lease_for.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Rows per multi-row statement: 6 parameters a row stays far below SQLite's 32,766 and
-/// PostgreSQL's 65,535 bound parameters.
-const RECORD_CHUNK: usize = 256;
+fn encode_err(e: serde_json::Error) -> StoreError {
+    StoreError::Database(format!("encoding rows: {e}"))
+}
 
 async fn insert_attempts(
     conn: &mut AnyConnection,
+    backend: Backend,
     results: &[AttemptResult],
 ) -> Result<(), StoreError> {
-    let rows = (0..results.len())
-        .map(|i| format!("({})", placeholders(i * 5 + 1, 5)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let rows: Vec<_> = results
+        .iter()
+        .map(|r| {
+            let a = &r.attempt;
+            (
+                r.delivery.0,
+                a.at.0,
+                a.http_status.map(i64::from),
+                a.error.as_deref(),
+                i64::try_from(a.duration_ms).unwrap_or(i64::MAX),
+            )
+        })
+        .collect();
     let sql = format!(
-        "INSERT INTO webhook_attempts (delivery_id, at, http_status, error, duration_ms) VALUES {rows}"
+        "INSERT INTO webhook_attempts (delivery_id, at, http_status, error, duration_ms) \
+         SELECT column1, column2, column3, column4, column5 FROM {} AS v",
+        json_rows(
+            backend,
+            1,
+            &["bigint", "bigint", "bigint", "text", "bigint"]
+        )
     );
-    let mut query = sqlx::query(&sql);
-    for result in results {
-        let attempt = &result.attempt;
-        query = query
-            .bind(result.delivery.0)
-            .bind(attempt.at.0)
-            .bind(attempt.http_status.map(i64::from))
-            .bind(attempt.error.clone())
-            .bind(i64::try_from(attempt.duration_ms).unwrap_or(i64::MAX));
-    }
-    query.execute(&mut *conn).await.map_err(db_err)?;
+    sqlx::query(&sql)
+        .bind(serde_json::to_string(&rows).map_err(encode_err)?)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
     Ok(())
 }
 
 /// Applies each result's next state while `owner` still holds the lease; returns the settled
-/// deliveries with their targets. `VALUES` columns are `column1..` on both engines.
+/// deliveries with their targets.
 async fn settle(
     conn: &mut AnyConnection,
+    backend: Backend,
     owner: &str,
     results: &[&AttemptResult],
 ) -> Result<Vec<(i64, i64)>, StoreError> {
-    let rows = (0..results.len())
-        .map(|i| format!("({})", placeholders(i * 6 + 2, 6)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let rows: Vec<_> = results
+        .iter()
+        .map(|r| {
+            let (status, next_at) = match r.next {
+                NextState::Delivered => ("delivered", None),
+                NextState::RetryAt(at) => ("pending", Some(at.0)),
+                NextState::Failed | NextState::FailedAndDeactivate => ("failed", None),
+            };
+            let a = &r.attempt;
+            (
+                r.delivery.0,
+                status,
+                next_at,
+                a.http_status.map(i64::from),
+                a.error.as_deref(),
+                a.at.0,
+            )
+        })
+        .collect();
     let sql = format!(
         "UPDATE webhook_deliveries SET status = v.column2, attempts = attempts + 1, \
          next_attempt_at = v.column3, lease_owner = NULL, lease_until = NULL, \
          last_status = v.column4, last_error = v.column5, updated_at = v.column6 \
-         FROM (VALUES {rows}) AS v \
+         FROM {} AS v \
          WHERE webhook_deliveries.id = v.column1 AND webhook_deliveries.lease_owner = $1 \
-         AND webhook_deliveries.status = 'pending' RETURNING id, target_id"
+         AND webhook_deliveries.status = 'pending' RETURNING id, target_id",
+        json_rows(
+            backend,
+            2,
+            &["bigint", "text", "bigint", "bigint", "text", "bigint"]
+        )
     );
-    let mut query = sqlx::query(&sql).bind(owner);
-    for result in results {
-        let (status, next_at) = match result.next {
-            NextState::Delivered => ("delivered", None),
-            NextState::RetryAt(at) => ("pending", Some(at.0)),
-            NextState::Failed | NextState::FailedAndDeactivate => ("failed", None),
-        };
-        let attempt = &result.attempt;
-        query = query
-            .bind(result.delivery.0)
-            .bind(status)
-            .bind(next_at)
-            .bind(attempt.http_status.map(i64::from))
-            .bind(attempt.error.clone())
-            .bind(attempt.at.0);
-    }
-    query
+    sqlx::query(&sql)
+        .bind(owner)
+        .bind(serde_json::to_string(&rows).map_err(encode_err)?)
         .fetch_all(&mut *conn)
         .await
         .map_err(db_err)?
@@ -429,13 +446,13 @@ impl SqlStore {
              FROM webhook_deliveries d JOIN outbox_events o ON o.event_id = d.event_id \
              JOIN webhook_targets t ON t.id = d.target_id \
              WHERE d.id IN ({}) ORDER BY d.next_attempt_at, d.id",
-            placeholders(1, ids.len())
+            json_ids(self.backend, 1)
         );
-        let mut query = sqlx::query(&select);
-        for id in &ids {
-            query = query.bind(*id);
-        }
-        let rows = query.fetch_all(&mut *tx).await.map_err(db_err)?;
+        let rows = sqlx::query(&select)
+            .bind(serde_json::to_string(&ids).map_err(encode_err)?)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         rows.iter().map(leased).collect()
     }
@@ -452,9 +469,7 @@ impl SqlStore {
             return Ok(0);
         }
         let mut tx = self.write.begin().await.map_err(db_err)?;
-        for chunk in results.chunks(RECORD_CHUNK) {
-            insert_attempts(&mut tx, chunk).await?;
-        }
+        insert_attempts(&mut tx, self.backend, results).await?;
         let mut settled: HashMap<i64, i64> = HashMap::with_capacity(results.len());
         // A delivery appears twice only when its lease lapsed and this worker leased it again
         // before the first result was written; each pass settles one result per delivery, in
@@ -464,9 +479,7 @@ impl SqlStore {
             let mut seen = HashSet::with_capacity(rest.len());
             let (pass, later): (Vec<&AttemptResult>, Vec<&AttemptResult>) =
                 rest.into_iter().partition(|r| seen.insert(r.delivery.0));
-            for chunk in pass.chunks(RECORD_CHUNK) {
-                settled.extend(settle(&mut tx, owner, chunk).await?);
-            }
+            settled.extend(settle(&mut tx, self.backend, owner, &pass).await?);
             rest = later;
         }
         for result in results {
@@ -506,26 +519,19 @@ impl SqlStore {
         if ids.is_empty() {
             return Ok(0);
         }
-        let mut tx = self.write.begin().await.map_err(db_err)?;
-        let mut released = 0;
-        for chunk in ids.chunks(RECORD_CHUNK) {
-            let sql = format!(
-                "UPDATE webhook_deliveries SET lease_owner = NULL, lease_until = NULL \
-                 WHERE lease_owner = $1 AND status = 'pending' AND id IN ({})",
-                placeholders(2, chunk.len())
-            );
-            let mut query = sqlx::query(&sql).bind(owner);
-            for id in chunk {
-                query = query.bind(id.0);
-            }
-            released += query
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?
-                .rows_affected();
-        }
-        tx.commit().await.map_err(db_err)?;
-        Ok(released)
+        let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
+        let sql = format!(
+            "UPDATE webhook_deliveries SET lease_owner = NULL, lease_until = NULL \
+             WHERE lease_owner = $1 AND status = 'pending' AND id IN ({})",
+            json_ids(self.backend, 2)
+        );
+        Ok(sqlx::query(&sql)
+            .bind(owner)
+            .bind(serde_json::to_string(&ids).map_err(encode_err)?)
+            .execute(&self.write)
+            .await
+            .map_err(db_err)?
+            .rows_affected())
     }
 
     pub(crate) async fn next_delivery_due(

@@ -53,8 +53,19 @@ const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// outbox, so it holds no room that answering targets could use.
 const FAILING_LEASES: usize = 4;
 
-/// How long a failing target keeps its one-at-a-time limit after its queue empties.
-const REMEMBER_FAILING: Duration = Duration::from_secs(600);
+/// How long a target's health is remembered after its queue empties: a failing one keeps its
+/// one-at-a-time limit, an answering one its full share.
+const REMEMBER_HEALTH: Duration = Duration::from_secs(600);
+
+/// Attempts in flight to a target (on this worker) until it first answers 2xx: a target that
+/// turns out to fail costs a few attempts, not a full share of the slots, and one that answers
+/// gets its full share one round trip later.
+const UNTRIED_INFLIGHT: usize = 4;
+
+/// While answering targets have deliveries waiting, a failing target is attempted at most this
+/// often: its attempts cost the CPU (and, on a shared machine, the receivers' CPU) that the
+/// answering targets' deliveries wait for, and its first success restores its share.
+const FAILING_PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// Settings of a [`Worker`].
 #[derive(Debug, Clone)]
@@ -153,15 +164,20 @@ struct Queued {
 struct Lane {
     queue: VecDeque<Queued>,
     inflight: usize,
-    /// Current in-flight limit: the configured cap while the target answers, one while it fails.
+    /// Current in-flight limit: the configured cap once the target answers, a few until it
+    /// first does, one while it fails.
     limit: usize,
     /// When its last attempt asked for a retry, while it is failing.
     failed_at: Option<Instant>,
+    /// When its last attempt started.
+    started_at: Option<Instant>,
+    /// When one of its attempts here was last answered 2xx.
+    answered_at: Option<Instant>,
 }
 
 impl Lane {
-    fn failing(&self, cap: usize) -> bool {
-        self.limit < cap
+    fn failing(&self) -> bool {
+        self.failed_at.is_some()
     }
 
     fn can_start(&self) -> bool {
@@ -189,41 +205,70 @@ impl Pipeline {
         self.lanes.entry(target).or_insert_with(|| Lane {
             queue: VecDeque::new(),
             inflight: 0,
-            limit: cap,
+            limit: cap.min(UNTRIED_INFLIGHT),
             failed_at: None,
+            started_at: None,
+            answered_at: None,
         })
     }
 
-    /// Failing targets get a handful of leases at a time, whatever the general cap.
+    /// Failing targets get a handful of leases at a time, whatever the general cap, and a
+    /// target not yet heard from one round of its slots: leasing (and, if it turns out to
+    /// fail, giving back) a deep queue for a target that may never answer costs the database
+    /// time the answering targets' deliveries wait for.
     fn target_caps(&self, cap: usize) -> Vec<(WebhookTargetId, u32)> {
         let few = u32::try_from(FAILING_LEASES).unwrap_or(u32::MAX);
+        let untried = u32::try_from(cap).unwrap_or(u32::MAX);
         self.lanes
             .iter()
-            .filter(|(_, lane)| lane.failing(cap))
-            .map(|(id, _)| (*id, few))
+            .filter_map(|(id, lane)| {
+                if lane.failing() {
+                    Some((*id, few))
+                } else if lane.answered_at.is_none() {
+                    Some((*id, untried))
+                } else {
+                    None
+                }
+            })
             .collect()
     }
 
-    /// Forgets targets with nothing queued or in flight; a failing one is remembered for a
-    /// while, so that its next retries start one at a time too.
+    /// Forgets targets with nothing queued or in flight, but not for a while what was learnt
+    /// of them: a failing one's next retries start one at a time too, an answering one's next
+    /// burst at its full share.
     fn prune(&mut self) {
         let now = Instant::now();
+        let recent = |at: Option<Instant>| at.is_some_and(|at| now - at < REMEMBER_HEALTH);
         self.lanes.retain(|_, lane| {
             !lane.queue.is_empty()
                 || lane.inflight > 0
-                || lane.failed_at.is_some_and(|at| now - at < REMEMBER_FAILING)
+                || recent(lane.failed_at)
+                || recent(lane.answered_at)
         });
     }
 
-    /// The next delivery to start: healthy targets first, then failing ones, taking turns by
-    /// target within each, so neither a busy nor a failing target can take every slot.
-    fn next_start(&mut self, cap: usize, cursor: &mut Option<WebhookTargetId>) -> Option<Queued> {
+    /// The next delivery to start: healthy targets first, taking turns by target, so a busy
+    /// one cannot take every slot; a failing one only when no healthy one has deliveries
+    /// waiting, or once per [`FAILING_PROBE_EVERY`] so it is never starved.
+    fn next_start(&mut self, cursor: &mut Option<WebhookTargetId>) -> Option<Queued> {
         let now = Instant::now();
         loop {
             let after = cursor.unwrap_or(WebhookTargetId(i64::MIN));
+            let healthy_waiting = self
+                .lanes
+                .values()
+                .any(|lane| !lane.failing() && !lane.queue.is_empty());
             let mut pick = None;
             for healthy in [true, false] {
-                let ready = |lane: &Lane| lane.failing(cap) != healthy && lane.can_start();
+                let ready = |lane: &Lane| {
+                    lane.failing() != healthy
+                        && lane.can_start()
+                        && (healthy
+                            || !healthy_waiting
+                            || lane
+                                .started_at
+                                .is_none_or(|at| now - at >= FAILING_PROBE_EVERY))
+                };
                 pick = self
                     .lanes
                     .iter()
@@ -239,6 +284,7 @@ impl Pipeline {
             let lane = self.lanes.get_mut(&id)?;
             let queued = lane.queue.pop_front()?;
             if queued.start_by > now {
+                lane.started_at = Some(now);
                 lane.inflight += 1;
                 self.inflight += 1;
                 *cursor = Some(id);
@@ -292,6 +338,7 @@ impl Pipeline {
                 Verdict::Delivered => {
                     lane.limit = cap;
                     lane.failed_at = None;
+                    lane.answered_at = Some(Instant::now());
                 }
                 Verdict::Failed | Verdict::FailedAndDeactivate => {}
             }
@@ -477,7 +524,7 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
         loop {
             if !stopping {
                 while pipe.inflight < self.config.concurrency {
-                    let Some(queued) = pipe.next_start(cap, &mut cursor) else {
+                    let Some(queued) = pipe.next_start(&mut cursor) else {
                         break;
                     };
                     let target = queued.delivery.target;
@@ -505,7 +552,17 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
                     if stats {
                         stats_at = Some(Instant::now());
                     }
-                    leasing = Some(Box::pin(self.lease_job(room, pipe.target_caps(cap), stats)));
+                    // Idle, a first bite the size of the send slots: a lease costs about its
+                    // row count, and the attempts can start while the next, full-size lease
+                    // runs.
+                    let idle =
+                        pipe.inflight == 0 && pipe.lanes.values().all(|lane| lane.queue.is_empty());
+                    let bite = if idle {
+                        room.min(self.config.concurrency.max(1))
+                    } else {
+                        room
+                    };
+                    leasing = Some(Box::pin(self.lease_job(bite, pipe.target_caps(cap), stats)));
                 }
             }
             if stopping && attempts.is_empty() && leasing.is_none() && recording.is_none() {

@@ -451,9 +451,12 @@ async fn story_failing_target_does_not_delay_healthy(store: Arc<SqlStore>) {
     task.await.unwrap();
     latencies.sort();
     let worst = *latencies.last().unwrap();
+    // Four attempts at once until it first answers, then one at a time: it was being
+    // attempted all along.
     assert!(
-        bad.seen().len() >= 8,
-        "the bad target was being attempted meanwhile"
+        bad.seen().len() >= 4,
+        "the bad target was being attempted meanwhile: {}",
+        bad.seen().len()
     );
     assert!(
         worst < Duration::from_millis(500),
@@ -480,6 +483,7 @@ async fn story_failing_target_yields_its_slots(store: Arc<SqlStore>) {
     c.concurrency = 2;
     c.per_target = 2;
     let w = Arc::new(Worker::new(store.clone(), c).unwrap());
+    let started = Instant::now();
     let (stop, task) = spawn_loop(w);
     let got = healthy.wait_for(n, Duration::from_secs(20)).await;
     // Not starved: every event reaches the failing target too.
@@ -504,12 +508,14 @@ async fn story_failing_target_yields_its_slots(store: Arc<SqlStore>) {
     assert_eq!(ids.len(), n);
     // When the healthy target's third-last event arrived, its last one had not started (both
     // slots were taken), so the failing target had only its attempts from before its first
-    // answer: at most one per slot, plus one more starting as the first 500 came back.
+    // answer (at most one per slot, plus one more starting as the first 500 came back) and its
+    // probes, one a second.
     let mark = got[n - 3].at;
     let before = failing.seen().iter().filter(|r| r.at < mark).count();
+    let probes = usize::try_from((mark - started).as_secs()).unwrap() + 1;
     assert!(
-        before <= 3,
-        "the failing target took {before} slots while healthy deliveries waited"
+        before <= 3 + probes,
+        "the failing target took {before} slots while healthy deliveries waited ({probes} probes allowed)"
     );
 }
 
