@@ -258,11 +258,14 @@ async fn a_busy_call_sends_exactly_one_signed_call_busy_that_agrees_with_the_api
     assert_eq!(c["status"], "busy");
     let got = receiver.wait_for(1, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        receiver.got.lock().unwrap().len(),
-        1,
-        "exactly one delivery"
-    );
+    let all: Vec<String> = receiver
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(h, b)| format!("{:?} {}", h.get("webhook-id"), String::from_utf8_lossy(b)))
+        .collect();
+    assert_eq!(all.len(), 1, "exactly one delivery: {all:#?}");
     let (headers, body) = &got[0];
     verify(&secret, headers, body);
     let event: Value = serde_json::from_slice(body).unwrap();
