@@ -176,24 +176,30 @@ struct Code {
 }
 
 impl Code {
-    fn new(code: u16) -> Option<Result<Self, regex::Error>> {
-        let ids = DATABASE.region(&code)?;
+    /// `None` for a code without regions.
+    fn new(code: u16) -> Result<Option<Self>, regex::Error> {
+        let Some(ids) = DATABASE.region(&code) else {
+            return Ok(None);
+        };
         let non_geographic = ids.len() == 1 && ids[0] == "001";
         let metas: Vec<&'static Metadata> = if non_geographic {
-            DATABASE.by_code(&code)?.into_iter().take(1).collect()
+            DATABASE
+                .by_code(&code)
+                .into_iter()
+                .flatten()
+                .take(1)
+                .collect()
         } else {
             ids.iter().filter_map(|id| DATABASE.by_id(*id)).collect()
         };
-        Some((|| {
-            Ok(Self {
-                code,
-                regions: metas
-                    .into_iter()
-                    .map(Region::new)
-                    .collect::<Result<_, _>>()?,
-                non_geographic,
-            })
-        })())
+        Ok(Some(Self {
+            code,
+            regions: metas
+                .into_iter()
+                .map(Region::new)
+                .collect::<Result<_, _>>()?,
+            non_geographic,
+        }))
     }
 
     /// `validator::source_for`.
@@ -255,13 +261,16 @@ fn codes() -> &'static Codes {
 /// the code's rules and the rest. `Err(())` where the crate refuses, `Ok(None)` where this
 /// code's rules could not be compiled (never seen; the crate answers then).
 fn split(digits: &str) -> Result<Option<(&'static Code, &str)>, ()> {
-    if digits.len() <= MIN_NSN || digits.starts_with('0') {
+    if digits.len() <= MIN_NSN
+        || digits.starts_with('0')
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+    {
         return Err(());
     }
     for len in 1..=MAX_CODE_DIGITS {
         let code = digits[..len].parse::<u16>().map_err(|_| ())?;
         if let Some(slot) = codes().get(&code) {
-            let rules = slot.get_or_init(|| Code::new(code).and_then(Result::ok));
+            let rules = slot.get_or_init(|| Code::new(code).ok().flatten());
             return Ok(rules.as_ref().map(|rules| (rules, &digits[len..])));
         }
     }
