@@ -78,8 +78,8 @@ impl EngineRegistry {
     /// `OUTDIAL_DEEPGRAM_MODEL`).
     pub fn from_env() -> Self {
         Self::new(
-            PiperConfig::from_env(),
-            WhisperConfig::from_env(),
+            Piper::config_from_env(),
+            Whisper::config_from_env(),
             DeepgramConfig::from_env(),
         )
     }
@@ -210,9 +210,9 @@ mod tests {
         let registry = EngineRegistry::new(
             PiperConfig {
                 python: "/nonexistent/python3".into(),
-                ..PiperConfig::default()
+                ..Piper::config()
             },
-            WhisperConfig::default(),
+            Whisper::config(),
             None,
         );
         let default_tts: Arc<dyn TextToSpeech> = Arc::new(crate::tts::EspeakNg::default());
@@ -238,14 +238,14 @@ mod tests {
     fn deepgram_without_a_key_falls_back_and_with_one_is_chosen() {
         let default_stt: Arc<dyn SpeechToText> = Arc::new(crate::stt::PocketSphinx::default());
         let dg = agent(json!({"name": "a", "transcriber": {"engine": "deepgram"}}));
-        let none = EngineRegistry::new(PiperConfig::default(), WhisperConfig::default(), None);
+        let none = EngineRegistry::new(Piper::config(), Whisper::config(), None);
         assert!(Arc::ptr_eq(
             &none.stt_for(&dg, None, &default_stt),
             &default_stt
         ));
         let some = EngineRegistry::new(
-            PiperConfig::default(),
-            WhisperConfig::default(),
+            Piper::config(),
+            Whisper::config(),
             Some(DeepgramConfig::new("k")),
         );
         assert!(!Arc::ptr_eq(

@@ -27,6 +27,7 @@ pub use engines::{brain_for, engines_for, EngineRegistry};
 pub use flow::FlowBrain;
 pub use llm::{LlmBrain, LlmOptions};
 pub use piper::{Piper, PiperConfig};
+pub use sidecar::SidecarConfig;
 pub use stt::{
     Feed, PocketSphinx, PocketSphinxConfig, SpeechToText, StreamFeed, SttError, SttStream,
 };

