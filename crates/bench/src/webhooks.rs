@@ -48,6 +48,10 @@ pub struct Args {
     /// Where the databases go (default: a temp dir on the same disk as /tmp).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
+    /// Deliveries the failing target already has waiting for a retry (an hour away) when the
+    /// burst comes: a dead endpoint's backlog.
+    #[arg(long, default_value_t = 0)]
+    backlog: usize,
 }
 
 type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
@@ -130,6 +134,15 @@ async fn tenant_with_agent(store: &SqlStore) -> Result<(TenantId, AgentId)> {
 }
 
 fn event(tenant: TenantId, agent: AgentId, i: usize) -> Result<OutboxEvent> {
+    event_of(EventType::CallCompleted, tenant, agent, i)
+}
+
+fn event_of(
+    event_type: EventType,
+    tenant: TenantId,
+    agent: AgentId,
+    i: usize,
+) -> Result<OutboxEvent> {
     let id = EventId::generate();
     let now = chrono::Utc::now();
     let conversation = format!("{}_1", uuid_like(i));
@@ -169,7 +182,7 @@ fn event(tenant: TenantId, agent: AgentId, i: usize) -> Result<OutboxEvent> {
     };
     Ok(OutboxEvent {
         event_id: id.as_str().to_owned(),
-        event_type: EventType::CallCompleted.as_str().to_owned(),
+        event_type: event_type.as_str().to_owned(),
         tenant,
         agent,
         conversation_id: Some(conversation.clone()),
@@ -217,8 +230,14 @@ async fn scenario(args: &Args, dir: &std::path::Path, with_failing: bool) -> Res
             webhooks::WebhookSecret::generate(),
         ));
     }
+    // Only the failing target takes `call.failed`: the backlog is its alone.
+    let mut failing_target = None;
     for (name, url, secret) in targets {
-        store
+        let mut events = vec![EventType::CallCompleted.as_str().to_owned()];
+        if name == "failing" {
+            events.push(EventType::CallFailed.as_str().to_owned());
+        }
+        let target = store
             .create_webhook_target(
                 tenant,
                 agent,
@@ -226,7 +245,7 @@ async fn scenario(args: &Args, dir: &std::path::Path, with_failing: bool) -> Res
                     name: name.into(),
                     url,
                     secret: secret.expose().to_owned(),
-                    events: vec![EventType::CallCompleted.as_str().to_owned()],
+                    events,
                     include_transcript: true,
                     include_recording_url: false,
                     active: true,
@@ -234,6 +253,22 @@ async fn scenario(args: &Args, dir: &std::path::Path, with_failing: bool) -> Res
                 Millis::now(),
             )
             .await?;
+        if name == "failing" {
+            failing_target = Some(target.id);
+        }
+    }
+    if let (Some(target), true) = (failing_target, args.backlog > 0) {
+        let backlog = (0..args.backlog)
+            .map(|i| event_of(EventType::CallFailed, tenant, agent, args.events + i))
+            .collect::<Result<Vec<_>>>()?;
+        store.enqueue_events(&backlog).await?;
+        // Attempted before and waiting for their next try, as a dead endpoint's deliveries are.
+        let db = rusqlite::Connection::open(dir.join("webhooks-true.db"))?;
+        db.busy_timeout(Duration::from_secs(10))?;
+        db.execute(
+            "UPDATE webhook_deliveries SET attempts = 3, next_attempt_at = ?1 WHERE target_id = ?2",
+            rusqlite::params![Millis::now().0 + 3_600_000, target.0],
+        )?;
     }
     let mut config = WorkerConfig::new(
         RetrySchedule::default(),

@@ -391,25 +391,30 @@ impl SqlStore {
         };
         // Candidates are due, unleased, of an active target, first of their chain to that target,
         // and ranked per target so that with the target's unexpired leases they stay within the
-        // per-target cap. The window function sits a level below the locking SELECT because
-        // PostgreSQL refuses FOR UPDATE next to window functions. The locking level repeats the
-        // row conditions because PostgreSQL re-checks only those on a row another node has just
-        // leased; the candidates come from a snapshot taken before that lease.
+        // per-target cap. The due ones are picked first (`MATERIALIZED`) so that both engines
+        // find them by the due index, not by walking every pending delivery in target order for
+        // the ranking: deliveries waiting for a retry, however many, cost nothing here. The
+        // window function sits a level below the locking SELECT because PostgreSQL refuses
+        // FOR UPDATE next to window functions. The locking level repeats the row conditions
+        // because PostgreSQL re-checks only those on a row another node has just leased; the
+        // candidates come from a snapshot taken before that lease.
         let sql = format!(
             "UPDATE webhook_deliveries SET lease_owner = $1, lease_until = $2 WHERE id IN ( \
                SELECT d.id FROM webhook_deliveries d WHERE d.id IN ( \
-                 SELECT c.id FROM ( \
-                   SELECT p.id AS id, p.target_id AS target_id, \
-                     ROW_NUMBER() OVER (PARTITION BY p.target_id ORDER BY p.next_attempt_at, p.id) AS rank, \
-                     COALESCE(b.busy, 0) AS busy \
+                 WITH due AS MATERIALIZED ( \
+                   SELECT p.id AS id, p.target_id AS target_id, p.next_attempt_at AS next_attempt_at \
                    FROM webhook_deliveries p JOIN webhook_targets t ON t.id = p.target_id AND t.active = 1 \
-                   LEFT JOIN (SELECT l.target_id AS target_id, COUNT(*) AS busy FROM webhook_deliveries l \
-                     WHERE l.status = 'pending' AND l.lease_until > $3 GROUP BY l.target_id) b \
-                     ON b.target_id = p.target_id \
                    WHERE p.status = 'pending' AND p.next_attempt_at <= $3 \
                      AND (p.lease_until IS NULL OR p.lease_until <= $3) \
                      AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.target_id = p.target_id \
-                        AND e.chain_id = p.chain_id AND e.status = 'pending' AND e.id < p.id) \
+                        AND e.chain_id = p.chain_id AND e.status = 'pending' AND e.id < p.id)) \
+                 SELECT c.id FROM ( \
+                   SELECT due.id AS id, due.target_id AS target_id, \
+                     ROW_NUMBER() OVER (PARTITION BY due.target_id ORDER BY due.next_attempt_at, due.id) AS rank, \
+                     COALESCE(b.busy, 0) AS busy \
+                   FROM due LEFT JOIN (SELECT l.target_id AS target_id, COUNT(*) AS busy FROM webhook_deliveries l \
+                     WHERE l.status = 'pending' AND l.lease_until IS NOT NULL AND l.lease_until > $3 \
+                     GROUP BY l.target_id) b ON b.target_id = due.target_id \
                  ) c WHERE c.rank + c.busy <= {cap}) \
                AND d.status = 'pending' AND (d.lease_until IS NULL OR d.lease_until <= $3) \
                ORDER BY d.next_attempt_at, d.id LIMIT $5 {skip_locked}) \
