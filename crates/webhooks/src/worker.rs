@@ -198,17 +198,28 @@ struct Pipeline {
     release: Vec<DeliveryId>,
     /// The target of each attempt in flight, for an attempt task that fails.
     tasks: HashMap<task::Id, WebhookTargetId>,
+    /// When targets whose lanes were forgotten last answered 2xx, so that their next burst
+    /// starts at their full share. Kept apart from `lanes`, which every start walks.
+    answered: HashMap<WebhookTargetId, Instant>,
 }
 
 impl Pipeline {
     fn lane(&mut self, target: WebhookTargetId, cap: usize) -> &mut Lane {
-        self.lanes.entry(target).or_insert_with(|| Lane {
-            queue: VecDeque::new(),
-            inflight: 0,
-            limit: cap.min(UNTRIED_INFLIGHT),
-            failed_at: None,
-            started_at: None,
-            answered_at: None,
+        let answered = &mut self.answered;
+        self.lanes.entry(target).or_insert_with(|| {
+            let answered_at = answered.remove(&target);
+            Lane {
+                queue: VecDeque::new(),
+                inflight: 0,
+                limit: if answered_at.is_some() {
+                    cap
+                } else {
+                    cap.min(UNTRIED_INFLIGHT)
+                },
+                failed_at: None,
+                started_at: None,
+                answered_at,
+            }
         })
     }
 
@@ -238,12 +249,19 @@ impl Pipeline {
     /// burst at its full share.
     fn prune(&mut self) {
         let now = Instant::now();
-        let recent = |at: Option<Instant>| at.is_some_and(|at| now - at < REMEMBER_HEALTH);
-        self.lanes.retain(|_, lane| {
-            !lane.queue.is_empty()
+        let recent = |at: &Instant| now - *at < REMEMBER_HEALTH;
+        let answered = &mut self.answered;
+        answered.retain(|_, at| recent(at));
+        self.lanes.retain(|id, lane| {
+            let keep = !lane.queue.is_empty()
                 || lane.inflight > 0
-                || recent(lane.failed_at)
-                || recent(lane.answered_at)
+                || lane.failed_at.as_ref().is_some_and(recent);
+            if !keep {
+                if let Some(at) = lane.answered_at.filter(recent) {
+                    answered.insert(*id, at);
+                }
+            }
+            keep
         });
     }
 
@@ -509,6 +527,7 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
             unrecorded: Vec::new(),
             release: Vec::new(),
             tasks: HashMap::new(),
+            answered: HashMap::new(),
         };
         let mut attempts: JoinSet<Finished> = JoinSet::new();
         let mut leasing: Option<Job<'_, Leased>> = None;
