@@ -6,7 +6,7 @@
 //! `total_recipients`; reading them is one primary-key lookup.
 
 use crate::rows::{self, corrupt, get, json, CONVERSATION_COLUMNS};
-use crate::{db_err, json_rows, placeholders, Backend, SqlStore};
+use crate::{db_err, encode_err, json_rows, placeholders, Backend, SqlStore};
 use domain::agent::AgentConfig;
 use domain::batch::{
     outcome_counter, Batch, BatchAction, BatchCounts, BatchError, BatchStatus, BatchStore, NewBatch,
@@ -113,30 +113,16 @@ async fn insert_batch_in(
     // one end instead of taking a million random page splits, most of a big insert's cost.
     let mut ids: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::new_v4()).collect();
     ids.sort_unstable();
-    let mut start = 0;
-    let mut rows = String::new();
-    while start < n {
-        let end = (start + INSERT_CHUNK).min(n);
-        rows.clear();
-        rows.push('[');
-        for (i, id) in ids.iter().enumerate().take(end).skip(start) {
-            let params = b
-                .recipients
-                .parameters_json(i)
-                .map_err(|e| StoreError::Database(e.to_string()))?;
-            if i > start {
-                rows.push(',');
-            }
-            // The id and number are made of hex, digits, `-` and `+`; the parameters are JSON
-            // already, carried as a JSON string.
-            let params =
-                serde_json::to_string(&params).map_err(|e| StoreError::Database(e.to_string()))?;
-            rows.push_str(&format!(
-                "[\"{id}\",\"{}\",{params}]",
-                b.recipients.phone(i)
-            ));
-        }
-        rows.push(']');
+    for (chunk, first) in ids.chunks(INSERT_CHUNK).zip((0..).step_by(INSERT_CHUNK)) {
+        let rows = chunk
+            .iter()
+            .enumerate()
+            .map(|(k, id)| {
+                let i = first + k;
+                let params = b.recipients.parameters_json(i).map_err(encode_err)?;
+                Ok((id.to_string(), b.recipients.phone(i), params))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
         sqlx::query(&sql)
             .bind(b.tenant.0)
             .bind(b.agent.0)
@@ -146,11 +132,10 @@ async fn insert_batch_in(
             .bind(trace.as_str())
             .bind(created.id)
             .bind(now)
-            .bind(rows.as_str())
+            .bind(serde_json::to_string(&rows).map_err(encode_err)?)
             .execute(&mut *conn)
             .await
             .map_err(db_err)?;
-        start = end;
     }
     // Every call starts with its first event, as a `POST /v1/call` does; one statement over the
     // batch's index instead of a million round trips.

@@ -120,6 +120,11 @@ pub(crate) fn json_ids(backend: Backend, n: usize) -> String {
     }
 }
 
+/// Rows that could not be turned into the JSON a statement binds.
+pub(crate) fn encode_err(e: serde_json::Error) -> StoreError {
+    StoreError::Database(format!("encoding rows: {e}"))
+}
+
 pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
     StoreError::Database(e.to_string())
 }

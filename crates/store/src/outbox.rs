@@ -7,7 +7,7 @@
 //! makes the delivery leasable again, by any node, with the same `event_id`.
 
 use crate::rows::{get, json};
-use crate::{db_err, json_ids, json_rows, placeholders, Backend, SqlStore};
+use crate::{db_err, encode_err, json_ids, json_rows, placeholders, Backend, SqlStore};
 use domain::store::StoreError;
 use domain::webhooks::{
     AttemptResult, DeliveryId, LeaseRequest, LeasedDelivery, NextState, OutboxEvent, OutboxStats,
@@ -261,10 +261,6 @@ fn leased(row: &AnyRow) -> Result<LeasedDelivery, StoreError> {
 
 fn lease_ms(lease: &LeaseRequest<'_>) -> i64 {
     i64::try_from(lease.lease_for.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn encode_err(e: serde_json::Error) -> StoreError {
-    StoreError::Database(format!("encoding rows: {e}"))
 }
 
 async fn insert_attempts(
