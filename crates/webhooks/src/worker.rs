@@ -67,6 +67,15 @@ const UNTRIED_INFLIGHT: usize = 4;
 /// answering targets' deliveries wait for, and its first success restores its share.
 const FAILING_PROBE_EVERY: Duration = Duration::from_secs(1);
 
+/// Whether this job should also refresh the outbox gauges: at most once per [`STATS_EVERY`].
+fn stats_turn(last: &mut Option<Instant>) -> bool {
+    let due = last.is_none_or(|at| at.elapsed() >= STATS_EVERY);
+    if due {
+        *last = Some(Instant::now());
+    }
+    due
+}
+
 /// Settings of a [`Worker`].
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -554,10 +563,7 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
             if recording.is_none() && (!pipe.unrecorded.is_empty() || !pipe.release.is_empty()) {
                 let results = std::mem::take(&mut pipe.unrecorded);
                 let release = std::mem::take(&mut pipe.release);
-                let stats = stats_at.is_none_or(|at| at.elapsed() >= STATS_EVERY);
-                if stats {
-                    stats_at = Some(Instant::now());
-                }
+                let stats = stats_turn(&mut stats_at);
                 recording = Some(Box::pin(self.record_job(results, release, stats)));
             }
             if leasing.is_none() && look && !stopping {
@@ -567,10 +573,7 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
                     look_at = None;
                     // Published after the write or, when idle, after a lease that found
                     // nothing: never between a lease and the attempts it feeds.
-                    let stats = stats_at.is_none_or(|at| at.elapsed() >= STATS_EVERY);
-                    if stats {
-                        stats_at = Some(Instant::now());
-                    }
+                    let stats = stats_turn(&mut stats_at);
                     // Idle, a first bite the size of the send slots: a lease costs about its
                     // row count, and the attempts can start while the next, full-size lease
                     // runs.
