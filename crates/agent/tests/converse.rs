@@ -1,6 +1,7 @@
 //! `converse` driven through in-memory media channels on tokio's paused clock: fake STT and TTS
 //! (instant, scripted), real earshot VAD on espeak-ng speech as the caller.
 
+mod caller;
 mod tone_tts;
 
 use agent::{
@@ -10,7 +11,7 @@ use agent::{
 use async_trait::async_trait;
 use domain::agent::AgentConfig;
 use domain::call::Parameter;
-use domain::telephony::{CallControl, MediaStream, FRAME_SAMPLES};
+use domain::telephony::{CallControl, MediaStream};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -120,13 +121,7 @@ async fn run(
                     agent_audio.push(answered.elapsed());
                 }
             }
-            let from = n.saturating_sub(start_frame) * FRAME_SAMPLES;
-            let mut frame: Vec<i16> = if n >= start_frame && from < caller.len() {
-                caller[from..(from + FRAME_SAMPLES).min(caller.len())].to_vec()
-            } else {
-                Vec::new()
-            };
-            frame.resize(FRAME_SAMPLES, 0);
+            let frame = caller::frame_at(&caller, n, start_frame);
             if in_tx.send(frame).await.is_err() {
                 break;
             }

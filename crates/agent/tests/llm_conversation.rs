@@ -3,6 +3,7 @@
 //! real, so tokio's paused clock cannot be used): the caller's speech (espeak-ng) is heard by
 //! the real VAD, the transcription is scripted, the agent's voice is a tone per word.
 
+mod caller;
 mod llm_server;
 mod tone_tts;
 
@@ -13,7 +14,7 @@ use agent::{
 use async_trait::async_trait;
 use domain::agent::AgentConfig;
 use domain::call::Parameter;
-use domain::telephony::{CallControl, MediaStream, FRAME_SAMPLES};
+use domain::telephony::{CallControl, MediaStream};
 use llm_server::{fixture, serve, Answer};
 use serde_json::json;
 use std::sync::Arc;
@@ -83,13 +84,7 @@ async fn an_llm_agent_answers_records_the_result_and_hangs_up() {
                 }
             }
             let _ = out_rx.try_recv();
-            let from = n.saturating_sub(start) * FRAME_SAMPLES;
-            let mut frame = if n >= start && from < caller.len() {
-                caller[from..(from + FRAME_SAMPLES).min(caller.len())].to_vec()
-            } else {
-                Vec::new()
-            };
-            frame.resize(FRAME_SAMPLES, 0);
+            let frame = caller::frame_at(&caller, n, start);
             if in_tx.send(frame).await.is_err() {
                 break;
             }

@@ -458,19 +458,23 @@ mod tests {
         );
 
         let far = DEEP + 5;
-        let bad_number = file(&|row, line| if row == far { "12345,x\n".into() } else { line });
+        // The good file with row `far` replaced by `text`.
+        let with_far = |text: &str| {
+            file(&|row, line| {
+                if row == far {
+                    text.to_owned()
+                } else {
+                    line
+                }
+            })
+        };
+        let bad_number = with_far("12345,x\n");
         assert_eq!(
             parse(bad_number.as_bytes()),
             Err(CsvError::InvalidPhone(far))
         );
         // A duplicate of row 3.
-        let dup = file(&|row, line| {
-            if row == far {
-                "+919800000002,again\n".into()
-            } else {
-                line
-            }
-        });
+        let dup = with_far("+919800000002,again\n");
         assert_eq!(parse(dup.as_bytes()), Err(CsvError::DuplicatePhone(far)));
         // A bad number before a bad value: the number is named; a bad value
         // before a bad number: the value is.
@@ -494,13 +498,7 @@ mod tests {
             parse(both(far + 3, far).as_bytes()),
             Err(CsvError::ValueTooLong(far))
         );
-        let short = file(&|row, line| {
-            if row == far {
-                "+919900000000\n".into()
-            } else {
-                line
-            }
-        });
+        let short = with_far("+919900000000\n");
         assert_eq!(parse(short.as_bytes()), Err(CsvError::WrongFieldCount(far)));
         let with_short_after = file(&|row, line| {
             if row == far {
