@@ -98,12 +98,7 @@ async fn create_prints_the_batch_and_watch_json_follows_it_to_metrics_that_add_u
     assert!(created["created_at"].as_str().unwrap().ends_with('Z'));
     let id = created["id"].as_i64().unwrap();
     // The API agrees with what was printed.
-    let got: Value = api
-        .get(&format!("/v1/batch-calls/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let got: Value = api.get_json(&format!("/v1/batch-calls/{id}")).await;
     assert_eq!(got["data"]["total_recipients"], rows);
 
     let out = tokio::time::timeout(
@@ -247,7 +242,7 @@ async fn api_errors_are_shown_with_the_contracts_message_and_a_failing_exit() {
             "nothing on stdout for scripts to mistake"
         );
     }
-    let list: Value = api.get("/v1/batch-calls").await.json().await.unwrap();
+    let list: Value = api.get_json("/v1/batch-calls").await;
     assert_eq!(list["total"], 0, "a refused file creates nothing");
 
     let out = cli(&svc, &key, &["watch", "987654"]);
@@ -307,6 +302,6 @@ async fn lowered_batch_limits_refuse_with_the_contracts_message_style() {
         "{}",
         text(&out.stderr)
     );
-    let list: Value = api.get("/v1/batch-calls").await.json().await.unwrap();
+    let list: Value = api.get_json("/v1/batch-calls").await;
     assert_eq!(list["total"], 1, "only the file within the limits");
 }

@@ -96,12 +96,7 @@ async fn sigkill_mid_batch(db: Db) {
     let api = Api::new(&svc.base, &key);
     let deadline = Instant::now() + Duration::from_secs(60);
     let after = loop {
-        let b: Value = api
-            .get(&format!("/v1/batch-calls/{id}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let b: Value = api.get_json(&format!("/v1/batch-calls/{id}")).await;
         let m = metrics(&api, id).await;
         adds_up(&m);
         if b["data"]["status"] == "completed" {
@@ -117,21 +112,13 @@ async fn sigkill_mid_batch(db: Db) {
     let mut offset = 0;
     loop {
         let page: Value = api
-            .get(&format!("/v1/conversations?limit=100&offset={offset}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+            .get_json(&format!("/v1/conversations?limit=100&offset={offset}"))
+            .await;
         let items = page["data"].as_array().unwrap();
         for item in items {
             // The list item is FormantAI's; the detail has the reason and the batch.
             let id_ = item["conversation_id"].as_str().unwrap();
-            let c: Value = api
-                .get(&format!("/v1/conversations/{id_}"))
-                .await
-                .json()
-                .await
-                .unwrap();
+            let c: Value = api.get_json(&format!("/v1/conversations/{id_}")).await;
             let c = &c["data"];
             assert_eq!(c["batch_id"], id);
             let outcome = format!(

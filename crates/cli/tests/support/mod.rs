@@ -328,6 +328,11 @@ impl Api {
             .unwrap()
     }
 
+    /// `get`'s body as JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path).await.json().await.unwrap()
+    }
+
     pub async fn setup_agent(&self, sipp_port: u16, extra: Value) -> i64 {
         let trunk: Value = self
             .post(
