@@ -134,14 +134,20 @@ fn add_rate_headers(headers: &mut HeaderMap, s: &RateState) {
     }
 }
 
-/// Middleware for every `/v1` route: resolves the bearer key to a tenant, applies the per-key
-/// limit, and stamps the rate-limit headers on whatever the handler answers.
+/// Middleware for every `/v1` request, whatever route it matches: resolves the bearer key to a
+/// tenant, applies the per-key limit, and stamps the rate-limit headers on whatever is answered
+/// (a 404 or 405 included). Other paths (probes, metrics, the API document) pass untouched.
 pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let caller = match resolve(&state, req.headers()).await {
+    let path = req.uri().path();
+    if path != "/v1" && !path.starts_with("/v1/") {
+        return next.run(req).await;
+    }
+    let now = domain::Millis::now().0;
+    let ip = crate::server::peer_ip(&req);
+    let caller = match resolve_budgeted(&state, ip, req.headers(), now).await {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    let now = domain::Millis::now().0;
     let rate = state.api_limiter.hit(caller.key, now);
     let mut response = match &rate {
         Some(r) if !r.allowed => {
@@ -164,6 +170,82 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     response
 }
 
+/// [`resolve`] under the client address's budget of failed authentications: once it is spent,
+/// only keys already verified (in the key cache) are honoured, and everything else is answered
+/// 429 without touching the database.
+async fn resolve_budgeted(
+    state: &AppState,
+    ip: Option<std::net::IpAddr>,
+    headers: &HeaderMap,
+    now: i64,
+) -> Result<Caller, ApiError> {
+    let spent = ip.and_then(|ip| state.auth_failures.spent(ip, now));
+    let resolved = match spent {
+        None => resolve(state, headers).await,
+        Some(retry_after_seconds) => match resolve_cached(state, headers) {
+            Some(caller) => Ok(caller),
+            None => {
+                return Err(ApiError::AuthRateLimited {
+                    retry_after_seconds,
+                })
+            }
+        },
+    };
+    if let (Err(ApiError::Unauthenticated), Some(ip)) = (&resolved, ip) {
+        state.auth_failures.failed(ip, now);
+    }
+    resolved
+}
+
+/// Requests without a valid key per client address, in fixed one-minute windows.
+pub struct FailedAuthBudget {
+    per_minute: u32,
+    windows: Mutex<HashMap<std::net::IpAddr, (i64, u32)>>,
+}
+
+/// Bounds the budget's memory; past it, it starts afresh.
+const BUDGET_MAX_ADDRESSES: usize = 100_000;
+
+impl FailedAuthBudget {
+    pub fn new(per_minute: u32) -> Self {
+        Self {
+            per_minute,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Some(seconds until the window ends)` when `ip` has used up this minute's budget.
+    pub fn spent(&self, ip: std::net::IpAddr, now_unix_ms: i64) -> Option<u64> {
+        if self.per_minute == 0 {
+            return None;
+        }
+        let minute = now_unix_ms.div_euclid(60_000);
+        let windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        match windows.get(&ip) {
+            Some((m, n)) if *m == minute && *n >= self.per_minute => {
+                Some(u64::try_from((minute + 1) * 60 - now_unix_ms.div_euclid(1000)).unwrap_or(1))
+            }
+            _ => None,
+        }
+    }
+
+    pub fn failed(&self, ip: std::net::IpAddr, now_unix_ms: i64) {
+        if self.per_minute == 0 {
+            return;
+        }
+        let minute = now_unix_ms.div_euclid(60_000);
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if windows.len() >= BUDGET_MAX_ADDRESSES && !windows.contains_key(&ip) {
+            windows.clear();
+        }
+        let entry = windows.entry(ip).or_insert((minute, 0));
+        if entry.0 != minute {
+            *entry = (minute, 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+    }
+}
+
 /// Recently seen keys, so that a busy client does not cost a database read per request. Only
 /// keys found in the database are kept, for `ttl`: a revoked key stops working on every node
 /// within that time (0 turns the cache off).
@@ -183,18 +265,24 @@ impl KeyCache {
         }
     }
 
+    fn cached(&self, lookup: &str) -> Option<ApiKeyCredential> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(lookup)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(cred, _)| cred.clone())
+    }
+
     async fn get(
         &self,
         store: &dyn domain::store::Store,
         lookup: &str,
     ) -> Result<Option<ApiKeyCredential>, ApiError> {
-        if !self.ttl.is_zero() {
-            let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((cred, at)) = entries.get(lookup) {
-                if at.elapsed() < self.ttl {
-                    return Ok(Some(cred.clone()));
-                }
-            }
+        if let Some(cred) = self.cached(lookup) {
+            return Ok(Some(cred));
         }
         let cred = store.find_api_key(lookup).await?;
         if let (Some(c), false) = (&cred, self.ttl.is_zero()) {
@@ -216,6 +304,17 @@ async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErr
         .get(state.store.as_ref(), lookup)
         .await?
         .ok_or(ApiError::Unauthenticated)?;
+    verify(key, &cred)
+}
+
+/// A key already verified and still in the cache, without a database read.
+fn resolve_cached(state: &AppState, headers: &HeaderMap) -> Option<Caller> {
+    let key = bearer(headers)?;
+    let cred = state.key_cache.cached(lookup_of(key)?)?;
+    verify(key, &cred).ok()
+}
+
+fn verify(key: &str, cred: &ApiKeyCredential) -> Result<Caller, ApiError> {
     let matches: bool = hash_key(key)
         .as_bytes()
         .ct_eq(cred.secret_hash.as_bytes())

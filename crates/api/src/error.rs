@@ -37,6 +37,28 @@ pub enum ApiError {
     ConcurrentLimit { current: u64, max: u32 },
     #[error("internal error: {0}")]
     Internal(String),
+    /// A request the HTTP parser could not read (a malformed request line or header).
+    #[error("malformed request")]
+    MalformedRequest,
+    #[error("request headers too large")]
+    HeadersTooLarge,
+    #[error("request URI too long")]
+    UriTooLong,
+    /// The client stopped sending its body, or took longer than the limit to send it.
+    #[error("request body timed out")]
+    BodyTimeout,
+    /// The connection ended before the declared body arrived.
+    #[error("incomplete request body")]
+    IncompleteBody,
+    /// Past the connection cap (the whole node's or one client address's).
+    #[error("too many connections")]
+    TooManyConnections,
+    /// Past the per-address budget of requests without a valid key.
+    #[error("too many failed authentications")]
+    AuthRateLimited { retry_after_seconds: u64 },
+    /// A handler panicked; the panic's text goes to the log only.
+    #[error("internal error: handler panicked: {0}")]
+    Panicked(String),
 }
 
 impl ApiError {
@@ -46,32 +68,45 @@ impl ApiError {
 
     fn status_and_type(&self) -> (StatusCode, &'static str) {
         match self {
-            Self::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Self::Invalid(_) | Self::MalformedRequest | Self::IncompleteBody => {
+                (StatusCode::BAD_REQUEST, "invalid_request")
+            }
+            Self::HeadersTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "invalid_request",
+            ),
+            Self::UriTooLong => (StatusCode::URI_TOO_LONG, "invalid_request"),
+            Self::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "invalid_request"),
+            Self::TooManyConnections => (StatusCode::SERVICE_UNAVAILABLE, "rate_limit_exceeded"),
             Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "authentication_error"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Duplicate { .. } => (StatusCode::CONFLICT, "duplicate_request"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "invalid_request"),
-            Self::ApiRateLimited { .. } | Self::NumberRateLimited { .. } => {
+            Self::ApiRateLimited { .. }
+            | Self::NumberRateLimited { .. }
+            | Self::AuthRateLimited { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded")
             }
             Self::ConcurrentLimit { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "concurrent_call_limit_exceeded",
             ),
-            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+            Self::Internal(_) | Self::Panicked(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
+            }
         }
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The status and the contract's JSON body. A 500's detail is logged here, never returned.
+    pub fn status_and_body(&self) -> (StatusCode, Value) {
         let (status, kind) = self.status_and_type();
         let trace = REQUEST_TRACE.try_with(|t| *t).ok();
-        let message = match &self {
-            Self::Internal(detail) => {
-                // The detail goes to the log, never to the client.
+        let message = match self {
+            Self::Internal(detail) | Self::Panicked(detail) => {
                 tracing::error!(error = %detail, "internal error");
                 match trace {
                     Some(t) => format!("internal error (trace_id: {t})"),
@@ -83,7 +118,7 @@ impl IntoResponse for ApiError {
         let mut error = Map::new();
         error.insert("message".into(), Value::String(message));
         error.insert("type".into(), Value::String(kind.into()));
-        match &self {
+        match self {
             Self::Duplicate { first_trace_id } => {
                 error.insert("trace_id".into(), json!(first_trace_id.to_string()));
             }
@@ -93,15 +128,51 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        let mut response = (status, axum::Json(json!({ "error": error }))).into_response();
-        if let Self::ApiRateLimited {
-            retry_after_seconds,
+        (status, json!({ "error": error }))
+    }
+
+    /// Seconds a client should wait before trying again, for the errors that say so.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::ApiRateLimited {
+                retry_after_seconds,
+            }
+            | Self::NumberRateLimited {
+                retry_after_seconds,
+            }
+            | Self::AuthRateLimited {
+                retry_after_seconds,
+            } => Some((*retry_after_seconds).max(1)),
+            Self::TooManyConnections => Some(1),
+            _ => None,
         }
-        | Self::NumberRateLimited {
-            retry_after_seconds,
-        } = self
-        {
-            if let Ok(v) = HeaderValue::from_str(&retry_after_seconds.max(1).to_string()) {
+    }
+
+    /// The whole HTTP/1.1 response, for the connection-level answers written before (or
+    /// instead of) the HTTP stack: the connection is closed after it.
+    pub fn raw_response(&self) -> Vec<u8> {
+        let (status, body) = self.status_and_body();
+        let body = body.to_string();
+        let retry = self
+            .retry_after()
+            .map(|s| format!("retry-after: {s}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{retry}connection: close\r\n\r\n{body}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        )
+        .into_bytes()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.status_and_body();
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after() {
+            if let Ok(v) = HeaderValue::from_str(&seconds.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
             }
         }

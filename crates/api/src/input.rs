@@ -2,15 +2,24 @@
 //! strings and pagination. Every rejection becomes the contract's error, never axum's plain text.
 
 use crate::error::ApiError;
-use axum::body::{to_bytes, Body};
-use axum::http::{header, HeaderMap};
+use axum::body::{to_bytes, Body, Bytes};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use domain::store::Page;
 use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 /// Bodies over this are refused with 413 before they are parsed.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
+pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -18,17 +27,336 @@ pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<axum::body::By
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(ApiError::TooLarge);
     }
-    // Without a length (chunked) the limit is enforced while reading; failing to read a body
-    // within the limit is the only error a well-behaved client can provoke here.
+    // Without a length (chunked) the limit is enforced while reading.
     to_bytes(body, MAX_BODY_BYTES)
         .await
-        .map_err(|_| ApiError::TooLarge)
+        .map_err(|e| body_error(&e))
 }
 
-/// A JSON object, or the contract's `invalid JSON body`.
+/// What went wrong reading a body: over the limit, too slow, or cut off.
+pub fn body_error(e: &(dyn std::error::Error + 'static)) -> ApiError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cause {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return ApiError::TooLarge;
+        }
+        if err.is::<BodyDeadline>() || err.is::<tower_http::timeout::TimeoutError>() {
+            return ApiError::BodyTimeout;
+        }
+        cause = err.source();
+    }
+    ApiError::IncompleteBody
+}
+
+/// The whole-body deadline passed.
+#[derive(Debug, thiserror::Error)]
+#[error("request body deadline passed")]
+pub struct BodyDeadline;
+
+/// A request body that must arrive whole by a deadline.
+struct DeadlineBody {
+    inner: Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(BodyDeadline)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Middleware: every body but a multipart upload (which streams up to its own, much larger
+/// limit under the idle deadline alone) must arrive whole within `limit`, so a client sending
+/// a byte now and then cannot hold a connection and a request slot indefinitely.
+pub async fn body_deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    let multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            t.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/")
+        });
+    if multipart {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let body = Body::new(DeadlineBody {
+        inner: body,
+        deadline: Box::pin(tokio::time::sleep(limit)),
+    });
+    next.run(Request::from_parts(parts, body)).await
+}
+
+/// The query parameters each documented `/v1` operation declares, from the OpenAPI document,
+/// so the document and the parameters accepted cannot disagree.
+pub struct QueryPolicy {
+    allowed: HashMap<(String, Method), Vec<String>>,
+}
+
+impl QueryPolicy {
+    pub fn from_openapi(doc: &utoipa::openapi::OpenApi) -> Self {
+        use utoipa::openapi::path::ParameterIn;
+        let mut allowed = HashMap::new();
+        for (path, item) in &doc.paths.paths {
+            let operations = [
+                (Method::GET, &item.get),
+                (Method::POST, &item.post),
+                (Method::PUT, &item.put),
+                (Method::PATCH, &item.patch),
+                (Method::DELETE, &item.delete),
+            ];
+            for (method, op) in operations {
+                let Some(op) = op else { continue };
+                let names = op
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .filter(|p| matches!(p.parameter_in, ParameterIn::Query))
+                    .map(|p| p.name.clone())
+                    .collect();
+                allowed.insert((path.clone(), method), names);
+            }
+        }
+        Self { allowed }
+    }
+
+    /// `invalid <name>` for a parameter the operation does not declare, or a value with control
+    /// characters; `None` when the operation is not a documented `/v1` one.
+    fn check(&self, path: &str, method: &Method, query: Option<&str>) -> Result<(), ApiError> {
+        if !path.starts_with("/v1/") {
+            return Ok(());
+        }
+        let Some(allowed) = self.allowed.get(&(path.to_string(), method.clone())) else {
+            return Ok(());
+        };
+        for (name, value) in query_pairs(query) {
+            if !clean_text(&name, false) {
+                return Err(ApiError::invalid("query"));
+            }
+            if !allowed.contains(&name) || !clean_text(&value, false) {
+                return Err(ApiError::invalid(&name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Route middleware: refuses what [`QueryPolicy::check`] refuses. A misspelt filter must not
+/// silently list everything.
+pub async fn query_policy(
+    State(policy): State<Arc<QueryPolicy>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(path) = req.extensions().get::<MatchedPath>() {
+        if let Err(e) = policy.check(path.as_str(), req.method(), req.uri().query()) {
+            return e.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Path parameters, like axum's `Path`, but a value that cannot be read (not UTF-8 once
+/// percent-decoded, or not of the parameter's type) answers the contract's `invalid <name>`.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for ApiPath<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        use axum::extract::path::ErrorKind;
+        use axum::extract::rejection::PathRejection;
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Self(value)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => Err(match e.kind() {
+                ErrorKind::InvalidUtf8InPathParam { key }
+                | ErrorKind::ParseErrorAtKey { key, .. } => ApiError::invalid(key),
+                _ => ApiError::invalid("path"),
+            }),
+            Err(other) => Err(ApiError::Internal(format!("path parameters: {other}"))),
+        }
+    }
+}
+
+/// Deepest nesting of arrays and objects a request body may have. The deepest field a request
+/// carries (`retry_context.collected_data`) is copied a few levels down into webhook envelopes,
+/// which must still parse when delivered (serde_json stops at 128 levels): well within that.
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// Fields whose text may span lines (tabs and line breaks allowed); every other string, and
+/// every object key, is single-line. Anything inside one of them inherits its freedom.
+const MULTILINE_FIELDS: [&str; 9] = [
+    "metadata",
+    "first_message",
+    "say",
+    "prompt",
+    "description",
+    "retry_message",
+    "retry_initial_message",
+    "value",
+    "collected_data",
+];
+
+/// Whether `text` is acceptable where the policy allows line breaks (`multiline`) or not.
+/// Control characters never are (NUL cannot be stored by PostgreSQL, and CR/LF must never reach
+/// a SIP or HTTP header); tab, CR and LF are text in multi-line fields.
+pub fn clean_text(text: &str, multiline: bool) -> bool {
+    text.chars()
+        .all(|c| !c.is_control() || (multiline && matches!(c, '\t' | '\n' | '\r')))
+}
+
+/// Where the input policy was broken, and in which top-level field.
+#[derive(Default)]
+struct Offence {
+    field: std::cell::RefCell<Option<String>>,
+    found: std::cell::Cell<bool>,
+}
+
+impl Offence {
+    fn raise<E: serde::de::Error>(&self) -> E {
+        self.found.set(true);
+        E::custom("input policy")
+    }
+}
+
+/// One JSON value parsed under the input policy: no duplicate keys (the last-wins reading of
+/// `{"agent_id": 999, "agent_id": 1}` would act on a value the client may not have meant), no
+/// nesting beyond [`MAX_JSON_DEPTH`], no control characters outside multi-line text.
+#[derive(Clone, Copy)]
+struct Strict<'a> {
+    offence: &'a Offence,
+    depth: usize,
+    multiline: bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Value, E> {
+        if clean_text(v, self.multiline) {
+            Ok(Value::String(v.to_owned()))
+        } else {
+            Err(self.offence.raise())
+        }
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Value, E> {
+        if clean_text(&v, self.multiline) {
+            Ok(Value::String(v))
+        } else {
+            Err(self.offence.raise())
+        }
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let inner = self.nested()?;
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(inner)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let inner = self.nested()?;
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if self.depth == 0 {
+                *self.offence.field.borrow_mut() = Some(key.clone());
+            }
+            if !clean_text(&key, false) || object.contains_key(&key) {
+                return Err(self.offence.raise());
+            }
+            let seed = Strict {
+                multiline: inner.multiline || MULTILINE_FIELDS.contains(&key.as_str()),
+                ..inner
+            };
+            let value = map.next_value_seed(seed)?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+impl Strict<'_> {
+    fn nested<E: serde::de::Error>(self) -> Result<Self, E> {
+        if self.depth >= MAX_JSON_DEPTH {
+            return Err(self.offence.raise());
+        }
+        Ok(Self {
+            depth: self.depth + 1,
+            ..self
+        })
+    }
+}
+
+/// A JSON object under the input policy: `invalid JSON body` when it is not JSON or not an
+/// object, `invalid <field>` naming the top-level field that breaks the policy.
 pub fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    match serde_json::from_slice::<Value>(bytes) {
+    use serde::de::DeserializeSeed;
+    let offence = Offence::default();
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let seed = Strict {
+        offence: &offence,
+        depth: 0,
+        multiline: false,
+    };
+    let parsed = seed.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+    match parsed {
         Ok(Value::Object(m)) => Ok(m),
+        Err(_) if offence.found.get() => match offence.field.take() {
+            Some(field) => Err(ApiError::invalid(&field)),
+            None => Err(ApiError::Invalid("invalid JSON body".into())),
+        },
         _ => Err(ApiError::Invalid("invalid JSON body".into())),
     }
 }

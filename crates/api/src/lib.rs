@@ -6,6 +6,7 @@ pub mod error;
 pub mod input;
 pub mod openapi;
 pub mod routes;
+pub mod server;
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::{self, Next};
@@ -40,6 +41,11 @@ pub struct ApiConfig {
     /// How long a key found in the database is trusted without reading it again (so how long a
     /// revocation takes to reach every node); zero reads the database on every request.
     pub key_cache_ttl: std::time::Duration,
+    /// Requests without a valid key one client address may make per minute before it is
+    /// answered 429 without a database read; 0 = no budget.
+    pub failed_auth_per_ip_per_minute: u32,
+    /// Connection caps and read deadlines of the listener.
+    pub http: server::HttpLimits,
 }
 
 impl Default for ApiConfig {
@@ -51,6 +57,8 @@ impl Default for ApiConfig {
             key_cache_ttl: std::time::Duration::from_secs(2),
             webhook_wake: Arc::new(tokio::sync::Notify::new()),
             batch_limits: Default::default(),
+            failed_auth_per_ip_per_minute: 120,
+            http: Default::default(),
         }
     }
 }
@@ -61,6 +69,7 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     pub api_limiter: Arc<auth::ApiRateLimiter>,
     pub key_cache: Arc<auth::KeyCache>,
+    pub auth_failures: Arc<auth::FailedAuthBudget>,
     pub metrics: PrometheusHandle,
     /// Poked after a call due now is accepted, so the local dispatcher dials it at once.
     pub dispatch_wake: Option<Arc<tokio::sync::Notify>>,
@@ -102,6 +111,9 @@ impl AppState {
             store,
             api_limiter: Arc::new(auth::ApiRateLimiter::new(config.api_rate_limit_per_minute)),
             key_cache: Arc::new(auth::KeyCache::new(config.key_cache_ttl)),
+            auth_failures: Arc::new(auth::FailedAuthBudget::new(
+                config.failed_auth_per_ip_per_minute,
+            )),
             config: Arc::new(config),
             metrics: metrics_handle(),
             dispatch_wake: None,
@@ -114,9 +126,8 @@ impl AppState {
     }
 }
 
-/// Every documented route. With a state, `/v1` routes get the authentication layer; without one
-/// (for the document alone) they are built bare.
-fn api_routes(state: Option<&AppState>) -> OpenApiRouter<AppState> {
+/// Every documented route.
+fn api_routes() -> OpenApiRouter<AppState> {
     use routes::{agents, batches, calls, conversations, service, trunks, webhooks};
     // The upload streams up to its own (much larger) limit, checked by the handler itself.
     let batch_upload = OpenApiRouter::new()
@@ -159,13 +170,6 @@ fn api_routes(state: Option<&AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(batches::pause_batch))
         .routes(routes!(batches::resume_batch))
         .routes(routes!(batches::cancel_batch));
-    let v1 = match state {
-        Some(state) => v1.route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::authenticate,
-        )),
-        None => v1,
-    };
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(v1)
         .routes(routes!(service::healthz))
@@ -175,14 +179,18 @@ fn api_routes(state: Option<&AppState>) -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of everything [`router`] serves.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    api_routes(None).split_for_parts().1
+    api_routes().split_for_parts().1
 }
 
-/// The whole service.
+/// The whole service. Layers, outermost first: the trace id and request metrics; the panic
+/// catcher (so a panic answers the contract's 500 naming that trace id); the body deadline;
+/// authentication and the rate-limit headers for every `/v1` request, whatever route it
+/// matches (so a 404 or 405 is answered only to a caller with a key, with the headers); the
+/// query-parameter policy of the matched route.
 pub fn router(state: AppState) -> Router {
-    let (routes, doc) = api_routes(Some(&state)).split_for_parts();
+    let (routes, doc) = api_routes().split_for_parts();
+    let queries = Arc::new(input::QueryPolicy::from_openapi(&doc));
     let doc = Arc::new(doc);
-    // Authentication wraps /v1 only, so the service endpoints stay open for probes and scrapers.
     routes
         .route(
             "/openapi.json",
@@ -191,10 +199,48 @@ pub fn router(state: AppState) -> Router {
                 async move { axum::Json(doc.as_ref().clone()) }
             }),
         )
+        .route_layer(middleware::from_fn_with_state(queries, input::query_policy))
         .fallback(|| async { ApiError::NotFound("not found".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.config.http.body_read_timeout,
+            input::body_deadline,
+        ))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            state.config.http.body_idle_timeout,
+        ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .layer(middleware::from_fn(observe))
         .with_state(state)
+}
+
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let text = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    ApiError::Panicked(text).into_response()
+}
+
+/// HTTP method names as metric labels: the standard ones, everything else `other`, so junk
+/// methods cannot grow the metrics without bound.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// Every request: a trace id (task-local, so errors can name it), a tracing span carrying it,
@@ -206,7 +252,7 @@ async fn observe(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let span = tracing::info_span!("request", trace_id = %trace, %method, %route);
     let start = Instant::now();
     let response = REQUEST_TRACE

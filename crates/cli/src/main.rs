@@ -120,6 +120,40 @@ struct ServeArgs {
     #[arg(long, env = "OUTDIAL_BATCH_MAX_BYTES", default_value_t = domain::batch::BatchLimits::default().max_bytes,
         value_parser = clap::value_parser!(u64).range(1..))]
     batch_max_bytes: u64,
+    /// A request's headers must arrive within this many seconds; also how long an idle
+    /// keep-alive connection stays open.
+    #[arg(long, env = "OUTDIAL_HTTP_HEADER_TIMEOUT_SECONDS", default_value_t = 20,
+        value_parser = clap::value_parser!(u64).range(1..=3600))]
+    http_header_timeout_seconds: u64,
+    /// Longest pause, in seconds, between two pieces of a request body (uploads included).
+    #[arg(long, env = "OUTDIAL_HTTP_BODY_IDLE_TIMEOUT_SECONDS", default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3600))]
+    http_body_idle_timeout_seconds: u64,
+    /// A JSON request body (at most 64 KiB) must arrive whole within this many seconds.
+    #[arg(long, env = "OUTDIAL_HTTP_BODY_TIMEOUT_SECONDS", default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3600))]
+    http_body_timeout_seconds: u64,
+    /// Open HTTP connections served at once; past it new ones get 503 (default: three quarters
+    /// of the process's open-file limit, at most 16384).
+    #[arg(long, env = "OUTDIAL_HTTP_MAX_CONNECTIONS",
+        value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    http_max_connections: Option<u64>,
+    /// Open HTTP connections from one client address (0 = no per-address cap; behind a
+    /// reverse proxy every connection comes from its address).
+    #[arg(
+        long,
+        env = "OUTDIAL_HTTP_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 256
+    )]
+    http_max_connections_per_ip: usize,
+    /// Requests without a valid key one client address may make per minute before it is
+    /// answered 429 without a database read (0 = no budget).
+    #[arg(
+        long,
+        env = "OUTDIAL_FAILED_AUTH_PER_IP_PER_MINUTE",
+        default_value_t = 120
+    )]
+    failed_auth_per_ip_per_minute: u32,
     /// Most recipients (data rows) in one batch file.
     #[arg(long, env = "OUTDIAL_BATCH_MAX_ROWS", default_value_t = domain::batch::BatchLimits::default().max_rows,
         value_parser = parse_max_rows)]
@@ -132,6 +166,31 @@ fn parse_max_rows(s: &str) -> Result<usize> {
         bail!("must be at least 1");
     }
     Ok(n)
+}
+
+/// Raises the open-file limit to its hard maximum (a server holds a descriptor per connection,
+/// call leg and database connection) and returns the limit in force.
+fn raise_open_files() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by reference.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    limit.rlim_cur
 }
 
 fn rtp_range(s: &str) -> Result<std::ops::RangeInclusive<u16>> {
@@ -205,7 +264,25 @@ fn database_url(db: &DbArgs) -> Result<String> {
     }
     std::fs::create_dir_all(&db.data_dir)
         .with_context(|| format!("creating data dir {}", db.data_dir.display()))?;
+    private_data_dir(&db.data_dir)?;
     Ok(format!("sqlite://{}/outdial.db", db.data_dir.display()))
+}
+
+/// The data dir holds credentials (trunk passwords, webhook secrets, llm keys) and recordings
+/// of people: only the service's user may read it. New files are private by the umask set in
+/// `main`; this also closes up a dir and database made by an older version.
+fn private_data_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private", dir.display()))?;
+    for name in ["outdial.db", "outdial.db-wal", "outdial.db-shm"] {
+        let file = dir.join(name);
+        if file.exists() {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("making {} private", file.display()))?;
+        }
+    }
+    Ok(())
 }
 
 async fn open_store(db: &DbArgs, opts: StoreOptions) -> Result<SqlStore> {
@@ -221,6 +298,11 @@ fn print(value: serde_json::Value) {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // Everything the service writes (database, recordings) is readable by its user only.
+    // SAFETY: umask only sets the process's file-creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_env("OUTDIAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -249,6 +331,19 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
     )
     .await?;
     let store = Arc::new(store);
+    let open_files = raise_open_files();
+    // A quarter of the descriptors stay for call legs, the database and files.
+    let max_connections = args
+        .http_max_connections
+        .unwrap_or_else(|| (open_files / 4 * 3).clamp(64, 16_384));
+    let http_limits = api::server::HttpLimits {
+        header_read_timeout: std::time::Duration::from_secs(args.http_header_timeout_seconds),
+        body_idle_timeout: std::time::Duration::from_secs(args.http_body_idle_timeout_seconds),
+        body_read_timeout: std::time::Duration::from_secs(args.http_body_timeout_seconds),
+        max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+        max_connections_per_ip: args.http_max_connections_per_ip,
+        ..Default::default()
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -340,6 +435,8 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
             max_rows: args.batch_max_rows,
         },
         key_cache_ttl: std::time::Duration::from_millis(args.key_cache_ms),
+        failed_auth_per_ip_per_minute: args.failed_auth_per_ip_per_minute,
+        http: http_limits.clone(),
     };
     let (stop_webhooks, webhooks_stopped) = tokio::sync::oneshot::channel::<()>();
     let webhook_task = tokio::spawn(async move {
@@ -352,9 +449,8 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
     let app = api::router(
         api::AppState::new(store.clone(), config).with_dispatch_wake(dispatcher.waker()),
     );
-    tracing::info!(%addr, sip = %sip_addr, backend = ?store.backend(), "outdial listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+    tracing::info!(%addr, sip = %sip_addr, backend = ?store.backend(), max_connections, "outdial listening");
+    api::server::serve(listener, app, http_limits, shutdown_signal())
         .await
         .context("serving")?;
     // Stop claiming; calls already live keep their leases until the process exits, then

@@ -2,10 +2,11 @@
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
+use crate::input::ApiPath;
 use crate::input::{page, positive_id, query_pairs, read_json_object};
 use crate::AppState;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::{Extension, Json};
 use domain::agent::{AgentConfig, AgentConfigError};
@@ -96,7 +97,7 @@ pub async fn list_agents(
 pub async fn get_agent(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<AgentResponse>> {
     let agent = state
         .store
@@ -116,7 +117,7 @@ pub async fn get_agent(
 pub async fn update_agent(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<AgentResponse>> {
@@ -143,7 +144,7 @@ pub async fn update_agent(
 pub async fn delete_agent(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let id = agent_id(&id)?;
     if !state

@@ -3,11 +3,12 @@
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
+use crate::input::ApiPath;
 use crate::input::{page, positive_id, query_pairs, query_value};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::multipart::{Field, MultipartRejection};
-use axum::extract::{Multipart, Path, RawQuery, State};
+use axum::extract::{Multipart, RawQuery, State};
 use axum::http::{header, HeaderMap};
 use axum::{Extension, Json};
 use domain::batch::{
@@ -426,7 +427,7 @@ pub async fn list_batches(
 pub async fn get_batch(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<BatchResponse>> {
     let b = load(&state, &caller, &id).await?;
     Ok(Json(BatchResponse { data: item(&b) }))
@@ -440,7 +441,7 @@ pub async fn get_batch(
 pub async fn get_batch_metrics(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<BatchMetricsResponse>> {
     let b = load(&state, &caller, &id).await?;
     Ok(Json(BatchMetricsResponse { data: metrics(&b) }))
@@ -478,7 +479,7 @@ async fn change(
 pub async fn pause_batch(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<BatchResponse>> {
     change(&state, &caller, &id, BatchAction::Pause).await
 }
@@ -491,7 +492,7 @@ pub async fn pause_batch(
 pub async fn resume_batch(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<BatchResponse>> {
     change(&state, &caller, &id, BatchAction::Resume).await
 }
@@ -504,7 +505,7 @@ pub async fn resume_batch(
 pub async fn cancel_batch(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<BatchResponse>> {
     change(&state, &caller, &id, BatchAction::Cancel).await
 }

@@ -2,9 +2,10 @@
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
+use crate::input::ApiPath;
 use crate::input::{page, positive_id, query_pairs, query_value};
 use crate::AppState;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -166,7 +167,7 @@ pub async fn list_conversations(
 pub async fn get_conversation(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<ConversationResponse>> {
     let id = conversation_id(&id)?;
     let c = state
@@ -187,7 +188,7 @@ pub async fn get_conversation(
 pub async fn get_recording(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     let id = conversation_id(&id)?;
     let c = state
@@ -209,7 +210,7 @@ pub async fn get_recording(
 pub async fn cancel_conversation(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<ConversationResponse>> {
     let id = conversation_id(&id)?;
     match state

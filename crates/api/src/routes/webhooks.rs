@@ -3,12 +3,13 @@
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 
+use crate::input::ApiPath;
 use crate::input::{
     json_object, page, positive_id, query_pairs, query_value, read_body, reject_unknown,
 };
 use crate::AppState;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::{Extension, Json};
 use domain::webhooks::{
@@ -272,7 +273,7 @@ async fn read_optional_object(headers: &HeaderMap, body: Body) -> ApiResult<Map<
 pub async fn create_webhook_target(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(agent): Path<String>,
+    ApiPath(agent): ApiPath<String>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<WebhookTargetResponse>> {
@@ -344,7 +345,7 @@ pub async fn create_webhook_target(
 pub async fn list_webhook_targets(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(agent): Path<String>,
+    ApiPath(agent): ApiPath<String>,
 ) -> ApiResult<Json<WebhookTargetList>> {
     let agent = own_agent(&state, caller.tenant, &agent).await?;
     let targets = state
@@ -364,7 +365,7 @@ pub async fn list_webhook_targets(
 pub async fn get_webhook_target(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path((agent, id)): Path<(String, String)>,
+    ApiPath((agent, id)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<WebhookTargetResponse>> {
     let agent = own_agent(&state, caller.tenant, &agent).await?;
     let target = state
@@ -386,7 +387,7 @@ pub async fn get_webhook_target(
 pub async fn update_webhook_target(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path((agent, id)): Path<(String, String)>,
+    ApiPath((agent, id)): ApiPath<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<WebhookTargetResponse>> {
@@ -442,7 +443,7 @@ pub async fn update_webhook_target(
 pub async fn delete_webhook_target(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path((agent, id)): Path<(String, String)>,
+    ApiPath((agent, id)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let agent = own_agent(&state, caller.tenant, &agent).await?;
     let id = target_id(&id)?;
@@ -468,7 +469,7 @@ pub async fn delete_webhook_target(
 pub async fn rotate_webhook_secret(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path((agent, id)): Path<(String, String)>,
+    ApiPath((agent, id)): ApiPath<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<WebhookTargetResponse>> {
@@ -502,7 +503,7 @@ pub async fn rotate_webhook_secret(
 pub async fn test_webhook_target(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path((agent, id)): Path<(String, String)>,
+    ApiPath((agent, id)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<TestEventResponse>> {
     let agent = own_agent(&state, caller.tenant, &agent).await?;
     let target = target_id(&id)?;
@@ -582,7 +583,7 @@ pub async fn list_webhook_deliveries(
 pub async fn retry_webhook_delivery(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<DeliveryResponse>> {
     let id = positive_id(&id, "webhook_delivery_id")
         .map(DeliveryId)

@@ -207,11 +207,27 @@ async fn authentication_and_routing_errors_have_the_error_shape() {
         "not found",
     )
     .await;
+    // The key is checked before the method: a caller without one learns nothing of the routes.
     expect_error(
         c.delete(app.url("/v1/call")).send().await.unwrap(),
-        405,
-        "invalid_request",
-        "method not allowed",
+        401,
+        "authentication_error",
+        unauth,
+    )
+    .await;
+    let t2 = app.tenant("beta").await;
+    let r = c
+        .delete(app.url("/v1/call"))
+        .bearer_auth(&t2.key)
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 405, "invalid_request", "method not allowed").await;
+    expect_error(
+        app.get(&t2, "/v1/no-such-route").await,
+        404,
+        "not_found",
+        "not found",
     )
     .await;
 }
