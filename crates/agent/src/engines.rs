@@ -15,38 +15,45 @@ use domain::agent::{AgentConfig, Brain as BrainConfig};
 use domain::call::{Parameter, RetryContext};
 use std::sync::{Arc, OnceLock};
 
-/// The brain the agent's `brain` object names, for one call.
+/// The brain the agent's `brain` object names, for one call; an llm brain talks through the
+/// node's `llm` engine.
 pub fn brain_for(
     agent: &AgentConfig,
     parameters: &[Parameter],
     retry: Option<&RetryContext>,
+    llm: &LlmEngine,
 ) -> Box<dyn Brain> {
     match &agent.brain {
         BrainConfig::Flow => Box::new(FlowBrain::new(agent, parameters, retry)),
-        BrainConfig::Llm { .. } => {
-            let (options, client) = llm_defaults();
-            Box::new(LlmBrain::new(
-                agent,
-                parameters,
-                retry,
-                options.clone(),
-                client.clone(),
-            ))
-        }
+        BrainConfig::Llm { .. } => Box::new(LlmBrain::new(
+            agent,
+            parameters,
+            retry,
+            llm.options.clone(),
+            llm.client.clone(),
+        )),
     }
 }
 
-/// The node's llm settings and HTTP client (its connection pool is shared by every call).
-fn llm_defaults() -> &'static (LlmOptions, Result<reqwest::Client, String>) {
-    static LLM: OnceLock<(LlmOptions, Result<reqwest::Client, String>)> = OnceLock::new();
-    LLM.get_or_init(|| {
-        let options = LlmOptions::from_env().unwrap_or_else(|e| {
-            tracing::error!(error = %e, "bad llm setting; using the defaults");
-            LlmOptions::default()
-        });
+/// The node's llm settings and HTTP client, built once at start: the connection pool is shared
+/// by every call, and the client connects only where [`LlmOptions::endpoints`] allows.
+#[derive(Clone)]
+pub struct LlmEngine {
+    pub options: LlmOptions,
+    client: Result<reqwest::Client, String>,
+}
+
+impl LlmEngine {
+    pub fn new(options: LlmOptions) -> Self {
         let client = options.client().map_err(|e| e.to_string());
-        (options, client)
-    })
+        Self { options, client }
+    }
+}
+
+impl Default for LlmEngine {
+    fn default() -> Self {
+        Self::new(LlmOptions::default())
+    }
 }
 
 /// Engines an agent may name beyond the node's defaults.
@@ -193,12 +200,16 @@ mod tests {
     #[tokio::test]
     async fn the_agents_brain_object_picks_the_brain() {
         let flow = agent(json!({"name": "a", "stages": [{"id": "s", "say": "Hi?"}]}));
-        let mut b = brain_for(&flow, &[], None);
+        let mut b = brain_for(&flow, &[], None, &LlmEngine::default());
         assert_eq!(b.start().say, vec!["Hi?"]);
         // An llm agent whose endpoint refuses connections: the llm brain, saying its fallback.
         let llm = agent(json!({"name": "a", "stages": [{"id": "s", "say": "Hi?"}],
             "brain": {"type": "llm", "base_url": "http://127.0.0.1:9/v1", "model": "m"}}));
-        let mut b = brain_for(&llm, &[], None);
+        let loopback = LlmEngine::new(LlmOptions {
+            endpoints: webhooks::ModelEndpointPolicy::parse("127.0.0.0/8").unwrap(),
+            ..LlmOptions::default()
+        });
+        let mut b = brain_for(&llm, &[], None, &loopback);
         assert_eq!(b.start().say, vec!["Hi?"]);
         let r = b.hear("hello").await.unwrap();
         assert_eq!(r.say, vec![LlmOptions::default().retry_line]);

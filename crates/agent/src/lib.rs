@@ -23,7 +23,7 @@ pub use conversation::{
     converse, ConversationOutcome, EndedBy, Opening, Session, Timing, TurnTiming,
 };
 pub use deepgram::{Deepgram, DeepgramConfig};
-pub use engines::{brain_for, engines_for, EngineRegistry};
+pub use engines::{brain_for, engines_for, EngineRegistry, LlmEngine};
 pub use flow::FlowBrain;
 pub use llm::{LlmBrain, LlmOptions};
 pub use piper::{Piper, PiperConfig};

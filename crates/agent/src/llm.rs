@@ -37,6 +37,8 @@ pub struct LlmOptions {
     pub max_failures: u32,
     pub retry_line: String,
     pub goodbye_line: String,
+    /// Where model servers may be (the operator's networks besides public addresses).
+    pub endpoints: webhooks::ModelEndpointPolicy,
 }
 
 impl Default for LlmOptions {
@@ -51,6 +53,7 @@ impl Default for LlmOptions {
             retry_line: "Sorry, could you say that again?".into(),
             goodbye_line:
                 "I'm sorry, I'm having trouble on my side. We will call you back. Goodbye.".into(),
+            endpoints: Default::default(),
         }
     }
 }
@@ -62,11 +65,7 @@ pub struct LlmOptionsError(&'static str);
 impl LlmOptions {
     /// The defaults, overridden by `OUTDIAL_LLM_CONNECT_TIMEOUT_MS`,
     /// `OUTDIAL_LLM_RESPONSE_TIMEOUT_MS`, `OUTDIAL_LLM_IDLE_TIMEOUT_MS` and
-    /// `OUTDIAL_LLM_TURN_TIMEOUT_MS`.
-    pub fn from_env() -> Result<Self, LlmOptionsError> {
-        Self::from_lookup(|k| std::env::var(k).ok())
-    }
-
+    /// `OUTDIAL_LLM_TURN_TIMEOUT_MS` as `get` finds them (the binary passes the environment).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, LlmOptionsError> {
         let mut o = Self::default();
         let ms = |name: &'static str, slot: &mut Duration| -> Result<(), LlmOptionsError> {
@@ -87,10 +86,13 @@ impl LlmOptions {
 
     /// The HTTP client these options describe. Redirects are not followed: a chat endpoint
     /// that redirects is misconfigured, and following would resend the bearer token elsewhere.
+    /// Names resolve through the address guard, and no proxy connects on our behalf past it.
     pub fn client(&self) -> Result<reqwest::Client, BrainError> {
         reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(webhooks::guarded_resolver(self.endpoints.clone()))
             .build()
             .map_err(|e| BrainError::Connect(format!("HTTP client: {e}")))
     }
@@ -443,6 +445,13 @@ impl LlmBrain {
         if self.model.is_empty() {
             return Err(BrainError::Model("the agent has no llm endpoint".into()));
         }
+        // An IP-literal host is connected to without resolving, past the guarded resolver.
+        webhooks::guard::parse_target_url(&self.url)
+            .and_then(|url| {
+                use webhooks::AddressPolicy;
+                self.options.endpoints.check_literal_host(&url)
+            })
+            .map_err(|e| BrainError::Connect(format!("model server: {e}")))?;
         let mut req = client
             .post(&self.url)
             .header(reqwest::header::ACCEPT, "text/event-stream")

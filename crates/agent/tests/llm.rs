@@ -59,6 +59,8 @@ fn options() -> LlmOptions {
         response_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(5),
         turn_timeout: Duration::from_secs(10),
+        // The recorded server is on loopback, which the operator must allow.
+        endpoints: webhooks::ModelEndpointPolicy::parse("127.0.0.0/8").unwrap(),
         ..LlmOptions::default()
     }
 }
@@ -282,6 +284,31 @@ async fn http_errors_are_reported_and_the_agent_falls_back_then_hangs_up() {
     assert_eq!(h[h.len() - 1]["content"], defaults.goodbye_line);
     assert_eq!(h[h.len() - 2]["content"], "are you there?");
     assert_eq!(server.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn a_model_server_outside_the_allowed_networks_is_never_contacted() {
+    let server = serve(vec![Answer::Stream(fixture("promise_and_end.sse"))]).await;
+    // Public addresses only (the default): the loopback server, by address or by name.
+    let public_only = LlmOptions {
+        endpoints: Default::default(),
+        ..options()
+    };
+    let by_name = server.base_url.replace("127.0.0.1", "localhost");
+    for base_url in [server.base_url.clone(), by_name] {
+        let client = public_only.client().map_err(|e| e.to_string());
+        let mut b = LlmBrain::new(
+            &agent(&base_url),
+            &params(),
+            None,
+            public_only.clone(),
+            client,
+        );
+        b.start();
+        let err = b.respond("yes", None).await.unwrap_err();
+        assert!(matches!(err, BrainError::Connect(_)), "{base_url}: {err:?}");
+    }
+    assert!(server.requests().is_empty(), "nothing reached the server");
 }
 
 #[tokio::test]

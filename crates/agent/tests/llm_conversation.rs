@@ -8,8 +8,8 @@ mod llm_server;
 mod tone_tts;
 
 use agent::{
-    brain_for, converse, EndedBy, EspeakNg, Opening, Session, SpeechToText, SttError, TextToSpeech,
-    Timing,
+    brain_for, converse, EndedBy, EspeakNg, LlmEngine, Opening, Session, SpeechToText, SttError,
+    TextToSpeech, Timing,
 };
 use async_trait::async_trait;
 use domain::agent::AgentConfig;
@@ -56,7 +56,15 @@ async fn an_llm_agent_answers_records_the_result_and_hangs_up() {
     let opening = "Hello Rahul.";
     let session = Session {
         trace_id: "llm-test".into(),
-        brain: brain_for(&cfg, &params, None),
+        brain: brain_for(
+            &cfg,
+            &params,
+            None,
+            &LlmEngine::new(agent::LlmOptions {
+                endpoints: webhooks::ModelEndpointPolicy::parse("127.0.0.1").unwrap(),
+                ..Default::default()
+            }),
+        ),
         tts: Arc::new(ToneTts),
         stt: Arc::new(ScriptedStt("yes i can pay by friday")),
         voice: None,

@@ -224,13 +224,7 @@ const MULTILINE_FIELDS: [&str; 9] = [
     "collected_data",
 ];
 
-/// Whether `text` is acceptable where the policy allows line breaks (`multiline`) or not.
-/// Control characters never are (NUL cannot be stored by PostgreSQL, and CR/LF must never reach
-/// a SIP or HTTP header); tab, CR and LF are text in multi-line fields.
-pub fn clean_text(text: &str, multiline: bool) -> bool {
-    text.chars()
-        .all(|c| !c.is_control() || (multiline && matches!(c, '\t' | '\n' | '\r')))
-}
+pub use domain::text::is_clean as clean_text;
 
 /// Where the input policy was broken, and in which top-level field.
 #[derive(Default)]

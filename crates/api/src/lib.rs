@@ -44,6 +44,8 @@ pub struct ApiConfig {
     /// Requests without a valid key one client address may make per minute before it is
     /// answered 429 without a database read; 0 = no budget.
     pub failed_auth_per_ip_per_minute: u32,
+    /// Where agents' model servers may be (`brain.base_url`), besides public addresses.
+    pub llm_endpoints: webhooks::ModelEndpointPolicy,
     /// Connection caps and read deadlines of the listener.
     pub http: server::HttpLimits,
 }
@@ -58,6 +60,7 @@ impl Default for ApiConfig {
             webhook_wake: Arc::new(tokio::sync::Notify::new()),
             batch_limits: Default::default(),
             failed_auth_per_ip_per_minute: 120,
+            llm_endpoints: Default::default(),
             http: Default::default(),
         }
     }

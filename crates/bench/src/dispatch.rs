@@ -189,6 +189,7 @@ pub async fn run(args: Args) -> Result<()> {
             dispatch::Engines {
                 tts: Arc::new(agent::EspeakNg::default()),
                 stt: Arc::new(agent::PocketSphinx::default()),
+                llm: Default::default(),
             },
             CountryZones::default(),
             Arc::new(SystemClock),

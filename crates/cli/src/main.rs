@@ -154,6 +154,12 @@ struct ServeArgs {
         default_value_t = 120
     )]
     failed_auth_per_ip_per_minute: u32,
+    /// Non-public networks agents' model servers (the llm brain's `base_url`) may be in, as a
+    /// comma-separated CIDR list (e.g. `127.0.0.1/32,10.0.0.0/8`); public addresses are always
+    /// allowed and link-local (cloud metadata) addresses never.
+    #[arg(long, env = "OUTDIAL_LLM_ALLOWED_NETWORKS", default_value = "",
+        value_parser = |s: &str| webhooks::ModelEndpointPolicy::parse(s))]
+    llm_allowed_networks: webhooks::ModelEndpointPolicy,
     /// Most recipients (data rows) in one batch file.
     #[arg(long, env = "OUTDIAL_BATCH_MAX_ROWS", default_value_t = domain::batch::BatchLimits::default().max_rows,
         value_parser = parse_max_rows)]
@@ -399,9 +405,14 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
     if let Err(e) = stt.warm_up().await {
         tracing::warn!(error = %e, "speech-to-text is not available: agents will not hear callees");
     }
+    let llm = agent::LlmOptions {
+        endpoints: args.llm_allowed_networks.clone(),
+        ..agent::LlmOptions::from_lookup(|k| std::env::var(k).ok())?
+    };
     let engines = dispatch::Engines {
         tts: Arc::new(agent::EspeakNg::default()),
         stt,
+        llm: agent::LlmEngine::new(llm),
     };
     let dispatcher = dispatch::Dispatcher::new(
         store.clone(),
@@ -436,6 +447,7 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
         },
         key_cache_ttl: std::time::Duration::from_millis(args.key_cache_ms),
         failed_auth_per_ip_per_minute: args.failed_auth_per_ip_per_minute,
+        llm_endpoints: args.llm_allowed_networks.clone(),
         http: http_limits.clone(),
     };
     let (stop_webhooks, webhooks_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -156,6 +156,7 @@ async fn a_2000_row_batch_dials_each_recipient_once_per_attempt_and_adds_up() {
         Engines {
             tts: Arc::new(agent::EspeakNg::default()),
             stt: Arc::new(agent::PocketSphinx::default()),
+            llm: Default::default(),
         },
         CountryZones::default(),
         Arc::new(SystemClock),

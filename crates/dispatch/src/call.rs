@@ -130,6 +130,7 @@ impl Dispatcher {
                             agent,
                             &call.parameters,
                             call.retry_context.as_ref(),
+                            &self.engines.llm,
                         ),
                         tts: call_tts.clone(),
                         stt: call_stt.clone(),

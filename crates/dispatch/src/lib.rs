@@ -71,6 +71,8 @@ impl Default for DispatchConfig {
 pub struct Engines {
     pub tts: Arc<dyn agent::TextToSpeech>,
     pub stt: Arc<dyn agent::SpeechToText>,
+    /// The llm brain's settings and client, for agents whose brain is `llm`.
+    pub llm: agent::LlmEngine,
 }
 
 pub struct Dispatcher {

@@ -106,6 +106,7 @@ fn tts() -> Engines {
     Engines {
         tts: Arc::new(agent::EspeakNg::default()),
         stt: Arc::new(agent::PocketSphinx::default()),
+        llm: Default::default(),
     }
 }
 

@@ -60,6 +60,9 @@ pub enum CsvError {
     WrongFieldCount(usize),
     #[error("value too long on row {0}")]
     ValueTooLong(usize),
+    /// A control character (NUL, escape, ...) in a value; line breaks and tabs are text.
+    #[error("invalid character on row {0}")]
+    ControlCharacter(usize),
     #[error("file is not valid CSV on row {0}")]
     Malformed(usize),
 }
@@ -137,7 +140,11 @@ pub fn parse_recipients<R: Read>(input: R, max_rows: usize) -> Result<Recipients
         let name = std::str::from_utf8(raw).map_err(|_| CsvError::NotUtf8)?;
         // A BOM the reader left in place would hide the first column's name.
         let name = name.trim_start_matches('\u{feff}').trim();
-        if name.is_empty() || name.chars().count() > MAX_PARAMETER_NAME || !seen.insert(name) {
+        if name.is_empty()
+            || name.chars().count() > MAX_PARAMETER_NAME
+            || !crate::text::is_clean(name, false)
+            || !seen.insert(name)
+        {
             return Err(CsvError::InvalidHeader);
         }
         if name == "customer_phone" {
@@ -185,6 +192,9 @@ pub fn parse_recipients<R: Read>(input: R, max_rows: usize) -> Result<Recipients
             let value = std::str::from_utf8(raw).map_err(|_| CsvError::InvalidUtf8(row))?;
             if value.chars().count() > MAX_PARAMETER_VALUE {
                 return Err(CsvError::ValueTooLong(row));
+            }
+            if !crate::text::is_clean(value, true) {
+                return Err(CsvError::ControlCharacter(row));
             }
             out.arena.push_str(value);
             let end = u32::try_from(out.arena.len()).map_err(|_| CsvError::TooManyRows(row))?;

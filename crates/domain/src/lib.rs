@@ -11,6 +11,7 @@ pub mod phone;
 pub mod store;
 pub mod telephony;
 pub mod tenant;
+pub mod text;
 pub mod time;
 pub mod webhooks;
 

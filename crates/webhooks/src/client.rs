@@ -11,7 +11,7 @@ use reqwest::header::CONTENT_TYPE;
 use reqwest::redirect;
 
 use crate::event::{EventId, EventType};
-use crate::guard::{parse_target_url, UrlError, UrlPolicy};
+use crate::guard::{parse_target_url, AddressPolicy, UrlError, UrlPolicy};
 use crate::secret::WebhookSecret;
 use crate::sign::signature_headers;
 
@@ -106,22 +106,30 @@ pub struct Delivery<'a> {
     pub secrets: &'a [&'a WebhookSecret],
 }
 
-/// Resolves names through the system resolver and drops every address the policy forbids, so
-/// the client can only ever connect to permitted addresses, whatever DNS answers at delivery.
-struct GuardedResolver {
-    policy: UrlPolicy,
+/// A resolver for reqwest that resolves names through the system resolver and drops every
+/// address `policy` forbids, so a client built with it can only ever connect to permitted
+/// addresses, whatever DNS answers at connection time.
+pub fn guarded_resolver<P: AddressPolicy>(policy: P) -> Arc<GuardedResolver<P>> {
+    Arc::new(GuardedResolver {
+        policy: Arc::new(policy),
+    })
 }
 
-impl Resolve for GuardedResolver {
+/// See [`guarded_resolver`].
+pub struct GuardedResolver<P> {
+    policy: Arc<P>,
+}
+
+impl<P: AddressPolicy> Resolve for GuardedResolver<P> {
     fn resolve(&self, name: Name) -> Resolving {
-        let policy = self.policy;
+        let policy = self.policy.clone();
         Box::pin(async move {
             let host = name.as_str();
             let resolved = tokio::net::lookup_host((host, 0)).await?;
             let permitted: Vec<SocketAddr> =
                 resolved.filter(|addr| policy.permits(addr.ip())).collect();
             if permitted.is_empty() {
-                tracing::warn!(host, "webhook host resolves only to forbidden addresses");
+                tracing::warn!(host, "host resolves only to forbidden addresses");
                 return Err(Box::new(UrlError::NotAllowed) as Box<dyn StdError + Send + Sync>);
             }
             let addrs: Addrs = Box::new(permitted.into_iter());
@@ -145,9 +153,7 @@ impl DeliveryClient {
         let http = reqwest::Client::builder()
             .redirect(redirect::Policy::none())
             .no_proxy()
-            .dns_resolver(Arc::new(GuardedResolver {
-                policy: config.policy,
-            }))
+            .dns_resolver(guarded_resolver(config.policy))
             .timeout(config.timeout)
             .user_agent(concat!("outdial-webhooks/", env!("CARGO_PKG_VERSION")))
             .build()

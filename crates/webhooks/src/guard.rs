@@ -76,31 +76,58 @@ impl UrlPolicy {
         self.allow_private || is_public(ip)
     }
 
+    /// Creation-time check: see [`AddressPolicy::validate`].
+    pub async fn validate(self, raw: &str) -> Result<Url, UrlError> {
+        AddressPolicy::validate(&self, raw).await
+    }
+
+    /// See [`AddressPolicy::check_literal_host`].
+    pub fn check_literal_host(self, url: &Url) -> Result<(), UrlError> {
+        AddressPolicy::check_literal_host(&self, url)
+    }
+}
+
+impl AddressPolicy for UrlPolicy {
+    fn permits(&self, ip: IpAddr) -> bool {
+        UrlPolicy::permits(*self, ip)
+    }
+}
+
+/// Which addresses an outbound HTTP client of the service may connect to: webhook targets
+/// ([`UrlPolicy`]) and agents' model servers ([`ModelEndpointPolicy`]). The same check runs when
+/// a URL is accepted and on every connection (through [`crate::client::guarded_resolver`]), so
+/// a name that later resolves somewhere forbidden (DNS rebinding) is still refused.
+pub trait AddressPolicy: Send + Sync + 'static {
+    /// Whether a connection to `ip` is allowed.
+    fn permits(&self, ip: IpAddr) -> bool;
+
     /// Creation-time check: [`parse_target_url`], then every address the host resolves to
     /// must be permitted (a client may connect to any of them).
-    pub async fn validate(self, raw: &str) -> Result<Url, UrlError> {
-        let url = parse_target_url(raw)?;
-        let port = url.port_or_known_default().ok_or(UrlError::InvalidUrl)?;
-        let ips: Vec<IpAddr> = match url.host() {
-            Some(Host::Ipv4(ip)) => vec![IpAddr::V4(ip)],
-            Some(Host::Ipv6(ip)) => vec![IpAddr::V6(ip)],
-            Some(Host::Domain(name)) => resolve(name, port).await?,
-            None => return Err(UrlError::InvalidUrl),
-        };
-        if ips.iter().all(|ip| self.permits(*ip)) {
-            Ok(url)
-        } else {
-            tracing::debug!(
-                host = url.host_str(),
-                "webhook url resolves to a forbidden address"
-            );
-            Err(UrlError::NotAllowed)
+    fn validate(&self, raw: &str) -> impl std::future::Future<Output = Result<Url, UrlError>> + Send
+    where
+        Self: Sized,
+    {
+        async move {
+            let url = parse_target_url(raw)?;
+            let port = url.port_or_known_default().ok_or(UrlError::InvalidUrl)?;
+            let ips: Vec<IpAddr> = match url.host() {
+                Some(Host::Ipv4(ip)) => vec![IpAddr::V4(ip)],
+                Some(Host::Ipv6(ip)) => vec![IpAddr::V6(ip)],
+                Some(Host::Domain(name)) => resolve(name, port).await?,
+                None => return Err(UrlError::InvalidUrl),
+            };
+            if ips.iter().all(|ip| self.permits(*ip)) {
+                Ok(url)
+            } else {
+                tracing::debug!(host = url.host_str(), "url resolves to a forbidden address");
+                Err(UrlError::NotAllowed)
+            }
         }
     }
 
-    /// Checks a URL's host when it is an IP literal, which the HTTP client connects to without
+    /// Checks a URL's host when it is an IP literal, which an HTTP client connects to without
     /// resolving (and so without passing through the guarded resolver).
-    pub fn check_literal_host(self, url: &Url) -> Result<(), UrlError> {
+    fn check_literal_host(&self, url: &Url) -> Result<(), UrlError> {
         let ip = match url.host() {
             Some(Host::Ipv4(ip)) => IpAddr::V4(ip),
             Some(Host::Ipv6(ip)) => IpAddr::V6(ip),
@@ -112,6 +139,93 @@ impl UrlPolicy {
         } else {
             Err(UrlError::NotAllowed)
         }
+    }
+}
+
+/// A network in CIDR notation (`10.0.0.0/8`, `::1/128`; a bare address is one host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    prefix: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a network in CIDR notation: {0:?}")]
+/// A network that does not parse.
+pub struct CidrError(pub String);
+
+impl std::str::FromStr for Cidr {
+    type Err = CidrError;
+    fn from_str(s: &str) -> Result<Self, CidrError> {
+        let bad = || CidrError(s.to_owned());
+        let (addr, prefix) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p.parse::<u32>().map_err(|_| bad())?)),
+            None => (s.trim(), None),
+        };
+        let net: IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(Self { net, prefix })
+    }
+}
+
+impl Cidr {
+    /// Whether `ip` is in this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.net, canonical(ip)) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => in_v4(ip, net.octets(), self.prefix),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => in_v6(ip, net.segments(), self.prefix),
+            _ => false,
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Where an agent's model server (the llm brain's `base_url`) may be: any public address, and
+/// the networks the operator allows (a model on loopback or the LAN is a normal self-hosted
+/// set-up; a tenant cannot widen this). Link-local addresses, where cloud metadata services
+/// live, never, whatever the operator allows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelEndpointPolicy {
+    /// Non-public networks the operator allows model servers in.
+    pub allowed: Vec<Cidr>,
+}
+
+impl ModelEndpointPolicy {
+    /// A comma-separated list of networks (`127.0.0.1/32, 10.0.0.0/8`); empty = public only.
+    pub fn parse(list: &str) -> Result<Self, CidrError> {
+        let allowed = list
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        Ok(Self { allowed })
+    }
+}
+
+impl AddressPolicy for ModelEndpointPolicy {
+    fn permits(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        let link_local = match ip {
+            IpAddr::V4(v4) => in_v4(v4, [169, 254, 0, 0], 16),
+            IpAddr::V6(v6) => in_v6(v6, [0xfe80, 0, 0, 0, 0, 0, 0, 0], 10),
+        };
+        // fd00:ec2::254 is EC2's IPv6 metadata address; 100.100.100.200 Alibaba's.
+        let metadata = ip == IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254))
+            || ip == IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200));
+        !link_local
+            && !metadata
+            && (is_public(ip) || self.allowed.iter().any(|net| net.contains(ip)))
     }
 }
 
@@ -409,5 +523,39 @@ mod tests {
         assert_eq!(check("http://93.184.216.34/"), Ok(()));
         // Names are left to the guarded resolver.
         assert_eq!(check("http://localhost/"), Ok(()));
+    }
+
+    #[test]
+    fn model_endpoints_public_or_operator_allowed_never_link_local() {
+        let none = ModelEndpointPolicy::default();
+        assert!(none.permits(ip("8.8.8.8")));
+        for blocked in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.1.5",
+            "::1",
+            "169.254.169.254",
+        ] {
+            assert!(!none.permits(ip(blocked)), "{blocked}");
+        }
+        let lan =
+            ModelEndpointPolicy::parse("127.0.0.1, 10.0.0.0/8,169.254.0.0/16,fd00::/8").unwrap();
+        assert!(lan.permits(ip("127.0.0.1")));
+        assert!(lan.permits(ip("::ffff:10.9.9.9")), "mapped form");
+        assert!(!lan.permits(ip("127.0.0.2")), "a bare address is one host");
+        assert!(!lan.permits(ip("192.168.1.5")));
+        // Cloud metadata stays out even when the operator's list covers it.
+        for metadata in [
+            "169.254.169.254",
+            "::ffff:169.254.169.254",
+            "fd00:ec2::254",
+            "fe80::1",
+        ] {
+            assert!(!lan.permits(ip(metadata)), "{metadata}");
+        }
+        for bad in ["10.0.0.0/33", "nope", "::1/129", "10.0.0.0/x"] {
+            assert!(ModelEndpointPolicy::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(ModelEndpointPolicy::parse(" ").unwrap(), none);
     }
 }

@@ -21,9 +21,11 @@ pub mod sign;
 pub mod terminal;
 pub mod worker;
 
-pub use client::{AttemptOutcome, ClientConfig, Delivery, DeliveryClient, Verdict};
+pub use client::{
+    guarded_resolver, AttemptOutcome, ClientConfig, Delivery, DeliveryClient, Verdict,
+};
 pub use event::{Envelope, EventId, EventType};
-pub use guard::{UrlError, UrlPolicy};
+pub use guard::{AddressPolicy, ModelEndpointPolicy, UrlError, UrlPolicy};
 pub use schedule::RetrySchedule;
 pub use secret::{SecretSet, WebhookSecret};
 pub use sign::signature_headers;

@@ -46,6 +46,27 @@ fn agent_json(a: &Agent) -> Map<String, Value> {
     m
 }
 
+/// An llm agent's model server must be where the operator lets the node connect: public
+/// addresses, or the networks of `OUTDIAL_LLM_ALLOWED_NETWORKS`; never link-local (cloud
+/// metadata). The delivery-time guard checks again on every connection.
+async fn check_model_server(state: &AppState, config: &AgentConfig) -> Result<(), ApiError> {
+    use webhooks::AddressPolicy;
+    if let domain::agent::Brain::Llm { base_url, .. } = &config.brain {
+        state
+            .config
+            .llm_endpoints
+            .validate(base_url)
+            .await
+            .map_err(|e| match e {
+                webhooks::UrlError::InvalidUrl => ApiError::invalid("brain"),
+                webhooks::UrlError::NotAllowed => {
+                    ApiError::Invalid("brain.base_url not allowed".into())
+                }
+            })?;
+    }
+    Ok(())
+}
+
 fn agent_id(raw: &str) -> Result<AgentId, ApiError> {
     positive_id(raw, "agent_id")
         .map(AgentId)
@@ -64,6 +85,7 @@ pub async fn create_agent(
 ) -> ApiResult<Json<AgentResponse>> {
     let body = read_json_object(&headers, body).await?;
     let config = AgentConfig::from_json(&body)?;
+    check_model_server(&state, &config).await?;
     let agent = state
         .store
         .create_agent(caller.tenant, &config, Millis::now())
@@ -129,6 +151,7 @@ pub async fn update_agent(
         .await?
         .ok_or_else(|| ApiError::NotFound("agent not found".into()))?;
     let config = current.config.patched(&patch)?;
+    check_model_server(&state, &config).await?;
     let agent = state
         .store
         .update_agent(caller.tenant, id, &config, Millis::now())

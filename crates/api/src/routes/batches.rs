@@ -4,7 +4,7 @@
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::input::ApiPath;
-use crate::input::{page, positive_id, query_pairs, query_value};
+use crate::input::{clean_text, page, positive_id, query_pairs, query_value};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::multipart::{Field, MultipartRejection};
@@ -264,7 +264,10 @@ async fn read_text(mut field: Field<'_>, name: &str) -> Result<String, ApiError>
             return Err(ApiError::invalid(name));
         }
     }
-    String::from_utf8(bytes).map_err(|_| ApiError::invalid(name))
+    String::from_utf8(bytes)
+        .ok()
+        .filter(|text| clean_text(text, false))
+        .ok_or_else(|| ApiError::invalid(name))
 }
 
 #[derive(Default)]
@@ -272,7 +275,7 @@ struct Form {
     agent_id: Option<String>,
     name: Option<String>,
     scheduled_for: Option<String>,
-    file: Option<Result<Recipients, CsvError>>,
+    file: Option<Recipients>,
 }
 
 /// Create a batch from a CSV of recipients (`multipart/form-data`).
@@ -304,7 +307,12 @@ pub async fn create_batch(
                 if !is_csv(&field) {
                     return Err(ApiError::Invalid("file must be a .csv file".into()));
                 }
-                form.file = Some(read_file(field, limits).await?);
+                // A bad row decides the answer: the rest of the upload is not read (a client
+                // must not be able to stream without limit past the error).
+                let recipients = read_file(field, limits)
+                    .await?
+                    .map_err(|e| ApiError::Invalid(e.to_string()))?;
+                form.file = Some(recipients);
             }
             "agent_id" if form.agent_id.is_none() => {
                 form.agent_id = Some(read_text(field, "agent_id").await?)
@@ -342,8 +350,7 @@ pub async fn create_batch(
         .transpose()?;
     let recipients = form
         .file
-        .ok_or_else(|| ApiError::Invalid("file is required".into()))?
-        .map_err(|e| ApiError::Invalid(e.to_string()))?;
+        .ok_or_else(|| ApiError::Invalid("file is required".into()))?;
     let trace_id = crate::error::REQUEST_TRACE
         .try_with(|t| *t)
         .unwrap_or_else(|_| TraceId::new());

@@ -121,6 +121,21 @@ async fn agent_lifecycle_and_validation() {
     )
     .await;
 
+    // Cloud metadata is never a model server, whatever the operator allows.
+    expect_error(
+        app.post(
+            &t,
+            "/v1/agents",
+            &json!({"name": "x",
+            "brain": {"type": "llm", "base_url": "http://169.254.169.254/v1", "model": "m"}}),
+        )
+        .await,
+        400,
+        "invalid_request",
+        "brain.base_url not allowed",
+    )
+    .await;
+
     let created = body(app.post(&t, "/v1/agents", &json!({
         "name": "collections", "phone_number": "+918035739222",
         "stages": [{"id": "ask", "say": "Can you pay by Friday?", "routes": [{"when_any": ["yes"], "set": {"intent": "promise"}, "end": true}]}],
