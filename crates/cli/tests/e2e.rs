@@ -5,7 +5,7 @@ mod support;
 
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use support::{Api, Db, Service, Sipp};
+use support::{Api, Db, Receiver, Service, Sipp};
 
 fn rms(samples: &[i16]) -> f64 {
     (samples.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>() / samples.len().max(1) as f64)
@@ -155,54 +155,6 @@ async fn sigkill_mid_run(db: Db) {
         completed_numbers.iter().all(|n| invites.get(n) == Some(&1)),
         "{completed_numbers:?} {invites:?}"
     );
-}
-
-type Received = std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>>;
-
-/// A webhook receiver on loopback; the test checks both signatures with independent code.
-struct Receiver {
-    url: String,
-    got: Received,
-    /// While false the receiver answers 500 (and still records what it got).
-    healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Receiver {
-    async fn start() -> Self {
-        let got: Received = Default::default();
-        let sink = got.clone();
-        let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let up = healthy.clone();
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(
-                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-                    let sink = sink.clone();
-                    let up = up.clone();
-                    async move {
-                        sink.lock().unwrap().push((headers, body.to_vec()));
-                        if up.load(std::sync::atomic::Ordering::SeqCst) {
-                            axum::http::StatusCode::NO_CONTENT
-                        } else {
-                            axum::http::StatusCode::INTERNAL_SERVER_ERROR
-                        }
-                    }
-                },
-            ),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Receiver { url, got, healthy }
-    }
-
-    async fn wait_for(&self, n: usize, within: Duration) -> Vec<(axum::http::HeaderMap, Vec<u8>)> {
-        let deadline = Instant::now() + within;
-        while self.got.lock().unwrap().len() < n && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        self.got.lock().unwrap().clone()
-    }
 }
 
 fn verify(secret: &str, headers: &axum::http::HeaderMap, body: &[u8]) {

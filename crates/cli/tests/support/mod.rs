@@ -387,3 +387,55 @@ impl Api {
         }
     }
 }
+
+pub type Received = std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>>;
+
+/// A webhook receiver on loopback; the test checks both signatures with independent code.
+pub struct Receiver {
+    pub url: String,
+    pub got: Received,
+    /// While false the receiver answers 500 (and still records what it got).
+    pub healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let got: Received = Default::default();
+        let sink = got.clone();
+        let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let up = healthy.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    let sink = sink.clone();
+                    let up = up.clone();
+                    async move {
+                        sink.lock().unwrap().push((headers, body.to_vec()));
+                        if up.load(std::sync::atomic::Ordering::SeqCst) {
+                            axum::http::StatusCode::NO_CONTENT
+                        } else {
+                            axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                        }
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver { url, got, healthy }
+    }
+
+    pub async fn wait_for(
+        &self,
+        n: usize,
+        within: Duration,
+    ) -> Vec<(axum::http::HeaderMap, Vec<u8>)> {
+        let deadline = Instant::now() + within;
+        while self.got.lock().unwrap().len() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.got.lock().unwrap().clone()
+    }
+}
