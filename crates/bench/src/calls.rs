@@ -165,6 +165,7 @@ pub async fn run(args: Args) -> Result<()> {
         StoreOptions {
             max_write_batch: args.max_write_batch,
             max_connections: args.db_max_connections,
+            ..Default::default()
         },
         args.clients,
     )

@@ -41,6 +41,25 @@ struct DbArgs {
     /// `sqlite://...` or `postgres://...`; default: SQLite in the data dir.
     #[arg(long, env = "OUTDIAL_DATABASE_URL", global = true)]
     database_url: Option<String>,
+    /// Seals trunk passwords, webhook secrets and llm api keys in the database: 32 random bytes
+    /// in base64 (`openssl rand -base64 32`). Without it they are stored as given.
+    #[arg(
+        long,
+        env = "OUTDIAL_SECRET_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    secret_key: Option<String>,
+    /// Earlier secret keys, comma-separated: they only open what they sealed, until
+    /// `outdial secrets rotate` has re-sealed it with the current key.
+    #[arg(
+        long,
+        env = "OUTDIAL_SECRET_KEY_PREVIOUS",
+        global = true,
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    secret_key_previous: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -55,6 +74,17 @@ enum Command {
     Keys(KeyCommand),
     /// Batch calls on a running service, over its HTTP API: create, watch.
     Batch(batch::BatchArgs),
+    /// Stored credentials.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Re-seal every stored credential with the current `OUTDIAL_SECRET_KEY` (after changing
+    /// the key, with the old one in `OUTDIAL_SECRET_KEY_PREVIOUS`; or to seal what was stored
+    /// before a key was set). Prints how many were rewritten.
+    Rotate,
 }
 
 #[derive(Args)]
@@ -293,6 +323,12 @@ fn private_data_dir(dir: &std::path::Path) -> Result<()> {
 
 async fn open_store(db: &DbArgs, opts: StoreOptions) -> Result<SqlStore> {
     let url = database_url(db)?;
+    let secrets = store::secrets::SecretBox::new(db.secret_key.as_deref(), &db.secret_key_previous)
+        .context("OUTDIAL_SECRET_KEY / OUTDIAL_SECRET_KEY_PREVIOUS")?;
+    let opts = StoreOptions {
+        secrets: Arc::new(secrets),
+        ..opts
+    };
     SqlStore::connect(&url, opts)
         .await
         .context("opening the database")
@@ -324,6 +360,16 @@ async fn main() -> Result<()> {
         Command::Tenants(cmd) => tenants(&cli.db, cmd).await,
         Command::Keys(cmd) => keys(&cli.db, cmd).await,
         Command::Batch(args) => batch::run(args).await,
+        Command::Secrets(SecretsCommand::Rotate) => {
+            if cli.db.secret_key.is_none() {
+                bail!("OUTDIAL_SECRET_KEY is not set: there is no key to seal with");
+            }
+            let store = open_store(&cli.db, StoreOptions::default()).await?;
+            let rewritten = store.reseal_secrets().await?;
+            store.close().await;
+            print(json!({"resealed": rewritten}));
+            Ok(())
+        }
     }
 }
 
@@ -333,6 +379,7 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
         StoreOptions {
             max_connections: args.db_max_connections,
             max_write_batch: args.db_max_write_batch,
+            ..Default::default()
         },
     )
     .await?;

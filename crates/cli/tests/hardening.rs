@@ -792,3 +792,171 @@ async fn rate_limit_headers_on_every_authenticated_answer() {
         .unwrap();
     expect(r, 401, "invalid or missing api key").await;
 }
+
+const KEY_1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+const KEY_2: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
+
+/// One stored credential per kind, read straight from the database.
+fn stored_secrets(data: &std::path::Path, db: &Db) -> Vec<String> {
+    let queries = [
+        "SELECT password FROM trunks WHERE password IS NOT NULL",
+        "SELECT secret FROM webhook_targets",
+        "SELECT config FROM agents WHERE config LIKE '%api_key%'",
+    ];
+    queries
+        .iter()
+        .map(|q| {
+            let out = match &db.0 {
+                Some(url) => std::process::Command::new("psql")
+                    .args([url.as_str(), "-tAc", q])
+                    .output()
+                    .unwrap(),
+                None => std::process::Command::new("sqlite3")
+                    .arg(data.join("outdial.db"))
+                    .arg(q)
+                    .output()
+                    .unwrap(),
+            };
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+        .collect()
+}
+
+/// Finding 10, the credentials: with `OUTDIAL_SECRET_KEY` the database holds no trunk
+/// password, webhook secret or llm key in the clear, and the service still uses them (the
+/// trunk's digest challenge is answered, deliveries are signed with the secret); `outdial
+/// secrets rotate` re-seals them under a new key.
+async fn credentials_are_sealed_at_rest(db: Db) {
+    use hmac::Mac;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let mut tenant = Service::outdial(data);
+    if let Some(url) = &db.0 {
+        tenant.env("OUTDIAL_DATABASE_URL", url);
+    }
+    let out = tenant
+        .env("OUTDIAL_SECRET_KEY", KEY_1)
+        .args(["tenants", "create", "acme"])
+        .output()
+        .unwrap();
+    let key: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = Service::start_with(data, &db, &[("OUTDIAL_SECRET_KEY", KEY_1)]);
+    let api = Api::new(&s.base, key["api_key"].as_str().unwrap());
+    let scenario = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../sip/tests/scenarios/auth_401.xml");
+    let sipp = support::Sipp::run(&scenario, true, 1, 1000, data);
+    let trunk: Value = api
+        .post(
+            "/v1/trunks",
+            json!({"name": "pbx", "uri": format!("sip:127.0.0.1:{}", sipp.port),
+                   "username": "alice", "password": "secret"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let r = api
+        .post(
+            "/v1/phone-numbers",
+            json!({"number": "+918035739222", "trunk_id": trunk["data"]["trunk_id"]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let agent: Value = api
+        .post(
+            "/v1/agents",
+            json!({"name": "a", "phone_number": "+918035739222",
+                   "first_message": "Hello, this is a short reminder. Goodbye.",
+                   "max_duration_seconds": 10}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let agent = agent["data"]["agent_id"].as_i64().unwrap();
+    let llm = api
+        .post(
+            "/v1/agents",
+            json!({"name": "llm", "brain": {"type": "llm", "base_url": "http://8.8.8.8/v1",
+                   "model": "m", "api_key": "sk-live-7f3a9c"}}),
+        )
+        .await;
+    assert_eq!(llm.status(), 200);
+    let receiver = Receiver::start().await;
+    let hook_secret = "receiver-secret-4242";
+    let r = api
+        .post(
+            &format!("/v1/agents/{agent}/webhook-targets"),
+            json!({"name": "crm", "url": receiver.url, "secret": hook_secret}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+
+    let sealed = stored_secrets(data, &db);
+    for (value, plain) in sealed.iter().zip(["secret", hook_secret, "sk-live-7f3a9c"]) {
+        assert!(
+            !value.contains(plain),
+            "{plain} is stored in the clear: {value}"
+        );
+        assert!(value.contains("enc:v1:"), "{value}");
+    }
+
+    let location = api.call(agent, "+919876543210").await;
+    let done = api.wait_terminal(&location, Duration::from_secs(60)).await;
+    assert_eq!(
+        done["status"], "completed",
+        "the trunk's challenge was answered: {done}"
+    );
+    let got = receiver.wait_for(1, Duration::from_secs(20)).await;
+    let (headers, body) = &got[0];
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(hook_secret.as_bytes()).unwrap();
+    mac.update(body);
+    let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    assert_eq!(headers["x-formantai-signature"], expected.as_str());
+    drop(s);
+
+    let mut rotate = Service::outdial(data);
+    if let Some(url) = &db.0 {
+        rotate.env("OUTDIAL_DATABASE_URL", url);
+    }
+    let out = rotate
+        .env("OUTDIAL_SECRET_KEY", KEY_2)
+        .env("OUTDIAL_SECRET_KEY_PREVIOUS", KEY_1)
+        .args(["secrets", "rotate"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let resealed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(resealed["resealed"], 3);
+    let rotated = stored_secrets(data, &db);
+    for (before, after) in sealed.iter().zip(&rotated) {
+        assert_ne!(before, after);
+        assert!(after.contains("enc:v1:"), "{after}");
+    }
+    // The old key is no longer needed: the service starts and reads with the new one alone.
+    let s = Service::start_with(data, &db, &[("OUTDIAL_SECRET_KEY", KEY_2)]);
+    let api = Api::new(&s.base, &api.key);
+    let agents: Value = api.get_json("/v1/agents").await;
+    assert_eq!(agents["data"].as_array().unwrap().len(), 2, "{agents}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_are_sealed_at_rest_on_sqlite() {
+    credentials_are_sealed_at_rest(Db::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_are_sealed_at_rest_on_postgres() {
+    let (db, name) = Db::postgres();
+    credentials_are_sealed_at_rest(db).await;
+    drop_postgres(&name);
+}

@@ -354,7 +354,14 @@ impl DispatchStore for SqlStore {
                 .fetch_one(&self.write)
                 .await
                 .map_err(db_err)?;
-            due.push(due_call(&row)?);
+            let mut call = due_call(&row)?;
+            if let Some(t) = call.trunk.as_mut() {
+                t.target.password = self.open_opt(t.target.password.take())?;
+            }
+            if let Some(a) = call.agent_config.take() {
+                call.agent_config = Some(self.agent_key(a, false)?);
+            }
+            due.push(call);
         }
         due.sort_by_key(|d| d.due_at);
         Ok(due)

@@ -9,6 +9,7 @@ mod dispatch;
 mod manage;
 mod outbox;
 mod rows;
+pub mod secrets;
 mod sqlite_writer;
 mod webhooks;
 
@@ -38,6 +39,8 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// How many `POST /v1/call` transactions one SQLite commit may carry (group commit).
     pub max_write_batch: usize,
+    /// Seals trunk passwords, webhook secrets and llm api keys at rest (no key: stored as given).
+    pub secrets: std::sync::Arc<secrets::SecretBox>,
 }
 
 impl Default for StoreOptions {
@@ -45,6 +48,7 @@ impl Default for StoreOptions {
         Self {
             max_connections: 8,
             max_write_batch: 128,
+            secrets: Default::default(),
         }
     }
 }
@@ -57,6 +61,7 @@ pub struct SqlStore {
     /// means no SQLITE_BUSY and a natural point for group commit.
     write: AnyPool,
     call_writer: Option<sqlite_writer::Handle>,
+    secrets: std::sync::Arc<secrets::SecretBox>,
 }
 
 fn sqlite_pragmas(
@@ -161,6 +166,7 @@ impl SqlStore {
                     read: pool.clone(),
                     write: pool,
                     call_writer: None,
+                    secrets: opts.secrets.clone(),
                 }
             }
             Backend::Sqlite => {
@@ -209,6 +215,7 @@ impl SqlStore {
                     read,
                     write,
                     call_writer,
+                    secrets: opts.secrets.clone(),
                 }
             }
         };

@@ -212,7 +212,7 @@ impl SqlStore {
         .bind(t.name.as_str())
         .bind(t.uri.as_str())
         .bind(t.username.clone())
-        .bind(t.password.clone())
+        .bind(self.seal_opt(t.password.as_deref())?)
         .bind(t.max_concurrent_calls.map(i64::from))
         .bind(now.0)
         .fetch_one(&self.write)
@@ -224,7 +224,21 @@ impl SqlStore {
                 db_err(e).into()
             }
         })?;
-        Ok(trunk(&row)?)
+        Ok(self.opened_trunk(trunk(&row)?)?)
+    }
+
+    fn opened_trunk(&self, t: Trunk) -> Result<Trunk, StoreError> {
+        Ok(Trunk {
+            password: self.open_opt(t.password)?,
+            ..t
+        })
+    }
+
+    fn opened_agent(&self, a: Agent) -> Result<Agent, StoreError> {
+        Ok(Agent {
+            config: self.agent_key(a.config, false)?,
+            ..a
+        })
     }
 
     pub(crate) async fn trunks(&self, tenant: TenantId) -> Result<Vec<Trunk>, StoreError> {
@@ -234,7 +248,7 @@ impl SqlStore {
             .await
             .map_err(db_err)?
             .iter()
-            .map(trunk)
+            .map(|r| trunk(r).and_then(|t| self.opened_trunk(t)))
             .collect()
     }
 
@@ -297,8 +311,9 @@ impl SqlStore {
             .ok_or(ManageError::NotFound("phone number"))
     }
 
-    fn config_text(cfg: &AgentConfig) -> Result<String, StoreError> {
-        serde_json::to_string(&cfg.to_json()).map_err(|e| StoreError::Database(e.to_string()))
+    fn config_text(&self, cfg: &AgentConfig) -> Result<String, StoreError> {
+        let sealed = self.agent_key(cfg.clone(), true)?;
+        serde_json::to_string(&sealed.to_json()).map_err(|e| StoreError::Database(e.to_string()))
     }
 
     pub(crate) async fn insert_agent(
@@ -314,12 +329,12 @@ impl SqlStore {
         ))
         .bind(tenant.0)
         .bind(cfg.phone_number.as_ref().map(|n| n.to_string()))
-        .bind(Self::config_text(cfg)?)
+        .bind(self.config_text(cfg)?)
         .bind(now.0)
         .fetch_one(&self.write)
         .await
         .map_err(db_err)?;
-        Ok(agent(&row)?)
+        Ok(self.opened_agent(agent(&row)?)?)
     }
 
     pub(crate) async fn agent_row(
@@ -335,7 +350,7 @@ impl SqlStore {
         .fetch_optional(&self.read)
         .await
         .map_err(db_err)?
-        .map(|r| agent(&r))
+        .map(|r| agent(&r).and_then(|a| self.opened_agent(a)))
         .transpose()
     }
 
@@ -354,7 +369,7 @@ impl SqlStore {
         .await
         .map_err(db_err)?
         .iter()
-        .map(agent)
+        .map(|r| agent(r).and_then(|a| self.opened_agent(a)))
         .collect::<Result<Vec<_>, _>>()?;
         let row = sqlx::query(
             "SELECT COUNT(*) AS n FROM agents WHERE tenant_id = $1 AND deleted_at IS NULL",
@@ -383,7 +398,7 @@ impl SqlStore {
              WHERE tenant_id = $4 AND id = $5 AND deleted_at IS NULL RETURNING {AGENT_COLUMNS}"
         ))
         .bind(cfg.phone_number.as_ref().map(|n| n.to_string()))
-        .bind(Self::config_text(cfg)?)
+        .bind(self.config_text(cfg)?)
         .bind(now.0)
         .bind(tenant.0)
         .bind(id.0)
@@ -391,7 +406,7 @@ impl SqlStore {
         .await
         .map_err(db_err)?
         .ok_or(ManageError::NotFound("agent"))?;
-        Ok(agent(&row)?)
+        Ok(self.opened_agent(agent(&row)?)?)
     }
 
     /// Agents are retired, not erased: their conversations keep pointing at them.

@@ -455,7 +455,19 @@ impl SqlStore {
             .await
             .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
-        rows.iter().map(leased).collect()
+        rows.iter()
+            .map(|r| {
+                let d = leased(r)?;
+                Ok(LeasedDelivery {
+                    secret: self.open_opt(Some(d.secret))?.unwrap_or_default(),
+                    previous_secret: match d.previous_secret {
+                        Some((s, until)) => self.open_opt(Some(s))?.map(|s| (s, until)),
+                        None => None,
+                    },
+                    ..d
+                })
+            })
+            .collect()
     }
 
     /// Records attempts in a handful of multi-row statements instead of two per attempt: the

@@ -189,7 +189,7 @@ impl WebhookStore for SqlStore {
         .bind(agent.0)
         .bind(&new.name)
         .bind(&new.url)
-        .bind(&new.secret)
+        .bind(self.seal_opt(Some(&new.secret))?)
         .bind(events_json(&new.events)?)
         .bind(flag(new.include_transcript))
         .bind(flag(new.include_recording_url))
@@ -354,7 +354,7 @@ impl WebhookStore for SqlStore {
              RETURNING {TARGET_COLUMNS}"
         ))
         .bind(now.0.saturating_add(ROTATION_OVERLAP_MS))
-        .bind(secret)
+        .bind(self.seal_opt(Some(secret))?)
         .bind(now.0)
         .bind(tenant.0)
         .bind(agent.0)
