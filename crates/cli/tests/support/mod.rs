@@ -294,6 +294,14 @@ impl Drop for Sipp {
     }
 }
 
+/// A `POST /v1/call` body for `agent` scheduled a day ahead: accepted and stored, never dialled
+/// while a test runs.
+pub fn scheduled_call(agent: i64, phone: &str) -> Value {
+    let tomorrow = domain::Millis(domain::Millis::now().0 + 86_400_000);
+    json!({"agent_id": agent, "scheduled_for": tomorrow.to_rfc3339_millis(),
+        "parameters": [{"name": "customer_phone", "value": phone}]})
+}
+
 pub struct Api {
     pub base: String,
     pub key: String,
