@@ -236,35 +236,17 @@ impl Brain for FlowBrain {
 /// Clause breaks: negation does not reach across them ("not today, but yes I can pay").
 const CLAUSE_PUNCTUATION: &[char] = &['.', ',', ';', ':', '!', '?', '¿', '¡', '।', '॥', '…', '—'];
 
-/// Words that also end a clause: what follows stands on its own.
-const CLAUSE_WORDS: &[&str] = &["but", "though", "however", "लेकिन", "मगर", "पर"];
+/// Words that also end a clause: what follows stands on its own. Not "पर": it is also the
+/// postposition "on", and a clause break in the wrong place would free a negated phrase.
+const CLAUSE_WORDS: &[&str] = &["but", "though", "however", "लेकिन", "मगर"];
 
 /// Words that negate what follows them. "no", "nope", "नहीं" alone are answers, not operators:
 /// they are in [`NEGATIVE`] instead ("no I can pay" stays a conflict, not a refusal of "pay").
+#[rustfmt::skip]
 const NEGATORS: &[&str] = &[
-    "not",
-    "never",
-    "cannot",
-    "don't",
-    "won't",
-    "wouldn't",
-    "didn't",
-    "doesn't",
-    "isn't",
-    "aren't",
-    "wasn't",
-    "couldn't",
-    "shouldn't",
-    "neither",
-    "nor",
-    "without",
-    "नहीं",
-    "नही",
-    "मत",
-    "न",
-    "nahi",
-    "nahin",
-    "mat",
+    "not", "never", "cannot", "don't", "won't", "wouldn't", "didn't", "doesn't", "isn't",
+    "aren't", "wasn't", "couldn't", "shouldn't", "neither", "nor", "without",
+    "नहीं", "नही", "मत", "न", "nahi", "nahin", "mat",
 ];
 
 /// Words that make a phrase (and so its route) mean no.
@@ -281,34 +263,13 @@ const NEGATIVE: &[&str] = &[
     "na",
 ];
 
-/// Words that make a phrase (and so its route) mean yes.
+/// Words that make a phrase (and so its route) mean yes: assent, and the promise itself ("I
+/// will pay", "कर दूँगा"). Compared after normalisation (so "दूंगा", not "दूँगा").
+#[rustfmt::skip]
 const AFFIRMATIVE: &[&str] = &[
-    "yes",
-    "yeah",
-    "yep",
-    "yup",
-    "sure",
-    "okay",
-    "fine",
-    "alright",
-    "agree",
-    "agreed",
-    "definitely",
-    "certainly",
-    "absolutely",
-    "correct",
-    "right",
-    "हाँ",
-    "हां",
-    "हा",
-    "जी",
-    "ठीक",
-    "बिल्कुल",
-    "haan",
-    "han",
-    "ji",
-    "theek",
-    "thik",
+    "yes", "yeah", "yep", "yup", "sure", "okay", "fine", "alright", "agree", "agreed",
+    "definitely", "certainly", "absolutely", "correct", "right", "pay", "promise",
+    "हां", "हा", "जी", "ठीक", "बिल्कुल", "दूंगा", "करूंगा", "haan", "han", "ji", "theek", "thik",
 ];
 
 /// Fixed expressions whose "no"/"not" does not negate anything: "no problem, I will pay".
@@ -864,6 +825,9 @@ mod tests {
         assert_eq!(p(&["हाँ", "ठीक है"]), Polarity::Positive);
         assert_eq!(p(&["नहीं"]), Polarity::Negative);
         assert_eq!(p(&["yes", "no"]), Polarity::Neutral);
+        // The promise itself is a yes, in any language; the refusal of it a no.
+        assert_eq!(p(&["I will pay", "कर दूँगा"]), Polarity::Positive);
+        assert_eq!(p(&["I won't pay", "नहीं कर दूँगा"]), Polarity::Negative);
     }
 
     #[test]
