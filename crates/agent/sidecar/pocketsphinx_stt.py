@@ -5,8 +5,9 @@ finalisation is left. Protocol on stdin/stdout:
   {"op": "start", "phrases": [...]}      begin an utterance (no reply)
   {"op": "audio", "samples": N}          then N little-endian int16 samples (16 kHz mono) as raw
                                          bytes (no reply)
-  {"op": "end"}                          reply {"text": "...", "ms": finalisation_ms,
-                                         "audio_ms": fed_ms} or {"error": "..."}
+  {"op": "end"}                          reply {"text": "...", "confidence": 0.0-1.0,
+                                         "ms": finalisation_ms, "audio_ms": fed_ms}
+                                         or {"error": "..."}
   {"op": "cancel"}                       reply {"canceled": true}
 A "ready" line is printed once the model is loaded, so the parent knows start-up finished.
 An error while starting or feeding is remembered and reported by the next end/cancel, so
@@ -71,6 +72,26 @@ def activate(phrases):
     decoder.activate_search(name)
 
 
+# The word loop's one-syllable fillers. Audio that matches no expected phrase (a mishearing,
+# a voice the model does not know, line noise) is decoded as a run of them ("the i on it i not
+# on it i"): the share of word time that went elsewhere is the confidence.
+FILLERS = {"a", "it", "on", "the", "uh", "um"}
+
+
+def confidence():
+    spoken = 0
+    content = 0
+    for seg in decoder.seg():
+        word = seg.word.split("(")[0]
+        if word.startswith("<") or word.startswith("[") or word == "(NULL)" or not word:
+            continue
+        frames = max(0, seg.end_frame - seg.start_frame + 1)
+        spoken += frames
+        if word not in FILLERS:
+            content += frames
+    return round(content / spoken, 3) if spoken else 0.0
+
+
 def reply(obj):
     out.write(json.dumps(obj) + "\n")
     out.flush()
@@ -119,11 +140,13 @@ while True:
     elif op in ("end", "cancel"):
         started = time.monotonic()
         text = ""
+        conf = 0.0
         if in_utt:
             try:
                 decoder.end_utt()
                 hyp = decoder.hyp()
                 text = hyp.hypstr if hyp is not None else ""
+                conf = confidence() if text else 0.0
             except Exception as e:
                 failure = failure or str(e)
         in_utt = False
@@ -133,7 +156,7 @@ while True:
             reply({"error": failure})
         else:
             ms = int((time.monotonic() - started) * 1000)
-            reply({"text": text, "ms": ms, "audio_ms": fed // 16})
+            reply({"text": text, "confidence": conf, "ms": ms, "audio_ms": fed // 16})
         failure = None
     else:
         break  # a request this sidecar does not know: out of step, as above

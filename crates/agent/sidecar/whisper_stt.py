@@ -6,11 +6,13 @@ The model is loaded once; the process then serves requests until stdin closes.
 Protocol on stdin/stdout, one request at a time:
   request:  one JSON line {"samples": N, "phrases": [...]} then N little-endian int16 samples
             (16 kHz mono) as raw bytes
-  response: one JSON line {"text": "...", "ms": decode_ms} or {"error": "..."}
+  response: one JSON line {"text": "...", "confidence": 0.0-1.0, "ms": decode_ms}
+            or {"error": "..."}
 A line {"ready": true} is printed once the model is loaded.
 The expected phrases, if any, go in as the decoder's initial prompt: a bias, not a constraint.
 """
 import json
+import math
 import os
 import sys
 import time
@@ -50,7 +52,25 @@ def decode(audio, phrases):
         without_timestamps=True,
         vad_filter=False,
     )
-    return " ".join(s.text.strip() for s in segments).strip()
+    segments = list(segments)
+    text = " ".join(s.text.strip() for s in segments).strip()
+    return text, confidence(segments)
+
+
+def confidence(segments):
+    """The weakest segment's mean token probability, discounted by Whisper's own estimate that
+    the window held no speech: one confident segment must not vouch for a doubtful one. A
+    segment that repeats itself (compression ratio over 2.4, Whisper's own limit) is a decoding
+    loop, not speech: confidence 0."""
+    if not segments:
+        return 0.0
+    worst = 1.0
+    for s in segments:
+        if s.compression_ratio > 2.4:
+            return 0.0
+        p = math.exp(min(0.0, s.avg_logprob)) * (1.0 - s.no_speech_prob)
+        worst = min(worst, p)
+    return round(worst, 3)
 
 
 # The first decode pays for lazy set-up; do it now, not on a caller's time.
@@ -74,9 +94,9 @@ while True:
     try:
         started = time.monotonic()
         audio = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
-        text = decode(audio, [str(p) for p in req.get("phrases") or []]) if n else ""
+        text, conf = decode(audio, [str(p) for p in req.get("phrases") or []]) if n else ("", 0.0)
         ms = int((time.monotonic() - started) * 1000)
-        out.write(json.dumps({"text": text, "ms": ms}) + "\n")
+        out.write(json.dumps({"text": text, "confidence": conf, "ms": ms}) + "\n")
     except Exception as e:  # one bad utterance must not take recognition down
         out.write(json.dumps({"error": str(e)[:300]}) + "\n")
     out.flush()

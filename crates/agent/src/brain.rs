@@ -1,5 +1,6 @@
 //! The brain: what the agent says next, given what the caller said.
 
+use crate::stt::Transcript;
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 use std::time::Duration;
@@ -39,6 +40,11 @@ pub trait Brain: Send + 'static {
     fn start(&mut self) -> Reply;
     /// The caller finished a turn and said `heard` (possibly empty: speech nobody could read).
     async fn hear(&mut self, heard: &str) -> Result<Reply, BrainError>;
+    /// Like [`Brain::hear`], with the recogniser's confidence, for brains that weigh it (the
+    /// `flow` brain re-asks on a doubtful reply). The default ignores it.
+    async fn hear_transcript(&mut self, heard: &Transcript) -> Result<Reply, BrainError> {
+        self.hear(&heard.text).await
+    }
     /// Like [`Brain::hear`], but each line of the reply is also sent to `lines` as soon as it is
     /// known, so speech can start before a streaming model has finished. On `Ok` the lines sent
     /// are exactly the returned `say`, in order; on `Err` the lines already sent are still the

@@ -8,7 +8,7 @@
 //! frames, and the transcript records only what was played.
 
 use crate::brain::{Brain, Reply};
-use crate::stt::{SpeechToText, SttStream};
+use crate::stt::{SpeechToText, SttStream, Transcript};
 use crate::tts::TextToSpeech;
 use crate::turn::{TurnConfig, TurnEvent, TurnTaker, FRAME_MS};
 use crate::vad::Vad;
@@ -163,7 +163,7 @@ struct Line {
 enum Internal {
     Heard {
         utterance: u64,
-        text: String,
+        words: Transcript,
         took: Duration,
     },
     Spoken {
@@ -178,7 +178,7 @@ enum Internal {
 
 struct Heard {
     utterance: u64,
-    text: String,
+    words: Transcript,
     took: Duration,
     at: Instant,
 }
@@ -466,23 +466,23 @@ impl Driver {
 
     fn report_heard<F>(&self, utterance: u64, words: F)
     where
-        F: std::future::Future<Output = Result<String, crate::stt::SttError>> + Send + 'static,
+        F: std::future::Future<Output = Result<Transcript, crate::stt::SttError>> + Send + 'static,
     {
         let tx = self.tx.clone();
         tokio::spawn(
             async move {
                 let started = Instant::now();
-                let text = match words.await {
+                let words = match words.await {
                     Ok(t) => t,
                     Err(e) => {
                         tracing::error!(error = %e, "speech-to-text failed; the turn counts as not understood");
-                        String::new()
+                        Transcript::default()
                     }
                 };
                 let _ = tx
                     .send(Internal::Heard {
                         utterance,
-                        text,
+                        words,
                         took: started.elapsed(),
                     })
                     .await;
@@ -495,7 +495,7 @@ impl Driver {
         match msg {
             Internal::Heard {
                 utterance,
-                text,
+                words,
                 took,
             } => {
                 if self.stt_inflight == Some(utterance) {
@@ -507,7 +507,7 @@ impl Driver {
                 if awaited || utterance == self.utterance {
                     self.heard = Some(Heard {
                         utterance,
-                        text,
+                        words,
                         took,
                         at: Instant::now(),
                     });
@@ -561,8 +561,13 @@ impl Driver {
             return;
         };
         self.awaiting = None;
-        let text = heard.text.trim().to_string();
-        tracing::info!(heard = %text, stt_ms = heard.took.as_millis() as u64, "caller's turn");
+        let text = heard.words.text.trim().to_string();
+        tracing::info!(
+            heard = %text,
+            confidence = heard.words.confidence,
+            stt_ms = heard.took.as_millis() as u64,
+            "caller's turn"
+        );
         if !text.is_empty() {
             self.transcript.push(TranscriptItem {
                 role: "user".into(),
@@ -571,7 +576,8 @@ impl Driver {
             });
         }
         let brain_started = Instant::now();
-        let reply = match self.s.brain.hear(&text).await {
+        let words = Transcript::new(text, heard.words.confidence);
+        let reply = match self.s.brain.hear_transcript(&words).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "the brain failed; the agent stays silent this turn");

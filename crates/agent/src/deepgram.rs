@@ -6,7 +6,7 @@
 //! close. The API key travels only in the `Authorization: Token <key>` header and is never
 //! logged or put in an error.
 
-use crate::stt::{Feed, SpeechToText, StreamFeed, SttError, SttStream};
+use crate::stt::{Feed, SpeechToText, StreamFeed, SttError, SttStream, Transcript};
 use async_trait::async_trait;
 use domain::telephony::SAMPLE_RATE;
 use futures::{SinkExt, StreamExt};
@@ -91,6 +91,8 @@ pub struct Deepgram {
 pub enum DeepgramEvent {
     Transcript {
         text: String,
+        /// The alternative's `confidence` (0-1), when the server gives one.
+        confidence: Option<f32>,
         is_final: bool,
         speech_final: bool,
     },
@@ -127,6 +129,8 @@ struct Channel {
 struct Alternative {
     #[serde(default)]
     transcript: String,
+    #[serde(default)]
+    confidence: Option<f32>,
 }
 
 /// Parses one text message from the server.
@@ -134,15 +138,15 @@ pub fn parse_message(text: &str) -> Result<Option<DeepgramEvent>, SttError> {
     let m: ServerMessage = serde_json::from_str(text)
         .map_err(|e| SttError::Engine(format!("deepgram sent unreadable JSON: {e}")))?;
     Ok(match m.kind.as_str() {
-        "Results" => Some(DeepgramEvent::Transcript {
-            text: m
-                .channel
-                .and_then(|c| c.alternatives.into_iter().next())
-                .map(|a| a.transcript)
-                .unwrap_or_default(),
-            is_final: m.is_final,
-            speech_final: m.speech_final,
-        }),
+        "Results" => {
+            let best = m.channel.and_then(|c| c.alternatives.into_iter().next());
+            Some(DeepgramEvent::Transcript {
+                confidence: best.as_ref().and_then(|a| a.confidence),
+                text: best.map(|a| a.transcript).unwrap_or_default(),
+                is_final: m.is_final,
+                speech_final: m.speech_final,
+            })
+        }
         "SpeechStarted" => Some(DeepgramEvent::SpeechStarted),
         "UtteranceEnd" => Some(DeepgramEvent::UtteranceEnd),
         "Metadata" => Some(DeepgramEvent::Metadata),
@@ -266,15 +270,17 @@ const KEEP_ALIVE: Duration = Duration::from_secs(4);
 
 /// One utterance on one stream: audio from `feed` goes up as it comes (the handshake overlaps
 /// the caller's first words), final results are gathered as they arrive, and at [`Feed::End`]
-/// `CloseStream` flushes the rest. The answer is the final transcripts, joined.
+/// `CloseStream` flushes the rest. The answer is the final transcripts, joined, with the lowest
+/// of their confidences: one doubtful part makes the whole reply doubtful.
 async fn session(
     config: DeepgramConfig,
     phrases: Vec<String>,
     mut feed: mpsc::UnboundedReceiver<Feed>,
-) -> Result<String, SttError> {
+) -> Result<Transcript, SttError> {
     let socket = connect(&config, &phrases).await?;
     let (mut sink, mut source) = socket.split();
     let mut parts: Vec<String> = Vec::new();
+    let mut confidence: Option<f32> = None;
     let mut closing: Option<Instant> = None;
     let mut keep_alive = tokio::time::interval_at(Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
     loop {
@@ -286,10 +292,13 @@ async fn session(
                 let Some(msg) = msg else { break };
                 match msg.map_err(|e| SttError::Engine(format!("deepgram stream: {e}")))? {
                     Message::Text(text) => match parse_message(text.as_str())? {
-                        Some(DeepgramEvent::Transcript { text, is_final: true, .. })
+                        Some(DeepgramEvent::Transcript { text, confidence: c, is_final: true, .. })
                             if !text.trim().is_empty() =>
                         {
                             parts.push(text.trim().to_string());
+                            if let Some(c) = c {
+                                confidence = Some(confidence.map_or(c, |m| m.min(c)));
+                            }
                         }
                         Some(DeepgramEvent::Metadata) if closing.is_some() => break,
                         _ => {}
@@ -338,13 +347,13 @@ async fn session(
     }
     // Everything is in; close our side without waiting on the server for long.
     let _ = tokio::time::timeout(Duration::from_millis(200), sink.close()).await;
-    Ok(parts.join(" "))
+    Ok(Transcript::new(parts.join(" "), confidence))
 }
 
 #[async_trait]
 impl SpeechToText for Deepgram {
     /// A whole utterance: a fresh stream fed in 100 ms frames, then closed.
-    async fn transcribe(&self, audio: &[i16], phrases: &[String]) -> Result<String, SttError> {
+    async fn transcribe(&self, audio: &[i16], phrases: &[String]) -> Result<Transcript, SttError> {
         let (tx, rx) = mpsc::unbounded_channel();
         for frame in audio.chunks(SAMPLE_RATE as usize / 10) {
             let _ = tx.send(Feed::Audio(frame.to_vec()));
@@ -430,6 +439,7 @@ mod tests {
             r,
             Some(DeepgramEvent::Transcript {
                 text: "hello".into(),
+                confidence: Some(0.9),
                 is_final: true,
                 speech_final: false
             })

@@ -24,12 +24,13 @@ pub use conversation::{
 };
 pub use deepgram::{Deepgram, DeepgramConfig};
 pub use engines::{brain_for, engines_for, EngineRegistry, LlmEngine};
-pub use flow::FlowBrain;
+pub use flow::{FlowBrain, FlowOptions};
 pub use llm::{LlmBrain, LlmOptions};
 pub use piper::{Piper, PiperConfig};
 pub use sidecar::SidecarConfig;
 pub use stt::{
     Feed, PocketSphinx, PocketSphinxConfig, SpeechToText, StreamFeed, SttError, SttStream,
+    Transcript,
 };
 pub use template::render;
 pub use tts::{EspeakNg, TextToSpeech, TtsError};

@@ -26,11 +26,43 @@ pub enum SttError {
     Timeout(Duration),
 }
 
+/// What a recogniser heard in one utterance.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Transcript {
+    pub text: String,
+    /// The engine's own estimate, 0.0-1.0, that `text` is what was said; `None` when the engine
+    /// gives none. Engines differ in what they measure (documented on each), so a threshold is
+    /// per engine, and the understanding benchmark is what tunes it.
+    pub confidence: Option<f32>,
+}
+
+impl Transcript {
+    pub fn new(text: impl Into<String>, confidence: Option<f32>) -> Self {
+        Self {
+            text: text.into(),
+            confidence,
+        }
+    }
+}
+
+/// Words without a confidence: scripted recognisers in tests, and engines that give none.
+impl From<&str> for Transcript {
+    fn from(text: &str) -> Self {
+        Self::new(text, None)
+    }
+}
+
+impl From<String> for Transcript {
+    fn from(text: String) -> Self {
+        Self::new(text, None)
+    }
+}
+
 #[async_trait]
 pub trait SpeechToText: Send + Sync + 'static {
     /// The words in `audio` (16 kHz mono). `phrases` are what the caller is expected to say
     /// now; an engine may use them to constrain or bias recognition.
-    async fn transcribe(&self, audio: &[i16], phrases: &[String]) -> Result<String, SttError>;
+    async fn transcribe(&self, audio: &[i16], phrases: &[String]) -> Result<Transcript, SttError>;
 
     /// Starts recognising one utterance that will be fed as it is heard. `None`: this engine
     /// only takes whole utterances.
@@ -52,14 +84,14 @@ pub enum Feed {
 #[derive(Debug)]
 pub struct SttStream {
     feed: mpsc::UnboundedSender<Feed>,
-    result: oneshot::Receiver<Result<String, SttError>>,
+    result: oneshot::Receiver<Result<Transcript, SttError>>,
 }
 
 /// The engine's end of a streaming recognition: audio arrives on `feed`; `None` from it before
 /// [`Feed::End`] means the utterance was cancelled. The answer goes to `result`.
 pub struct StreamFeed {
     pub feed: mpsc::UnboundedReceiver<Feed>,
-    pub result: oneshot::Sender<Result<String, SttError>>,
+    pub result: oneshot::Sender<Result<Transcript, SttError>>,
 }
 
 impl SttStream {
@@ -84,7 +116,7 @@ impl SttStream {
     }
 
     /// Ends the utterance and waits for its words.
-    pub async fn finish(self) -> Result<String, SttError> {
+    pub async fn finish(self) -> Result<Transcript, SttError> {
         let _ = self.feed.send(Feed::End);
         self.result
             .await
@@ -106,6 +138,8 @@ struct Sidecar {
 struct Response {
     #[serde(default)]
     text: String,
+    #[serde(default)]
+    confidence: Option<f32>,
     #[serde(default)]
     error: Option<String>,
 }
@@ -403,9 +437,9 @@ impl Pool {
         }
         let result = match sidecar.take() {
             Some(mut s) => match self.finish(&mut s).await {
-                Ok(text) => {
+                Ok(heard) => {
                     self.put_back(s);
-                    Ok(text)
+                    Ok(heard)
                 }
                 Err(e @ SttError::Rejected(_)) => {
                     self.put_back(s);
@@ -423,17 +457,21 @@ impl Pool {
         let _ = feed.result.send(result);
     }
 
-    async fn finish(&self, s: &mut Sidecar) -> Result<String, SttError> {
+    async fn finish(&self, s: &mut Sidecar) -> Result<Transcript, SttError> {
         s.send_line(serde_json::json!({"op": "end"})).await?;
         let r = s.read_reply(self.cfg.timeout).await?;
         match r.error {
             Some(e) => Err(SttError::Rejected(e)),
-            None => Ok(r.text),
+            None => Ok(Transcript::new(r.text, r.confidence)),
         }
     }
 
     /// The whole utterance at once on another sidecar: the one it was streamed to failed.
-    async fn replay(&self, start: &serde_json::Value, audio: &[i16]) -> Result<String, SttError> {
+    async fn replay(
+        &self,
+        start: &serde_json::Value,
+        audio: &[i16],
+    ) -> Result<Transcript, SttError> {
         let mut s = self.checkout().await?;
         let attempt = async {
             s.send_line(start.clone()).await?;
@@ -453,7 +491,11 @@ impl Pool {
 
 #[async_trait]
 impl SpeechToText for PocketSphinx {
-    async fn transcribe(&self, audio: &[i16], phrases: &[String]) -> Result<String, SttError> {
+    /// The confidence is the share of the utterance's word time that went to words other than
+    /// the word loop's fillers ("a", "it", "on", "the", "uh", "um"; see the sidecar): audio the
+    /// loop cannot match comes out as runs of them ("the i on it i"). pocketsphinx's own
+    /// posterior needs the lattice pass the sidecar skips for latency.
+    async fn transcribe(&self, audio: &[i16], phrases: &[String]) -> Result<Transcript, SttError> {
         let Some(stream) = self.stream(phrases) else {
             return Err(SttError::Engine("no stream".into()));
         };

@@ -5,7 +5,7 @@
 //! decodes 30 s windows, so there is nothing to gain from feeding it while the caller speaks.
 
 use crate::sidecar::{Pool, SidecarConfig, SidecarError, Spec};
-use crate::stt::{SpeechToText, SttError};
+use crate::stt::{SpeechToText, SttError, Transcript};
 use async_trait::async_trait;
 use serde_json::json;
 use std::time::Duration;
@@ -71,8 +71,10 @@ impl Default for Whisper {
 
 #[async_trait]
 impl SpeechToText for Whisper {
-    /// `phrases` become the decoder's initial prompt: a bias towards the expected words.
-    async fn transcribe(&self, audio: &[i16], phrases: &[String]) -> Result<String, SttError> {
+    /// `phrases` become the decoder's initial prompt: a bias towards the expected words. The
+    /// confidence is the weakest segment's mean token probability times its chance of holding
+    /// speech (`exp(avg_logprob) * (1 - no_speech_prob)`).
+    async fn transcribe(&self, audio: &[i16], phrases: &[String]) -> Result<Transcript, SttError> {
         let payload: Vec<u8> = audio.iter().flat_map(|s| s.to_le_bytes()).collect();
         let (answer, _) = self
             .pool
@@ -85,10 +87,8 @@ impl SpeechToText for Whisper {
         if let Some(e) = answer["error"].as_str() {
             return Err(SttError::Rejected(e.to_string()));
         }
-        Ok(answer["text"]
-            .as_str()
-            .unwrap_or_default()
-            .trim()
-            .to_string())
+        let text = answer["text"].as_str().unwrap_or_default().trim();
+        let confidence = answer["confidence"].as_f64().map(|c| c as f32);
+        Ok(Transcript::new(text, confidence))
     }
 }

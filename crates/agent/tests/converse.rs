@@ -6,7 +6,7 @@ mod tone_tts;
 
 use agent::{
     converse, ConversationOutcome, EndedBy, EspeakNg, FlowBrain, Opening, Session, SpeechToText,
-    SttError, TextToSpeech, Timing,
+    SttError, TextToSpeech, Timing, Transcript,
 };
 use async_trait::async_trait;
 use domain::agent::AgentConfig;
@@ -27,11 +27,11 @@ struct ScriptedStt {
 
 #[async_trait]
 impl SpeechToText for ScriptedStt {
-    async fn transcribe(&self, _audio: &[i16], phrases: &[String]) -> Result<String, SttError> {
+    async fn transcribe(&self, _audio: &[i16], phrases: &[String]) -> Result<Transcript, SttError> {
         if let Ok(mut p) = self.phrases.lock() {
             p.push(phrases.to_vec());
         }
-        Ok(self.text.clone())
+        Ok(self.text.clone().into())
     }
 }
 

@@ -184,8 +184,10 @@ async fn an_utterance_is_streamed_and_its_final_results_joined() {
         .transcribe(&audio, &["yes".into(), "next week".into()])
         .await
         .unwrap();
-    // Interim results ("yes i", "pay by") are not the answer; the finals are, in order.
-    assert_eq!(text, "Yes, I can pay by Friday.");
+    // Interim results ("yes i", "pay by") are not the answer; the finals are, in order, with
+    // the lower of their confidences.
+    assert_eq!(text.text, "Yes, I can pay by Friday.");
+    assert_eq!(text.confidence, Some(0.9741));
 
     let s = wait_seen(&seen).await;
     assert_eq!(
@@ -220,7 +222,10 @@ async fn a_stream_fed_while_the_caller_speaks_gives_the_same_words() {
     for frame in audio.chunks(320) {
         stream.push(frame);
     }
-    assert_eq!(stream.finish().await.unwrap(), "Yes, I can pay by Friday.");
+    assert_eq!(
+        stream.finish().await.unwrap().text,
+        "Yes, I can pay by Friday."
+    );
     let s = wait_seen(&seen).await;
     assert_eq!(s.audio_bytes, audio.len() * 2);
     assert_eq!(s.binary_frames, audio.len().div_ceil(320));

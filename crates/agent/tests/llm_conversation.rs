@@ -9,7 +9,7 @@ mod tone_tts;
 
 use agent::{
     brain_for, converse, EndedBy, EspeakNg, LlmEngine, Opening, Session, SpeechToText, SttError,
-    TextToSpeech, Timing,
+    TextToSpeech, Timing, Transcript,
 };
 use async_trait::async_trait;
 use domain::agent::AgentConfig;
@@ -26,8 +26,12 @@ struct ScriptedStt(&'static str);
 
 #[async_trait]
 impl SpeechToText for ScriptedStt {
-    async fn transcribe(&self, _audio: &[i16], _phrases: &[String]) -> Result<String, SttError> {
-        Ok(self.0.to_string())
+    async fn transcribe(
+        &self,
+        _audio: &[i16],
+        _phrases: &[String],
+    ) -> Result<Transcript, SttError> {
+        Ok(self.0.into())
     }
 }
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use agent::{PocketSphinx, PocketSphinxConfig, SpeechToText};
+use agent::{PocketSphinx, PocketSphinxConfig, SpeechToText, Transcript};
 use common::voice::heard_on_the_phone;
 use std::time::{Duration, Instant};
 
@@ -38,7 +38,8 @@ fn signal(pid: u32, sig: &str) {
     assert!(st.success());
 }
 
-fn understood(text: &str) {
+fn understood(heard: &Transcript) {
+    let text = heard.text.as_str();
     assert!(
         text.starts_with("yes") || text.starts_with("yeah"),
         "heard {text:?}"

@@ -5,6 +5,7 @@ mod batch;
 mod calls;
 mod dispatch;
 mod server;
+mod understand;
 mod voice;
 mod webhooks;
 
@@ -33,6 +34,10 @@ enum Command {
     /// The agent pipeline with the local engines on paced in-memory lines: voice-to-voice,
     /// answer-to-first-word, our own added time per turn, at `--calls` conversations at once.
     Voice(voice::Args),
+    /// Understanding: a corpus of callee replies in many voices over impaired telephone lines,
+    /// through each local recogniser and the flow brain's routes; intent accuracy, confusion
+    /// matrix, "opposite intent" count and WER per engine.
+    Understand(understand::Args),
 }
 
 fn main() -> Result<()> {
@@ -46,5 +51,6 @@ fn main() -> Result<()> {
         Command::Webhooks(args) => rt.block_on(webhooks::run(args)),
         Command::Dispatch(args) => rt.block_on(dispatch::run(args)),
         Command::Voice(args) => rt.block_on(voice::run(args)),
+        Command::Understand(args) => rt.block_on(understand::run(args)),
     }
 }

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
 #[path = "../../agent/tests/common/voice.rs"]
-mod caller_voice;
+pub(crate) mod caller_voice;
 
 #[derive(clap::Args)]
 pub struct Args {
