@@ -12,7 +12,7 @@ use crate::stt::{SpeechToText, SttStream, Transcript};
 use crate::tts::TextToSpeech;
 use crate::turn::{TurnConfig, TurnEvent, TurnTaker, FRAME_MS};
 use crate::vad::Vad;
-use domain::call::TranscriptItem;
+use domain::call::{Speaker, TranscriptItem};
 use domain::telephony::{AudioFrame, CallControl, MediaStream, FRAME_SAMPLES};
 use serde_json::{Map, Value};
 use std::collections::VecDeque;
@@ -570,7 +570,7 @@ impl Driver {
         );
         if !text.is_empty() {
             self.transcript.push(TranscriptItem {
-                role: "user".into(),
+                role: Speaker::Human,
                 message: text.clone(),
                 at_ms: Some(self.utterance_started_ms),
             });
@@ -682,7 +682,7 @@ impl Driver {
             if line.sent >= line.audio.len() {
                 if let Some(line) = self.current.take() {
                     self.transcript.push(TranscriptItem {
-                        role: "agent".into(),
+                        role: Speaker::Agent,
                         message: line.text,
                         at_ms: Some(line.started_ms),
                     });
@@ -701,7 +701,7 @@ impl Driver {
                 .min(line.audio.len());
             if played > 0 {
                 self.transcript.push(TranscriptItem {
-                    role: "agent".into(),
+                    role: Speaker::Agent,
                     message: cut_text(&line.text, played as f64 / line.audio.len().max(1) as f64),
                     at_ms: Some(line.started_ms),
                 });

@@ -140,7 +140,7 @@ async fn run(
 fn lines(o: &ConversationOutcome) -> Vec<(String, String)> {
     o.transcript
         .iter()
-        .map(|t| (t.role.clone(), t.message.clone()))
+        .map(|t| (t.role.as_str().to_string(), t.message.clone()))
         .collect()
 }
 
@@ -162,7 +162,7 @@ async fn a_yes_after_the_question_completes_the_call() {
         vec![
             ("agent".into(), "Hello Rahul.".into()),
             ("agent".into(), "Can you pay it by Friday?".into()),
-            ("user".into(), "yes i can pay by friday".into()),
+            ("human".into(), "yes i can pay by friday".into()),
             (
                 "agent".into(),
                 "Thank you, we will note that. Goodbye.".into()
@@ -229,7 +229,7 @@ async fn talking_over_the_agent_for_half_a_second_stops_it_at_once() {
     );
     assert!(l[0].1.len() < long.len() / 2, "{l:?}");
     // The barge-in was the caller's turn: the flow took it and ended the call.
-    assert_eq!(l[1], ("user".into(), "yes i can pay by friday".into()));
+    assert_eq!(l[1], ("human".into(), "yes i can pay by friday".into()));
     assert_eq!(r.outcome.results["intent"], "payment_promise");
     assert_eq!(r.outcome.ended_by, EndedBy::AgentEnded);
 }
@@ -256,7 +256,7 @@ async fn a_short_mhm_does_not_cut_the_agent_off() {
     );
     let l = lines(&r.outcome);
     assert_eq!(l[0], ("agent".into(), opening.into()));
-    assert!(!l.iter().any(|(role, _)| role == "user"), "{l:?}");
+    assert!(!l.iter().any(|(role, _)| role == "human"), "{l:?}");
     // Nobody answered the question: the callee hung up at 4 s.
     assert_eq!(r.outcome.ended_by, EndedBy::CalleeHungUp);
 }

@@ -109,7 +109,7 @@ async fn an_llm_agent_answers_records_the_result_and_hangs_up() {
     let lines: Vec<(String, String)> = outcome
         .transcript
         .iter()
-        .map(|t| (t.role.clone(), t.message.clone()))
+        .map(|t| (t.role.as_str().to_string(), t.message.clone()))
         .collect();
     assert_eq!(
         lines,
@@ -119,7 +119,7 @@ async fn an_llm_agent_answers_records_the_result_and_hangs_up() {
                 "agent".into(),
                 "Can you pay invoice INV-7 by Friday?".into()
             ),
-            ("user".into(), "yes i can pay by friday".into()),
+            ("human".into(), "yes i can pay by friday".into()),
             ("agent".into(), "Thank you, we will note that.".into()),
             ("agent".into(), "Goodbye.".into()),
         ]

@@ -235,7 +235,7 @@ async fn the_callee_says_yes_and_the_flow_completes_the_call() {
     assert_eq!(t.len(), 4, "{t:?}");
     assert_eq!(t[0], ("agent", "Hello Rahul, this is Asha from Acme."));
     assert_eq!(t[1], ("agent", "Can you pay it by Friday?"));
-    assert_eq!(t[2].0, "user");
+    assert_eq!(t[2].0, "human");
     // espeak's voice over G.711 through pocketsphinx: the answer word and the day come through.
     assert!(
         t[2].1.starts_with("yes") || t[2].1.starts_with("yeah"),
@@ -286,7 +286,7 @@ async fn the_callee_talks_over_the_opening_and_is_heard() {
         !t.iter().any(|(_, m)| *m == "Can you pay it by Friday?"),
         "{t:?}"
     );
-    assert_eq!(t[1].0, "user", "{t:?}");
+    assert_eq!(t[1].0, "human", "{t:?}");
     assert!(
         t[1].1.starts_with("yes") || t[1].1.starts_with("yeah"),
         "{t:?}"

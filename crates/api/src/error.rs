@@ -56,6 +56,9 @@ pub enum ApiError {
     /// Past the per-address budget of requests without a valid key.
     #[error("too many failed authentications")]
     AuthRateLimited { retry_after_seconds: u64 },
+    /// The service cannot serve now (readiness); the reason is safe to show.
+    #[error("{0}")]
+    Unavailable(&'static str),
     /// A handler panicked; the panic's text goes to the log only.
     #[error("internal error: handler panicked: {0}")]
     Panicked(String),
@@ -78,6 +81,7 @@ impl ApiError {
             Self::UriTooLong => (StatusCode::URI_TOO_LONG, "invalid_request"),
             Self::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "invalid_request"),
             Self::TooManyConnections => (StatusCode::SERVICE_UNAVAILABLE, "rate_limit_exceeded"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "internal_error"),
             Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "authentication_error"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Duplicate { .. } => (StatusCode::CONFLICT, "duplicate_request"),

@@ -304,10 +304,12 @@ impl<'de> serde::de::Visitor<'de> for Strict<'_> {
         let inner = self.nested()?;
         let mut object = Map::new();
         while let Some(key) = map.next_key::<String>()? {
+            let clean = clean_text(&key, false);
             if self.depth == 0 {
-                *self.offence.field.borrow_mut() = Some(key.clone());
+                // An unclean key is not echoed back in the error message.
+                *self.offence.field.borrow_mut() = clean.then(|| key.clone());
             }
-            if !clean_text(&key, false) || object.contains_key(&key) {
+            if !clean || object.contains_key(&key) {
                 return Err(self.offence.raise());
             }
             let seed = Strict {
@@ -458,5 +460,28 @@ mod tests {
         ] {
             assert!(page(&pairs(bad)).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn strict_json_names_the_field_that_breaks_the_policy() {
+        let msg = |body: &str| match json_object(body.as_bytes()) {
+            Ok(_) => "ok".to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(msg(r#"{"a": 1, "a": 2}"#), "invalid a");
+        assert_eq!(msg(r#"{"p": [{"name": "x", "name": "y"}]}"#), "invalid p");
+        assert_eq!(msg(r#"{"metadata": "one\ntwo\tthree"}"#), "ok");
+        assert_eq!(msg(r#"{"name": "one\ntwo"}"#), "invalid name");
+        assert_eq!(msg(r#"{"metadata": "nul\u0000"}"#), "invalid metadata");
+        assert_eq!(
+            msg(r#"{"retry_context": {"collected_data": {"note": "a\nb"}}}"#),
+            "ok"
+        );
+        assert_eq!(msg(r#"{"k\u0000": 1}"#), "invalid JSON body");
+        let deep = |n: usize| format!("{{\"x\": {}1{}}}", "[".repeat(n), "]".repeat(n));
+        assert_eq!(msg(&deep(MAX_JSON_DEPTH - 1)), "ok");
+        assert_eq!(msg(&deep(MAX_JSON_DEPTH)), "invalid x");
+        assert_eq!(msg("[1]"), "invalid JSON body");
+        assert_eq!(msg(r#"{"a": 1"#), "invalid JSON body");
     }
 }

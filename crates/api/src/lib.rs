@@ -182,7 +182,9 @@ fn api_routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of everything [`router`] serves.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    api_routes().split_for_parts().1
+    let mut doc = api_routes().split_for_parts().1;
+    openapi::declare_edge_responses(&mut doc);
+    doc
 }
 
 /// The whole service. Layers, outermost first: the trace id and request metrics; the panic
@@ -191,7 +193,8 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 /// matches (so a 404 or 405 is answered only to a caller with a key, with the headers); the
 /// query-parameter policy of the matched route.
 pub fn router(state: AppState) -> Router {
-    let (routes, doc) = api_routes().split_for_parts();
+    let (routes, mut doc) = api_routes().split_for_parts();
+    openapi::declare_edge_responses(&mut doc);
     let queries = Arc::new(input::QueryPolicy::from_openapi(&doc));
     let doc = Arc::new(doc);
     routes

@@ -39,3 +39,71 @@ impl Modify for BearerAuth {
     components(schemas(ErrorBody, ErrorDetail))
 )]
 pub struct ApiDoc;
+
+/// Declares on every `/v1` operation the answers the layers around the handlers can give, so
+/// the document names every status a client may see: 401 (no valid key), 429 (the key's or the
+/// address's rate limit), 503 (connection cap), 500; 400 for an operation with parameters or a
+/// body (the input policy), and 408 and 413 for one with a body. A handler's own description of
+/// a status is kept.
+pub fn declare_edge_responses(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::content::ContentBuilder;
+    use utoipa::openapi::path::HttpMethod;
+    use utoipa::openapi::{Ref, ResponseBuilder};
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build()
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        for method in [
+            HttpMethod::Get,
+            HttpMethod::Post,
+            HttpMethod::Put,
+            HttpMethod::Patch,
+            HttpMethod::Delete,
+        ] {
+            let op = match method {
+                HttpMethod::Get => item.get.as_mut(),
+                HttpMethod::Post => item.post.as_mut(),
+                HttpMethod::Put => item.put.as_mut(),
+                HttpMethod::Patch => item.patch.as_mut(),
+                HttpMethod::Delete => item.delete.as_mut(),
+                _ => None,
+            };
+            let Some(op) = op else { continue };
+            let has_input =
+                op.request_body.is_some() || op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+            let mut edge = vec![
+                ("401", "invalid or missing api key"),
+                (
+                    "429",
+                    "rate limit exceeded (per key, or failed authentications per address)",
+                ),
+                ("500", "internal error; the message names the trace_id"),
+                ("503", "too many connections"),
+            ];
+            if has_input {
+                edge.push(("400", "invalid input"));
+            }
+            if op.request_body.is_some() {
+                edge.push(("408", "request body timed out"));
+                edge.push(("413", "request body too large"));
+            }
+            for (code, description) in edge {
+                op.responses
+                    .responses
+                    .entry(code.to_string())
+                    .or_insert_with(|| error(description).into());
+            }
+        }
+    }
+}

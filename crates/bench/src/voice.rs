@@ -302,7 +302,7 @@ pub async fn run(args: Args) -> Result<()> {
         understood += outcome
             .transcript
             .iter()
-            .filter(|l| l.role == "user" && l.message.contains("friday"))
+            .filter(|l| l.role == domain::call::Speaker::Human && l.message.contains("friday"))
             .count();
         if outcome.results.get("intent").is_none() {
             eprintln!(

@@ -52,6 +52,7 @@ fn adds_up(b: &Value) {
         + n("socket_failure_count")
         + n("canceled_count");
     assert_eq!(n("total_processed"), outcomes, "{b}");
+    assert_eq!(n("success_count"), n("completed_count"), "{b}");
     assert_eq!(
         n("total_processed")
             + n("in_progress_count")

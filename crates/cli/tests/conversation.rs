@@ -92,7 +92,7 @@ fn lines(c: &Value) -> Vec<(String, String)> {
 }
 
 fn assert_heard_the_human(line: &(String, String)) {
-    assert_eq!(line.0, "user");
+    assert_eq!(line.0, "human");
     let words = line.1.as_str();
     // pocketsphinx on the phone path hears piper's "yes" as "yeah" at times; the agent's route
     // takes either, and the day must come through.

@@ -238,10 +238,29 @@ pub struct AcceptedCall {
     pub trace_id: TraceId,
 }
 
+/// Who spoke a transcript line, as the contract names them. Lines stored before the contract
+/// was followed say `user` for the callee; they read as `human`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Speaker {
+    Agent,
+    #[serde(alias = "user")]
+    Human,
+}
+
+impl Speaker {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Agent => "agent",
+            Self::Human => "human",
+        }
+    }
+}
+
 /// A transcript line: only what was actually played or heard.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TranscriptItem {
-    pub role: String,
+    pub role: Speaker,
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at_ms: Option<i64>,
@@ -421,5 +440,17 @@ mod tests {
         fn scheduled_for_never_panics(s in ".{0,64}") {
             let _ = parse_scheduled_for(&s, NOW);
         }
+    }
+
+    #[test]
+    fn transcript_speakers_are_the_contracts_and_old_lines_read_as_human() {
+        let old: TranscriptItem =
+            serde_json::from_str(r#"{"role": "user", "message": "yes"}"#).unwrap();
+        assert_eq!(old.role, Speaker::Human);
+        assert_eq!(
+            serde_json::to_value(&old).unwrap(),
+            serde_json::json!({"role": "human", "message": "yes"})
+        );
+        assert_eq!(Speaker::Agent.as_str(), "agent");
     }
 }

@@ -61,10 +61,9 @@ pub fn terminal_event(
         None => None,
     };
     let turns = c.transcript.iter().map(|t| {
-        let role = if t.role == "agent" {
-            Role::Bot
-        } else {
-            Role::Human
+        let role = match t.role {
+            domain::call::Speaker::Agent => Role::Bot,
+            domain::call::Speaker::Human => Role::Human,
         };
         (role, t.message.as_str())
     });

@@ -73,6 +73,8 @@ pub struct BatchItem {
     pub in_progress_count: i64,
     pub pending_retry_count: i64,
     pub completed_count: i64,
+    /// Recipients whose call completed, as in the metrics (the contract's name for it).
+    pub success_count: i64,
     pub busy_count: i64,
     pub no_answer_count: i64,
     pub failed_count: i64,
@@ -133,6 +135,7 @@ fn item(b: &Batch) -> BatchItem {
         in_progress_count: c.in_progress,
         pending_retry_count: c.pending_retry,
         completed_count: c.completed,
+        success_count: c.completed,
         busy_count: c.busy,
         no_answer_count: c.no_answer,
         failed_count: c.failed,

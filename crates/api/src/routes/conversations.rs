@@ -101,7 +101,7 @@ pub fn detail(c: Conversation, public_url: &str) -> ConversationDetail {
             .transcript
             .into_iter()
             .map(|t| TranscriptLine {
-                role: t.role,
+                role: t.role.as_str().into(),
                 message: t.message,
             })
             .collect(),

@@ -2,7 +2,7 @@
 
 use crate::AppState;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -14,17 +14,13 @@ pub async fn healthz() -> Json<serde_json::Value> {
 }
 
 /// Readiness: the database answers.
-#[utoipa::path(get, path = "/readyz", tag = "service", responses((status = 200, body = Object), (status = 503, body = Object)))]
+#[utoipa::path(get, path = "/readyz", tag = "service", responses((status = 200, body = Object), (status = 503, description = "not ready; the reason in the error shape", body = crate::openapi::ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     match state.store.ping().await {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "not ready");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "database unavailable"})),
-            )
-                .into_response()
+            crate::error::ApiError::Unavailable("database unavailable").into_response()
         }
     }
 }

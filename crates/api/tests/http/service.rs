@@ -73,6 +73,23 @@ async fn probes_metrics_and_openapi() {
         );
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    // Every /v1 operation declares what the edge may answer for it.
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        for (method, op) in item.as_object().unwrap() {
+            operations += 1;
+            for status in ["401", "429", "500"] {
+                assert!(
+                    op["responses"][status].is_object(),
+                    "{method} {path} does not declare {status}"
+                );
+            }
+        }
+    }
+    assert!(operations >= 30, "{operations} operations");
 }
 
 #[tokio::test]
@@ -98,13 +115,12 @@ async fn a_database_failure_is_a_500_naming_the_trace_id_and_nothing_internal() 
         !msg.to_lowercase().contains("sql") && !msg.contains("pool"),
         "{msg}"
     );
+    let r = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let e = body(r).await;
     assert_eq!(
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        503
+        (e["error"]["type"].as_str(), e["error"]["message"].as_str()),
+        (Some("internal_error"), Some("database unavailable")),
+        "the error shape: {e}"
     );
 }
