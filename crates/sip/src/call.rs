@@ -2,6 +2,7 @@
 //! rsipstack runs the transactions (retransmits, ACK, digest retry, CANCEL); this task turns its
 //! dialog states into `CallEvent`s and decides how the call ended.
 
+use crate::header::{self, HeaderError, HeaderValue};
 use crate::outcome::{classify, Termination};
 use crate::recording::Recorder;
 use crate::rtp_session::{MediaCommand, MediaEvent, MediaHandle, MediaSetup};
@@ -29,10 +30,55 @@ use tracing::{debug, info, info_span, warn, Instrument, Span};
 /// transaction itself carries on in the background.
 const BYE_WAIT: Duration = Duration::from_secs(2);
 
+/// Allow of our INVITEs: what a far end may send inside our calls (RFC 3261 §20.5).
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE";
+/// Supported of our INVITEs: no extension (no 100rel, no session timers we would refresh), said
+/// explicitly so a far end does not assume any (RFC 3261 §20.37).
+const SUPPORTED: &str = "";
+
+/// Every tenant-supplied value of a call that goes into a SIP header, checked once before
+/// anything is sent.
+#[derive(Debug, Clone)]
+pub(crate) struct Checked {
+    from: HeaderValue,
+    to: HeaderValue,
+    host: HeaderValue,
+    username: Option<HeaderValue>,
+}
+
+impl Checked {
+    pub(crate) fn new(request: &DialRequest, target: &Target) -> Result<Self, HeaderError> {
+        Ok(Self {
+            from: HeaderValue::new("caller number", request.from.to_string())?,
+            to: HeaderValue::new("callee number", request.to.to_string())?,
+            host: HeaderValue::new("trunk host", target.host_port())?,
+            username: request
+                .trunk
+                .username
+                .clone()
+                .map(|u| HeaderValue::new("trunk username", u))
+                .transpose()?,
+        })
+    }
+}
+
+/// A Call-ID of ours: random, at our own address (RFC 3261 §8.1.1.4).
+pub(crate) fn call_id(ip: IpAddr) -> Result<HeaderValue, HeaderError> {
+    let host = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    };
+    HeaderValue::new(
+        "Call-ID",
+        format!("{}@{host}", rsipstack::transaction::make_uuid_v4()),
+    )
+}
+
 pub(crate) async fn run(
     shared: Arc<Shared>,
     request: DialRequest,
     target: Target,
+    checked: Checked,
     events: mpsc::Sender<CallEvent>,
     control: mpsc::Receiver<CallControl>,
 ) {
@@ -46,6 +92,8 @@ pub(crate) async fn run(
             shared,
             request,
             target,
+            checked,
+            call_id: None,
             events,
             control,
             media: None,
@@ -53,7 +101,10 @@ pub(crate) async fn run(
             answered_at: None,
             sdp: String::new(),
         };
-        let termination = call.drive().await;
+        let mut termination = call.drive().await;
+        if let Some(refused) = call.refusal() {
+            termination = Termination::UnsafeHeader(refused);
+        }
         let recording = match call.media.take() {
             Some(media) => media.stop().await,
             None => None,
@@ -77,6 +128,9 @@ struct Call {
     shared: Arc<Shared>,
     request: DialRequest,
     target: Target,
+    checked: Checked,
+    /// Set once the INVITE is built; keys what the header guard refused in this call.
+    call_id: Option<HeaderValue>,
     events: mpsc::Sender<CallEvent>,
     control: mpsc::Receiver<CallControl>,
     media: Option<MediaHandle>,
@@ -120,7 +174,8 @@ impl Call {
 
         let option = match self.invite_option(ip, trunk) {
             Ok(o) => o,
-            Err(e) => return Termination::Other(e),
+            Err(header::UriError::Header(e)) => return Termination::UnsafeHeader(e),
+            Err(e) => return Termination::Other(e.to_string()),
         };
         let (state_tx, mut states) = self.shared.dialogs.new_dialog_state_channel();
         let (dialog, mut invite) = match self.shared.dialogs.do_invite_async(option, state_tx) {
@@ -158,36 +213,47 @@ impl Call {
     }
 
     fn invite_option(
-        &self,
+        &mut self,
         ip: IpAddr,
         trunk: std::net::SocketAddr,
-    ) -> Result<InviteOption, String> {
-        let host = self.target.host_port();
-        let uri = |s: String| {
-            sip::Uri::try_from(s.as_str()).map_err(|e| format!("cannot build URI {s}: {e}"))
-        };
-        let local = std::net::SocketAddr::new(ip, self.shared.local.port());
-        let credential = self
-            .request
-            .trunk
-            .username
-            .clone()
-            .map(|username| Credential {
-                username,
-                password: self.request.trunk.password.clone().unwrap_or_default(),
-                realm: None,
-                auth_username: None,
-            });
-        Ok(InviteOption {
-            caller: uri(format!("sip:{}@{host}", self.request.from))?,
-            callee: uri(format!("sip:{}@{host}", self.request.to))?,
-            contact: uri(format!("sip:{}@{local}", self.request.from))?,
+    ) -> Result<InviteOption, header::UriError> {
+        let c = &self.checked;
+        let local = HeaderValue::new(
+            "local address",
+            std::net::SocketAddr::new(ip, self.shared.local.port()).to_string(),
+        )?;
+        let credential = c.username.clone().map(|username| Credential {
+            username: username.into_string(),
+            // Only its digest goes on the wire, as hex.
+            password: self.request.trunk.password.clone().unwrap_or_default(),
+            realm: None,
+            auth_username: None,
+        });
+        let call_id = call_id(ip)?;
+        let option = InviteOption {
+            caller: header::sip_uri(&c.from, &c.host)?,
+            callee: header::sip_uri(&c.to, &c.host)?,
+            contact: header::sip_uri(&c.from, &local)?,
             destination: Some(sip_addr(trunk)),
             content_type: Some("application/sdp".into()),
             offer: Some(self.sdp.clone().into_bytes()),
             credential,
+            call_id: Some(call_id.to_string()),
+            headers: Some(vec![
+                Header::Allow(ALLOW.into()),
+                Header::Supported(SUPPORTED.into()),
+            ]),
             ..Default::default()
-        })
+        };
+        self.call_id = Some(call_id);
+        Ok(option)
+    }
+
+    /// What the header guard took out of this call's messages, if anything.
+    fn refusal(&self) -> Option<HeaderError> {
+        let id = self.call_id.as_ref()?;
+        let mut refusals = self.shared.refusals.lock().ok()?;
+        refusals.remove(id.as_str())
     }
 
     /// Everything before the 200: provisional responses, early media, the ring timeout, our own

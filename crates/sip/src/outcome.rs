@@ -21,6 +21,9 @@ pub enum Termination {
     NoRtp { after: Duration },
     /// Answered, then ended by either side's BYE or by `max_duration`.
     Completed,
+    /// A header value would have broken the message (a control character in it): the request
+    /// carrying it was not sent, or the far end's challenge could not be answered.
+    UnsafeHeader(crate::header::HeaderError),
     /// Anything else (a malformed answer, a local failure); the text says what.
     Other(String),
 }
@@ -65,6 +68,7 @@ pub fn classify(t: &Termination) -> (CallStatus, Option<String>) {
                 after.as_secs()
             )),
         ),
+        Termination::UnsafeHeader(e) => (CallStatus::Failed, Some(format!("not sent: {e}"))),
         Termination::Other(e) => (CallStatus::Failed, Some(e.clone())),
     }
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use domain::telephony::{CallControl, CallEvent, LiveCall, Telephony, TrunkTarget};
+use domain::telephony::{CallControl, CallEvent, DialError, LiveCall, Telephony, TrunkTarget};
 use domain::CallStatus;
 use std::time::{Duration, Instant};
 
@@ -222,6 +222,84 @@ async fn digest_407_challenge_then_answer() {
         sipp.messages()
     );
     assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+}
+
+/// Lines of our requests, as SIPp received them, that we never wrote.
+fn injected_lines(sipp: &Sipp) -> Vec<String> {
+    sipp.received()
+        .iter()
+        .flat_map(|m| header_lines(m))
+        .filter(|l| l.to_ascii_lowercase().starts_with("x-injected"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn invites(sipp: &Sipp) -> Vec<String> {
+    sipp.received()
+        .into_iter()
+        .filter(|m| m.starts_with("INVITE "))
+        .collect()
+}
+
+#[tokio::test]
+async fn crlf_in_trunk_username_is_refused_before_any_invite() {
+    require_sipp!();
+    let mut sipp = Sipp::uas("auth_407.xml", &["-rtp_echo"]);
+    let tel = adapter(None, SECS(5)).await;
+    let mut req = request(&sipp.uri(), SECS(10), SECS(30));
+    req.trunk.username = Some("alice\r\nX-Injected: 1".into());
+    req.trunk.password = Some("secret".into());
+    let Err(DialError::Invalid(reason)) = tel.dial(req).await.map(|_| ()) else {
+        panic!("a username with CR LF was dialled");
+    };
+    assert_eq!(
+        reason,
+        "not dialled: trunk username cannot go into a SIP header: control character U+000D at byte 5"
+    );
+
+    // The same trunk with a clean username: the trace holds that call's two INVITEs (the
+    // challenged one and the retry) and nothing of the refused call.
+    let mut req = request(&sipp.uri(), SECS(10), SECS(30));
+    req.trunk.username = Some("alice".into());
+    req.trunk.password = Some("secret".into());
+    let (_, end) = run_call(&tel, req, Some(Duration::from_millis(300))).await;
+    assert_eq!(end.status, CallStatus::Completed, "{end:?}");
+    assert_eq!(invites(&sipp).len(), 2, "{}", sipp.messages());
+    assert_eq!(injected_lines(&sipp), Vec::<String>::new());
+    assert!(!sipp.messages().contains("X-Injected"));
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+}
+
+#[tokio::test]
+async fn challenge_realm_with_a_control_character_is_not_echoed_and_fails_the_call() {
+    require_sipp!();
+    let sipp = Sipp::uas("auth_407_ctl_realm.xml", &[]);
+    let tel = adapter(None, SECS(5)).await;
+    let mut req = request(&sipp.uri(), SECS(10), SECS(30));
+    req.trunk.username = Some("alice".into());
+    req.trunk.password = Some("secret".into());
+    let (kinds, end) = run_call(&tel, req, None).await;
+    // SIPp really sent the CR, else this test would prove nothing.
+    let challenge = sipp
+        .sent()
+        .into_iter()
+        .find(|m| m.starts_with("SIP/2.0 407"))
+        .expect("SIPp sent its 407");
+    assert!(
+        challenge.contains("outdial.test\u{b}X-Injected: 1"),
+        "{challenge:?}"
+    );
+    assert!(kinds.is_empty(), "{kinds:?}");
+    assert_eq!(end.status, CallStatus::Failed, "{end:?}");
+    let reason = end.failure_reason.unwrap_or_default();
+    assert!(
+        reason.starts_with(
+            "not sent: Proxy-Authenticate cannot go into a SIP header: control character U+000B"
+        ),
+        "{reason}"
+    );
+    assert_eq!(invites(&sipp).len(), 1, "{}", sipp.messages());
+    assert_eq!(injected_lines(&sipp), Vec::<String>::new());
 }
 
 #[tokio::test]
