@@ -331,6 +331,15 @@ impl Call {
             if code == 408 && tagged.is_none() {
                 return Err(Termination::NoResponse);
             }
+            // rsipstack answers the first challenge itself; one that still comes back as the
+            // final response was a refusal of our credentials (or we had none).
+            if code == 401 || code == 407 {
+                return Err(Termination::AuthFailed {
+                    code,
+                    reason: reason_phrase(&resp),
+                    had_credentials: self.checked.username.is_some(),
+                });
+            }
             return Err(Termination::Rejected {
                 code,
                 reason: reason_phrase(&resp),

@@ -64,16 +64,67 @@ async fn callee_bye_after_session_refresh_is_completed() {
 }
 
 #[tokio::test]
-async fn busy_486() {
+async fn invite_carries_our_call_id_allow_and_supported() {
+    require_sipp!();
+    let mut sipp = Sipp::uas("answer.xml", &["-rtp_echo"]);
+    let tel = adapter(None, SECS(5)).await;
+    let (_, end) = run_call(
+        &tel,
+        request(&sipp.uri(), SECS(10), SECS(30)),
+        Some(Duration::from_millis(200)),
+    )
+    .await;
+    assert_eq!(end.status, CallStatus::Completed, "{end:?}");
+    let invite = invites(&sipp)
+        .into_iter()
+        .next()
+        .expect("SIPp got our INVITE");
+    let call_id = header_line(&invite, "Call-ID").expect("Call-ID");
+    assert!(call_id.ends_with("@127.0.0.1"), "{call_id}");
+    assert_eq!(
+        header_line(&invite, "Allow"),
+        Some("INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE")
+    );
+    assert!(header_line(&invite, "Supported").is_some(), "{invite}");
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+}
+
+#[tokio::test]
+async fn busy_486_keeps_the_phrase_as_sent() {
     require_sipp!();
     let mut sipp = Sipp::uas("busy.xml", &[]);
     let tel = adapter(None, SECS(5)).await;
     let (kinds, end) = run_call(&tel, request(&sipp.uri(), SECS(10), SECS(30)), None).await;
     assert_eq!(kinds, [Kind::Ringing]);
     assert_eq!(end.status, CallStatus::Busy);
-    assert_eq!(end.failure_reason.as_deref(), Some("486 Busy Here"));
+    // Not re-capitalised to the RFC's "Busy Here".
+    assert_eq!(end.failure_reason.as_deref(), Some("486 Busy here"));
     assert_eq!(end.answered_at, None);
     assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+}
+
+#[tokio::test]
+async fn decline_603_is_busy_and_its_ack_repeats_our_via() {
+    require_sipp!();
+    let mut sipp = Sipp::uas("decline_603.xml", &[]);
+    let tel = adapter(None, SECS(5)).await;
+    let (kinds, end) = run_call(&tel, request(&sipp.uri(), SECS(10), SECS(30)), None).await;
+    assert!(!kinds.contains(&Kind::Answered), "{kinds:?}");
+    assert_eq!(end.status, CallStatus::Busy, "{end:?}");
+    assert_eq!(end.failure_reason.as_deref(), Some("603 Decline"));
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+    let received = sipp.received();
+    let via_of = |method: &str| {
+        received
+            .iter()
+            .find(|m| m.starts_with(method))
+            .and_then(|m| header_line(m, "Via"))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no {method} in {}", sipp.messages()))
+    };
+    let (invite_via, ack_via) = (via_of("INVITE "), via_of("ACK "));
+    assert!(!ack_via.contains("received"), "{ack_via}");
+    assert_eq!(ack_via, invite_via);
 }
 
 async fn rejected(scenario: &str) -> (domain::telephony::CallEnd, Option<i32>) {
@@ -303,6 +354,39 @@ async fn challenge_realm_with_a_control_character_is_not_echoed_and_fails_the_ca
 }
 
 #[tokio::test]
+async fn second_challenge_after_our_digest_is_an_authentication_failure() {
+    require_sipp!();
+    let mut sipp = Sipp::uas("auth_407_rechallenge.xml", &[]);
+    let tel = adapter(None, SECS(5)).await;
+    let mut req = request(&sipp.uri(), SECS(10), SECS(30));
+    req.trunk.username = Some("alice".into());
+    req.trunk.password = Some("wrong".into());
+    let (kinds, end) = run_call(&tel, req, None).await;
+    assert!(kinds.is_empty(), "{kinds:?}");
+    assert_eq!(end.status, CallStatus::TelephonyFailed, "{end:?}");
+    assert_eq!(
+        end.failure_reason.as_deref(),
+        Some("authentication with the trunk failed: 407 Proxy Authentication Required (check the trunk's username and password)")
+    );
+    // Both 407s were ACKed and no third INVITE was tried.
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+    assert_eq!(invites(&sipp).len(), 2, "{}", sipp.messages());
+}
+
+#[tokio::test]
+async fn challenge_without_credentials_says_the_trunk_needs_them() {
+    require_sipp!();
+    let sipp = Sipp::uas("auth_407.xml", &[]);
+    let tel = adapter(None, SECS(5)).await;
+    let (_, end) = run_call(&tel, request(&sipp.uri(), SECS(10), SECS(30)), None).await;
+    assert_eq!(end.status, CallStatus::TelephonyFailed, "{end:?}");
+    assert_eq!(
+        end.failure_reason.as_deref(),
+        Some("the trunk requires authentication and has no username: 407 Proxy Authentication Required")
+    );
+}
+
+#[tokio::test]
 async fn wrong_password_is_refused_by_the_trunk() {
     require_sipp!();
     let (kinds, end, _sipp) = with_auth("auth_401.xml", "wrong").await;
@@ -430,6 +514,13 @@ async fn options_probe_reports_the_trunk() {
     };
     let reply = tel.options(&trunk).await.expect("OPTIONS answered");
     assert_eq!(reply.code, 200);
+    let options = sipp
+        .received()
+        .into_iter()
+        .find(|m| m.starts_with("OPTIONS "))
+        .expect("SIPp got our OPTIONS");
+    let call_id = header_line(&options, "Call-ID").expect("Call-ID");
+    assert!(call_id.ends_with("@127.0.0.1"), "{call_id}");
 
     let dead = TrunkTarget {
         uri: format!("sip:127.0.0.1:{}", free_udp_port()),
