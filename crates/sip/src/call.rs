@@ -99,7 +99,8 @@ pub(crate) async fn run(
             media: None,
             early: None,
             answered_at: None,
-            sdp: String::new(),
+            sdp: None,
+            held: false,
         };
         let mut termination = call.drive().await;
         if let Some(refused) = call.refusal() {
@@ -137,8 +138,10 @@ struct Call {
     /// Early media's remote description, the fallback if the 200 repeats no SDP.
     early: Option<RemoteMedia>,
     answered_at: Option<Millis>,
-    /// Our SDP as offered; re-offered unchanged on session refresh.
-    sdp: String,
+    /// Our session description: the offer, then our answers to the far end's offers.
+    sdp: Option<sdp::LocalSdp>,
+    /// The far end has put us on hold (its last offer wants none of our audio).
+    held: bool,
 }
 
 /// Why we sent CANCEL, which decides what the 487 that follows means.
@@ -170,7 +173,11 @@ impl Call {
             Ok(a) => a.port(),
             Err(e) => return Termination::Other(format!("RTP socket: {e}")),
         };
-        self.sdp = sdp::offer(ip, rtp_port, rand::random::<u32>().into(), 1);
+        self.sdp = Some(sdp::LocalSdp::offer(
+            ip,
+            rtp_port,
+            rand::random::<u32>().into(),
+        ));
 
         let option = match self.invite_option(ip, trunk) {
             Ok(o) => o,
@@ -236,7 +243,7 @@ impl Call {
             contact: header::sip_uri(&c.from, &local)?,
             destination: Some(sip_addr(trunk)),
             content_type: Some("application/sdp".into()),
-            offer: Some(self.sdp.clone().into_bytes()),
+            offer: self.sdp.as_ref().map(|s| s.current().as_bytes().to_vec()),
             credential,
             call_id: Some(call_id.to_string()),
             headers: Some(vec![
@@ -424,21 +431,27 @@ impl Call {
                         };
                     }
                     Some(DialogState::Updated(_, req, handle)) => {
-                        // Session refresh (re-INVITE or UPDATE): keep our media as it is, follow
-                        // the far end if it moved.
-                        match body_media_of(&req.body) {
-                            Some(Ok(remote)) => self.media_command(MediaCommand::Remote(remote)),
-                            Some(Err(e)) => warn!(error = %e, "unusable SDP in session refresh"),
-                            None => {}
-                        }
+                        // A re-INVITE or UPDATE: a session refresh, a hold or resume, a codec
+                        // change, or a move of the far end's media; answered per RFC 3264.
+                        let body = match body_media_of(&req.body) {
+                            Some(Ok(remote)) => {
+                                self.media_command(MediaCommand::Remote(remote));
+                                self.set_held(remote.held());
+                                self.sdp.as_mut().map(|s| s.answer(&remote).to_string())
+                            }
+                            Some(Err(e)) => {
+                                warn!(error = %e, "unusable SDP in session refresh");
+                                self.sdp.as_ref().map(|s| s.current().to_string())
+                            }
+                            None => self.sdp.as_ref().map(|s| s.current().to_string()),
+                        };
                         let with_sdp = req.method == sip::Method::Invite || !req.body.is_empty();
-                        let (headers, body) = if with_sdp {
-                            (
+                        let (headers, body) = match body {
+                            Some(body) if with_sdp => (
                                 Some(vec![Header::ContentType("application/sdp".into())]),
-                                Some(self.sdp.clone().into_bytes()),
-                            )
-                        } else {
-                            (None, None)
+                                Some(body.into_bytes()),
+                            ),
+                            _ => (None, None),
                         };
                         debug!(method = %req.method, "answering session refresh");
                         if let Err(e) = handle.respond(StatusCode::OK, headers, body).await {
@@ -475,6 +488,17 @@ impl Call {
                     }
                 },
             }
+        }
+    }
+
+    fn set_held(&mut self, held: bool) {
+        if held != self.held {
+            self.held = held;
+            info!(
+                held,
+                "far end {} the call",
+                if held { "held" } else { "resumed" }
+            );
         }
     }
 

@@ -89,6 +89,95 @@ async fn invite_carries_our_call_id_allow_and_supported() {
     assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
 }
 
+/// One RTP packet of ours as the far end's socket saw it.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    payload_type: u8,
+    sequence: u16,
+    timestamp: u32,
+    marker: bool,
+}
+
+/// Collects the RTP we send to `socket` until `stop` fires.
+async fn observe_rtp(
+    socket: tokio::net::UdpSocket,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 2048];
+    loop {
+        tokio::select! {
+            _ = &mut stop => return seen,
+            r = socket.recv_from(&mut buf) => {
+                let (len, _) = r.expect("RTP observer socket");
+                if let Ok(p) = media::rtp::RtpPacket::parse(&buf[..len]) {
+                    seen.push(Seen {
+                        payload_type: p.payload_type,
+                        sequence: p.sequence,
+                        timestamp: p.timestamp,
+                        marker: p.marker,
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_is_answered_per_rfc_3264_and_silences_our_stream_until_resume() {
+    require_sipp!();
+    let observer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let rtp_port = observer.local_addr().unwrap().port().to_string();
+    let mut sipp = Sipp::uas("hold.xml", &["-set", "rtpport", &rtp_port]);
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let seen = tokio::spawn(observe_rtp(observer, stopped));
+    // SIPp sends no RTP at all; the no-RTP watchdog must not end the call first.
+    let tel = adapter(None, SECS(30)).await;
+    let (kinds, end) = run_call(&tel, request(&sipp.uri(), SECS(10), SECS(30)), None).await;
+    let _ = stop.send(());
+    let seen = seen.await.unwrap();
+    assert_eq!(kinds, [Kind::Answered]);
+    assert_eq!(end.status, CallStatus::Completed, "{end:?}");
+    // SIPp checked our three answers: recvonly to sendonly, inactive to inactive (over UPDATE),
+    // PCMA and sendrecv to the resume.
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+
+    let mut seen = seen;
+    seen.sort_by_key(|p| p.sequence);
+    let gaps: Vec<(Seen, Seen)> = seen
+        .windows(2)
+        .map(|w| (w[0], w[1]))
+        .filter(|(a, b)| b.timestamp.wrapping_sub(a.timestamp) > 160)
+        .collect();
+    // The hold lasted 2.5 s of SIPp's pauses: one gap of at least 1 s (8000 samples) in our
+    // stream, where we sent nothing, and only there.
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    let (before, after) = gaps[0];
+    assert!(
+        after.timestamp.wrapping_sub(before.timestamp) >= 8_000,
+        "{before:?} {after:?}"
+    );
+    assert_eq!(after.sequence, before.sequence.wrapping_add(1));
+    assert!(
+        after.marker,
+        "the first packet after the hold starts a talkspurt"
+    );
+    // PCMU until the hold, PCMA after the resume that asked for it.
+    assert!(seen
+        .iter()
+        .take_while(|p| p.sequence != after.sequence)
+        .all(|p| p.payload_type == 0));
+    assert!(seen
+        .iter()
+        .skip_while(|p| p.sequence != after.sequence)
+        .all(|p| p.payload_type == 8));
+    assert!(
+        seen.iter().filter(|p| p.payload_type == 8).count() > 10,
+        "{}",
+        seen.len()
+    );
+}
+
 #[tokio::test]
 async fn busy_486_keeps_the_phrase_as_sent() {
     require_sipp!();
