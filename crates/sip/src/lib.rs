@@ -21,7 +21,7 @@ pub mod header;
 mod outcome;
 mod recording;
 mod rtp_session;
-mod sdp;
+pub mod sdp;
 mod trunk;
 
 pub use config::SipConfig;
