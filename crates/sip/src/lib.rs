@@ -57,13 +57,24 @@ pub enum SipError {
     #[error("SIP stack: {0}")]
     Stack(#[source] Box<rsipstack::Error>),
     #[error("invalid SIP configuration: {0}")]
-    InvalidConfig(String),
+    InvalidConfig(#[source] header::HeaderError),
+    #[error(transparent)]
+    UnsafeHeader(#[from] header::HeaderError),
     #[error("invalid trunk: {0}")]
     InvalidTrunk(String),
     #[error("trunk unreachable: {0}")]
     Unreachable(String),
     #[error("no response from trunk within {0:?}")]
     Timeout(Duration),
+}
+
+impl From<header::UriError> for SipError {
+    fn from(e: header::UriError) -> Self {
+        match e {
+            header::UriError::Header(e) => Self::UnsafeHeader(e),
+            header::UriError::Parse { .. } => Self::InvalidTrunk(e.to_string()),
+        }
+    }
 }
 
 impl From<rsipstack::Error> for SipError {
@@ -124,7 +135,7 @@ impl SipTelephony {
         };
         transport.add_transport(connection.into());
         let user_agent = header::HeaderValue::new("User-Agent", config.user_agent.clone())
-            .map_err(|e| SipError::InvalidConfig(e.to_string()))?;
+            .map_err(SipError::InvalidConfig)?;
         let refusals = header::Refusals::default();
         let endpoint = EndpointBuilder::new()
             .with_cancel_token(cancel.clone())

@@ -163,14 +163,12 @@ pub(crate) async fn options(
 
     let uri = sip::Uri::try_from(format!("sip:{}", target.host_port()).as_str())
         .map_err(|e| SipError::InvalidTrunk(e.to_string()))?;
-    let invalid = |e: header::UriError| SipError::InvalidTrunk(e.to_string());
     let user = HeaderValue::new(
         "trunk username",
         trunk.username.clone().unwrap_or_else(|| "outdial".into()),
-    )
-    .map_err(|e| invalid(e.into()))?;
-    let host = HeaderValue::new("trunk host", target.host_port()).map_err(|e| invalid(e.into()))?;
-    let from_uri = header::sip_uri(&user, &host).map_err(invalid)?;
+    )?;
+    let host = HeaderValue::new("trunk host", target.host_port())?;
+    let from_uri = header::sip_uri(&user, &host)?;
     let local_ip = match shared.config.public_ip {
         Some(ip) => ip,
         None if !shared.local.ip().is_unspecified() => shared.local.ip(),
@@ -178,7 +176,7 @@ pub(crate) async fn options(
             .local_ip()
             .map_err(|e| SipError::Unreachable(e.to_string()))?,
     };
-    let call_id = crate::call::call_id(local_ip).map_err(|e| invalid(e.into()))?;
+    let call_id = crate::call::call_id(local_ip)?;
     let via = shared.endpoint.get_via(None, None)?;
     let from = sip::typed::From {
         display_name: None,
