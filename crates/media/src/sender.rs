@@ -59,6 +59,13 @@ impl RtpSender {
         self.config.ssrc
     }
 
+    /// Switches the audio payload type (a codec change renegotiated mid-call). Sequence numbers
+    /// and timestamps carry on: RTP allows a payload type change within one stream (RFC 3550
+    /// §5.1), and the clock rate of the G.711 codecs is the same.
+    pub fn set_payload_type(&mut self, payload_type: u8) {
+        self.config.payload_type = payload_type;
+    }
+
     /// Media-clock timestamp of the start of frame `frame`.
     pub fn timestamp_at(&self, frame: u64) -> u32 {
         // Timestamps are modulo 2^32, so truncating the index first is exact.
@@ -187,6 +194,16 @@ mod tests {
         assert_eq!(p.timestamp, (u32::MAX - 200).wrapping_add(7 * 160));
         assert!(p.marker);
         assert!(!s.audio(8, &[]).unwrap().marker);
+    }
+
+    #[test]
+    fn payload_type_switch_keeps_the_stream_going() {
+        let mut s = sender();
+        s.audio(0, &[]).unwrap();
+        s.set_payload_type(8);
+        let p = s.audio(1, &[]).unwrap();
+        assert_eq!((p.payload_type, p.sequence, p.marker), (8, 65_535, false));
+        assert_eq!(p.timestamp, u32::MAX - 40);
     }
 
     #[test]

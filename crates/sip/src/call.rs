@@ -2,6 +2,7 @@
 //! rsipstack runs the transactions (retransmits, ACK, digest retry, CANCEL); this task turns its
 //! dialog states into `CallEvent`s and decides how the call ended.
 
+use crate::header::{self, HeaderError, HeaderValue};
 use crate::outcome::{classify, Termination};
 use crate::recording::Recorder;
 use crate::rtp_session::{MediaCommand, MediaEvent, MediaHandle, MediaSetup};
@@ -29,10 +30,55 @@ use tracing::{debug, info, info_span, warn, Instrument, Span};
 /// transaction itself carries on in the background.
 const BYE_WAIT: Duration = Duration::from_secs(2);
 
+/// Allow of our INVITEs: what a far end may send inside our calls (RFC 3261 §20.5).
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE";
+/// Supported of our INVITEs: no extension (no 100rel, no session timers we would refresh), said
+/// explicitly so a far end does not assume any (RFC 3261 §20.37).
+const SUPPORTED: &str = "";
+
+/// Every tenant-supplied value of a call that goes into a SIP header, checked once before
+/// anything is sent.
+#[derive(Debug, Clone)]
+pub(crate) struct Checked {
+    from: HeaderValue,
+    to: HeaderValue,
+    host: HeaderValue,
+    username: Option<HeaderValue>,
+}
+
+impl Checked {
+    pub(crate) fn new(request: &DialRequest, target: &Target) -> Result<Self, HeaderError> {
+        Ok(Self {
+            from: HeaderValue::new("caller number", request.from.to_string())?,
+            to: HeaderValue::new("callee number", request.to.to_string())?,
+            host: HeaderValue::new("trunk host", target.host_port())?,
+            username: request
+                .trunk
+                .username
+                .clone()
+                .map(|u| HeaderValue::new("trunk username", u))
+                .transpose()?,
+        })
+    }
+}
+
+/// A Call-ID of ours: random, at our own address (RFC 3261 §8.1.1.4).
+pub(crate) fn call_id(ip: IpAddr) -> Result<HeaderValue, HeaderError> {
+    let host = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    };
+    HeaderValue::new(
+        "Call-ID",
+        format!("{}@{host}", rsipstack::transaction::make_uuid_v4()),
+    )
+}
+
 pub(crate) async fn run(
     shared: Arc<Shared>,
     request: DialRequest,
     target: Target,
+    checked: Checked,
     events: mpsc::Sender<CallEvent>,
     control: mpsc::Receiver<CallControl>,
 ) {
@@ -46,14 +92,20 @@ pub(crate) async fn run(
             shared,
             request,
             target,
+            checked,
+            call_id: None,
             events,
             control,
             media: None,
             early: None,
             answered_at: None,
-            sdp: String::new(),
+            sdp: None,
+            held: false,
         };
-        let termination = call.drive().await;
+        let mut termination = call.drive().await;
+        if let Some(refused) = call.refusal() {
+            termination = Termination::UnsafeHeader(refused);
+        }
         let recording = match call.media.take() {
             Some(media) => media.stop().await,
             None => None,
@@ -77,14 +129,19 @@ struct Call {
     shared: Arc<Shared>,
     request: DialRequest,
     target: Target,
+    checked: Checked,
+    /// Set once the INVITE is built; keys what the header guard refused in this call.
+    call_id: Option<HeaderValue>,
     events: mpsc::Sender<CallEvent>,
     control: mpsc::Receiver<CallControl>,
     media: Option<MediaHandle>,
     /// Early media's remote description, the fallback if the 200 repeats no SDP.
     early: Option<RemoteMedia>,
     answered_at: Option<Millis>,
-    /// Our SDP as offered; re-offered unchanged on session refresh.
-    sdp: String,
+    /// Our session description: the offer, then our answers to the far end's offers.
+    sdp: Option<sdp::LocalSdp>,
+    /// The far end has put us on hold (its last offer wants none of our audio).
+    held: bool,
 }
 
 /// Why we sent CANCEL, which decides what the 487 that follows means.
@@ -116,11 +173,16 @@ impl Call {
             Ok(a) => a.port(),
             Err(e) => return Termination::Other(format!("RTP socket: {e}")),
         };
-        self.sdp = sdp::offer(ip, rtp_port, rand::random::<u32>().into(), 1);
+        self.sdp = Some(sdp::LocalSdp::offer(
+            ip,
+            rtp_port,
+            rand::random::<u32>().into(),
+        ));
 
         let option = match self.invite_option(ip, trunk) {
             Ok(o) => o,
-            Err(e) => return Termination::Other(e),
+            Err(header::UriError::Header(e)) => return Termination::UnsafeHeader(e),
+            Err(e) => return Termination::Other(e.to_string()),
         };
         let (state_tx, mut states) = self.shared.dialogs.new_dialog_state_channel();
         let (dialog, mut invite) = match self.shared.dialogs.do_invite_async(option, state_tx) {
@@ -158,36 +220,47 @@ impl Call {
     }
 
     fn invite_option(
-        &self,
+        &mut self,
         ip: IpAddr,
         trunk: std::net::SocketAddr,
-    ) -> Result<InviteOption, String> {
-        let host = self.target.host_port();
-        let uri = |s: String| {
-            sip::Uri::try_from(s.as_str()).map_err(|e| format!("cannot build URI {s}: {e}"))
-        };
-        let local = std::net::SocketAddr::new(ip, self.shared.local.port());
-        let credential = self
-            .request
-            .trunk
-            .username
-            .clone()
-            .map(|username| Credential {
-                username,
-                password: self.request.trunk.password.clone().unwrap_or_default(),
-                realm: None,
-                auth_username: None,
-            });
-        Ok(InviteOption {
-            caller: uri(format!("sip:{}@{host}", self.request.from))?,
-            callee: uri(format!("sip:{}@{host}", self.request.to))?,
-            contact: uri(format!("sip:{}@{local}", self.request.from))?,
+    ) -> Result<InviteOption, header::UriError> {
+        let c = &self.checked;
+        let local = HeaderValue::new(
+            "local address",
+            std::net::SocketAddr::new(ip, self.shared.local.port()).to_string(),
+        )?;
+        let credential = c.username.clone().map(|username| Credential {
+            username: username.into_string(),
+            // Only its digest goes on the wire, as hex.
+            password: self.request.trunk.password.clone().unwrap_or_default(),
+            realm: None,
+            auth_username: None,
+        });
+        let call_id = call_id(ip)?;
+        let option = InviteOption {
+            caller: header::sip_uri(&c.from, &c.host)?,
+            callee: header::sip_uri(&c.to, &c.host)?,
+            contact: header::sip_uri(&c.from, &local)?,
             destination: Some(sip_addr(trunk)),
             content_type: Some("application/sdp".into()),
-            offer: Some(self.sdp.clone().into_bytes()),
+            offer: self.sdp.as_ref().map(|s| s.current().as_bytes().to_vec()),
             credential,
+            call_id: Some(call_id.to_string()),
+            headers: Some(vec![
+                Header::Allow(ALLOW.into()),
+                Header::Supported(SUPPORTED.into()),
+            ]),
             ..Default::default()
-        })
+        };
+        self.call_id = Some(call_id);
+        Ok(option)
+    }
+
+    /// What the header guard took out of this call's messages, if anything.
+    fn refusal(&self) -> Option<HeaderError> {
+        let id = self.call_id.as_ref()?;
+        let mut refusals = self.shared.refusals.lock().ok()?;
+        refusals.remove(id.as_str())
     }
 
     /// Everything before the 200: provisional responses, early media, the ring timeout, our own
@@ -264,6 +337,15 @@ impl Call {
             let tagged = resp.to_header().ok().and_then(|t| t.tag().ok().flatten());
             if code == 408 && tagged.is_none() {
                 return Err(Termination::NoResponse);
+            }
+            // rsipstack answers the first challenge itself; one that still comes back as the
+            // final response was a refusal of our credentials (or we had none).
+            if code == 401 || code == 407 {
+                return Err(Termination::AuthFailed {
+                    code,
+                    reason: reason_phrase(&resp),
+                    had_credentials: self.checked.username.is_some(),
+                });
             }
             return Err(Termination::Rejected {
                 code,
@@ -349,21 +431,27 @@ impl Call {
                         };
                     }
                     Some(DialogState::Updated(_, req, handle)) => {
-                        // Session refresh (re-INVITE or UPDATE): keep our media as it is, follow
-                        // the far end if it moved.
-                        match body_media_of(&req.body) {
-                            Some(Ok(remote)) => self.media_command(MediaCommand::Remote(remote)),
-                            Some(Err(e)) => warn!(error = %e, "unusable SDP in session refresh"),
-                            None => {}
-                        }
+                        // A re-INVITE or UPDATE: a session refresh, a hold or resume, a codec
+                        // change, or a move of the far end's media; answered per RFC 3264.
+                        let body = match body_media_of(&req.body) {
+                            Some(Ok(remote)) => {
+                                self.media_command(MediaCommand::Remote(remote));
+                                self.set_held(remote.held());
+                                self.sdp.as_mut().map(|s| s.answer(&remote).to_string())
+                            }
+                            Some(Err(e)) => {
+                                warn!(error = %e, "unusable SDP in session refresh");
+                                self.sdp.as_ref().map(|s| s.current().to_string())
+                            }
+                            None => self.sdp.as_ref().map(|s| s.current().to_string()),
+                        };
                         let with_sdp = req.method == sip::Method::Invite || !req.body.is_empty();
-                        let (headers, body) = if with_sdp {
-                            (
+                        let (headers, body) = match body {
+                            Some(body) if with_sdp => (
                                 Some(vec![Header::ContentType("application/sdp".into())]),
-                                Some(self.sdp.clone().into_bytes()),
-                            )
-                        } else {
-                            (None, None)
+                                Some(body.into_bytes()),
+                            ),
+                            _ => (None, None),
                         };
                         debug!(method = %req.method, "answering session refresh");
                         if let Err(e) = handle.respond(StatusCode::OK, headers, body).await {
@@ -400,6 +488,17 @@ impl Call {
                     }
                 },
             }
+        }
+    }
+
+    fn set_held(&mut self, held: bool) {
+        if held != self.held {
+            self.held = held;
+            info!(
+                held,
+                "far end {} the call",
+                if held { "held" } else { "resumed" }
+            );
         }
     }
 

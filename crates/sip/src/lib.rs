@@ -17,10 +17,11 @@
 
 mod call;
 mod config;
+pub mod header;
 mod outcome;
 mod recording;
 mod rtp_session;
-mod sdp;
+pub mod sdp;
 mod trunk;
 
 pub use config::SipConfig;
@@ -35,6 +36,7 @@ use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::platform::CancellationToken;
 use rsipstack::sip::prelude::HeadersExt;
 use rsipstack::sip::{Method, StatusCode};
+use rsipstack::transaction::endpoint::EndpointOption;
 use rsipstack::transaction::TransactionReceiver;
 use rsipstack::transport::{udp::UdpConnection, TransportLayer};
 use rsipstack::EndpointBuilder;
@@ -54,12 +56,25 @@ pub enum SipError {
     },
     #[error("SIP stack: {0}")]
     Stack(#[source] Box<rsipstack::Error>),
+    #[error("invalid SIP configuration: {0}")]
+    InvalidConfig(#[source] header::HeaderError),
+    #[error(transparent)]
+    UnsafeHeader(#[from] header::HeaderError),
     #[error("invalid trunk: {0}")]
     InvalidTrunk(String),
     #[error("trunk unreachable: {0}")]
     Unreachable(String),
     #[error("no response from trunk within {0:?}")]
     Timeout(Duration),
+}
+
+impl From<header::UriError> for SipError {
+    fn from(e: header::UriError) -> Self {
+        match e {
+            header::UriError::Header(e) => Self::UnsafeHeader(e),
+            header::UriError::Parse { .. } => Self::InvalidTrunk(e.to_string()),
+        }
+    }
 }
 
 impl From<rsipstack::Error> for SipError {
@@ -85,6 +100,8 @@ pub(crate) struct Shared {
     pub local: SocketAddr,
     pub ports: rtp_session::PortPool,
     pub counters: Arc<rtp_session::Counters>,
+    /// What the header guard refused, by Call-ID.
+    pub refusals: header::Refusals,
     cancel: CancellationToken,
 }
 
@@ -117,10 +134,25 @@ impl SipTelephony {
             _ => connection,
         };
         transport.add_transport(connection.into());
+        let user_agent = header::HeaderValue::new("User-Agent", config.user_agent.clone())
+            .map_err(SipError::InvalidConfig)?;
+        let refusals = header::Refusals::default();
         let endpoint = EndpointBuilder::new()
             .with_cancel_token(cancel.clone())
             .with_transport_layer(transport)
-            .with_user_agent(&config.user_agent)
+            .with_user_agent(user_agent.as_str())
+            .with_option(EndpointOption {
+                // Calls and probes set their own Call-ID; this keeps anything else the stack
+                // might start off the library's default host.
+                callid_suffix: Some(match external {
+                    Some(ext) => ext.ip().to_string(),
+                    None => bound.ip().to_string(),
+                }),
+                ..EndpointOption::default()
+            })
+            .with_inspector(Box::new(header::Guard {
+                refusals: refusals.clone(),
+            }))
             .build();
         let incoming = endpoint.incoming_transactions()?;
         let dialogs = Arc::new(DialogLayer::new(endpoint.inner.clone()));
@@ -131,6 +163,7 @@ impl SipTelephony {
             endpoint: endpoint.inner.clone(),
             local: bound,
             counters: Arc::default(),
+            refusals,
             cancel,
         });
         tokio::spawn(async move { endpoint.serve().await });
@@ -170,12 +203,16 @@ impl Telephony for SipTelephony {
         }
         let target = trunk::Target::parse(&request.trunk.uri)
             .map_err(|e| DialError::Invalid(e.to_string()))?;
+        // Refused before anything is sent: a value that could break a header line never goes out.
+        let checked = call::Checked::new(&request, &target)
+            .map_err(|e| DialError::Invalid(format!("not dialled: {e}")))?;
         let (event_tx, events) = mpsc::channel(16);
         let (control, control_rx) = mpsc::channel(16);
         tokio::spawn(call::run(
             self.shared.clone(),
             request,
             target,
+            checked,
             event_tx,
             control_rx,
         ));

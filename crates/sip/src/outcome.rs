@@ -9,6 +9,13 @@ use std::time::Duration;
 pub enum Termination {
     /// A final non-2xx response to our INVITE (not one provoked by our own CANCEL).
     Rejected { code: u16, reason: String },
+    /// The trunk challenged (401/407) and did not accept what we answered, or we had no
+    /// credentials to answer with.
+    AuthFailed {
+        code: u16,
+        reason: String,
+        had_credentials: bool,
+    },
     /// We sent CANCEL because `ring_timeout` passed.
     RingTimeout { after: Duration },
     /// Our owner asked to hang up before the callee answered.
@@ -21,6 +28,9 @@ pub enum Termination {
     NoRtp { after: Duration },
     /// Answered, then ended by either side's BYE or by `max_duration`.
     Completed,
+    /// A header value would have broken the message (a control character in it): the request
+    /// carrying it was not sent, or the far end's challenge could not be answered.
+    UnsafeHeader(crate::header::HeaderError),
     /// Anything else (a malformed answer, a local failure); the text says what.
     Other(String),
 }
@@ -31,7 +41,8 @@ pub fn classify(t: &Termination) -> (CallStatus, Option<String>) {
         Termination::Completed => (CallStatus::Completed, None),
         Termination::Rejected { code, reason } => {
             let status = match code {
-                486 | 600 => CallStatus::Busy,
+                // 603 Decline is the callee refusing the call, like a busy line.
+                486 | 600 | 603 => CallStatus::Busy,
                 408 | 480 => CallStatus::NoAnswer,
                 404 | 410 | 484 | 604 => CallStatus::Unreachable,
                 403 | 500..=599 => CallStatus::TelephonyFailed,
@@ -39,6 +50,26 @@ pub fn classify(t: &Termination) -> (CallStatus, Option<String>) {
             };
             (status, Some(format!("{code} {reason}")))
         }
+        Termination::AuthFailed {
+            code,
+            reason,
+            had_credentials: true,
+        } => (
+            CallStatus::TelephonyFailed,
+            Some(format!(
+                "authentication with the trunk failed: {code} {reason} (check the trunk's username and password)"
+            )),
+        ),
+        Termination::AuthFailed {
+            code,
+            reason,
+            had_credentials: false,
+        } => (
+            CallStatus::TelephonyFailed,
+            Some(format!(
+                "the trunk requires authentication and has no username: {code} {reason}"
+            )),
+        ),
         Termination::RingTimeout { after } => (
             CallStatus::NoAnswer,
             Some(format!(
@@ -65,6 +96,7 @@ pub fn classify(t: &Termination) -> (CallStatus, Option<String>) {
                 after.as_secs()
             )),
         ),
+        Termination::UnsafeHeader(e) => (CallStatus::Failed, Some(format!("not sent: {e}"))),
         Termination::Other(e) => (CallStatus::Failed, Some(e.clone())),
     }
 }
@@ -97,7 +129,8 @@ mod tests {
             (599, "Whatever", CallStatus::TelephonyFailed),
             (401, "Unauthorized", CallStatus::Failed),
             (488, "Not Acceptable Here", CallStatus::Failed),
-            (603, "Decline", CallStatus::Failed),
+            (603, "Decline", CallStatus::Busy),
+            (486, "Busy here", CallStatus::Busy),
             (302, "Moved Temporarily", CallStatus::Failed),
         ];
         for (code, reason, status) in table {
@@ -105,6 +138,30 @@ mod tests {
             assert_eq!(got, status, "{code}");
             assert_eq!(why.as_deref(), Some(format!("{code} {reason}").as_str()));
         }
+    }
+
+    #[test]
+    fn refused_credentials_are_telephony_failed_and_say_so() {
+        let (status, why) = classify(&Termination::AuthFailed {
+            code: 407,
+            reason: "Proxy Authentication Required".into(),
+            had_credentials: true,
+        });
+        assert_eq!(status, CallStatus::TelephonyFailed);
+        assert_eq!(
+            why.as_deref(),
+            Some("authentication with the trunk failed: 407 Proxy Authentication Required (check the trunk's username and password)")
+        );
+        let (status, why) = classify(&Termination::AuthFailed {
+            code: 401,
+            reason: "Unauthorized".into(),
+            had_credentials: false,
+        });
+        assert_eq!(status, CallStatus::TelephonyFailed);
+        assert_eq!(
+            why.as_deref(),
+            Some("the trunk requires authentication and has no username: 401 Unauthorized")
+        );
     }
 
     #[test]

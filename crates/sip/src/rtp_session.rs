@@ -2,7 +2,7 @@
 //! the `media` crate in between. One task per call owns all of it, so nothing here locks.
 
 use crate::recording::Recorder;
-use crate::sdp::{Codec, RemoteMedia, OFFERED_TELEPHONE_EVENT_PT};
+use crate::sdp::{Codec, Direction, RemoteMedia, OFFERED_TELEPHONE_EVENT_PT};
 use domain::telephony::AudioFrame;
 use media::dtmf::{DtmfReceiver, DtmfSender};
 use media::jitter::{JitterBuffer, JitterConfig, Playout};
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::{debug, warn, Instrument, Span};
+use tracing::{debug, info, warn, Instrument, Span};
 
 /// A packet sent this much after its slot on the 20 ms grid counts as late.
 const LATE_THRESHOLD: Duration = Duration::from_millis(5);
@@ -271,10 +271,23 @@ impl Session {
     fn command(&mut self, command: MediaCommand) {
         match command {
             MediaCommand::Remote(remote) => {
-                // The codec chosen at answer stays for the call: the sender's sequence space
-                // cannot be carried to a new payload type, and a refresh keeps the codec anyway.
-                self.remote.addr = remote.addr;
-                self.remote.telephone_event = remote.telephone_event;
+                if (remote.codec, remote.payload_type)
+                    != (self.remote.codec, self.remote.payload_type)
+                {
+                    info!(from = ?self.remote.codec, to = ?remote.codec, "codec changed by the far end");
+                    self.sender.set_payload_type(remote.payload_type);
+                }
+                if remote.held() != self.remote.held() {
+                    info!(
+                        direction = remote.direction.attribute(),
+                        "far end changed the stream's direction"
+                    );
+                    // A stream resumed before any packet came gets a whole no-RTP window.
+                    if self.attached_at.is_some() {
+                        self.attached_at = Some(Instant::now());
+                    }
+                }
+                self.remote = remote;
             }
             MediaCommand::Attach { inbound, outbound } => {
                 self.inbound = Some(inbound);
@@ -327,7 +340,14 @@ impl Session {
     }
 
     async fn tick(&mut self, frame: u64, deadline: Instant, now: Instant) {
-        let len = self.outgoing(frame);
+        // On hold we send nothing (RFC 3264 §5.1); the owner's audio is taken and dropped so its
+        // playout clock keeps running, and the recording has silence on our leg.
+        let len = if self.remote.held() {
+            self.discard_outgoing();
+            None
+        } else {
+            self.outgoing(frame)
+        };
         if let Some(len) = len {
             if now.saturating_duration_since(deadline) > LATE_THRESHOLD {
                 self.counters.late.fetch_add(1, Ordering::Relaxed);
@@ -351,6 +371,14 @@ impl Session {
             }
         }
         self.check_silence(now);
+    }
+
+    fn discard_outgoing(&mut self) {
+        if let Some(outbound) = self.outbound.as_mut() {
+            let _ = outbound.try_recv();
+        }
+        self.narrow_out.clear();
+        self.narrow_out.resize(FRAME_SAMPLES, 0);
     }
 
     /// Builds this tick's packet into `self.packet` and leaves the 8 kHz audio sent (silence
@@ -427,6 +455,11 @@ impl Session {
         let Some(attached) = self.attached_at else {
             return;
         };
+        // Silence on hold is no sign of a blocked socket: a far end that holds (sendonly) often
+        // sends nothing either, and one that said recvonly or inactive will not.
+        if self.remote.direction != Direction::SendRecv {
+            return;
+        }
         if !self.heard_since_attach
             && !self.no_rtp_reported
             && now.saturating_duration_since(attached) >= self.no_rtp_timeout

@@ -35,6 +35,53 @@ impl Codec {
     }
 }
 
+/// An audio stream's direction attribute, as its writer sees it (RFC 3264 §5.1, §6.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    #[default]
+    SendRecv,
+    SendOnly,
+    RecvOnly,
+    Inactive,
+}
+
+impl Direction {
+    fn from_attribute(a: &str) -> Option<Self> {
+        match a {
+            "sendrecv" => Some(Self::SendRecv),
+            "sendonly" => Some(Self::SendOnly),
+            "recvonly" => Some(Self::RecvOnly),
+            "inactive" => Some(Self::Inactive),
+            _ => None,
+        }
+    }
+
+    pub fn attribute(self) -> &'static str {
+        match self {
+            Self::SendRecv => "sendrecv",
+            Self::SendOnly => "sendonly",
+            Self::RecvOnly => "recvonly",
+            Self::Inactive => "inactive",
+        }
+    }
+
+    /// The direction an answerer writes for an offer with this one (RFC 3264 §6.1): a
+    /// `sendonly` hold is answered `recvonly`, `inactive` with `inactive`.
+    pub fn answer(self) -> Self {
+        match self {
+            Self::SendRecv => Self::SendRecv,
+            Self::SendOnly => Self::RecvOnly,
+            Self::RecvOnly => Self::SendOnly,
+            Self::Inactive => Self::Inactive,
+        }
+    }
+
+    /// Whether the stream's writer wants our media: if not, we send none (RFC 3264 §5.1).
+    pub fn wants_our_media(self) -> bool {
+        matches!(self, Self::SendRecv | Self::RecvOnly)
+    }
+}
+
 /// What the far end told us about its audio stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RemoteMedia {
@@ -46,6 +93,16 @@ pub struct RemoteMedia {
     pub payload_type: u8,
     /// Payload type the far end wants telephone-events sent with, if it accepts them.
     pub telephone_event: Option<u8>,
+    /// The stream's direction as the far end wrote it; `c=0.0.0.0` (RFC 2543 hold) counts as
+    /// not wanting our media.
+    pub direction: Direction,
+}
+
+impl RemoteMedia {
+    /// Whether the far end has put the call on hold: it wants none of our audio.
+    pub fn held(&self) -> bool {
+        !self.direction.wants_our_media()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -99,6 +156,8 @@ pub fn parse(sdp: &str) -> Result<RemoteMedia, SdpError> {
     let mut rtpmaps: Vec<(u8, String)> = Vec::new();
     let mut in_audio = false;
     let mut audio_seen = false;
+    let mut session_direction: Option<Direction> = None;
+    let mut media_direction: Option<Direction> = None;
 
     for line in sdp.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let Some((kind, value)) = line.split_once('=') else {
@@ -139,7 +198,15 @@ pub fn parse(sdp: &str) -> Result<RemoteMedia, SdpError> {
                     session_ip = Some(ip);
                 }
             }
+            "a" if !audio_seen => {
+                if let Some(d) = Direction::from_attribute(value) {
+                    session_direction = Some(d);
+                }
+            }
             "a" if in_audio => {
+                if let Some(d) = Direction::from_attribute(value) {
+                    media_direction = Some(d);
+                }
                 if let Some(map) = value.strip_prefix("rtpmap:") {
                     let mut parts = map.split_whitespace();
                     if let (Some(pt), Some(enc)) = (parts.next(), parts.next()) {
@@ -178,12 +245,101 @@ pub fn parse(sdp: &str) -> Result<RemoteMedia, SdpError> {
     let telephone_event = formats.iter().copied().find(|&pt| {
         encoding(pt).is_some_and(|e| e.to_ascii_lowercase().starts_with("telephone-event/8000"))
     });
+    let mut direction = media_direction.or(session_direction).unwrap_or_default();
+    if ip.is_unspecified() {
+        // RFC 2543 hold: nowhere to send to (RFC 3264 §8.4 asks answerers to understand it).
+        direction = match direction {
+            Direction::SendRecv | Direction::SendOnly => Direction::SendOnly,
+            Direction::RecvOnly | Direction::Inactive => Direction::Inactive,
+        };
+    }
     Ok(RemoteMedia {
         addr: SocketAddr::new(ip, port),
         codec,
         payload_type,
         telephone_event,
+        direction,
     })
+}
+
+/// Our side of one call's session description: the offer first, then the answer to each offer
+/// the far end makes (re-INVITE, UPDATE), with the o= version grown whenever it changes.
+#[derive(Debug, Clone)]
+pub struct LocalSdp {
+    ip: IpAddr,
+    port: u16,
+    session_id: u64,
+    version: u64,
+    current: String,
+}
+
+impl LocalSdp {
+    pub fn offer(ip: IpAddr, port: u16, session_id: u64) -> Self {
+        Self {
+            ip,
+            port,
+            session_id,
+            version: 1,
+            current: offer(ip, port, session_id, 1),
+        }
+    }
+
+    /// What we last sent: re-sent as is when a far end asks for an offer (a re-INVITE without
+    /// SDP) or refreshes without SDP.
+    pub fn current(&self) -> &str {
+        &self.current
+    }
+
+    /// Answers the far end's offer: its chosen codec with the payload type it gave it, its
+    /// telephone-event if any, and the direction that mirrors its own (RFC 3264 §6.1).
+    pub fn answer(&mut self, remote: &RemoteMedia) -> &str {
+        let unchanged = answer(self.ip, self.port, self.session_id, self.version, remote);
+        if unchanged != self.current {
+            self.version += 1;
+            self.current = answer(self.ip, self.port, self.session_id, self.version, remote);
+        }
+        &self.current
+    }
+}
+
+fn answer(ip: IpAddr, port: u16, session_id: u64, version: u64, remote: &RemoteMedia) -> String {
+    let family = match ip {
+        IpAddr::V4(_) => "IP4",
+        IpAddr::V6(_) => "IP6",
+    };
+    let pt = remote.payload_type;
+    let encoding = match remote.codec {
+        Codec::Pcmu => "PCMU/8000",
+        Codec::Pcma => "PCMA/8000",
+    };
+    let mut sdp = String::with_capacity(320);
+    let formats = match remote.telephone_event {
+        Some(te) => format!("{pt} {te}"),
+        None => pt.to_string(),
+    };
+    // Writing to a String cannot fail.
+    let _ = write!(
+        sdp,
+        "v=0\r\n\
+         o=outdial {session_id} {version} IN {family} {ip}\r\n\
+         s=outdial\r\n\
+         c=IN {family} {ip}\r\n\
+         t=0 0\r\n\
+         m=audio {port} RTP/AVP {formats}\r\n\
+         a=rtpmap:{pt} {encoding}\r\n"
+    );
+    if let Some(te) = remote.telephone_event {
+        let _ = write!(
+            sdp,
+            "a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-15\r\n"
+        );
+    }
+    let _ = write!(
+        sdp,
+        "a=ptime:20\r\na={}\r\n",
+        remote.direction.answer().attribute()
+    );
+    sdp
 }
 
 #[cfg(test)]
@@ -267,6 +423,56 @@ mod tests {
             Err(SdpError::Rejected)
         );
         assert!(matches!(parse("garbage"), Err(SdpError::Malformed(_))));
+    }
+
+    const HOLD: &str = "v=0\r\no=- 1 2 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n\
+                        m=audio 30000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000\r\n\
+                        a=rtpmap:101 telephone-event/8000\r\n";
+
+    #[test]
+    fn directions_media_level_over_session_level() {
+        let media = |extra: &str, session: &str| {
+            let sdp = HOLD.replace("t=0 0\r\n", &format!("t=0 0\r\n{session}"));
+            parse(&format!("{sdp}{extra}")).unwrap().direction
+        };
+        assert_eq!(media("", ""), Direction::SendRecv);
+        assert_eq!(media("a=sendonly\r\n", ""), Direction::SendOnly);
+        assert_eq!(media("a=inactive\r\n", ""), Direction::Inactive);
+        assert_eq!(media("", "a=recvonly\r\n"), Direction::RecvOnly);
+        assert_eq!(
+            media("a=sendrecv\r\n", "a=inactive\r\n"),
+            Direction::SendRecv
+        );
+        let old_style = HOLD.replace("c=IN IP4 10.0.0.1", "c=IN IP4 0.0.0.0");
+        assert!(parse(&old_style).unwrap().held());
+        assert!(!parse(HOLD).unwrap().held());
+    }
+
+    #[test]
+    fn hold_is_answered_with_the_mirrored_direction_and_the_offered_codec() {
+        let mut local = LocalSdp::offer("127.0.0.1".parse().unwrap(), 10_002, 7);
+        let held = parse(&format!("{HOLD}a=sendonly\r\n")).unwrap();
+        let answer = local.answer(&held).to_string();
+        assert!(
+            answer.contains("o=outdial 7 2 IN IP4 127.0.0.1\r\n"),
+            "{answer}"
+        );
+        assert!(
+            answer.contains("m=audio 10002 RTP/AVP 8 101\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains("a=rtpmap:8 PCMA/8000\r\n"), "{answer}");
+        assert!(answer.ends_with("a=recvonly\r\n"), "{answer}");
+        // The same offer again changes nothing, so the version stays.
+        assert_eq!(local.answer(&held), answer);
+        let inactive = parse(&format!("{HOLD}a=inactive\r\n")).unwrap();
+        let answer = local.answer(&inactive).to_string();
+        assert!(answer.contains("o=outdial 7 3 "), "{answer}");
+        assert!(answer.ends_with("a=inactive\r\n"), "{answer}");
+        let resumed = parse(HOLD).unwrap();
+        assert!(local.answer(&resumed).ends_with("a=sendrecv\r\n"));
+        // Our answer is itself a description we can read back.
+        assert_eq!(parse(local.current()).unwrap().codec, Codec::Pcma);
     }
 
     #[test]

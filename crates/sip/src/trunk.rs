@@ -1,6 +1,7 @@
 //! Reaching the trunk: parsing its URI, resolving it, noticing fast when nothing listens there,
 //! and the OPTIONS keep-alive.
 
+use crate::header::{self, HeaderValue};
 use crate::{Shared, SipError};
 use domain::telephony::TrunkTarget;
 use rsipstack::sip::{self, uri::ParamsExt, HostWithPort, Method, SipMessage, Transport};
@@ -162,9 +163,20 @@ pub(crate) async fn options(
 
     let uri = sip::Uri::try_from(format!("sip:{}", target.host_port()).as_str())
         .map_err(|e| SipError::InvalidTrunk(e.to_string()))?;
-    let user = trunk.username.clone().unwrap_or_else(|| "outdial".into());
-    let from_uri = sip::Uri::try_from(format!("sip:{user}@{}", target.host_port()).as_str())
-        .map_err(|e| SipError::InvalidTrunk(e.to_string()))?;
+    let user = HeaderValue::new(
+        "trunk username",
+        trunk.username.clone().unwrap_or_else(|| "outdial".into()),
+    )?;
+    let host = HeaderValue::new("trunk host", target.host_port())?;
+    let from_uri = header::sip_uri(&user, &host)?;
+    let local_ip = match shared.config.public_ip {
+        Some(ip) => ip,
+        None if !shared.local.ip().is_unspecified() => shared.local.ip(),
+        None => probe
+            .local_ip()
+            .map_err(|e| SipError::Unreachable(e.to_string()))?,
+    };
+    let call_id = crate::call::call_id(local_ip)?;
     let via = shared.endpoint.get_via(None, None)?;
     let from = sip::typed::From {
         display_name: None,
@@ -177,9 +189,15 @@ pub(crate) async fn options(
         uri: uri.clone(),
         params: vec![],
     };
-    let request = shared
-        .endpoint
-        .make_request(Method::Options, uri, via, from, to, 1, None);
+    let request = shared.endpoint.make_request(
+        Method::Options,
+        uri,
+        via,
+        from,
+        to,
+        1,
+        Some(call_id.into_string().into()),
+    );
     let key = TransactionKey::from_request(&request, TransactionRole::Client)?;
     let mut tx = Transaction::new_client(key, request, shared.endpoint.clone(), None);
     tx.destination = Some(sip_addr(addr));

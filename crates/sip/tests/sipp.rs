@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use domain::telephony::{CallControl, CallEvent, LiveCall, Telephony, TrunkTarget};
+use domain::telephony::{CallControl, CallEvent, DialError, LiveCall, Telephony, TrunkTarget};
 use domain::CallStatus;
 use std::time::{Duration, Instant};
 
@@ -64,16 +64,156 @@ async fn callee_bye_after_session_refresh_is_completed() {
 }
 
 #[tokio::test]
-async fn busy_486() {
+async fn invite_carries_our_call_id_allow_and_supported() {
+    require_sipp!();
+    let mut sipp = Sipp::uas("answer.xml", &["-rtp_echo"]);
+    let tel = adapter(None, SECS(5)).await;
+    let (_, end) = run_call(
+        &tel,
+        request(&sipp.uri(), SECS(10), SECS(30)),
+        Some(Duration::from_millis(200)),
+    )
+    .await;
+    assert_eq!(end.status, CallStatus::Completed, "{end:?}");
+    let invite = invites(&sipp)
+        .into_iter()
+        .next()
+        .expect("SIPp got our INVITE");
+    let call_id = header_line(&invite, "Call-ID").expect("Call-ID");
+    assert!(call_id.ends_with("@127.0.0.1"), "{call_id}");
+    assert_eq!(
+        header_line(&invite, "Allow"),
+        Some("INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE")
+    );
+    assert!(header_line(&invite, "Supported").is_some(), "{invite}");
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+}
+
+/// One RTP packet of ours as the far end's socket saw it.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    payload_type: u8,
+    sequence: u16,
+    timestamp: u32,
+    marker: bool,
+}
+
+/// Collects the RTP we send to `socket` until `stop` fires.
+async fn observe_rtp(
+    socket: tokio::net::UdpSocket,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 2048];
+    loop {
+        tokio::select! {
+            _ = &mut stop => return seen,
+            r = socket.recv_from(&mut buf) => {
+                let (len, _) = r.expect("RTP observer socket");
+                if let Ok(p) = media::rtp::RtpPacket::parse(&buf[..len]) {
+                    seen.push(Seen {
+                        payload_type: p.payload_type,
+                        sequence: p.sequence,
+                        timestamp: p.timestamp,
+                        marker: p.marker,
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_is_answered_per_rfc_3264_and_silences_our_stream_until_resume() {
+    require_sipp!();
+    let observer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let rtp_port = observer.local_addr().unwrap().port().to_string();
+    let mut sipp = Sipp::uas("hold.xml", &["-set", "rtpport", &rtp_port]);
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let seen = tokio::spawn(observe_rtp(observer, stopped));
+    // SIPp sends no RTP at all; the no-RTP watchdog must not end the call first.
+    let tel = adapter(None, SECS(30)).await;
+    let (kinds, end) = run_call(&tel, request(&sipp.uri(), SECS(10), SECS(30)), None).await;
+    let _ = stop.send(());
+    let seen = seen.await.unwrap();
+    assert_eq!(kinds, [Kind::Answered]);
+    assert_eq!(end.status, CallStatus::Completed, "{end:?}");
+    // SIPp checked our three answers: recvonly to sendonly, inactive to inactive (over UPDATE),
+    // PCMA and sendrecv to the resume.
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+
+    let mut seen = seen;
+    seen.sort_by_key(|p| p.sequence);
+    let gaps: Vec<(Seen, Seen)> = seen
+        .windows(2)
+        .map(|w| (w[0], w[1]))
+        .filter(|(a, b)| b.timestamp.wrapping_sub(a.timestamp) > 160)
+        .collect();
+    // The hold lasted 2.5 s of SIPp's pauses: one gap of at least 1 s (8000 samples) in our
+    // stream, where we sent nothing, and only there.
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    let (before, after) = gaps[0];
+    assert!(
+        after.timestamp.wrapping_sub(before.timestamp) >= 8_000,
+        "{before:?} {after:?}"
+    );
+    assert_eq!(after.sequence, before.sequence.wrapping_add(1));
+    assert!(
+        after.marker,
+        "the first packet after the hold starts a talkspurt"
+    );
+    // PCMU until the hold, PCMA after the resume that asked for it.
+    assert!(seen
+        .iter()
+        .take_while(|p| p.sequence != after.sequence)
+        .all(|p| p.payload_type == 0));
+    assert!(seen
+        .iter()
+        .skip_while(|p| p.sequence != after.sequence)
+        .all(|p| p.payload_type == 8));
+    assert!(
+        seen.iter().filter(|p| p.payload_type == 8).count() > 10,
+        "{}",
+        seen.len()
+    );
+}
+
+#[tokio::test]
+async fn busy_486_keeps_the_phrase_as_sent() {
     require_sipp!();
     let mut sipp = Sipp::uas("busy.xml", &[]);
     let tel = adapter(None, SECS(5)).await;
     let (kinds, end) = run_call(&tel, request(&sipp.uri(), SECS(10), SECS(30)), None).await;
     assert_eq!(kinds, [Kind::Ringing]);
     assert_eq!(end.status, CallStatus::Busy);
-    assert_eq!(end.failure_reason.as_deref(), Some("486 Busy Here"));
+    // Not re-capitalised to the RFC's "Busy Here".
+    assert_eq!(end.failure_reason.as_deref(), Some("486 Busy here"));
     assert_eq!(end.answered_at, None);
     assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+}
+
+#[tokio::test]
+async fn decline_603_is_busy_and_its_ack_repeats_our_via() {
+    require_sipp!();
+    let mut sipp = Sipp::uas("decline_603.xml", &[]);
+    let tel = adapter(None, SECS(5)).await;
+    let (kinds, end) = run_call(&tel, request(&sipp.uri(), SECS(10), SECS(30)), None).await;
+    assert!(!kinds.contains(&Kind::Answered), "{kinds:?}");
+    assert_eq!(end.status, CallStatus::Busy, "{end:?}");
+    assert_eq!(end.failure_reason.as_deref(), Some("603 Decline"));
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+    let received = sipp.received();
+    let via_of = |method: &str| {
+        received
+            .iter()
+            .find(|m| m.starts_with(method))
+            .and_then(|m| header_line(m, "Via"))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no {method} in {}", sipp.messages()))
+    };
+    let (invite_via, ack_via) = (via_of("INVITE "), via_of("ACK "));
+    assert!(!ack_via.contains("received"), "{ack_via}");
+    assert_eq!(ack_via, invite_via);
 }
 
 async fn rejected(scenario: &str) -> (domain::telephony::CallEnd, Option<i32>) {
@@ -224,6 +364,117 @@ async fn digest_407_challenge_then_answer() {
     assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
 }
 
+/// Lines of our requests, as SIPp received them, that we never wrote.
+fn injected_lines(sipp: &Sipp) -> Vec<String> {
+    sipp.received()
+        .iter()
+        .flat_map(|m| header_lines(m))
+        .filter(|l| l.to_ascii_lowercase().starts_with("x-injected"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn invites(sipp: &Sipp) -> Vec<String> {
+    sipp.received()
+        .into_iter()
+        .filter(|m| m.starts_with("INVITE "))
+        .collect()
+}
+
+#[tokio::test]
+async fn crlf_in_trunk_username_is_refused_before_any_invite() {
+    require_sipp!();
+    let mut sipp = Sipp::uas("auth_407.xml", &["-rtp_echo"]);
+    let tel = adapter(None, SECS(5)).await;
+    let mut req = request(&sipp.uri(), SECS(10), SECS(30));
+    req.trunk.username = Some("alice\r\nX-Injected: 1".into());
+    req.trunk.password = Some("secret".into());
+    let Err(DialError::Invalid(reason)) = tel.dial(req).await.map(|_| ()) else {
+        panic!("a username with CR LF was dialled");
+    };
+    assert_eq!(
+        reason,
+        "not dialled: trunk username cannot go into a SIP header: control character U+000D at byte 5"
+    );
+
+    // The same trunk with a clean username: the trace holds that call's two INVITEs (the
+    // challenged one and the retry) and nothing of the refused call.
+    let mut req = request(&sipp.uri(), SECS(10), SECS(30));
+    req.trunk.username = Some("alice".into());
+    req.trunk.password = Some("secret".into());
+    let (_, end) = run_call(&tel, req, Some(Duration::from_millis(300))).await;
+    assert_eq!(end.status, CallStatus::Completed, "{end:?}");
+    assert_eq!(invites(&sipp).len(), 2, "{}", sipp.messages());
+    assert_eq!(injected_lines(&sipp), Vec::<String>::new());
+    assert!(!sipp.messages().contains("X-Injected"));
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+}
+
+#[tokio::test]
+async fn challenge_realm_with_a_control_character_is_not_echoed_and_fails_the_call() {
+    require_sipp!();
+    let sipp = Sipp::uas("auth_407_ctl_realm.xml", &[]);
+    let tel = adapter(None, SECS(5)).await;
+    let mut req = request(&sipp.uri(), SECS(10), SECS(30));
+    req.trunk.username = Some("alice".into());
+    req.trunk.password = Some("secret".into());
+    let (kinds, end) = run_call(&tel, req, None).await;
+    // SIPp really sent the CR, else this test would prove nothing.
+    let challenge = sipp
+        .sent()
+        .into_iter()
+        .find(|m| m.starts_with("SIP/2.0 407"))
+        .expect("SIPp sent its 407");
+    assert!(
+        challenge.contains("outdial.test\u{b}X-Injected: 1"),
+        "{challenge:?}"
+    );
+    assert!(kinds.is_empty(), "{kinds:?}");
+    assert_eq!(end.status, CallStatus::Failed, "{end:?}");
+    let reason = end.failure_reason.unwrap_or_default();
+    assert!(
+        reason.starts_with(
+            "not sent: Proxy-Authenticate cannot go into a SIP header: control character U+000B"
+        ),
+        "{reason}"
+    );
+    assert_eq!(invites(&sipp).len(), 1, "{}", sipp.messages());
+    assert_eq!(injected_lines(&sipp), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn second_challenge_after_our_digest_is_an_authentication_failure() {
+    require_sipp!();
+    let mut sipp = Sipp::uas("auth_407_rechallenge.xml", &[]);
+    let tel = adapter(None, SECS(5)).await;
+    let mut req = request(&sipp.uri(), SECS(10), SECS(30));
+    req.trunk.username = Some("alice".into());
+    req.trunk.password = Some("wrong".into());
+    let (kinds, end) = run_call(&tel, req, None).await;
+    assert!(kinds.is_empty(), "{kinds:?}");
+    assert_eq!(end.status, CallStatus::TelephonyFailed, "{end:?}");
+    assert_eq!(
+        end.failure_reason.as_deref(),
+        Some("authentication with the trunk failed: 407 Proxy Authentication Required (check the trunk's username and password)")
+    );
+    // Both 407s were ACKed and no third INVITE was tried.
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+    assert_eq!(invites(&sipp).len(), 2, "{}", sipp.messages());
+}
+
+#[tokio::test]
+async fn challenge_without_credentials_says_the_trunk_needs_them() {
+    require_sipp!();
+    let sipp = Sipp::uas("auth_407.xml", &[]);
+    let tel = adapter(None, SECS(5)).await;
+    let (_, end) = run_call(&tel, request(&sipp.uri(), SECS(10), SECS(30)), None).await;
+    assert_eq!(end.status, CallStatus::TelephonyFailed, "{end:?}");
+    assert_eq!(
+        end.failure_reason.as_deref(),
+        Some("the trunk requires authentication and has no username: 407 Proxy Authentication Required")
+    );
+}
+
 #[tokio::test]
 async fn wrong_password_is_refused_by_the_trunk() {
     require_sipp!();
@@ -352,6 +603,13 @@ async fn options_probe_reports_the_trunk() {
     };
     let reply = tel.options(&trunk).await.expect("OPTIONS answered");
     assert_eq!(reply.code, 200);
+    let options = sipp
+        .received()
+        .into_iter()
+        .find(|m| m.starts_with("OPTIONS "))
+        .expect("SIPp got our OPTIONS");
+    let call_id = header_line(&options, "Call-ID").expect("Call-ID");
+    assert!(call_id.ends_with("@127.0.0.1"), "{call_id}");
 
     let dead = TrunkTarget {
         uri: format!("sip:127.0.0.1:{}", free_udp_port()),

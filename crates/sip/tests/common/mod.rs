@@ -110,8 +110,24 @@ impl Sipp {
         }
     }
 
+    /// SIPp's message trace. Panics when it cannot be read: a test that looks for something in
+    /// the trace must not pass because there was no trace.
     pub fn messages(&self) -> String {
-        std::fs::read_to_string(self.log_dir.path().join("messages.log")).unwrap_or_default()
+        let path = self.log_dir.path().join("messages.log");
+        match std::fs::read(&path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => panic!("cannot read SIPp's message trace {}: {e}", path.display()),
+        }
+    }
+
+    /// The SIP messages SIPp received, in order, as they were on the wire.
+    pub fn received(&self) -> Vec<String> {
+        trace_blocks(&self.messages(), "message received")
+    }
+
+    /// The SIP messages SIPp sent, in order.
+    pub fn sent(&self) -> Vec<String> {
+        trace_blocks(&self.messages(), "message sent")
     }
 
     pub fn errors(&self) -> String {
@@ -128,6 +144,35 @@ impl Drop for Sipp {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Splits SIPp's `-trace_msg` log into the messages of one direction. Each entry is a dashed
+/// line with a date, "UDP message received [n] bytes :" or "UDP message sent (n bytes):", a
+/// blank line, then the message.
+fn trace_blocks(log: &str, direction: &str) -> Vec<String> {
+    log.split("----------------------------------------------- ")
+        .filter_map(|entry| {
+            let (head, message) = entry.split_once("\n\n")?;
+            head.contains(direction).then(|| message.to_string())
+        })
+        .collect()
+}
+
+/// The first line of `message` that starts with `name:` (case-insensitive), without the name.
+pub fn header_line<'a>(message: &'a str, name: &str) -> Option<&'a str> {
+    message.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// The lines of a traced message's header section, split at CR LF, CR, LF or any other control
+/// character but HTAB (VT, FF, NEL...), as the most lenient far-end parser would.
+pub fn header_lines(message: &str) -> Vec<&str> {
+    let head = message.split("\r\n\r\n").next().unwrap_or(message);
+    head.split(|c: char| c.is_control() && c != '\t')
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 pub async fn adapter(recordings: Option<&Path>, no_rtp_timeout: Duration) -> SipTelephony {
