@@ -49,7 +49,13 @@ impl Server {
                 ..Default::default()
             },
         ));
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        // The listener the binary runs (connection caps, deadlines), so the bench measures it.
+        tokio::spawn(api::server::serve(
+            listener,
+            app,
+            api::server::HttpLimits::default(),
+            std::future::pending(),
+        ));
         let base = format!("http://{addr}");
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(clients)
