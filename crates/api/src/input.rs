@@ -40,7 +40,7 @@ pub fn body_error(e: &(dyn std::error::Error + 'static)) -> ApiError {
         if err.is::<http_body_util::LengthLimitError>() {
             return ApiError::TooLarge;
         }
-        if err.is::<BodyDeadline>() || err.is::<tower_http::timeout::TimeoutError>() {
+        if err.is::<BodyDeadline>() {
             return ApiError::BodyTimeout;
         }
         cause = err.source();
@@ -48,15 +48,20 @@ pub fn body_error(e: &(dyn std::error::Error + 'static)) -> ApiError {
     ApiError::IncompleteBody
 }
 
-/// The whole-body deadline passed.
+/// A request body did not arrive in time.
 #[derive(Debug, thiserror::Error)]
 #[error("request body deadline passed")]
 pub struct BodyDeadline;
 
-/// A request body that must arrive whole by a deadline.
+/// A request body under two deadlines: no pause between pieces longer than `idle`, and (for
+/// bodies read whole) the whole of it by `whole_by`. The timers are started only when the body
+/// has nothing ready, so a body that has already arrived (nearly every API call) costs no timer.
 struct DeadlineBody {
     inner: Body,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    idle: Duration,
+    whole_by: Option<tokio::time::Instant>,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+    whole: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl http_body::Body for DeadlineBody {
@@ -68,12 +73,26 @@ impl http_body::Body for DeadlineBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            // Something arrived: the pause is over.
+            self.pause = None;
             return Poll::Ready(frame);
         }
-        match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(BodyDeadline)))),
-            Poll::Pending => Poll::Pending,
+        let this = &mut *self;
+        let idle = this.idle;
+        let pause = this
+            .pause
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        let mut late = pause.as_mut().poll(cx).is_ready();
+        if let Some(by) = this.whole_by {
+            let whole = this
+                .whole
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(by)));
+            late |= whole.as_mut().poll(cx).is_ready();
         }
+        if late {
+            return Poll::Ready(Some(Err(axum::Error::new(BodyDeadline))));
+        }
+        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {
@@ -85,10 +104,15 @@ impl http_body::Body for DeadlineBody {
     }
 }
 
-/// Middleware: every body but a multipart upload (which streams up to its own, much larger
-/// limit under the idle deadline alone) must arrive whole within `limit`, so a client sending
-/// a byte now and then cannot hold a connection and a request slot indefinitely.
-pub async fn body_deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+/// Middleware: no request body may pause longer than the idle limit, and every body but a
+/// multipart upload (which streams up to its own, much larger limit) must arrive whole within
+/// the whole-body limit, so a client sending a byte now and then cannot hold a connection and a
+/// request slot indefinitely.
+pub async fn body_deadline(
+    State((idle, whole)): State<(Duration, Duration)>,
+    req: Request,
+    next: Next,
+) -> Response {
     let multipart = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -98,13 +122,13 @@ pub async fn body_deadline(State(limit): State<Duration>, req: Request, next: Ne
                 .to_ascii_lowercase()
                 .starts_with("multipart/")
         });
-    if multipart {
-        return next.run(req).await;
-    }
     let (parts, body) = req.into_parts();
     let body = Body::new(DeadlineBody {
         inner: body,
-        deadline: Box::pin(tokio::time::sleep(limit)),
+        idle,
+        whole_by: (!multipart).then(|| tokio::time::Instant::now() + whole),
+        pause: None,
+        whole: None,
     });
     next.run(Request::from_parts(parts, body)).await
 }
@@ -112,13 +136,14 @@ pub async fn body_deadline(State(limit): State<Duration>, req: Request, next: Ne
 /// The query parameters each documented `/v1` operation declares, from the OpenAPI document,
 /// so the document and the parameters accepted cannot disagree.
 pub struct QueryPolicy {
-    allowed: HashMap<(String, Method), Vec<String>>,
+    /// Per path template, each method's declared query parameters.
+    allowed: HashMap<String, Vec<(Method, Vec<String>)>>,
 }
 
 impl QueryPolicy {
     pub fn from_openapi(doc: &utoipa::openapi::OpenApi) -> Self {
         use utoipa::openapi::path::ParameterIn;
-        let mut allowed = HashMap::new();
+        let mut allowed: HashMap<String, Vec<(Method, Vec<String>)>> = HashMap::new();
         for (path, item) in &doc.paths.paths {
             let operations = [
                 (Method::GET, &item.get),
@@ -136,7 +161,10 @@ impl QueryPolicy {
                     .filter(|p| matches!(p.parameter_in, ParameterIn::Query))
                     .map(|p| p.name.clone())
                     .collect();
-                allowed.insert((path.clone(), method), names);
+                allowed
+                    .entry(path.clone())
+                    .or_default()
+                    .push((method, names));
             }
         }
         Self { allowed }
@@ -148,7 +176,11 @@ impl QueryPolicy {
         if !path.starts_with("/v1/") {
             return Ok(());
         }
-        let Some(allowed) = self.allowed.get(&(path.to_string(), method.clone())) else {
+        let Some((_, allowed)) = self
+            .allowed
+            .get(path)
+            .and_then(|ops| ops.iter().find(|(m, _)| m == method))
+        else {
             return Ok(());
         };
         for (name, value) in query_pairs(query) {

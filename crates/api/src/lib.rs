@@ -213,11 +213,11 @@ pub fn router(state: AppState) -> Router {
             auth::authenticate,
         ))
         .layer(middleware::from_fn_with_state(
-            state.config.http.body_read_timeout,
+            (
+                state.config.http.body_idle_timeout,
+                state.config.http.body_read_timeout,
+            ),
             input::body_deadline,
-        ))
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            state.config.http.body_idle_timeout,
         ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .layer(middleware::from_fn(observe))
