@@ -652,7 +652,6 @@ async fn three_nodes_on_postgres_with_one_killed_dial_every_destination_exactly_
     let before = dialled.len();
     dialled.dedup();
     assert_eq!(before, dialled.len(), "a destination was dialled twice");
-    assert_eq!(dialled.len(), total, "every destination dialled");
     let interrupted =
         futures::future::join_all(ids.iter().map(|id| store.get_conversation(t, *id)))
             .await
@@ -668,10 +667,18 @@ async fn three_nodes_on_postgres_with_one_killed_dial_every_destination_exactly_
             })
             .count();
     assert!(victim_phone.count() >= 1);
+    // The killed node may die after a claim made a call `initiated` and before its INVITE left:
+    // such a call is settled `interrupted` undialled (never redialled blindly, by design).
+    // Every other destination was dialled exactly once.
+    assert!(
+        interrupted >= victim_phone.count(),
+        "the dead node's live calls were settled, not redialled: {interrupted} interrupted, {} dialled by it",
+        victim_phone.count()
+    );
     assert_eq!(
-        interrupted,
-        victim_phone.count(),
-        "the dead node's live calls were settled, not redialled"
+        dialled.len() + (interrupted - victim_phone.count()),
+        total,
+        "every destination dialled once, or settled interrupted by the dead node"
     );
     store.close().await;
     drop_postgres_db(&name).await;
