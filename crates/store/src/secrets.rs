@@ -226,16 +226,9 @@ impl crate::SqlStore {
                     continue;
                 }
                 let plain = self.open_opt(Some(stored.clone()))?.unwrap_or_default();
-                let n = sqlx::query(&format!(
-                    "UPDATE {table} SET {column} = $1 WHERE id = $2 AND {column} = $3"
-                ))
-                .bind(self.sealed(&plain)?)
-                .bind(id)
-                .bind(&stored)
-                .execute(&self.write)
-                .await
-                .map_err(db_err)?;
-                rewritten += usize::try_from(n.rows_affected()).unwrap_or(0);
+                rewritten += self
+                    .replace_if_unchanged(table, column, id, &stored, &self.sealed(&plain)?)
+                    .await?;
             }
         }
         let rows = sqlx::query("SELECT id, config FROM agents")
@@ -257,16 +250,32 @@ impl crate::SqlStore {
                 .open_opt(key.as_str().map(str::to_owned))?
                 .unwrap_or_default();
             *key = serde_json::Value::String(self.sealed(&plain)?);
-            let n = sqlx::query("UPDATE agents SET config = $1 WHERE id = $2 AND config = $3")
-                .bind(config.to_string())
-                .bind(id)
-                .bind(&stored)
-                .execute(&self.write)
-                .await
-                .map_err(db_err)?;
-            rewritten += usize::try_from(n.rows_affected()).unwrap_or(0);
+            rewritten += self
+                .replace_if_unchanged("agents", "config", id, &stored, &config.to_string())
+                .await?;
         }
         Ok(rewritten)
+    }
+
+    /// Writes `new` where the row still holds `old` (a change made meanwhile wins); 1 or 0.
+    async fn replace_if_unchanged(
+        &self,
+        table: &str,
+        column: &str,
+        id: i64,
+        old: &str,
+        new: &str,
+    ) -> Result<usize, domain::store::StoreError> {
+        let n = sqlx::query(&format!(
+            "UPDATE {table} SET {column} = $1 WHERE id = $2 AND {column} = $3"
+        ))
+        .bind(new)
+        .bind(id)
+        .bind(old)
+        .execute(&self.write)
+        .await
+        .map_err(crate::db_err)?;
+        Ok(usize::try_from(n.rows_affected()).unwrap_or(0))
     }
 }
 

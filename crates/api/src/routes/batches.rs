@@ -243,14 +243,21 @@ async fn read_file(
         parsed
     });
     let mut size = 0u64;
+    let mut parsing = true;
     while let Some(chunk) = field.chunk().await.map_err(|_| bad_multipart())? {
         size += chunk.len() as u64;
         if size > limits.max_bytes {
-            return Err(ApiError::TooLarge);
-        }
-        if tx.send(chunk).await.is_err() {
-            // The parser has its answer (a bad row); the rest of the file cannot change it.
+            if parsing {
+                return Err(ApiError::TooLarge);
+            }
+            // Past the limit after a bad row: stop reading; the bad row is the answer.
             break;
+        }
+        // Once the parser has its answer (a bad row), the rest of the file cannot change it;
+        // it is still read, within the size limit, so that the client, still sending, gets
+        // to read the answer instead of a reset connection.
+        if parsing && tx.send(chunk).await.is_err() {
+            parsing = false;
         }
     }
     drop(tx);
@@ -310,8 +317,8 @@ pub async fn create_batch(
                 if !is_csv(&field) {
                     return Err(ApiError::Invalid("file must be a .csv file".into()));
                 }
-                // A bad row decides the answer: the rest of the upload is not read (a client
-                // must not be able to stream without limit past the error).
+                // A bad row decides the answer: nothing after the file is read (and the file
+                // itself only up to its size limit).
                 let recipients = read_file(field, limits)
                     .await?
                     .map_err(|e| ApiError::Invalid(e.to_string()))?;
