@@ -30,7 +30,7 @@ async fn slow_clients_without_a_key_cannot_starve_real_ones() {
         ("OUTDIAL_HTTP_HEADER_TIMEOUT_SECONDS", "4".into()),
         ("OUTDIAL_LOG", "error".into()),
     ];
-    let mut child = std::process::Command::new("sh")
+    let child = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
             "ulimit -n 1024 && exec {} serve",
@@ -40,6 +40,13 @@ async fn slow_clients_without_a_key_cannot_starve_real_ones() {
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .spawn()
         .unwrap();
+    // Held as a Service so it is killed however the test ends (`exec` keeps the pid).
+    let _service = Service {
+        child,
+        base: format!("http://127.0.0.1:{http}"),
+        data: dir.path().to_path_buf(),
+        env: Vec::new(),
+    };
     let target: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(target).is_err() {
@@ -136,6 +143,4 @@ async fn slow_clients_without_a_key_cannot_starve_real_ones() {
         "the node held more slow connections from one address than its cap: {held}"
     );
     assert!(told >= 1, "refused clients get the error shape");
-    let _ = child.kill();
-    let _ = child.wait();
 }
