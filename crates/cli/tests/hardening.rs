@@ -665,35 +665,14 @@ async fn credentials_are_sealed_at_rest(db: Db) {
     let scenario = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../sip/tests/scenarios/auth_401.xml");
     let sipp = support::Sipp::run(&scenario, true, 1, 1000, data);
-    let trunk: Value = api
-        .post(
-            "/v1/trunks",
+    let agent = api
+        .setup_agent_on(
             json!({"name": "pbx", "uri": format!("sip:127.0.0.1:{}", sipp.port),
                    "username": "alice", "password": "secret"}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let r = api
-        .post(
-            "/v1/phone-numbers",
-            json!({"number": "+918035739222", "trunk_id": trunk["data"]["trunk_id"]}),
-        )
-        .await;
-    assert_eq!(r.status(), 200);
-    let agent: Value = api
-        .post(
-            "/v1/agents",
-            json!({"name": "a", "phone_number": "+918035739222",
-                   "first_message": "Hello, this is a short reminder. Goodbye.",
+            json!({"first_message": "Hello, this is a short reminder. Goodbye.",
                    "max_duration_seconds": 10}),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let agent = agent["data"]["agent_id"].as_i64().unwrap();
+        .await;
     let llm = api
         .post(
             "/v1/agents",

@@ -122,21 +122,12 @@ pub enum SdpError {
 /// The offer for one call: PCMU, PCMA and telephone-event at 20 ms on `rtp_port`. `version` is
 /// the o= version, which must grow each time the same session is re-sent with changes.
 pub fn offer(ip: IpAddr, rtp_port: u16, session_id: u64, version: u64) -> String {
-    let family = match ip {
-        IpAddr::V4(_) => "IP4",
-        IpAddr::V6(_) => "IP6",
-    };
     let te = OFFERED_TELEPHONE_EVENT_PT;
-    let mut sdp = String::with_capacity(320);
+    let mut sdp = session_lines(ip, session_id, version);
     // Writing to a String cannot fail.
     let _ = write!(
         sdp,
-        "v=0\r\n\
-         o=outdial {session_id} {version} IN {family} {ip}\r\n\
-         s=outdial\r\n\
-         c=IN {family} {ip}\r\n\
-         t=0 0\r\n\
-         m=audio {rtp_port} RTP/AVP 0 8 {te}\r\n\
+        "m=audio {rtp_port} RTP/AVP 0 8 {te}\r\n\
          a=rtpmap:0 PCMU/8000\r\n\
          a=rtpmap:8 PCMA/8000\r\n\
          a=rtpmap:{te} telephone-event/8000\r\n\
@@ -302,30 +293,36 @@ impl LocalSdp {
     }
 }
 
-fn answer(ip: IpAddr, port: u16, session_id: u64, version: u64, remote: &RemoteMedia) -> String {
+/// The session part every SDP we send starts with (v=, o=, s=, c=, t=).
+fn session_lines(ip: IpAddr, session_id: u64, version: u64) -> String {
     let family = match ip {
         IpAddr::V4(_) => "IP4",
         IpAddr::V6(_) => "IP6",
     };
+    format!(
+        "v=0\r\n\
+         o=outdial {session_id} {version} IN {family} {ip}\r\n\
+         s=outdial\r\n\
+         c=IN {family} {ip}\r\n\
+         t=0 0\r\n"
+    )
+}
+
+fn answer(ip: IpAddr, port: u16, session_id: u64, version: u64, remote: &RemoteMedia) -> String {
     let pt = remote.payload_type;
     let encoding = match remote.codec {
         Codec::Pcmu => "PCMU/8000",
         Codec::Pcma => "PCMA/8000",
     };
-    let mut sdp = String::with_capacity(320);
     let formats = match remote.telephone_event {
         Some(te) => format!("{pt} {te}"),
         None => pt.to_string(),
     };
+    let mut sdp = session_lines(ip, session_id, version);
     // Writing to a String cannot fail.
     let _ = write!(
         sdp,
-        "v=0\r\n\
-         o=outdial {session_id} {version} IN {family} {ip}\r\n\
-         s=outdial\r\n\
-         c=IN {family} {ip}\r\n\
-         t=0 0\r\n\
-         m=audio {port} RTP/AVP {formats}\r\n\
+        "m=audio {port} RTP/AVP {formats}\r\n\
          a=rtpmap:{pt} {encoding}\r\n"
     );
     if let Some(te) = remote.telephone_event {

@@ -419,12 +419,22 @@ async fn challenge_realm_with_a_control_character_is_not_echoed_and_fails_the_ca
     req.trunk.username = Some("alice".into());
     req.trunk.password = Some("secret".into());
     let (kinds, end) = run_call(&tel, req, None).await;
-    // SIPp really sent the CR, else this test would prove nothing.
-    let challenge = sipp
-        .sent()
-        .into_iter()
-        .find(|m| m.starts_with("SIP/2.0 407"))
-        .expect("SIPp sent its 407");
+    // SIPp really sent the control character, else this test would prove nothing. Its trace
+    // file is written just after the send, so it is waited for (generously), not caught early.
+    let deadline = std::time::Instant::now() + SECS(10);
+    let challenge = loop {
+        let sent = sipp
+            .sent()
+            .into_iter()
+            .find(|m| m.starts_with("SIP/2.0 407"));
+        match sent {
+            Some(m) => break m,
+            None if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            None => panic!("SIPp sent no 407: {}", sipp.messages()),
+        }
+    };
     assert!(
         challenge.contains("outdial.test\u{b}X-Injected: 1"),
         "{challenge:?}"

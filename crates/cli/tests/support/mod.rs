@@ -342,15 +342,16 @@ impl Api {
     }
 
     pub async fn setup_agent(&self, sipp_port: u16, extra: Value) -> i64 {
-        let trunk: Value = self
-            .post(
-                "/v1/trunks",
-                json!({"name": "sipp", "uri": format!("sip:127.0.0.1:{sipp_port}")}),
-            )
-            .await
-            .json()
-            .await
-            .unwrap();
+        self.setup_agent_on(
+            json!({"name": "sipp", "uri": format!("sip:127.0.0.1:{sipp_port}")}),
+            extra,
+        )
+        .await
+    }
+
+    /// [`Api::setup_agent`] on a trunk described by `trunk` (credentials, caps).
+    pub async fn setup_agent_on(&self, trunk: Value, extra: Value) -> i64 {
+        let trunk: Value = self.post("/v1/trunks", trunk).await.json().await.unwrap();
         let r = self
             .post(
                 "/v1/phone-numbers",
