@@ -75,7 +75,7 @@ pub struct Caller {
 /// documented; the per-number limit that protects callees is enforced in the database instead.
 pub struct ApiRateLimiter {
     per_minute: u32,
-    windows: Mutex<HashMap<ApiKeyId, (i64, u32)>>,
+    counts: MinuteCounts<ApiKeyId>,
 }
 
 pub struct RateState {
@@ -89,7 +89,7 @@ impl ApiRateLimiter {
     pub fn new(per_minute: u32) -> Self {
         Self {
             per_minute,
-            windows: Mutex::new(HashMap::new()),
+            counts: MinuteCounts::new(),
         }
     }
 
@@ -99,21 +99,57 @@ impl ApiRateLimiter {
             return None;
         }
         let minute = now_unix_ms.div_euclid(60_000);
-        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = windows.entry(key).or_insert((minute, 0));
-        if entry.0 != minute {
-            *entry = (minute, 0);
-        }
-        let allowed = entry.1 < self.per_minute;
-        if allowed {
-            entry.1 += 1;
-        }
+        let (count, allowed) = self.counts.add(key, minute, self.per_minute);
         Some(RateState {
             limit: self.per_minute,
-            remaining: self.per_minute - entry.1,
+            remaining: self.per_minute - count,
             reset_unix: (minute + 1) * 60,
             allowed,
         })
+    }
+}
+
+/// Counts per key in fixed one-minute windows, the API limit's and the failed-auth budget's.
+/// Bounded: past [`MINUTE_COUNTS_MAX_KEYS`] keys it starts afresh (memory, not counts, is
+/// what a flood of distinct keys or addresses must not grow).
+struct MinuteCounts<K> {
+    counts: Mutex<HashMap<K, (i64, u32)>>,
+}
+
+const MINUTE_COUNTS_MAX_KEYS: usize = 100_000;
+
+impl<K: std::hash::Hash + Eq> MinuteCounts<K> {
+    fn new() -> Self {
+        Self {
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `key`'s count in `minute`, without counting.
+    fn get(&self, key: &K, minute: i64) -> u32 {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        match counts.get(key) {
+            Some((m, n)) if *m == minute => *n,
+            _ => 0,
+        }
+    }
+
+    /// Counts one for `key` in `minute` unless it has reached `cap`; the count after, and
+    /// whether this one was counted.
+    fn add(&self, key: K, minute: i64, cap: u32) -> (u32, bool) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if counts.len() >= MINUTE_COUNTS_MAX_KEYS && !counts.contains_key(&key) {
+            counts.clear();
+        }
+        let entry = counts.entry(key).or_insert((minute, 0));
+        if entry.0 != minute {
+            *entry = (minute, 0);
+        }
+        let counted = entry.1 < cap;
+        if counted {
+            entry.1 += 1;
+        }
+        (entry.1, counted)
     }
 }
 
@@ -200,17 +236,14 @@ async fn resolve_budgeted(
 /// Requests without a valid key per client address, in fixed one-minute windows.
 pub struct FailedAuthBudget {
     per_minute: u32,
-    windows: Mutex<HashMap<std::net::IpAddr, (i64, u32)>>,
+    counts: MinuteCounts<std::net::IpAddr>,
 }
-
-/// Bounds the budget's memory; past it, it starts afresh.
-const BUDGET_MAX_ADDRESSES: usize = 100_000;
 
 impl FailedAuthBudget {
     pub fn new(per_minute: u32) -> Self {
         Self {
             per_minute,
-            windows: Mutex::new(HashMap::new()),
+            counts: MinuteCounts::new(),
         }
     }
 
@@ -220,29 +253,15 @@ impl FailedAuthBudget {
             return None;
         }
         let minute = now_unix_ms.div_euclid(60_000);
-        let windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        match windows.get(&ip) {
-            Some((m, n)) if *m == minute && *n >= self.per_minute => {
-                Some(u64::try_from((minute + 1) * 60 - now_unix_ms.div_euclid(1000)).unwrap_or(1))
-            }
-            _ => None,
-        }
+        (self.counts.get(&ip, minute) >= self.per_minute)
+            .then(|| u64::try_from((minute + 1) * 60 - now_unix_ms.div_euclid(1000)).unwrap_or(1))
     }
 
     pub fn failed(&self, ip: std::net::IpAddr, now_unix_ms: i64) {
-        if self.per_minute == 0 {
-            return;
+        if self.per_minute > 0 {
+            self.counts
+                .add(ip, now_unix_ms.div_euclid(60_000), u32::MAX);
         }
-        let minute = now_unix_ms.div_euclid(60_000);
-        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        if windows.len() >= BUDGET_MAX_ADDRESSES && !windows.contains_key(&ip) {
-            windows.clear();
-        }
-        let entry = windows.entry(ip).or_insert((minute, 0));
-        if entry.0 != minute {
-            *entry = (minute, 0);
-        }
-        entry.1 = entry.1.saturating_add(1);
     }
 }
 
@@ -362,5 +381,23 @@ mod tests {
         assert_eq!(third.reset_unix * 1000, t0 + 20_000);
         assert!(l.hit(k, t0 + 20_000).unwrap().allowed);
         assert!(ApiRateLimiter::new(0).hit(k, t0).is_none());
+    }
+
+    #[test]
+    fn failed_auth_budget_is_per_address_and_minute() {
+        let b = FailedAuthBudget::new(2);
+        let (a, other): (std::net::IpAddr, std::net::IpAddr) =
+            ("127.0.0.3".parse().unwrap(), "127.0.0.4".parse().unwrap());
+        let t0 = 1_775_000_080_000; // 40 s into a minute
+        b.failed(a, t0);
+        assert_eq!(b.spent(a, t0), None);
+        b.failed(a, t0 + 1);
+        assert_eq!(b.spent(a, t0 + 2), Some(20), "until the minute ends");
+        assert_eq!(b.spent(other, t0 + 2), None);
+        assert_eq!(b.spent(a, t0 + 20_000), None, "a new minute");
+        let off = FailedAuthBudget::new(0);
+        off.failed(a, t0);
+        off.failed(a, t0);
+        assert_eq!(off.spent(a, t0), None);
     }
 }
