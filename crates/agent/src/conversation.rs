@@ -75,6 +75,9 @@ pub struct Session {
     pub stt: Arc<dyn SpeechToText>,
     /// The TTS voice (the agent's, or the retry context's language).
     pub voice: Option<String>,
+    /// Spoken first and whole (barge-in does not cut it): who is calling, that it is an
+    /// automated call, that it is recorded.
+    pub disclosure: Option<Opening>,
     pub opening: Option<Opening>,
     /// When the answer arrived (monotonic), for answer-to-first-word.
     pub answered_at: Instant,
@@ -156,8 +159,8 @@ struct Line {
     started_ms: i64,
     mark: Option<TurnMark>,
     tts: Duration,
-    /// The goodbye: barge-in does not cut it.
-    last_words: bool,
+    /// The goodbye or the disclosure: barge-in does not cut it.
+    uncut: bool,
 }
 
 enum Internal {
@@ -283,15 +286,17 @@ async fn run(
         timings: Vec::new(),
         first_word: None,
     };
-    if let Some(opening) = d.s.opening.take() {
+    let disclosure = d.s.disclosure.take().map(|line| (line, true));
+    let opening = d.s.opening.take().map(|line| (line, false));
+    for (line, uncut) in disclosure.into_iter().chain(opening) {
         d.queue.push_back(Line {
-            text: opening.text,
-            audio: trim_leading_silence(opening.audio),
+            text: line.text,
+            audio: trim_leading_silence(line.audio),
             sent: 0,
             started_ms: 0,
             mark: None,
             tts: Duration::ZERO,
-            last_words: false,
+            uncut,
         });
     }
     let start = d.s.brain.start();
@@ -404,7 +409,7 @@ impl Driver {
         match event {
             TurnEvent::BargeIn => {
                 self.utterance += 1;
-                if self.current.as_ref().is_some_and(|l| l.last_words) {
+                if self.current.as_ref().is_some_and(|l| l.uncut) {
                     return;
                 }
                 tracing::info!("barge-in: the caller talks over the agent");
@@ -536,7 +541,7 @@ impl Driver {
                     started_ms: 0,
                     mark,
                     tts: took,
-                    last_words,
+                    uncut: last_words,
                 });
                 // At once, not at the next tick: up to 20 ms of latency saved.
                 self.fill();

@@ -6,6 +6,7 @@ use crate::brain::Brain;
 use crate::deepgram::{Deepgram, DeepgramConfig};
 use crate::flow::FlowBrain;
 use crate::llm::{LlmBrain, LlmOptions};
+use crate::opt_out::OptOutGuard;
 use crate::piper::{Piper, PiperConfig};
 use crate::stt::SpeechToText;
 use crate::tts::{TextToSpeech, TtsError};
@@ -23,7 +24,7 @@ pub fn brain_for(
     retry: Option<&RetryContext>,
     llm: &LlmEngine,
 ) -> Box<dyn Brain> {
-    match &agent.brain {
+    let brain: Box<dyn Brain> = match &agent.brain {
         BrainConfig::Flow => Box::new(FlowBrain::new(agent, parameters, retry)),
         BrainConfig::Llm { .. } => Box::new(LlmBrain::new(
             agent,
@@ -32,7 +33,11 @@ pub fn brain_for(
             llm.options.clone(),
             llm.client.clone(),
         )),
-    }
+    };
+    let language = retry
+        .and_then(|r| r.retry_language.as_deref())
+        .unwrap_or(&agent.language);
+    Box::new(OptOutGuard::new(brain, language))
 }
 
 /// The node's llm settings and HTTP client, built once at start: the connection pool is shared

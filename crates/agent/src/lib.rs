@@ -9,6 +9,7 @@ pub mod deepgram;
 pub mod engines;
 pub mod flow;
 pub mod llm;
+pub mod opt_out;
 pub mod piper;
 mod sidecar;
 pub mod stt;

@@ -112,6 +112,8 @@ pub struct LlmBrain {
     first_question: Option<String>,
     phrases: Vec<String>,
     failures: u32,
+    /// The call's language, for the opt-out confirmation.
+    language: String,
 }
 
 /// One tool call as assembled from its streamed fragments.
@@ -201,6 +203,9 @@ impl LlmBrain {
                 .filter(|t| !t.trim().is_empty()),
             phrases,
             failures: 0,
+            language: retry
+                .and_then(|r| r.retry_language.clone())
+                .unwrap_or_else(|| agent.language.clone()),
         };
         let opening = retry
             .and_then(|r| r.retry_initial_message.clone())
@@ -378,6 +383,16 @@ impl LlmBrain {
                     "the call will end after your reply is spoken".into(),
                     true,
                     goodbye,
+                )
+            }
+            "opt_out" => {
+                tracing::info!("the model heard the caller opt out");
+                self.results
+                    .insert(crate::opt_out::RESULT.into(), Value::Bool(true));
+                (
+                    "the number is removed and the call will end after the confirmation".into(),
+                    true,
+                    Some(crate::opt_out::confirmation(&self.language).to_string()),
                 )
             }
             other => {
@@ -737,6 +752,14 @@ fn tools(agent: &AgentConfig, names: &BTreeSet<String>) -> Value {
             }
         }));
     }
+    tools.push(json!({
+        "type": "function",
+        "function": {
+            "name": "opt_out",
+            "description": "The caller asks not to be called again (stop calling, remove my number, in any language). Their number goes on the do-not-call list; a confirmation is spoken and the call ends. Say nothing yourself.",
+            "parameters": {"type": "object", "properties": {}}
+        }
+    }));
     tools.push(json!({
         "type": "function",
         "function": {

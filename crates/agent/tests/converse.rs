@@ -89,6 +89,7 @@ async fn run(
             phrases: Mutex::new(Vec::new()),
         }),
         voice: None,
+        disclosure: None,
         opening: Some(Opening {
             text: opening.into(),
             audio: opening_audio,

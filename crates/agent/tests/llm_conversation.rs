@@ -72,6 +72,7 @@ async fn an_llm_agent_answers_records_the_result_and_hangs_up() {
         tts: Arc::new(ToneTts),
         stt: Arc::new(ScriptedStt("yes i can pay by friday")),
         voice: None,
+        disclosure: None,
         opening: Some(Opening {
             text: opening.into(),
             audio: ToneTts.synthesize(opening, None).await.unwrap(),

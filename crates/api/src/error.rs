@@ -207,7 +207,9 @@ impl From<CreateCallError> for ApiError {
             CreateCallError::AgentNotFound | CreateCallError::ConversationNotFound => {
                 Self::NotFound(e.to_string())
             }
-            CreateCallError::AgentHasNoNumber => Self::Invalid(e.to_string()),
+            CreateCallError::AgentHasNoNumber | CreateCallError::DoNotCall => {
+                Self::Invalid(e.to_string())
+            }
             CreateCallError::DuplicateRequest { first_trace_id } => {
                 Self::Duplicate { first_trace_id }
             }

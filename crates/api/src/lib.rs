@@ -131,10 +131,11 @@ impl AppState {
 
 /// Every documented route.
 fn api_routes() -> OpenApiRouter<AppState> {
-    use routes::{agents, batches, calls, conversations, service, trunks, webhooks};
+    use routes::{agents, batches, calls, conversations, do_not_call, service, trunks, webhooks};
     // The upload streams up to its own (much larger) limit, checked by the handler itself.
     let batch_upload = OpenApiRouter::new()
         .routes(routes!(batches::create_batch))
+        .routes(routes!(do_not_call::import_numbers))
         .layer(axum::extract::DefaultBodyLimit::disable());
     let v1 = OpenApiRouter::new()
         .routes(routes!(calls::create_call))
@@ -172,7 +173,9 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(batches::get_batch_metrics))
         .routes(routes!(batches::pause_batch))
         .routes(routes!(batches::resume_batch))
-        .routes(routes!(batches::cancel_batch));
+        .routes(routes!(batches::cancel_batch))
+        .routes(routes!(do_not_call::add_number, do_not_call::list_numbers))
+        .routes(routes!(do_not_call::get_number, do_not_call::delete_number));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(v1)
         .routes(routes!(service::healthz))

@@ -264,6 +264,7 @@ pub async fn run(args: Args) -> Result<()> {
                 tts: tts.clone(),
                 stt,
                 voice: None,
+                disclosure: None,
                 opening: Some(Opening {
                     text: opening_text,
                     audio,

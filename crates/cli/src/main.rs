@@ -143,9 +143,15 @@ struct ServeArgs {
         default_value = "/usr/share/zoneinfo/zone.tab"
     )]
     zone_tab: PathBuf,
-    /// A calling window for agents without their own, `HH:MM-HH:MM` in the callee's local time.
-    #[arg(long, env = "OUTDIAL_DEFAULT_CALLING_WINDOW")]
-    default_calling_window: Option<String>,
+    /// When agents without a calling window of their own may call, in the callee's local
+    /// time: `HH:MM-HH:MM` (every day), `HH:MM-HH:MM mon,tue,...`, or `always` (no window).
+    #[arg(long, env = "OUTDIAL_DEFAULT_CALLING_WINDOW", default_value = "09:00-21:00 mon,tue,wed,thu,fri,sat",
+        value_parser = calling_hours)]
+    default_calling_window: domain::agent::CallingHours,
+    /// Spoken before every agent's first message on a human-answered call (templated with the
+    /// call's parameters); an agent's own `disclosure` follows it, it cannot remove it.
+    #[arg(long, env = "OUTDIAL_DISCLOSURE")]
+    disclosure: Option<String>,
     /// Largest CSV file `POST /v1/batch-call` accepts, in bytes (default 50 MiB).
     #[arg(long, env = "OUTDIAL_BATCH_MAX_BYTES", default_value_t = domain::batch::BatchLimits::default().max_bytes,
         value_parser = clap::value_parser!(u64).range(1..))]
@@ -240,14 +246,10 @@ fn rtp_range(s: &str) -> Result<std::ops::RangeInclusive<u16>> {
     Ok(a..=b)
 }
 
-fn calling_window(s: &str) -> Result<domain::agent::CallingWindow> {
-    let (start, end) = s
-        .split_once('-')
-        .context("OUTDIAL_DEFAULT_CALLING_WINDOW must be HH:MM-HH:MM")?;
-    let obj = json!({"name": "x", "calling_window": {"start": start.trim(), "end": end.trim()}});
-    let cfg = domain::AgentConfig::from_json(obj.as_object().context("window")?)
-        .map_err(|_| anyhow::anyhow!("OUTDIAL_DEFAULT_CALLING_WINDOW must be HH:MM-HH:MM"))?;
-    cfg.calling_window.context("window")
+fn calling_hours(s: &str) -> std::result::Result<domain::agent::CallingHours, String> {
+    domain::agent::CallingHours::parse_setting(s).ok_or_else(|| {
+        "must be `always`, `HH:MM-HH:MM` or `HH:MM-HH:MM mon,tue,...` (days: mon..sun)".into()
+    })
 }
 
 #[derive(Subcommand)]
@@ -471,11 +473,8 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
             node_id,
             lease: std::time::Duration::from_secs(args.dispatch_lease_seconds.max(1)),
             idle_wait: std::time::Duration::from_millis(args.dispatch_idle_wait_ms.max(10)),
-            default_window: args
-                .default_calling_window
-                .as_deref()
-                .map(calling_window)
-                .transpose()?,
+            default_window: args.default_calling_window.clone(),
+            disclosure: args.disclosure.clone().filter(|d| !d.trim().is_empty()),
             public_url: public_url.clone(),
             events_written: Some(webhook_worker.waker()),
             ..Default::default()

@@ -19,6 +19,27 @@ struct Talk {
     latency: Option<CallLatency>,
 }
 
+type Speech = tokio::task::JoinHandle<Result<Vec<i16>, agent::TtsError>>;
+
+/// A line synthesised while the phone rang, once the call is answered; `None` (logged) when
+/// it could not be.
+async fn spoken(text: Option<String>, speech: Option<Speech>) -> Option<agent::Opening> {
+    match (text, speech) {
+        (Some(text), Some(task)) => match task.await {
+            Ok(Ok(audio)) => Some(agent::Opening { text, audio }),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, line = %text, "a line could not be synthesised");
+                None
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "speech task failed");
+                None
+            }
+        },
+        _ => None,
+    }
+}
+
 impl Dispatcher {
     pub(crate) async fn run_call(self: Arc<Self>, call: DueCall) {
         let span =
@@ -81,11 +102,25 @@ impl Dispatcher {
             .and_then(|r| r.retry_language.as_deref());
         let (call_tts, call_stt) =
             agent::engines_for(agent, language, &self.engines.tts, &self.engines.stt);
-        let tts = call_tts.clone();
-        let speech_voice = voice.clone();
-        let speech = opening.clone().map(|line| {
-            tokio::spawn(async move { tts.synthesize(&line, speech_voice.as_deref()).await })
-        });
+        // The service's disclosure, then the agent's own: an agent cannot drop the tenant's.
+        let disclosure = [self.config.disclosure.as_ref(), agent.disclosure.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|t| agent::render(t, &call.parameters))
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let disclosure = Some(disclosure).filter(|t| !t.is_empty());
+        let synthesize = |line: Option<String>| {
+            let tts = call_tts.clone();
+            let voice = voice.clone();
+            line.map(|line| {
+                tokio::spawn(async move { tts.synthesize(&line, voice.as_deref()).await })
+            })
+        };
+        let speech = synthesize(opening.clone());
+        let disclosure_speech = synthesize(disclosure.clone());
         let mut live = match self.telephony.dial(request).await {
             Ok(live) => live,
             Err(DialError::Invalid(reason)) => return failed(CallStatus::Failed, reason),
@@ -96,6 +131,7 @@ impl Dispatcher {
         metrics::counter!("outdial_dial_attempts_total").increment(1);
         tracing::info!(started_ms = now.0, "dialling");
         let mut speech = speech;
+        let mut disclosure_speech = disclosure_speech;
         let mut conversation = None;
         loop {
             let Some(event) = live.events.recv().await else {
@@ -110,20 +146,8 @@ impl Dispatcher {
                 }
                 CallEvent::Answered { at, media } => {
                     let _ = self.mark(call, CallStatus::InProgress, at).await;
-                    let opening = match (opening.clone(), speech.take()) {
-                        (Some(text), Some(task)) => match task.await {
-                            Ok(Ok(audio)) => Some(agent::Opening { text, audio }),
-                            Ok(Err(e)) => {
-                                tracing::error!(error = %e, "the opening line could not be synthesised");
-                                None
-                            }
-                            Err(e) => {
-                                tracing::error!(error = %e, "speech task failed");
-                                None
-                            }
-                        },
-                        _ => None,
-                    };
+                    let opening = spoken(opening.clone(), speech.take()).await;
+                    let disclosure = spoken(disclosure.clone(), disclosure_speech.take()).await;
                     let session = agent::Session {
                         trace_id: call.trace_id.to_string(),
                         brain: agent::brain_for(
@@ -135,6 +159,7 @@ impl Dispatcher {
                         tts: call_tts.clone(),
                         stt: call_stt.clone(),
                         voice: voice.clone(),
+                        disclosure,
                         opening,
                         answered_at: tokio::time::Instant::now(),
                         answered_at_ms: at.0,
@@ -212,7 +237,12 @@ impl Dispatcher {
             .agent_config
             .as_ref()
             .and_then(|a| a.retry_policy.as_ref());
+        // A callee who asked not to be called again is never retried: the settlement lists
+        // the number and cancels whatever else was waiting for it.
+        let opted_out = end.answered_at.is_some()
+            && results.get(agent::opt_out::RESULT) == Some(&serde_json::Value::Bool(true));
         let retry_at = retry_delay(policy, status, call.id.attempt)
+            .filter(|_| !opted_out)
             .map(|d| Millis(now.0 + d.as_millis() as i64));
         let duration_seconds = end
             .answered_at
@@ -249,6 +279,7 @@ impl Dispatcher {
             results,
             latency: end.answered_at.and(latency),
             retry_at,
+            opted_out,
             public_url: self.config.public_url.clone(),
         };
         metrics::counter!("outdial_calls_ended_total", "status" => status.as_str()).increment(1);

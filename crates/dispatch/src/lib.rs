@@ -8,7 +8,7 @@
 
 mod call;
 
-use domain::agent::CallingWindow;
+use domain::agent::CallingHours;
 use domain::dispatch::{
     next_opening, BeginDial, CountryZones, DialLimits, DialStart, DueCall, FinishAttempt,
 };
@@ -43,8 +43,11 @@ pub struct DispatchConfig {
     pub claim_batch: u32,
     /// Longest sleep when nothing is due (calls accepted on other nodes, orphan sweeps).
     pub idle_wait: Duration,
-    /// A tenant-wide window for agents without their own (the service config's default).
-    pub default_window: Option<CallingWindow>,
+    /// When agents without hours of their own may call (the service config's default, which
+    /// is 09:00-21:00 Monday-Saturday; this library's default is `Always`, for tests).
+    pub default_window: CallingHours,
+    /// The tenant-wide disclosure spoken before every agent's first message (templated).
+    pub disclosure: Option<String>,
     /// Base URL of the API, for webhooks' `recording_url`.
     pub public_url: String,
     /// Poked after a call settles (its webhook event is in the outbox), so the delivery worker
@@ -59,7 +62,8 @@ impl Default for DispatchConfig {
             lease: Duration::from_secs(30),
             claim_batch: 64,
             idle_wait: Duration::from_secs(5),
-            default_window: None,
+            default_window: CallingHours::Always,
+            disclosure: None,
             public_url: "http://127.0.0.1:8080".into(),
             events_written: None,
         }
@@ -98,7 +102,7 @@ fn decide(
     due: &DueCall,
     now: Millis,
     zones: &CountryZones,
-    default_window: Option<&CallingWindow>,
+    default_window: &CallingHours,
 ) -> Decision {
     let Some(agent) = &due.agent_config else {
         return Decision::Fail("agent no longer exists".into());
@@ -113,7 +117,8 @@ fn decide(
                 .unwrap_or("(none)")
         ));
     };
-    if let Some(window) = agent.calling_window.as_ref().or(default_window) {
+    let hours = agent.calling_window.as_ref().unwrap_or(default_window);
+    if let Some(window) = hours.window() {
         let tz = zones.zones_for(&due.customer_phone);
         match next_opening(window, tz, now.to_datetime()) {
             None => {
@@ -192,7 +197,7 @@ impl Dispatcher {
         for call in due {
             let lag_ms = (now.0 - call.due_at.0).max(0);
             metrics::histogram!("outdial_dispatch_lag_seconds").record(lag_ms as f64 / 1000.0);
-            match decide(&call, now, &self.zones, self.config.default_window.as_ref()) {
+            match decide(&call, now, &self.zones, &self.config.default_window) {
                 Decision::Fail(reason) => self.fail_undialled(&call, reason).await?,
                 Decision::Wait { until, reason } => {
                     tracing::info!(conversation_id = %call.id, trace_id = %call.trace_id, %reason, until = %until.to_rfc3339(), "call waits");
@@ -232,6 +237,10 @@ impl Dispatcher {
                         .await?;
                 }
                 BeginDial::Gone => {}
+                BeginDial::Listed => {
+                    tracing::info!(conversation_id = %call.id, trace_id = %call.trace_id, "number is on the do-not-call list: call canceled");
+                    self.events_written();
+                }
             }
         }
         Ok(claimed)
@@ -273,6 +282,7 @@ impl Dispatcher {
             results: Default::default(),
             latency: None,
             retry_at,
+            opted_out: false,
             public_url: self.config.public_url.clone(),
         }
     }

@@ -111,6 +111,90 @@ pub struct CallingWindow {
     pub days: Vec<String>,
 }
 
+impl CallingWindow {
+    /// The service's default: 09:00-21:00 in the callee's local time, Monday to Saturday (the
+    /// strictest of the common rules: India's TRAI 09:00-21:00, the US TCPA 08:00-21:00).
+    pub fn decent() -> Self {
+        Self {
+            start: "09:00".into(),
+            end: "21:00".into(),
+            days: WEEKDAYS[..6].iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    fn valid(&self) -> bool {
+        let (Some(start), Some(end)) = (parse_hhmm(&self.start), parse_hhmm(&self.end)) else {
+            return false;
+        };
+        start != end
+            && !self.days.is_empty()
+            && self.days.iter().all(|d| WEEKDAYS.contains(&d.as_str()))
+    }
+}
+
+/// When an agent may call: inside a window, or at any hour (`"always"`, said explicitly).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallingHours {
+    Always,
+    Window(CallingWindow),
+}
+
+impl CallingHours {
+    /// The window to respect, if any.
+    pub fn window(&self) -> Option<&CallingWindow> {
+        match self {
+            Self::Always => None,
+            Self::Window(w) => Some(w),
+        }
+    }
+
+    /// The service configuration's spelling: `always`, `HH:MM-HH:MM` (every day) or
+    /// `HH:MM-HH:MM mon,tue,...`.
+    pub fn parse_setting(s: &str) -> Option<Self> {
+        let s = s.trim();
+        if s == "always" {
+            return Some(Self::Always);
+        }
+        let (hours, days) = match s.split_once(char::is_whitespace) {
+            Some((h, d)) => (h, Some(d.trim())),
+            None => (s, None),
+        };
+        let (start, end) = hours.split_once('-')?;
+        let window = CallingWindow {
+            start: start.trim().to_string(),
+            end: end.trim().to_string(),
+            days: match days {
+                Some(d) => d.split(',').map(|d| d.trim().to_lowercase()).collect(),
+                None => all_days(),
+            },
+        };
+        window.valid().then_some(Self::Window(window))
+    }
+}
+
+impl Serialize for CallingHours {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Always => s.serialize_str("always"),
+            Self::Window(w) => w.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CallingHours {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) if s == "always" => Ok(Self::Always),
+            v @ Value::Object(_) => serde_json::from_value(v)
+                .map(Self::Window)
+                .map_err(serde::de::Error::custom),
+            _ => Err(serde::de::Error::custom(
+                "calling_window must be \"always\" or a window",
+            )),
+        }
+    }
+}
+
 fn all_days() -> Vec<String> {
     WEEKDAYS.iter().map(|d| d.to_string()).collect()
 }
@@ -210,7 +294,11 @@ pub struct AgentConfig {
     pub stages: Vec<Stage>,
     pub results: Vec<ResultField>,
     pub retry_policy: Option<RetryPolicy>,
-    pub calling_window: Option<CallingWindow>,
+    /// `None`: the service's default window.
+    pub calling_window: Option<CallingHours>,
+    /// Spoken before `first_message` on a human-answered call (templated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disclosure: Option<String>,
     pub voice: Voice,
     pub transcriber: Transcriber,
     /// Simultaneous live calls of this agent; `None` = no cap of its own.
@@ -269,6 +357,7 @@ impl AgentConfig {
             results: Vec::new(),
             retry_policy: None,
             calling_window: None,
+            disclosure: None,
             voice: Voice {
                 engine: "espeak-ng".into(),
                 voice: None,
@@ -309,6 +398,10 @@ impl AgentConfig {
                     cfg.language = s;
                 }
                 "first_message" => cfg.first_message = Some(text("first_message", v, MAX_TEXT)?),
+                "disclosure" => {
+                    let t = text("disclosure", v, MAX_TEXT)?;
+                    cfg.disclosure = Some(t).filter(|t| !t.trim().is_empty());
+                }
                 "max_duration_seconds" => {
                     cfg.max_duration_seconds = bounded("max_duration_seconds", v, 10, 4 * 3600)?
                 }
@@ -395,13 +488,8 @@ impl AgentConfig {
                 return Err(invalid("retry_policy"));
             }
         }
-        if let Some(w) = &self.calling_window {
-            let (Some(start), Some(end)) = (parse_hhmm(&w.start), parse_hhmm(&w.end)) else {
-                return Err(invalid("calling_window"));
-            };
-            let days_ok =
-                !w.days.is_empty() && w.days.iter().all(|d| WEEKDAYS.contains(&d.as_str()));
-            if start == end || !days_ok {
+        if let Some(CallingHours::Window(w)) = &self.calling_window {
+            if !w.valid() {
                 return Err(invalid("calling_window"));
             }
         }
@@ -669,5 +757,49 @@ mod tests {
         ] {
             assert!(!is_language_tag(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn calling_hours_are_a_window_or_always_said_explicitly() {
+        let a =
+            AgentConfig::from_json(&obj(json!({"name": "a", "calling_window": "always"}))).unwrap();
+        assert_eq!(a.calling_window, Some(CallingHours::Always));
+        assert_eq!(a.to_json()["calling_window"], json!("always"));
+        assert_eq!(
+            AgentConfig::from_json(&obj(json!({"name": "a", "calling_window": "never"})))
+                .unwrap_err()
+                .to_string(),
+            "invalid calling_window"
+        );
+        assert_eq!(
+            CallingHours::parse_setting("09:00-21:00 mon,tue,wed,thu,fri,sat"),
+            Some(CallingHours::Window(CallingWindow::decent()))
+        );
+        assert_eq!(
+            CallingHours::parse_setting("always"),
+            Some(CallingHours::Always)
+        );
+        let every_day = CallingHours::parse_setting("08:00-20:00").unwrap();
+        assert_eq!(every_day.window().map(|w| w.days.len()), Some(7));
+        for bad in ["", "9-21", "09:00-09:00", "09:00-21:00 monday", "sometimes"] {
+            assert_eq!(CallingHours::parse_setting(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_disclosure_is_text_and_blank_means_none() {
+        let a = AgentConfig::from_json(&obj(
+            json!({"name": "a", "disclosure": "This call is recorded."}),
+        ))
+        .unwrap();
+        assert_eq!(a.disclosure.as_deref(), Some("This call is recorded."));
+        let b = AgentConfig::from_json(&obj(json!({"name": "a", "disclosure": "  "}))).unwrap();
+        assert_eq!(b.disclosure, None);
+        assert_eq!(
+            AgentConfig::from_json(&obj(json!({"name": "a", "disclosure": 1})))
+                .unwrap_err()
+                .to_string(),
+            "invalid disclosure"
+        );
     }
 }

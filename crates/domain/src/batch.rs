@@ -39,18 +39,19 @@ const MAX_PARAMETER_VALUE: usize = 4096;
 /// field may span lines, so file line numbers would not name a row reliably.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CsvError {
-    #[error("customer_phone column is required")]
-    NoPhoneColumn,
+    /// The file has no column of the numbers to call (or to list).
+    #[error("{0} column is required")]
+    MissingColumn(&'static str),
     #[error("invalid header")]
     InvalidHeader,
     #[error("file has no rows")]
     NoRows,
     #[error("file has more than {0} rows")]
     TooManyRows(usize),
-    #[error("invalid customer_phone on row {0}")]
-    InvalidPhone(usize),
-    #[error("duplicate customer_phone on row {0}")]
-    DuplicatePhone(usize),
+    #[error("invalid {0} on row {1}")]
+    InvalidNumber(&'static str, usize),
+    #[error("duplicate {0} on row {1}")]
+    DuplicateNumber(&'static str, usize),
     /// The header itself is not UTF-8: most likely not a text file at all.
     #[error("file must be UTF-8")]
     NotUtf8,
@@ -115,9 +116,14 @@ impl Recipients {
     }
 }
 
-/// Reads and checks a whole CSV file: UTF-8 with or without a BOM, CRLF or LF, RFC 4180 quoting,
-/// a header row with exactly one `customer_phone` column. Stops at the first bad row.
-pub fn parse_recipients<R: Read>(input: R, max_rows: usize) -> Result<Recipients, CsvError> {
+/// The batch file's column of numbers to call.
+const PHONE: &str = "customer_phone";
+
+/// A CSV reader past its checked header: UTF-8 with or without a BOM, CRLF or LF, RFC 4180
+/// quoting, non-empty, clean and distinct column names.
+pub(crate) fn csv_with_header<R: Read>(
+    input: R,
+) -> Result<(csv::Reader<R>, Vec<String>), CsvError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(false)
@@ -133,27 +139,66 @@ pub fn parse_recipients<R: Read>(input: R, max_rows: usize) -> Result<Recipients
     if header.is_empty() {
         return Err(CsvError::NoRows);
     }
-    let mut phone_col = None;
-    let mut columns = Vec::new();
-    let mut seen = HashSet::new();
-    for (i, raw) in header.iter().enumerate() {
+    let mut names: Vec<String> = Vec::with_capacity(header.len());
+    for raw in header.iter() {
         let name = std::str::from_utf8(raw).map_err(|_| CsvError::NotUtf8)?;
         // A BOM the reader left in place would hide the first column's name.
         let name = name.trim_start_matches('\u{feff}').trim();
         if name.is_empty()
             || name.chars().count() > MAX_PARAMETER_NAME
             || !crate::text::is_clean(name, false)
-            || !seen.insert(name)
+            || names.iter().any(|n| n == name)
         {
             return Err(CsvError::InvalidHeader);
         }
-        if name == "customer_phone" {
+        names.push(name.to_string());
+    }
+    Ok((reader, names))
+}
+
+/// Reads one data row; `Ok(false)` at the end of the file. `row` counts the rows read so far.
+pub(crate) fn next_row<R: Read>(
+    reader: &mut csv::Reader<R>,
+    record: &mut csv::ByteRecord,
+    row: &mut usize,
+    max_rows: usize,
+) -> Result<bool, CsvError> {
+    if !reader
+        .read_byte_record(record)
+        .map_err(|e| csv_error(&e, *row + 1))?
+    {
+        return Ok(false);
+    }
+    *row += 1;
+    if *row > max_rows {
+        return Err(CsvError::TooManyRows(max_rows));
+    }
+    Ok(true)
+}
+
+/// A row's number in `column` (named `name` in errors), as E.164 digits.
+pub(crate) fn row_number(raw: &[u8], name: &'static str, row: usize) -> Result<u64, CsvError> {
+    let text = std::str::from_utf8(raw).map_err(|_| CsvError::InvalidUtf8(row))?;
+    E164::parse(text)
+        .ok()
+        .and_then(|p| p.as_str()[1..].parse().ok())
+        .ok_or(CsvError::InvalidNumber(name, row))
+}
+
+/// Reads and checks a whole CSV file (see [`csv_with_header`]) with exactly one
+/// `customer_phone` column. Stops at the first bad row.
+pub fn parse_recipients<R: Read>(input: R, max_rows: usize) -> Result<Recipients, CsvError> {
+    let (mut reader, names) = csv_with_header(input)?;
+    let mut phone_col = None;
+    let mut columns = Vec::new();
+    for (i, name) in names.into_iter().enumerate() {
+        if name == PHONE {
             phone_col = Some(i);
         } else {
-            columns.push(name.to_string());
+            columns.push(name);
         }
     }
-    let phone_col = phone_col.ok_or(CsvError::NoPhoneColumn)?;
+    let phone_col = phone_col.ok_or(CsvError::MissingColumn(PHONE))?;
     if columns.len() + 1 > MAX_PARAMETERS {
         return Err(CsvError::InvalidHeader);
     }
@@ -165,24 +210,12 @@ pub fn parse_recipients<R: Read>(input: R, max_rows: usize) -> Result<Recipients
     let mut numbers = HashSet::new();
     let mut record = csv::ByteRecord::new();
     let mut row = 0usize;
-    while reader
-        .read_byte_record(&mut record)
-        .map_err(|e| csv_error(&e, row + 1))?
-    {
-        row += 1;
-        if row > max_rows {
-            return Err(CsvError::TooManyRows(max_rows));
-        }
+    while next_row(&mut reader, &mut record, &mut row, max_rows)? {
         // The number first: a bad number is the better message for a row that is also bad
         // elsewhere.
-        let digits =
-            std::str::from_utf8(&record[phone_col]).map_err(|_| CsvError::InvalidUtf8(row))?;
-        let digits: u64 = E164::parse(digits)
-            .ok()
-            .and_then(|p| p.as_str()[1..].parse().ok())
-            .ok_or(CsvError::InvalidPhone(row))?;
+        let digits = row_number(&record[phone_col], PHONE, row)?;
         if !numbers.insert(digits) {
-            return Err(CsvError::DuplicatePhone(row));
+            return Err(CsvError::DuplicateNumber(PHONE, row));
         }
         out.phones.push(digits);
         for (i, raw) in record.iter().enumerate() {
@@ -415,10 +448,13 @@ mod tests {
     fn bad_files_name_the_first_bad_row() {
         assert_eq!(parse(b""), Err(CsvError::NoRows));
         assert_eq!(parse(b"customer_phone\n"), Err(CsvError::NoRows));
-        assert_eq!(parse(b"+919876543210\n"), Err(CsvError::NoPhoneColumn));
+        assert_eq!(
+            parse(b"+919876543210\n"),
+            Err(CsvError::MissingColumn(PHONE))
+        );
         assert_eq!(
             parse(b"phone,name\n+919876543210,a\n"),
-            Err(CsvError::NoPhoneColumn)
+            Err(CsvError::MissingColumn(PHONE))
         );
         assert_eq!(
             parse(b"customer_phone,a,a\n+919876543210,1,2\n"),
@@ -426,11 +462,11 @@ mod tests {
         );
         assert_eq!(
             parse(b"customer_phone\n+919876543210\n12345\n+919876543210\n"),
-            Err(CsvError::InvalidPhone(2))
+            Err(CsvError::InvalidNumber(PHONE, 2))
         );
         assert_eq!(
             parse(b"customer_phone\n+919876543210\n+91-98765-43210\n"),
-            Err(CsvError::DuplicatePhone(2))
+            Err(CsvError::DuplicateNumber(PHONE, 2))
         );
         assert_eq!(
             parse(b"customer_phone,name\n+919876543210,\xff\n"),
@@ -481,11 +517,14 @@ mod tests {
         let bad_number = with_far("12345,x\n");
         assert_eq!(
             parse(bad_number.as_bytes()),
-            Err(CsvError::InvalidPhone(far))
+            Err(CsvError::InvalidNumber(PHONE, far))
         );
         // A duplicate of row 3.
         let dup = with_far("+919800000002,again\n");
-        assert_eq!(parse(dup.as_bytes()), Err(CsvError::DuplicatePhone(far)));
+        assert_eq!(
+            parse(dup.as_bytes()),
+            Err(CsvError::DuplicateNumber(PHONE, far))
+        );
         // A bad number before a bad value: the number is named; a bad value
         // before a bad number: the value is.
         let long = "x".repeat(MAX_PARAMETER_VALUE + 1);
@@ -502,7 +541,7 @@ mod tests {
         };
         assert_eq!(
             parse(both(far, far + 3).as_bytes()),
-            Err(CsvError::InvalidPhone(far))
+            Err(CsvError::InvalidNumber(PHONE, far))
         );
         assert_eq!(
             parse(both(far + 3, far).as_bytes()),
@@ -521,7 +560,7 @@ mod tests {
         });
         assert_eq!(
             parse(with_short_after.as_bytes()),
-            Err(CsvError::InvalidPhone(far))
+            Err(CsvError::InvalidNumber(PHONE, far))
         );
         assert_eq!(
             parse_recipients(ok.as_bytes(), far),

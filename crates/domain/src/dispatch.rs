@@ -171,6 +171,9 @@ pub enum BeginDial {
     Deferred { until: Millis, reason: String },
     /// Cancelled, or taken by another node, in the meantime: do nothing.
     Gone,
+    /// The number is on the tenant's do-not-call list: the store has settled the call
+    /// `canceled` (`do-not-call`) with its event, in the transaction that would have started it.
+    Listed,
 }
 
 /// Everything a finished attempt writes, in one transaction.
@@ -189,6 +192,9 @@ pub struct FinishAttempt {
     pub latency: Option<crate::call::CallLatency>,
     /// The next attempt of the chain, due at this time.
     pub retry_at: Option<Millis>,
+    /// The callee asked not to be called again: the number goes on the tenant's do-not-call
+    /// list (`source: call`) in the settling transaction.
+    pub opted_out: bool,
     /// Base URL of the API, for the webhook's `recording_url`.
     pub public_url: String,
 }

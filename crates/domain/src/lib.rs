@@ -6,6 +6,7 @@ pub mod agent;
 pub mod batch;
 pub mod call;
 pub mod dispatch;
+pub mod do_not_call;
 pub mod ids;
 pub mod phone;
 pub mod store;

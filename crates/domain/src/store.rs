@@ -29,6 +29,8 @@ pub enum CreateCallError {
     AgentHasNoNumber,
     #[error("conversation not found")]
     ConversationNotFound,
+    #[error("number is on the do-not-call list")]
+    DoNotCall,
     #[error("idempotency key already used")]
     DuplicateRequest { first_trace_id: TraceId },
     #[error("rate limit exceeded for this number")]
@@ -78,7 +80,13 @@ impl<T> Listed<T> {
 
 #[async_trait]
 pub trait Store:
-    crate::dispatch::DispatchStore + WebhookStore + crate::batch::BatchStore + Send + Sync + 'static
+    crate::dispatch::DispatchStore
+    + WebhookStore
+    + crate::batch::BatchStore
+    + crate::do_not_call::DoNotCallStore
+    + Send
+    + Sync
+    + 'static
 {
     /// Liveness of the database, for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;

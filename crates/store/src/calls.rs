@@ -22,6 +22,8 @@ pub(crate) const AGENT_SQL: &str = "SELECT a.phone_number AS phone_number, \
      t.per_number_window_seconds AS per_number_window_seconds \
      FROM agents a JOIN tenants t ON t.id = a.tenant_id \
      WHERE a.tenant_id = $1 AND a.id = $2 AND a.deleted_at IS NULL";
+pub(crate) const LISTED_SQL: &str =
+    "SELECT 1 AS one FROM do_not_call WHERE tenant_id = $1 AND number = $2";
 pub(crate) const CHAIN_EXISTS_SQL: &str =
     "SELECT 1 AS one FROM calls WHERE tenant_id = $1 AND id = $2";
 pub(crate) const CHAIN_LAST_SQL: &str =
@@ -218,6 +220,15 @@ pub(crate) async fn create_call_in(
         .from_phone
         .clone()
         .ok_or(CreateCallError::AgentHasNoNumber)?;
+    let listed = sqlx::query(LISTED_SQL)
+        .bind(tenant)
+        .bind(call.customer_phone.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    if listed.is_some() {
+        return Err(CreateCallError::DoNotCall);
+    }
 
     let conversation_id = match call.continues {
         None => ConversationId::first(),

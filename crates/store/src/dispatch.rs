@@ -28,7 +28,11 @@ const NOT_PAUSED: &str =
 /// up as calls end; it is not idle polling: it only happens while calls are waiting.
 const CAPACITY_RETRY_MS: i64 = 500;
 
-async fn lock(conn: &mut AnyConnection, backend: Backend, key: String) -> Result<(), StoreError> {
+pub(crate) async fn lock(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    key: String,
+) -> Result<(), StoreError> {
     if backend == Backend::Postgres {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
             .bind(key)
@@ -37,6 +41,80 @@ async fn lock(conn: &mut AnyConnection, backend: Backend, key: String) -> Result
             .map_err(db_err)?;
     }
     Ok(())
+}
+
+/// The lock between a tenant's do-not-call list and the starts of its dials. One per tenant,
+/// not per number, so an import of any size takes one lock.
+pub(crate) fn list_lock(tenant: i64) -> String {
+    format!("do-not-call:{tenant}")
+}
+
+pub(crate) async fn lock_shared(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    key: String,
+) -> Result<(), StoreError> {
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock_shared(hashtext($1))")
+            .bind(key)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+async fn listed(conn: &mut AnyConnection, tenant: i64, phone: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query(crate::calls::LISTED_SQL)
+        .bind(tenant)
+        .bind(phone)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_err)?
+        .is_some())
+}
+
+/// Settles a call that was never dialled as `canceled`: its event, its batch counter and its
+/// `call.canceled` webhook event, all in the caller's transaction. `None` when the call was no
+/// longer waiting (dialled, settled or taken back in the meantime).
+pub(crate) async fn cancel_waiting_in(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    id: &str,
+    tenant: i64,
+    reason: Option<&str>,
+    now: Millis,
+) -> Result<Option<domain::call::Conversation>, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE calls SET status = 'canceled', failure_reason = $1, ended_at = $2, lease_owner = NULL, \
+         lease_until = NULL WHERE tenant_id = $3 AND id = $4 AND status IN ('scheduled', 'queued')",
+    )
+    .bind(reason)
+    .bind(now.0)
+    .bind(tenant)
+    .bind(id)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?
+    .rows_affected();
+    if updated == 0 {
+        return Ok(None);
+    }
+    insert_event(
+        &mut *conn,
+        id,
+        tenant,
+        now,
+        CallStatus::Canceled,
+        reason.map(str::to_string),
+    )
+    .await?;
+    crate::batches::on_canceled_in(&mut *conn, id, now).await?;
+    let id: ConversationId = id.parse().map_err(|_| corrupt("calls.id"))?;
+    // A cancelled call never rang, so its event has no recording URL to build.
+    emit_terminal_event(conn, backend, id, None, "", now)
+        .await
+        .map(Some)
 }
 
 async fn count(
@@ -248,6 +326,15 @@ async fn begin_dial_in(
         if n >= i64::from(max) {
             return Ok(defer(format!("trunk at max_concurrent_calls ({max})")));
         }
+    }
+    // Last in the lock order, shared: dials do not wait for each other here, but a listing
+    // (which takes it exclusively) either commits before this reads the list or waits until
+    // `initiated` is durable.
+    lock_shared(&mut *tx, backend, list_lock(tenant)).await?;
+    if listed(&mut *tx, tenant, &phone).await? {
+        let reason = Some(domain::do_not_call::FAILURE_REASON);
+        cancel_waiting_in(&mut *tx, backend, &id.to_string(), tenant, reason, now).await?;
+        return Ok(BeginDial::Listed);
     }
     if let Some((calls, window_s)) = limits.per_number.filter(|(c, w)| *c > 0 && *w > 0) {
         lock(&mut *tx, backend, format!("number:{tenant}:{phone}")).await?;
@@ -579,6 +666,29 @@ impl DispatchStore for SqlStore {
         }
         crate::batches::on_attempt_finished_in(&mut tx, &id, f.status, f.retry_at.is_some(), now)
             .await?;
+        if f.opted_out {
+            // After the settlement above, so the waiting calls it cancels are the others.
+            let row = sqlx::query("SELECT customer_phone FROM calls WHERE id = $1")
+                .bind(id.as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            let listing = domain::do_not_call::Listing {
+                number: E164::from_trusted(get(&row, "customer_phone")?),
+                reason: Some("asked during the call".into()),
+            };
+            lock(&mut tx, self.backend, list_lock(tenant)).await?;
+            let source = domain::do_not_call::Source::Call;
+            crate::do_not_call::list_number_in(
+                &mut tx,
+                self.backend,
+                tenant,
+                &listing,
+                source,
+                now,
+            )
+            .await?;
+        }
         tx.commit().await.map_err(db_err)?;
         Ok(true)
     }
@@ -625,18 +735,9 @@ impl DispatchStore for SqlStore {
         now: Millis,
     ) -> Result<CancelOutcome, StoreError> {
         let mut tx = self.write.begin().await.map_err(db_err)?;
-        let updated = sqlx::query(
-            "UPDATE calls SET status = 'canceled', ended_at = $1, lease_owner = NULL, lease_until = NULL \
-             WHERE tenant_id = $2 AND id = $3 AND status IN ('scheduled', 'queued')",
-        )
-        .bind(now.0)
-        .bind(tenant.0)
-        .bind(id.to_string())
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?
-        .rows_affected();
-        if updated == 0 {
+        let canceled =
+            cancel_waiting_in(&mut tx, self.backend, &id.to_string(), tenant.0, None, now).await?;
+        let Some(conversation) = canceled else {
             let exists = sqlx::query("SELECT 1 AS one FROM calls WHERE tenant_id = $1 AND id = $2")
                 .bind(tenant.0)
                 .bind(id.to_string())
@@ -648,19 +749,7 @@ impl DispatchStore for SqlStore {
             } else {
                 CancelOutcome::NotFound
             });
-        }
-        insert_event(
-            &mut tx,
-            &id.to_string(),
-            tenant.0,
-            now,
-            CallStatus::Canceled,
-            None,
-        )
-        .await?;
-        crate::batches::on_canceled_in(&mut tx, &id.to_string(), now).await?;
-        // A cancelled call never rang, so its event has no recording URL to build.
-        let conversation = emit_terminal_event(&mut tx, self.backend, id, None, "", now).await?;
+        };
         tx.commit().await.map_err(db_err)?;
         Ok(CancelOutcome::Canceled(Box::new(conversation)))
     }

@@ -6,6 +6,7 @@
 mod batches;
 mod calls;
 mod dispatch;
+mod do_not_call;
 mod manage;
 mod outbox;
 mod rows;

@@ -19,8 +19,8 @@
 use crate::calls::{
     concurrency_verdict, duplicate, next_attempt, number_verdict, AgentLimits, CallRow, AGENT_SQL,
     CHAIN_EXISTS_SQL, CHAIN_LAST_SQL, IDEMPOTENCY_CLAIM_SQL, IDEMPOTENCY_HOLDER_SQL,
-    IDEMPOTENCY_SEEN_SQL, IDEMPOTENCY_TTL_MS, INSERT_CALL_SQL, INSERT_EVENT_SQL, LIVE_COUNT_SQL,
-    RECENT_TO_NUMBER_SQL,
+    IDEMPOTENCY_SEEN_SQL, IDEMPOTENCY_TTL_MS, INSERT_CALL_SQL, INSERT_EVENT_SQL, LISTED_SQL,
+    LIVE_COUNT_SQL, RECENT_TO_NUMBER_SQL,
 };
 use crate::db_err;
 use domain::call::{AcceptedCall, NewCall};
@@ -88,6 +88,7 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
 /// sqlx binds `$N`.
 struct Sql {
     agent: String,
+    listed: String,
     chain_exists: String,
     chain_last: String,
     idempotency_seen: String,
@@ -104,6 +105,7 @@ impl Sql {
         let numbered = |sql: &str| sql.replace('$', "?");
         Self {
             agent: numbered(AGENT_SQL),
+            listed: numbered(LISTED_SQL),
             chain_exists: numbered(CHAIN_EXISTS_SQL),
             chain_last: numbered(CHAIN_LAST_SQL),
             idempotency_seen: numbered(IDEMPOTENCY_SEEN_SQL),
@@ -230,6 +232,13 @@ fn create_call(
         .from_phone
         .as_deref()
         .ok_or(CreateCallError::AgentHasNoNumber)?;
+    let listed = conn
+        .prepare_cached(&sql.listed)
+        .and_then(|mut s| s.exists(params![tenant, call.customer_phone.as_str()]))
+        .map_err(sqlite_err)?;
+    if listed {
+        return Err(CreateCallError::DoNotCall);
+    }
 
     let conversation_id = match call.continues {
         None => ConversationId::first(),

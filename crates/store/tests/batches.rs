@@ -151,6 +151,7 @@ async fn story(store: &dyn Store) {
         results: Default::default(),
         latency: None,
         retry_at: None,
+        opted_out: false,
         public_url: String::new(),
     };
     assert!(store.finish_attempt(finish, later).await.unwrap());

@@ -316,6 +316,140 @@ async fn story_idempotency_race(store: Arc<dyn Store>) {
     assert_eq!(store.count_calls(t).await.unwrap(), 1);
 }
 
+/// The do-not-call list: a listing answers its first entry, refuses `POST /v1/call`, cancels
+/// the calls waiting for the number (`do-not-call`, with their `call.canceled` event), and a
+/// call that slipped past it (claimed already) is cancelled instead of started.
+async fn story_do_not_call(store: Arc<dyn Store>) {
+    use domain::dispatch::{BeginDial, DialLimits};
+    use domain::do_not_call::{Listing, Source};
+    let (t, agent) = common::tenant_with_agent(store.as_ref(), "acme", "+918035739222").await;
+    let phone = "+919876500001";
+    let mut waiting = new_call(t, agent, phone, T0);
+    waiting.scheduled_for = Some(Millis(T0.0 + 60_000));
+    let waiting = store.create_call(waiting).await.unwrap().conversation_id;
+    let mut claimed = new_call(t, agent, phone, T0);
+    claimed.scheduled_for = Some(Millis(T0.0 + 1_000));
+    let claimed = store.create_call(claimed).await.unwrap().conversation_id;
+    let due = store
+        .claim_due("n1", Millis(T0.0 + 2_000), Millis(T0.0 + 32_000), 10)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].id, claimed);
+
+    let listing = |reason: &str| Listing {
+        number: E164::parse(phone).unwrap(),
+        reason: Some(reason.into()),
+    };
+    let first = store
+        .add_do_not_call(t, listing("first"), Source::Api, Millis(T0.0 + 3_000))
+        .await
+        .unwrap();
+    let again = store
+        .add_do_not_call(t, listing("second"), Source::Call, Millis(T0.0 + 4_000))
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    assert_eq!(first.reason.as_deref(), Some("first"));
+    // Both waiting calls were cancelled by the listing, the claimed one too: it had not started.
+    for id in [waiting, claimed] {
+        let c = store.get_conversation(t, id).await.unwrap().unwrap();
+        assert_eq!(c.status, domain::CallStatus::Canceled);
+        assert_eq!(c.failure_reason.as_deref(), Some("do-not-call"));
+    }
+    let outcome = store
+        .begin_dial(
+            claimed,
+            "n1",
+            Millis(T0.0 + 5_000),
+            Millis(T0.0 + 35_000),
+            None,
+            &DialLimits::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome, BeginDial::Gone);
+    assert!(matches!(
+        store.create_call(new_call(t, agent, phone, T0)).await,
+        Err(CreateCallError::DoNotCall)
+    ));
+
+    // A batch uploaded after an import listed one of its numbers: that row is cancelled when
+    // its dial would start, and the batch counts it.
+    let other = "+919876500002";
+    let imported = store
+        .import_do_not_call(
+            t,
+            vec![Listing {
+                number: E164::parse(other).unwrap(),
+                reason: None,
+            }],
+            Millis(T0.0 + 6_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!((imported.total, imported.added), (1, 1));
+    let batch = store
+        .create_batch(domain::batch::NewBatch {
+            tenant: t,
+            agent,
+            name: "march".into(),
+            scheduled_for: None,
+            recipients: domain::batch::parse_recipients(
+                format!("customer_phone\n{other}\n").as_bytes(),
+                10,
+            )
+            .unwrap(),
+            trace_id: TraceId::new(),
+            now: Millis(T0.0 + 7_000),
+        })
+        .await
+        .unwrap();
+    let due = store
+        .claim_due("n1", Millis(T0.0 + 8_000), Millis(T0.0 + 38_000), 10)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1);
+    let outcome = store
+        .begin_dial(
+            due[0].id,
+            "n1",
+            Millis(T0.0 + 9_000),
+            Millis(T0.0 + 39_000),
+            None,
+            &DialLimits::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome, BeginDial::Listed);
+    let c = store.get_conversation(t, due[0].id).await.unwrap().unwrap();
+    assert_eq!(c.status, domain::CallStatus::Canceled);
+    assert_eq!(c.failure_reason.as_deref(), Some("do-not-call"));
+    let b = store.get_batch(t, batch.id).await.unwrap().unwrap();
+    assert_eq!(b.counts.canceled, 1);
+
+    let listed = store
+        .list_do_not_call(
+            t,
+            Page {
+                limit: 10,
+                offset: 0,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.total, 2);
+    assert!(store
+        .delete_do_not_call(t, &E164::parse(phone).unwrap())
+        .await
+        .unwrap());
+    assert!(store
+        .get_do_not_call(t, &E164::parse(phone).unwrap())
+        .await
+        .unwrap()
+        .is_none());
+}
+
 macro_rules! on_both {
     ($name:ident, $story:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -339,6 +473,7 @@ async fn calls(store: Arc<dyn Store>) {
 on_both!(keys_and_agents_on_every_backend, keys_and_agents);
 on_both!(calls_on_every_backend, calls);
 on_both!(idempotency_race_on_every_backend, story_idempotency_race);
+on_both!(do_not_call_on_every_backend, story_do_not_call);
 
 #[test]
 fn both_backends_are_covered_unless_postgres_is_skipped_knowingly() {

@@ -183,7 +183,7 @@ pub fn metrics(b: &Batch) -> BatchMetrics {
 
 /// Feeds the upload's chunks to the blocking CSV parser as they arrive, so the file is parsed
 /// while it streams in and never held whole.
-struct ChunkReader {
+pub(crate) struct ChunkReader {
     rx: mpsc::Receiver<Bytes>,
     current: Bytes,
 }
@@ -203,12 +203,12 @@ impl Read for ChunkReader {
     }
 }
 
-fn bad_multipart() -> ApiError {
+pub(crate) fn bad_multipart() -> ApiError {
     ApiError::Invalid("invalid multipart body".into())
 }
 
 /// A `.csv` by name, or by type when the client sent no file name.
-fn is_csv(field: &Field<'_>) -> bool {
+pub(crate) fn is_csv(field: &Field<'_>) -> bool {
     match field.file_name() {
         Some(name) => name.to_ascii_lowercase().ends_with(".csv"),
         None => field
@@ -217,17 +217,23 @@ fn is_csv(field: &Field<'_>) -> bool {
     }
 }
 
-/// Streams the file into the parser. The size limit is enforced on the bytes read, whatever
-/// the request declared; a parser that stopped at a bad row ends the upload early.
-async fn read_file(
+/// Streams a CSV file into `parse` (which runs on a blocking thread and gets the row limit).
+/// The size limit is enforced on the bytes read, whatever the request declared; a parser that
+/// stopped at a bad row ends the upload early.
+pub(crate) async fn read_csv<T, P>(
     mut field: Field<'_>,
     limits: BatchLimits,
-) -> Result<Result<Recipients, CsvError>, ApiError> {
+    parse: P,
+) -> Result<Result<T, CsvError>, ApiError>
+where
+    T: Send + 'static,
+    P: FnOnce(ChunkReader, usize) -> Result<T, CsvError> + Send + 'static,
+{
     let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
     let max_rows = limits.max_rows;
     let parser = tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
-        let parsed = parse_recipients(
+        let parsed = parse(
             ChunkReader {
                 rx,
                 current: Bytes::new(),
@@ -237,8 +243,8 @@ async fn read_file(
         // Includes waiting for the bytes: on a fast link it is the parser's own time.
         tracing::info!(
             parse_ms = started.elapsed().as_millis() as u64,
-            rows = parsed.as_ref().map_or(0, Recipients::len),
-            "batch file read"
+            ok = parsed.is_ok(),
+            "csv file read"
         );
         parsed
     });
@@ -319,7 +325,7 @@ pub async fn create_batch(
                 }
                 // A bad row decides the answer: nothing after the file is read (and the file
                 // itself only up to its size limit).
-                let recipients = read_file(field, limits)
+                let recipients = read_csv(field, limits, parse_recipients)
                     .await?
                     .map_err(|e| ApiError::Invalid(e.to_string()))?;
                 form.file = Some(recipients);

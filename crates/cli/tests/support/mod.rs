@@ -75,6 +75,35 @@ impl Db {
     }
 }
 
+impl Db {
+    /// The first column of the first row of `sql`, as text, read with the database's own
+    /// client (`sqlite3` on the data dir's file, `psql`), for what the API does not show.
+    pub fn scalar(&self, data: &Path, sql: &str) -> String {
+        let out = match &self.0 {
+            None => Command::new("sqlite3")
+                .arg(data.join("outdial.db"))
+                .arg(sql)
+                .output()
+                .expect("sqlite3"),
+            Some(url) => Command::new("psql")
+                .args([url.as_str(), "-At", "-c", sql])
+                .output()
+                .expect("psql"),
+        };
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    }
+}
+
 /// Drops a database made by [`Db::postgres`], even with the service's connections still open.
 pub fn drop_postgres(name: &str) {
     let _ = Command::new("psql")
@@ -151,6 +180,12 @@ impl Service {
             (
                 "OUTDIAL_API_RATE_LIMIT_PER_MINUTE".to_string(),
                 "0".to_string(),
+            ),
+            // Tests dial at whatever hour they run; the service's default window (09:00-21:00
+            // callee time) is tested on its own.
+            (
+                "OUTDIAL_DEFAULT_CALLING_WINDOW".to_string(),
+                "always".to_string(),
             ),
             // The test's webhook receiver is on loopback.
             (
@@ -331,6 +366,40 @@ impl Api {
         self.http
             .get(format!("{}{path}", self.base))
             .bearer_auth(&self.key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.http
+            .delete(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A CSV file posted as the multipart field `file` (named `name`), with text `fields`.
+    pub async fn upload(
+        &self,
+        path: &str,
+        fields: &[(&str, String)],
+        name: &str,
+        csv: &str,
+    ) -> reqwest::Response {
+        let mut form = reqwest::multipart::Form::new();
+        for (k, v) in fields {
+            form = form.text(k.to_string(), v.clone());
+        }
+        let part = reqwest::multipart::Part::text(csv.to_string())
+            .file_name(name.to_string())
+            .mime_str("text/csv")
+            .unwrap();
+        self.http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .multipart(form.part("file", part))
             .send()
             .await
             .unwrap()
