@@ -116,7 +116,10 @@ async fn a_promise_is_spoken_recorded_and_ends_the_call() {
         .starts_with("application/json"));
     assert_eq!(r.body["model"], "gpt-4o-mini");
     assert_eq!(r.body["stream"], true);
-    assert_eq!(tool_names(&r.body), vec!["set_result", "end_call"]);
+    assert_eq!(
+        tool_names(&r.body),
+        vec!["set_result", "opt_out", "end_call"]
+    );
     let names = &r.body["tools"][0]["function"]["parameters"]["properties"]["name"]["enum"];
     assert_eq!(names, &json!(["intent", "when"]));
     let msgs = r.body["messages"].as_array().unwrap();
@@ -147,6 +150,26 @@ async fn a_promise_is_spoken_recorded_and_ends_the_call() {
         msgs[2],
         json!({"role": "user", "content": "Yes, I can pay by Friday."})
     );
+}
+
+/// A request to stop that only the model understood: its `opt_out` tool marks the call, and
+/// the agent's confirmation ends it without another round to the model.
+#[tokio::test]
+async fn the_opt_out_tool_confirms_and_ends_the_call() {
+    let server = serve(vec![Answer::Stream(fixture("opt_out.sse"))]).await;
+    let mut b = brain(&server, None, options());
+    b.start();
+    let r = b
+        .hear("Look, I do not want to hear from Acme any more.")
+        .await
+        .unwrap();
+    assert_eq!(
+        r.say,
+        vec![agent::opt_out::confirmation("en-IN").to_string()]
+    );
+    assert!(r.end);
+    assert_eq!(b.results()["opted_out"], true);
+    assert_eq!(server.requests().len(), 1);
 }
 
 #[tokio::test]
