@@ -1,6 +1,6 @@
 //! Which brain, voice and ears an agent's configuration names. The node has default engines
 //! (espeak-ng, pocketsphinx); an agent's `brain`, `voice.engine` and `transcriber.engine` pick
-//! others, built once per node from the environment and shared by every call.
+//! others, built once per node from the binary's configuration and shared by every call.
 
 use crate::brain::Brain;
 use crate::deepgram::{Deepgram, DeepgramConfig};
@@ -149,21 +149,10 @@ impl EngineRegistry {
         }
     }
 
-    /// Piper from `OUTDIAL_PIPER_PROCESSES`, faster-whisper from `OUTDIAL_WHISPER_PROCESSES`,
-    /// Deepgram from `OUTDIAL_DEEPGRAM_API_KEY` (and `OUTDIAL_DEEPGRAM_URL`,
-    /// `OUTDIAL_DEEPGRAM_MODEL`).
-    pub fn from_env() -> Self {
-        Self::new(
-            Piper::config_from_env(),
-            Whisper::config_from_env(),
-            DeepgramConfig::from_env(),
-        )
-    }
-
-    /// The node's registry: the one [`EngineRegistry::install_global`] set, else read from the
-    /// environment on first use (library tests, tools that never configure one).
+    /// The node's registry: the one [`EngineRegistry::install_global`] set, else the engines'
+    /// defaults on `python3` without Deepgram (library tests, tools that configure none).
     pub fn global() -> &'static EngineRegistry {
-        GLOBAL.get_or_init(Self::from_env)
+        GLOBAL.get_or_init(|| Self::new(Piper::config(), Whisper::config(), None))
     }
 
     /// Makes `self` the node's registry, so the binary's typed configuration (which interpreter

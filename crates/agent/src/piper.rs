@@ -61,11 +61,6 @@ impl Piper {
         SidecarConfig::new(Duration::from_secs(10))
     }
 
-    /// [`Piper::config`] with `OUTDIAL_PIPER_PROCESSES` (1-16) if set.
-    pub fn config_from_env() -> PiperConfig {
-        Self::config().processes_from_env("OUTDIAL_PIPER_PROCESSES")
-    }
-
     /// Starts every sidecar now (model load ~0.4-2 s each) rather than on the first line.
     pub async fn warm_up(&self) -> Result<(), TtsError> {
         self.pool.warm_up().await.map_err(tts_error)

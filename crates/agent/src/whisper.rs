@@ -51,11 +51,6 @@ impl Whisper {
         SidecarConfig::new(Duration::from_secs(15))
     }
 
-    /// [`Whisper::config`] with `OUTDIAL_WHISPER_PROCESSES` (1-16) if set.
-    pub fn config_from_env() -> WhisperConfig {
-        Self::config().processes_from_env("OUTDIAL_WHISPER_PROCESSES")
-    }
-
     /// Starts every sidecar now (model load ~0.4-2 s) rather than on the first utterance.
     pub async fn warm_up(&self) -> Result<(), SttError> {
         self.pool.warm_up().await.map_err(stt_error)
