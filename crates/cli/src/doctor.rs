@@ -289,6 +289,17 @@ fn sip_port(report: &mut Report, addr: SocketAddr) {
             &format!("{addr}/udp can be bound"),
             None,
         ),
+        // The doctor is also run beside a live node, whose own socket this is; only the
+        // operator knows whether it is.
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => report.line(
+            Status::Warn,
+            "SIP port",
+            &format!(
+                "{addr}/udp is in use: fine if this node's `outdial serve` holds it; otherwise \
+                 stop what does or choose another --sip-listen / OUTDIAL_SIP_LISTEN"
+            ),
+            None,
+        ),
         Err(e) => report.line(
             Status::Missing,
             "SIP port",
@@ -409,10 +420,14 @@ async fn speech_engines(report: &mut Report, config: &EngineConfig, agents: &[Li
                         Status::Warn,
                         subject,
                         &format!(
-                            "agent {} is {}, but {subject} {verb} only {}",
+                            "agent {} speaks {}, but {subject}'s model {verb} only {}",
                             agent.id.0,
                             agent.config.language,
-                            py.languages.join(", ")
+                            py.languages
+                                .iter()
+                                .map(|l| format!("{l}-*"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                         None,
                     );
