@@ -63,12 +63,8 @@ impl DeepgramConfig {
         }
     }
 
-    /// `OUTDIAL_DEEPGRAM_API_KEY` (required; `None` without it), `OUTDIAL_DEEPGRAM_URL`,
-    /// `OUTDIAL_DEEPGRAM_MODEL`.
-    pub fn from_env() -> Option<Self> {
-        Self::from_lookup(|k| std::env::var(k).ok())
-    }
-
+    /// From the binary's settings, looked up by name: `OUTDIAL_DEEPGRAM_API_KEY` (required;
+    /// `None` without it), `OUTDIAL_DEEPGRAM_URL`, `OUTDIAL_DEEPGRAM_MODEL`.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Option<Self> {
         let key = get("OUTDIAL_DEEPGRAM_API_KEY").filter(|k| !k.trim().is_empty())?;
         let mut cfg = Self::new(key.trim());

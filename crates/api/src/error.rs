@@ -59,6 +59,9 @@ pub enum ApiError {
     /// The service cannot serve now (readiness); the reason is safe to show.
     #[error("{0}")]
     Unavailable(&'static str),
+    /// The service cannot serve calls now: an engine its agents need cannot start (readiness).
+    #[error("{0}")]
+    NotReady(String),
     /// A handler panicked; the panic's text goes to the log only.
     #[error("internal error: handler panicked: {0}")]
     Panicked(String),
@@ -81,7 +84,9 @@ impl ApiError {
             Self::UriTooLong => (StatusCode::URI_TOO_LONG, "invalid_request"),
             Self::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "invalid_request"),
             Self::TooManyConnections => (StatusCode::SERVICE_UNAVAILABLE, "rate_limit_exceeded"),
-            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "internal_error"),
+            Self::Unavailable(_) | Self::NotReady(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "internal_error")
+            }
             Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "authentication_error"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Duplicate { .. } => (StatusCode::CONFLICT, "duplicate_request"),

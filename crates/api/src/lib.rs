@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod input;
 pub mod openapi;
+pub mod readiness;
 pub mod routes;
 pub mod server;
 
@@ -76,6 +77,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Poked after a call due now is accepted, so the local dispatcher dials it at once.
     pub dispatch_wake: Option<Arc<tokio::sync::Notify>>,
+    /// The speech engines' states, as the binary last checked them (for `/readyz`).
+    pub readiness: Arc<readiness::Readiness>,
 }
 
 /// The process-wide Prometheus recorder (a `metrics` recorder can be installed only once).
@@ -120,7 +123,14 @@ impl AppState {
             config: Arc::new(config),
             metrics: metrics_handle(),
             dispatch_wake: None,
+            readiness: Arc::new(readiness::Readiness::new()),
         }
+    }
+
+    /// `/readyz` answers from `readiness` (the binary's engine checks) besides the database.
+    pub fn with_readiness(mut self, readiness: Arc<readiness::Readiness>) -> Self {
+        self.readiness = readiness;
+        self
     }
 
     pub fn with_dispatch_wake(mut self, wake: Arc<tokio::sync::Notify>) -> Self {

@@ -14,6 +14,8 @@ use store::{SqlStore, StoreOptions};
 use tracing_subscriber::EnvFilter;
 
 mod batch;
+mod doctor;
+mod engines;
 
 #[derive(Parser)]
 #[command(
@@ -77,6 +79,14 @@ enum Command {
     /// Stored credentials.
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// Install the local speech engines into the virtual environment the service uses
+    /// (`--venv`, default ./.venv): those the node's default agent and the configured agents
+    /// need, or `--all`. Quick when they are installed already.
+    Setup(engines::SetupArgs),
+    /// Check what the service and its configured agents need on this machine (speech engines,
+    /// SIP port, database, data dir, tz data); prints the fix for what is missing and exits
+    /// non-zero if something required is.
+    Doctor(doctor::DoctorArgs),
 }
 
 #[derive(Subcommand)]
@@ -200,6 +210,8 @@ struct ServeArgs {
     #[arg(long, env = "OUTDIAL_BATCH_MAX_ROWS", default_value_t = domain::batch::BatchLimits::default().max_rows,
         value_parser = parse_max_rows)]
     batch_max_rows: usize,
+    #[command(flatten)]
+    engines: engines::ServeEngineArgs,
 }
 
 fn parse_max_rows(s: &str) -> Result<usize> {
@@ -348,7 +360,13 @@ async fn main() -> Result<()> {
         libc::umask(0o077);
     }
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_env("OUTDIAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // `doctor` and `setup` print their own report; engine start-up chatter would only hide it.
+    let default_level = match cli.command {
+        Command::Doctor(_) | Command::Setup(_) => "warn",
+        _ => "info",
+    };
+    let filter =
+        EnvFilter::try_from_env("OUTDIAL_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -372,7 +390,43 @@ async fn main() -> Result<()> {
             print(json!({"resealed": rewritten}));
             Ok(())
         }
+        Command::Setup(args) => setup(&cli.db, args).await,
+        Command::Doctor(args) => {
+            if !doctor::run(&cli.db, args).await? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
+}
+
+async fn setup(db: &DbArgs, args: engines::SetupArgs) -> Result<()> {
+    let config = args.engines.resolve()?;
+    let wanted: Vec<agent::PythonEngine> = if args.all {
+        agent::PYTHON_ENGINES.to_vec()
+    } else {
+        // What the node's default and the agents configured so far use; a database that cannot
+        // be read leaves the default.
+        let agents = match open_store(db, StoreOptions::default()).await {
+            Ok(store) => {
+                let agents = store.live_agents().await;
+                store.close().await;
+                agents.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot list agents; installing the default engine");
+                    Vec::new()
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the database; installing the default engine");
+                Vec::new()
+            }
+        };
+        engines::needs(&agents)
+            .keys()
+            .filter_map(|e| e.python())
+            .collect()
+    };
+    engines::setup(&wanted, &config, &args.base_python).await
 }
 
 async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
@@ -443,23 +497,37 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
             },
         ),
     )?;
+    let engine_config = args.engines.engines.resolve()?;
     let stt = Arc::new(agent::PocketSphinx::new(agent::PocketSphinxConfig {
+        python: engine_config.python.clone(),
         sidecars: args
             .stt_sidecars
             .unwrap_or_else(agent::stt::default_sidecars)
             .clamp(1, 64),
         ..Default::default()
     }));
-    // Starting the recogniser now keeps its model load off the first call's first turn.
-    if let Err(e) = stt.warm_up().await {
-        tracing::warn!(error = %e, "speech-to-text is not available: agents will not hear callees");
+    let tts = Arc::new(agent::EspeakNg::default());
+    if engine_config.registry().install_global().is_err() {
+        bail!("the engine registry was in use before its configuration");
     }
+    let readiness = Arc::new(api::readiness::Readiness::new());
+    let engine_watch = Arc::new(engines::Watch::new(
+        store.clone(),
+        readiness.clone(),
+        engine_config,
+        stt.clone(),
+        tts.clone(),
+        agent::EngineRegistry::global(),
+    ));
+    // Before listening, so /readyz is true from its first answer; this also starts the
+    // recognisers, keeping their model load off the first call's first turn.
+    engine_watch.check().await;
     let llm = agent::LlmOptions {
         endpoints: args.llm_allowed_networks.clone(),
         ..agent::LlmOptions::from_lookup(|k| std::env::var(k).ok())?
     };
     let engines = dispatch::Engines {
-        tts: Arc::new(agent::EspeakNg::default()),
+        tts,
         stt,
         llm: agent::LlmEngine::new(llm),
     };
@@ -481,6 +549,10 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
         },
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let watch_task = tokio::spawn(engine_watch.run(
+        std::time::Duration::from_secs(args.engines.engine_check_seconds),
+        stop_rx.clone(),
+    ));
     let dispatch_task = tokio::spawn(dispatcher.clone().run(stop_rx));
     let config = api::ApiConfig {
         api_rate_limit_per_minute: args.api_rate_limit_per_minute,
@@ -505,7 +577,9 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
             .await
     });
     let app = api::router(
-        api::AppState::new(store.clone(), config).with_dispatch_wake(dispatcher.waker()),
+        api::AppState::new(store.clone(), config)
+            .with_dispatch_wake(dispatcher.waker())
+            .with_readiness(readiness),
     );
     tracing::info!(%addr, sip = %sip_addr, backend = ?store.backend(), max_connections, "outdial listening");
     api::server::serve(listener, app, http_limits, shutdown_signal())
@@ -515,6 +589,7 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
     // another node (or this one after a restart) settles them.
     let _ = stop_tx.send(true);
     let _ = dispatch_task.await;
+    let _ = watch_task.await;
     // In-flight webhook attempts finish (each within its 10 s timeout) and are recorded before
     // the database closes.
     let _ = stop_webhooks.send(());

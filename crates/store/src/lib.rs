@@ -7,12 +7,15 @@ mod batches;
 mod calls;
 mod dispatch;
 mod do_not_call;
+mod engines;
 mod manage;
 mod outbox;
 mod rows;
 pub mod secrets;
 mod sqlite_writer;
 mod webhooks;
+
+pub use engines::LiveAgent;
 
 use domain::agent::AgentConfig;
 use domain::call::{AcceptedCall, Conversation, NewCall};

@@ -13,15 +13,22 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: the database answers.
+/// Readiness: the database answers and every speech engine the agents need can start (or was
+/// declared optional; those down are listed as `degraded`).
 #[utoipa::path(get, path = "/readyz", tag = "service", responses((status = 200, body = Object), (status = 503, description = "not ready; the reason in the error shape", body = crate::openapi::ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    match state.store.ping().await {
-        Ok(()) => Json(json!({"status": "ready"})).into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "not ready");
-            crate::error::ApiError::Unavailable("database unavailable").into_response()
-        }
+    if let Err(e) = state.store.ping().await {
+        tracing::warn!(error = %e, "not ready");
+        return crate::error::ApiError::Unavailable("database unavailable").into_response();
+    }
+    if let Some(reason) = state.readiness.not_ready_reason() {
+        return crate::error::ApiError::NotReady(reason).into_response();
+    }
+    let degraded = state.readiness.degraded();
+    if degraded.is_empty() {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        Json(json!({"status": "ready", "degraded": degraded})).into_response()
     }
 }
 

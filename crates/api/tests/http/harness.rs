@@ -11,6 +11,8 @@ pub struct TestApp {
     pub base: String,
     pub store: Arc<SqlStore>,
     pub client: Client,
+    /// What the binary's engine checks would record; `/readyz` reads it.
+    pub readiness: Arc<api::readiness::Readiness>,
     _dir: TempDir,
 }
 
@@ -41,12 +43,16 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         config.public_url = format!("http://{addr}");
-        let app = api::router(api::AppState::new(store.clone(), config));
+        let readiness = Arc::new(api::readiness::Readiness::new());
+        let app = api::router(
+            api::AppState::new(store.clone(), config).with_readiness(readiness.clone()),
+        );
         tokio::spawn(async move { axum::serve(listener, app).await });
         TestApp {
             base: format!("http://{addr}"),
             store,
             client: Client::new(),
+            readiness,
             _dir: dir,
         }
     }

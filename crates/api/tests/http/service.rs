@@ -124,3 +124,62 @@ async fn a_database_failure_is_a_500_naming_the_trace_id_and_nothing_internal() 
         "the error shape: {e}"
     );
 }
+
+#[tokio::test]
+async fn an_engine_the_agents_need_that_cannot_start_makes_the_node_unready_unless_optional() {
+    use api::readiness::EngineState;
+    let app = TestApp::spawn().await;
+    let get = |path: &'static str| app.client.get(app.url(path)).send();
+    let engine = |required, optional, ready| EngineState {
+        kind: "speech-to-text",
+        required,
+        optional,
+        ready,
+    };
+    // Installed nowhere, but no agent uses it: still ready.
+    app.readiness.set("whisper", engine(false, false, false));
+    assert_eq!(get("/readyz").await.unwrap().status(), 200);
+
+    app.readiness
+        .set("pocketsphinx", engine(true, false, false));
+    let r = get("/readyz").await.unwrap();
+    assert_eq!(r.status(), 503);
+    let e = body(r).await;
+    assert_eq!(
+        (e["error"]["type"].as_str(), e["error"]["message"].as_str()),
+        (
+            Some("internal_error"),
+            Some(
+                "speech-to-text engine pocketsphinx cannot start (`outdial doctor` names the fix)"
+            )
+        ),
+        "the error shape: {e}"
+    );
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("outdial_engine_ready{engine=\"pocketsphinx\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("outdial_engine_required{engine=\"pocketsphinx\"} 1"),
+        "{metrics}"
+    );
+
+    // Declared optional: ready, and the answer says what is missing.
+    app.readiness.set("pocketsphinx", engine(true, true, false));
+    let r = get("/readyz").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        body(r).await,
+        serde_json::json!({"status": "ready", "degraded": ["pocketsphinx"]})
+    );
+
+    app.readiness.set("pocketsphinx", engine(true, false, true));
+    let r = get("/readyz").await.unwrap();
+    assert_eq!(body(r).await, serde_json::json!({"status": "ready"}));
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("outdial_engine_ready{engine=\"pocketsphinx\"} 1"),
+        "{metrics}"
+    );
+}

@@ -192,6 +192,9 @@ impl Service {
                 "OUTDIAL_WEBHOOK_ALLOW_PRIVATE".to_string(),
                 "true".to_string(),
             ),
+            // The suite's engines are the `python3` first on PATH: scripts/test puts the
+            // project's venv (`outdial setup --all`) there.
+            ("OUTDIAL_PYTHON".to_string(), "python3".to_string()),
         ];
         if let Some(url) = &db.0 {
             env.push(("OUTDIAL_DATABASE_URL".to_string(), url.clone()));
