@@ -64,4 +64,9 @@ pub trait Brain: Send + 'static {
     fn expected_phrases(&self) -> Vec<String>;
     /// Everything collected so far.
     fn results(&self) -> &Map<String, Value>;
+    /// The stage the conversation is in, for a later attempt to resume at; `None` for a brain
+    /// without stages.
+    fn stage_id(&self) -> Option<String> {
+        None
+    }
 }

@@ -118,6 +118,8 @@ pub struct ConversationOutcome {
     pub ended_by: EndedBy,
     pub turns: Vec<TurnTiming>,
     pub answer_to_first_word_ms: Option<u64>,
+    /// The brain's stage when the conversation ended.
+    pub stage_id: Option<String>,
 }
 
 impl ConversationOutcome {
@@ -328,6 +330,7 @@ async fn run(
         ended_by,
         turns: d.timings,
         answer_to_first_word_ms: d.first_word,
+        stage_id: d.s.brain.stage_id(),
     }
 }
 

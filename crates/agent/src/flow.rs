@@ -217,6 +217,10 @@ impl Brain for FlowBrain {
         Ok(self.decide(heard))
     }
 
+    fn stage_id(&self) -> Option<String> {
+        self.stage().map(|s| s.id.clone())
+    }
+
     fn expected_phrases(&self) -> Vec<String> {
         self.stage()
             .map(|s| {

@@ -41,6 +41,35 @@ pub use turn::{TurnConfig, TurnEvent, TurnTaker};
 pub use whisper::{Whisper, WhisperConfig};
 
 use domain::telephony::{AudioFrame, FRAME_SAMPLES};
+
+/// The opening line, rendered: a retry context's own opening, else (for a call that continues
+/// an earlier one) the agent's `retry_message`, else its `first_message`. The templates see the
+/// call's parameters and, after them, the retry context's collected data. `None` when blank.
+pub fn opening_line(
+    agent: &domain::AgentConfig,
+    parameters: &[domain::call::Parameter],
+    retry: Option<&domain::call::RetryContext>,
+) -> Option<String> {
+    let template = match retry {
+        Some(r) => r
+            .retry_initial_message
+            .clone()
+            .or_else(|| agent.retry_message.clone())
+            .or_else(|| agent.first_message.clone()),
+        None => agent.first_message.clone(),
+    }?;
+    let mut known = parameters.to_vec();
+    if let Some(collected) = retry.and_then(|r| r.collected_data.as_ref()) {
+        known.extend(collected.iter().map(|(name, v)| domain::call::Parameter {
+            name: name.clone(),
+            value: match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            },
+        }));
+    }
+    Some(render(&template, &known)).filter(|t| !t.trim().is_empty())
+}
 use tokio::sync::mpsc;
 
 /// Queues `audio` (16 kHz) onto a call's outbound stream in 20 ms frames; the telephony
@@ -54,4 +83,42 @@ pub async fn play(audio: &[i16], outbound: &mpsc::Sender<AudioFrame>) -> bool {
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::call::{Parameter, RetryContext};
+
+    #[test]
+    fn a_continued_call_opens_with_its_own_line_else_the_retry_message() {
+        let agent = domain::AgentConfig::from_json(
+            serde_json::json!({"name": "a", "first_message": "Hello {{customer_name}}.",
+                "retry_message": "Hi {{customer_name}}, about {{invoice}} again."})
+            .as_object()
+            .unwrap(),
+        )
+        .unwrap();
+        let params = [Parameter {
+            name: "customer_name".into(),
+            value: "Rahul".into(),
+        }];
+        assert_eq!(
+            opening_line(&agent, &params, None).as_deref(),
+            Some("Hello Rahul.")
+        );
+        let mut retry = RetryContext {
+            collected_data: serde_json::json!({"invoice": "INV-7"}).as_object().cloned(),
+            ..Default::default()
+        };
+        assert_eq!(
+            opening_line(&agent, &params, Some(&retry)).as_deref(),
+            Some("Hi Rahul, about INV-7 again.")
+        );
+        retry.retry_initial_message = Some("Good morning {{customer_name}}.".into());
+        assert_eq!(
+            opening_line(&agent, &params, Some(&retry)).as_deref(),
+            Some("Good morning Rahul.")
+        );
+    }
 }

@@ -114,6 +114,9 @@ pub struct LlmBrain {
     failures: u32,
     /// The call's language, for the opt-out confirmation.
     language: String,
+    /// Where the plan started: the model does not report stage changes, so a later attempt
+    /// resumes here.
+    start_stage: Option<String>,
 }
 
 /// One tool call as assembled from its streamed fragments.
@@ -206,12 +209,9 @@ impl LlmBrain {
             language: retry
                 .and_then(|r| r.retry_language.clone())
                 .unwrap_or_else(|| agent.language.clone()),
+            start_stage: start.map(|s| s.id.clone()),
         };
-        let opening = retry
-            .and_then(|r| r.retry_initial_message.clone())
-            .or_else(|| agent.first_message.clone())
-            .map(|t| render(&t, parameters))
-            .filter(|t| !t.trim().is_empty());
+        let opening = crate::opening_line(agent, parameters, retry);
         if let Some(opening) = opening {
             brain.remember_said(&opening);
         }
@@ -574,6 +574,10 @@ impl Brain for LlmBrain {
 
     fn results(&self) -> &Map<String, Value> {
         &self.results
+    }
+
+    fn stage_id(&self) -> Option<String> {
+        self.start_stage.clone()
     }
 }
 

@@ -181,6 +181,10 @@ impl Brain for OptOutGuard {
     fn results(&self) -> &Map<String, Value> {
         &self.results
     }
+
+    fn stage_id(&self) -> Option<String> {
+        self.inner.stage_id()
+    }
 }
 
 #[cfg(test)]

@@ -6,26 +6,18 @@ use domain::call::Parameter;
 /// logged). Parameter values are inserted as text and never rendered again, so a value holding
 /// `{{x}}` stays literal.
 pub fn render(template: &str, parameters: &[Parameter]) -> String {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(open) = rest.find("{{") {
-        out.push_str(&rest[..open]);
-        let after = &rest[open + 2..];
-        let Some(close) = after.find("}}") else {
-            out.push_str(&rest[open..]);
-            return out;
-        };
-        let name = after[..close].trim();
-        match parameters.iter().find(|p| p.name == name) {
-            Some(p) => out.push_str(&p.value),
-            None => tracing::warn!(
-                parameter = name,
-                "template names a parameter the call does not have"
-            ),
-        }
-        rest = &after[close + 2..];
+    let (out, missing) = domain::template::render(template, |name| {
+        parameters
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.value.clone())
+    });
+    for parameter in missing {
+        tracing::warn!(
+            %parameter,
+            "template names a parameter the call does not have"
+        );
     }
-    out.push_str(rest);
     out
 }
 

@@ -207,7 +207,7 @@ async fn a_busy_call_sends_exactly_one_signed_call_busy_that_agrees_with_the_api
         .unwrap()
         .to_string();
     let c = api.wait_terminal(&loc, Duration::from_secs(20)).await;
-    assert_eq!(c["status"], "busy");
+    assert_eq!(c["status"], "busy", "{c}");
     let got = receiver.wait_for(1, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let all: Vec<String> = receiver
@@ -238,6 +238,75 @@ async fn a_busy_call_sends_exactly_one_signed_call_busy_that_agrees_with_the_api
     assert_eq!(call["metadata"], "crm-42");
     assert_eq!(call["duration_seconds"], Value::Null);
     assert_eq!(event["data"]["retry"]["is_final_attempt"], true);
+}
+
+/// A busy attempt of a call that continues an earlier one: its `call.busy` offers the next
+/// attempt what it needs (spec/webhooks.md): the collected data, the stage to resume at, the
+/// language, and the agent's `retry_message` rendered, not an echo of the request. And on
+/// PostgreSQL too, since the stage is a stored column.
+async fn a_busy_call_offers_the_next_attempt_its_context(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = Service::create_tenant_in(dir.path(), &db);
+    let svc = Service::start_in(dir.path(), &db);
+    let sipp = Sipp::callee("busy.xml", 1, 0, dir.path());
+    let api = Api::new(&svc.base, &key);
+    let agent = api
+        .setup_agent(
+            sipp.port,
+            json!({"language": "en-IN",
+                "retry_message": "Hi {{customer_name}}, we spoke earlier about {{invoice}}.",
+                "stages": [
+                    {"id": "ask", "say": "Can you pay?", "routes": [
+                        {"when_any": ["no"], "next": "when"}]},
+                    {"id": "when", "say": "When could you pay?", "routes": [
+                        {"when_any": ["friday"], "set": {"when": "friday"}, "end": true}]}]}),
+        )
+        .await;
+    let receiver = Receiver::start().await;
+    let r = api
+        .post(
+            &format!("/v1/agents/{agent}/webhook-targets"),
+            json!({"name": "crm", "url": receiver.url}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let r = api
+        .post(
+            "/v1/call",
+            json!({"agent_id": agent,
+            "parameters": [{"name": "customer_phone", "value": "+919876543210"},
+                           {"name": "customer_name", "value": "Rahul"}],
+            "retry_context": {"collected_data": {"invoice": "INV-7", "intent": "refused"},
+                              "retry_stage_id": "when"}}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let c = api.wait_terminal(&loc, Duration::from_secs(20)).await;
+    assert_eq!(c["status"], "busy", "{c}");
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    let event: Value = serde_json::from_slice(&got[0].1).unwrap();
+    assert_eq!(event["event_type"], "call.busy");
+    assert_eq!(
+        event["data"]["retry_context"],
+        json!({"collected_data": {"invoice": "INV-7", "intent": "refused"},
+            "retry_initial_message": "Hi Rahul, we spoke earlier about INV-7.",
+            "retry_language": "en-IN",
+            "retry_stage_id": "when"}),
+        "{event}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_call_offers_the_next_attempt_its_context_on_sqlite() {
+    a_busy_call_offers_the_next_attempt_its_context(Db::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_call_offers_the_next_attempt_its_context_on_postgres() {
+    let (db, name) = Db::postgres();
+    a_busy_call_offers_the_next_attempt_its_context(db).await;
+    support::drop_postgres(&name);
 }
 
 #[tokio::test(flavor = "multi_thread")]

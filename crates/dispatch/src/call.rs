@@ -17,6 +17,7 @@ struct Talk {
     transcript: Vec<TranscriptItem>,
     results: Results,
     latency: Option<CallLatency>,
+    stage_id: Option<String>,
 }
 
 type Speech = tokio::task::JoinHandle<Result<Vec<i16>, agent::TtsError>>;
@@ -83,13 +84,7 @@ impl Dispatcher {
         };
         // The opening line is synthesised while the phone rings, so the callee hears it as soon
         // as they pick up, and never before.
-        let opening = call
-            .retry_context
-            .as_ref()
-            .and_then(|r| r.retry_initial_message.clone())
-            .or_else(|| agent.first_message.clone())
-            .map(|t| agent::render(&t, &call.parameters))
-            .filter(|t| !t.trim().is_empty());
+        let opening = agent::opening_line(agent, &call.parameters, call.retry_context.as_ref());
         let voice = call
             .retry_context
             .as_ref()
@@ -197,6 +192,7 @@ impl Dispatcher {
                                 transcript: outcome.transcript,
                                 results: outcome.results,
                                 latency: Some(latency),
+                                stage_id: outcome.stage_id,
                             };
                             (end, talk)
                         }
@@ -226,6 +222,7 @@ impl Dispatcher {
             transcript,
             results,
             latency,
+            stage_id,
         } = talk;
         let now = self.clock.now();
         let status = if end.status.is_terminal() {
@@ -279,6 +276,7 @@ impl Dispatcher {
             results,
             latency: end.answered_at.and(latency),
             retry_at,
+            stage_id: end.answered_at.and(stage_id),
             opted_out,
             public_url: self.config.public_url.clone(),
         };

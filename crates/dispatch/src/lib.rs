@@ -282,6 +282,7 @@ impl Dispatcher {
             results: Default::default(),
             latency: None,
             retry_at,
+            stage_id: None,
             opted_out: false,
             public_url: self.config.public_url.clone(),
         }

@@ -299,6 +299,10 @@ pub struct AgentConfig {
     /// Spoken before `first_message` on a human-answered call (templated).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disclosure: Option<String>,
+    /// The opening a later attempt is offered (webhooks' `retry_context`), and the one a call
+    /// with a `retry_context` but no `retry_initial_message` uses (templated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_message: Option<String>,
     pub voice: Voice,
     pub transcriber: Transcriber,
     /// Simultaneous live calls of this agent; `None` = no cap of its own.
@@ -358,6 +362,7 @@ impl AgentConfig {
             retry_policy: None,
             calling_window: None,
             disclosure: None,
+            retry_message: None,
             voice: Voice {
                 engine: "espeak-ng".into(),
                 voice: None,
@@ -398,6 +403,10 @@ impl AgentConfig {
                     cfg.language = s;
                 }
                 "first_message" => cfg.first_message = Some(text("first_message", v, MAX_TEXT)?),
+                "retry_message" => {
+                    let t = text("retry_message", v, MAX_TEXT)?;
+                    cfg.retry_message = Some(t).filter(|t| !t.trim().is_empty());
+                }
                 "disclosure" => {
                     let t = text("disclosure", v, MAX_TEXT)?;
                     cfg.disclosure = Some(t).filter(|t| !t.trim().is_empty());

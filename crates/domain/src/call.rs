@@ -315,12 +315,139 @@ pub struct Conversation {
     pub batch_id: Option<i64>,
     /// `None` for calls nobody talked on.
     pub latency: Option<CallLatency>,
+    /// The stage the conversation was in when it ended; `None` when it never got to talk.
+    pub stage_id: Option<String>,
+}
+
+impl Conversation {
+    /// What a later call needs to continue this one (`spec/webhooks.md`, `retry_context`): the
+    /// request's collected data merged with this attempt's results (later wins), the stage it
+    /// ended in (else where it was to start), the language it spoke, and the agent's
+    /// `retry_message` rendered with the parameters and the collected data (else the request's
+    /// own opening). `agent` is `None` when the agent was deleted.
+    pub fn next_retry_context(&self, agent: Option<&crate::AgentConfig>) -> RetryContext {
+        let asked = self.retry_context.clone().unwrap_or_default();
+        let mut collected = asked.collected_data.clone().unwrap_or_default();
+        collected.extend(self.results.clone());
+        let stage = self
+            .stage_id
+            .clone()
+            .or(asked.retry_stage_id)
+            .or_else(|| agent.and_then(|a| a.stages.first()).map(|s| s.id.clone()));
+        let language = asked
+            .retry_language
+            .or_else(|| agent.map(|a| a.language.clone()));
+        let rendered = agent
+            .and_then(|a| a.retry_message.as_deref())
+            .map(|t| {
+                crate::template::render(t, |name| {
+                    match self.parameters.iter().find(|p| p.name == name) {
+                        Some(p) => Some(p.value.clone()),
+                        None => collected.get(name).map(|v| match v {
+                            serde_json::Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        }),
+                    }
+                })
+                .0
+            })
+            .filter(|t| !t.trim().is_empty());
+        RetryContext {
+            collected_data: Some(collected),
+            retry_initial_message: rendered.or(asked.retry_initial_message),
+            retry_language: language,
+            retry_stage_id: stage,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn conversation(retry: Option<RetryContext>, stage: Option<&str>) -> Conversation {
+        Conversation {
+            id: ConversationId::first(),
+            tenant: TenantId(1),
+            agent: AgentId(1),
+            status: CallStatus::Busy,
+            contact_number: "+919876543210".into(),
+            from_number: "+918035739222".into(),
+            parameters: vec![Parameter {
+                name: "customer_name".into(),
+                value: "Rahul".into(),
+            }],
+            metadata: None,
+            retry_context: retry,
+            scheduled_for: None,
+            trace_id: TraceId::new(),
+            failure_reason: None,
+            results: serde_json::json!({"intent": "refused", "amount": 500})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            transcript: Vec::new(),
+            recording_path: None,
+            created_at: Millis(0),
+            started_at: None,
+            ended_at: None,
+            duration_seconds: None,
+            batch_id: None,
+            latency: None,
+            stage_id: stage.map(str::to_string),
+        }
+    }
+
+    fn agent(v: serde_json::Value) -> crate::AgentConfig {
+        crate::AgentConfig::from_json(v.as_object().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_next_retry_context_is_what_the_next_attempt_needs_not_an_echo() {
+        let a = agent(serde_json::json!({"name": "a", "language": "hi-IN",
+            "retry_message": "Hi {{customer_name}}, about the {{amount}} rupees.",
+            "stages": [{"id": "ask", "say": "?", "routes": []}, {"id": "when", "say": "?", "routes": []}]}));
+        let asked = RetryContext {
+            collected_data: serde_json::json!({"intent": "unknown", "promised": true})
+                .as_object()
+                .cloned(),
+            retry_initial_message: Some("Hello again.".into()),
+            retry_language: None,
+            retry_stage_id: Some("ask".into()),
+        };
+        let next = conversation(Some(asked.clone()), Some("when")).next_retry_context(Some(&a));
+        assert_eq!(
+            next.collected_data,
+            serde_json::json!({"intent": "refused", "promised": true, "amount": 500})
+                .as_object()
+                .cloned()
+        );
+        assert_eq!(next.retry_stage_id.as_deref(), Some("when"));
+        assert_eq!(next.retry_language.as_deref(), Some("hi-IN"));
+        assert_eq!(
+            next.retry_initial_message.as_deref(),
+            Some("Hi Rahul, about the 500 rupees.")
+        );
+        // Never talked on: where it was to start; no retry_message: the request's own opening.
+        let plain = agent(serde_json::json!({"name": "a",
+            "stages": [{"id": "ask", "say": "?", "routes": []}]}));
+        let next = conversation(Some(asked), None).next_retry_context(Some(&plain));
+        assert_eq!(next.retry_stage_id.as_deref(), Some("ask"));
+        assert_eq!(next.retry_initial_message.as_deref(), Some("Hello again."));
+        assert_eq!(next.retry_language.as_deref(), Some("en-US"));
+        let fresh = conversation(None, None).next_retry_context(Some(&plain));
+        assert_eq!(fresh.retry_stage_id.as_deref(), Some("ask"));
+        assert_eq!(fresh.retry_initial_message, None);
+        // A deleted agent: what the conversation itself knows.
+        assert_eq!(
+            conversation(None, Some("x"))
+                .next_retry_context(None)
+                .retry_stage_id
+                .as_deref(),
+            Some("x")
+        );
+    }
 
     #[test]
     fn latency_quantiles_are_nearest_rank() {

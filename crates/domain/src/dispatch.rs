@@ -192,6 +192,8 @@ pub struct FinishAttempt {
     pub latency: Option<crate::call::CallLatency>,
     /// The next attempt of the chain, due at this time.
     pub retry_at: Option<Millis>,
+    /// The stage the conversation was in when it ended (`None`: never talked on).
+    pub stage_id: Option<String>,
     /// The callee asked not to be called again: the number goes on the tenant's do-not-call
     /// list (`source: call`) in the settling transaction.
     pub opted_out: bool,

@@ -11,6 +11,7 @@ pub mod ids;
 pub mod phone;
 pub mod store;
 pub mod telephony;
+pub mod template;
 pub mod tenant;
 pub mod text;
 pub mod time;

@@ -5,7 +5,7 @@
 //! exactly one recipient from one counter to another and the counters always add up to
 //! `total_recipients`; reading them is one primary-key lookup.
 
-use crate::rows::{self, corrupt, get, json, CONVERSATION_COLUMNS};
+use crate::rows::{self, corrupt, get, CONVERSATION_COLUMNS};
 use crate::{db_err, encode_err, json_rows, placeholders, Backend, SqlStore};
 use domain::agent::AgentConfig;
 use domain::batch::{
@@ -331,10 +331,7 @@ impl SqlStore {
         .iter()
         .map(|r| get::<String>(r, "id"))
         .collect::<Result<_, _>>()?;
-        let chain = webhooks::terminal::ChainPosition {
-            max_attempts: agent_max_attempts(conn, batch.agent).await?,
-            next_retry_at: None,
-        };
+        let agent = agent_config(conn, batch.agent).await?;
         let (mut first, mut retries) = (0i64, 0i64);
         for ids in waiting.chunks(CANCEL_CHUNK) {
             let update_sql = format!(
@@ -370,9 +367,16 @@ impl SqlStore {
                 history = history.bind(conversation.id.to_string());
                 // A canceled call never rang, so its event has no recording URL to build.
                 events.push(
-                    webhooks::terminal::terminal_event(&conversation, chain, "", now).map_err(
-                        |e| StoreError::Database(format!("building the webhook event: {e}")),
-                    )?,
+                    webhooks::terminal::terminal_event(
+                        &conversation,
+                        agent.as_ref(),
+                        None,
+                        "",
+                        now,
+                    )
+                    .map_err(|e| {
+                        StoreError::Database(format!("building the webhook event: {e}"))
+                    })?,
                 );
             }
             history.execute(&mut *conn).await.map_err(db_err)?;
@@ -400,24 +404,20 @@ impl SqlStore {
     }
 }
 
-/// The agent's `retry_policy.max_attempts` (1 without a policy), for the events' `retry` block,
-/// as a single call's settlement reports it.
-async fn agent_max_attempts(conn: &mut AnyConnection, agent: AgentId) -> Result<u32, StoreError> {
+/// The batch's agent, for its calls' events (`retry` block, `retry_context`).
+async fn agent_config(
+    conn: &mut AnyConnection,
+    agent: AgentId,
+) -> Result<Option<AgentConfig>, StoreError> {
     let row = sqlx::query("SELECT config FROM agents WHERE id = $1")
         .bind(agent.0)
         .fetch_optional(&mut *conn)
         .await
         .map_err(db_err)?;
-    let config: Option<String> = match row {
-        Some(r) => get(&r, "config")?,
-        None => None,
-    };
-    Ok(config
-        .map(|c| json::<serde_json::Map<String, serde_json::Value>>(&c, "agents.config"))
-        .transpose()?
-        .and_then(|m| AgentConfig::from_json(&m).ok())
-        .and_then(|c| c.retry_policy.map(|p| p.max_attempts))
-        .unwrap_or(1))
+    match row {
+        Some(r) => rows::agent_config(get(&r, "config")?),
+        None => Ok(None),
+    }
 }
 
 #[async_trait::async_trait]

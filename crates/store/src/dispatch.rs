@@ -233,19 +233,15 @@ async fn emit_terminal_event(
         .await
         .map_err(db_err)?;
     let conversation = rows::conversation(&row)?;
-    let config: Option<String> = get(&row, "agent_config")?;
-    let max_attempts = config
-        .map(|c| json::<serde_json::Map<String, serde_json::Value>>(&c, "agents.config"))
-        .transpose()?
-        .and_then(|m| AgentConfig::from_json(&m).ok())
-        .and_then(|c| c.retry_policy.map(|p| p.max_attempts))
-        .unwrap_or(1);
-    let chain = webhooks::terminal::ChainPosition {
-        max_attempts,
+    let agent = rows::agent_config(get(&row, "agent_config")?)?;
+    let event = webhooks::terminal::terminal_event(
+        &conversation,
+        agent.as_ref(),
         next_retry_at,
-    };
-    let event = webhooks::terminal::terminal_event(&conversation, chain, public_url, now)
-        .map_err(|e| StoreError::Database(format!("building the webhook event: {e}")))?;
+        public_url,
+        now,
+    )
+    .map_err(|e| StoreError::Database(format!("building the webhook event: {e}")))?;
     crate::outbox::enqueue_in(conn, backend, &event).await?;
     Ok(conversation)
 }
@@ -607,8 +603,8 @@ impl DispatchStore for SqlStore {
         // was claimed but could not be dialled (`queued`) is settled by its holder only.
         let Some(row) = sqlx::query(&format!(
             "UPDATE calls SET status = $1, failure_reason = $2, ended_at = $3, duration_seconds = $4, \
-             recording_path = $5, transcript = $6, results = $7, latency = $11, lease_owner = NULL, \
-             lease_until = NULL WHERE id = $8 AND ((status IN ({DIALING}) AND (lease_owner = $9 OR lease_until < $10)) \
+             recording_path = $5, transcript = $6, results = $7, latency = $11, stage_id = $12, \
+             lease_owner = NULL, lease_until = NULL WHERE id = $8 AND ((status IN ({DIALING}) AND (lease_owner = $9 OR lease_until < $10)) \
              OR (status IN ('scheduled', 'queued') AND lease_owner = $9)) RETURNING tenant_id"
         ))
         .bind(f.status.as_str())
@@ -622,6 +618,7 @@ impl DispatchStore for SqlStore {
         .bind(f.node.as_str())
         .bind(now.0)
         .bind(latency)
+        .bind(f.stage_id.clone())
         .fetch_optional(&mut *tx)
         .await
         .map_err(db_err)?
@@ -711,14 +708,8 @@ impl DispatchStore for SqlStore {
         rows.iter()
             .map(|row| {
                 let id: String = get(row, "id")?;
-                let config: Option<String> = get(row, "config")?;
-                let retry_policy = config
-                    .map(|c| {
-                        json::<serde_json::Map<String, serde_json::Value>>(&c, "agents.config")
-                    })
-                    .transpose()?
-                    .and_then(|m| AgentConfig::from_json(&m).ok())
-                    .and_then(|c| c.retry_policy);
+                let retry_policy =
+                    rows::agent_config(get(row, "config")?)?.and_then(|c| c.retry_policy);
                 Ok(OrphanedCall {
                     id: id.parse().map_err(|_| corrupt("calls.id"))?,
                     attempt: u32::try_from(get::<i64>(row, "attempt")?).unwrap_or(1),

@@ -25,7 +25,7 @@ pub(crate) fn json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Resul
 pub(crate) const CONVERSATION_COLUMNS: &str = "id, tenant_id, agent_id, status, customer_phone, \
     from_phone, parameters, metadata, retry_context, scheduled_for, trace_id, failure_reason, \
     results, transcript, recording_path, created_at, started_at, ended_at, duration_seconds, batch_id, \
-    latency";
+    latency, stage_id";
 
 pub(crate) fn conversation(row: &AnyRow) -> Result<Conversation, StoreError> {
     let id: String = get(row, "id")?;
@@ -67,5 +67,18 @@ pub(crate) fn conversation(row: &AnyRow) -> Result<Conversation, StoreError> {
         latency: latency
             .map(|s| json::<CallLatency>(&s, "calls.latency"))
             .transpose()?,
+        stage_id: get(row, "stage_id")?,
     })
+}
+
+/// An agent's stored configuration, as the settlement paths read it (`agents.config`): `None`
+/// for no row; one that no longer parses (an older shape) is treated as absent, so a settlement
+/// never fails on it.
+pub(crate) fn agent_config(
+    config: Option<String>,
+) -> Result<Option<domain::AgentConfig>, StoreError> {
+    Ok(config
+        .map(|c| json::<serde_json::Map<String, serde_json::Value>>(&c, "agents.config"))
+        .transpose()?
+        .and_then(|m| domain::AgentConfig::from_json(&m).ok()))
 }

@@ -151,6 +151,7 @@ async fn story(store: &dyn Store) {
         results: Default::default(),
         latency: None,
         retry_at: None,
+        stage_id: None,
         opted_out: false,
         public_url: String::new(),
     };

@@ -6,17 +6,9 @@ use crate::event::{
 };
 use domain::call::Conversation;
 use domain::webhooks::OutboxEvent;
+use domain::AgentConfig;
 use domain::Millis;
 use serde_json::{Map, Value};
-
-/// Where the attempt stands in its chain, for the envelope's `retry` block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChainPosition {
-    /// The agent's `retry_policy.max_attempts` (1 without a policy).
-    pub max_attempts: u32,
-    /// When the next attempt is due; `None` when this is the last one.
-    pub next_retry_at: Option<Millis>,
-}
 
 /// Why no event could be built.
 #[derive(Debug, thiserror::Error)]
@@ -34,12 +26,20 @@ pub enum TerminalEventError {
 
 /// Builds the envelope with the transcript and recording URL filled in; each target's opt-outs
 /// are applied when it is sent.
+///
+/// `agent` (`None` once deleted) gives the chain's length (`retry_policy.max_attempts`, 1
+/// without a policy) and what the next attempt's `retry_context` offers; `next_retry_at` is
+/// when the next attempt is due, `None` when this is the last one.
 pub fn terminal_event(
     c: &Conversation,
-    chain: ChainPosition,
+    agent: Option<&AgentConfig>,
+    next_retry_at: Option<Millis>,
     public_url: &str,
     now: Millis,
 ) -> Result<OutboxEvent, TerminalEventError> {
+    let max_attempts = agent
+        .and_then(|a| a.retry_policy.as_ref())
+        .map_or(1, |p| p.max_attempts);
     let event_type: EventType = format!("call.{}", c.status.as_str())
         .parse()
         .map_err(|_| TerminalEventError::NotTerminal(c.status.to_string()))?;
@@ -67,7 +67,7 @@ pub fn terminal_event(
         };
         (role, t.message.as_str())
     });
-    let ctx = c.retry_context.clone().unwrap_or_default();
+    let ctx = c.next_retry_context(agent);
     let envelope = Envelope {
         event_id: EventId::generate(),
         event_type,
@@ -92,9 +92,9 @@ pub fn terminal_event(
             results: c.results.clone(),
             retry: CallRetry {
                 attempt_number: c.id.attempt,
-                is_final_attempt: chain.next_retry_at.is_none(),
-                max_attempts: chain.max_attempts.max(c.id.attempt),
-                next_retry_at: chain.next_retry_at.map(Millis::to_datetime),
+                is_final_attempt: next_retry_at.is_none(),
+                max_attempts: max_attempts.max(c.id.attempt),
+                next_retry_at: next_retry_at.map(Millis::to_datetime),
             },
             retry_context: event::RetryContext {
                 collected_data: ctx.collected_data.unwrap_or_default(),

@@ -8,27 +8,61 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Ports handed out in this test process: the kernel may offer a released port again at once,
+/// and two tests running side by side would then both be given it.
+fn fresh(port: u16) -> bool {
+    fresh_range(port, 1)
+}
+
+fn fresh_range(start: u16, len: u16) -> bool {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    if (start..start + len).any(|p| given.contains(&p)) {
+        return false;
+    }
+    given.extend(start..start + len);
+    true
+}
+
 pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if fresh(port) {
+            return port;
+        }
+    }
 }
 
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if fresh(port) {
+            return port;
+        }
+    }
 }
 
 /// An even port with a few free neighbours, for RTP ranges of parallel tests.
 pub fn free_rtp_base() -> u16 {
     loop {
-        let p = free_udp_port() & !1;
-        if p < 60_000 && (p..p + 40).all(|q| std::net::UdpSocket::bind(("127.0.0.1", q)).is_ok()) {
+        let p = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+            & !1;
+        if p < 60_000
+            && (p..p + 40).all(|q| std::net::UdpSocket::bind(("127.0.0.1", q)).is_ok())
+            && fresh_range(p, 40)
+        {
             return p;
         }
     }
@@ -263,33 +297,52 @@ impl Sipp {
     /// `scenario` (a path) run in `dir`, so files it plays are found there; with `echo` our
     /// audio comes back (`-rtp_echo`), without it the scenario's own audio is all we hear.
     pub fn run(scenario: &Path, echo: bool, calls: u32, talk_ms: u32, dir: &Path) -> Self {
-        let port = free_udp_port();
-        let media = free_rtp_base();
-        let trace = dir.join(format!("sipp-{port}.log"));
-        let child = Command::new("sipp")
-            .arg("-sf")
-            .arg(scenario)
-            .args([
-                "-i",
-                "127.0.0.1",
-                "-mi",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-mp",
-                &media.to_string(),
-            ])
-            .args(echo.then_some("-rtp_echo"))
-            .args(["-m", &calls.to_string(), "-d", &talk_ms.to_string()])
-            .args(["-nostdin", "-timeout", "90s", "-trace_msg", "-message_file"])
-            .arg(&trace)
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sipp (Debian package sip-tester) must be installed");
-        std::thread::sleep(Duration::from_millis(300));
-        Sipp { child, port, trace }
+        // Ports are picked free, but a test running beside this one may take the same ones
+        // before SIPp binds them, and SIPp then exits: an INVITE to it is refused
+        // (`telephony_failed`). So: wait until it listens, check it stayed up, else new ports.
+        for _ in 0..5 {
+            let port = free_udp_port();
+            let media = free_rtp_base();
+            let trace = dir.join(format!("sipp-{port}.log"));
+            let mut child = Command::new("sipp")
+                .arg("-sf")
+                .arg(scenario)
+                .args([
+                    "-i",
+                    "127.0.0.1",
+                    "-mi",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-mp",
+                    &media.to_string(),
+                ])
+                .args(echo.then_some("-rtp_echo"))
+                .args(["-m", &calls.to_string(), "-d", &talk_ms.to_string()])
+                .args(["-nostdin", "-timeout", "90s", "-trace_msg", "-message_file"])
+                .arg(&trace)
+                .current_dir(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("sipp (Debian package sip-tester) must be installed");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut exited = false;
+            while std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+                exited = child.try_wait().ok().flatten().is_some();
+                if exited {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "sipp did not start listening");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            if exited || child.try_wait().ok().flatten().is_some() {
+                continue;
+            }
+            return Sipp { child, port, trace };
+        }
+        panic!("sipp exited at start five times (ports taken?)")
     }
 
     /// Distinct dial attempts (INVITE Call-IDs) per destination number, from SIPp's own log.

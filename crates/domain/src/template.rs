@@ -1,0 +1,29 @@
+//! `{{name}}` templates in agent text.
+
+/// `{{name}}` replaced by `lookup(name)`; a name without a value renders empty and is returned
+/// among the missing ones (the caller logs them). Values are inserted as text and never
+/// rendered again, so a value holding `{{x}}` stays literal.
+pub fn render<F>(template: &str, lookup: F) -> (String, Vec<String>)
+where
+    F: Fn(&str) -> Option<String>,
+{
+    let mut out = String::with_capacity(template.len());
+    let mut missing = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 2..];
+        let Some(close) = after.find("}}") else {
+            out.push_str(&rest[open..]);
+            return (out, missing);
+        };
+        let name = after[..close].trim();
+        match lookup(name) {
+            Some(v) => out.push_str(&v),
+            None => missing.push(name.to_string()),
+        }
+        rest = &after[close + 2..];
+    }
+    out.push_str(rest);
+    (out, missing)
+}
