@@ -207,6 +207,23 @@ pub(crate) fn bad_multipart() -> ApiError {
     ApiError::Invalid("invalid multipart body".into())
 }
 
+/// The form of a CSV upload, refused at once when its declared size is over the file limit
+/// plus room for the form around it.
+pub(crate) fn upload_form(
+    headers: &HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+    limits: BatchLimits,
+) -> ApiResult<Multipart> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_bytes.saturating_add(FORM_OVERHEAD)) {
+        return Err(ApiError::TooLarge);
+    }
+    multipart.map_err(|_| ApiError::Invalid("request must be multipart/form-data".into()))
+}
+
 /// A `.csv` by name, or by type when the client sent no file name.
 pub(crate) fn is_csv(field: &Field<'_>) -> bool {
     match field.file_name() {
@@ -306,15 +323,7 @@ pub async fn create_batch(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Json<BatchCreatedResponse>> {
     let limits = state.config.batch_limits;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limits.max_bytes.saturating_add(FORM_OVERHEAD)) {
-        return Err(ApiError::TooLarge);
-    }
-    let mut multipart =
-        multipart.map_err(|_| ApiError::Invalid("request must be multipart/form-data".into()))?;
+    let mut multipart = upload_form(&headers, multipart, limits)?;
     let mut form = Form::default();
     while let Some(field) = multipart.next_field().await.map_err(|_| bad_multipart())? {
         let name = field.name().unwrap_or("").to_string();

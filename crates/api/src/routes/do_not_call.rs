@@ -5,21 +5,18 @@ use crate::error::{ApiError, ApiResult};
 use crate::input::{
     clean_text, json_object, page, query_pairs, read_body, reject_unknown, ApiPath,
 };
-use crate::routes::batches::{bad_multipart, is_csv, read_csv};
+use crate::routes::batches::{bad_multipart, is_csv, read_csv, upload_form};
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, RawQuery, State};
-use axum::http::{header, HeaderMap};
+use axum::http::HeaderMap;
 use axum::{Extension, Json};
 use domain::do_not_call::{parse_listings, Entry, Listing, Source, MAX_REASON_CHARS};
 use domain::{Millis, E164};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
-
-/// Room for the multipart framing on top of the file itself.
-const FORM_OVERHEAD: u64 = 64 * 1024;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EntryView {
@@ -198,15 +195,7 @@ pub async fn import_numbers(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Json<ImportResponse>> {
     let limits = state.config.batch_limits;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limits.max_bytes.saturating_add(FORM_OVERHEAD)) {
-        return Err(ApiError::TooLarge);
-    }
-    let mut multipart =
-        multipart.map_err(|_| ApiError::Invalid("request must be multipart/form-data".into()))?;
+    let mut multipart = upload_form(&headers, multipart, limits)?;
     let mut listings = None;
     while let Some(field) = multipart.next_field().await.map_err(|_| bad_multipart())? {
         match field.name().unwrap_or("") {
