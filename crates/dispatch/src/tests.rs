@@ -111,6 +111,14 @@ fn tts() -> Engines {
 }
 
 async fn setup(url: &str, agent: serde_json::Value) -> (Arc<SqlStore>, TenantId, AgentId) {
+    setup_with_trunk_cap(url, agent, None).await
+}
+
+async fn setup_with_trunk_cap(
+    url: &str,
+    agent: serde_json::Value,
+    trunk_cap: Option<u32>,
+) -> (Arc<SqlStore>, TenantId, AgentId) {
     let store = Arc::new(
         SqlStore::connect(url, StoreOptions::default())
             .await
@@ -125,7 +133,7 @@ async fn setup(url: &str, agent: serde_json::Value) -> (Arc<SqlStore>, TenantId,
                 uri: "sip:127.0.0.1:5080".into(),
                 username: None,
                 password: None,
-                max_concurrent_calls: None,
+                max_concurrent_calls: trunk_cap,
             },
             Millis(T0),
         )
@@ -419,8 +427,19 @@ async fn a_dead_nodes_live_call_is_settled_interrupted_and_not_redialled() {
 
 #[tokio::test]
 async fn a_full_trunk_queues_calls_and_cancel_stops_undialled_ones() {
+    full_cap_queues_calls(json!({}), Some(1), "the trunk's").await;
+}
+
+#[tokio::test]
+async fn a_full_agent_queues_calls_and_cancel_stops_undialled_ones() {
+    full_cap_queues_calls(json!({"max_concurrent_calls": 1}), None, "the agent's").await;
+}
+
+/// A cap of one (the trunk's or the agent's) holds the second call `queued`; a cancelled
+/// queued call is never dialled.
+async fn full_cap_queues_calls(agent: serde_json::Value, trunk_cap: Option<u32>, whose: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let (store, t, a) = setup(&sqlite_url(&dir), json!({"max_concurrent_calls": 1})).await;
+    let (store, t, a) = setup_with_trunk_cap(&sqlite_url(&dir), agent, trunk_cap).await;
     let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
     let phone = Phone::new(Script::Hang, clock.clone());
     let d = Dispatcher::new(
@@ -442,11 +461,7 @@ async fn a_full_trunk_queues_calls_and_cancel_stops_undialled_ones() {
         .conversation_id;
     d.tick().await.unwrap();
     settle_tasks().await;
-    assert_eq!(
-        phone.count(),
-        1,
-        "the agent's cap of 1 holds the second call"
-    );
+    assert_eq!(phone.count(), 1, "{whose} cap of 1 holds the second call");
     let c = store.get_conversation(t, second).await.unwrap().unwrap();
     assert_eq!(c.status, CallStatus::Queued);
     match store.cancel_call(t, second, clock.now()).await.unwrap() {
@@ -503,15 +518,21 @@ async fn scheduled_calls_fire_on(url: &str) {
     }
     // As the API does after accepting a call.
     d.waker().notify_one();
-    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while phone.count() < 5 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     stop_tx.send(true).unwrap();
     runner.await.unwrap();
     assert_eq!(phone.count(), 5);
     for (id, at) in ids {
         let c = store.get_conversation(t, id).await.unwrap().unwrap();
         let started = c.started_at.unwrap().0;
+        // Never early; and well inside the 5 s idle wake-up, so the dispatcher slept until
+        // each due time rather than finding the call on its next poll. (How late a due call
+        // starts is a benchmark's figure: `outdial-bench dispatch`.)
         assert!(
-            started >= at && started - at < 1_000,
+            started >= at && started - at < 2_500,
             "started {} ms after scheduled_for",
             started - at
         );

@@ -274,11 +274,13 @@ async fn story_500_500_200(store: Arc<SqlStore>) {
             (e.event_id.as_str(), 200, true)
         ]
     );
-    // About a second (plus up to 10% jitter) between attempts.
+    // Never before the schedule's second (jitter only adds; 50 ms for where the receiver
+    // stamps arrivals); the upper bound only catches a retry that waited for something else,
+    // not scheduling noise.
     for pair in seen.windows(2) {
         let gap = pair[1].at - pair[0].at;
         assert!(
-            gap >= Duration::from_millis(950) && gap < Duration::from_millis(2500),
+            gap >= Duration::from_millis(950) && gap < Duration::from_secs(5),
             "{gap:?}"
         );
     }

@@ -347,7 +347,10 @@ impl Sipp {
 
     /// Distinct dial attempts (INVITE Call-IDs) per destination number, from SIPp's own log.
     pub fn invites_per_number(&self) -> std::collections::HashMap<String, usize> {
-        let log = std::fs::read_to_string(&self.trace).unwrap_or_default();
+        // SIPp creates its trace at start: one that cannot be read is a broken test, not a
+        // callee that was never dialled.
+        let log = std::fs::read_to_string(&self.trace)
+            .unwrap_or_else(|e| panic!("SIPp's trace {}: {e}", self.trace.display()));
         let mut seen: std::collections::HashMap<String, std::collections::HashSet<String>> =
             Default::default();
         for msg in log.split("----------------------------------------------- ") {
