@@ -182,7 +182,7 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     let ip = crate::server::peer_ip(&req);
     let caller = match resolve_budgeted(&state, ip, req.headers(), now).await {
         Ok(c) => c,
-        Err(e) => return e.into_response(),
+        Err(e) => return refuse(req, e.into_response()).await,
     };
     let rate = state.api_limiter.hit(caller.key, now);
     let mut response = match &rate {
@@ -190,10 +190,11 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
             let retry_after_seconds = u64::try_from(r.reset_unix - now.div_euclid(1000))
                 .unwrap_or(1)
                 .max(1);
-            ApiError::ApiRateLimited {
+            let refusal = ApiError::ApiRateLimited {
                 retry_after_seconds,
             }
-            .into_response()
+            .into_response();
+            refuse(req, refusal).await
         }
         _ => {
             req.extensions_mut().insert(caller);
@@ -203,6 +204,17 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     if let Some(r) = &rate {
         add_rate_headers(response.headers_mut(), r);
     }
+    response
+}
+
+/// Bytes of a refused request's body read (and dropped) before the refusal is sent: a client
+/// still sending a small body (a CSV upload with a wrong key) then reads the answer instead of
+/// a broken pipe. A larger body is not read; the connection closes after the answer.
+const DRAIN_REFUSED_BODY: usize = 64 * 1024;
+
+async fn refuse(req: Request, response: Response) -> Response {
+    // Bounded in time by the body deadline layer outside this one.
+    let _ = axum::body::to_bytes(req.into_body(), DRAIN_REFUSED_BODY).await;
     response
 }
 

@@ -323,9 +323,9 @@ async fn begin_dial_in(
             return Ok(defer(format!("trunk at max_concurrent_calls ({max})")));
         }
     }
-    // Last in the lock order, shared: dials do not wait for each other here, but a listing
-    // (which takes it exclusively) either commits before this reads the list or waits until
-    // `initiated` is durable.
+    // After the caps' locks, shared: dials do not wait for each other here, but a listing
+    // (which takes it exclusively, and no other lock) either commits before this reads the
+    // list or waits until `initiated` is durable.
     lock_shared(&mut *tx, backend, list_lock(tenant)).await?;
     if listed(&mut *tx, tenant, &phone).await? {
         let reason = Some(domain::do_not_call::FAILURE_REASON);
