@@ -77,19 +77,7 @@ async fn talk(db: Db, speak_after_ms: u32) -> Talked {
     }
 }
 
-fn lines(c: &Value) -> Vec<(String, String)> {
-    c["transcript"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| {
-            (
-                l["role"].as_str().unwrap().to_string(),
-                l["message"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
+use support::transcript_lines as lines;
 
 fn assert_heard_the_human(line: &(String, String)) {
     assert_eq!(line.0, "human");

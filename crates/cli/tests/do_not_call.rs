@@ -459,17 +459,7 @@ async fn the_callee_opts_out(db: Db) {
     let location = api.call(agent, "+919876543210").await;
     let c = api.wait_terminal(&location, Duration::from_secs(60)).await;
     assert_eq!(c["status"], "completed", "{c}");
-    let lines: Vec<(String, String)> = c["transcript"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| {
-            (
-                l["role"].as_str().unwrap().to_string(),
-                l["message"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let lines = support::transcript_lines(&c);
     assert_eq!(
         lines[0],
         ("agent".into(), format!("{DISCLOSURE} {AGENT_DISCLOSURE}")),

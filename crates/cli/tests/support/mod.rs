@@ -24,30 +24,34 @@ fn fresh_range(start: u16, len: u16) -> bool {
     true
 }
 
-pub fn free_tcp_port() -> u16 {
+/// A port the kernel offers (`pick`), never one handed out before in this process.
+fn fresh_port(pick: impl Fn() -> u16) -> u16 {
     loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = pick();
         if fresh(port) {
             return port;
         }
     }
 }
 
-pub fn free_udp_port() -> u16 {
-    loop {
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+pub fn free_tcp_port() -> u16 {
+    fresh_port(|| {
+        std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
-            .port();
-        if fresh(port) {
-            return port;
-        }
-    }
+            .port()
+    })
+}
+
+pub fn free_udp_port() -> u16 {
+    fresh_port(|| {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    })
 }
 
 /// An even port with a few free neighbours, for RTP ranges of parallel tests.
@@ -386,6 +390,21 @@ impl Drop for Sipp {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A conversation's transcript as (role, message) pairs.
+pub fn transcript_lines(c: &Value) -> Vec<(String, String)> {
+    c["transcript"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["role"].as_str().unwrap().to_string(),
+                l["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
 }
 
 /// A `POST /v1/call` body for `agent` scheduled a day ahead: accepted and stored, never dialled
