@@ -69,7 +69,7 @@ async fn create_prints_the_batch_and_watch_json_follows_it_to_metrics_that_add_u
     let dir = tempfile::tempdir().unwrap();
     let key = Service::create_tenant(dir.path());
     let svc = Service::start(dir.path());
-    let sipp = Sipp::callee("busy.xml", rows, 0, dir.path());
+    let sipp = Sipp::busy(dir.path());
     let api = Api::new(&svc.base, &key);
     let agent = api
         .setup_agent(

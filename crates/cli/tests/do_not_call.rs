@@ -200,7 +200,7 @@ async fn listed_numbers_are_never_dialled(db: Db) {
     let dir = tempfile::tempdir().unwrap();
     let key = Service::create_tenant_in(dir.path(), &db);
     let svc = Service::start_in(dir.path(), &db);
-    let sipp = Sipp::callee("busy.xml", 2, 0, dir.path());
+    let sipp = Sipp::busy(dir.path());
     let api = Api::new(&svc.base, &key);
     let agent = api.setup_agent(sipp.port, json!({})).await;
     let receiver = Receiver::start().await;
@@ -301,7 +301,7 @@ async fn listings_race_dials(db: Db) {
     let dir = tempfile::tempdir().unwrap();
     let key = Service::create_tenant_in(dir.path(), &db);
     let svc = Service::start_in(dir.path(), &db);
-    let sipp = Sipp::callee("busy.xml", 20, 0, dir.path());
+    let sipp = Sipp::busy(dir.path());
     let api = std::sync::Arc::new(Api::new(&svc.base, &key));
     let agent = api.setup_agent(sipp.port, json!({})).await;
     let numbers: Vec<String> = (0..20).map(|i| format!("+9198765432{i:02}")).collect();
@@ -539,7 +539,7 @@ async fn calls_wait_for_decent_hours(db: Db) {
     svc.env
         .retain(|(k, _)| k != "OUTDIAL_DEFAULT_CALLING_WINDOW");
     svc.restart();
-    let sipp = Sipp::callee("busy.xml", 1, 0, dir.path());
+    let sipp = Sipp::busy(dir.path());
     let api = Api::new(&svc.base, &key);
     let agent = api.setup_agent(sipp.port, json!({})).await;
     let location = api.call(agent, &number).await;

@@ -69,7 +69,7 @@ async fn a_busy_callee_ends_busy_with_the_sip_reason_and_retries_by_policy() {
         .unwrap();
     assert!(out.status.success());
     let svc = Service::start(dir.path());
-    let sipp = Sipp::callee("busy.xml", 2, 0, dir.path());
+    let sipp = Sipp::busy(dir.path());
     let api = Api::new(&svc.base, &key);
     let agent = api
         .setup_agent(
@@ -181,7 +181,7 @@ async fn a_busy_call_sends_exactly_one_signed_call_busy_that_agrees_with_the_api
     let dir = tempfile::tempdir().unwrap();
     let key = Service::create_tenant(dir.path());
     let svc = Service::start(dir.path());
-    let sipp = Sipp::callee("busy.xml", 1, 0, dir.path());
+    let sipp = Sipp::busy(dir.path());
     let api = Api::new(&svc.base, &key);
     let agent = api.setup_agent(sipp.port, json!({})).await;
     let receiver = Receiver::start().await;
@@ -248,7 +248,7 @@ async fn a_busy_call_offers_the_next_attempt_its_context(db: Db) {
     let dir = tempfile::tempdir().unwrap();
     let key = Service::create_tenant_in(dir.path(), &db);
     let svc = Service::start_in(dir.path(), &db);
-    let sipp = Sipp::callee("busy.xml", 1, 0, dir.path());
+    let sipp = Sipp::busy(dir.path());
     let api = Api::new(&svc.base, &key);
     let agent = api
         .setup_agent(
@@ -319,7 +319,7 @@ async fn webhook_events_pending_at_a_sigkill_are_all_delivered_after_restart() {
     )];
     let mut svc = Service::start_with(dir.path(), &Db::sqlite(), &schedule);
     let total = 4;
-    let sipp = Sipp::callee("busy.xml", total, 0, dir.path());
+    let sipp = Sipp::busy(dir.path());
     let api = Api::new(&svc.base, &key);
     let agent = api.setup_agent(sipp.port, json!({})).await;
     let receiver = Receiver::start().await;

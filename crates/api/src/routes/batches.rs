@@ -311,26 +311,16 @@ struct Form {
     file: Option<Recipients>,
 }
 
-/// Create a batch from a CSV of recipients (`multipart/form-data`).
-#[utoipa::path(post, path = "/v1/batch-call", tag = "batch calls",
-    request_body(content_type = "multipart/form-data", description = "`agent_id`, `name`, `file` (a .csv with a `customer_phone` column), optional `scheduled_for`"),
-    responses((status = 200, body = BatchCreatedResponse), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 413, body = crate::openapi::ErrorBody)),
-    security(("bearer" = [])))]
-pub async fn create_batch(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    multipart: Result<Multipart, MultipartRejection>,
-) -> ApiResult<Json<BatchCreatedResponse>> {
-    let limits = state.config.batch_limits;
-    let mut multipart = upload_form(&headers, multipart, limits)?;
+/// The batch form's fields, the file parsed as it streams.
+async fn read_form(multipart: &mut Multipart, limits: BatchLimits) -> ApiResult<Form> {
     let mut form = Form::default();
     while let Some(field) = multipart.next_field().await.map_err(|_| bad_multipart())? {
         let name = field.name().unwrap_or("").to_string();
         match name.as_str() {
             "file" if form.file.is_none() => {
                 if !is_csv(&field) {
-                    return Err(ApiError::Invalid("file must be a .csv file".into()));
+                    let refusal = ApiError::Invalid("file must be a .csv file".into());
+                    return Err(discard(field, limits, refusal).await);
                 }
                 // A bad row decides the answer: nothing after the file is read (and the file
                 // itself only up to its size limit).
@@ -349,14 +339,46 @@ pub async fn create_batch(
             // Unknown or repeated: refused, as `POST /v1/call` refuses unknown fields, so a
             // misspelt `scheduled_for` cannot start a campaign now.
             other => {
-                return Err(ApiError::invalid(if other.is_empty() {
-                    "field"
-                } else {
-                    other
-                }))
+                let refusal = ApiError::invalid(if other.is_empty() { "field" } else { other });
+                return Err(discard(field, limits, refusal).await);
             }
         }
     }
+    Ok(form)
+}
+
+/// A field refused unread (not a CSV, not a field of the form): it is read and dropped up to
+/// the file limit, so a client still sending it reads the refusal instead of a reset
+/// connection. Past the limit it is not read: the connection closes after the answer.
+pub(crate) async fn discard(
+    mut field: Field<'_>,
+    limits: BatchLimits,
+    refusal: ApiError,
+) -> ApiError {
+    let mut budget = limits.max_bytes;
+    while let Ok(Some(chunk)) = field.chunk().await {
+        match budget.checked_sub(chunk.len() as u64) {
+            Some(left) => budget = left,
+            None => break,
+        }
+    }
+    refusal
+}
+
+/// Create a batch from a CSV of recipients (`multipart/form-data`).
+#[utoipa::path(post, path = "/v1/batch-call", tag = "batch calls",
+    request_body(content_type = "multipart/form-data", description = "`agent_id`, `name`, `file` (a .csv with a `customer_phone` column), optional `scheduled_for`"),
+    responses((status = 200, body = BatchCreatedResponse), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 413, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_batch(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> ApiResult<Json<BatchCreatedResponse>> {
+    let limits = state.config.batch_limits;
+    let mut multipart = upload_form(&headers, multipart, limits)?;
+    let form = read_form(&mut multipart, limits).await?;
     let now = Millis::now();
     let agent = form
         .agent_id

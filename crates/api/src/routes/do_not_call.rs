@@ -5,13 +5,14 @@ use crate::error::{ApiError, ApiResult};
 use crate::input::{
     clean_text, json_object, page, query_pairs, read_body, reject_unknown, ApiPath,
 };
-use crate::routes::batches::{bad_multipart, is_csv, read_csv, upload_form};
+use crate::routes::batches::{bad_multipart, discard, is_csv, read_csv, upload_form};
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::{Extension, Json};
+use domain::batch::BatchLimits;
 use domain::do_not_call::{parse_listings, Entry, Listing, Source, MAX_REASON_CHARS};
 use domain::{Millis, E164};
 use serde::Serialize;
@@ -182,6 +183,30 @@ pub async fn delete_number(
     ))
 }
 
+/// The import form's one field, `file`, parsed as it streams.
+async fn read_listings(multipart: &mut Multipart, limits: BatchLimits) -> ApiResult<Vec<Listing>> {
+    let mut listings = None;
+    while let Some(field) = multipart.next_field().await.map_err(|_| bad_multipart())? {
+        match field.name().unwrap_or("") {
+            "file" if listings.is_none() => {
+                if !is_csv(&field) {
+                    let refusal = ApiError::Invalid("file must be a .csv file".into());
+                    return Err(discard(field, limits, refusal).await);
+                }
+                let parsed = read_csv(field, limits, parse_listings)
+                    .await?
+                    .map_err(|e| ApiError::Invalid(e.to_string()))?;
+                listings = Some(parsed);
+            }
+            other => {
+                let refusal = ApiError::invalid(if other.is_empty() { "field" } else { other });
+                return Err(discard(field, limits, refusal).await);
+            }
+        }
+    }
+    listings.ok_or_else(|| ApiError::Invalid("file is required".into()))
+}
+
 /// List every number of a CSV file (`multipart/form-data`, field `file`, a `number` column and
 /// optionally `reason`): all of them or none, with the batch-call file errors.
 #[utoipa::path(post, path = "/v1/do-not-call/import", tag = "do-not-call",
@@ -196,23 +221,7 @@ pub async fn import_numbers(
 ) -> ApiResult<Json<ImportResponse>> {
     let limits = state.config.batch_limits;
     let mut multipart = upload_form(&headers, multipart, limits)?;
-    let mut listings = None;
-    while let Some(field) = multipart.next_field().await.map_err(|_| bad_multipart())? {
-        match field.name().unwrap_or("") {
-            "file" if listings.is_none() => {
-                if !is_csv(&field) {
-                    return Err(ApiError::Invalid("file must be a .csv file".into()));
-                }
-                let parsed = read_csv(field, limits, parse_listings)
-                    .await?
-                    .map_err(|e| ApiError::Invalid(e.to_string()))?;
-                listings = Some(parsed);
-            }
-            "" => return Err(ApiError::invalid("field")),
-            other => return Err(ApiError::invalid(other)),
-        }
-    }
-    let listings = listings.ok_or_else(|| ApiError::Invalid("file is required".into()))?;
+    let listings = read_listings(&mut multipart, limits).await?;
     let imported = state
         .store
         .import_do_not_call(caller.tenant, listings, Millis::now())

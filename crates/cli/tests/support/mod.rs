@@ -298,6 +298,14 @@ impl Sipp {
         Self::run(&scenario, true, calls, talk_ms, dir)
     }
 
+    /// A callee answering every INVITE 486 Busy Here. It stays up however many INVITEs come:
+    /// with a call count SIPp may exit early on a loaded machine (an INVITE retransmitted after
+    /// its call ended counts as another call) and refuse the dial a test expects; tests count
+    /// dials by Call-ID with [`Sipp::invites_per_number`] instead.
+    pub fn busy(dir: &Path) -> Self {
+        Self::callee("busy.xml", 10_000, 0, dir)
+    }
+
     /// `scenario` (a path) run in `dir`, so files it plays are found there; with `echo` our
     /// audio comes back (`-rtp_echo`), without it the scenario's own audio is all we hear.
     pub fn run(scenario: &Path, echo: bool, calls: u32, talk_ms: u32, dir: &Path) -> Self {
