@@ -58,17 +58,12 @@ pub fn opening_line(
             .or_else(|| agent.first_message.clone()),
         None => agent.first_message.clone(),
     }?;
-    let mut known = parameters.to_vec();
-    if let Some(collected) = retry.and_then(|r| r.collected_data.as_ref()) {
-        known.extend(collected.iter().map(|(name, v)| domain::call::Parameter {
-            name: name.clone(),
-            value: match v {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            },
-        }));
+    let collected = retry.and_then(|r| r.collected_data.as_ref());
+    let (line, missing) = domain::template::render_call(&template, parameters, collected);
+    for parameter in missing {
+        tracing::warn!(%parameter, "template names a parameter the call does not have");
     }
-    Some(render(&template, &known)).filter(|t| !t.trim().is_empty())
+    Some(line).filter(|t| !t.trim().is_empty())
 }
 use tokio::sync::mpsc;
 

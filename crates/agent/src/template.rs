@@ -6,12 +6,7 @@ use domain::call::Parameter;
 /// logged). Parameter values are inserted as text and never rendered again, so a value holding
 /// `{{x}}` stays literal.
 pub fn render(template: &str, parameters: &[Parameter]) -> String {
-    let (out, missing) = domain::template::render(template, |name| {
-        parameters
-            .iter()
-            .find(|p| p.name == name)
-            .map(|p| p.value.clone())
-    });
+    let (out, missing) = domain::template::render_call(template, parameters, None);
     for parameter in missing {
         tracing::warn!(
             %parameter,

@@ -339,18 +339,7 @@ impl Conversation {
             .or_else(|| agent.map(|a| a.language.clone()));
         let rendered = agent
             .and_then(|a| a.retry_message.as_deref())
-            .map(|t| {
-                crate::template::render(t, |name| {
-                    match self.parameters.iter().find(|p| p.name == name) {
-                        Some(p) => Some(p.value.clone()),
-                        None => collected.get(name).map(|v| match v {
-                            serde_json::Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        }),
-                    }
-                })
-                .0
-            })
+            .map(|t| crate::template::render_call(t, &self.parameters, Some(&collected)).0)
             .filter(|t| !t.trim().is_empty());
         RetryContext {
             collected_data: Some(collected),

@@ -27,3 +27,21 @@ where
     out.push_str(rest);
     (out, missing)
 }
+
+/// [`render`] with a call's parameters, then (for names no parameter has) the data an earlier
+/// attempt collected; a collected value that is not a string is inserted as its JSON text.
+pub fn render_call(
+    template: &str,
+    parameters: &[crate::call::Parameter],
+    collected: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> (String, Vec<String>) {
+    render(template, |name| {
+        if let Some(p) = parameters.iter().find(|p| p.name == name) {
+            return Some(p.value.clone());
+        }
+        collected.and_then(|c| c.get(name)).map(|v| match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    })
+}
