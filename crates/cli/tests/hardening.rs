@@ -540,7 +540,10 @@ async fn wrong_keys_are_rate_limited_per_address() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let wrong = format!("{}x", &api.key[..api.key.len() - 1]);
+    // The key's last character changed; a fixed replacement would be the key itself one run
+    // in sixty-odd (CI met it).
+    let last = if api.key.ends_with('x') { 'y' } else { 'x' };
+    let wrong = format!("{}{last}", &api.key[..api.key.len() - 1]);
     let mut statuses = Vec::new();
     for _ in 0..30 {
         let r = attacker
