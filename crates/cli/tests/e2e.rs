@@ -405,3 +405,78 @@ async fn webhook_events_pending_at_a_sigkill_are_all_delivered_after_restart() {
         "all pending events delivered after the restart"
     );
 }
+
+/// `agents.md` "Languages", through the binary: on a node with only the local engines a Hindi
+/// agent or a Hindi retry is refused (espeak-ng speaks Hindi, nothing local hears it) and
+/// nothing is written; once the operator gives the node a Deepgram key, the same node serves a
+/// Hindi agent that names Deepgram and takes its Hindi retries.
+#[tokio::test(flavor = "multi_thread")]
+async fn hindi_is_served_only_by_a_node_whose_engines_hear_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = Service::create_tenant(dir.path());
+    let hindi = json!({"name": "hindi", "language": "hi-IN",
+        "first_message": "नमस्ते {{customer_name}}", "transcriber": {"engine": "deepgram"}});
+    let hindi_row = |listing: &Value| {
+        listing["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["language"] == "hi-IN")
+            .cloned()
+            .unwrap()
+    };
+    let english = {
+        let svc = Service::start(dir.path());
+        let api = Api::new(&svc.base, &key);
+        let listing = api.get_json("/v1/languages").await;
+        assert_eq!(hindi_row(&listing)["transcribers"], json!([]), "{listing}");
+        let r = api.post("/v1/agents", hindi.clone()).await;
+        assert_eq!(r.status(), 400);
+        let err: Value = r.json().await.unwrap();
+        assert_eq!(err["error"]["message"], "unsupported language", "{err}");
+        let english = api.setup_agent(9, json!({"language": "en-IN"})).await;
+        let r = api
+            .post(
+                "/v1/call",
+                json!({"agent_id": english, "retry_context": {"retry_language": "hi-IN"},
+                "parameters": [{"name": "customer_phone", "value": "+919876543210"}]}),
+            )
+            .await;
+        assert_eq!(r.status(), 400);
+        let err: Value = r.json().await.unwrap();
+        assert_eq!(err["error"]["message"], "unsupported retry_language");
+        let listed = api.get_json("/v1/conversations").await;
+        assert_eq!(listed["total"], 0, "nothing written: {listed}");
+        english
+    };
+    // Deepgram is never reached here: the trunk answers nothing, so the call fails before
+    // anyone speaks.
+    let svc = Service::start_with(
+        dir.path(),
+        &Db::sqlite(),
+        &[
+            ("OUTDIAL_DEEPGRAM_API_KEY", "test-key"),
+            ("OUTDIAL_DEEPGRAM_URL", "ws://127.0.0.1:9/v1/listen"),
+        ],
+    );
+    let api = Api::new(&svc.base, &key);
+    let listing = api.get_json("/v1/languages").await;
+    assert_eq!(hindi_row(&listing)["transcribers"], json!(["deepgram"]));
+    let r = api.post("/v1/agents", hindi).await;
+    assert_eq!(r.status(), 200);
+    // The English agent hears with the local engine: a Hindi retry stays refused until it
+    // names Deepgram too.
+    let retry = json!({"agent_id": english, "retry_context": {"retry_language": "hi-IN"},
+        "parameters": [{"name": "customer_phone", "value": "+919876543210"}]});
+    assert_eq!(api.post("/v1/call", retry.clone()).await.status(), 400);
+    let r = api
+        .http
+        .patch(format!("{}/v1/agents/{english}", svc.base))
+        .bearer_auth(&api.key)
+        .json(&json!({"transcriber": {"engine": "deepgram"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(api.post("/v1/call", retry).await.status(), 200);
+}

@@ -85,16 +85,13 @@ impl Dispatcher {
         // The opening line is synthesised while the phone rings, so the callee hears it as soon
         // as they pick up, and never before.
         let opening = agent::opening_line(agent, &call.parameters, call.retry_context.as_ref());
-        let voice = call
-            .retry_context
-            .as_ref()
-            .and_then(|r| r.retry_language.clone())
-            .or_else(|| agent.voice.voice.clone());
-        // The agent's `voice.engine` and `transcriber.engine` may name other engines.
+        // The agent's `voice.engine` and `transcriber.engine` may name other engines; the
+        // call's language (a retry's, else the agent's) picks that engine's voice.
         let language = call
             .retry_context
             .as_ref()
             .and_then(|r| r.retry_language.as_deref());
+        let voice = domain::language::call_voice(agent, language.unwrap_or(&agent.language));
         let (call_tts, call_stt) =
             agent::engines_for(agent, language, &self.engines.tts, &self.engines.stt);
         // The service's disclosure, then the agent's own: an agent cannot drop the tenant's.

@@ -8,6 +8,7 @@ pub mod call;
 pub mod dispatch;
 pub mod do_not_call;
 pub mod ids;
+pub mod language;
 pub mod phone;
 pub mod store;
 pub mod telephony;

@@ -46,6 +46,16 @@ fn agent_json(a: &Agent) -> Map<String, Value> {
     m
 }
 
+/// The agent's own voice and transcriber must speak and hear its language here: an agent that
+/// would talk Hindi to an English-only recogniser is refused now, not found out on the phone.
+fn check_language(state: &AppState, config: &AgentConfig) -> Result<(), ApiError> {
+    if state.config.languages.serves(config, &config.language) {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedLanguage)
+    }
+}
+
 /// An llm agent's model server must be where the operator lets the node connect: public
 /// addresses, or the networks of `OUTDIAL_LLM_ALLOWED_NETWORKS`; never link-local (cloud
 /// metadata). The delivery-time guard checks again on every connection.
@@ -85,6 +95,7 @@ pub async fn create_agent(
 ) -> ApiResult<Json<AgentResponse>> {
     let body = read_json_object(&headers, body).await?;
     let config = AgentConfig::from_json(&body)?;
+    check_language(&state, &config)?;
     check_model_server(&state, &config).await?;
     let agent = state
         .store
@@ -151,6 +162,7 @@ pub async fn update_agent(
         .await?
         .ok_or_else(|| ApiError::NotFound("agent not found".into()))?;
     let config = current.config.patched(&patch)?;
+    check_language(&state, &config)?;
     check_model_server(&state, &config).await?;
     let agent = state
         .store

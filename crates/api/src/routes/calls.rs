@@ -218,6 +218,26 @@ pub struct ParameterDoc {
 ///
 /// The call is durable before this answers. The new conversation's id is in the `Location`
 /// header (ours; the body is FormantAI's exactly).
+/// A retry in another language must be one the agent's engines speak and hear, or the callee
+/// is greeted in a language the agent then cannot understand. Only calls that name a
+/// `retry_language` read the agent here; an unknown agent is left to the write, which answers
+/// `agent not found` as for any call.
+async fn check_retry_language(state: &AppState, call: &NewCall) -> Result<(), ApiError> {
+    let Some(language) = call
+        .retry_context
+        .as_ref()
+        .and_then(|r| r.retry_language.as_deref())
+    else {
+        return Ok(());
+    };
+    match state.store.get_agent(call.tenant, call.agent).await? {
+        Some(agent) if !state.config.languages.serves(&agent.config, language) => {
+            Err(ApiError::UnsupportedRetryLanguage)
+        }
+        _ => Ok(()),
+    }
+}
+
 #[utoipa::path(post, path = "/v1/call", tag = "calls", request_body = CallRequestDoc,
     responses(
         (status = 200, description = "Call accepted", body = CallAcceptedResponse),
@@ -241,6 +261,7 @@ pub async fn create_call(
     let echo_conversation = call.continues.map(|c| c.to_string());
     let echo_schedule = call.scheduled_for.map(|m| m.to_rfc3339());
     let agent_id = call.agent.0;
+    check_retry_language(&state, &call).await?;
     let accepted = state.store.create_call(call).await?;
     let status = if echo_schedule.is_some() {
         "scheduled"

@@ -3,6 +3,7 @@ pub mod batches;
 pub mod calls;
 pub mod conversations;
 pub mod do_not_call;
+pub mod languages;
 pub mod service;
 pub mod trunks;
 pub mod webhooks;

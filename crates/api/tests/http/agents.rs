@@ -147,26 +147,24 @@ async fn agent_lifecycle_and_validation() {
     assert!(!created.to_string().contains("sk-live-secret"));
 
     let patched = app
-        .client
-        .patch(app.url(&format!("/v1/agents/{id}")))
-        .bearer_auth(&t.key)
-        .json(&json!({"first_message": "Hi {{customer_name}}", "retry_policy": null}))
-        .send()
-        .await
-        .unwrap();
+        .patch(
+            &t,
+            &format!("/v1/agents/{id}"),
+            &json!({"first_message": "Hi {{customer_name}}", "retry_policy": null}),
+        )
+        .await;
     assert_eq!(patched.status(), 200);
     let patched = body(patched).await["data"].clone();
     assert_eq!(patched["first_message"], "Hi {{customer_name}}");
     assert_eq!(patched["retry_policy"], json!(null));
     assert_eq!(patched["stages"], created["stages"]);
     let bad = app
-        .client
-        .patch(app.url(&format!("/v1/agents/{id}")))
-        .bearer_auth(&t.key)
-        .json(&json!({"stages": [{"id": "x", "routes": [{"when_any": ["y"], "next": "missing"}]}]}))
-        .send()
-        .await
-        .unwrap();
+        .patch(
+            &t,
+            &format!("/v1/agents/{id}"),
+            &json!({"stages": [{"id": "x", "routes": [{"when_any": ["y"], "next": "missing"}]}]}),
+        )
+        .await;
     expect_error(bad, 400, "invalid_request", "invalid stages").await;
     assert_eq!(
         body(app.get(&t, &format!("/v1/agents/{id}")).await).await["data"]["first_message"],
@@ -198,4 +196,130 @@ async fn agent_lifecycle_and_validation() {
     )
     .await;
     assert_eq!(body(app.get(&t, "/v1/agents").await).await["total"], 0);
+}
+
+/// `agents.md` "Languages": an agent is saved only in a language its own voice speaks and its
+/// own transcriber hears on this node, a retry only in such a language, and `/v1/languages`
+/// says which engines serve which language.
+#[tokio::test]
+async fn an_agent_is_refused_a_language_its_engines_cannot_serve() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("acme").await;
+    let listed = body(app.get(&t, "/v1/languages").await).await;
+    let row = |tag: &str| {
+        listed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["language"] == tag)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        row("hi-IN"),
+        json!({"language": "hi-IN", "voices": ["espeak-ng"], "transcribers": []}),
+        "espeak-ng speaks Hindi; no local recogniser hears it"
+    );
+    assert_eq!(
+        row("en-IN")["transcribers"],
+        json!(["local", "pocketsphinx", "whisper"])
+    );
+    assert_eq!(listed["data"].as_array().unwrap().len(), 13);
+
+    for refused in [
+        json!({"name": "a", "language": "hi-IN"}),
+        json!({"name": "a", "language": "hi-IN", "transcriber": {"engine": "whisper"}}),
+        // Deepgram hears Hindi, but this node has no Deepgram key.
+        json!({"name": "a", "language": "hi-IN", "transcriber": {"engine": "deepgram"}}),
+        json!({"name": "a", "language": "fr-FR"}),
+    ] {
+        expect_error(
+            app.post(&t, "/v1/agents", &refused).await,
+            400,
+            "invalid_request",
+            "unsupported language",
+        )
+        .await;
+    }
+    let agent = app.agent(&t, "+918035739222").await;
+    expect_error(
+        app.patch(
+            &t,
+            &format!("/v1/agents/{agent}"),
+            &json!({"language": "ta-IN"}),
+        )
+        .await,
+        400,
+        "invalid_request",
+        "unsupported language",
+    )
+    .await;
+    let kept = body(app.get(&t, &format!("/v1/agents/{agent}")).await).await;
+    assert_eq!(
+        kept["data"]["language"], "en-US",
+        "a refused PATCH changes nothing"
+    );
+    let ok = app
+        .patch(
+            &t,
+            &format!("/v1/agents/{agent}"),
+            &json!({"language": "en-IN"}),
+        )
+        .await;
+    assert_eq!(ok.status(), 200);
+
+    let mut retry = call(agent, &phone(1));
+    retry["retry_context"] = json!({"retry_language": "hi-IN"});
+    expect_error(
+        app.post(&t, "/v1/call", &retry).await,
+        400,
+        "invalid_request",
+        "unsupported retry_language",
+    )
+    .await;
+    assert_eq!(app.calls(&t).await, 0, "nothing written");
+    retry["retry_context"] = json!({"retry_language": "en-US"});
+    assert_eq!(app.post(&t, "/v1/call", &retry).await.status(), 200);
+    // An unknown agent is still `agent not found`, whatever the retry language.
+    let mut unknown = call(agent + 100, &phone(2));
+    unknown["retry_context"] = json!({"retry_language": "hi-IN"});
+    expect_error(
+        app.post(&t, "/v1/call", &unknown).await,
+        404,
+        "not_found",
+        "agent not found",
+    )
+    .await;
+}
+
+/// With a Deepgram key the node hears Hindi: a Hindi agent that names Deepgram is saved, and
+/// its Hindi retries are accepted.
+#[tokio::test]
+async fn with_deepgram_a_hindi_agent_is_served() {
+    let app = TestApp::spawn_with(api::ApiConfig {
+        api_rate_limit_per_minute: 0,
+        languages: domain::language::LanguageSupport { deepgram: true },
+        ..Default::default()
+    })
+    .await;
+    let t = app.tenant("acme").await;
+    let listed = body(app.get(&t, "/v1/languages").await).await;
+    let hi = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["language"] == "hi-IN")
+        .cloned()
+        .unwrap();
+    assert_eq!(hi["transcribers"], json!(["deepgram"]));
+    let a = app
+        .post(
+            &t,
+            "/v1/agents",
+            &json!({"name": "hindi", "language": "hi-IN",
+            "transcriber": {"engine": "deepgram"}}),
+        )
+        .await;
+    assert_eq!(a.status(), 200);
+    assert_eq!(body(a).await["data"]["voice"]["engine"], "espeak-ng");
 }

@@ -130,7 +130,7 @@ async fn conversation_chains_count_attempts_and_carry_retry_context() {
     let mut retry = call(agent, &phone(2));
     retry["conversation_id"] = json!(first_id);
     retry["retry_context"] = json!({"collected_data": {"intent": "callback"}, "retry_initial_message": "Hi again",
-                                    "retry_language": "hi-IN", "retry_stage_id": "stage_follow_up"});
+                                    "retry_language": "en-IN", "retry_stage_id": "stage_follow_up"});
     let r = app.post(&t, "/v1/call", &retry).await;
     assert_eq!(r.status(), 200);
     let second_id = r.headers()["location"]

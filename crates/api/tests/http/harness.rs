@@ -92,6 +92,16 @@ impl TestApp {
             .unwrap()
     }
 
+    pub async fn patch(&self, t: &Tenant, path: &str, body: &Value) -> Response {
+        self.client
+            .patch(self.url(path))
+            .bearer_auth(&t.key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn post_raw(
         &self,
         t: &Tenant,
