@@ -220,6 +220,8 @@ struct Driver {
     outbound: mpsc::Sender<AudioFrame>,
     tx: mpsc::Sender<Internal>,
     vad: Vad,
+    /// The agent's own voice coming back down the line is not the caller talking.
+    echo: media::echo::EchoGate,
     turns: TurnTaker,
     frame_no: u64,
     preroll: VecDeque<AudioFrame>,
@@ -263,6 +265,7 @@ async fn run(
     let deadline = session.answered_at + session.timing.max_duration;
     let mut d = Driver {
         vad: Vad::new(session.timing.vad_threshold),
+        echo: media::echo::EchoGate::new(media::echo::EchoConfig::default(), FRAME_MS as u32),
         turns: TurnTaker::new(session.timing.turn),
         last_speech_at: session.answered_at,
         s: session,
@@ -364,7 +367,10 @@ impl Driver {
             self.tail_ticks += 1;
         }
         self.fill();
-        let speech = self.vad.is_speech(&frame);
+        // Both see every frame: the VAD keeps state across frames, and the echo gate's clock is
+        // the inbound stream.
+        let echo = self.echo.near(&frame);
+        let speech = self.vad.is_speech(&frame) && !echo;
         if speech {
             self.last_speech_at = Instant::now();
         }
@@ -661,8 +667,9 @@ impl Driver {
             let end = (line.sent + FRAME_SAMPLES).min(line.audio.len());
             let mut frame = line.audio[line.sent..end].to_vec();
             frame.resize(FRAME_SAMPLES, 0);
+            let played = frame.clone();
             match self.outbound.try_send(frame) {
-                Ok(()) => {}
+                Ok(()) => self.echo.queue_far(&played),
                 // The adapter's queue is full or gone: try again next tick / the call is ending.
                 Err(_) => return,
             }
@@ -702,6 +709,7 @@ impl Driver {
     /// Stops the agent: the line being played is recorded as far as it was heard, everything
     /// queued or still being synthesised is dropped.
     fn stop_talking(&mut self) {
+        self.echo.flush_far();
         if let Some(line) = self.current.take() {
             let played = line
                 .sent

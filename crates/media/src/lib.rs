@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 pub mod dtmf;
+pub mod echo;
 pub mod g711;
 pub mod jitter;
 pub mod mix;
