@@ -45,16 +45,16 @@ pub trait Brain: Send + 'static {
     async fn hear_transcript(&mut self, heard: &Transcript) -> Result<Reply, BrainError> {
         self.hear(&heard.text).await
     }
-    /// Like [`Brain::hear`], but each line of the reply is also sent to `lines` as soon as it is
+    /// Like [`Brain::hear_transcript`], but each line of the reply is also sent to `lines` as soon as it is
     /// known, so speech can start before a streaming model has finished. On `Ok` the lines sent
     /// are exactly the returned `say`, in order; on `Err` the lines already sent are still the
     /// brain's (the agent should speak them). The default sends the lines after `hear`.
     async fn hear_streaming(
         &mut self,
-        heard: &str,
+        heard: &Transcript,
         lines: &mpsc::UnboundedSender<String>,
     ) -> Result<Reply, BrainError> {
-        let reply = self.hear(heard).await?;
+        let reply = self.hear_transcript(heard).await?;
         for line in &reply.say {
             let _ = lines.send(line.clone());
         }

@@ -179,6 +179,14 @@ enum Internal {
         mark: Option<TurnMark>,
         last_words: bool,
     },
+    /// Every line of a reply has been synthesised (or the reply was dropped).
+    Synthesised { reply: u64 },
+    /// The brain is back from a turn, with what it decided.
+    Replied {
+        brain: Box<dyn Brain>,
+        reply: u64,
+        end: bool,
+    },
 }
 
 struct Heard {
@@ -216,6 +224,11 @@ struct Awaiting {
 
 struct Driver {
     s: Session,
+    /// The brain, or `None` while a turn is with it: its model is asked on a task of its own so
+    /// that audio keeps flowing (barge-in, echo, the clock) however slow the model is.
+    brain: Option<Box<dyn Brain>>,
+    /// What the brain expected when it was last here, for utterances begun while it thinks.
+    phrases: Vec<String>,
     control: mpsc::Sender<CallControl>,
     outbound: mpsc::Sender<AudioFrame>,
     tx: mpsc::Sender<Internal>,
@@ -237,6 +250,7 @@ struct Driver {
     last_speech_at: Instant,
     /// Bumped by barge-in so replies still being synthesised are dropped.
     reply: u64,
+    /// Replies of the current `reply` still being synthesised.
     synth_pending: usize,
     queue: VecDeque<Line>,
     current: Option<Line>,
@@ -263,7 +277,12 @@ async fn run(
     } = media;
     let (tx, mut rx) = mpsc::channel(64);
     let deadline = session.answered_at + session.timing.max_duration;
+    let mut session = session;
+    let mut brain = std::mem::replace(&mut session.brain, Box::new(Absent::default()));
+    let start = brain.start();
     let mut d = Driver {
+        phrases: brain.expected_phrases(),
+        brain: Some(brain),
         vad: Vad::new(session.timing.vad_threshold),
         echo: media::echo::EchoGate::new(media::echo::EchoConfig::default(), FRAME_MS as u32),
         turns: TurnTaker::new(session.timing.turn),
@@ -304,7 +323,6 @@ async fn run(
             uncut,
         });
     }
-    let start = d.s.brain.start();
     d.speak(start, None);
     d.fill();
     let ended_by = loop {
@@ -326,14 +344,57 @@ async fn run(
         }
     };
     d.stop_talking();
+    // A turn still with the brain (the callee hung up while the model was answering) may yet
+    // record results: wait for it, within the brain's own time limits.
+    while d.brain.is_none() {
+        match tokio::time::timeout(BRAIN_RETURN, rx.recv()).await {
+            Ok(Some(Internal::Replied { brain, .. })) => d.brain = Some(brain),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => {
+                tracing::error!("the brain did not come back from its turn; its results are lost");
+                break;
+            }
+        }
+    }
     tracing::info!(?ended_by, turns = d.timings.len(), "conversation over");
+    let (results, stage_id) = d
+        .brain
+        .as_ref()
+        .map(|b| (b.results().clone(), b.stage_id()))
+        .unwrap_or_default();
     ConversationOutcome {
         transcript: d.transcript,
-        results: d.s.brain.results().clone(),
+        results,
         ended_by,
         turns: d.timings,
         answer_to_first_word_ms: d.first_word,
-        stage_id: d.s.brain.stage_id(),
+        stage_id,
+    }
+}
+
+/// How long the end of a call waits for a brain still answering (beyond the llm brain's
+/// 20 s turn limit).
+const BRAIN_RETURN: Duration = Duration::from_secs(25);
+
+/// Stands in the session for the brain the driver took out of it; never asked anything.
+#[derive(Default)]
+struct Absent {
+    results: serde_json::Map<String, serde_json::Value>,
+}
+
+#[async_trait::async_trait]
+impl Brain for Absent {
+    fn start(&mut self) -> Reply {
+        Reply::default()
+    }
+    async fn hear(&mut self, _heard: &str) -> Result<Reply, crate::brain::BrainError> {
+        Ok(Reply::default())
+    }
+    fn expected_phrases(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn results(&self) -> &serde_json::Map<String, serde_json::Value> {
+        &self.results
     }
 }
 
@@ -351,6 +412,7 @@ impl Driver {
 
     fn finished(&self) -> bool {
         self.ending
+            && self.brain.is_some()
             && self.synth_pending == 0
             && self.queue.is_empty()
             && self.current.is_none()
@@ -383,7 +445,7 @@ impl Driver {
             self.utterance += 1;
             self.utterance_started_ms =
                 self.now_ms() - (self.preroll.len() as i64 * FRAME_MS as i64);
-            let phrases = self.s.brain.expected_phrases();
+            let phrases = self.phrases.clone();
             let mut rec = match self.s.stt.stream(&phrases) {
                 Some(stream) => Recognition::Streaming(stream),
                 None => Recognition::Buffered(Vec::new(), phrases),
@@ -539,7 +601,6 @@ impl Driver {
                 if reply != self.reply {
                     return;
                 }
-                self.synth_pending = self.synth_pending.saturating_sub(1);
                 let Some(audio) = audio else {
                     return;
                 };
@@ -550,15 +611,36 @@ impl Driver {
                     started_ms: 0,
                     mark,
                     tts: took,
-                    uncut: last_words,
+                    // A reply that turned out to end the call is its goodbye: not cut either.
+                    uncut: last_words || self.ending,
                 });
                 // At once, not at the next tick: up to 20 ms of latency saved.
                 self.fill();
             }
+            Internal::Synthesised { reply } => {
+                if reply == self.reply {
+                    self.synth_pending = self.synth_pending.saturating_sub(1);
+                }
+            }
+            Internal::Replied { brain, reply, end } => {
+                self.phrases = brain.expected_phrases();
+                self.brain = Some(brain);
+                if end {
+                    self.ending = true;
+                    if reply == self.reply {
+                        for line in self.queue.iter_mut().chain(self.current.as_mut()) {
+                            line.uncut = true;
+                        }
+                    }
+                }
+                // The caller may have finished another turn while the brain was busy.
+                self.respond_if_ready().await;
+            }
         }
     }
 
-    /// The turn ended and its transcription is in: ask the brain, speak its reply.
+    /// The turn ended and its transcription is in: hand it to the brain (once the brain is back
+    /// from the previous turn) and speak each line of its reply as soon as it is known.
     async fn respond_if_ready(&mut self) {
         let Some(Awaiting {
             utterance,
@@ -568,10 +650,10 @@ impl Driver {
         else {
             return;
         };
-        if self.heard.as_ref().is_none_or(|h| h.utterance != utterance) {
+        if self.brain.is_none() || self.heard.as_ref().is_none_or(|h| h.utterance != utterance) {
             return;
         }
-        let Some(heard) = self.heard.take() else {
+        let (Some(heard), Some(mut brain)) = (self.heard.take(), self.brain.take()) else {
             return;
         };
         self.awaiting = None;
@@ -589,43 +671,68 @@ impl Driver {
                 at_ms: Some(self.utterance_started_ms),
             });
         }
-        let brain_started = Instant::now();
-        let words = Transcript::new(text, heard.words.confidence);
-        let reply = match self.s.brain.hear_transcript(&words).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "the brain failed; the agent stays silent this turn");
-                Reply::default()
-            }
-        };
         let mark = TurnMark {
             speech_end_at,
             ended_at,
             stt_wait: heard.at.saturating_duration_since(ended_at),
             stt: heard.took,
-            brain: brain_started.elapsed(),
+            brain: Duration::ZERO,
         };
-        self.speak(reply, Some(mark));
+        let words = Transcript::new(text, heard.words.confidence);
+        let (lines_tx, lines) = mpsc::unbounded_channel();
+        self.synthesise(lines, Some((mark, Instant::now())));
+        let tx = self.tx.clone();
+        let reply = self.reply;
+        tokio::spawn(
+            async move {
+                let end = match brain.hear_streaming(&words, &lines_tx).await {
+                    Ok(r) => r.end,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the brain failed; the agent says what it had");
+                        false
+                    }
+                };
+                drop(lines_tx);
+                let _ = tx.send(Internal::Replied { brain, reply, end }).await;
+            }
+            .in_current_span(),
+        );
     }
 
-    /// Synthesises the reply's lines in order on a task; each is queued as it is ready.
+    /// A reply known whole (the brain's start): its lines, synthesised in order.
     fn speak(&mut self, reply: Reply, mark: Option<TurnMark>) {
         if reply.end {
             self.ending = true;
         }
-        if reply.say.is_empty() {
-            return;
+        let (tx, lines) = mpsc::unbounded_channel();
+        for line in reply.say {
+            let _ = tx.send(line);
         }
-        self.synth_pending += reply.say.len();
+        drop(tx);
+        self.synthesise(lines, mark.map(|m| (m, Instant::now())));
+    }
+
+    /// Synthesises `lines` in order on a task as they come; each is queued as it is ready. The
+    /// first carries the turn's mark, its brain time the wait for that first line.
+    fn synthesise(
+        &mut self,
+        mut lines: mpsc::UnboundedReceiver<String>,
+        mark: Option<(TurnMark, Instant)>,
+    ) {
+        self.synth_pending += 1;
         let tts = self.s.tts.clone();
         let voice = self.s.voice.clone();
         let tx = self.tx.clone();
         let id = self.reply;
-        let end = reply.end;
+        let ending = self.ending;
         tokio::spawn(
             async move {
                 let mut mark = mark;
-                for text in reply.say {
+                while let Some(text) = lines.recv().await {
+                    let mark = mark.take().map(|(mut m, asked)| {
+                        m.brain = asked.elapsed();
+                        m
+                    });
                     let started = Instant::now();
                     let audio = match tts.synthesize(&text, voice.as_deref()).await {
                         Ok(a) => Some(trim_leading_silence(a)),
@@ -639,13 +746,14 @@ impl Driver {
                         text,
                         audio,
                         took: started.elapsed(),
-                        mark: mark.take(),
-                        last_words: end,
+                        mark,
+                        last_words: ending,
                     };
                     if tx.send(msg).await.is_err() {
                         return;
                     }
                 }
+                let _ = tx.send(Internal::Synthesised { reply: id }).await;
             }
             .in_current_span(),
         );

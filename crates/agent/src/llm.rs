@@ -10,6 +10,7 @@
 //! [`BrainError`].
 
 use crate::brain::{Brain, BrainError, Reply};
+use crate::stt::Transcript;
 use crate::template::render;
 use async_trait::async_trait;
 use domain::agent::{AgentConfig, Brain as BrainConfig, Stage};
@@ -562,10 +563,10 @@ impl Brain for LlmBrain {
 
     async fn hear_streaming(
         &mut self,
-        heard: &str,
+        heard: &Transcript,
         lines: &mpsc::UnboundedSender<String>,
     ) -> Result<Reply, BrainError> {
-        Ok(self.hear_with_fallback(heard, Some(lines)).await)
+        Ok(self.hear_with_fallback(&heard.text, Some(lines)).await)
     }
 
     fn expected_phrases(&self) -> Vec<String> {

@@ -154,10 +154,10 @@ impl Brain for OptOutGuard {
 
     async fn hear_streaming(
         &mut self,
-        heard: &str,
+        heard: &Transcript,
         lines: &mpsc::UnboundedSender<String>,
     ) -> Result<Reply, BrainError> {
-        if asks_to_opt_out(heard) {
+        if asks_to_opt_out(&heard.text) {
             let reply = self.opt_out();
             for line in &reply.say {
                 let _ = lines.send(line.clone());

@@ -86,7 +86,7 @@ async fn a_promise_is_spoken_recorded_and_ends_the_call() {
     assert_eq!(b.start().say, vec!["Can you pay invoice INV-7 by Friday?"]);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let reply = b
-        .hear_streaming("Yes, I can pay by Friday.", &tx)
+        .hear_streaming(&"Yes, I can pay by Friday.".into(), &tx)
         .await
         .unwrap();
     assert_eq!(reply.say, vec!["Thank you, we will note that.", "Goodbye."]);
@@ -347,7 +347,10 @@ async fn a_stream_cut_mid_way_is_an_error_and_what_was_said_stays_said() {
     assert!(matches!(err, BrainError::Stream(_)), "{err:?}");
 
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let r = b.hear_streaming("how much do I owe?", &tx).await.unwrap();
+    let r = b
+        .hear_streaming(&"how much do I owe?".into(), &tx)
+        .await
+        .unwrap();
     let fallback = LlmOptions::default().retry_line;
     assert_eq!(r.say, vec!["Thank you.".to_string(), fallback.clone()]);
     assert!(!r.end);

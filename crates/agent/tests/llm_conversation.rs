@@ -35,9 +35,18 @@ impl SpeechToText for ScriptedStt {
     }
 }
 
-#[tokio::test]
-async fn an_llm_agent_answers_records_the_result_and_hangs_up() {
-    let server = serve(vec![Answer::Stream(fixture("promise_and_end.sse"))]).await;
+/// What the telephony side saw of one llm call.
+struct Call {
+    outcome: agent::ConversationOutcome,
+    hung_up: bool,
+    /// The longest the adapter waited to hand over an inbound frame: the conversation not
+    /// taking its audio.
+    longest_stall: Duration,
+    requests: Vec<llm_server::Request>,
+}
+
+async fn llm_call(answer: Answer) -> Call {
+    let server = serve(vec![answer]).await;
     let cfg = AgentConfig::from_json(
         json!({
           "name": "collections",
@@ -89,23 +98,43 @@ async fn an_llm_agent_answers_records_the_result_and_hangs_up() {
     let adapter = tokio::spawn(async move {
         let start = 2000 / 20;
         let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut longest = Duration::ZERO;
         for n in 0..600usize {
             tick.tick().await;
             while let Ok(c) = ctl_rx.try_recv() {
                 if c == CallControl::Hangup {
-                    return true;
+                    return (true, longest);
                 }
             }
             let _ = out_rx.try_recv();
             let frame = caller::frame_at(&caller, n, start);
+            let sent = std::time::Instant::now();
             if in_tx.send(frame).await.is_err() {
                 break;
             }
+            longest = longest.max(sent.elapsed());
         }
-        false
+        (false, longest)
     });
     let outcome = converse(session, MediaStream { inbound, outbound }, control).await;
-    assert!(adapter.await.unwrap(), "the agent hung up");
+    let (hung_up, longest_stall) = adapter.await.unwrap();
+    Call {
+        outcome,
+        hung_up,
+        longest_stall,
+        requests: server.requests(),
+    }
+}
+
+#[tokio::test]
+async fn an_llm_agent_answers_records_the_result_and_hangs_up() {
+    let Call {
+        outcome,
+        hung_up,
+        requests: reqs,
+        ..
+    } = llm_call(Answer::Stream(fixture("promise_and_end.sse"))).await;
+    assert!(hung_up, "the agent hung up");
     assert_eq!(outcome.ended_by, EndedBy::AgentEnded);
     let lines: Vec<(String, String)> = outcome
         .transcript
@@ -126,10 +155,58 @@ async fn an_llm_agent_answers_records_the_result_and_hangs_up() {
         ]
     );
     assert_eq!(outcome.results["intent"], "payment_promise");
-    let reqs = server.requests();
     assert_eq!(reqs.len(), 1);
     assert_eq!(
         reqs[0].body["messages"].as_array().unwrap().last().unwrap()["content"],
         "yes i can pay by friday"
+    );
+}
+
+/// A model that pauses 3 s after its first sentence: the agent says that sentence without
+/// waiting for the rest, and the conversation keeps taking the line's audio meanwhile (the
+/// model is asked off the audio path).
+#[tokio::test]
+async fn the_first_sentence_is_spoken_while_the_model_is_still_answering() {
+    let body = fixture("promise_and_end.sse");
+    // Just after the delta that follows "that.": the first sentence is then known complete.
+    let marker = br#""content":" Goodbye""#;
+    let at = body
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .and_then(|i| {
+            body[i..]
+                .windows(2)
+                .position(|w| w == b"\n\n")
+                .map(|j| i + j + 2)
+        })
+        .unwrap();
+    let pause = Duration::from_secs(3);
+    let call = llm_call(Answer::Paused(body, at, pause)).await;
+    assert!(call.hung_up, "the agent hung up");
+    let outcome = &call.outcome;
+    assert_eq!(outcome.results["intent"], "payment_promise");
+    let said: Vec<&str> = outcome
+        .transcript
+        .iter()
+        .filter(|t| t.role.as_str() == "agent")
+        .map(|t| t.message.as_str())
+        .collect();
+    assert_eq!(
+        said[2..],
+        ["Thank you, we will note that.", "Goodbye."],
+        "{said:?}"
+    );
+    // The reply's first audio came before the model's pause was over.
+    let v2v = outcome.turns[0].voice_to_voice_ms;
+    assert!(
+        v2v < (pause.as_millis() as u64),
+        "first audio {v2v} ms after the caller stopped"
+    );
+    // The inbound queue holds 50 frames (1 s): a conversation waiting on the model would have
+    // left the adapter blocked for about 2 s of the pause.
+    assert!(
+        call.longest_stall < Duration::from_millis(900),
+        "the line's audio waited {:?}",
+        call.longest_stall
     );
 }

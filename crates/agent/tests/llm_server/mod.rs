@@ -25,6 +25,9 @@ pub enum Answer {
     Status(u16, Vec<u8>),
     /// Read the request, then say nothing.
     Hang,
+    /// 200 with this SSE body, pausing after its first `.1` bytes for `.2`: a model that
+    /// thinks between sentences.
+    Paused(Vec<u8>, usize, Duration),
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +165,14 @@ async fn answer_with(mut sock: TcpStream, answer: Option<Answer>) {
         Some(Answer::Stream(body)) => {
             let _ = sock.write_all(sse_head.as_bytes()).await;
             chunked(&mut sock, &body).await;
+            let _ = sock.write_all(b"0\r\n\r\n").await;
+            let _ = sock.shutdown().await;
+        }
+        Some(Answer::Paused(body, at, pause)) => {
+            let _ = sock.write_all(sse_head.as_bytes()).await;
+            chunked(&mut sock, &body[..at]).await;
+            tokio::time::sleep(pause).await;
+            chunked(&mut sock, &body[at..]).await;
             let _ = sock.write_all(b"0\r\n\r\n").await;
             let _ = sock.shutdown().await;
         }
