@@ -5,6 +5,7 @@
 //! operator declared it optional.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 
 /// One engine as last checked.
@@ -24,6 +25,9 @@ pub struct EngineState {
 #[derive(Debug, Default)]
 pub struct Readiness {
     engines: RwLock<BTreeMap<String, EngineState>>,
+    /// Set on the first stop signal: a load balancer must send new work elsewhere while the
+    /// node finishes what it holds.
+    stopping: AtomicBool,
 }
 
 impl Readiness {
@@ -62,10 +66,22 @@ impl Readiness {
             .unwrap_or_default()
     }
 
-    /// Why the node cannot serve calls, if it cannot: the required engines that are not ready.
-    /// Names and kinds only (the endpoint needs no key); `outdial doctor` and the log have the
-    /// detail and the fix.
+    /// The node is stopping: from now on it is never ready again.
+    pub fn begin_stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Why the node cannot serve calls, if it cannot: it is stopping, or the required engines
+    /// that are not ready. Names and kinds only (the endpoint needs no key); `outdial doctor`
+    /// and the log have the detail and the fix.
     pub fn not_ready_reason(&self) -> Option<String> {
+        if self.stopping() {
+            return Some("shutting down".into());
+        }
         let blocking = self.names(|s| !s.optional);
         if blocking.is_empty() {
             return None;
@@ -121,5 +137,15 @@ mod tests {
         r.set("pocketsphinx", state(true, false, true));
         assert_eq!(r.not_ready_reason(), None);
         assert!(r.degraded().is_empty());
+    }
+
+    #[test]
+    fn a_stopping_node_is_not_ready_whatever_its_engines() {
+        let r = Readiness::new();
+        r.set("pocketsphinx", state(true, false, true));
+        r.begin_stop();
+        assert_eq!(r.not_ready_reason().as_deref(), Some("shutting down"));
+        r.set("pocketsphinx", state(true, false, true));
+        assert_eq!(r.not_ready_reason().as_deref(), Some("shutting down"));
     }
 }

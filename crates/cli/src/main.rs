@@ -140,6 +140,11 @@ struct ServeArgs {
     /// Longest dispatcher sleep when nothing is due.
     #[arg(long, env = "OUTDIAL_DISPATCH_IDLE_WAIT_MS", default_value_t = 5000)]
     dispatch_idle_wait_ms: u64,
+    /// On SIGTERM or SIGINT, how long live calls get to end on their own; then the rest are
+    /// hung up and settled `failed` / `interrupted`. A second signal exits at once (status 143
+    /// after SIGTERM, 130 after SIGINT).
+    #[arg(long, env = "OUTDIAL_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    shutdown_grace_seconds: u64,
     /// This node's name in leases (default: a fresh random one per process).
     #[arg(long, env = "OUTDIAL_NODE_ID")]
     node_id: Option<String>,
@@ -548,15 +553,18 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
             disclosure: args.disclosure.clone().filter(|d| !d.trim().is_empty()),
             public_url: public_url.clone(),
             events_written: Some(webhook_worker.waker()),
+            shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_seconds),
             ..Default::default()
         },
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let signals = Signals::new().context("listening for SIGTERM and SIGINT")?;
+    tokio::spawn(signals.run(stop_tx, readiness.clone()));
     let watch_task = tokio::spawn(engine_watch.run(
         std::time::Duration::from_secs(args.engines.engine_check_seconds),
         stop_rx.clone(),
     ));
-    let dispatch_task = tokio::spawn(dispatcher.clone().run(stop_rx));
+    let dispatch_task = tokio::spawn(dispatcher.clone().run(stop_rx.clone()));
     let config = api::ApiConfig {
         api_rate_limit_per_minute: args.api_rate_limit_per_minute,
         public_url,
@@ -586,16 +594,18 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
             .with_readiness(readiness),
     );
     tracing::info!(%addr, sip = %sip_addr, backend = ?store.backend(), max_connections, "outdial listening");
-    api::server::serve(listener, app, http_limits, shutdown_signal())
-        .await
-        .context("serving")?;
-    // Stop claiming; calls already live keep their leases until the process exits, then
-    // another node (or this one after a restart) settles them.
-    let _ = stop_tx.send(true);
+    // The dispatcher saw the same stop: it stopped claiming and winds its live calls down
+    // while the listener lets in-flight requests finish.
+    let mut stopped = stop_rx;
+    api::server::serve(listener, app, http_limits, async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    })
+    .await
+    .context("serving")?;
     let _ = dispatch_task.await;
     let _ = watch_task.await;
-    // In-flight webhook attempts finish (each within its 10 s timeout) and are recorded before
-    // the database closes.
+    // After the calls are settled, so their webhooks are among what the flush sends; the
+    // worker records what it sent before the database closes.
     let _ = stop_webhooks.send(());
     if let Err(err) = webhook_task.await {
         tracing::error!(error = %err, "webhook worker task failed");
@@ -605,27 +615,46 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// SIGTERM or Ctrl-C: stop accepting, let in-flight requests finish.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+/// SIGTERM and SIGINT, listened for from start-up (a signal before the first listen would
+/// otherwise kill the process outright).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    tracing::info!("shutting down: finishing in-flight requests");
+
+    /// The next signal's number.
+    async fn next(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.term.recv() => libc::SIGTERM,
+            _ = self.int.recv() => libc::SIGINT,
+        }
+    }
+
+    /// The first signal starts the graceful stop: `/readyz` answers 503 at once and `stop`
+    /// turns true. The second ends the process there and then, with the shell's status for
+    /// death by that signal (128 + its number).
+    async fn run(
+        mut self,
+        stop: tokio::sync::watch::Sender<bool>,
+        readiness: Arc<api::readiness::Readiness>,
+    ) {
+        let first = self.next().await;
+        readiness.begin_stop();
+        let _ = stop.send(true);
+        tracing::info!(signal = first, "stopping: no new connections or calls; finishing in-flight requests and live calls (a second signal exits at once)");
+        let second = self.next().await;
+        tracing::warn!(signal = second, "second signal: exiting at once");
+        std::process::exit(128 + second);
+    }
 }
 
 async fn tenants(db: &DbArgs, cmd: TenantCommand) -> Result<()> {

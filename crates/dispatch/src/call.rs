@@ -3,7 +3,7 @@
 use crate::Dispatcher;
 use domain::call::{CallLatency, TranscriptItem};
 use domain::dispatch::{retry_delay, DueCall, FinishAttempt};
-use domain::telephony::{CallEnd, CallEvent, DialError, DialRequest};
+use domain::telephony::{CallControl, CallEnd, CallEvent, DialError, DialRequest};
 use domain::{CallStatus, Millis};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,8 +47,13 @@ impl Dispatcher {
             tracing::info_span!("call", conversation_id = %call.id, trace_id = %call.trace_id);
         async {
             let end = self.dial_and_follow(&call).await;
-            self.settle(&call, end).await;
-            self.track(call.id, false);
+            if self.abandoned(call.id) {
+                // A stop settled it `interrupted` before hanging up: the end we saw is ours.
+                tracing::info!("hung up by the node's stop");
+            } else {
+                self.settle(&call, end).await;
+            }
+            self.untrack(call.id);
         }
         .instrument(span)
         .await
@@ -120,6 +125,10 @@ impl Dispatcher {
                 return failed(CallStatus::TelephonyFailed, e.to_string())
             }
         };
+        if !self.attach_control(call.id, live.control.clone()) {
+            // A stop settled the call while it was being placed: it must not go on.
+            let _ = live.control.send(CallControl::Hangup).await;
+        }
         metrics::counter!("outdial_dial_attempts_total").increment(1);
         tracing::info!(started_ms = now.0, "dialling");
         let mut speech = speech;

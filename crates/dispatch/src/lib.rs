@@ -4,21 +4,27 @@
 //! lease, decides for each (calling window, caps), makes `initiated` durable through the store
 //! and only then asks telephony to dial. Live calls' leases are renewed; a call whose node died
 //! (lease run out while dialling or talking) is settled `failed` / `interrupted`, never redialled
-//! blindly, and the agent's retry policy decides what comes next.
+//! blindly, and the agent's retry policy decides what comes next. A node that stops on purpose
+//! gives its live calls a grace to end, then hangs up the rest and settles them the same way.
 
 mod call;
 
 use domain::agent::CallingHours;
 use domain::dispatch::{
     next_opening, BeginDial, CountryZones, DialLimits, DialStart, DueCall, FinishAttempt,
+    OrphanedCall,
 };
 use domain::store::{Store, StoreError};
-use domain::telephony::Telephony;
+use domain::telephony::{CallControl, Telephony};
 use domain::{CallStatus, ConversationId, Millis};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
+
+/// After a stop's hang-ups, how long the calls' tasks get to send their BYE or CANCEL and see
+/// it answered before the process goes on without them.
+const HANGUP_WAIT: Duration = Duration::from_secs(2);
 
 /// Where the time comes from, so tests can move it.
 pub trait Clock: Send + Sync + 'static {
@@ -53,6 +59,9 @@ pub struct DispatchConfig {
     /// Poked after a call settles (its webhook event is in the outbox), so the delivery worker
     /// sends it at once instead of at its next poll.
     pub events_written: Option<Arc<Notify>>,
+    /// On a stop, how long live calls get to end on their own before they are hung up and
+    /// settled `failed` / `interrupted`.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for DispatchConfig {
@@ -66,6 +75,7 @@ impl Default for DispatchConfig {
             disclosure: None,
             public_url: "http://127.0.0.1:8080".into(),
             events_written: None,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -87,7 +97,19 @@ pub struct Dispatcher {
     clock: Arc<dyn Clock>,
     config: DispatchConfig,
     wake: Arc<Notify>,
-    live: Mutex<HashSet<ConversationId>>,
+    live: Mutex<HashMap<ConversationId, Live>>,
+    /// Poked whenever a live call ends, so a stop waiting for the last one wakes at once.
+    ended: Notify,
+}
+
+/// A call this node dials or talks on.
+struct Live {
+    /// What settling it as interrupted needs.
+    call: OrphanedCall,
+    /// How to hang it up, once telephony has it.
+    control: Option<mpsc::Sender<CallControl>>,
+    /// Settled by a stop: its task must hang up instead of going on.
+    abandoned: bool,
 }
 
 /// What to do with one due call.
@@ -163,7 +185,8 @@ impl Dispatcher {
             clock,
             config,
             wake: Arc::new(Notify::new()),
-            live: Mutex::new(HashSet::new()),
+            live: Mutex::new(HashMap::new()),
+            ended: Notify::new(),
         })
     }
 
@@ -227,7 +250,7 @@ impl Dispatcher {
         for ((call, _), outcome) in to_dial.into_iter().zip(outcomes) {
             match outcome {
                 BeginDial::Started => {
-                    self.track(call.id, true);
+                    self.track(&call);
                     let me = self.clone();
                     tokio::spawn(async move { me.run_call(call).await });
                 }
@@ -252,13 +275,54 @@ impl Dispatcher {
         }
     }
 
-    fn track(&self, id: ConversationId, live: bool) {
-        if let Ok(mut set) = self.live.lock() {
-            if live {
-                set.insert(id);
-            } else {
-                set.remove(&id);
+    fn track(&self, call: &DueCall) {
+        let live = Live {
+            call: OrphanedCall {
+                id: call.id,
+                attempt: call.id.attempt,
+                retry_policy: call
+                    .agent_config
+                    .as_ref()
+                    .and_then(|a| a.retry_policy.clone()),
+            },
+            control: None,
+            abandoned: false,
+        };
+        if let Ok(mut map) = self.live.lock() {
+            map.insert(call.id, live);
+        }
+    }
+
+    pub(crate) fn untrack(&self, id: ConversationId) {
+        if let Ok(mut map) = self.live.lock() {
+            map.remove(&id);
+        }
+        self.ended.notify_waiters();
+    }
+
+    fn abandoned(&self, id: ConversationId) -> bool {
+        self.live
+            .lock()
+            .map(|map| map.get(&id).is_some_and(|l| l.abandoned))
+            .unwrap_or(false)
+    }
+
+    /// Keeps the way to hang up a call telephony has started. False when a stop has settled
+    /// the call meanwhile: the caller hangs up at once.
+    pub(crate) fn attach_control(
+        &self,
+        id: ConversationId,
+        control: mpsc::Sender<CallControl>,
+    ) -> bool {
+        let Ok(mut map) = self.live.lock() else {
+            return true;
+        };
+        match map.get_mut(&id) {
+            Some(live) if !live.abandoned => {
+                live.control = Some(control);
+                true
             }
+            _ => false,
         }
     }
 
@@ -304,18 +368,29 @@ impl Dispatcher {
         let orphans = self.store.orphaned_calls(now, 100).await?;
         let mut settled = 0;
         for o in orphans {
-            let retry_at = domain::dispatch::retry_delay(
-                o.retry_policy.as_ref(),
-                CallStatus::Failed,
-                o.attempt,
-            )
-            .map(|d| Millis(now.0 + d.as_millis() as i64));
-            let finish = self.failed_attempt(o.id, "interrupted".into(), now, retry_at);
-            if self.store.finish_attempt(finish, now).await? {
-                tracing::warn!(conversation_id = %o.id, "settled an interrupted call");
-                self.events_written();
+            if self.settle_interrupted(&o).await? {
                 settled += 1;
             }
+        }
+        Ok(settled)
+    }
+
+    /// An interrupted call's one settlement, for a node found dead and for a stop's leftover
+    /// calls alike: `failed` / `interrupted`, then the retry policy. False when it was settled
+    /// already (elsewhere, or by its own task).
+    async fn settle_interrupted(&self, call: &OrphanedCall) -> Result<bool, StoreError> {
+        let now = self.clock.now();
+        let retry_at = domain::dispatch::retry_delay(
+            call.retry_policy.as_ref(),
+            CallStatus::Failed,
+            call.attempt,
+        )
+        .map(|d| Millis(now.0 + d.as_millis() as i64));
+        let finish = self.failed_attempt(call.id, "interrupted".into(), now, retry_at);
+        let settled = self.store.finish_attempt(finish, now).await?;
+        if settled {
+            tracing::warn!(conversation_id = %call.id, "settled an interrupted call");
+            self.events_written();
         }
         Ok(settled)
     }
@@ -324,7 +399,7 @@ impl Dispatcher {
         let ids: Vec<ConversationId> = self
             .live
             .lock()
-            .map(|s| s.iter().copied().collect())
+            .map(|s| s.keys().copied().collect())
             .unwrap_or_default();
         if ids.is_empty() {
             return Ok(());
@@ -335,8 +410,9 @@ impl Dispatcher {
             .await
     }
 
-    /// Runs until `shutdown` turns true. Live calls keep their tasks; their leases simply stop
-    /// being renewed once the process exits, and another node settles them.
+    /// Runs until `shutdown` turns true, then stops claiming at once and returns when its live
+    /// calls have ended: on their own within [`DispatchConfig::shutdown_grace`], else settled
+    /// `failed` / `interrupted` and hung up.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let renew_every = self.config.lease / 3;
         let mut next_renew = tokio::time::Instant::now() + renew_every;
@@ -346,6 +422,10 @@ impl Dispatcher {
                 break;
             }
             loop {
+                // A backlog keeps every round full; a stop must not wait for it to run dry.
+                if *shutdown.borrow() {
+                    break;
+                }
                 match self.tick().await {
                     Ok(n) if n as u32 >= self.config.claim_batch => continue,
                     Ok(_) => break,
@@ -385,6 +465,83 @@ impl Dispatcher {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.wake.notified() => {}
                 _ = shutdown.changed() => {}
+            }
+        }
+        self.stop_live_calls(next_renew).await;
+    }
+
+    /// A stop's end of the live calls: their leases are renewed while they get the grace to
+    /// end on their own; those still live after it are settled `failed` / `interrupted` (as
+    /// if the node had died, so the retry policy decides and nothing is redialled blindly)
+    /// and then hung up. Settling first means the hang-up cannot be mistaken for the callee's
+    /// and the call settled `completed` by its own task.
+    async fn stop_live_calls(&self, mut next_renew: tokio::time::Instant) {
+        let renew_every = self.config.lease / 3;
+        let grace_ends = tokio::time::Instant::now() + self.config.shutdown_grace;
+        let live = self.live_calls();
+        if live > 0 {
+            tracing::info!(live, grace = ?self.config.shutdown_grace, "stopping: waiting for live calls to end");
+        }
+        loop {
+            // Registered before the look, so an end between the look and the wait still wakes.
+            let ended = self.ended.notified();
+            if self.live_calls() == 0 {
+                return;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= grace_ends {
+                break;
+            }
+            if now >= next_renew {
+                if let Err(e) = self.renew_leases().await {
+                    tracing::error!(error = %e, "lease renewal failed");
+                }
+                next_renew = now + renew_every;
+            }
+            tokio::select! {
+                () = ended => {}
+                () = tokio::time::sleep_until(grace_ends.min(next_renew)) => {}
+            }
+        }
+        let leftover: Vec<(OrphanedCall, Option<mpsc::Sender<CallControl>>)> =
+            match self.live.lock() {
+                Ok(mut map) => map
+                    .values_mut()
+                    .map(|l| {
+                        l.abandoned = true;
+                        (l.call.clone(), l.control.clone())
+                    })
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+        tracing::warn!(
+            calls = leftover.len(),
+            "shutdown grace over: hanging up live calls"
+        );
+        for (call, control) in leftover {
+            match self.settle_interrupted(&call).await {
+                Ok(_) => {}
+                // The lease runs out and the orphan sweep settles it the same way.
+                Err(e) => {
+                    tracing::error!(conversation_id = %call.id, error = %e, "settling an interrupted call failed")
+                }
+            }
+            if let Some(control) = control {
+                let _ = control.send(CallControl::Hangup).await;
+            }
+        }
+        let hung_up = tokio::time::Instant::now() + HANGUP_WAIT;
+        loop {
+            let ended = self.ended.notified();
+            if self.live_calls() == 0 {
+                return;
+            }
+            tokio::select! {
+                () = ended => {}
+                () = tokio::time::sleep_until(hung_up) => {
+                    tracing::warn!(calls = self.live_calls(), "calls still hanging up; exiting without them");
+                    return;
+                }
             }
         }
     }

@@ -102,6 +102,10 @@ pub struct WorkerConfig {
     pub schedule: RetrySchedule,
     /// The HTTP client's address policy and timeout.
     pub client: ClientConfig,
+    /// Once [`Worker::run`] is told to stop, how long it goes on delivering what is due; it
+    /// stops sooner when nothing is. Attempts still in flight then are cut short and sent
+    /// again later (same `webhook-id`), so a stopping node exits on time.
+    pub stop_flush: Duration,
 }
 
 impl WorkerConfig {
@@ -121,6 +125,7 @@ impl WorkerConfig {
             idle_poll: Duration::from_secs(2),
             schedule,
             client,
+            stop_flush: Duration::from_secs(2),
         }
     }
 }
@@ -205,8 +210,9 @@ struct Pipeline {
     unrecorded: Vec<AttemptResult>,
     /// Leases to give back with the next write.
     release: Vec<DeliveryId>,
-    /// The target of each attempt in flight, for an attempt task that fails.
-    tasks: HashMap<task::Id, WebhookTargetId>,
+    /// The target and delivery of each attempt in flight, for an attempt task that fails or
+    /// is cut short.
+    tasks: HashMap<task::Id, (WebhookTargetId, DeliveryId)>,
     /// When targets whose lanes were forgotten last answered 2xx, so that their next burst
     /// starts at their full share. Kept apart from `lanes`, which every start walks.
     answered: HashMap<WebhookTargetId, Instant>,
@@ -329,16 +335,19 @@ impl Pipeline {
                 self.tasks.remove(&id);
                 self.finished(finished, cap);
             }
-            // Nothing to record: the lease lapses and the delivery is attempted again.
+            // Nothing to record: the delivery is attempted again, at once when a stop cut it
+            // short, else when its lease lapses.
             Err(err) => {
                 self.inflight = self.inflight.saturating_sub(1);
                 self.held = self.held.saturating_sub(1);
-                if let Some(lane) = self
-                    .tasks
-                    .remove(&err.id())
-                    .and_then(|target| self.lanes.get_mut(&target))
-                {
-                    lane.inflight = lane.inflight.saturating_sub(1);
+                if let Some((target, delivery)) = self.tasks.remove(&err.id()) {
+                    if let Some(lane) = self.lanes.get_mut(&target) {
+                        lane.inflight = lane.inflight.saturating_sub(1);
+                    }
+                    if err.is_cancelled() {
+                        self.release.push(delivery);
+                        return;
+                    }
                 }
                 tracing::error!(error = %err, "webhook attempt task failed");
             }
@@ -524,8 +533,9 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
         results.len()
     }
 
-    /// Delivers until `stop` resolves, then gives back what it has not started, lets in-flight
-    /// attempts finish (each is bounded by the client's timeout) and records them.
+    /// Delivers until `stop` resolves, then for [`WorkerConfig::stop_flush`] at most: until
+    /// nothing due is left, or past that time, cuts short what is still in flight. Then gives
+    /// back what it has not started and records what finished.
     pub async fn run(&self, stop: impl Future<Output = ()>) {
         tokio::pin!(stop);
         let cap = self.per_target();
@@ -548,6 +558,10 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
         let mut look_at: Option<Instant> = None;
         let mut stats_at: Option<Instant> = None;
         let mut stopping = false;
+        // Set when told to stop: deliver what is due until then.
+        let mut flush_until: Option<Instant> = None;
+        // The latest lease found nothing to deliver.
+        let mut dry = false;
         tracing::info!(owner = %self.config.owner, "webhook worker started");
         loop {
             if !stopping {
@@ -555,9 +569,9 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
                     let Some(queued) = pipe.next_start(&mut cursor) else {
                         break;
                     };
-                    let target = queued.delivery.target;
+                    let attempt = (queued.delivery.target, queued.delivery.id);
                     let id = self.spawn(&mut attempts, queued.delivery);
-                    pipe.tasks.insert(id, target);
+                    pipe.tasks.insert(id, attempt);
                 }
             }
             if recording.is_none() && (!pipe.unrecorded.is_empty() || !pipe.release.is_empty()) {
@@ -587,6 +601,30 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
                     leasing = Some(Box::pin(self.lease_job(bite, pipe.target_caps(cap), stats)));
                 }
             }
+            if let Some(until) = flush_until.filter(|_| !stopping) {
+                let drained = dry
+                    && !look
+                    && leasing.is_none()
+                    && recording.is_none()
+                    && attempts.is_empty()
+                    && pipe.lanes.values().all(|lane| lane.queue.is_empty());
+                let late = Instant::now() >= until;
+                if drained || late {
+                    stopping = true;
+                    if late && !attempts.is_empty() {
+                        tracing::warn!(
+                            inflight = attempts.len(),
+                            "webhook flush time over: cutting attempts short"
+                        );
+                        attempts.abort_all();
+                    }
+                    for lane in pipe.lanes.values_mut() {
+                        pipe.release
+                            .extend(lane.queue.drain(..).map(|q| q.delivery.id));
+                    }
+                    continue;
+                }
+            }
             if stopping && attempts.is_empty() && leasing.is_none() && recording.is_none() {
                 if pipe.unrecorded.is_empty() && pipe.release.is_empty() {
                     break;
@@ -594,15 +632,18 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
                 continue;
             }
             let timer = tokio::time::sleep_until(look_at.unwrap_or_else(Instant::now).into());
+            let flush_over =
+                tokio::time::sleep_until(flush_until.unwrap_or_else(Instant::now).into());
             tokio::select! {
                 biased;
-                () = &mut stop, if !stopping => {
-                    stopping = true;
+                () = &mut stop, if flush_until.is_none() && !stopping => {
                     tracing::info!(inflight = attempts.len(), "webhook worker stopping");
-                    for lane in pipe.lanes.values_mut() {
-                        pipe.release.extend(lane.queue.drain(..).map(|q| q.delivery.id));
-                    }
+                    // One more look, so what was written just before the stop goes out too.
+                    flush_until = Some(Instant::now() + self.config.stop_flush);
+                    look = true;
+                    dry = false;
                 }
+                () = flush_over, if flush_until.is_some() && !stopping => {}
                 Some(joined) = attempts.join_next_with_id(), if !attempts.is_empty() => {
                     pipe.joined(joined, cap);
                     // Take whatever else finished too, so one write carries it all.
@@ -619,6 +660,7 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
                 leased = finish(&mut leasing), if leasing.is_some() => {
                     leasing = None;
                     let got = leased.deliveries.len();
+                    dry = got == 0;
                     if stopping {
                         pipe.release.extend(leased.deliveries.iter().map(|d| d.id));
                     } else {

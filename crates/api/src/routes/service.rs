@@ -13,10 +13,14 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: the database answers and every speech engine the agents need can start (or was
-/// declared optional; those down are listed as `degraded`).
+/// Readiness: the node is not stopping, the database answers and every speech engine the
+/// agents need can start (or was declared optional; those down are listed as `degraded`).
 #[utoipa::path(get, path = "/readyz", tag = "service", responses((status = 200, body = Object), (status = 503, description = "not ready; the reason in the error shape", body = crate::openapi::ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
+    // Before the database: a stopping node answers at once, however busy its store is.
+    if state.readiness.stopping() {
+        return crate::error::ApiError::NotReady("shutting down".into()).into_response();
+    }
     if let Err(e) = state.store.ping().await {
         tracing::warn!(error = %e, "not ready");
         return crate::error::ApiError::Unavailable("database unavailable").into_response();

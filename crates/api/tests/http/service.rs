@@ -183,3 +183,29 @@ async fn an_engine_the_agents_need_that_cannot_start_makes_the_node_unready_unle
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_stopping_node_answers_readyz_503_while_it_still_serves_requests() {
+    let app = TestApp::spawn().await;
+    assert_eq!(
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    app.readiness.begin_stop();
+    let r = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let e = body(r).await;
+    assert_eq!(
+        (e["error"]["type"].as_str(), e["error"]["message"].as_str()),
+        (Some("internal_error"), Some("shutting down")),
+        "the error shape: {e}"
+    );
+    // Liveness is unchanged: the process answers, it just wants no new work.
+    let r = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
