@@ -104,6 +104,38 @@ pub fn declare_edge_responses(doc: &mut utoipa::openapi::OpenApi) {
                     .entry(code.to_string())
                     .or_insert_with(|| error(description).into());
             }
+            for p in op.parameters.iter_mut().flatten() {
+                if let Some(schema) = parameter_bounds(&p.name) {
+                    p.schema = Some(schema.into());
+                }
+            }
         }
+    }
+}
+
+/// The bounds the handlers enforce on their parameters (`input::page`, `input::positive_id`,
+/// E.164 numbers), written into the document so a client or a schema fuzzer knows them: a
+/// bare `integer` says `limit=0` or `agent_id=-1` is fine when the API answers 400.
+fn parameter_bounds(name: &str) -> Option<utoipa::openapi::schema::Object> {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    let integer = |min: i64, max: i64| {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(min))
+            .maximum(Some(max))
+            .build()
+    };
+    match name {
+        "limit" => Some(integer(1, i64::from(crate::input::MAX_LIMIT))),
+        "offset" => Some(integer(0, i64::MAX)),
+        "number" => Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^\+[1-9][0-9]{7,14}$"))
+                .build(),
+        ),
+        n if n.ends_with("_id") && n != "conversation_id" => Some(integer(1, i64::MAX)),
+        _ => None,
     }
 }

@@ -542,9 +542,19 @@ pub async fn test_webhook_target(
 }
 
 /// The delivery log, newest first, each delivery with its attempts.
+/// The `status` filter's values, for the API description (parsed by `DeliveryStatus::parse`).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum DeliveryStatusQuery {
+    Pending,
+    Delivered,
+    Failed,
+}
+
 #[utoipa::path(get, path = "/v1/webhook-deliveries", tag = "webhooks",
     params(("conversation_id" = Option<String>, Query), ("webhook_target_id" = Option<i64>, Query),
-        ("status" = Option<String>, Query, description = "pending, delivered or failed"),
+        ("status" = Option<DeliveryStatusQuery>, Query, description = "pending, delivered or failed"),
         ("limit" = Option<u32>, Query), ("offset" = Option<u64>, Query)),
     responses((status = 200, body = DeliveryList), (status = 400, body = crate::openapi::ErrorBody)),
     security(("bearer" = [])))]

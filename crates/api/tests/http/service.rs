@@ -90,6 +90,27 @@ async fn probes_metrics_and_openapi() {
         }
     }
     assert!(operations >= 30, "{operations} operations");
+    // The bounds the API enforces are in the document: a generated client or a schema fuzzer
+    // does not send `limit=0` or `agent_id=-1` and expect a 200.
+    let param = |path: &str, name: &str| {
+        doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let limit = param("/v1/conversations", "limit");
+    assert_eq!(
+        (&limit["schema"]["minimum"], &limit["schema"]["maximum"]),
+        (&serde_json::json!(1), &serde_json::json!(100))
+    );
+    assert_eq!(param("/v1/conversations", "offset")["schema"]["minimum"], 0);
+    assert_eq!(
+        param("/v1/agents/{agent_id}", "agent_id")["schema"]["minimum"],
+        1
+    );
 }
 
 #[tokio::test]
