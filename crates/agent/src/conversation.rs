@@ -223,7 +223,12 @@ struct Awaiting {
 }
 
 struct Driver {
-    s: Session,
+    tts: Arc<dyn TextToSpeech>,
+    stt: Arc<dyn SpeechToText>,
+    voice: Option<String>,
+    answered_at: Instant,
+    answered_at_ms: i64,
+    timing: Timing,
     /// The brain, or `None` while a turn is with it: its model is asked on a task of its own so
     /// that audio keeps flowing (barge-in, echo, the clock) however slow the model is.
     brain: Option<Box<dyn Brain>>,
@@ -276,18 +281,33 @@ async fn run(
         outbound,
     } = media;
     let (tx, mut rx) = mpsc::channel(64);
-    let deadline = session.answered_at + session.timing.max_duration;
-    let mut session = session;
-    let mut brain = std::mem::replace(&mut session.brain, Box::new(Absent::default()));
+    let Session {
+        trace_id: _,
+        mut brain,
+        tts,
+        stt,
+        voice,
+        disclosure,
+        opening,
+        answered_at,
+        answered_at_ms,
+        timing,
+    } = session;
+    let deadline = answered_at + timing.max_duration;
     let start = brain.start();
     let mut d = Driver {
         phrases: brain.expected_phrases(),
         brain: Some(brain),
-        vad: Vad::new(session.timing.vad_threshold),
+        vad: Vad::new(timing.vad_threshold),
         echo: media::echo::EchoGate::new(media::echo::EchoConfig::default(), FRAME_MS as u32),
-        turns: TurnTaker::new(session.timing.turn),
-        last_speech_at: session.answered_at,
-        s: session,
+        turns: TurnTaker::new(timing.turn),
+        last_speech_at: answered_at,
+        tts,
+        stt,
+        voice,
+        answered_at,
+        answered_at_ms,
+        timing,
         control,
         outbound,
         tx,
@@ -310,8 +330,8 @@ async fn run(
         timings: Vec::new(),
         first_word: None,
     };
-    let disclosure = d.s.disclosure.take().map(|line| (line, true));
-    let opening = d.s.opening.take().map(|line| (line, false));
+    let disclosure = disclosure.map(|line| (line, true));
+    let opening = opening.map(|line| (line, false));
     for (line, uncut) in disclosure.into_iter().chain(opening) {
         d.queue.push_back(Line {
             text: line.text,
@@ -333,10 +353,10 @@ async fn run(
         tokio::select! {
             biased;
             frame = inbound.recv() => match frame {
-                Some(frame) => d.tick(frame).await,
+                Some(frame) => d.tick(frame),
                 None => break EndedBy::CalleeHungUp,
             },
-            Some(msg) = rx.recv() => d.internal(msg).await,
+            Some(msg) = rx.recv() => d.internal(msg),
             () = tokio::time::sleep_until(deadline) => {
                 let _ = d.control.send(CallControl::Hangup).await;
                 break EndedBy::MaxDuration;
@@ -376,34 +396,9 @@ async fn run(
 /// 20 s turn limit).
 const BRAIN_RETURN: Duration = Duration::from_secs(25);
 
-/// Stands in the session for the brain the driver took out of it; never asked anything.
-#[derive(Default)]
-struct Absent {
-    results: serde_json::Map<String, serde_json::Value>,
-}
-
-#[async_trait::async_trait]
-impl Brain for Absent {
-    fn start(&mut self) -> Reply {
-        Reply::default()
-    }
-    async fn hear(&mut self, _heard: &str) -> Result<Reply, crate::brain::BrainError> {
-        Ok(Reply::default())
-    }
-    fn expected_phrases(&self) -> Vec<String> {
-        Vec::new()
-    }
-    fn results(&self) -> &serde_json::Map<String, serde_json::Value> {
-        &self.results
-    }
-}
-
 impl Driver {
     fn now_ms(&self) -> i64 {
-        self.s.answered_at_ms
-            + Instant::now()
-                .duration_since(self.s.answered_at)
-                .as_millis() as i64
+        self.answered_at_ms + Instant::now().duration_since(self.answered_at).as_millis() as i64
     }
 
     fn agent_talking(&self) -> bool {
@@ -421,7 +416,7 @@ impl Driver {
     }
 
     /// One inbound frame: the clock of the conversation.
-    async fn tick(&mut self, frame: AudioFrame) {
+    fn tick(&mut self, frame: AudioFrame) {
         self.frame_no += 1;
         self.ahead = self.ahead.saturating_sub(1);
         if self.ending && !self.agent_talking() && self.synth_pending == 0 && self.queue.is_empty()
@@ -446,7 +441,7 @@ impl Driver {
             self.utterance_started_ms =
                 self.now_ms() - (self.preroll.len() as i64 * FRAME_MS as i64);
             let phrases = self.phrases.clone();
-            let mut rec = match self.s.stt.stream(&phrases) {
+            let mut rec = match self.stt.stream(&phrases) {
                 Some(stream) => Recognition::Streaming(stream),
                 None => Recognition::Buffered(Vec::new(), phrases),
             };
@@ -516,7 +511,7 @@ impl Driver {
                     }
                     None => {}
                 }
-                self.respond_if_ready().await;
+                self.respond_if_ready();
             }
             TurnEvent::Dropped => self.utterance += 1,
         }
@@ -531,7 +526,7 @@ impl Driver {
 
     /// Transcribes a whole utterance (engines that do not stream).
     fn transcribe(&mut self, audio: Vec<i16>, phrases: Vec<String>) {
-        let stt = self.s.stt.clone();
+        let stt = self.stt.clone();
         let utterance = self.utterance;
         self.stt_inflight = Some(utterance);
         self.report_heard(
@@ -567,7 +562,7 @@ impl Driver {
         );
     }
 
-    async fn internal(&mut self, msg: Internal) {
+    fn internal(&mut self, msg: Internal) {
         match msg {
             Internal::Heard {
                 utterance,
@@ -587,7 +582,7 @@ impl Driver {
                         took,
                         at: Instant::now(),
                     });
-                    self.respond_if_ready().await;
+                    self.respond_if_ready();
                 }
             }
             Internal::Spoken {
@@ -634,14 +629,14 @@ impl Driver {
                     }
                 }
                 // The caller may have finished another turn while the brain was busy.
-                self.respond_if_ready().await;
+                self.respond_if_ready();
             }
         }
     }
 
     /// The turn ended and its transcription is in: hand it to the brain (once the brain is back
     /// from the previous turn) and speak each line of its reply as soon as it is known.
-    async fn respond_if_ready(&mut self) {
+    fn respond_if_ready(&mut self) {
         let Some(Awaiting {
             utterance,
             speech_end_at,
@@ -720,8 +715,8 @@ impl Driver {
         mark: Option<(TurnMark, Instant)>,
     ) {
         self.synth_pending += 1;
-        let tts = self.s.tts.clone();
-        let voice = self.s.voice.clone();
+        let tts = self.tts.clone();
+        let voice = self.voice.clone();
         let tx = self.tx.clone();
         let id = self.reply;
         let ending = self.ending;
@@ -761,7 +756,7 @@ impl Driver {
 
     /// Queues agent audio up to `lead_frames` ahead of playout.
     fn fill(&mut self) {
-        while self.ahead < self.s.timing.lead_frames {
+        while self.ahead < self.timing.lead_frames {
             if self.current.is_none() {
                 let Some(mut line) = self.queue.pop_front() else {
                     return;
@@ -784,8 +779,7 @@ impl Driver {
             let now = Instant::now();
             if line.sent == 0 {
                 if self.first_word.is_none() {
-                    self.first_word =
-                        Some(now.duration_since(self.s.answered_at).as_millis() as u64);
+                    self.first_word = Some(now.duration_since(self.answered_at).as_millis() as u64);
                 }
                 if let Some(m) = line.mark.take() {
                     let after_end = now.duration_since(m.ended_at);
