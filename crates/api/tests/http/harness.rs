@@ -118,6 +118,11 @@ impl TestApp {
             .unwrap()
     }
 
+    /// A request without a key (probes, metrics, the API description).
+    pub async fn get_public(&self, path: &str) -> Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
     pub async fn get(&self, t: &Tenant, path: &str) -> Response {
         self.client
             .get(self.url(path))

@@ -6,39 +6,15 @@ async fn probes_metrics_and_openapi() {
     let app = TestApp::spawn().await;
     let t = app.tenant("acme").await;
     let agent = app.agent(&t, "+918035739222").await;
-    assert_eq!(
-        app.client
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
-    assert_eq!(
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(app.get_public("/healthz").await.status(), StatusCode::OK);
+    assert_eq!(app.get_public("/readyz").await.status(), StatusCode::OK);
     assert_eq!(
         app.post(&t, "/v1/call", &call(agent, &phone(1)))
             .await
             .status(),
         200
     );
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.get_public("/metrics").await.text().await.unwrap();
     assert!(
         metrics.contains(
             "outdial_http_requests_total{route=\"/v1/call\",method=\"POST\",status=\"200\"}"
@@ -48,14 +24,7 @@ async fn probes_metrics_and_openapi() {
     assert!(metrics.contains("outdial_http_request_duration_seconds_bucket{route=\"/v1/call\""));
     assert!(metrics.contains("outdial_calls_accepted_total{status=\"initiated\"}"));
 
-    let doc = body(
-        app.client
-            .get(app.url("/openapi.json"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let doc = body(app.get_public("/openapi.json").await).await;
     for path in [
         "/v1/call",
         "/v1/conversations",
@@ -119,7 +88,7 @@ async fn a_database_failure_is_a_500_naming_the_trace_id_and_nothing_internal() 
     let t = app.tenant("acme").await;
     let agent = app.agent(&t, "+918035739222").await;
     // Authentication needs the database too, so break only the write path: close the store.
-    let r = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let r = app.get_public("/readyz").await;
     assert_eq!(r.status(), 200);
     app.store.close().await;
     let r = app.post(&t, "/v1/call", &call(agent, &phone(1))).await;
@@ -136,7 +105,7 @@ async fn a_database_failure_is_a_500_naming_the_trace_id_and_nothing_internal() 
         !msg.to_lowercase().contains("sql") && !msg.contains("pool"),
         "{msg}"
     );
-    let r = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let r = app.get_public("/readyz").await;
     assert_eq!(r.status(), 503);
     let e = body(r).await;
     assert_eq!(
@@ -150,7 +119,6 @@ async fn a_database_failure_is_a_500_naming_the_trace_id_and_nothing_internal() 
 async fn an_engine_the_agents_need_that_cannot_start_makes_the_node_unready_unless_optional() {
     use api::readiness::EngineState;
     let app = TestApp::spawn().await;
-    let get = |path: &'static str| app.client.get(app.url(path)).send();
     let engine = |required, optional, ready| EngineState {
         kind: "speech-to-text",
         required,
@@ -159,11 +127,11 @@ async fn an_engine_the_agents_need_that_cannot_start_makes_the_node_unready_unle
     };
     // Installed nowhere, but no agent uses it: still ready.
     app.readiness.set("whisper", engine(false, false, false));
-    assert_eq!(get("/readyz").await.unwrap().status(), 200);
+    assert_eq!(app.get_public("/readyz").await.status(), 200);
 
     app.readiness
         .set("pocketsphinx", engine(true, false, false));
-    let r = get("/readyz").await.unwrap();
+    let r = app.get_public("/readyz").await;
     assert_eq!(r.status(), 503);
     let e = body(r).await;
     assert_eq!(
@@ -176,7 +144,7 @@ async fn an_engine_the_agents_need_that_cannot_start_makes_the_node_unready_unle
         ),
         "the error shape: {e}"
     );
-    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    let metrics = app.get_public("/metrics").await.text().await.unwrap();
     assert!(
         metrics.contains("outdial_engine_ready{engine=\"pocketsphinx\"} 0"),
         "{metrics}"
@@ -188,7 +156,7 @@ async fn an_engine_the_agents_need_that_cannot_start_makes_the_node_unready_unle
 
     // Declared optional: ready, and the answer says what is missing.
     app.readiness.set("pocketsphinx", engine(true, true, false));
-    let r = get("/readyz").await.unwrap();
+    let r = app.get_public("/readyz").await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         body(r).await,
@@ -196,9 +164,9 @@ async fn an_engine_the_agents_need_that_cannot_start_makes_the_node_unready_unle
     );
 
     app.readiness.set("pocketsphinx", engine(true, false, true));
-    let r = get("/readyz").await.unwrap();
+    let r = app.get_public("/readyz").await;
     assert_eq!(body(r).await, serde_json::json!({"status": "ready"}));
-    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    let metrics = app.get_public("/metrics").await.text().await.unwrap();
     assert!(
         metrics.contains("outdial_engine_ready{engine=\"pocketsphinx\"} 1"),
         "{metrics}"
@@ -208,17 +176,9 @@ async fn an_engine_the_agents_need_that_cannot_start_makes_the_node_unready_unle
 #[tokio::test]
 async fn a_stopping_node_answers_readyz_503_while_it_still_serves_requests() {
     let app = TestApp::spawn().await;
-    assert_eq!(
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.get_public("/readyz").await.status(), 200);
     app.readiness.begin_stop();
-    let r = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let r = app.get_public("/readyz").await;
     assert_eq!(r.status(), 503);
     let e = body(r).await;
     assert_eq!(
@@ -227,6 +187,6 @@ async fn a_stopping_node_answers_readyz_503_while_it_still_serves_requests() {
         "the error shape: {e}"
     );
     // Liveness is unchanged: the process answers, it just wants no new work.
-    let r = app.client.get(app.url("/healthz")).send().await.unwrap();
+    let r = app.get_public("/healthz").await;
     assert_eq!(r.status(), 200);
 }
