@@ -74,11 +74,9 @@ pub fn voice(engine: &str, tag: &str) -> Option<&'static str> {
         "espeak-ng" => ESPEAK_VOICES
             .iter()
             .find(|(l, _)| l.eq_ignore_ascii_case(tag))
-            .or_else(|| {
-                // Another English (`en-GB`, `en-AU`): espeak-ng's own English.
-                covers(&["en"], tag).then_some(&("en", "en"))
-            })
-            .map(|(_, v)| *v),
+            .map(|(_, v)| *v)
+            // Another English (`en-GB`, `en-AU`): espeak-ng's own English.
+            .or_else(|| covers(&["en"], tag).then_some("en")),
         "piper" => covers(PIPER_LANGUAGES, tag).then_some(""),
         _ => None,
     }
