@@ -359,37 +359,58 @@ impl Sipp {
 
     /// Distinct dial attempts (INVITE Call-IDs) per destination number, from SIPp's own log.
     pub fn invites_per_number(&self) -> std::collections::HashMap<String, usize> {
+        let mut seen: std::collections::HashMap<String, std::collections::HashSet<String>> =
+            Default::default();
+        for (uri, call_id) in self.requests("INVITE") {
+            let Some(number) = uri
+                .strip_prefix("sip:+")
+                .map(|n| n.split('@').next().unwrap_or(""))
+            else {
+                continue;
+            };
+            seen.entry(format!("+{number}"))
+                .or_default()
+                .insert(call_id);
+        }
+        seen.into_iter().map(|(k, v)| (k, v.len())).collect()
+    }
+
+    /// The distinct calls (Call-IDs) that received a `method` request, retransmissions counted
+    /// once.
+    pub fn calls_with(&self, method: &str) -> std::collections::HashSet<String> {
+        self.requests(method)
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect()
+    }
+
+    /// Every `method` request in SIPp's log: its request URI and Call-ID.
+    fn requests(&self, method: &str) -> Vec<(String, String)> {
         // SIPp creates its trace at start: one that cannot be read is a broken test, not a
         // callee that was never dialled.
         let log = std::fs::read_to_string(&self.trace)
             .unwrap_or_else(|e| panic!("SIPp's trace {}: {e}", self.trace.display()));
-        let mut seen: std::collections::HashMap<String, std::collections::HashSet<String>> =
-            Default::default();
-        for msg in log.split("----------------------------------------------- ") {
-            let Some(start) = msg.find("INVITE sip:") else {
-                continue;
-            };
-            let invite = &msg[start..];
-            if !invite.starts_with("INVITE sip:+") {
-                continue;
-            }
-            let number = invite["INVITE sip:".len()..]
-                .split('@')
-                .next()
-                .unwrap_or("")
-                .to_string();
-            let call_id = invite
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("Call-ID:")
-                        .or_else(|| l.strip_prefix("Call-Id:"))
-                })
-                .unwrap_or("")
-                .trim()
-                .to_string();
-            seen.entry(number).or_default().insert(call_id);
-        }
-        seen.into_iter().map(|(k, v)| (k, v.len())).collect()
+        let line_start = format!("{method} sip:");
+        log.split("----------------------------------------------- ")
+            .filter_map(|msg| {
+                let request = &msg[msg.find(&line_start)?..];
+                let uri = request[method.len() + 1..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                let call_id = request
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix("Call-ID:")
+                            .or_else(|| l.strip_prefix("Call-Id:"))
+                    })
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                Some((uri, call_id))
+            })
+            .collect()
     }
 }
 
