@@ -7,13 +7,15 @@
 //! that lead, what the callee has heard: a barge-in stops the agent by flushing at most those
 //! frames, and the transcript records only what was played.
 
+use crate::amd::{Amd, AmdConfig, Cue, GreetingEnd};
 use crate::brain::{Brain, Reply};
 use crate::stt::{SpeechToText, SttStream, Transcript};
 use crate::tts::TextToSpeech;
 use crate::turn::{TurnConfig, TurnEvent, TurnTaker, FRAME_MS};
 use crate::vad::Vad;
-use domain::call::{Speaker, TranscriptItem};
-use domain::telephony::{AudioFrame, CallControl, MediaStream, FRAME_SAMPLES};
+use domain::call::{AnsweredBy, Speaker, TranscriptItem};
+use domain::telephony::{AudioFrame, CallControl, MediaStream, FRAME_SAMPLES, SAMPLE_RATE};
+use media::tone::{ToneConfig, ToneDetector, ToneEvent};
 use serde_json::{Map, Value};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -84,7 +86,19 @@ pub struct Session {
     /// The same moment on the wall clock (ms since the epoch), for transcript timestamps.
     pub answered_at_ms: i64,
     pub timing: Timing,
+    /// Answering-machine detection; `None`: off (the call is `answered_by: unknown`).
+    pub voicemail: Option<VoicemailPlan>,
 }
+
+/// What a machine-answered call does.
+#[derive(Debug, Clone, Default)]
+pub struct VoicemailPlan {
+    /// Said once the greeting is over (rendered); `None`: hang up at once.
+    pub message: Option<String>,
+}
+
+/// `results.voicemail` of a machine-answered call.
+pub const VOICEMAIL_RESULT: &str = "voicemail";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndedBy {
@@ -120,6 +134,8 @@ pub struct ConversationOutcome {
     pub answer_to_first_word_ms: Option<u64>,
     /// The brain's stage when the conversation ended.
     pub stage_id: Option<String>,
+    /// Who picked up: the detector's verdict, `unknown` when it had none.
+    pub answered_by: AnsweredBy,
 }
 
 impl ConversationOutcome {
@@ -265,6 +281,19 @@ struct Driver {
     transcript: Vec<TranscriptItem>,
     timings: Vec<TurnTiming>,
     first_word: Option<u64>,
+    /// Listening for a machine (after another verdict, for a beep that revises it; after a
+    /// machine, for the end of its greeting); `None` when detection is off.
+    amd: Option<Amd>,
+    beeps: ToneDetector,
+    answered_by: AnsweredBy,
+    /// The message to leave on a machine, until it is queued.
+    machine_message: Option<String>,
+    /// A machine answered: waiting for its greeting to end before the message plays.
+    greeting: Option<GreetingEnd>,
+    /// Agent audio is held back (the machine's greeting is still going).
+    hold: bool,
+    /// A machine answered and the message was played to its end.
+    message_left: bool,
 }
 
 const PREROLL_FRAMES: usize = 10;
@@ -292,6 +321,7 @@ async fn run(
         answered_at,
         answered_at_ms,
         timing,
+        voicemail,
     } = session;
     let deadline = answered_at + timing.max_duration;
     let start = brain.start();
@@ -329,6 +359,15 @@ async fn run(
         transcript: Vec::new(),
         timings: Vec::new(),
         first_word: None,
+        amd: voicemail
+            .as_ref()
+            .map(|_| Amd::new(AmdConfig::default(), FRAME_MS)),
+        beeps: ToneDetector::new(ToneConfig::default(), SAMPLE_RATE, FRAME_MS as u32),
+        answered_by: AnsweredBy::Unknown,
+        machine_message: voicemail.and_then(|v| v.message),
+        greeting: None,
+        hold: false,
+        message_left: false,
     };
     let disclosure = disclosure.map(|line| (line, true));
     let opening = opening.map(|line| (line, false));
@@ -377,11 +416,15 @@ async fn run(
         }
     }
     tracing::info!(?ended_by, turns = d.timings.len(), "conversation over");
-    let (results, stage_id) = d
+    let (mut results, stage_id) = d
         .brain
         .as_ref()
         .map(|b| (b.results().clone(), b.stage_id()))
         .unwrap_or_default();
+    if d.answered_by == AnsweredBy::Machine {
+        let left = if d.message_left { "left" } else { "hung_up" };
+        results.insert(VOICEMAIL_RESULT.into(), left.into());
+    }
     ConversationOutcome {
         transcript: d.transcript,
         results,
@@ -389,6 +432,7 @@ async fn run(
         turns: d.timings,
         answer_to_first_word_ms: d.first_word,
         stage_id,
+        answered_by: d.answered_by,
     }
 }
 
@@ -431,6 +475,8 @@ impl Driver {
         if speech {
             self.last_speech_at = Instant::now();
         }
+        let tone = self.beeps.frame(&frame);
+        self.listen_for_machine(&frame, speech, tone);
         let was_in = self.turns.in_utterance();
         let event = self
             .turns
@@ -648,6 +694,12 @@ impl Driver {
         if self.brain.is_none() || self.heard.as_ref().is_none_or(|h| h.utterance != utterance) {
             return;
         }
+        if self.answered_by == AnsweredBy::Machine {
+            // The greeting's words are not a turn to answer.
+            self.awaiting = None;
+            self.heard = None;
+            return;
+        }
         let (Some(heard), Some(mut brain)) = (self.heard.take(), self.brain.take()) else {
             return;
         };
@@ -758,6 +810,9 @@ impl Driver {
     fn fill(&mut self) {
         while self.ahead < self.timing.lead_frames {
             if self.current.is_none() {
+                if self.hold {
+                    return;
+                }
                 let Some(mut line) = self.queue.pop_front() else {
                     return;
                 };
@@ -797,6 +852,7 @@ impl Driver {
             line.sent = end;
             self.ahead += 1;
             if line.sent >= line.audio.len() {
+                self.message_left |= self.greeting.is_some();
                 if let Some(line) = self.current.take() {
                     self.transcript.push(TranscriptItem {
                         role: Speaker::Agent,
@@ -805,6 +861,60 @@ impl Driver {
                     });
                 }
             }
+        }
+    }
+
+    /// Answering-machine detection on one inbound frame (`speech`: the VAD's, echo taken out),
+    /// then, on a machine, the wait for its greeting to end.
+    fn listen_for_machine(&mut self, frame: &[i16], speech: bool, tone: Option<ToneEvent>) {
+        let at_ms = self.frame_no * FRAME_MS;
+        if let Some(greeting) = self.greeting.as_mut() {
+            let beep_ended = matches!(tone, Some(ToneEvent::Ended { .. }));
+            let heard = self.amd.as_mut().map_or(speech, |a| a.heard(frame, speech));
+            let sound = heard || self.beeps.in_tone();
+            if greeting.frame(at_ms, sound, beep_ended) && self.hold {
+                tracing::info!(
+                    at_ms,
+                    beep_ended,
+                    "the greeting is over: leaving the message"
+                );
+                self.hold = false;
+                self.fill();
+            }
+            return;
+        }
+        let Some(amd) = self.amd.as_mut() else {
+            return;
+        };
+        let beep = matches!(tone, Some(ToneEvent::Started { .. }));
+        let Some((verdict, cue)) = amd.frame(at_ms, frame, speech, beep) else {
+            return;
+        };
+        self.answered_by = verdict;
+        tracing::info!(answered_by = verdict.as_str(), ?cue, at_ms, "who answered");
+        if verdict != AnsweredBy::Machine {
+            // Still listening: a beep later on is a machine after all.
+            return;
+        }
+        // Nothing more is said to the machine but the message, and nothing it says is a turn.
+        let _ = self.control.try_send(CallControl::FlushAudio);
+        self.stop_talking();
+        self.ending = true;
+        self.awaiting = None;
+        self.heard = None;
+        if let Some(message) = self.machine_message.take() {
+            let mut greeting = GreetingEnd::new(at_ms, GreetingEnd::QUIET_MS, GreetingEnd::MAX_MS);
+            // The beep that decided it may still be sounding: its end is the greeting's end.
+            greeting.frame(at_ms, cue == Cue::Beep || speech, false);
+            self.greeting = Some(greeting);
+            self.hold = true;
+            self.speak(
+                Reply {
+                    say: vec![message],
+                    end: true,
+                },
+                None,
+            );
         }
     }
 

@@ -3,6 +3,7 @@
 //! text-to-speech engines behind traits so offline engines are the default and cloud ones plug
 //! in. [`converse`] runs one answered call.
 
+pub mod amd;
 pub mod brain;
 pub mod conversation;
 pub mod deepgram;
@@ -21,7 +22,7 @@ pub mod whisper;
 
 pub use brain::{Brain, BrainError, Reply};
 pub use conversation::{
-    converse, ConversationOutcome, EndedBy, Opening, Session, Timing, TurnTiming,
+    converse, ConversationOutcome, EndedBy, Opening, Session, Timing, TurnTiming, VoicemailPlan,
 };
 pub use deepgram::{Deepgram, DeepgramConfig};
 pub use engines::{

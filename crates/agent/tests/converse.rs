@@ -6,11 +6,11 @@ mod tone_tts;
 
 use agent::{
     converse, ConversationOutcome, EndedBy, EspeakNg, FlowBrain, Opening, Session, SpeechToText,
-    SttError, TextToSpeech, Timing, Transcript,
+    SttError, TextToSpeech, Timing, Transcript, VoicemailPlan,
 };
 use async_trait::async_trait;
 use domain::agent::AgentConfig;
-use domain::call::Parameter;
+use domain::call::{AnsweredBy, Parameter};
 use domain::telephony::{CallControl, MediaStream};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
@@ -73,6 +73,18 @@ async fn run(
     call_for: Duration,
     heard: &str,
 ) -> Run {
+    run_with(opening, caller, caller_at, call_for, heard, None).await
+}
+
+/// `run` with answering-machine detection as `voicemail` says.
+async fn run_with(
+    opening: &str,
+    caller: Vec<i16>,
+    caller_at: Duration,
+    call_for: Duration,
+    heard: &str,
+    voicemail: Option<VoicemailPlan>,
+) -> Run {
     tokio::time::pause();
     let (in_tx, inbound) = mpsc::channel(50);
     let (outbound, mut out_rx) = mpsc::channel::<Vec<i16>>(500);
@@ -97,6 +109,7 @@ async fn run(
         answered_at: answered,
         answered_at_ms: 1_000_000,
         timing: Timing::default(),
+        voicemail,
     };
     // The telephony adapter: one frame in and one frame out per 20 ms tick; FlushAudio drops
     // what is queued; Hangup ends the call.
@@ -283,4 +296,152 @@ async fn the_callee_hanging_up_mid_line_ends_at_once_with_what_was_played() {
         "{l:?}"
     );
     assert!(r.controls.is_empty());
+}
+
+const GREETING: &str = "Hi, you have reached Priya. I cannot take your call right now. Please leave your name and number after the tone.";
+const MESSAGE: &str = "Hi Rahul, this is Acme about your invoice. Please call us back.";
+
+/// A voicemail greeting in espeak-ng's voice, then `beep_after` of quiet and a 1 kHz beep of
+/// 0.5 s (none when `None`); and where the beep ends (or the greeting's last word).
+async fn machine(beep_after: Option<Duration>) -> (Vec<i16>, Duration) {
+    let mut audio = EspeakNg::default()
+        .synthesize(GREETING, Some("en-gb"))
+        .await
+        .expect("espeak-ng must be installed");
+    if let Some(gap) = beep_after {
+        audio.extend(vec![0i16; (gap.as_millis() * 16) as usize]);
+        audio.extend((0..8000).map(|i| {
+            let t = f64::from(i) / 16_000.0;
+            (9000.0 * (2.0 * std::f64::consts::PI * 1000.0 * t).sin()) as i16
+        }));
+    }
+    // The last sound, not espeak-ng's trailing silence.
+    let last = audio
+        .iter()
+        .rposition(|s| s.unsigned_abs() > 300)
+        .unwrap_or(audio.len());
+    (audio, Duration::from_millis(last as u64 / 16))
+}
+
+fn leave(message: Option<&str>) -> Option<VoicemailPlan> {
+    Some(VoicemailPlan {
+        message: message.map(str::to_string),
+    })
+}
+
+#[tokio::test]
+async fn a_machine_greeting_stops_the_agent_and_the_message_plays_after_the_beep() {
+    let caller_at = Duration::from_millis(400);
+    let (greeting, beep_end) = machine(Some(Duration::from_millis(600))).await;
+    let long =
+        "Hello Rahul, this is Asha calling from Acme about the invoice you received last week";
+    let r = run_with(
+        long,
+        greeting,
+        caller_at,
+        Duration::from_secs(30),
+        "hi you have reached priya",
+        leave(Some(MESSAGE)),
+    )
+    .await;
+    let o = &r.outcome;
+    assert_eq!(o.answered_by, AnsweredBy::Machine);
+    assert_eq!(o.results["voicemail"], "left", "{:?}", o.results);
+    assert_eq!(o.ended_by, EndedBy::AgentEnded);
+    // The opening was stopped as soon as the greeting was recognised as one...
+    let flush = r
+        .controls
+        .iter()
+        .find(|c| c.1 == CallControl::FlushAudio)
+        .expect("the agent stops talking")
+        .0;
+    assert!(flush < caller_at + Duration::from_secs(3), "{flush:?}");
+    let l = lines(o);
+    assert!(l[0].1.ends_with('…'), "{l:?}");
+    // ...nothing was answered to it, and the message is the last line, whole.
+    assert_eq!(l.last(), Some(&("agent".into(), MESSAGE.into())), "{l:?}");
+    assert!(!l.iter().any(|(_, m)| m.contains("Friday")), "{l:?}");
+    // The message started after the beep had ended, within a few frames of it.
+    let beep_end = caller_at + beep_end;
+    let message_start = r
+        .agent_audio
+        .iter()
+        .copied()
+        .find(|t| *t > flush + Duration::from_millis(100))
+        .expect("the message was played");
+    assert!(
+        message_start >= beep_end && message_start < beep_end + Duration::from_millis(200),
+        "message at {message_start:?}, beep ended at {beep_end:?}"
+    );
+    assert_eq!(r.controls.last().map(|c| &c.1), Some(&CallControl::Hangup));
+}
+
+#[tokio::test]
+async fn a_machine_without_a_beep_gets_the_message_once_its_greeting_is_quiet() {
+    let caller_at = Duration::from_millis(300);
+    let (greeting, end) = machine(None).await;
+    let r = run_with(
+        "Hello Rahul.",
+        greeting,
+        caller_at,
+        Duration::from_secs(30),
+        "hi",
+        leave(Some(MESSAGE)),
+    )
+    .await;
+    assert_eq!(r.outcome.answered_by, AnsweredBy::Machine);
+    assert_eq!(r.outcome.results["voicemail"], "left");
+    let end = caller_at + end;
+    let message_start = r
+        .agent_audio
+        .iter()
+        .copied()
+        .find(|t| *t > end)
+        .expect("the message was played");
+    // 1.5 s of quiet after the greeting's last word.
+    assert!(
+        message_start >= end + Duration::from_millis(1400)
+            && message_start < end + Duration::from_millis(2000),
+        "message at {message_start:?}, greeting ended at {end:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_machine_with_no_message_to_leave_is_hung_up_on_at_once() {
+    let caller_at = Duration::from_millis(300);
+    let (greeting, end) = machine(Some(Duration::from_millis(500))).await;
+    let r = run_with(
+        "Hello Rahul.",
+        greeting,
+        caller_at,
+        Duration::from_secs(30),
+        "hi",
+        leave(None),
+    )
+    .await;
+    assert_eq!(r.outcome.answered_by, AnsweredBy::Machine);
+    assert_eq!(r.outcome.results["voicemail"], "hung_up");
+    let hangup = r.controls.last().expect("hung up");
+    assert_eq!(hangup.1, CallControl::Hangup);
+    // Two seconds or so into the greeting, long before it ends.
+    assert!(hangup.0 < caller_at + Duration::from_secs(3), "{hangup:?}");
+    assert!(hangup.0 < caller_at + end, "{hangup:?}");
+}
+
+#[tokio::test]
+async fn a_person_who_says_yes_after_the_question_is_a_person_and_the_call_goes_on() {
+    let voice = caller_voice().await;
+    let r = run_with(
+        "Hello Rahul.",
+        voice,
+        Duration::from_millis(1600),
+        Duration::from_secs(10),
+        "yes i can pay by friday",
+        leave(Some(MESSAGE)),
+    )
+    .await;
+    assert_eq!(r.outcome.answered_by, AnsweredBy::Human);
+    assert_eq!(r.outcome.results["intent"], "payment_promise");
+    assert!(r.outcome.results.get("voicemail").is_none());
+    assert!(!lines(&r.outcome).iter().any(|(_, m)| m == MESSAGE));
 }

@@ -196,6 +196,7 @@ async fn call(callee: &Callee, stt: Arc<PocketSphinx>) -> (ConversationOutcome, 
                         max_duration: Duration::from_secs(30),
                         ..Timing::default()
                     },
+                    voicemail: None,
                 };
                 conversation = Some(tokio::spawn(converse(session, media, control.clone())));
             }

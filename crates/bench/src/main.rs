@@ -1,6 +1,7 @@
 //! `outdial-bench`: measurements behind docs/benchmarks.md. Every figure there comes from a
 //! command of this binary, run on the machine the document names.
 
+mod amd;
 mod batch;
 mod calls;
 mod dispatch;
@@ -38,6 +39,9 @@ enum Command {
     /// through each local recogniser and the flow brain's routes; intent accuracy, confusion
     /// matrix, "opposite intent" count and WER per engine.
     Understand(understand::Args),
+    /// Answering-machine detection on a generated corpus of machine greetings and people
+    /// answering: confusion matrix, people taken for machines, time to verdict.
+    Amd(amd::Args),
 }
 
 fn main() -> Result<()> {
@@ -52,5 +56,6 @@ fn main() -> Result<()> {
         Command::Dispatch(args) => rt.block_on(dispatch::run(args)),
         Command::Voice(args) => rt.block_on(voice::run(args)),
         Command::Understand(args) => rt.block_on(understand::run(args)),
+        Command::Amd(args) => rt.block_on(amd::run(args)),
     }
 }

@@ -168,6 +168,7 @@ fn event_of(
                 trace_id: "a1b2c3d4-e5f6-7890-abcd-ef1234567890".into(),
                 metadata: None,
                 batch_id: None,
+                answered_by: None,
             },
             results: Map::new(),
             retry: CallRetry {

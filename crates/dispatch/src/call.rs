@@ -18,6 +18,7 @@ struct Talk {
     results: Results,
     latency: Option<CallLatency>,
     stage_id: Option<String>,
+    answered_by: Option<domain::call::AnsweredBy>,
 }
 
 type Speech = tokio::task::JoinHandle<Result<Vec<i16>, agent::TtsError>>;
@@ -165,6 +166,12 @@ impl Dispatcher {
                         answered_at: tokio::time::Instant::now(),
                         answered_at_ms: at.0,
                         timing: agent::Timing::for_agent(agent),
+                        voicemail: agent.voicemail.detect.then(|| agent::VoicemailPlan {
+                            message: agent
+                                .voicemail
+                                .message_to_leave()
+                                .map(|m| agent::render(m, &call.parameters)),
+                        }),
                     };
                     conversation = Some(tokio::spawn(agent::converse(
                         session,
@@ -199,6 +206,7 @@ impl Dispatcher {
                                 results: outcome.results,
                                 latency: Some(latency),
                                 stage_id: outcome.stage_id,
+                                answered_by: Some(outcome.answered_by),
                             };
                             (end, talk)
                         }
@@ -229,6 +237,7 @@ impl Dispatcher {
             results,
             latency,
             stage_id,
+            answered_by,
         } = talk;
         let now = self.clock.now();
         let status = if end.status.is_terminal() {
@@ -283,6 +292,10 @@ impl Dispatcher {
             latency: end.answered_at.and(latency),
             retry_at,
             stage_id: end.answered_at.and(stage_id),
+            // Answered but never talked on (the conversation could not run): nobody listened.
+            answered_by: end
+                .answered_at
+                .map(|_| answered_by.unwrap_or(domain::call::AnsweredBy::Unknown)),
             opted_out,
             public_url: self.config.public_url.clone(),
         };

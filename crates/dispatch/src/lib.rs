@@ -347,6 +347,7 @@ impl Dispatcher {
             latency: None,
             retry_at,
             stage_id: None,
+            answered_by: None,
             opted_out: false,
             public_url: self.config.public_url.clone(),
         }

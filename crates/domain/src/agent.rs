@@ -275,6 +275,62 @@ impl TurnTaking {
     }
 }
 
+/// What an agent does when a machine answers (`agents.md`, "Answering machines").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Voicemail {
+    /// Classify the answered audio (default `true`).
+    #[serde(default = "yes")]
+    pub detect: bool,
+    /// Absent: `leave_message` when there is a `message`, else `hangup`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<VoicemailAction>,
+    /// Said after the greeting's beep or end (templated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VoicemailAction {
+    LeaveMessage,
+    Hangup,
+}
+
+impl Default for Voicemail {
+    fn default() -> Self {
+        Self {
+            detect: true,
+            action: None,
+            message: None,
+        }
+    }
+}
+
+impl Voicemail {
+    /// The message to leave on a machine, or `None` to hang up at once.
+    pub fn message_to_leave(&self) -> Option<&str> {
+        match self.action {
+            Some(VoicemailAction::Hangup) => None,
+            _ => self.message.as_deref().filter(|m| !m.trim().is_empty()),
+        }
+    }
+
+    fn valid(&self) -> bool {
+        let message = self.message.as_deref().map(str::trim).unwrap_or("");
+        let fits = self
+            .message
+            .as_ref()
+            .is_none_or(|m| m.chars().count() <= MAX_TEXT);
+        // Leaving a message needs one.
+        fits && !(self.action == Some(VoicemailAction::LeaveMessage) && message.is_empty())
+    }
+}
+
 pub const VOICE_ENGINES: [&str; 2] = ["espeak-ng", "piper"];
 pub const TRANSCRIBER_ENGINES: [&str; 4] = ["local", "pocketsphinx", "whisper", "deepgram"];
 
@@ -311,6 +367,9 @@ pub struct AgentConfig {
     /// `None`: the defaults of [`TurnTaking`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub turn_taking: Option<TurnTaking>,
+    /// What a machine-answered call does; absent: detect, and hang up on a machine.
+    #[serde(default)]
+    pub voicemail: Voicemail,
 }
 
 const MAX_TEXT: usize = 4096;
@@ -372,6 +431,7 @@ impl AgentConfig {
             },
             max_concurrent_calls: None,
             turn_taking: None,
+            voicemail: Voicemail::default(),
         };
         let mut has_name = false;
         // Keys in a stable order so the first bad field reported does not depend on hashing.
@@ -433,6 +493,13 @@ impl AgentConfig {
                         return Err(invalid("turn_taking"));
                     }
                     cfg.turn_taking = Some(t);
+                }
+                "voicemail" => {
+                    let v: Voicemail = typed("voicemail", v)?;
+                    if !v.valid() {
+                        return Err(invalid("voicemail"));
+                    }
+                    cfg.voicemail = v;
                 }
                 other => return Err(invalid(other)),
             }
@@ -793,6 +860,41 @@ mod tests {
         for bad in ["", "9-21", "09:00-09:00", "09:00-21:00 monday", "sometimes"] {
             assert_eq!(CallingHours::parse_setting(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn voicemail_detects_by_default_and_leaves_a_message_only_when_there_is_one() {
+        let parse = |v: Value| AgentConfig::from_json(&obj(v));
+        let plain = parse(json!({"name": "a"})).unwrap();
+        assert!(plain.voicemail.detect);
+        assert_eq!(plain.voicemail.message_to_leave(), None);
+        let leave = parse(json!({"name": "a", "voicemail": {"message": "Call us back."}})).unwrap();
+        assert_eq!(leave.voicemail.message_to_leave(), Some("Call us back."));
+        let hang = parse(json!({"name": "a", "voicemail":
+            {"action": "hangup", "message": "Call us back."}}))
+        .unwrap();
+        assert_eq!(hang.voicemail.message_to_leave(), None);
+        let off = parse(json!({"name": "a", "voicemail": {"detect": false}})).unwrap();
+        assert!(!off.voicemail.detect);
+        for bad in [
+            json!({"action": "leave_message"}),
+            json!({"action": "leave_message", "message": "  "}),
+            json!({"action": "shout"}),
+            json!({"detect": "yes"}),
+            json!({"beep": true}),
+            json!("on"),
+        ] {
+            let e = parse(json!({"name": "a", "voicemail": bad})).unwrap_err();
+            assert_eq!(e.to_string(), "invalid voicemail", "{bad}");
+        }
+        // It round-trips through storage.
+        let stored = serde_json::to_value(&leave).unwrap();
+        assert_eq!(
+            stored["voicemail"],
+            json!({"detect": true, "message": "Call us back."})
+        );
+        let back = AgentConfig::from_json(stored.as_object().unwrap()).unwrap();
+        assert_eq!(back.voicemail, leave.voicemail);
     }
 
     #[test]

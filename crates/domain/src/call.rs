@@ -257,6 +257,35 @@ impl Speaker {
     }
 }
 
+/// Who picked up an answered call (`answered_by`): the answering-machine detector's verdict.
+/// `Unknown` when it could not tell (or was switched off); a call never answered has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnsweredBy {
+    Human,
+    Machine,
+    Unknown,
+}
+
+impl AnsweredBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Human => "human",
+            Self::Machine => "machine",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "human" => Some(Self::Human),
+            "machine" => Some(Self::Machine),
+            "unknown" => Some(Self::Unknown),
+            _ => None,
+        }
+    }
+}
+
 /// A transcript line: only what was actually played or heard.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TranscriptItem {
@@ -317,6 +346,8 @@ pub struct Conversation {
     pub latency: Option<CallLatency>,
     /// The stage the conversation was in when it ended; `None` when it never got to talk.
     pub stage_id: Option<String>,
+    /// Who picked up; `None` for a call never answered.
+    pub answered_by: Option<AnsweredBy>,
 }
 
 impl Conversation {
@@ -385,6 +416,7 @@ mod tests {
             batch_id: None,
             latency: None,
             stage_id: stage.map(str::to_string),
+            answered_by: None,
         }
     }
 

@@ -194,6 +194,8 @@ pub struct FinishAttempt {
     pub retry_at: Option<Millis>,
     /// The stage the conversation was in when it ended (`None`: never talked on).
     pub stage_id: Option<String>,
+    /// Who picked up (`None`: never answered).
+    pub answered_by: Option<crate::call::AnsweredBy>,
     /// The callee asked not to be called again: the number goes on the tenant's do-not-call
     /// list (`source: call`) in the settling transaction.
     pub opted_out: bool,

@@ -1,6 +1,7 @@
 //! Sans-IO media primitives for outdial calls: G.711 codecs, RTP packets,
 //! pacing, jitter buffering, RFC 4733 DTMF, 8/16 kHz resampling (and a
-//! band-limited one for any pair of rates), WAV files and mixing.
+//! band-limited one for any pair of rates), WAV files, mixing, echo gating and
+//! tone (beep) detection.
 //!
 //! Nothing here touches sockets, clocks or threads: callers feed bytes, sample
 //! counts and [`std::time::Instant`]s in and get packets, frames and events
@@ -20,6 +21,7 @@ pub mod resample;
 pub mod rtp;
 pub mod sender;
 pub mod sinc_resample;
+pub mod tone;
 pub mod wav;
 
 /// RTP clock rate of G.711 and telephone-event at narrowband.

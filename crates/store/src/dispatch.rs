@@ -5,7 +5,7 @@ use crate::calls::insert_event;
 use crate::rows::{self, corrupt, get, json};
 use crate::{db_err, Backend, SqlStore};
 use domain::agent::AgentConfig;
-use domain::call::{Parameter, RetryContext};
+use domain::call::{AnsweredBy, Parameter, RetryContext};
 use domain::dispatch::{
     BeginDial, CancelOutcome, DialLimits, DialStart, DispatchStore, DueCall, DueTrunk,
     FinishAttempt, OrphanedCall,
@@ -603,7 +603,7 @@ impl DispatchStore for SqlStore {
         // was claimed but could not be dialled (`queued`) is settled by its holder only.
         let Some(row) = sqlx::query(&format!(
             "UPDATE calls SET status = $1, failure_reason = $2, ended_at = $3, duration_seconds = $4, \
-             recording_path = $5, transcript = $6, results = $7, latency = $11, stage_id = $12, \
+             recording_path = $5, transcript = $6, results = $7, latency = $11, stage_id = $12, answered_by = $13, \
              lease_owner = NULL, lease_until = NULL WHERE id = $8 AND ((status IN ({DIALING}) AND (lease_owner = $9 OR lease_until < $10)) \
              OR (status IN ('scheduled', 'queued') AND lease_owner = $9)) RETURNING tenant_id"
         ))
@@ -619,6 +619,7 @@ impl DispatchStore for SqlStore {
         .bind(now.0)
         .bind(latency)
         .bind(f.stage_id.clone())
+        .bind(f.answered_by.map(AnsweredBy::as_str))
         .fetch_optional(&mut *tx)
         .await
         .map_err(db_err)?

@@ -1,7 +1,9 @@
 //! Row <-> domain mapping. Values read back were parsed before they were written, so a value
 //! that does not parse now means the database was changed behind our back: `Corrupt`.
 
-use domain::call::{CallLatency, Conversation, Parameter, RetryContext, TranscriptItem};
+use domain::call::{
+    AnsweredBy, CallLatency, Conversation, Parameter, RetryContext, TranscriptItem,
+};
 use domain::store::StoreError;
 use domain::{AgentId, CallStatus, ConversationId, Millis, TenantId, TraceId};
 use sqlx::any::AnyRow;
@@ -25,7 +27,7 @@ pub(crate) fn json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Resul
 pub(crate) const CONVERSATION_COLUMNS: &str = "id, tenant_id, agent_id, status, customer_phone, \
     from_phone, parameters, metadata, retry_context, scheduled_for, trace_id, failure_reason, \
     results, transcript, recording_path, created_at, started_at, ended_at, duration_seconds, batch_id, \
-    latency, stage_id";
+    latency, stage_id, answered_by";
 
 pub(crate) fn conversation(row: &AnyRow) -> Result<Conversation, StoreError> {
     let id: String = get(row, "id")?;
@@ -68,6 +70,9 @@ pub(crate) fn conversation(row: &AnyRow) -> Result<Conversation, StoreError> {
             .map(|s| json::<CallLatency>(&s, "calls.latency"))
             .transpose()?,
         stage_id: get(row, "stage_id")?,
+        answered_by: get::<Option<String>>(row, "answered_by")?
+            .map(|s| AnsweredBy::parse(&s).ok_or_else(|| corrupt("calls.answered_by")))
+            .transpose()?,
     })
 }
 

@@ -152,6 +152,7 @@ async fn story(store: &dyn Store) {
         latency: None,
         retry_at: None,
         stage_id: None,
+        answered_by: None,
         opted_out: false,
         public_url: String::new(),
     };

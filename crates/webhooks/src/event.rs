@@ -233,6 +233,9 @@ pub struct CallData {
     pub metadata: Option<String>,
     /// The batch the call belonged to (outdial's own); `null` for a single call.
     pub batch_id: Option<i64>,
+    /// Who picked up (outdial's own): `human`, `machine` or `unknown`; `null` when the call was
+    /// never answered.
+    pub answered_by: Option<domain::call::AnsweredBy>,
 }
 
 /// `data.retry`: the call's own redial state.
@@ -426,6 +429,7 @@ mod tests {
                     trace_id: "a1b2c3d4-e5f6-7890-abcd-ef1234567890".into(),
                     metadata: None,
                     batch_id: None,
+                    answered_by: Some(domain::call::AnsweredBy::Human),
                 },
                 results,
                 retry: CallRetry {
@@ -445,7 +449,8 @@ mod tests {
         }
     }
 
-    // The contract's example, verbatim, plus outdial's own `metadata` and `batch_id`.
+    // The contract's example, verbatim, plus outdial's own `metadata`, `batch_id` and
+    // `answered_by`.
     const CONTRACT_BODY: &str = r#"{"event_id": "evt_1c58c5d8c55a", "event_type": "call.completed", "timestamp": "2026-03-18T20:53:41.766Z",
  "data": {
    "call": {"agent_id": 497, "call_parameters": {"customer_name": "Rahul"},
@@ -454,7 +459,7 @@ mod tests {
             "failure_reason": null, "from_phone": "+918065177389", "to_phone": "+917014675791",
             "recording_url": "<base>/v1/conversations/<id>/recording", "status": "completed",
             "trace_id": "a1b2c3d4-e5f6-7890-abcd-ef1234567890",
-            "metadata": null, "batch_id": null},
+            "metadata": null, "batch_id": null, "answered_by": "human"},
    "results": {"intent": "payment_confirmed"},
    "retry": {"attempt_number": 1, "is_final_attempt": true, "max_attempts": 3, "next_retry_at": null},
    "retry_context": {"collected_data": {}, "retry_initial_message": "...", "retry_language": "hi-IN", "retry_stage_id": "..."},

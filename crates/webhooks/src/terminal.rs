@@ -88,6 +88,7 @@ pub fn terminal_event(
                 trace_id: c.trace_id.to_string(),
                 metadata: c.metadata.clone(),
                 batch_id: c.batch_id,
+                answered_by: c.answered_by,
             },
             results: c.results.clone(),
             retry: CallRetry {

@@ -112,6 +112,7 @@ fn event((t, agent): (TenantId, AgentId), chain: &str, attempt: u32) -> OutboxEv
                 trace_id: "a1b2c3d4-e5f6-7890-abcd-ef1234567890".into(),
                 metadata: None,
                 batch_id: None,
+                answered_by: None,
             },
             results: Map::new(),
             retry: CallRetry {

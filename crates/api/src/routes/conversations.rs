@@ -54,6 +54,10 @@ pub struct ConversationDetail {
     pub batch_id: Option<i64>,
     /// Ours: how quickly the agent answered; `null` for calls nobody talked on.
     pub latency: Option<LatencyDetail>,
+    /// Ours: `human`, `machine` or `unknown` (the answering-machine detector's verdict);
+    /// `null` for a call never answered.
+    #[schema(value_type = Option<String>)]
+    pub answered_by: Option<domain::call::AnsweredBy>,
 }
 
 /// Ours. Voice-to-voice is the caller stopping speaking -> the first packet of the agent's
@@ -120,6 +124,7 @@ pub fn detail(c: Conversation, public_url: &str) -> ConversationDetail {
             answer_to_first_word_ms: l.answer_to_first_word_ms,
             turns_ms: l.turns_ms,
         }),
+        answered_by: c.answered_by,
     }
 }
 

@@ -15,7 +15,7 @@
 //! the repository.
 
 mod corpus;
-mod line;
+pub(crate) mod line;
 mod score;
 
 use agent::flow::{choose_route, normalize, Miss};
@@ -64,7 +64,7 @@ pub struct Args {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Voice {
+pub(crate) enum Voice {
     Espeak {
         voice: String,
         speed: u32,
@@ -74,7 +74,7 @@ enum Voice {
 }
 
 impl Voice {
-    fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         match self {
             Voice::Espeak {
                 voice,
@@ -88,7 +88,7 @@ impl Voice {
 
 /// The English voices of this espeak-ng (the built-in `gmw/` ones; mbrola voices need data
 /// that is not installed) and its variants.
-fn espeak_voices(variants: bool) -> Result<Vec<Voice>> {
+pub(crate) fn espeak_voices(variants: bool) -> Result<Vec<Voice>> {
     let list = |arg: &str| -> Result<String> {
         let out = Command::new("espeak-ng")
             .arg(arg)
@@ -146,7 +146,7 @@ fn read_wav_16k(path: &Path) -> Result<Vec<i16>> {
 }
 
 /// `text` in `voice` at 16 kHz, from the cache when it was made before.
-fn speech(voice: &Voice, text: &str, cache: &Path) -> Result<Vec<i16>> {
+pub(crate) fn speech(voice: &Voice, text: &str, cache: &Path) -> Result<Vec<i16>> {
     let mut h = DefaultHasher::new();
     (voice, text).hash(&mut h);
     let path = cache.join(format!("{:016x}.wav", h.finish()));

@@ -1,0 +1,403 @@
+//! Answering-machine detection, sans-IO: per 20 ms frame, whether it held speech (the VAD,
+//! with the agent's own echo taken out) and whether a beep was heard, with the time since the
+//! answer; out comes a verdict, and at most one revision.
+//!
+//! People answer in a word or three ("Hello?", "Yes?", "Hello, Rahul speaking") and then wait
+//! for the other side; a recorded greeting talks on ("Hi, you've reached Priya, I can't take your
+//! call right now, please leave..."). So:
+//! - a beep is a machine;
+//! - a first utterance that has gone on for `greeting_ms`, mostly speech, is a machine;
+//! - a shorter first utterance followed by `human_silence_ms` of silence is a person;
+//! - nothing said within `max_ms` (or no verdict by then) is unknown;
+//! - a beep within `beep_watch_ms` of the answer turns a `human` or `unknown` verdict into
+//!   `machine`: a greeting with sentence pauses long enough to pass for a person waiting still
+//!   ends in its beep, and a person never beeps (DTMF is two tones, not one).
+//!
+//! A line's own noise (a street, a bad line) sets off the VAD as well as speech does, and would
+//! read as a greeting that never ends: a frame counts as speech only when it is also
+//! `above_floor_db` louder than the line's noise floor (minimum statistics over 1.5 s).
+//!
+//! Taking a person for a machine hangs up on them, so every rule leans to `human`/`unknown`:
+//! a pause long enough for a person to wait for an answer ends the greeting as human, and a
+//! halting greeting (less than `min_speech_share` speech) never counts as a recording.
+
+use domain::call::AnsweredBy;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AmdConfig {
+    /// A first utterance at least this long (from its first speech) is a recorded greeting.
+    pub greeting_ms: u64,
+    /// Silence after a shorter first utterance that makes it a person waiting for an answer.
+    pub human_silence_ms: u64,
+    /// Share of the greeting (its first speech to now) that must be speech for `greeting_ms`
+    /// to count: "Hello? ... Hello?" is not a recording.
+    pub min_speech_share: f64,
+    /// No verdict by this time after the answer: unknown.
+    pub max_ms: u64,
+    /// How much louder than the line's noise floor speech must be (dB).
+    pub above_floor_db: f64,
+    /// Less speech than this is a click or a breath: no greeting yet.
+    pub min_speech_ms: u64,
+    /// How long after the answer a beep still revises the verdict to `machine`.
+    pub beep_watch_ms: u64,
+}
+
+impl Default for AmdConfig {
+    fn default() -> Self {
+        // Tuned with `outdial-bench amd` (docs/benchmarks.md).
+        Self {
+            greeting_ms: 2_500,
+            human_silence_ms: 600,
+            min_speech_share: 0.3,
+            max_ms: 6_000,
+            above_floor_db: 4.0,
+            min_speech_ms: 160,
+            beep_watch_ms: 30_000,
+        }
+    }
+}
+
+/// What decided the verdict, for the log and the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cue {
+    Beep,
+    LongGreeting,
+    ShortGreeting,
+    /// Nothing decisive by `max_ms`.
+    Timeout,
+}
+
+#[derive(Debug, Clone)]
+pub struct Amd {
+    cfg: AmdConfig,
+    frame_ms: u64,
+    /// First speech after the answer.
+    onset: Option<u64>,
+    /// End of the last speech frame.
+    last_speech: u64,
+    speech_ms: u64,
+    floor: NoiseFloor,
+    /// The verdict given, if any.
+    given: Option<AnsweredBy>,
+}
+
+/// The line's noise floor by minimum statistics: the quietest level of the last
+/// `WINDOW_MS`, over frame levels smoothed by a median of three (so a lost packet, a frame of
+/// near-silence in the middle of noise, does not count). Speech dips between syllables at
+/// least that often; steady noise never rises above its own floor.
+#[derive(Debug, Clone)]
+struct NoiseFloor {
+    recent: [f64; 3],
+    smoothed: std::collections::VecDeque<f64>,
+    window: usize,
+    seen: usize,
+}
+
+impl NoiseFloor {
+    /// Quieter than this is digital silence, not a floor to measure from.
+    const SILENCE_DB: f64 = 20.0;
+    const WINDOW_MS: u64 = 1_500;
+
+    fn new(frame_ms: u64) -> Self {
+        let window = (Self::WINDOW_MS / frame_ms.max(1)).max(1) as usize;
+        Self {
+            recent: [0.0; 3],
+            smoothed: std::collections::VecDeque::with_capacity(window),
+            window,
+            seen: 0,
+        }
+    }
+
+    /// The frame's level (dB over one unit of 16-bit PCM) against the floor.
+    fn above(&mut self, samples: &[i16]) -> f64 {
+        let n = samples.len().max(1) as f64;
+        let power = samples.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / n;
+        let level = 10.0 * power.max(1.0).log10();
+        self.recent[self.seen % 3] = level;
+        self.seen += 1;
+        if self.seen >= 3 {
+            let mut r = self.recent;
+            r.sort_by(f64::total_cmp);
+            if self.smoothed.len() == self.window {
+                self.smoothed.pop_front();
+            }
+            self.smoothed.push_back(r[1]);
+        }
+        if self.smoothed.is_empty() {
+            // The first frames only start the measure.
+            return 0.0;
+        }
+        let floor = self
+            .smoothed
+            .iter()
+            .copied()
+            .filter(|&l| l >= Self::SILENCE_DB)
+            .fold(f64::INFINITY, f64::min);
+        // A line of digital silence has no floor: anything audible is above it.
+        level
+            - if floor.is_finite() {
+                floor
+            } else {
+                Self::SILENCE_DB
+            }
+    }
+}
+
+impl Amd {
+    pub fn new(cfg: AmdConfig, frame_ms: u64) -> Self {
+        Self {
+            cfg,
+            frame_ms: frame_ms.max(1),
+            onset: None,
+            last_speech: 0,
+            speech_ms: 0,
+            floor: NoiseFloor::new(frame_ms.max(1)),
+            given: None,
+        }
+    }
+
+    /// One frame (`samples`) ending `at_ms` after the answer; `vad`: the VAD took it for speech
+    /// (and it was not the agent's echo). Returns the verdict when it is reached, and once more
+    /// if a beep revises it to `machine`; `None` otherwise.
+    pub fn frame(
+        &mut self,
+        at_ms: u64,
+        samples: &[i16],
+        vad: bool,
+        beep: bool,
+    ) -> Option<(AnsweredBy, Cue)> {
+        match self.given {
+            Some(AnsweredBy::Machine) => None,
+            Some(_) if beep && at_ms <= self.cfg.beep_watch_ms => {
+                self.given = Some(AnsweredBy::Machine);
+                Some((AnsweredBy::Machine, Cue::Beep))
+            }
+            Some(_) => None,
+            None => {
+                let loud = self.floor.above(samples) >= self.cfg.above_floor_db;
+                let verdict = self.decide(at_ms, vad && loud, beep);
+                self.given = verdict.map(|v| v.0);
+                verdict
+            }
+        }
+    }
+
+    /// After the verdict: whether a frame is speech by the same measure (the VAD, and above
+    /// the line's noise floor), for [`GreetingEnd`].
+    pub fn heard(&mut self, samples: &[i16], vad: bool) -> bool {
+        let loud = self.floor.above(samples) >= self.cfg.above_floor_db;
+        vad && loud
+    }
+
+    fn decide(&mut self, at_ms: u64, speech: bool, beep: bool) -> Option<(AnsweredBy, Cue)> {
+        if beep {
+            return Some((AnsweredBy::Machine, Cue::Beep));
+        }
+        if speech {
+            self.onset
+                .get_or_insert(at_ms.saturating_sub(self.frame_ms));
+            self.last_speech = at_ms;
+            self.speech_ms += self.frame_ms;
+        }
+        if let Some(onset) = self.onset {
+            let span = self.last_speech.saturating_sub(onset);
+            let silence = at_ms.saturating_sub(self.last_speech);
+            if silence >= self.cfg.human_silence_ms && self.speech_ms >= self.cfg.min_speech_ms {
+                return Some((AnsweredBy::Human, Cue::ShortGreeting));
+            }
+            let dense = self.speech_ms as f64 >= self.cfg.min_speech_share * span as f64;
+            if span >= self.cfg.greeting_ms && dense {
+                return Some((AnsweredBy::Machine, Cue::LongGreeting));
+            }
+        }
+        (at_ms >= self.cfg.max_ms).then_some((AnsweredBy::Unknown, Cue::Timeout))
+    }
+}
+
+/// After a machine verdict: when the greeting is over and a message can be left. Over at the
+/// end of a beep, after `quiet_ms` without speech or tone, or at `max_ms` whatever is heard
+/// (a greeting that never ends must not keep the call open).
+#[derive(Debug, Clone)]
+pub struct GreetingEnd {
+    quiet_ms: u64,
+    deadline: u64,
+    last_sound: u64,
+    over: bool,
+}
+
+impl GreetingEnd {
+    /// The default wait: 1.5 s of quiet, at most 30 s.
+    pub const QUIET_MS: u64 = 1_500;
+    pub const MAX_MS: u64 = 30_000;
+
+    /// Waiting from `at_ms` (the machine verdict).
+    pub fn new(at_ms: u64, quiet_ms: u64, max_ms: u64) -> Self {
+        Self {
+            quiet_ms,
+            deadline: at_ms + max_ms,
+            last_sound: at_ms,
+            over: false,
+        }
+    }
+
+    /// One frame: whether the greeting is over (and stays so).
+    pub fn frame(&mut self, at_ms: u64, sound: bool, beep_ended: bool) -> bool {
+        if sound {
+            self.last_sound = at_ms;
+        }
+        self.over = self.over
+            || beep_ended
+            || at_ms.saturating_sub(self.last_sound) >= self.quiet_ms
+            || at_ms >= self.deadline;
+        self.over
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FRAME: u64 = 20;
+    const LOUD: [i16; 320] = [3000; 320];
+    /// Between syllables: 20 dB down, as speech dips every few frames.
+    const DIP: [i16; 320] = [300; 320];
+    const QUIET: [i16; 320] = [0; 320];
+
+    fn speech_frame(n: usize) -> &'static [i16] {
+        if n % 6 < 2 {
+            &DIP
+        } else {
+            &LOUD
+        }
+    }
+
+    /// Feeds `(ms, speech)` runs from the answer (speech: syllables the VAD flags, with dips;
+    /// else silence); returns the first verdict and when it came.
+    fn run(pattern: &[(u64, bool)]) -> Option<(AnsweredBy, Cue, u64)> {
+        let mut amd = Amd::new(AmdConfig::default(), FRAME);
+        let mut at = 0;
+        let mut n = 0;
+        for &(ms, speech) in pattern {
+            for _ in 0..ms / FRAME {
+                at += FRAME;
+                n += 1;
+                let samples = if speech { speech_frame(n) } else { &QUIET };
+                if let Some((v, cue)) = amd.frame(at, samples, speech, false) {
+                    return Some((v, cue, at));
+                }
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn hello_then_silence_is_a_person_soon_after_they_stop() {
+        let v = run(&[(400, false), (600, true), (2000, false)]);
+        let (verdict, cue, at) = v.expect("a verdict");
+        assert_eq!((verdict, cue), (AnsweredBy::Human, Cue::ShortGreeting));
+        // The silence after the hello, give or take the frame it ended on.
+        let silence = AmdConfig::default().human_silence_ms;
+        assert!((1000 + silence - 40..=1000 + silence).contains(&at), "{at}");
+    }
+
+    #[test]
+    fn a_greeting_that_talks_on_is_a_machine_once_it_has_gone_on_for_the_greeting_time() {
+        // Words with the short pauses between them of read-out speech.
+        let mut p = vec![(300, false)];
+        for _ in 0..10 {
+            p.extend([(500, true), (200, false)]);
+        }
+        let (verdict, cue, at) = run(&p).expect("a verdict");
+        assert_eq!((verdict, cue), (AnsweredBy::Machine, Cue::LongGreeting));
+        let greeting = AmdConfig::default().greeting_ms;
+        assert!(
+            (300 + greeting..=300 + greeting + 500).contains(&at),
+            "{at}"
+        );
+    }
+
+    #[test]
+    fn hello_pause_hello_is_a_person() {
+        // Two short hellos 400 ms apart, then the pause of a person waiting for an answer.
+        let v = run(&[
+            (200, false),
+            (500, true),
+            (400, false),
+            (500, true),
+            (900, false),
+        ]);
+        assert_eq!(v.map(|v| v.0), Some(AnsweredBy::Human));
+    }
+
+    #[test]
+    fn a_beep_is_a_machine_at_once_and_silence_is_unknown() {
+        let mut amd = Amd::new(AmdConfig::default(), FRAME);
+        assert_eq!(amd.frame(20, &QUIET, false, false), None);
+        assert_eq!(
+            amd.frame(40, &LOUD, false, true),
+            Some((AnsweredBy::Machine, Cue::Beep))
+        );
+        // Once only.
+        assert_eq!(amd.frame(60, &LOUD, false, true), None);
+        assert_eq!(
+            run(&[(7000, false)]),
+            Some((AnsweredBy::Unknown, Cue::Timeout, 6000))
+        );
+    }
+
+    #[test]
+    fn a_beep_within_the_watch_revises_a_person_to_a_machine_and_later_ones_do_not() {
+        let beep_at = |frame: usize| {
+            let mut amd = Amd::new(AmdConfig::default(), FRAME);
+            let mut verdicts = Vec::new();
+            for n in 1..2000 {
+                let at = n as u64 * FRAME;
+                let speech = (10..40).contains(&n);
+                let samples = if speech { speech_frame(n) } else { &QUIET };
+                if let Some((v, _)) = amd.frame(at, samples, speech, n == frame) {
+                    verdicts.push(v);
+                }
+            }
+            verdicts
+        };
+        assert_eq!(beep_at(300), [AnsweredBy::Human, AnsweredBy::Machine]);
+        assert_eq!(beep_at(1600), [AnsweredBy::Human]);
+    }
+
+    #[test]
+    fn steady_line_noise_the_vad_takes_for_speech_is_not_a_greeting() {
+        // A short hello over noise 20 dB under it, which the VAD flags throughout.
+        let mut amd = Amd::new(AmdConfig::default(), FRAME);
+        let mut verdict = None;
+        for n in 1..300 {
+            let at = n as u64 * FRAME;
+            let samples = if (25..55).contains(&n) {
+                speech_frame(n)
+            } else {
+                &DIP
+            };
+            if let Some(v) = amd.frame(at, samples, true, false) {
+                verdict = Some(v.0);
+                break;
+            }
+        }
+        assert_eq!(verdict, Some(AnsweredBy::Human));
+    }
+
+    #[test]
+    fn the_greeting_ends_at_the_beep_or_after_quiet_or_at_the_deadline() {
+        let mut g = GreetingEnd::new(1000, 1500, 30_000);
+        assert!(!g.frame(1020, true, false));
+        assert!(!g.frame(2000, false, false));
+        assert!(g.frame(2040, false, true));
+        // Stays over.
+        assert!(g.frame(2060, true, false));
+        let mut quiet = GreetingEnd::new(1000, 1500, 30_000);
+        assert!(!quiet.frame(2000, true, false));
+        assert!(!quiet.frame(3480, false, false));
+        assert!(quiet.frame(3500, false, false));
+        let mut endless = GreetingEnd::new(0, 1500, 30_000);
+        assert!(!endless.frame(29_980, true, false));
+        assert!(endless.frame(30_000, true, false));
+    }
+}
