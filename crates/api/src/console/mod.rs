@@ -97,9 +97,11 @@ async fn asset(Path(name): Path<String>) -> Response {
 /// Why a console request was not served.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
-    /// No live session: back to the sign-in page.
+    /// No live session: back to the sign-in page. A fragment htmx asked for gets a 401 with
+    /// `HX-Redirect` instead of a redirect, which the browser would follow silently and htmx
+    /// would then swap the sign-in page into the fragment's place.
     #[error("signed out")]
-    SignedOut,
+    SignedOut { fragment: bool },
     /// A form post without this session's token (or from another site).
     #[error("this form has expired or came from another site; reload the page and try again")]
     Forgery,
@@ -119,13 +121,13 @@ impl From<domain::store::StoreError> for ConsoleError {
 impl IntoResponse for ConsoleError {
     fn into_response(self) -> Response {
         let (status, message) = match self {
-            Self::SignedOut => {
-                // htmx follows this header on a fragment request; a page request follows the
-                // redirect itself.
-                let mut r = Redirect::to("/console").into_response();
-                r.headers_mut()
-                    .insert("hx-redirect", HeaderValue::from_static("/console"));
-                return r;
+            Self::SignedOut { fragment: false } => return Redirect::to("/console").into_response(),
+            Self::SignedOut { fragment: true } => {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    [("hx-redirect", HeaderValue::from_static("/console"))],
+                )
+                    .into_response()
             }
             Self::Forgery => (StatusCode::FORBIDDEN, self.to_string()),
             Self::Api(e) => {
@@ -179,13 +181,18 @@ impl FromRequestParts<AppState> for Console {
     type Rejection = ConsoleError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ConsoleError> {
-        let token = cookie(&parts.headers, session::COOKIE)
-            .ok_or(ConsoleError::SignedOut)?
-            .to_string();
-        let s = state.console.touch(&token).ok_or(ConsoleError::SignedOut)?;
+        let signed_out = ConsoleError::SignedOut {
+            fragment: parts.headers.contains_key("hx-request"),
+        };
+        let Some(token) = cookie(&parts.headers, session::COOKIE).map(str::to_string) else {
+            return Err(signed_out);
+        };
+        let Some(s) = state.console.touch(&token) else {
+            return Err(signed_out);
+        };
         if !crate::auth::key_still_valid(state, &s.key_lookup, s.caller).await? {
             state.console.close(&token);
-            return Err(ConsoleError::SignedOut);
+            return Err(signed_out);
         }
         Ok(Console {
             caller: s.caller,

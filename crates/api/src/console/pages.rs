@@ -127,7 +127,9 @@ pub async fn home(State(state): State<AppState>, req: Request) -> PageResult {
     .await
     {
         Ok(_) => Ok(see_other("/console/conversations")),
-        Err(ConsoleError::SignedOut) => sign_in_page(&state, &parts.headers, StatusCode::OK, None),
+        Err(ConsoleError::SignedOut { .. }) => {
+            sign_in_page(&state, &parts.headers, StatusCode::OK, None)
+        }
         Err(e) => Err(e),
     }
 }
