@@ -1037,7 +1037,13 @@ pub async fn agent(
 }
 
 /// The agent object a submitted form describes, or the form again with the problem shown.
-fn agent_body(page: &mut AgentPage, fields: &[(String, String)]) -> Option<Map<String, Value>> {
+/// An empty field is `null` (not set), unless the stored agent had it as empty text: a save
+/// that changes nothing must send back what it was shown.
+fn agent_body(
+    page: &mut AgentPage,
+    fields: &[(String, String)],
+    stored: &Map<String, Value>,
+) -> Option<Map<String, Value>> {
     let mut body = Map::new();
     let other = field(fields, "other");
     if !other.trim().is_empty() {
@@ -1050,7 +1056,9 @@ fn agent_body(page: &mut AgentPage, fields: &[(String, String)]) -> Option<Map<S
     for f in &mut page.fields {
         let raw = field(fields, f.name);
         f.value = raw.to_string();
-        let value = if raw.trim().is_empty() {
+        let value = if raw.is_empty() && stored.get(f.name) == Some(&Value::String(String::new())) {
+            Value::String(String::new())
+        } else if raw.trim().is_empty() {
             Value::Null
         } else if NUMERIC.contains(&f.name) {
             // A number when it reads as one; otherwise the text, for the API to refuse by name.
@@ -1110,7 +1118,7 @@ pub async fn create_agent(
 ) -> PageResult {
     let fields = checked_form(&console, &headers, &body)?;
     let mut page = agent_form(&console, None, &Map::new());
-    let Some(mut agent) = agent_body(&mut page, &fields) else {
+    let Some(mut agent) = agent_body(&mut page, &fields, &Map::new()) else {
         return html(StatusCode::BAD_REQUEST, &page);
     };
     agent.retain(|_, v| !v.is_null());
@@ -1138,7 +1146,7 @@ pub async fn update_agent(
     let stored = agent_json(&state, console.caller, &id).await?;
     let agent_id = stored.get("agent_id").and_then(Value::as_i64);
     let mut page = agent_form(&console, agent_id, &stored);
-    let Some(mut patch) = agent_body(&mut page, &fields) else {
+    let Some(mut patch) = agent_body(&mut page, &fields, &stored) else {
         return html(StatusCode::BAD_REQUEST, &page);
     };
     // Fields removed from the JSON box are cleared, as a PATCH with `null` does.

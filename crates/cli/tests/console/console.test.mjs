@@ -259,8 +259,33 @@ try {
   log(`bad field: "${apiSays.json.error.message}" shown next to "Maximum duration (seconds)"`);
   await axe(page, 'agent');
   await shot(page, 'agent');
+  // A save that changes one field changes only that field (the batch agent has an empty
+  // first message and a concurrency cap, both kept).
+  const batchBefore = (await api('GET', `/v1/agents/${BATCH_AGENT}`)).json.data;
+  await page.goto(`${BASE}/console/agents/${BATCH_AGENT}`);
+  await page.getByLabel('Name', { exact: true }).fill('batch calls');
+  await page.getByRole('button', { name: 'Save agent' }).click();
+  await page.waitForURL(`${BASE}/console/agents/${BATCH_AGENT}?saved=1`);
+  assert.equal(await page.getByRole('status').textContent(), 'Saved.');
+  const batchAfter = (await api('GET', `/v1/agents/${BATCH_AGENT}`)).json.data;
+  assert.equal(batchAfter.name, 'batch calls');
+  for (const k of new Set([...Object.keys(batchBefore), ...Object.keys(batchAfter)])) {
+    if (!['name', 'updated_at'].includes(k)) assert.deepEqual(batchAfter[k], batchBefore[k], `agent field ${k}`);
+  }
+  // Creating: the API's "required" message by the empty field, then the agent.
   await page.goto(`${BASE}/console/agents/new`);
   await axe(page, 'new agent');
+  const noName = await api('POST', '/v1/agents', { phone_number: '+918035739222' });
+  assert.equal(noName.status, 400);
+  await page.getByLabel('Phone number (one of the tenant\'s numbers)').fill('+918035739222');
+  await page.getByRole('button', { name: 'Save agent' }).click();
+  assert.equal(await page.locator('#agent-name-error').textContent(), noName.json.error.message);
+  await page.getByLabel('Name', { exact: true }).fill('made in the console');
+  await page.getByRole('button', { name: 'Save agent' }).click();
+  await page.waitForURL(/\/console\/agents\/\d+\?saved=1$/);
+  const made = Number(new URL(page.url()).pathname.split('/').pop());
+  assert.equal((await api('GET', `/v1/agents/${made}`)).json.data.name, 'made in the console');
+  log(`agent saved from the form; a new one created (${made}) after "${noName.json.error.message}" by its name`);
 
   // --- Keyboard: the skip link and the main navigation -----------------------------------
   await page.goto(`${BASE}/console/conversations`);
