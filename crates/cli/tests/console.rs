@@ -147,7 +147,10 @@ async fn the_console_in_a_browser() {
         .unwrap()
         .iter()
         .any(|d| d["attempts"].as_array().map_or(0, Vec::len) >= 3);
-    assert!(retried, "a delivery failed twice, then the retry got through: {delivered}");
+    assert!(
+        retried,
+        "a delivery failed twice, then the retry got through: {delivered}"
+    );
     let other = Api::new(&svc.base, &key2);
     assert_eq!(
         other.get_json("/v1/conversations").await["total"],

@@ -61,19 +61,29 @@ async fn story(store: &dyn Store) {
     store.cancel_call(t, a, Millis(T0.0 + 1)).await.unwrap();
     let (a, b) = (a.to_string(), b.to_string());
 
-    assert_eq!(ids(store, t, Default::default()).await, [b.clone(), a.clone()], "newest first");
+    assert_eq!(
+        ids(store, t, Default::default()).await,
+        [b.as_str(), a.as_str()],
+        "newest first"
+    );
     let status = |s| ConversationFilter {
         status: Some(s),
         ..Default::default()
     };
-    assert_eq!(ids(store, t, status(CallStatus::Canceled)).await, [a.clone()]);
-    assert_eq!(ids(store, t, status(CallStatus::Queued)).await, [b.clone()]);
+    assert_eq!(
+        ids(store, t, status(CallStatus::Canceled)).await,
+        [a.as_str()]
+    );
+    assert_eq!(
+        ids(store, t, status(CallStatus::Queued)).await,
+        [b.as_str()]
+    );
     let day = ConversationFilter {
         created_from: Some(Millis(T0.0 + DAY)),
         created_before: Some(Millis(T0.0 + 2 * DAY)),
         ..Default::default()
     };
-    assert_eq!(ids(store, t, day.clone()).await, [b.clone()]);
+    assert_eq!(ids(store, t, day.clone()).await, [b.as_str()]);
     let combined = ConversationFilter {
         agent: Some(agent),
         status: Some(CallStatus::Canceled),
@@ -93,7 +103,14 @@ async fn story(store: &dyn Store) {
     assert!(agent == other_agent || ids(store, t, foreign).await.is_empty());
     assert_eq!(ids(store, other, Default::default()).await.len(), 1);
     let paged = store
-        .find_conversations(t, &Default::default(), Page { limit: 1, offset: 1 })
+        .find_conversations(
+            t,
+            &Default::default(),
+            Page {
+                limit: 1,
+                offset: 1,
+            },
+        )
         .await
         .unwrap();
     assert_eq!((paged.total, paged.items[0].id.to_string()), (2, a));

@@ -55,7 +55,7 @@ fn see_other(to: &str) -> Response {
 
 /// Unix ms as the console shows times: UTC, to the second.
 fn when(ms: Option<i64>) -> String {
-    ms.and_then(|m| chrono::DateTime::from_timestamp_millis(m))
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
         .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
         .unwrap_or_default()
 }
