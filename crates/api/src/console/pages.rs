@@ -161,6 +161,10 @@ pub async fn sign_in(State(state): State<AppState>, req: Request) -> PageResult 
     let key = field(&fields, "api_key").trim();
     match crate::auth::resolve_key(&state, key).await {
         Ok(caller) => {
+            // A new sign-in replaces the browser's old session rather than leaving it live.
+            if let Some(old) = cookie(&parts.headers, session::COOKIE) {
+                state.console.close(old);
+            }
             let lookup = crate::auth::key_lookup(key).unwrap_or_default().to_string();
             let token = state.console.open(caller, lookup);
             let secure = secure(&state, &parts.headers);

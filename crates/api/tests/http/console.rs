@@ -41,11 +41,16 @@ async fn sign_in(app: &TestApp, key: &str, extra: &[(&str, &str)]) -> (String, S
     let page = c.get(app.url("/console")).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let (token, _) = set_cookie(page.headers(), "outdial_console_signin");
+    let old = extra
+        .iter()
+        .find(|(k, _)| *k == "old-session")
+        .map(|(_, v)| format!("; outdial_console={v}"))
+        .unwrap_or_default();
     let mut req = c
         .post(app.url("/console/sign-in"))
-        .header(COOKIE, format!("outdial_console_signin={token}"))
+        .header(COOKIE, format!("outdial_console_signin={token}{old}"))
         .form(&[("csrf", token.as_str()), ("api_key", key)]);
-    for (k, v) in extra {
+    for (k, v) in extra.iter().filter(|(k, _)| *k != "old-session") {
         req = req.header(*k, *v);
     }
     let r = req.send().await.unwrap();
@@ -299,4 +304,21 @@ async fn another_tenants_things_are_not_found() {
         .await
         .unwrap();
     assert!(mine.contains(id), "the owner sees it");
+}
+
+#[tokio::test]
+async fn signing_in_again_replaces_the_old_session() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("acme").await;
+    let (first, _, _) = sign_in(&app, &t.key, &[]).await;
+    let (second, _, _) = sign_in(&app, &t.key, &[("old-session", first.as_str())]).await;
+    assert_ne!(first, second);
+    let status = |session: String| {
+        client()
+            .get(app.url("/console/agents"))
+            .header(COOKIE, format!("outdial_console={session}"))
+            .send()
+    };
+    assert_eq!(status(first).await.unwrap().status(), StatusCode::SEE_OTHER);
+    assert_eq!(status(second).await.unwrap().status(), 200);
 }

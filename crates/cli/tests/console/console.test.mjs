@@ -318,6 +318,8 @@ try {
     assert.equal(r.status(), 404, url);
     assert.equal(await page2.locator('#error-message').textContent(), message, url);
   }
+  await page2.goto(`${BASE}/console/conversations/${convId}`);
+  await axe(page2, 'error page');
   await page2.goto(`${BASE}/console/conversations?batch_id=${batchId}`);
   assert.ok(await page2.getByText('No conversations match.').isVisible(), 'another tenant\'s batch filter finds nothing');
   await page2.goto(`${BASE}/console/webhooks`);
