@@ -522,6 +522,17 @@ fn ms_text(v: Option<u64>) -> String {
     v.map(|n| format!("{n} ms")).unwrap_or_else(|| "n/a".into())
 }
 
+/// `answered_by` and `transfer` as the API's conversation JSON carries them, once it does
+/// (answering-machine detection and transfer add them): read from the JSON rather than the
+/// struct, so the page shows them as soon as the API does, and nothing while they are `null`.
+fn answered_and_transfer(json: &Value) -> (Option<String>, Option<String>) {
+    let present = |name: &str| json.get(name).filter(|v| !v.is_null());
+    let answered_by = present("answered_by").map(text_of);
+    let transfer = present("transfer")
+        .map(|v| serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+    (answered_by, transfer)
+}
+
 async fn conversation_view(
     state: &AppState,
     caller: Caller,
@@ -534,12 +545,8 @@ async fn conversation_view(
     )
     .await?;
     let d = found.data;
-    // The API's JSON, for fields this console does not know by type (added by later features).
-    let json = serde_json::to_value(&d).unwrap_or(Value::Null);
-    let present = |name: &str| json.get(name).filter(|v| !v.is_null());
-    let answered_by = present("answered_by").map(text_of);
-    let transfer = present("transfer")
-        .map(|v| serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+    let (answered_by, transfer) =
+        answered_and_transfer(&serde_json::to_value(&d).unwrap_or(Value::Null));
     let query = format!(
         "conversation_id={}&limit=100",
         form_urlencoded::byte_serialize(d.item.conversation_id.as_bytes()).collect::<String>()
@@ -1368,6 +1375,18 @@ mod tests {
             field_of("invalid turn_taking").as_deref(),
             Some("turn_taking")
         );
+    }
+
+    #[test]
+    fn answered_by_and_transfer_show_once_the_api_has_them() {
+        let (a, t) = answered_and_transfer(&serde_json::json!({
+            "answered_by": "machine",
+            "transfer": {"to": "+918035739000", "status": "completed"}
+        }));
+        assert_eq!(a.as_deref(), Some("machine"));
+        assert!(t.is_some_and(|t| t.contains("\"to\": \"+918035739000\"")));
+        let none = answered_and_transfer(&serde_json::json!({"answered_by": null}));
+        assert_eq!(none, (None, None));
     }
 
     #[test]
