@@ -329,6 +329,11 @@ impl KeyCache {
 
 async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let key = bearer(headers).ok_or(ApiError::Unauthenticated)?;
+    resolve_key(state, key).await
+}
+
+/// The tenant of `key`, as a bearer header would resolve it (the console's sign-in).
+pub(crate) async fn resolve_key(state: &AppState, key: &str) -> Result<Caller, ApiError> {
     let lookup = lookup_of(key).ok_or(ApiError::Unauthenticated)?;
     let cred = state
         .key_cache
@@ -336,6 +341,22 @@ async fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErr
         .await?
         .ok_or(ApiError::Unauthenticated)?;
     verify(key, &cred)
+}
+
+/// The lookup part of a well-formed key (not a secret: it only finds the row).
+pub(crate) fn key_lookup(key: &str) -> Option<&str> {
+    lookup_of(key)
+}
+
+/// Whether the key a console session was opened with is still good: not revoked, not gone.
+/// Read through the key cache, so a revocation ends sessions within its lifetime.
+pub(crate) async fn key_still_valid(
+    state: &AppState,
+    lookup: &str,
+    caller: Caller,
+) -> Result<bool, ApiError> {
+    let cred = state.key_cache.get(state.store.as_ref(), lookup).await?;
+    Ok(cred.is_some_and(|c| !c.revoked && c.id == caller.key && c.tenant == caller.tenant))
 }
 
 /// A key already verified and still in the cache, without a database read.

@@ -2,6 +2,7 @@
 //! error is turned into the contract's body here and nowhere else.
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod input;
 pub mod openapi;
@@ -83,6 +84,8 @@ pub struct AppState {
     pub dispatch_wake: Option<Arc<tokio::sync::Notify>>,
     /// The speech engines' states, as the binary last checked them (for `/readyz`).
     pub readiness: Arc<readiness::Readiness>,
+    /// The console's sign-in sessions (this node's memory).
+    pub console: Arc<console::session::Sessions>,
 }
 
 /// The process-wide Prometheus recorder (a `metrics` recorder can be installed only once).
@@ -128,6 +131,7 @@ impl AppState {
             metrics: metrics_handle(),
             dispatch_wake: None,
             readiness: Arc::new(readiness::Readiness::new()),
+            console: Arc::new(console::session::Sessions::new()),
         }
     }
 
@@ -226,6 +230,9 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .route_layer(middleware::from_fn_with_state(queries, input::query_policy))
+        // After the query policy, which holds only the API's declared routes to their
+        // parameters: the console's pages take their own.
+        .merge(console::router())
         .fallback(|| async { ApiError::NotFound("not found".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(

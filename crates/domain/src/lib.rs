@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod batch;
 pub mod call;
+pub mod console;
 pub mod dispatch;
 pub mod do_not_call;
 pub mod ids;

@@ -84,6 +84,7 @@ pub trait Store:
     + WebhookStore
     + crate::batch::BatchStore
     + crate::do_not_call::DoNotCallStore
+    + crate::console::ConsoleStore
     + Send
     + Sync
     + 'static

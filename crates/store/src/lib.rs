@@ -5,6 +5,7 @@
 
 mod batches;
 mod calls;
+mod console;
 mod dispatch;
 mod do_not_call;
 mod engines;

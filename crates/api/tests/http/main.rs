@@ -6,6 +6,7 @@ mod harness;
 mod agents;
 mod batches;
 mod calls;
+mod console;
 mod conversations;
 mod errors;
 mod service;
