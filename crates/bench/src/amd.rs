@@ -185,7 +185,7 @@ fn add_noise(x: &mut [i16], db: f64, rng: &mut StdRng) {
 }
 
 fn in_set(index: usize, tune: bool) -> bool {
-    (index % 2 == 0) == tune
+    index.is_multiple_of(2) == tune
 }
 
 fn corpus(args: &Args, cache: &std::path::Path) -> Result<Vec<Sample>> {
