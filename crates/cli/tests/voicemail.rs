@@ -96,18 +96,8 @@ async fn call(db: Db, greeting: &str, beep: bool, speak_after_ms: u32, extra: Va
         )
         .await;
     assert_eq!(target.status(), 200);
-    let location = api
-        .post(
-            "/v1/call",
-            json!({"agent_id": agent, "parameters": [
-            {"name": "customer_phone", "value": "+919876543210"},
-            {"name": "customer_name", "value": "Rahul"}]}),
-        )
-        .await
-        .headers()["location"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    // `Api::call` names the callee Rahul, as the message's template expects.
+    let location = api.call(agent, "+919876543210").await;
     let conversation = api.wait_terminal(&location, Duration::from_secs(60)).await;
     let recording = match conversation["recording_url"].as_str() {
         Some(url) => {
