@@ -95,6 +95,8 @@ pub struct Session {
 pub struct VoicemailPlan {
     /// Said once the greeting is over (rendered); `None`: hang up at once.
     pub message: Option<String>,
+    /// The detector's thresholds (the service's configuration).
+    pub detector: AmdConfig,
 }
 
 /// `results.voicemail` of a machine-answered call.
@@ -359,9 +361,7 @@ async fn run(
         transcript: Vec::new(),
         timings: Vec::new(),
         first_word: None,
-        amd: voicemail
-            .as_ref()
-            .map(|_| Amd::new(AmdConfig::default(), FRAME_MS)),
+        amd: voicemail.as_ref().map(|v| Amd::new(v.detector, FRAME_MS)),
         beeps: ToneDetector::new(ToneConfig::default(), SAMPLE_RATE, FRAME_MS as u32),
         answered_by: AnsweredBy::Unknown,
         machine_message: voicemail.and_then(|v| v.message),

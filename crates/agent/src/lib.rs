@@ -20,6 +20,7 @@ pub mod turn;
 pub mod vad;
 pub mod whisper;
 
+pub use amd::AmdConfig;
 pub use brain::{Brain, BrainError, Reply};
 pub use conversation::{
     converse, ConversationOutcome, EndedBy, Opening, Session, Timing, TurnTiming, VoicemailPlan,

@@ -326,6 +326,7 @@ async fn machine(beep_after: Option<Duration>) -> (Vec<i16>, Duration) {
 fn leave(message: Option<&str>) -> Option<VoicemailPlan> {
     Some(VoicemailPlan {
         message: message.map(str::to_string),
+        ..Default::default()
     })
 }
 

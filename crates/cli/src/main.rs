@@ -167,6 +167,21 @@ struct ServeArgs {
     /// call's parameters); an agent's own `disclosure` follows it, it cannot remove it.
     #[arg(long, env = "OUTDIAL_DISCLOSURE")]
     disclosure: Option<String>,
+    /// Answering machines: a first utterance this long (ms, mostly speech) is a recorded
+    /// greeting. Longer takes fewer people for machines and finds machines later.
+    #[arg(long, env = "OUTDIAL_AMD_GREETING_MS", default_value_t = agent::AmdConfig::default().greeting_ms,
+        value_parser = clap::value_parser!(u64).range(500..=10_000))]
+    amd_greeting_ms: u64,
+    /// Answering machines: silence (ms) after a shorter first utterance that makes it a person
+    /// waiting for an answer.
+    #[arg(long, env = "OUTDIAL_AMD_HUMAN_SILENCE_MS", default_value_t = agent::AmdConfig::default().human_silence_ms,
+        value_parser = clap::value_parser!(u64).range(200..=3_000))]
+    amd_human_silence_ms: u64,
+    /// Answering machines: no verdict this long (ms) after the answer is `unknown` (the call
+    /// goes on as with a person).
+    #[arg(long, env = "OUTDIAL_AMD_MAX_MS", default_value_t = agent::AmdConfig::default().max_ms,
+        value_parser = clap::value_parser!(u64).range(1_000..=30_000))]
+    amd_max_ms: u64,
     /// Largest CSV file `POST /v1/batch-call` accepts, in bytes (default 50 MiB).
     #[arg(long, env = "OUTDIAL_BATCH_MAX_BYTES", default_value_t = domain::batch::BatchLimits::default().max_bytes,
         value_parser = clap::value_parser!(u64).range(1..))]
@@ -554,6 +569,12 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
             public_url: public_url.clone(),
             events_written: Some(webhook_worker.waker()),
             shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_seconds),
+            amd: agent::AmdConfig {
+                greeting_ms: args.amd_greeting_ms,
+                human_silence_ms: args.amd_human_silence_ms,
+                max_ms: args.amd_max_ms,
+                ..Default::default()
+            },
             ..Default::default()
         },
     );

@@ -76,11 +76,20 @@ struct Answered {
     webhook: Value,
 }
 
-async fn call(db: Db, greeting: &str, beep: bool, speak_after_ms: u32, extra: Value) -> Answered {
+async fn call(
+    db: Db,
+    greeting: &str,
+    beep: bool,
+    speak_after_ms: u32,
+    extra: Value,
+    env: &[(&str, &str)],
+) -> Answered {
     let dir = tempfile::tempdir().unwrap();
     record(dir.path(), greeting, beep);
     let key = Service::create_tenant_in(dir.path(), &db);
-    let svc = Service::start_with(dir.path(), &db, &[("OUTDIAL_NO_RTP_TIMEOUT_SECONDS", "30")]);
+    let mut env = env.to_vec();
+    env.push(("OUTDIAL_NO_RTP_TIMEOUT_SECONDS", "30"));
+    let svc = Service::start_with(dir.path(), &db, &env);
     let _sipp = Sipp::run(&scenario(), false, 1, speak_after_ms, dir.path());
     let api = Api::new(&svc.base, &key);
     let mut config = agent();
@@ -141,7 +150,7 @@ fn beep_then_sound(wav: &media::wav::Wav) -> (f64, Option<f64>) {
 
 async fn a_machine_gets_the_message_after_its_beep(db: Db) {
     // The greeting starts 0.3 s after the answer, over the agent's opening.
-    let a = call(db, GREETING, true, 300, json!({})).await;
+    let a = call(db, GREETING, true, 300, json!({}), &[]).await;
     let c = &a.conversation;
     assert_eq!(c["status"], "completed", "{c}");
     assert_eq!(c["answered_by"], "machine", "{c}");
@@ -195,6 +204,7 @@ async fn a_person_who_answers_hello_is_a_person_and_hears_the_agent_out() {
         false,
         500,
         json!({"max_duration_seconds": 10}),
+        &[],
     )
     .await;
     let c = &a.conversation;
@@ -212,4 +222,33 @@ async fn a_person_who_answers_hello_is_a_person_and_hears_the_agent_out() {
     assert!(agent_lines.iter().any(|l| l.contains('?')), "{lines:?}");
     assert!(!agent_lines.contains(&MESSAGE), "{lines:?}");
     assert_eq!(a.webhook["data"]["call"]["answered_by"], "human");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn how_long_a_greeting_must_be_is_the_operators_setting() {
+    // The same greeting, with no beep to give it away: a machine by its length by default...
+    let a = call(Db::sqlite(), GREETING, false, 300, json!({}), &[]).await;
+    assert_eq!(
+        a.conversation["answered_by"], "machine",
+        "{}",
+        a.conversation
+    );
+    assert_eq!(a.conversation["results"]["voicemail"], "left");
+    // ...and never a machine when the service wants 10 s of it: still talking when the
+    // detector's 6 s are up, it is `unknown`, and the agent carries on as with a person.
+    let a = call(
+        Db::sqlite(),
+        GREETING,
+        false,
+        300,
+        json!({"max_duration_seconds": 12}),
+        &[("OUTDIAL_AMD_GREETING_MS", "10000")],
+    )
+    .await;
+    assert_eq!(
+        a.conversation["answered_by"], "unknown",
+        "{}",
+        a.conversation
+    );
+    assert!(a.conversation["results"].get("voicemail").is_none());
 }

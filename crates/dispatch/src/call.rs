@@ -171,6 +171,7 @@ impl Dispatcher {
                                 .voicemail
                                 .message_to_leave()
                                 .map(|m| agent::render(m, &call.parameters)),
+                            detector: self.config.amd,
                         }),
                     };
                     conversation = Some(tokio::spawn(agent::converse(

@@ -62,6 +62,8 @@ pub struct DispatchConfig {
     /// On a stop, how long live calls get to end on their own before they are hung up and
     /// settled `failed` / `interrupted`.
     pub shutdown_grace: Duration,
+    /// The answering-machine detector's thresholds.
+    pub amd: agent::AmdConfig,
 }
 
 impl Default for DispatchConfig {
@@ -76,6 +78,7 @@ impl Default for DispatchConfig {
             public_url: "http://127.0.0.1:8080".into(),
             events_written: None,
             shutdown_grace: Duration::from_secs(30),
+            amd: agent::AmdConfig::default(),
         }
     }
 }
