@@ -5,34 +5,14 @@
 
 mod common;
 
-use common::{backends, Backend};
-use domain::call::{NewCall, Parameter};
+use common::{backends, new_call, Backend};
 use domain::store::{CreateCallError, ManageError, Page, Store};
 use domain::tenant::TenantLimits;
-use domain::{AgentConfig, AgentId, ConversationId, Millis, TenantId, TraceId, E164};
+use domain::{AgentConfig, ConversationId, Millis, TraceId, E164};
 use serde_json::json;
 use std::sync::Arc;
 
 const T0: Millis = Millis(1_775_000_000_000);
-
-fn new_call(tenant: TenantId, agent: AgentId, phone: &str, now: Millis) -> NewCall {
-    NewCall {
-        tenant,
-        agent,
-        customer_phone: E164::parse(phone).unwrap(),
-        parameters: vec![Parameter {
-            name: "customer_phone".into(),
-            value: phone.into(),
-        }],
-        continues: None,
-        idempotency_key: None,
-        metadata: None,
-        retry_context: None,
-        scheduled_for: None,
-        trace_id: TraceId::new(),
-        now,
-    }
-}
 
 async fn story_keys_and_agents(store: &dyn Store) {
     let (t, agent) = common::tenant_with_agent(store, "acme", "+918035739222").await;

@@ -3,11 +3,11 @@
 
 mod common;
 
-use common::backends;
-use domain::call::{CallStatus, NewCall, Parameter};
+use common::{backends, new_call};
+use domain::call::CallStatus;
 use domain::console::ConversationFilter;
 use domain::store::{Page, Store};
-use domain::{AgentId, Millis, TenantId, TraceId, E164};
+use domain::{Millis, TenantId};
 
 const T0: Millis = Millis(1_775_000_000_000);
 const DAY: i64 = 86_400_000;
@@ -15,25 +15,6 @@ const PAGE: Page = Page {
     limit: 100,
     offset: 0,
 };
-
-fn call(tenant: TenantId, agent: AgentId, phone: &str, now: Millis) -> NewCall {
-    NewCall {
-        tenant,
-        agent,
-        customer_phone: E164::parse(phone).unwrap(),
-        parameters: vec![Parameter {
-            name: "customer_phone".into(),
-            value: phone.into(),
-        }],
-        continues: None,
-        idempotency_key: None,
-        metadata: None,
-        retry_context: None,
-        scheduled_for: None,
-        trace_id: TraceId::new(),
-        now,
-    }
-}
 
 async fn ids(store: &dyn Store, t: TenantId, f: ConversationFilter) -> Vec<String> {
     let listed = store.find_conversations(t, &f, PAGE).await.unwrap();
@@ -45,17 +26,17 @@ async fn story(store: &dyn Store) {
     let (t, agent) = common::tenant_with_agent(store, "acme", "+918035739222").await;
     let (other, other_agent) = common::tenant_with_agent(store, "other", "+918035739222").await;
     let a = store
-        .create_call(call(t, agent, "+919876500001", T0))
+        .create_call(new_call(t, agent, "+919876500001", T0))
         .await
         .unwrap()
         .conversation_id;
     let b = store
-        .create_call(call(t, agent, "+919876500002", Millis(T0.0 + DAY)))
+        .create_call(new_call(t, agent, "+919876500002", Millis(T0.0 + DAY)))
         .await
         .unwrap()
         .conversation_id;
     store
-        .create_call(call(other, other_agent, "+919876500003", T0))
+        .create_call(new_call(other, other_agent, "+919876500003", T0))
         .await
         .unwrap();
     store.cancel_call(t, a, Millis(T0.0 + 1)).await.unwrap();

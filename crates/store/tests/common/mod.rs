@@ -132,3 +132,28 @@ pub async fn tenant_with_agent(
     let agent = store.create_agent(t.id, &cfg, t0).await.unwrap();
     (t.id, agent.id)
 }
+
+/// A `POST /v1/call` for `phone` with only the required parameter.
+pub fn new_call(
+    tenant: domain::TenantId,
+    agent: domain::AgentId,
+    phone: &str,
+    now: domain::Millis,
+) -> domain::call::NewCall {
+    domain::call::NewCall {
+        tenant,
+        agent,
+        customer_phone: domain::E164::parse(phone).unwrap(),
+        parameters: vec![domain::call::Parameter {
+            name: "customer_phone".into(),
+            value: phone.into(),
+        }],
+        continues: None,
+        idempotency_key: None,
+        metadata: None,
+        retry_context: None,
+        scheduled_for: None,
+        trace_id: domain::TraceId::new(),
+        now,
+    }
+}
