@@ -112,6 +112,25 @@ struct ServeArgs {
         default_value_t = 6000
     )]
     api_rate_limit_per_minute: u32,
+    /// Webhook targets may be on private and loopback addresses (a receiver on the LAN or on
+    /// this machine): `true` or `false`. Every delivery checks the addresses again.
+    #[arg(
+        long,
+        env = "OUTDIAL_WEBHOOK_ALLOW_PRIVATE",
+        default_value = "false",
+        value_parser = |v: &str| webhooks::UrlPolicy::from_env_value(Some(v)),
+        action = clap::ArgAction::Set
+    )]
+    webhook_allow_private: webhooks::UrlPolicy,
+    /// Seconds between webhook delivery attempts, e.g. `5,30,120` (default: the contract's
+    /// schedule).
+    #[arg(
+        long,
+        env = "OUTDIAL_WEBHOOK_RETRY_SCHEDULE",
+        default_value_t = webhooks::RetrySchedule::default(),
+        value_parser = |v: &str| v.parse::<webhooks::RetrySchedule>()
+    )]
+    webhook_retry_schedule: webhooks::RetrySchedule,
     /// Base URL clients use to reach this service (for recording URLs); default: http://<listen>.
     #[arg(long, env = "OUTDIAL_PUBLIC_URL")]
     public_url: Option<String>,
@@ -506,11 +525,11 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
         .node_id
         .clone()
         .unwrap_or_else(|| format!("node-{}-{}", std::process::id(), domain::TraceId::new()));
-    let url_policy = webhooks::UrlPolicy::from_env()?;
+    let url_policy = args.webhook_allow_private;
     let webhook_worker = webhooks::Worker::new(
         store.clone(),
         webhooks::WorkerConfig::new(
-            webhooks::RetrySchedule::from_env()?,
+            args.webhook_retry_schedule.clone(),
             webhooks::ClientConfig {
                 policy: url_policy,
                 ..Default::default()

@@ -375,7 +375,7 @@ impl SqlStore {
                         now,
                     )
                     .map_err(|e| {
-                        StoreError::Database(format!("building the webhook event: {e}"))
+                        StoreError::Database(format!("building the webhook event: {e}").into())
                     })?,
                 );
             }
