@@ -451,8 +451,15 @@ async fn run(
             }
             frame = inbound.recv() => match frame {
                 Some(frame) => d.tick(frame),
-                // After a hand-over the agent's streams close whoever ends the call.
-                None if d.hand_over.is_some() => break EndedBy::Transferred,
+                // Waiting for a transfer, the streams close when it connects (the outcome may be a
+                // moment behind) or when the callee hangs up.
+                None if waiting => {
+                    let outcome = tokio::time::timeout(OUTCOME_LAG, next_outcome(&mut transfer_outcomes)).await;
+                    break match outcome {
+                        Ok(Some(o)) if o.status == TransferStatus::Connected => EndedBy::Transferred,
+                        _ => EndedBy::CalleeHungUp,
+                    };
+                }
                 None => break EndedBy::CalleeHungUp,
             },
             Some(msg) = rx.recv() => d.internal(msg),
@@ -505,6 +512,9 @@ fn next_outcome(
         None => Box::pin(std::future::pending()),
     }
 }
+
+/// How long closed streams wait for the transfer outcome that closed them.
+const OUTCOME_LAG: Duration = Duration::from_secs(2);
 
 /// How long the end of a call waits for a brain still answering (beyond the llm brain's
 /// 20 s turn limit).
@@ -808,7 +818,8 @@ impl Driver {
             } => {
                 self.phrases = brain.expected_phrases();
                 self.brain = Some(brain);
-                if let Some(target) = transfer.filter(|_| reply == self.reply) {
+                // Even a reply cut by barge-in: the caller asked for a person.
+                if let Some(target) = transfer {
                     self.begin_hand_over(target);
                 }
                 if end {

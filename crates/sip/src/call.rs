@@ -521,7 +521,11 @@ impl Call {
                     }
                     Some(CallControl::SendDtmf(digit)) => self.media_command(MediaCommand::Dtmf(digit)),
                     Some(CallControl::FlushAudio) => self.media_command(MediaCommand::Flush),
-                    Some(CallControl::Transfer(request)) => self.refer(dialog, request),
+                    Some(CallControl::Transfer(request)) => {
+                        if let Some(end) = self.refer(dialog, request).await {
+                            return end;
+                        }
+                    }
                 },
                 news = transfer_news(&mut self.transfer, &mut self.bridge) => match news {
                 News::Target(event) => {
@@ -582,10 +586,14 @@ impl Call {
     }
 
     /// Starts a blind transfer: REFER to the target's number at the trunk.
-    fn refer(&mut self, dialog: &InviteDialog, request: TransferRequest) {
+    async fn refer(
+        &mut self,
+        dialog: &InviteDialog,
+        request: TransferRequest,
+    ) -> Option<Termination> {
         if self.transfer.is_some() || self.bridge.is_some() {
             warn!("a transfer is already under way; another is ignored");
-            return;
+            return None;
         }
         let uri = header::HeaderValue::new("transfer number", request.number.to_string())
             .map_err(header::UriError::Header)
@@ -604,21 +612,21 @@ impl Call {
                 None
             }
         };
-        let no_refer = refer.is_none();
-        self.transfer = Some(Transferring {
+        let unsent = refer.is_none();
+        let mut t = Transferring {
             request,
             machine,
             refer,
             leg: None,
-        });
-        if no_refer {
-            if let Some(t) = self.transfer.as_mut() {
-                // Unsendable: the same as refused, so the bridge is tried.
-                if t.machine.on_refer_response(None) == Step::Dial {
-                    self.dial_target();
-                }
-            }
-        }
+        };
+        // Unsendable is the same as refused: the bridge is tried.
+        let step = if unsent {
+            t.machine.on_refer_response(None)
+        } else {
+            Step::Wait
+        };
+        self.transfer = Some(t);
+        self.on_step(step, dialog).await
     }
 
     /// Acts on the transfer machine's decision; `Some` ends this leg.
@@ -626,7 +634,7 @@ impl Call {
         match step {
             Step::Wait => None,
             Step::Dial => {
-                self.dial_target();
+                self.dial_target().await;
                 None
             }
             Step::Done(method, status) => {
@@ -644,7 +652,7 @@ impl Call {
     }
 
     /// Dials the transfer target on the same trunk, as the same caller id.
-    fn dial_target(&mut self) {
+    async fn dial_target(&mut self) {
         let Some(t) = self.transfer.as_mut() else {
             return;
         };
@@ -657,21 +665,11 @@ impl Call {
             Ok(leg) => t.leg = Some(leg),
             Err(e) => {
                 warn!(error = %e, "the transfer target could not be dialled");
-                // Reported as a target that did not answer.
-                let _ = t.machine.on_target(false);
-                let failed = self.transfer.take();
-                if let Some(t) = failed {
-                    let request = t.request;
-                    let events = self.events.clone();
-                    tokio::spawn(async move {
-                        let _ = events
-                            .send(CallEvent::Transfer(outcome(
-                                &request,
-                                TransferMethod::Bridge,
-                                TransferStatus::Failed,
-                            )))
-                            .await;
-                    });
+                // As a target that did not answer.
+                if let Step::Done(method, status) = t.machine.on_target(false) {
+                    if let Some(t) = self.transfer.take() {
+                        self.report_transfer(&t.request, method, status).await;
+                    }
                 }
             }
         }
@@ -707,6 +705,8 @@ impl Call {
             self.transfer = Some(t);
             return None;
         };
+        // Reported before the owner's streams close, so it hears how its part ended first.
+        self.report_transfer(&t.request, method, status).await;
         if let (Some(target_media), Some(leg)) = (answered, t.leg.take()) {
             // The owner's streams are replaced (and so closed): the callee now hears the target.
             let (in_tx, inbound) = mpsc::channel(INBOUND_FRAMES);
@@ -721,7 +721,6 @@ impl Call {
             info!("bridged the callee to the transfer target");
             self.bridge = Some(Bridged { leg, relay });
         }
-        self.report_transfer(&t.request, method, status).await;
         None
     }
 
