@@ -35,10 +35,12 @@ fn agent() -> Value {
             { "when_any": ["yes", "yeah", "sure", "okay"], "set": { "intent": "billing" },
               "transfer_to": "billing", "next": "stage_after" }
           ],
-          "otherwise": { "say": "Sorry, could you say that again?", "repeat": 2 } },
+          "otherwise": { "say": "Sorry, could you say that again?", "repeat": 1, "then_end": true } },
         { "id": "stage_after", "say": AFTER }
       ],
-      "results": [ { "name": "intent" } ]
+      "results": [ { "name": "intent" } ],
+      // A misheard "yes" ends the call soon, so a failure shows its transcript quickly.
+      "max_duration_seconds": 60
     })
 }
 
@@ -83,12 +85,29 @@ struct Transferred {
     sipp: Sipp,
 }
 
-async fn call(db: &Db, scenario_file: &str, tone: bool, extra: &[&str]) -> Transferred {
+/// One call through the service (with `env` added to its settings) to SIPp running
+/// `scenario_file` (with `sipp_args`).
+async fn call(
+    db: &Db,
+    scenario_file: &str,
+    tone: bool,
+    sipp_args: &[&str],
+    env: &[(&str, &str)],
+) -> Transferred {
     let dir = tempfile::tempdir().unwrap();
     record(dir.path(), tone);
     let key = Service::create_tenant_in(dir.path(), db);
-    let svc = Service::start_with(dir.path(), db, &[("OUTDIAL_NO_RTP_TIMEOUT_SECONDS", "30")]);
-    let sipp = Sipp::run_with(&scenario(scenario_file), false, 2, 3500, dir.path(), extra);
+    let mut env = env.to_vec();
+    env.push(("OUTDIAL_NO_RTP_TIMEOUT_SECONDS", "30"));
+    let svc = Service::start_with(dir.path(), db, &env);
+    let sipp = Sipp::run_with(
+        &scenario(scenario_file),
+        false,
+        2,
+        3500,
+        dir.path(),
+        sipp_args,
+    );
     let api = Api::new(&svc.base, &key);
     let agent = api.setup_agent(sipp.port, agent()).await;
     let location = api.call(agent, "+919876543210").await;
@@ -154,7 +173,7 @@ fn sent_to(trace: &Path, method: &str) -> String {
 }
 
 async fn the_trunk_takes_the_refer(db: Db) {
-    let t = call(&db, "transfer_refer.xml", false, &[]).await;
+    let t = call(&db, "transfer_refer.xml", false, &[], &[]).await;
     let c = &t.conversation;
     assert_eq!(c["status"], "completed", "{c}");
     let transfer = &c["transfer"];
@@ -260,6 +279,7 @@ async fn refer_refused_501_dials_the_target_and_bridges_audio_both_ways() {
         "transfer_bridge.xml",
         true,
         &["-set", "target_rtp_port", &port],
+        &[],
     )
     .await;
     let heard = phone.heard();
@@ -296,7 +316,7 @@ async fn refer_refused_501_dials_the_target_and_bridges_audio_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_target_fails_the_transfer_and_the_flow_goes_on() {
-    let t = call(&Db::sqlite(), "transfer_busy.xml", false, &[]).await;
+    let t = call(&Db::sqlite(), "transfer_busy.xml", false, &[], &[]).await;
     let c = &t.conversation;
     assert_eq!(c["status"], "completed", "{c}");
     let transfer = &c["transfer"];
@@ -315,5 +335,36 @@ async fn a_busy_target_fails_the_transfer_and_the_flow_goes_on() {
         &said[at + 1..],
         [agent::TRANSFER_FAILED_LINE.to_string(), AFTER.to_string()],
         "{c}"
+    );
+}
+
+/// A trunk that accepts the REFER but never reports the target answering: after the service's
+/// `OUTDIAL_TRANSFER_TIMEOUT_SECONDS` (2 here; the callee stays 12 s, so the 15 s default would
+/// never get there) outdial dials the target itself; it is busy, so the transfer fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_final_notify_in_time_falls_back_to_the_bridge() {
+    let t = call(
+        &Db::sqlite(),
+        "transfer_no_final_notify.xml",
+        false,
+        &[],
+        &[("OUTDIAL_TRANSFER_TIMEOUT_SECONDS", "2")],
+    )
+    .await;
+    let c = &t.conversation;
+    assert_eq!(c["status"], "completed", "{c}");
+    assert_eq!(c["transfer"]["method"], "bridge", "{c}");
+    assert_eq!(c["transfer"]["status"], "failed");
+    sent_to(&t.sipp.trace, "REFER");
+    let invites = t.sipp.invites_per_number();
+    assert_eq!(invites.get(TARGET), Some(&1), "{invites:?}");
+    let said = agent_said(c);
+    let at = said
+        .iter()
+        .position(|l| l == SAY)
+        .expect("the hand-over line");
+    assert_eq!(
+        said.get(at + 1).map(String::as_str),
+        Some(agent::TRANSFER_FAILED_LINE)
     );
 }

@@ -527,39 +527,15 @@ impl Call {
                         }
                     }
                 },
-                news = transfer_news(&mut self.transfer, &mut self.bridge) => match news {
-                News::Target(event) => {
-                    if let Some(end) = self.on_target_event(event, dialog).await {
+                news = transfer_news(&mut self.transfer, &mut self.bridge) => {
+                    let end = match news {
+                        News::Target(event) => self.on_target_event(event, dialog).await,
+                        News::Refer(refer) => self.on_refer_answer(refer, dialog).await,
+                    };
+                    if let Some(end) = end {
                         return end;
                     }
                 }
-                News::Refer(refer) => {
-                    if let Some(t) = self.transfer.as_mut() {
-                        // Done: a finished task must not be polled again.
-                        t.refer = None;
-                    }
-                    let code = match refer {
-                        Ok(Ok(Some(resp))) => Some(resp.status_code.code()),
-                        Ok(Ok(None)) => None,
-                        Ok(Err(e)) => {
-                            warn!(error = %e, "REFER failed");
-                            None
-                        }
-                        Err(e) => {
-                            warn!(error = %e, "REFER task failed");
-                            None
-                        }
-                    };
-                    info!(?code, "REFER answered");
-                    let step = match self.transfer.as_mut() {
-                        Some(t) => t.machine.on_refer_response(code),
-                        None => Step::Wait,
-                    };
-                    if let Some(end) = self.on_step(step, dialog).await {
-                        return end;
-                    }
-                }
-                },
                 () = until(deadline) => {
                     let step = match self.transfer.as_mut() {
                         Some(t) => t.machine.on_time(Instant::now()),
@@ -572,7 +548,6 @@ impl Call {
                         return end;
                     }
                 }
-
                 Some(event) = next_media_event(&mut self.media) => match event {
                     MediaEvent::Dtmf(digit) => self.emit(CallEvent::Dtmf(digit)).await,
                     MediaEvent::NoRtp => {
@@ -626,6 +601,32 @@ impl Call {
             Step::Wait
         };
         self.transfer = Some(t);
+        self.on_step(step, dialog).await
+    }
+
+    /// The REFER's final response, or why there was none.
+    async fn on_refer_answer(
+        &mut self,
+        refer: ReferResult,
+        dialog: &InviteDialog,
+    ) -> Option<Termination> {
+        let t = self.transfer.as_mut()?;
+        // Done: a finished task must not be polled again.
+        t.refer = None;
+        let code = match refer {
+            Ok(Ok(Some(resp))) => Some(resp.status_code.code()),
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => {
+                warn!(error = %e, "REFER failed");
+                None
+            }
+            Err(e) => {
+                warn!(error = %e, "REFER task failed");
+                None
+            }
+        };
+        info!(?code, "REFER answered");
+        let step = t.machine.on_refer_response(code);
         self.on_step(step, dialog).await
     }
 
