@@ -711,6 +711,10 @@ fn instructions(
                 if let Some(say) = route.say.as_deref().map(|t| render(t, parameters)) {
                     s.push_str(&format!(" say {say:?};"));
                 }
+                if let Some(target) = &route.transfer_to {
+                    s.push_str(&format!(" call transfer_call with target {target:?};"));
+                    s.push_str(" if that fails,");
+                }
                 if route.end {
                     s.push_str(" then call end_call.");
                 } else if let Some(next) = &route.next {
