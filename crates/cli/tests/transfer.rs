@@ -83,6 +83,8 @@ struct Transferred {
     conversation: Value,
     recording: media::wav::Wav,
     sipp: Sipp,
+    /// SIPp's trace is in it.
+    _dir: tempfile::TempDir,
 }
 
 /// One call through the service (with `env` added to its settings) to SIPp running
@@ -125,12 +127,11 @@ async fn call(
         .unwrap();
     assert_eq!(wav.status(), 200);
     let recording = media::wav::read(&wav.bytes().await.unwrap()).unwrap();
-    // The temp dir (SIPp's trace) lives as long as the test needs it.
-    std::mem::forget(dir);
     Transferred {
         conversation,
         recording,
         sipp,
+        _dir: dir,
     }
 }
 
