@@ -27,11 +27,13 @@ pub enum BrainError {
     Stream(String),
 }
 
-/// What the agent does after a turn: speak `say` in order, then hang up if `end`.
+/// What the agent does after a turn: speak `say` in order, then hang up if `end`, or hand the
+/// call to the agent's transfer target named `transfer`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reply {
     pub say: Vec<String>,
     pub end: bool,
+    pub transfer: Option<String>,
 }
 
 #[async_trait]
@@ -59,6 +61,11 @@ pub trait Brain: Send + 'static {
             let _ = lines.send(line.clone());
         }
         Ok(reply)
+    }
+    /// The transfer a reply asked for could not be made; the caller is still on the line and
+    /// has been told. What the agent does next (the default: wait for the caller).
+    fn transfer_failed(&mut self) -> Reply {
+        Reply::default()
     }
     /// Words and phrases the caller is expected to say now: a hint for speech-to-text.
     fn expected_phrases(&self) -> Vec<String>;

@@ -13,11 +13,15 @@ use crate::stt::{SpeechToText, SttStream, Transcript};
 use crate::tts::TextToSpeech;
 use crate::turn::{TurnConfig, TurnEvent, TurnTaker, FRAME_MS};
 use crate::vad::Vad;
+use domain::call::TransferStatus;
 use domain::call::{AnsweredBy, Speaker, TranscriptItem};
-use domain::telephony::{AudioFrame, CallControl, MediaStream, FRAME_SAMPLES, SAMPLE_RATE};
+use domain::telephony::{
+    AudioFrame, CallControl, MediaStream, TransferRequest, FRAME_SAMPLES, SAMPLE_RATE,
+};
+use domain::E164;
 use media::tone::{ToneConfig, ToneDetector, ToneEvent};
 use serde_json::{Map, Value};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -88,6 +92,33 @@ pub struct Session {
     pub timing: Timing,
     /// Answering-machine detection; `None`: off (the call is `answered_by: unknown`).
     pub voicemail: Option<VoicemailPlan>,
+    /// Where the call may be handed to a person; `None`: the agent has no transfer targets.
+    pub transfer: Option<TransferPlan>,
+}
+
+/// The agent's transfer block and the way its outcomes come back.
+#[derive(Debug)]
+pub struct TransferPlan {
+    pub targets: BTreeMap<String, E164>,
+    /// Said whole before the hand-over (rendered).
+    pub say: Option<String>,
+    /// The call's [`CallEvent::Transfer`](domain::telephony::CallEvent::Transfer)s, passed on
+    /// by whoever follows the call's events.
+    pub outcomes: mpsc::Receiver<domain::call::Transfer>,
+}
+
+/// What the agent says when a transfer could not be made, before going on.
+pub const TRANSFER_FAILED_LINE: &str = "Sorry, I couldn't connect you right now.";
+
+/// A transfer asked for by the brain, from its reply to its outcome.
+#[derive(Debug)]
+enum HandOver {
+    /// The reply's own lines are still being said.
+    Finishing(TransferRequest),
+    /// The transfer's `say` is being said.
+    Announcing(TransferRequest),
+    /// The call was asked to transfer; waiting for the outcome.
+    Waiting,
 }
 
 /// What a machine-answered call does.
@@ -105,6 +136,8 @@ pub const VOICEMAIL_RESULT: &str = "voicemail";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndedBy {
     AgentEnded,
+    /// The call was handed to a person (the agent's part is over; the call may go on).
+    Transferred,
     CalleeHungUp,
     MaxDuration,
 }
@@ -204,6 +237,7 @@ enum Internal {
         brain: Box<dyn Brain>,
         reply: u64,
         end: bool,
+        transfer: Option<String>,
     },
 }
 
@@ -296,6 +330,11 @@ struct Driver {
     hold: bool,
     /// A machine answered and the message was played to its end.
     message_left: bool,
+    transfer_targets: BTreeMap<String, E164>,
+    transfer_say: Option<String>,
+    hand_over: Option<HandOver>,
+    /// Ticks the agent has been silent with nothing queued, during a hand-over.
+    quiet_ticks: usize,
 }
 
 const PREROLL_FRAMES: usize = 10;
@@ -324,7 +363,12 @@ async fn run(
         answered_at_ms,
         timing,
         voicemail,
+        transfer,
     } = session;
+    let (transfer_targets, transfer_say, mut transfer_outcomes) = match transfer {
+        Some(t) => (t.targets, t.say, Some(t.outcomes)),
+        None => (BTreeMap::new(), None, None),
+    };
     let deadline = answered_at + timing.max_duration;
     let start = brain.start();
     let mut d = Driver {
@@ -368,6 +412,10 @@ async fn run(
         greeting: None,
         hold: false,
         message_left: false,
+        transfer_targets,
+        transfer_say,
+        hand_over: None,
+        quiet_ticks: 0,
     };
     let disclosure = disclosure.map(|line| (line, true));
     let opening = opening.map(|line| (line, false));
@@ -385,14 +433,33 @@ async fn run(
     d.speak(start, None);
     d.fill();
     let ended_by = loop {
+        d.hand_over_step();
         if d.finished() {
             let _ = d.control.send(CallControl::Hangup).await;
             break EndedBy::AgentEnded;
         }
+        let waiting = matches!(d.hand_over, Some(HandOver::Waiting));
         tokio::select! {
             biased;
+            Some(outcome) = next_outcome(&mut transfer_outcomes), if waiting => {
+                tracing::info!(target = %outcome.target, method = outcome.method.as_str(),
+                    status = outcome.status.as_str(), "transfer outcome");
+                if outcome.status == TransferStatus::Connected {
+                    break EndedBy::Transferred;
+                }
+                d.transfer_failed();
+            }
             frame = inbound.recv() => match frame {
                 Some(frame) => d.tick(frame),
+                // Waiting for a transfer, the streams close when it connects (the outcome may be a
+                // moment behind) or when the callee hangs up.
+                None if waiting => {
+                    let outcome = tokio::time::timeout(OUTCOME_LAG, next_outcome(&mut transfer_outcomes)).await;
+                    break match outcome {
+                        Ok(Some(o)) if o.status == TransferStatus::Connected => EndedBy::Transferred,
+                        _ => EndedBy::CalleeHungUp,
+                    };
+                }
                 None => break EndedBy::CalleeHungUp,
             },
             Some(msg) = rx.recv() => d.internal(msg),
@@ -436,6 +503,19 @@ async fn run(
     }
 }
 
+fn next_outcome(
+    outcomes: &mut Option<mpsc::Receiver<domain::call::Transfer>>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<domain::call::Transfer>> + Send + '_>>
+{
+    match outcomes {
+        Some(rx) => Box::pin(rx.recv()),
+        None => Box::pin(std::future::pending()),
+    }
+}
+
+/// How long closed streams wait for the transfer outcome that closed them.
+const OUTCOME_LAG: Duration = Duration::from_secs(2);
+
 /// How long the end of a call waits for a brain still answering (beyond the llm brain's
 /// 20 s turn limit).
 const BRAIN_RETURN: Duration = Duration::from_secs(25);
@@ -447,6 +527,71 @@ impl Driver {
 
     fn agent_talking(&self) -> bool {
         self.current.is_some() || self.ahead > 0
+    }
+
+    /// Nothing said, queued or being synthesised.
+    fn quiet(&self) -> bool {
+        !self.agent_talking() && self.synth_pending == 0 && self.queue.is_empty()
+    }
+
+    /// The brain asked to hand the call to `target`: its reply is said whole, then the
+    /// transfer's `say`, then the call is asked to transfer.
+    fn begin_hand_over(&mut self, target: String) {
+        let Some(number) = self.transfer_targets.get(&target).cloned() else {
+            // Validation keeps this from happening; the caller is not left waiting for it.
+            tracing::error!(%target, "the brain asked for a transfer target the agent does not have");
+            return;
+        };
+        tracing::info!(%target, "handing the call over");
+        for line in self.queue.iter_mut().chain(self.current.as_mut()) {
+            line.uncut = true;
+        }
+        self.quiet_ticks = 0;
+        self.hand_over = Some(HandOver::Finishing(TransferRequest { target, number }));
+    }
+
+    /// Moves a hand-over on once what was to be said has been played.
+    fn hand_over_step(&mut self) {
+        let ready = self.brain.is_some() && self.quiet() && self.quiet_ticks >= TAIL_TICKS;
+        match self.hand_over.take() {
+            Some(HandOver::Finishing(request)) if ready => {
+                self.quiet_ticks = 0;
+                if let Some(say) = self.transfer_say.clone() {
+                    self.speak(
+                        Reply {
+                            say: vec![say],
+                            ..Reply::default()
+                        },
+                        None,
+                    );
+                }
+                self.hand_over = Some(HandOver::Announcing(request));
+            }
+            Some(HandOver::Announcing(request)) if ready => {
+                if let Err(e) = self.control.try_send(CallControl::Transfer(request)) {
+                    tracing::error!(error = %e, "the call could not be asked to transfer");
+                    self.transfer_failed();
+                    return;
+                }
+                self.hand_over = Some(HandOver::Waiting);
+            }
+            other => self.hand_over = other,
+        }
+    }
+
+    /// The caller is still here: they are told, and the brain goes on.
+    fn transfer_failed(&mut self) {
+        self.hand_over = None;
+        let mut reply = self
+            .brain
+            .as_mut()
+            .map(|b| b.transfer_failed())
+            .unwrap_or_default();
+        if let Some(brain) = self.brain.as_ref() {
+            self.phrases = brain.expected_phrases();
+        }
+        reply.say.insert(0, TRANSFER_FAILED_LINE.to_string());
+        self.speak(reply, None);
     }
 
     fn finished(&self) -> bool {
@@ -463,9 +608,11 @@ impl Driver {
     fn tick(&mut self, frame: AudioFrame) {
         self.frame_no += 1;
         self.ahead = self.ahead.saturating_sub(1);
-        if self.ending && !self.agent_talking() && self.synth_pending == 0 && self.queue.is_empty()
-        {
+        if self.ending && self.quiet() {
             self.tail_ticks += 1;
+        }
+        if self.hand_over.is_some() && self.quiet() {
+            self.quiet_ticks += 1;
         }
         self.fill();
         // Both see every frame: the VAD keeps state across frames, and the echo gate's clock is
@@ -514,8 +661,8 @@ impl Driver {
             TurnEvent::TurnEnded { .. } | TurnEvent::Dropped => self.recognition.take(),
             _ => None,
         };
-        if self.ending {
-            // The call is ending: nothing the caller says now changes that.
+        if self.ending || self.hand_over.is_some() {
+            // The call is ending or being handed over: nothing the caller says now changes that.
             return;
         }
         match event {
@@ -653,7 +800,7 @@ impl Driver {
                     mark,
                     tts: took,
                     // A reply that turned out to end the call is its goodbye: not cut either.
-                    uncut: last_words || self.ending,
+                    uncut: last_words || self.ending || self.hand_over.is_some(),
                 });
                 // At once, not at the next tick: up to 20 ms of latency saved.
                 self.fill();
@@ -663,9 +810,18 @@ impl Driver {
                     self.synth_pending = self.synth_pending.saturating_sub(1);
                 }
             }
-            Internal::Replied { brain, reply, end } => {
+            Internal::Replied {
+                brain,
+                reply,
+                end,
+                transfer,
+            } => {
                 self.phrases = brain.expected_phrases();
                 self.brain = Some(brain);
+                // Even a reply cut by barge-in: the caller asked for a person.
+                if let Some(target) = transfer {
+                    self.begin_hand_over(target);
+                }
                 if end {
                     self.ending = true;
                     if reply == self.reply {
@@ -732,15 +888,21 @@ impl Driver {
         let reply = self.reply;
         tokio::spawn(
             async move {
-                let end = match brain.hear_streaming(&words, &lines_tx).await {
-                    Ok(r) => r.end,
+                let (end, transfer) = match brain.hear_streaming(&words, &lines_tx).await {
+                    Ok(r) => (r.end, r.transfer),
                     Err(e) => {
                         tracing::error!(error = %e, "the brain failed; the agent says what it had");
-                        false
+                        (false, None)
                     }
                 };
                 drop(lines_tx);
-                let _ = tx.send(Internal::Replied { brain, reply, end }).await;
+                let msg = Internal::Replied {
+                    brain,
+                    reply,
+                    end,
+                    transfer,
+                };
+                let _ = tx.send(msg).await;
             }
             .in_current_span(),
         );
@@ -912,6 +1074,7 @@ impl Driver {
                 Reply {
                     say: vec![message],
                     end: true,
+                    ..Reply::default()
                 },
                 None,
             );

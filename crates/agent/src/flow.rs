@@ -13,7 +13,7 @@ use crate::brain::{Brain, BrainError, Reply};
 use crate::stt::Transcript;
 use crate::template::render;
 use async_trait::async_trait;
-use domain::agent::{AgentConfig, Stage};
+use domain::agent::{AgentConfig, Route, Stage};
 use domain::call::{Parameter, RetryContext};
 use serde_json::{Map, Value};
 use unicode_normalization::char::is_combining_mark;
@@ -92,6 +92,8 @@ pub struct FlowBrain {
     /// Misses (no route matched) at the current stage.
     misses: u32,
     results: Map<String, Value>,
+    /// The route that asked for a transfer now under way.
+    after_transfer: Option<Route>,
 }
 
 impl FlowBrain {
@@ -120,6 +122,7 @@ impl FlowBrain {
             current,
             misses: 0,
             results,
+            after_transfer: None,
         }
     }
 
@@ -166,8 +169,8 @@ impl FlowBrain {
             if self.misses > repeat && otherwise.is_some_and(|o| o.then_end) {
                 // The spec has no goodbye for this case: the re-ask already told the caller.
                 return Reply {
-                    say: Vec::new(),
                     end: true,
+                    ..Reply::default()
                 };
             }
             let say = otherwise
@@ -175,15 +178,33 @@ impl FlowBrain {
                 .or_else(|| self.question());
             return Reply {
                 say: say.into_iter().collect(),
-                end: false,
+                ..Reply::default()
             };
         };
         for (k, v) in &route.set {
             self.results.insert(k.clone(), v.clone());
         }
-        let mut say: Vec<String> = self.text(&route.say).into_iter().collect();
+        let say: Vec<String> = self.text(&route.say).into_iter().collect();
+        if let Some(target) = &route.transfer_to {
+            // `next` or `end` waits for the transfer's outcome: they apply only if it fails.
+            self.after_transfer = Some(route.clone());
+            return Reply {
+                say,
+                transfer: Some(target.clone()),
+                ..Reply::default()
+            };
+        }
+        self.follow(route, say)
+    }
+
+    /// A matched route's `end` or `next` (the caller already heard `say`, the route's own line).
+    fn follow(&mut self, route: &Route, mut say: Vec<String>) -> Reply {
         if route.end {
-            return Reply { say, end: true };
+            return Reply {
+                say,
+                end: true,
+                ..Reply::default()
+            };
         }
         if let Some(next) = &route.next {
             if let Some(i) = self.stages.iter().position(|s| &s.id == next) {
@@ -196,7 +217,10 @@ impl FlowBrain {
             // than leave the caller in silence.
             say.extend(self.question());
         }
-        Reply { say, end: false }
+        Reply {
+            say,
+            ..Reply::default()
+        }
     }
 }
 
@@ -205,7 +229,14 @@ impl Brain for FlowBrain {
     fn start(&mut self) -> Reply {
         Reply {
             say: self.question().into_iter().collect(),
-            end: false,
+            ..Reply::default()
+        }
+    }
+
+    fn transfer_failed(&mut self) -> Reply {
+        match self.after_transfer.take() {
+            Some(route) => self.follow(&route, Vec::new()),
+            None => Reply::default(),
         }
     }
 
@@ -587,11 +618,41 @@ mod tests {
         assert_eq!(
             r,
             Reply {
-                say: vec![],
-                end: true
+                end: true,
+                ..Reply::default()
             }
         );
         assert!(b.results().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_transfer_route_hands_over_and_its_next_applies_only_if_that_fails() {
+        let v = json!({
+          "name": "support",
+          "transfer": { "targets": { "billing": "+918045000000" } },
+          "stages": [
+            { "id": "stage_ask", "say": "Anything else?",
+              "routes": [
+                { "when_any": ["billing"], "set": { "intent": "billing" },
+                  "say": "One moment.", "transfer_to": "billing", "next": "stage_after" } ] },
+            { "id": "stage_after", "say": "Can I help with anything else?" }
+          ]
+        });
+        let agent = AgentConfig::from_json(v.as_object().unwrap()).unwrap();
+        let mut b = FlowBrain::new(&agent, &params(), None);
+        let r = hear(&mut b, "billing please").await;
+        assert_eq!(r.say, vec!["One moment."]);
+        assert_eq!(r.transfer.as_deref(), Some("billing"));
+        assert!(!r.end);
+        // Still at the stage while the transfer is tried.
+        assert_eq!(b.stage_id(), Some("stage_ask"));
+        assert_eq!(b.results()["intent"], "billing");
+        let r = b.transfer_failed();
+        assert_eq!(r.say, vec!["Can I help with anything else?"]);
+        assert_eq!((r.end, r.transfer), (false, None));
+        assert_eq!(b.stage_id(), Some("stage_after"));
+        // Nothing pending any more.
+        assert_eq!(b.transfer_failed(), Reply::default());
     }
 
     #[tokio::test]

@@ -23,7 +23,8 @@ pub mod whisper;
 pub use amd::AmdConfig;
 pub use brain::{Brain, BrainError, Reply};
 pub use conversation::{
-    converse, ConversationOutcome, EndedBy, Opening, Session, Timing, TurnTiming, VoicemailPlan,
+    converse, ConversationOutcome, EndedBy, Opening, Session, Timing, TransferPlan, TurnTiming,
+    VoicemailPlan, TRANSFER_FAILED_LINE,
 };
 pub use deepgram::{Deepgram, DeepgramConfig};
 pub use engines::{

@@ -93,6 +93,10 @@ pub struct LlmBrain {
     /// Where the plan started: the model does not report stage changes, so a later attempt
     /// resumes here.
     start_stage: Option<String>,
+    /// The agent's transfer targets, the only names `transfer_call` accepts.
+    transfer_targets: BTreeSet<String>,
+    /// The target `transfer_call` asked for this turn.
+    transfer: Option<String>,
 }
 
 /// One tool call as assembled from its streamed fragments.
@@ -186,6 +190,12 @@ impl LlmBrain {
                 .and_then(|r| r.retry_language.clone())
                 .unwrap_or_else(|| agent.language.clone()),
             start_stage: start.map(|s| s.id.clone()),
+            transfer_targets: agent
+                .transfer
+                .iter()
+                .flat_map(|t| t.targets.keys().cloned())
+                .collect(),
+            transfer: None,
         };
         let opening = crate::opening_line(agent, parameters, retry);
         if let Some(opening) = opening {
@@ -297,9 +307,12 @@ impl LlmBrain {
             )));
         }
         self.failures = 0;
+        let transfer = self.transfer.take();
         Ok(Reply {
             say: std::mem::take(&mut turn.said),
-            end,
+            // A hand-over asked for in the same turn as end_call wins: the caller wanted a person.
+            end: end && transfer.is_none(),
+            transfer,
         })
     }
 
@@ -369,6 +382,27 @@ impl LlmBrain {
                     "the number is removed and the call will end after the confirmation".into(),
                     true,
                     Some(crate::opt_out::confirmation(&self.language).to_string()),
+                )
+            }
+            "transfer_call" => {
+                let target = args.get("target").and_then(Value::as_str).unwrap_or("");
+                if !self.transfer_targets.contains(target) {
+                    tracing::warn!(
+                        target,
+                        "the model asked for a transfer target the agent does not have"
+                    );
+                    return (
+                        format!("error: {target:?} is not a transfer target"),
+                        false,
+                        None,
+                    );
+                }
+                tracing::info!(target, "the model hands the call to a person");
+                self.transfer = Some(target.to_string());
+                (
+                    "the caller will be transferred after your reply is spoken".into(),
+                    true,
+                    None,
                 )
             }
             other => {
@@ -529,11 +563,21 @@ impl Brain for LlmBrain {
         for line in &say {
             self.remember_said(&line.clone());
         }
-        Reply { say, end: false }
+        Reply {
+            say,
+            ..Reply::default()
+        }
     }
 
     async fn hear(&mut self, heard: &str) -> Result<Reply, BrainError> {
         Ok(self.hear_with_fallback(heard, None).await)
+    }
+
+    fn transfer_failed(&mut self) -> Reply {
+        // The model learns it with the caller's next turn; the caller has been told already.
+        self.messages.push(json!({"role": "system",
+            "content": "The transfer could not be made; the caller was told and is still on the line. Carry on with the conversation."}));
+        Reply::default()
     }
 
     async fn hear_streaming(
@@ -582,6 +626,7 @@ impl LlmBrain {
                 Reply {
                     say: turn.said,
                     end,
+                    ..Reply::default()
                 }
             }
         }
@@ -640,6 +685,10 @@ fn instructions(
                 }
                 if let Some(say) = route.say.as_deref().map(|t| render(t, parameters)) {
                     s.push_str(&format!(" say {say:?};"));
+                }
+                if let Some(target) = &route.transfer_to {
+                    s.push_str(&format!(" call transfer_call with target {target:?};"));
+                    s.push_str(" if that fails,");
                 }
                 if route.end {
                     s.push_str(" then call end_call.");
@@ -728,6 +777,23 @@ fn tools(agent: &AgentConfig, names: &BTreeSet<String>) -> Value {
                         "value": {"type": "string", "description": "the value, short"}
                     },
                     "required": ["name", "value"]
+                }
+            }
+        }));
+    }
+    if let Some(transfer) = &agent.transfer {
+        tools.push(json!({
+            "type": "function",
+            "function": {
+                "name": "transfer_call",
+                "description": "Hand the call to a person when the caller asks for one or you cannot help. Say one short line first; the agent's own hand-over line follows.",
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "target": {"type": "string", "enum": transfer.targets.keys().collect::<Vec<_>>(),
+                                   "description": "who takes the call"}
+                    },
+                    "required": ["target"]
                 }
             }
         }));

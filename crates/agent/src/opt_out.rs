@@ -113,6 +113,7 @@ impl OptOutGuard {
         Reply {
             say: vec![confirmation(&self.language).to_string()],
             end: true,
+            ..Reply::default()
         }
     }
 
@@ -165,6 +166,12 @@ impl Brain for OptOutGuard {
             return Ok(reply);
         }
         let reply = self.inner.hear_streaming(heard, lines).await;
+        self.refresh();
+        reply
+    }
+
+    fn transfer_failed(&mut self) -> Reply {
+        let reply = self.inner.transfer_failed();
         self.refresh();
         reply
     }
@@ -232,7 +239,7 @@ mod tests {
             self.0.insert("last".into(), Value::String(heard.into()));
             Ok(Reply {
                 say: vec![format!("you said {heard}")],
-                end: false,
+                ..Reply::default()
             })
         }
         fn expected_phrases(&self) -> Vec<String> {

@@ -110,6 +110,7 @@ async fn run_with(
         answered_at_ms: 1_000_000,
         timing: Timing::default(),
         voicemail,
+        transfer: None,
     };
     // The telephony adapter: one frame in and one frame out per 20 ms tick; FlushAudio drops
     // what is queued; Hangup ends the call.

@@ -172,6 +172,47 @@ async fn the_opt_out_tool_confirms_and_ends_the_call() {
     assert_eq!(server.requests().len(), 1);
 }
 
+/// An agent with transfer targets offers `transfer_call` (naming only its targets); the model's
+/// call hands the call over after its line, and a failed transfer is in the next request's
+/// history. (`a_promise_is_spoken_recorded_and_ends_the_call`: no targets, no such tool.)
+#[tokio::test]
+async fn the_transfer_tool_is_offered_with_targets_and_asks_for_the_hand_over() {
+    let server = serve(vec![
+        Answer::Stream(fixture("transfer_call.sse")),
+        Answer::Stream(fixture("next_week_end.sse")),
+    ])
+    .await;
+    let mut config = agent(&server.base_url).to_json();
+    config.insert(
+        "transfer".into(),
+        json!({"targets": {"billing": "+918045000000", "sales": "+918045000001"}}),
+    );
+    let config = AgentConfig::from_json(&config).unwrap();
+    let o = options();
+    let client = o.client().map_err(|e| e.to_string());
+    let mut b = LlmBrain::new(&config, &params(), None, o, client);
+    b.start();
+    let r = b.hear("Can I talk to someone in billing?").await.unwrap();
+    assert_eq!(r.say, vec!["One moment, please."]);
+    assert_eq!(r.transfer.as_deref(), Some("billing"));
+    assert!(!r.end, "a hand-over is not a hang-up");
+    let reqs = server.requests();
+    assert_eq!(
+        tool_names(&reqs[0].body),
+        vec!["set_result", "transfer_call", "opt_out", "end_call"]
+    );
+    let targets =
+        &reqs[0].body["tools"][1]["function"]["parameters"]["properties"]["target"]["enum"];
+    assert_eq!(targets, &json!(["billing", "sales"]));
+    assert_eq!(b.transfer_failed(), agent::Reply::default());
+    b.hear("Next week then.").await.unwrap();
+    let msgs = server.requests()[1].body["messages"].clone();
+    let told = msgs.as_array().unwrap().iter().any(|m| {
+        m["role"] == "system" && m["content"].as_str().unwrap().contains("could not be made")
+    });
+    assert!(told, "{msgs:#}");
+}
+
 #[tokio::test]
 async fn tool_only_replies_are_answered_and_history_carries_over_turns() {
     let server = serve(vec![

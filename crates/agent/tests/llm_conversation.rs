@@ -90,6 +90,7 @@ async fn llm_call(answer: Answer) -> Call {
         answered_at_ms: 1_000_000,
         timing: Timing::for_agent(&cfg),
         voicemail: None,
+        transfer: None,
     };
     let (in_tx, inbound) = mpsc::channel(50);
     let (outbound, mut out_rx) = mpsc::channel::<Vec<i16>>(500);

@@ -197,6 +197,7 @@ async fn call(callee: &Callee, stt: Arc<PocketSphinx>) -> (ConversationOutcome, 
                         ..Timing::default()
                     },
                     voicemail: None,
+                    transfer: None,
                 };
                 conversation = Some(tokio::spawn(converse(session, media, control.clone())));
             }

@@ -273,6 +273,7 @@ pub async fn run(args: Args) -> Result<()> {
                 answered_at_ms: 0,
                 timing: Timing::for_agent(&cfg),
                 voicemail: None,
+                transfer: None,
             };
             let caller = tokio::spawn(line(sentence, turns, in_tx, out_rx, ctl_rx, answered));
             let outcome: ConversationOutcome =

@@ -204,6 +204,10 @@ struct ServeArgs {
     /// An answered call with no RTP for this long ends as socket_failure.
     #[arg(long, env = "OUTDIAL_NO_RTP_TIMEOUT_SECONDS", default_value_t = 5)]
     no_rtp_timeout_seconds: u64,
+    /// A transfer whose SIP REFER brings no final 2xx NOTIFY within this long is bridged
+    /// instead: outdial dials the target on the same trunk and joins the two legs.
+    #[arg(long, env = "OUTDIAL_TRANSFER_TIMEOUT_SECONDS", default_value_t = 15)]
+    transfer_timeout_seconds: u64,
     /// How long a node holds a claimed or live call without renewing (crash detection time).
     #[arg(long, env = "OUTDIAL_DISPATCH_LEASE_SECONDS", default_value_t = 30)]
     dispatch_lease_seconds: u64,
@@ -580,6 +584,7 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
         rtp_ports: rtp_range(&args.rtp_ports)?,
         recording_dir: Some(data_dir.join("recordings")),
         no_rtp_timeout: std::time::Duration::from_secs(args.no_rtp_timeout_seconds),
+        transfer_timeout: std::time::Duration::from_secs(args.transfer_timeout_seconds),
         ..Default::default()
     })
     .await

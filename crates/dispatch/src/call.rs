@@ -19,6 +19,7 @@ struct Talk {
     latency: Option<CallLatency>,
     stage_id: Option<String>,
     answered_by: Option<domain::call::AnsweredBy>,
+    transfer: Option<domain::call::Transfer>,
 }
 
 type Speech = tokio::task::JoinHandle<Result<Vec<i16>, agent::TtsError>>;
@@ -135,6 +136,11 @@ impl Dispatcher {
         let mut speech = speech;
         let mut disclosure_speech = disclosure_speech;
         let mut conversation = None;
+        // The call's transfer outcome: recorded here, and passed on to the agent, which decides
+        // what it says next.
+        let mut transfer = None;
+        let (outcomes_tx, outcomes) = tokio::sync::mpsc::channel(1);
+        let mut outcomes = Some(outcomes);
         loop {
             let Some(event) = live.events.recv().await else {
                 return failed(
@@ -173,6 +179,17 @@ impl Dispatcher {
                                 .map(|m| agent::render(m, &call.parameters)),
                             detector: self.config.amd,
                         }),
+                        transfer: agent.transfer.as_ref().and_then(|t| {
+                            Some(agent::TransferPlan {
+                                targets: t.targets.clone(),
+                                say: t
+                                    .say
+                                    .as_deref()
+                                    .map(|s| agent::render(s, &call.parameters))
+                                    .filter(|s| !s.trim().is_empty()),
+                                outcomes: outcomes.take()?,
+                            })
+                        }),
                     };
                     conversation = Some(tokio::spawn(agent::converse(
                         session,
@@ -181,9 +198,19 @@ impl Dispatcher {
                     )));
                 }
                 CallEvent::Dtmf(digit) => tracing::info!(%digit, "dtmf"),
+                CallEvent::Transfer(outcome) => {
+                    transfer = Some(outcome.clone());
+                    let _ = outcomes_tx.try_send(outcome);
+                }
                 CallEvent::Ended(end) => {
                     let Some(task) = conversation else {
-                        return (end, Talk::default());
+                        return (
+                            end,
+                            Talk {
+                                transfer,
+                                ..Talk::default()
+                            },
+                        );
                     };
                     // The inbound stream has closed, so the conversation returns at once.
                     return match tokio::time::timeout(Duration::from_secs(10), task).await {
@@ -208,12 +235,19 @@ impl Dispatcher {
                                 latency: Some(latency),
                                 stage_id: outcome.stage_id,
                                 answered_by: Some(outcome.answered_by),
+                                transfer,
                             };
                             (end, talk)
                         }
                         _ => {
                             tracing::error!("the conversation did not finish with the call");
-                            (end, Talk::default())
+                            (
+                                end,
+                                Talk {
+                                    transfer,
+                                    ..Talk::default()
+                                },
+                            )
                         }
                     };
                 }
@@ -239,6 +273,7 @@ impl Dispatcher {
             latency,
             stage_id,
             answered_by,
+            transfer,
         } = talk;
         let now = self.clock.now();
         let status = if end.status.is_terminal() {
@@ -297,6 +332,7 @@ impl Dispatcher {
             answered_by: end
                 .answered_at
                 .map(|_| answered_by.unwrap_or(domain::call::AnsweredBy::Unknown)),
+            transfer,
             opted_out,
             public_url: self.config.public_url.clone(),
         };

@@ -351,6 +351,7 @@ impl Dispatcher {
             retry_at,
             stage_id: None,
             answered_by: None,
+            transfer: None,
             opted_out: false,
             public_url: self.config.public_url.clone(),
         }

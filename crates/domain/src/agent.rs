@@ -4,7 +4,7 @@
 use crate::E164;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AgentConfigError {
@@ -46,6 +46,10 @@ pub struct Route {
     pub next: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub end: bool,
+    /// Hands the call to one of the agent's `transfer.targets` (after `say`); should that fail,
+    /// `next` or `end` applies as usual.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_to: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -331,6 +335,37 @@ impl Voicemail {
     }
 }
 
+/// Where the agent may hand a call to a person (`agents.md`, "Transfer to a person"): only
+/// numbers the tenant configured here, never one taken from the caller's words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transfer {
+    /// Name (what a route's `transfer_to` or the `transfer_call` tool says) -> number.
+    pub targets: BTreeMap<String, E164>,
+    /// Said whole before the call is handed over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub say: Option<String>,
+}
+
+impl Transfer {
+    fn valid(&self) -> bool {
+        !self.targets.is_empty()
+            && self.targets.len() <= 50
+            && self
+                .targets
+                .keys()
+                .all(|k| !k.trim().is_empty() && k.chars().count() <= 100)
+            && self
+                .say
+                .as_ref()
+                .is_none_or(|s| s.chars().count() <= MAX_TEXT)
+    }
+
+    pub fn number(&self, target: &str) -> Option<&E164> {
+        self.targets.get(target)
+    }
+}
+
 pub const VOICE_ENGINES: [&str; 2] = ["espeak-ng", "piper"];
 pub const TRANSCRIBER_ENGINES: [&str; 4] = ["local", "pocketsphinx", "whisper", "deepgram"];
 
@@ -370,6 +405,9 @@ pub struct AgentConfig {
     /// What a machine-answered call does; absent: detect, and hang up on a machine.
     #[serde(default)]
     pub voicemail: Voicemail,
+    /// Where a call may be handed to a person; `None`: nowhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<Transfer>,
 }
 
 const MAX_TEXT: usize = 4096;
@@ -432,6 +470,7 @@ impl AgentConfig {
             max_concurrent_calls: None,
             turn_taking: None,
             voicemail: Voicemail::default(),
+            transfer: None,
         };
         let mut has_name = false;
         // Keys in a stable order so the first bad field reported does not depend on hashing.
@@ -501,6 +540,13 @@ impl AgentConfig {
                     }
                     cfg.voicemail = v;
                 }
+                "transfer" => {
+                    let t: Transfer = typed("transfer", v)?;
+                    if !t.valid() {
+                        return Err(invalid("transfer"));
+                    }
+                    cfg.transfer = Some(t);
+                }
                 other => return Err(invalid(other)),
             }
         }
@@ -533,7 +579,10 @@ impl AgentConfig {
                 return Err(invalid("stages"));
             }
             for route in &stage.routes {
-                let dangling = route.next.as_deref().is_some_and(|n| !ids.contains(n));
+                let dangling = route.next.as_deref().is_some_and(|n| !ids.contains(n))
+                    || route.transfer_to.as_deref().is_some_and(|t| {
+                        self.transfer.as_ref().and_then(|x| x.number(t)).is_none()
+                    });
                 let no_words =
                     route.when_any.is_empty() || route.when_any.iter().any(|w| w.trim().is_empty());
                 if dangling
@@ -911,6 +960,60 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "invalid disclosure"
+        );
+    }
+
+    #[test]
+    fn transfer_targets_are_configured_numbers_and_routes_must_name_one() {
+        let parse = |v: Value| AgentConfig::from_json(&obj(v));
+        let with = |routes: Value| {
+            json!({"name": "a",
+                "transfer": {"targets": {"billing": "+918045000000"}, "say": "Connecting you."},
+                "stages": [{"id": "s", "routes": routes}]})
+        };
+        let a = parse(with(
+            json!([{"when_any": ["billing"], "transfer_to": "billing"}]),
+        ))
+        .unwrap();
+        let t = a.transfer.as_ref().unwrap();
+        assert_eq!(t.number("billing").unwrap().as_str(), "+918045000000");
+        assert_eq!(t.say.as_deref(), Some("Connecting you."));
+        assert_eq!(
+            a.stages[0].routes[0].transfer_to.as_deref(),
+            Some("billing")
+        );
+        // It round-trips through storage.
+        assert_eq!(AgentConfig::from_json(&a.to_json()).unwrap(), a);
+        // A route naming a target the agent does not have is refused when the agent is saved.
+        let e = parse(with(
+            json!([{"when_any": ["sales"], "transfer_to": "sales"}]),
+        ))
+        .unwrap_err();
+        assert_eq!(e.to_string(), "invalid stages");
+        let e = parse(json!({"name": "a", "stages": [{"id": "s", "routes":
+            [{"when_any": ["x"], "transfer_to": "billing"}]}]}))
+        .unwrap_err();
+        assert_eq!(e.to_string(), "invalid stages");
+        for bad in [
+            json!({"targets": {}}),
+            json!({"targets": {"billing": "8045000000"}}),
+            json!({"targets": {"billing": "call me"}}),
+            json!({"targets": {"": "+918045000000"}}),
+            json!({"targets": {"billing": 918045000000u64}}),
+            json!({"targets": {"billing": "+918045000000"}, "say": 5}),
+            json!({"targets": {"billing": "+918045000000"}, "sya": "typo"}),
+            json!({"say": "Connecting you."}),
+            json!("billing"),
+        ] {
+            let e = parse(json!({"name": "a", "transfer": bad})).unwrap_err();
+            assert_eq!(e.to_string(), "invalid transfer", "{bad}");
+        }
+        // Clearing the block with a PATCH leaves a route that names a target invalid.
+        assert_eq!(
+            a.patched(&obj(json!({"transfer": null})))
+                .unwrap_err()
+                .to_string(),
+            "invalid stages"
         );
     }
 }

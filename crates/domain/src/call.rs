@@ -286,6 +286,52 @@ impl AnsweredBy {
     }
 }
 
+/// How a call was handed to a person: the far end took it over (SIP REFER), or outdial dialled
+/// the target and joined the two legs itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferMethod {
+    Refer,
+    Bridge,
+}
+
+impl TransferMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Refer => "refer",
+            Self::Bridge => "bridge",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferStatus {
+    Connected,
+    Failed,
+}
+
+impl TransferStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connected => "connected",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// A call's transfer to a person (`transfer` on the conversation): the target's name and number,
+/// how the hand-over was done and whether the person was reached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    pub target: String,
+    pub number: crate::E164,
+    pub method: TransferMethod,
+    pub status: TransferStatus,
+    /// When the outcome was known.
+    pub at: Millis,
+}
+
 /// A transcript line: only what was actually played or heard.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TranscriptItem {
@@ -348,6 +394,8 @@ pub struct Conversation {
     pub stage_id: Option<String>,
     /// Who picked up; `None` for a call never answered.
     pub answered_by: Option<AnsweredBy>,
+    /// The hand-over to a person; `None` when none was tried.
+    pub transfer: Option<Transfer>,
 }
 
 impl Conversation {
@@ -417,6 +465,7 @@ mod tests {
             latency: None,
             stage_id: stage.map(str::to_string),
             answered_by: None,
+            transfer: None,
         }
     }
 

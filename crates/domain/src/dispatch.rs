@@ -196,6 +196,8 @@ pub struct FinishAttempt {
     pub stage_id: Option<String>,
     /// Who picked up (`None`: never answered).
     pub answered_by: Option<crate::call::AnsweredBy>,
+    /// The hand-over to a person, if one was tried.
+    pub transfer: Option<crate::call::Transfer>,
     /// The callee asked not to be called again: the number goes on the tenant's do-not-call
     /// list (`source: call`) in the settling transaction.
     pub opted_out: bool,

@@ -3,7 +3,7 @@
 
 mod rules;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -84,6 +84,14 @@ impl fmt::Display for E164 {
 impl Serialize for E164 {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.0)
+    }
+}
+
+/// Read through [`E164::parse`]: a stored or configured number is checked like any other.
+impl<'de> Deserialize<'de> for E164 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        E164::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 

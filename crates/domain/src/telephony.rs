@@ -58,6 +58,11 @@ pub enum CallEvent {
     Answered { at: Millis, media: MediaStream },
     /// An RFC 4733 digit from the callee.
     Dtmf(char),
+    /// What became of a [`CallControl::Transfer`]. A connected REFER is followed by `Ended`; a
+    /// connected bridge keeps the call going (the owner's audio streams are closed, the callee
+    /// now talks to the target) until either side hangs up; a failed one leaves the callee with
+    /// the owner, streams unchanged.
+    Transfer(crate::call::Transfer),
     /// Always the last event of a call.
     Ended(CallEnd),
 }
@@ -85,6 +90,16 @@ pub enum CallControl {
     SendDtmf(char),
     /// Drop queued outbound audio at once (barge-in).
     FlushAudio,
+    /// Hand the answered call to a person: REFER, else dial `number` and bridge. Answered by one
+    /// [`CallEvent::Transfer`].
+    Transfer(TransferRequest),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferRequest {
+    /// The target's name in the agent's `transfer.targets`, reported back in the outcome.
+    pub target: String,
+    pub number: E164,
 }
 
 /// A call in progress: its events and a way to steer it.

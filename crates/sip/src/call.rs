@@ -7,9 +7,13 @@ use crate::outcome::{classify, Termination};
 use crate::recording::Recorder;
 use crate::rtp_session::{MediaCommand, MediaEvent, MediaHandle, MediaSetup};
 use crate::sdp::{self, RemoteMedia};
+use crate::transfer::{sipfrag_status, Step, TransferMachine};
 use crate::trunk::{sip_addr, Probe, Target};
 use crate::{Shared, INBOUND_FRAMES, OUTBOUND_FRAMES};
-use domain::telephony::{CallControl, CallEnd, CallEvent, DialRequest, MediaStream};
+use domain::call::{Transfer, TransferMethod, TransferStatus};
+use domain::telephony::{
+    CallControl, CallEnd, CallEvent, DialRequest, LiveCall, MediaStream, TransferRequest,
+};
 use domain::Millis;
 use rsipstack::dialog::authenticate::Credential;
 use rsipstack::dialog::dialog::{DialogState, DialogStateReceiver, TerminatedReason};
@@ -30,8 +34,9 @@ use tracing::{debug, info, info_span, warn, Instrument, Span};
 /// transaction itself carries on in the background.
 const BYE_WAIT: Duration = Duration::from_secs(2);
 
-/// Allow of our INVITEs: what a far end may send inside our calls (RFC 3261 §20.5).
-const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE";
+/// Allow of our INVITEs: what a far end may send inside our calls (RFC 3261 §20.5); NOTIFY for
+/// the progress of a REFER we sent.
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, NOTIFY";
 /// Supported of our INVITEs: no extension (no 100rel, no session timers we would refresh), said
 /// explicitly so a far end does not assume any (RFC 3261 §20.37).
 const SUPPORTED: &str = "";
@@ -81,6 +86,7 @@ pub(crate) async fn run(
     checked: Checked,
     events: mpsc::Sender<CallEvent>,
     control: mpsc::Receiver<CallControl>,
+    record: bool,
 ) {
     let span = info_span!(
         "call",
@@ -101,8 +107,13 @@ pub(crate) async fn run(
             answered_at: None,
             sdp: None,
             held: false,
+            record,
+            transfer: None,
+            bridge: None,
         };
         let mut termination = call.drive().await;
+        // A second leg of ours (a transfer being dialled or bridged) goes with this one.
+        call.release_target_leg().await;
         if let Some(refused) = call.refusal() {
             termination = Termination::UnsafeHeader(refused);
         }
@@ -142,6 +153,26 @@ struct Call {
     sdp: Option<sdp::LocalSdp>,
     /// The far end has put us on hold (its last offer wants none of our audio).
     held: bool,
+    /// Whether this leg writes the call's recording (a transfer's second leg does not: the
+    /// first leg's recording has both sides of the bridge).
+    record: bool,
+    transfer: Option<Transferring>,
+    bridge: Option<Bridged>,
+}
+
+/// A transfer under way.
+struct Transferring {
+    request: TransferRequest,
+    machine: TransferMachine,
+    refer: Option<JoinHandle<rsipstack::Result<Option<Response>>>>,
+    /// Our own leg to the target, once the far end did not take the call.
+    leg: Option<LiveCall>,
+}
+
+/// The callee joined to the transfer target by us: both legs' audio relayed.
+struct Bridged {
+    leg: LiveCall,
+    relay: JoinHandle<()>,
 }
 
 /// Why we sent CANCEL, which decides what the 487 that follows means.
@@ -420,6 +451,7 @@ impl Call {
         let max_duration = tokio::time::sleep(self.request.max_duration);
         tokio::pin!(max_duration);
         loop {
+            let deadline = self.transfer.as_ref().and_then(|t| t.machine.deadline());
             tokio::select! {
                 state = states.recv() => match state {
                     Some(DialogState::Terminated(_, reason)) => {
@@ -461,7 +493,18 @@ impl Call {
                     Some(DialogState::Options(_, _, handle)) => {
                         let _ = handle.reply(StatusCode::OK).await;
                     }
-                    // INFO, MESSAGE, REFER, NOTIFY: dropping the handle answers 501.
+                    Some(DialogState::Notify(_, req, handle)) => {
+                        let _ = handle.reply(StatusCode::OK).await;
+                        let status = sipfrag_status(&req.body);
+                        debug!(?status, "NOTIFY of our REFER");
+                        if let Some(t) = self.transfer.as_mut() {
+                            let step = t.machine.on_notify(status);
+                            if let Some(end) = self.on_step(step, dialog).await {
+                                return end;
+                            }
+                        }
+                    }
+                    // INFO, MESSAGE, REFER: dropping the handle answers 501.
                     Some(other) => debug!(state = %other, "dialog state"),
                     None => return Termination::Other("dialog state channel closed".into()),
                 },
@@ -478,7 +521,33 @@ impl Call {
                     }
                     Some(CallControl::SendDtmf(digit)) => self.media_command(MediaCommand::Dtmf(digit)),
                     Some(CallControl::FlushAudio) => self.media_command(MediaCommand::Flush),
+                    Some(CallControl::Transfer(request)) => {
+                        if let Some(end) = self.refer(dialog, request).await {
+                            return end;
+                        }
+                    }
                 },
+                news = transfer_news(&mut self.transfer, &mut self.bridge) => {
+                    let end = match news {
+                        News::Target(event) => self.on_target_event(event, dialog).await,
+                        News::Refer(refer) => self.on_refer_answer(refer, dialog).await,
+                    };
+                    if let Some(end) = end {
+                        return end;
+                    }
+                }
+                () = until(deadline) => {
+                    let step = match self.transfer.as_mut() {
+                        Some(t) => t.machine.on_time(Instant::now()),
+                        None => Step::Wait,
+                    };
+                    if step == Step::Dial {
+                        info!("no final NOTIFY in time; dialling the target ourselves");
+                    }
+                    if let Some(end) = self.on_step(step, dialog).await {
+                        return end;
+                    }
+                }
                 Some(event) = next_media_event(&mut self.media) => match event {
                     MediaEvent::Dtmf(digit) => self.emit(CallEvent::Dtmf(digit)).await,
                     MediaEvent::NoRtp => {
@@ -488,6 +557,199 @@ impl Call {
                     }
                 },
             }
+        }
+    }
+
+    /// Starts a blind transfer: REFER to the target's number at the trunk.
+    async fn refer(
+        &mut self,
+        dialog: &InviteDialog,
+        request: TransferRequest,
+    ) -> Option<Termination> {
+        if self.transfer.is_some() || self.bridge.is_some() {
+            warn!("a transfer is already under way; another is ignored");
+            return None;
+        }
+        let uri = header::HeaderValue::new("transfer number", request.number.to_string())
+            .map_err(header::UriError::Header)
+            .and_then(|number| header::sip_uri(&number, &self.checked.host));
+        let machine = TransferMachine::new(Instant::now(), self.shared.config.transfer_timeout);
+        let refer = match uri {
+            Ok(uri) => {
+                info!(target = %request.target, number = %request.number, "sending REFER");
+                let dialog = dialog.clone();
+                Some(tokio::spawn(
+                    async move { dialog.refer(uri, None, None).await },
+                ))
+            }
+            Err(e) => {
+                warn!(error = %e, "no REFER for this number");
+                None
+            }
+        };
+        let unsent = refer.is_none();
+        let mut t = Transferring {
+            request,
+            machine,
+            refer,
+            leg: None,
+        };
+        // Unsendable is the same as refused: the bridge is tried.
+        let step = if unsent {
+            t.machine.on_refer_response(None)
+        } else {
+            Step::Wait
+        };
+        self.transfer = Some(t);
+        self.on_step(step, dialog).await
+    }
+
+    /// The REFER's final response, or why there was none.
+    async fn on_refer_answer(
+        &mut self,
+        refer: ReferResult,
+        dialog: &InviteDialog,
+    ) -> Option<Termination> {
+        let t = self.transfer.as_mut()?;
+        // Done: a finished task must not be polled again.
+        t.refer = None;
+        let code = match refer {
+            Ok(Ok(Some(resp))) => Some(resp.status_code.code()),
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => {
+                warn!(error = %e, "REFER failed");
+                None
+            }
+            Err(e) => {
+                warn!(error = %e, "REFER task failed");
+                None
+            }
+        };
+        info!(?code, "REFER answered");
+        let step = t.machine.on_refer_response(code);
+        self.on_step(step, dialog).await
+    }
+
+    /// Acts on the transfer machine's decision; `Some` ends this leg.
+    async fn on_step(&mut self, step: Step, dialog: &InviteDialog) -> Option<Termination> {
+        match step {
+            Step::Wait => None,
+            Step::Dial => {
+                self.dial_target().await;
+                None
+            }
+            Step::Done(method, status) => {
+                let t = self.transfer.take()?;
+                self.report_transfer(&t.request, method, status).await;
+                if (method, status) == (TransferMethod::Refer, TransferStatus::Connected) {
+                    // RFC 3515 practice: the transferor leaves once the target has answered.
+                    info!("transferred by REFER; leaving the call");
+                    self.bye(dialog).await;
+                    return Some(Termination::Completed);
+                }
+                None
+            }
+        }
+    }
+
+    /// Dials the transfer target on the same trunk, as the same caller id.
+    async fn dial_target(&mut self) {
+        let Some(t) = self.transfer.as_mut() else {
+            return;
+        };
+        info!(number = %t.request.number, "dialling the transfer target to bridge");
+        let request = DialRequest {
+            to: t.request.number.clone(),
+            ..self.request.clone()
+        };
+        match crate::spawn_call(&self.shared, request, false) {
+            Ok(leg) => t.leg = Some(leg),
+            Err(e) => {
+                warn!(error = %e, "the transfer target could not be dialled");
+                // As a target that did not answer.
+                if let Step::Done(method, status) = t.machine.on_target(false) {
+                    if let Some(t) = self.transfer.take() {
+                        self.report_transfer(&t.request, method, status).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// An event of our second leg: while it rings, its answer bridges the call and its end
+    /// fails the transfer; once bridged, its end ends the call.
+    async fn on_target_event(
+        &mut self,
+        event: Option<CallEvent>,
+        dialog: &InviteDialog,
+    ) -> Option<Termination> {
+        if self.bridge.is_some() {
+            if matches!(event, Some(CallEvent::Ended(_)) | None) {
+                info!("the transfer target hung up; ending the call");
+                self.bye(dialog).await;
+                return Some(Termination::Completed);
+            }
+            return None;
+        }
+        let answered = match event {
+            Some(CallEvent::Answered { media, .. }) => Some(media),
+            Some(CallEvent::Ended(end)) => {
+                info!(status = end.status.as_str(), reason = ?end.failure_reason, "the transfer target was not reached");
+                None
+            }
+            None => None,
+            Some(_) => return None,
+        };
+        let mut t = self.transfer.take()?;
+        let step = t.machine.on_target(answered.is_some());
+        let Step::Done(method, status) = step else {
+            self.transfer = Some(t);
+            return None;
+        };
+        // Reported before the owner's streams close, so it hears how its part ended first.
+        self.report_transfer(&t.request, method, status).await;
+        if let (Some(target_media), Some(leg)) = (answered, t.leg.take()) {
+            // The owner's streams are replaced (and so closed): the callee now hears the target.
+            let (in_tx, inbound) = mpsc::channel(INBOUND_FRAMES);
+            let (outbound, out_rx) = mpsc::channel(OUTBOUND_FRAMES);
+            self.media_command(MediaCommand::Attach {
+                inbound: in_tx,
+                outbound: out_rx,
+            });
+            let relay = tokio::spawn(
+                relay(MediaStream { inbound, outbound }, target_media).in_current_span(),
+            );
+            info!("bridged the callee to the transfer target");
+            self.bridge = Some(Bridged { leg, relay });
+        }
+        None
+    }
+
+    async fn report_transfer(
+        &self,
+        request: &TransferRequest,
+        method: TransferMethod,
+        status: TransferStatus,
+    ) {
+        info!(
+            method = method.as_str(),
+            status = status.as_str(),
+            "transfer over"
+        );
+        self.emit(CallEvent::Transfer(outcome(request, method, status)))
+            .await;
+    }
+
+    /// Hangs up a second leg of ours, ringing or bridged.
+    async fn release_target_leg(&mut self) {
+        let leg = self.transfer.take().and_then(|t| t.leg).or_else(|| {
+            self.bridge.take().map(|b| {
+                b.relay.abort();
+                b.leg
+            })
+        });
+        if let Some(leg) = leg {
+            let _ = leg.control.send(CallControl::Hangup).await;
         }
     }
 
@@ -510,7 +772,13 @@ impl Call {
         let Some(socket) = rtp.take() else {
             return;
         };
-        let recorder = self.shared.config.recording_dir.as_ref().and_then(|dir| {
+        let dir = self
+            .shared
+            .config
+            .recording_dir
+            .as_ref()
+            .filter(|_| self.record);
+        let recorder = dir.and_then(|dir| {
             Recorder::create(dir, &self.request.conversation_id.to_string())
                 .map_err(|e| warn!(error = %e, "recording disabled for this call"))
                 .ok()
@@ -560,6 +828,75 @@ fn cancel(dialog: &InviteDialog) {
             warn!(error = %e, "CANCEL failed");
         }
     });
+}
+
+fn outcome(request: &TransferRequest, method: TransferMethod, status: TransferStatus) -> Transfer {
+    Transfer {
+        target: request.target.clone(),
+        number: request.number.clone(),
+        method,
+        status,
+        at: Millis::now(),
+    }
+}
+
+/// Relays 20 ms frames both ways between two answered calls until either stream closes.
+async fn relay(mut a: MediaStream, mut b: MediaStream) {
+    loop {
+        // A side that falls behind loses frames rather than delaying the other.
+        tokio::select! {
+            frame = a.inbound.recv() => match frame {
+                Some(f) => { let _ = b.outbound.try_send(f); }
+                None => break,
+            },
+            frame = b.inbound.recv() => match frame {
+                Some(f) => { let _ = a.outbound.try_send(f); }
+                None => break,
+            },
+        }
+    }
+}
+
+type ReferResult = Result<rsipstack::Result<Option<Response>>, tokio::task::JoinError>;
+
+/// What a transfer under way heard: its REFER's outcome, or an event of our second leg.
+enum News {
+    Refer(ReferResult),
+    Target(Option<CallEvent>),
+}
+
+fn transfer_news<'a>(
+    transfer: &'a mut Option<Transferring>,
+    bridge: &'a mut Option<Bridged>,
+) -> Pin<Box<dyn Future<Output = News> + Send + 'a>> {
+    let (refer, leg) = match (transfer.as_mut(), bridge.as_mut()) {
+        (Some(t), _) => (t.refer.as_mut(), t.leg.as_mut()),
+        (None, Some(b)) => (None, Some(&mut b.leg)),
+        (None, None) => (None, None),
+    };
+    Box::pin(async move {
+        tokio::select! {
+            r = async {
+                match refer {
+                    Some(task) => task.await,
+                    None => std::future::pending().await,
+                }
+            } => News::Refer(r),
+            e = async {
+                match leg {
+                    Some(leg) => leg.events.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => News::Target(e),
+        }
+    })
+}
+
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn next_media_event(

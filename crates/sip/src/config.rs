@@ -21,6 +21,9 @@ pub struct SipConfig {
     pub no_rtp_timeout: Duration,
     /// `User-Agent` header value.
     pub user_agent: String,
+    /// A transfer whose REFER brings no final 2xx NOTIFY within this long is bridged by
+    /// outdial instead (the target dialled on the same trunk).
+    pub transfer_timeout: Duration,
 }
 
 impl Default for SipConfig {
@@ -32,6 +35,7 @@ impl Default for SipConfig {
             recording_dir: None,
             no_rtp_timeout: Duration::from_secs(5),
             user_agent: concat!("outdial/", env!("CARGO_PKG_VERSION")).to_string(),
+            transfer_timeout: crate::transfer::DEFAULT_TRANSFER_TIMEOUT,
         }
     }
 }

@@ -22,6 +22,7 @@ mod outcome;
 mod recording;
 mod rtp_session;
 pub mod sdp;
+pub mod transfer;
 mod trunk;
 
 pub use config::SipConfig;
@@ -201,23 +202,33 @@ impl Telephony for SipTelephony {
         if self.shared.cancel.is_cancelled() {
             return Err(DialError::Unavailable("SIP endpoint shut down".into()));
         }
-        let target = trunk::Target::parse(&request.trunk.uri)
-            .map_err(|e| DialError::Invalid(e.to_string()))?;
-        // Refused before anything is sent: a value that could break a header line never goes out.
-        let checked = call::Checked::new(&request, &target)
-            .map_err(|e| DialError::Invalid(format!("not dialled: {e}")))?;
-        let (event_tx, events) = mpsc::channel(16);
-        let (control, control_rx) = mpsc::channel(16);
-        tokio::spawn(call::run(
-            self.shared.clone(),
-            request,
-            target,
-            checked,
-            event_tx,
-            control_rx,
-        ));
-        Ok(LiveCall { events, control })
+        spawn_call(&self.shared, request, true)
     }
+}
+
+/// Starts one call's task: the callee's, or (`record: false`) a transfer's second leg.
+pub(crate) fn spawn_call(
+    shared: &Arc<Shared>,
+    request: DialRequest,
+    record: bool,
+) -> Result<LiveCall, DialError> {
+    let target =
+        trunk::Target::parse(&request.trunk.uri).map_err(|e| DialError::Invalid(e.to_string()))?;
+    // Refused before anything is sent: a value that could break a header line never goes out.
+    let checked = call::Checked::new(&request, &target)
+        .map_err(|e| DialError::Invalid(format!("not dialled: {e}")))?;
+    let (event_tx, events) = mpsc::channel(16);
+    let (control, control_rx) = mpsc::channel(16);
+    tokio::spawn(call::run(
+        shared.clone(),
+        request,
+        target,
+        checked,
+        event_tx,
+        control_rx,
+        record,
+    ));
+    Ok(LiveCall { events, control })
 }
 
 /// Hands in-dialog requests (BYE, re-INVITE, UPDATE, OPTIONS) to their dialog, whose call task

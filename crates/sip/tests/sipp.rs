@@ -83,7 +83,7 @@ async fn invite_carries_our_call_id_allow_and_supported() {
     assert!(call_id.ends_with("@127.0.0.1"), "{call_id}");
     assert_eq!(
         header_line(&invite, "Allow"),
-        Some("INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE")
+        Some("INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, NOTIFY")
     );
     assert!(header_line(&invite, "Supported").is_some(), "{invite}");
     assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());

@@ -598,12 +598,18 @@ impl DispatchStore for SqlStore {
             .map(serde_json::to_string)
             .transpose()
             .map_err(|e| StoreError::Database(e.into()))?;
+        let transfer = f
+            .transfer
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Database(e.into()))?;
         let mut tx = self.write.begin().await.map_err(db_err)?;
         // Fenced: the holder of the lease, or anyone once that lease has run out. A call that
         // was claimed but could not be dialled (`queued`) is settled by its holder only.
         let Some(row) = sqlx::query(&format!(
             "UPDATE calls SET status = $1, failure_reason = $2, ended_at = $3, duration_seconds = $4, \
-             recording_path = $5, transcript = $6, results = $7, latency = $11, stage_id = $12, answered_by = $13, \
+             recording_path = $5, transcript = $6, results = $7, latency = $11, stage_id = $12, answered_by = $13, transfer = $14, \
              lease_owner = NULL, lease_until = NULL WHERE id = $8 AND ((status IN ({DIALING}) AND (lease_owner = $9 OR lease_until < $10)) \
              OR (status IN ('scheduled', 'queued') AND lease_owner = $9)) RETURNING tenant_id"
         ))
@@ -620,6 +626,7 @@ impl DispatchStore for SqlStore {
         .bind(latency)
         .bind(f.stage_id.clone())
         .bind(f.answered_by.map(AnsweredBy::as_str))
+        .bind(transfer)
         .fetch_optional(&mut *tx)
         .await
         .map_err(db_err)?

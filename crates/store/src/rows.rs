@@ -2,7 +2,7 @@
 //! that does not parse now means the database was changed behind our back: `Corrupt`.
 
 use domain::call::{
-    AnsweredBy, CallLatency, Conversation, Parameter, RetryContext, TranscriptItem,
+    AnsweredBy, CallLatency, Conversation, Parameter, RetryContext, TranscriptItem, Transfer,
 };
 use domain::store::StoreError;
 use domain::{AgentId, CallStatus, ConversationId, Millis, TenantId, TraceId};
@@ -27,7 +27,7 @@ pub(crate) fn json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Resul
 pub(crate) const CONVERSATION_COLUMNS: &str = "id, tenant_id, agent_id, status, customer_phone, \
     from_phone, parameters, metadata, retry_context, scheduled_for, trace_id, failure_reason, \
     results, transcript, recording_path, created_at, started_at, ended_at, duration_seconds, batch_id, \
-    latency, stage_id, answered_by";
+    latency, stage_id, answered_by, transfer";
 
 pub(crate) fn conversation(row: &AnyRow) -> Result<Conversation, StoreError> {
     let id: String = get(row, "id")?;
@@ -39,6 +39,7 @@ pub(crate) fn conversation(row: &AnyRow) -> Result<Conversation, StoreError> {
     let transcript: String = get(row, "transcript")?;
     let recording: Option<String> = get(row, "recording_path")?;
     let latency: Option<String> = get(row, "latency")?;
+    let transfer: Option<String> = get(row, "transfer")?;
     Ok(Conversation {
         id: id
             .parse::<ConversationId>()
@@ -72,6 +73,9 @@ pub(crate) fn conversation(row: &AnyRow) -> Result<Conversation, StoreError> {
         stage_id: get(row, "stage_id")?,
         answered_by: get::<Option<String>>(row, "answered_by")?
             .map(|s| AnsweredBy::parse(&s).ok_or_else(|| corrupt("calls.answered_by")))
+            .transpose()?,
+        transfer: transfer
+            .map(|s| json::<Transfer>(&s, "calls.transfer"))
             .transpose()?,
     })
 }

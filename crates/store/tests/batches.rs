@@ -6,6 +6,7 @@ mod common;
 use common::backends;
 use domain::agent::AgentConfig;
 use domain::batch::{parse_recipients, BatchAction, BatchError, BatchStatus, NewBatch};
+use domain::call::{AnsweredBy, Transfer, TransferMethod, TransferStatus};
 use domain::dispatch::{BeginDial, DialLimits, FinishAttempt};
 use domain::store::Store;
 use domain::tenant::NewTrunk;
@@ -139,6 +140,13 @@ async fn story(store: &dyn Store) {
         (mid.status, mid.counts.pending, mid.counts.in_progress),
         (BatchStatus::InProgress, 2499, 1)
     );
+    let transfer = Transfer {
+        target: "billing".into(),
+        number: E164::parse("+918045000000").unwrap(),
+        method: TransferMethod::Bridge,
+        status: TransferStatus::Connected,
+        at: later,
+    };
     let finish = FinishAttempt {
         id: due[0].id,
         node: "n1".into(),
@@ -152,11 +160,20 @@ async fn story(store: &dyn Store) {
         latency: None,
         retry_at: None,
         stage_id: None,
-        answered_by: None,
+        answered_by: Some(AnsweredBy::Human),
+        transfer: Some(transfer.clone()),
         opted_out: false,
         public_url: String::new(),
     };
     assert!(store.finish_attempt(finish, later).await.unwrap());
+    // The conversation keeps who answered and the hand-over to a person.
+    let settled = store
+        .get_conversation(t.id, due[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(settled.answered_by, Some(AnsweredBy::Human));
+    assert_eq!(settled.transfer, Some(transfer));
     // The second claimed call is cancelled on its own.
     store.cancel_call(t.id, due[1].id, later).await.unwrap();
     let after = store.get_batch(t.id, b.id).await.unwrap().unwrap();

@@ -1381,10 +1381,11 @@ mod tests {
     fn answered_by_and_transfer_show_once_the_api_has_them() {
         let (a, t) = answered_and_transfer(&serde_json::json!({
             "answered_by": "machine",
-            "transfer": {"to": "+918035739000", "status": "completed"}
+            "transfer": {"target": "billing", "number": "+918045000000", "method": "refer",
+                         "status": "connected", "at": 1764601200000i64}
         }));
         assert_eq!(a.as_deref(), Some("machine"));
-        assert!(t.is_some_and(|t| t.contains("\"to\": \"+918035739000\"")));
+        assert!(t.is_some_and(|t| t.contains("\"number\": \"+918045000000\"")));
         let none = answered_and_transfer(&serde_json::json!({"answered_by": null}));
         assert_eq!(none, (None, None));
     }

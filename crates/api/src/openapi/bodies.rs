@@ -84,6 +84,7 @@ fn agent(required: &[&str]) -> Value {
             "transcriber": block,
             "turn_taking": block,
             "voicemail": block,
+            "transfer": block,
         }),
     )
 }

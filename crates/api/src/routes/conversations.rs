@@ -58,6 +58,23 @@ pub struct ConversationDetail {
     /// `null` for a call never answered.
     #[schema(value_type = Option<String>)]
     pub answered_by: Option<domain::call::AnsweredBy>,
+    /// Ours: the hand-over to a person; `null` when none was tried.
+    pub transfer: Option<TransferDetail>,
+}
+
+/// Ours (`agents.md`, "Transfer to a person"). `at` is when the outcome was known, in ms since
+/// the epoch like `start_timestamp`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TransferDetail {
+    /// The target's name in the agent's `transfer.targets`.
+    pub target: String,
+    /// E.164.
+    pub number: String,
+    /// `refer` or `bridge`.
+    pub method: String,
+    /// `connected` or `failed`.
+    pub status: String,
+    pub at: i64,
 }
 
 /// Ours. Voice-to-voice is the caller stopping speaking -> the first packet of the agent's
@@ -125,6 +142,13 @@ pub fn detail(c: Conversation, public_url: &str) -> ConversationDetail {
             turns_ms: l.turns_ms,
         }),
         answered_by: c.answered_by,
+        transfer: c.transfer.map(|t| TransferDetail {
+            target: t.target,
+            number: t.number.to_string(),
+            method: t.method.as_str().into(),
+            status: t.status.as_str().into(),
+            at: t.at.0,
+        }),
     }
 }
 

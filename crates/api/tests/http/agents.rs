@@ -166,6 +166,23 @@ async fn agent_lifecycle_and_validation() {
         )
         .await;
     expect_error(bad, 400, "invalid_request", "invalid stages").await;
+    // Transfer targets: configured E.164 numbers; a route may only name one of them.
+    let bad = app
+        .patch(
+            &t,
+            &format!("/v1/agents/{id}"),
+            &json!({"transfer": {"targets": {"billing": "080 4500 0000"}}}),
+        )
+        .await;
+    expect_error(bad, 400, "invalid_request", "invalid transfer").await;
+    let bad = app
+        .patch(
+            &t,
+            &format!("/v1/agents/{id}"),
+            &json!({"stages": [{"id": "x", "routes": [{"when_any": ["y"], "transfer_to": "billing"}]}]}),
+        )
+        .await;
+    expect_error(bad, 400, "invalid_request", "invalid stages").await;
     assert_eq!(
         body(app.get(&t, &format!("/v1/agents/{id}")).await).await["data"]["first_message"],
         "Hi {{customer_name}}",

@@ -75,6 +75,8 @@ async fn an_accepted_call_is_stored_as_given() {
     assert_eq!(conv["transcript"], json!([]));
     assert_eq!(conv["results"], json!({}));
     assert_eq!(conv["recording_url"], json!(null));
+    // Present and null until a transfer to a person is tried.
+    assert_eq!(conv.get("transfer"), Some(&json!(null)));
     assert!(conv["conversation_id"].as_str().unwrap().ends_with("_1"));
 }
 

@@ -42,6 +42,13 @@ async fn probes_metrics_and_openapi() {
         );
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    // A conversation's transfer to a person is documented with its fields.
+    let schemas = &doc["components"]["schemas"];
+    let detail = &schemas["ConversationDetail"]["allOf"][1]["properties"];
+    assert!(detail["transfer"].to_string().contains("TransferDetail"));
+    let transfer = schemas["TransferDetail"]["properties"].as_object().unwrap();
+    let fields: Vec<&str> = transfer.keys().map(String::as_str).collect();
+    assert_eq!(fields, ["at", "method", "number", "status", "target"]);
     // Every /v1 operation declares what the edge may answer for it.
     let mut operations = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {

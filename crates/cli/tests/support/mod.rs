@@ -309,6 +309,18 @@ impl Sipp {
     /// `scenario` (a path) run in `dir`, so files it plays are found there; with `echo` our
     /// audio comes back (`-rtp_echo`), without it the scenario's own audio is all we hear.
     pub fn run(scenario: &Path, echo: bool, calls: u32, talk_ms: u32, dir: &Path) -> Self {
+        Self::run_with(scenario, echo, calls, talk_ms, dir, &[])
+    }
+
+    /// Like [`Sipp::run`], with more of SIPp's arguments (e.g. `-set name value`).
+    pub fn run_with(
+        scenario: &Path,
+        echo: bool,
+        calls: u32,
+        talk_ms: u32,
+        dir: &Path,
+        extra: &[&str],
+    ) -> Self {
         // Ports are picked free, but a test running beside this one may take the same ones
         // before SIPp binds them, and SIPp then exits: an INVITE to it is refused
         // (`telephony_failed`). So: wait until it listens, check it stayed up, else new ports.
@@ -331,6 +343,7 @@ impl Sipp {
                 ])
                 .args(echo.then_some("-rtp_echo"))
                 .args(["-m", &calls.to_string(), "-d", &talk_ms.to_string()])
+                .args(extra)
                 .args(["-nostdin", "-timeout", "90s", "-trace_msg", "-message_file"])
                 .arg(&trace)
                 .current_dir(dir)

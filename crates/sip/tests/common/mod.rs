@@ -238,6 +238,7 @@ pub async fn run_call(
                 CallEvent::Ringing => kinds.push(Kind::Ringing),
                 CallEvent::EarlyMedia => kinds.push(Kind::EarlyMedia),
                 CallEvent::Dtmf(d) => kinds.push(Kind::Dtmf(d)),
+                CallEvent::Transfer(t) => panic!("no transfer was asked for: {t:?}"),
                 CallEvent::Answered { media: m, .. } => {
                     kinds.push(Kind::Answered);
                     media = Some(m);
