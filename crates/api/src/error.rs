@@ -108,9 +108,7 @@ impl ApiError {
             Self::ApiRateLimited { .. }
             | Self::NumberRateLimited { .. }
             | Self::AuthRateLimited { .. }
-            | Self::UploadsBusy { .. } => {
-                (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded")
-            }
+            | Self::UploadsBusy { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded"),
             Self::ConcurrentLimit { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "concurrent_call_limit_exceeded",

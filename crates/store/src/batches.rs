@@ -128,14 +128,13 @@ async fn renew_loading_in(
     id: i64,
     lease_until: Millis,
 ) -> Result<bool, StoreError> {
-    let done = sqlx::query(
-        "UPDATE batches SET loading_until = $2 WHERE id = $1 AND status = 'loading'",
-    )
-    .bind(id)
-    .bind(lease_until.0)
-    .execute(&mut *conn)
-    .await
-    .map_err(db_err)?;
+    let done =
+        sqlx::query("UPDATE batches SET loading_until = $2 WHERE id = $1 AND status = 'loading'")
+            .bind(id)
+            .bind(lease_until.0)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_err)?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -411,19 +410,21 @@ impl SqlStore {
         } else {
             Millis::now().0
         };
-        let ids: Vec<i64> = sqlx::query(
-            "SELECT id FROM batches WHERE status = 'loading' AND loading_until < $1",
-        )
-        .bind(cutoff)
-        .fetch_all(&self.read)
-        .await
-        .map_err(db_err)?
-        .iter()
-        .map(|r| get::<i64>(r, "id"))
-        .collect::<Result<_, _>>()?;
+        let ids: Vec<i64> =
+            sqlx::query("SELECT id FROM batches WHERE status = 'loading' AND loading_until < $1")
+                .bind(cutoff)
+                .fetch_all(&self.read)
+                .await
+                .map_err(db_err)?
+                .iter()
+                .map(|r| get::<i64>(r, "id"))
+                .collect::<Result<_, _>>()?;
         for &id in &ids {
             self.remove_loading_batch(id).await?;
-            tracing::warn!(batch_id = id, "removed the half-written batch of an upload that died");
+            tracing::warn!(
+                batch_id = id,
+                "removed the half-written batch of an upload that died"
+            );
         }
         Ok(ids.len() as u64)
     }

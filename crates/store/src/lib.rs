@@ -287,7 +287,9 @@ impl SqlStore {
     }
 
     /// A connection for background work, after its turn at the gate (see [`gate`]).
-    pub(crate) async fn background_conn(&self) -> Result<Background<PoolConnection<Any>>, StoreError> {
+    pub(crate) async fn background_conn(
+        &self,
+    ) -> Result<Background<PoolConnection<Any>>, StoreError> {
         let turn = self.background_turn().await;
         let conn = self.background.acquire().await.map_err(db_err)?;
         Ok(Background { conn, _turn: turn })
@@ -498,7 +500,10 @@ impl Store for SqlStore {
     ) -> Result<Listed<Conversation>, StoreError> {
         // `$2 IS NULL OR agent_id = $2` would defeat the per-agent index on SQLite; two shapes instead.
         let filter = if agent.is_some() {
-            format!("tenant_id = $1 AND agent_id = $2 AND {}", batches::CALL_SHOWN)
+            format!(
+                "tenant_id = $1 AND agent_id = $2 AND {}",
+                batches::CALL_SHOWN
+            )
         } else {
             format!("tenant_id = $1 AND $2 = 0 AND {}", batches::CALL_SHOWN)
         };
@@ -535,10 +540,10 @@ impl Store for SqlStore {
             "SELECT COUNT(*) AS n FROM calls WHERE tenant_id = $1 AND {}",
             batches::CALL_SHOWN
         ))
-            .bind(tenant.0)
-            .fetch_one(&self.read)
-            .await
-            .map_err(db_err)?;
+        .bind(tenant.0)
+        .fetch_one(&self.read)
+        .await
+        .map_err(db_err)?;
         let n: i64 = rows::get(&row, "n")?;
         Ok(u64::try_from(n).unwrap_or(0))
     }

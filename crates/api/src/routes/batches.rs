@@ -366,7 +366,11 @@ pub(crate) async fn discard(
 }
 
 /// Every field of a form refused before it was read, each read and dropped as [`discard`] does.
-async fn discard_form(multipart: &mut Multipart, limits: BatchLimits, refusal: ApiError) -> ApiError {
+async fn discard_form(
+    multipart: &mut Multipart,
+    limits: BatchLimits,
+    refusal: ApiError,
+) -> ApiError {
     let mut refusal = refusal;
     while let Ok(Some(field)) = multipart.next_field().await {
         refusal = discard(field, limits, refusal).await;
@@ -389,8 +393,7 @@ pub async fn create_batch(
     let mut multipart = upload_form(&headers, multipart, limits)?;
     // Before the file is read: a refused upload costs neither the parse nor the memory.
     let wait = state.config.batch_upload_wait;
-    let Ok(Ok(_turn)) =
-        tokio::time::timeout(wait, state.uploads.clone().acquire_owned()).await
+    let Ok(Ok(_turn)) = tokio::time::timeout(wait, state.uploads.clone().acquire_owned()).await
     else {
         let refusal = ApiError::UploadsBusy {
             retry_after_seconds: wait.as_secs().max(1),
