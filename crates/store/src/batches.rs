@@ -138,6 +138,13 @@ async fn renew_loading_in(
     Ok(done.rows_affected() == 1)
 }
 
+/// An upload whose loading batch was swept as abandoned (its lease ran out) while it ran.
+fn lease_lost(id: i64) -> StoreError {
+    StoreError::Database(format!(
+        "batch {id} was removed while uploading (its lease ran out)"
+    ))
+}
+
 /// The batch and the recipient position of one call, if it belongs to a batch.
 struct BatchCall {
     batch_id: i64,
@@ -315,10 +322,7 @@ impl SqlStore {
             let rows = serde_json::to_string(&rows).map_err(encode_err)?;
             let mut tx = self.background_tx().await?;
             if !renew_loading_in(&mut tx, id, self.lease_from_now()).await? {
-                return Err(StoreError::Database(format!(
-                    "batch {id} was removed while uploading (its lease ran out)"
-                ))
-                .into());
+                return Err(lease_lost(id).into());
             }
             sqlx::query(&calls_sql)
                 .bind(b.tenant.0)
@@ -351,11 +355,7 @@ impl SqlStore {
         .fetch_optional(&mut *tx)
         .await
         .map_err(db_err)?
-        .ok_or_else(|| {
-            StoreError::Database(format!(
-                "batch {id} was removed while uploading (its lease ran out)"
-            ))
-        })?;
+        .ok_or_else(|| lease_lost(id))?;
         let created = batch(&row)?;
         tx.commit().await?;
         Ok(created)

@@ -22,7 +22,7 @@ const DIALING: &str = "'initiated', 'ringing', 'in_progress'";
 /// wake for them at once, forever). The subquery is uncorrelated and small (paused batches), so
 /// it is evaluated once per query while the `calls_due` index is walked.
 /// Calls of a batch still uploading (`loading`, see `batches`) are not there yet, likewise.
-const NOT_PAUSED: &str = "(batch_id IS NULL OR batch_id NOT IN \
+const BATCH_RUNNING: &str = "(batch_id IS NULL OR batch_id NOT IN \
     (SELECT id FROM batches WHERE status IN ('paused', 'loading')))";
 
 /// How long a call waits before another try when a cap is full. Short, because capacity frees
@@ -395,7 +395,7 @@ impl DispatchStore for SqlStore {
         // calls claimed by a node that then died come back through the dispatcher's idle wake-up.
         let row = sqlx::query(&format!(
             "SELECT due_at FROM calls WHERE status IN ('scheduled', 'queued') \
-             AND (lease_until IS NULL OR lease_until < $1) AND {NOT_PAUSED} ORDER BY due_at LIMIT 1"
+             AND (lease_until IS NULL OR lease_until < $1) AND {BATCH_RUNNING} ORDER BY due_at LIMIT 1"
         ))
         .bind(now.0)
         .fetch_optional(&self.read)
@@ -421,7 +421,7 @@ impl DispatchStore for SqlStore {
         let ids = sqlx::query(&format!(
             "UPDATE calls SET lease_owner = $1, lease_until = $2 WHERE id IN ( \
                SELECT id FROM calls WHERE status IN ('scheduled', 'queued') AND due_at <= $3 \
-               AND (lease_until IS NULL OR lease_until < $3) AND {NOT_PAUSED} ORDER BY due_at LIMIT $4 {skip_locked}) \
+               AND (lease_until IS NULL OR lease_until < $3) AND {BATCH_RUNNING} ORDER BY due_at LIMIT $4 {skip_locked}) \
              RETURNING id"
         ))
         .bind(node)
