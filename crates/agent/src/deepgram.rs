@@ -62,20 +62,6 @@ impl DeepgramConfig {
             finish_timeout: Duration::from_secs(5),
         }
     }
-
-    /// From the binary's settings, looked up by name: `OUTDIAL_DEEPGRAM_API_KEY` (required;
-    /// `None` without it), `OUTDIAL_DEEPGRAM_URL`, `OUTDIAL_DEEPGRAM_MODEL`.
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Option<Self> {
-        let key = get("OUTDIAL_DEEPGRAM_API_KEY").filter(|k| !k.trim().is_empty())?;
-        let mut cfg = Self::new(key.trim());
-        if let Some(url) = get("OUTDIAL_DEEPGRAM_URL").filter(|u| !u.trim().is_empty()) {
-            cfg.url = url.trim().to_string();
-        }
-        if let Some(model) = get("OUTDIAL_DEEPGRAM_MODEL").filter(|m| !m.trim().is_empty()) {
-            cfg.model = model.trim().to_string();
-        }
-        Some(cfg)
-    }
 }
 
 pub struct Deepgram {
@@ -384,16 +370,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn config_from_env_needs_the_key_and_hides_it() {
-        assert!(DeepgramConfig::from_lookup(|_| None).is_none());
-        let cfg = DeepgramConfig::from_lookup(|k| match k {
-            "OUTDIAL_DEEPGRAM_API_KEY" => Some("dg-secret-123".into()),
-            "OUTDIAL_DEEPGRAM_MODEL" => Some("nova-2".into()),
-            _ => None,
-        })
-        .unwrap();
+    fn the_key_stays_out_of_debug_output() {
+        let cfg = DeepgramConfig::new("dg-secret-123");
         assert_eq!(cfg.url, DEFAULT_URL);
-        assert_eq!(cfg.model, "nova-2");
         assert!(!format!("{cfg:?}").contains("dg-secret-123"));
     }
 

@@ -59,32 +59,7 @@ impl Default for LlmOptions {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0} must be a whole number of milliseconds between 1 and 600000")]
-pub struct LlmOptionsError(&'static str);
-
 impl LlmOptions {
-    /// The defaults, overridden by `OUTDIAL_LLM_CONNECT_TIMEOUT_MS`,
-    /// `OUTDIAL_LLM_RESPONSE_TIMEOUT_MS`, `OUTDIAL_LLM_IDLE_TIMEOUT_MS` and
-    /// `OUTDIAL_LLM_TURN_TIMEOUT_MS` as `get` finds them (the binary passes the environment).
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, LlmOptionsError> {
-        let mut o = Self::default();
-        let ms = |name: &'static str, slot: &mut Duration| -> Result<(), LlmOptionsError> {
-            if let Some(v) = get(name) {
-                match v.trim().parse::<u64>() {
-                    Ok(n) if (1..=600_000).contains(&n) => *slot = Duration::from_millis(n),
-                    _ => return Err(LlmOptionsError(name)),
-                }
-            }
-            Ok(())
-        };
-        ms("OUTDIAL_LLM_CONNECT_TIMEOUT_MS", &mut o.connect_timeout)?;
-        ms("OUTDIAL_LLM_RESPONSE_TIMEOUT_MS", &mut o.response_timeout)?;
-        ms("OUTDIAL_LLM_IDLE_TIMEOUT_MS", &mut o.idle_timeout)?;
-        ms("OUTDIAL_LLM_TURN_TIMEOUT_MS", &mut o.turn_timeout)?;
-        Ok(o)
-    }
-
     /// The HTTP client these options describe. Redirects are not followed: a chat endpoint
     /// that redirects is misconfigured, and following would resend the bearer token elsewhere.
     /// Names resolve through the address guard, and no proxy connects on our behalf past it.
@@ -1119,20 +1094,6 @@ mod tests {
         );
         assert_eq!(r.tool_calls[1].name, "end_call");
         assert!(r.content.is_empty());
-    }
-
-    #[test]
-    fn options_from_env_names_the_bad_variable() {
-        let o = LlmOptions::from_lookup(|k| {
-            (k == "OUTDIAL_LLM_TURN_TIMEOUT_MS").then(|| "1500".to_string())
-        })
-        .unwrap();
-        assert_eq!(o.turn_timeout, Duration::from_millis(1500));
-        let e = LlmOptions::from_lookup(|k| {
-            (k == "OUTDIAL_LLM_IDLE_TIMEOUT_MS").then(|| "soon".to_string())
-        })
-        .unwrap_err();
-        assert!(e.to_string().starts_with("OUTDIAL_LLM_IDLE_TIMEOUT_MS"));
     }
 
     #[test]

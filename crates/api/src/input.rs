@@ -170,7 +170,8 @@ impl QueryPolicy {
         Self { allowed }
     }
 
-    /// `invalid <name>` for a parameter the operation does not declare, or a value with control
+    /// `invalid <name>` for a parameter the operation does not declare, one given twice (which
+    /// of `?status=failed&status=delivered` would the client mean?), or a value with control
     /// characters; `None` when the operation is not a documented `/v1` one.
     fn check(&self, path: &str, method: &Method, query: Option<&str>) -> Result<(), ApiError> {
         if !path.starts_with("/v1/") {
@@ -183,12 +184,14 @@ impl QueryPolicy {
         else {
             return Ok(());
         };
-        for (name, value) in query_pairs(query) {
-            if !clean_text(&name, false) {
+        let pairs = query_pairs(query);
+        for (i, (name, value)) in pairs.iter().enumerate() {
+            if !clean_text(name, false) {
                 return Err(ApiError::invalid("query"));
             }
-            if !allowed.contains(&name) || !clean_text(&value, false) {
-                return Err(ApiError::invalid(&name));
+            let repeated = pairs[..i].iter().any(|(earlier, _)| earlier == name);
+            if repeated || !allowed.contains(name) || !clean_text(value, false) {
+                return Err(ApiError::invalid(name));
             }
         }
         Ok(())

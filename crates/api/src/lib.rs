@@ -214,23 +214,19 @@ fn api_routes() -> OpenApiRouter<AppState> {
 }
 
 /// The OpenAPI document of everything [`router`] serves.
-pub fn openapi_document() -> utoipa::openapi::OpenApi {
+pub fn openapi_document() -> serde_json::Value {
     let mut doc = api_routes().split_for_parts().1;
     openapi::declare_edge_responses(&mut doc);
-    doc
+    openapi::document_json(&doc)
 }
 
-/// The whole service. Layers, outermost first: the trace id and request metrics; the panic
-/// catcher (so a panic answers the contract's 500 naming that trace id); the body deadline;
-/// authentication and the rate-limit headers for every `/v1` request, whatever route it
-/// matches (so a 404 or 405 is answered only to a caller with a key, with the headers); the
-/// query-parameter policy of the matched route.
+/// The whole service: the API's routes, `/openapi.json` and the console behind [`edge`].
 pub fn router(state: AppState) -> Router {
     let (routes, mut doc) = api_routes().split_for_parts();
     openapi::declare_edge_responses(&mut doc);
     let queries = Arc::new(input::QueryPolicy::from_openapi(&doc));
-    let doc = Arc::new(doc);
-    routes
+    let doc = Arc::new(openapi::document_json(&doc));
+    let routes = routes
         .route(
             "/openapi.json",
             axum::routing::get(move || {
@@ -241,7 +237,18 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(queries, input::query_policy))
         // After the query policy, which holds only the API's declared routes to their
         // parameters: the console's pages take their own.
-        .merge(console::router())
+        .merge(console::router());
+    edge(routes, state)
+}
+
+/// What every request passes through, around `routes`. Layers, outermost first: the trace id
+/// and request metrics; the panic catcher (so a panic answers the contract's 500 naming that
+/// trace id); the body deadline; authentication and the rate-limit headers for every `/v1`
+/// request, whatever route it matches (so a 404 or 405 is answered only to a caller with a
+/// key, with the headers). Public so that a test can put a route of its own (one that
+/// panics, say) behind exactly the service's edge.
+pub fn edge(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .fallback(|| async { ApiError::NotFound("not found".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(

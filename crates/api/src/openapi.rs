@@ -1,5 +1,7 @@
 //! The OpenAPI document, assembled from the handlers' annotations.
 
+mod bodies;
+
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -20,6 +22,22 @@ pub struct ErrorDetail {
     pub kind: String,
 }
 
+/// A phone number the API accepts: E.164, valid for its country's numbering plan (the pattern
+/// is only its shape; the format names the plan check, which a schema cannot spell out).
+pub const E164_FORMAT: &str = "e164";
+pub const E164_PATTERN: &str = r"^\+[1-9][0-9]{7,14}$";
+/// `<chain uuid>_<attempt>`, in the one spelling `ConversationId` accepts.
+pub const CONVERSATION_ID: &str =
+    r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}_[1-9][0-9]{0,8}$";
+
+/// The document served at `/openapi.json`: the handlers' annotations, the edge's answers
+/// ([`declare_edge_responses`]) and the exact request bodies.
+pub fn document_json(doc: &utoipa::openapi::OpenApi) -> serde_json::Value {
+    let mut json = serde_json::to_value(doc).unwrap_or_default();
+    bodies::apply(&mut json);
+    json
+}
+
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -36,7 +54,7 @@ impl Modify for BearerAuth {
 #[openapi(
     info(title = "outdial", description = "Outbound voice-agent calls; wire-compatible with the FormantAI Voice API v1."),
     modifiers(&BearerAuth),
-    components(schemas(ErrorBody, ErrorDetail))
+    components(schemas(ErrorBody, ErrorDetail, crate::routes::webhooks::DeliveryStatusQuery))
 )]
 pub struct ApiDoc;
 
@@ -132,10 +150,16 @@ fn parameter_bounds(name: &str) -> Option<utoipa::openapi::schema::Object> {
         "number" => Some(
             ObjectBuilder::new()
                 .schema_type(Type::String)
-                .pattern(Some(r"^\+[1-9][0-9]{7,14}$"))
+                .format(Some(SchemaFormat::Custom(E164_FORMAT.into())))
                 .build(),
         ),
-        n if n.ends_with("_id") && n != "conversation_id" => Some(integer(1, i64::MAX)),
+        "conversation_id" => Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(CONVERSATION_ID))
+                .build(),
+        ),
+        n if n.ends_with("_id") => Some(integer(1, i64::MAX)),
         _ => None,
     }
 }

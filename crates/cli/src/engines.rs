@@ -40,6 +40,17 @@ pub struct EngineArgs {
     #[arg(long, env = "OUTDIAL_WHISPER_PROCESSES", default_value_t = 1,
         value_parser = clap::value_parser!(u8).range(1..=16))]
     pub whisper_processes: u8,
+    /// Deepgram's API key; with it agents may use `transcriber.engine: "deepgram"`. A
+    /// credential: give it in the environment or the config file, not on a command line
+    /// others can read.
+    #[arg(long, env = "OUTDIAL_DEEPGRAM_API_KEY", hide_env_values = true)]
+    pub deepgram_api_key: Option<String>,
+    /// Deepgram's streaming endpoint, or a compatible server's.
+    #[arg(long, env = "OUTDIAL_DEEPGRAM_URL", default_value = agent::deepgram::DEFAULT_URL)]
+    pub deepgram_url: String,
+    /// Deepgram's model.
+    #[arg(long, env = "OUTDIAL_DEEPGRAM_MODEL", default_value = agent::deepgram::DEFAULT_MODEL)]
+    pub deepgram_model: String,
 }
 
 /// `serve`'s engine settings: [`EngineArgs`] and how often the missing ones are tried again.
@@ -221,8 +232,16 @@ impl EngineArgs {
             optional: self.optional_engines.clone(),
             piper_processes: usize::from(self.piper_processes),
             whisper_processes: usize::from(self.whisper_processes),
-            // The key is a credential: it stays in the environment, never a flag.
-            deepgram: agent::DeepgramConfig::from_lookup(|k| std::env::var(k).ok()),
+            deepgram: self
+                .deepgram_api_key
+                .as_deref()
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(|key| agent::DeepgramConfig {
+                    url: self.deepgram_url.trim().to_string(),
+                    model: self.deepgram_model.trim().to_string(),
+                    ..agent::DeepgramConfig::new(key)
+                }),
         })
     }
 }
@@ -603,8 +622,16 @@ mod tests {
             optional_engines: vec![Optional::Kind(EngineKind::SpeechToText)],
             piper_processes: 1,
             whisper_processes: 1,
+            deepgram_api_key: Some(" dg-key ".into()),
+            deepgram_url: agent::deepgram::DEFAULT_URL.into(),
+            deepgram_model: "nova-2".into(),
         };
         let config = args.resolve().unwrap();
+        let deepgram = config.deepgram.as_ref().unwrap();
+        assert_eq!(
+            (deepgram.api_key.as_str(), deepgram.model.as_str()),
+            ("dg-key", "nova-2")
+        );
         assert!(config.is_optional(Engine::Whisper));
         assert!(!config.is_optional(Engine::EspeakNg));
         // The venv is made absolute at start, so the fix names it wherever it is pasted.

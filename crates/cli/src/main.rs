@@ -2,7 +2,7 @@
 //! use it, straight against the database.
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use domain::store::Store;
 use domain::tenant::TenantLimits;
 use domain::{ApiKeyId, Millis, TenantId};
@@ -10,10 +10,12 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use store::{SqlStore, StoreOptions};
 use tracing_subscriber::EnvFilter;
 
 mod batch;
+mod config;
 mod doctor;
 mod engines;
 
@@ -32,6 +34,19 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct DbArgs {
+    /// A TOML file of settings: any flag of `serve` or these global ones, by its long name with
+    /// `_` for `-` (`listen = "0.0.0.0:8080"`). Its values come before the `OUTDIAL_*`
+    /// variables and the flags; `outdial config show` prints what applies.
+    #[arg(long, env = "OUTDIAL_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// What is logged, as a tracing filter (`info`, `warn,dispatch=debug`); default: `info`
+    /// (`warn` for `doctor` and `setup`).
+    #[arg(long, env = "OUTDIAL_LOG", global = true)]
+    log: Option<String>,
+    /// Log lines as `text` or `json`.
+    #[arg(long, env = "OUTDIAL_LOG_FORMAT", global = true, default_value = "text",
+        value_parser = ["text", "json"])]
+    log_format: String,
     /// Where the embedded database and recordings live.
     #[arg(
         long,
@@ -79,6 +94,9 @@ enum Command {
     /// Stored credentials.
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// The service's settings.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Install the local speech engines into the virtual environment the service uses
     /// (`--venv`, default ./.venv): those the node's default agent and the configured agents
     /// need, or `--all`. Quick when they are installed already.
@@ -87,6 +105,19 @@ enum Command {
     /// SIP port, database, data dir, tz data); prints the fix for what is missing and exits
     /// non-zero if something required is.
     Doctor(doctor::DoctorArgs),
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// What `serve` would run with: every setting, its value (secrets masked) and where it
+    /// comes from (default, file, env, flag).
+    Show,
+    /// Every setting as a Markdown table (docs/configuration.md).
+    Reference,
 }
 
 #[derive(Subcommand)]
@@ -112,6 +143,45 @@ struct ServeArgs {
         default_value_t = 6000
     )]
     api_rate_limit_per_minute: u32,
+    /// Webhook targets may be on private and loopback addresses (a receiver on the LAN or on
+    /// this machine): `true` or `false`. Every delivery checks the addresses again.
+    #[arg(
+        long,
+        env = "OUTDIAL_WEBHOOK_ALLOW_PRIVATE",
+        default_value = "false",
+        value_parser = |v: &str| webhooks::UrlPolicy::from_env_value(Some(v)),
+        action = clap::ArgAction::Set
+    )]
+    webhook_allow_private: webhooks::UrlPolicy,
+    /// Seconds between webhook delivery attempts, e.g. `5,30,120` (default: the contract's
+    /// schedule).
+    #[arg(
+        long,
+        env = "OUTDIAL_WEBHOOK_RETRY_SCHEDULE",
+        default_value_t = webhooks::RetrySchedule::default(),
+        value_parser = |v: &str| v.parse::<webhooks::RetrySchedule>()
+    )]
+    webhook_retry_schedule: webhooks::RetrySchedule,
+    /// llm agents' model server: milliseconds to connect (TCP and TLS).
+    #[arg(long, env = "OUTDIAL_LLM_CONNECT_TIMEOUT_MS",
+        default_value_t = millis(agent::LlmOptions::default().connect_timeout),
+        value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    llm_connect_timeout_ms: u64,
+    /// llm agents' model server: milliseconds from the request to the response's headers.
+    #[arg(long, env = "OUTDIAL_LLM_RESPONSE_TIMEOUT_MS",
+        default_value_t = millis(agent::LlmOptions::default().response_timeout),
+        value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    llm_response_timeout_ms: u64,
+    /// llm agents' model server: milliseconds between two reads of a streamed answer.
+    #[arg(long, env = "OUTDIAL_LLM_IDLE_TIMEOUT_MS",
+        default_value_t = millis(agent::LlmOptions::default().idle_timeout),
+        value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    llm_idle_timeout_ms: u64,
+    /// llm agents' model server: milliseconds for a whole turn, tool rounds included.
+    #[arg(long, env = "OUTDIAL_LLM_TURN_TIMEOUT_MS",
+        default_value_t = millis(agent::LlmOptions::default().turn_timeout),
+        value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    llm_turn_timeout_ms: u64,
     /// Base URL clients use to reach this service (for recording URLs); default: http://<listen>.
     #[arg(long, env = "OUTDIAL_PUBLIC_URL")]
     public_url: Option<String>,
@@ -136,6 +206,7 @@ struct ServeArgs {
     #[arg(long, env = "OUTDIAL_BATCH_MAX_UPLOADS", default_value_t = 2,
         value_parser = clap::value_parser!(u64).range(1..=1000))]
     batch_max_uploads: u64,
+    /// How long (ms) an upload over --batch-max-uploads waits for a turn before its 429.
     #[arg(long, env = "OUTDIAL_BATCH_UPLOAD_WAIT_MS", default_value_t = 2000,
         value_parser = clap::value_parser!(u64).range(0..=60_000))]
     batch_upload_wait_ms: u64,
@@ -406,18 +477,27 @@ async fn main() -> Result<()> {
     unsafe {
         libc::umask(0o077);
     }
-    let cli = Cli::parse();
+    let (cli, command, config_file) = match config::parse::<Cli>(
+        Cli::command(),
+        std::env::args_os().collect(),
+        std::env::var_os(config::CONFIG_ENV),
+    ) {
+        Ok(parsed) => parsed,
+        Err(e) => e.exit(),
+    };
     // `doctor` and `setup` print their own report; engine start-up chatter would only hide it.
     let default_level = match cli.command {
         Command::Doctor(_) | Command::Setup(_) => "warn",
         _ => "info",
     };
-    let filter =
-        EnvFilter::try_from_env("OUTDIAL_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter = match &cli.db.log {
+        Some(f) => EnvFilter::try_new(f).with_context(|| format!("--log / OUTDIAL_LOG `{f}`"))?,
+        None => EnvFilter::new(default_level),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if std::env::var("OUTDIAL_LOG_FORMAT").as_deref() == Ok("json") {
+    if cli.db.log_format == "json" {
         builder.json().init();
     } else {
         builder.init();
@@ -435,6 +515,18 @@ async fn main() -> Result<()> {
             let rewritten = store.reseal_secrets().await?;
             store.close().await;
             print(json!({"resealed": rewritten}));
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Show) => {
+            let keys = match &config_file {
+                Some(path) => config::file_keys(path)?,
+                None => Vec::new(),
+            };
+            print!("{}", config::show(&command, config_file.as_deref(), &keys)?);
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Reference) => {
+            print!("{}", config::reference(&command)?);
             Ok(())
         }
         Command::Setup(args) => setup(&cli.db, args).await,
@@ -542,11 +634,11 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
         .node_id
         .clone()
         .unwrap_or_else(|| format!("node-{}-{}", std::process::id(), domain::TraceId::new()));
-    let url_policy = webhooks::UrlPolicy::from_env()?;
+    let url_policy = args.webhook_allow_private;
     let webhook_worker = webhooks::Worker::new(
         store.clone(),
         webhooks::WorkerConfig::new(
-            webhooks::RetrySchedule::from_env()?,
+            args.webhook_retry_schedule.clone(),
             webhooks::ClientConfig {
                 policy: url_policy,
                 ..Default::default()
@@ -583,7 +675,11 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
     engine_watch.check().await;
     let llm = agent::LlmOptions {
         endpoints: args.llm_allowed_networks.clone(),
-        ..agent::LlmOptions::from_lookup(|k| std::env::var(k).ok())?
+        connect_timeout: Duration::from_millis(args.llm_connect_timeout_ms),
+        response_timeout: Duration::from_millis(args.llm_response_timeout_ms),
+        idle_timeout: Duration::from_millis(args.llm_idle_timeout_ms),
+        turn_timeout: Duration::from_millis(args.llm_turn_timeout_ms),
+        ..agent::LlmOptions::default()
     };
     let engines = dispatch::Engines {
         tts,

@@ -14,8 +14,10 @@ use async_trait::async_trait;
 /// HTTP edge can map each to its exact status and message.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The driver's or encoder's own error is kept as the source, for logs and for callers
+    /// that need to tell kinds apart; a failure with no underlying error carries its text.
     #[error("database error: {0}")]
-    Database(String),
+    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 }

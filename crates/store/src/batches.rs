@@ -140,9 +140,9 @@ async fn renew_loading_in(
 
 /// An upload whose loading batch was swept as abandoned (its lease ran out) while it ran.
 fn lease_lost(id: i64) -> StoreError {
-    StoreError::Database(format!(
-        "batch {id} was removed while uploading (its lease ran out)"
-    ))
+    StoreError::Database(
+        format!("batch {id} was removed while uploading (its lease ran out)").into(),
+    )
 }
 
 /// The batch and the recipient position of one call, if it belongs to a batch.
@@ -513,7 +513,7 @@ impl SqlStore {
                         now,
                     )
                     .map_err(|e| {
-                        StoreError::Database(format!("building the webhook event: {e}"))
+                        StoreError::Database(format!("building the webhook event: {e}").into())
                     })?,
                 );
             }

@@ -161,7 +161,7 @@ pub(crate) struct CallRow {
 impl CallRow {
     pub(crate) fn new(call: &NewCall, conversation_id: ConversationId) -> Result<Self, StoreError> {
         let immediate = call.scheduled_for.is_none();
-        let to_json = |e: serde_json::Error| StoreError::Database(e.to_string());
+        let to_json = |e: serde_json::Error| StoreError::Database(e.into());
         Ok(Self {
             id: conversation_id.to_string(),
             chain: conversation_id.chain.to_string(),

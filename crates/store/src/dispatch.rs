@@ -242,7 +242,7 @@ async fn emit_terminal_event(
         public_url,
         now,
     )
-    .map_err(|e| StoreError::Database(format!("building the webhook event: {e}")))?;
+    .map_err(|e| StoreError::Database(format!("building the webhook event: {e}").into()))?;
     crate::outbox::enqueue_in(conn, backend, &event).await?;
     Ok(conversation)
 }
@@ -590,16 +590,16 @@ impl DispatchStore for SqlStore {
 
     async fn finish_attempt(&self, f: FinishAttempt, now: Millis) -> Result<bool, StoreError> {
         let id = f.id.to_string();
-        let transcript = serde_json::to_string(&f.transcript)
-            .map_err(|e| StoreError::Database(e.to_string()))?;
+        let transcript =
+            serde_json::to_string(&f.transcript).map_err(|e| StoreError::Database(e.into()))?;
         let results =
-            serde_json::to_string(&f.results).map_err(|e| StoreError::Database(e.to_string()))?;
+            serde_json::to_string(&f.results).map_err(|e| StoreError::Database(e.into()))?;
         let latency = f
             .latency
             .as_ref()
             .map(serde_json::to_string)
             .transpose()
-            .map_err(|e| StoreError::Database(e.to_string()))?;
+            .map_err(|e| StoreError::Database(e.into()))?;
         let mut tx = self.background_tx().await?;
         // Fenced: the holder of the lease, or anyone once that lease has run out. A call that
         // was claimed but could not be dialled (`queued`) is settled by its holder only.

@@ -164,11 +164,11 @@ pub(crate) fn json_texts(backend: Backend, n: usize) -> String {
 
 /// Rows that could not be turned into the JSON a statement binds.
 pub(crate) fn encode_err(e: serde_json::Error) -> StoreError {
-    StoreError::Database(format!("encoding rows: {e}"))
+    StoreError::Database(format!("encoding rows: {e}").into())
 }
 
 pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
-    StoreError::Database(e.to_string())
+    StoreError::Database(e.into())
 }
 
 impl SqlStore {
@@ -181,10 +181,13 @@ impl SqlStore {
         } else if url.starts_with("sqlite:") {
             Backend::Sqlite
         } else {
-            return Err(StoreError::Database(format!(
-                "unsupported database url scheme (want sqlite:// or postgres://): {}",
-                url.split(':').next().unwrap_or("")
-            )));
+            return Err(StoreError::Database(
+                format!(
+                    "unsupported database url scheme (want sqlite:// or postgres://): {}",
+                    url.split(':').next().unwrap_or("")
+                )
+                .into(),
+            ));
         };
         let store = match backend {
             Backend::Postgres => {
@@ -197,7 +200,7 @@ impl SqlStore {
                 sqlx::migrate!("./migrations/postgres")
                     .run(&pool)
                     .await
-                    .map_err(|e| StoreError::Database(e.to_string()))?;
+                    .map_err(|e| StoreError::Database(e.into()))?;
                 let background = AnyPoolOptions::new()
                     .max_connections(opts.background_connections.max(1))
                     .acquire_timeout(Duration::from_secs(30))
@@ -234,7 +237,7 @@ impl SqlStore {
                 sqlx::migrate!("./migrations/sqlite")
                     .run(&write)
                     .await
-                    .map_err(|e| StoreError::Database(e.to_string()))?;
+                    .map_err(|e| StoreError::Database(e.into()))?;
                 let read = AnyPoolOptions::new()
                     .max_connections(opts.max_connections.max(1))
                     .acquire_timeout(Duration::from_secs(30))

@@ -313,7 +313,7 @@ impl SqlStore {
 
     fn config_text(&self, cfg: &AgentConfig) -> Result<String, StoreError> {
         let sealed = self.agent_key(cfg.clone(), true)?;
-        serde_json::to_string(&sealed.to_json()).map_err(|e| StoreError::Database(e.to_string()))
+        serde_json::to_string(&sealed.to_json()).map_err(|e| StoreError::Database(e.into()))
     }
 
     pub(crate) async fn insert_agent(

@@ -157,9 +157,9 @@ impl SecretBox {
 
 impl crate::SqlStore {
     fn sealed(&self, plain: &str) -> Result<String, domain::store::StoreError> {
-        self.secrets
-            .seal(plain)
-            .map_err(|e| domain::store::StoreError::Database(format!("sealing a secret: {e}")))
+        self.secrets.seal(plain).map_err(|e| {
+            domain::store::StoreError::Database(format!("sealing a secret: {e}").into())
+        })
     }
 
     pub(crate) fn seal_opt(

@@ -57,7 +57,7 @@ impl Handle {
 }
 
 fn sqlite_err(e: rusqlite::Error) -> StoreError {
-    StoreError::Database(e.to_string())
+    StoreError::Database(e.into())
 }
 
 /// Opens the writer's connection on the database file `path` (already migrated) and starts its
@@ -80,7 +80,7 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name("outdial-call-writer".into())
         .spawn(move || writer.run(rx, max_batch))
-        .map_err(|e| StoreError::Database(format!("starting the call writer: {e}")))?;
+        .map_err(|e| StoreError::Database(format!("starting the call writer: {e}").into()))?;
     Ok(Handle { tx, gate })
 }
 
@@ -170,7 +170,11 @@ impl Writer {
             let msg = e.to_string();
             batch
                 .iter()
-                .map(|_| Err(CreateCallError::Store(StoreError::Database(msg.clone()))))
+                .map(|_| {
+                    Err(CreateCallError::Store(StoreError::Database(
+                        msg.clone().into(),
+                    )))
+                })
                 .collect()
         };
         // The other writers' connection, held so that none of them writes during this

@@ -75,7 +75,7 @@ fn delivery(row: &AnyRow) -> Result<DeliveryRecord, StoreError> {
 }
 
 fn events_json(events: &[String]) -> Result<String, StoreError> {
-    serde_json::to_string(events).map_err(|e| StoreError::Database(e.to_string()))
+    serde_json::to_string(events).map_err(|e| StoreError::Database(e.into()))
 }
 
 /// Whether the agent is the tenant's and not retired. With `lock` (PostgreSQL, inside a writing

@@ -458,7 +458,6 @@ on_both!(do_not_call_on_every_backend, story_do_not_call);
 #[test]
 fn both_backends_are_covered_unless_postgres_is_skipped_knowingly() {
     let n = backends().len();
-    let skip = std::env::var("OUTDIAL_TEST_SKIP_POSTGRES").is_ok_and(|v| v == "1");
-    assert_eq!(n, if skip { 1 } else { 2 });
+    assert_eq!(n, if common::skip_postgres() { 1 } else { 2 });
     assert!(matches!(backends()[0], Backend::Sqlite));
 }

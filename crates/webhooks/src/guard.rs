@@ -52,11 +52,6 @@ impl UrlPolicy {
         allow_private: true,
     };
 
-    /// Reads [`ALLOW_PRIVATE_ENV`].
-    pub fn from_env() -> Result<Self, AllowPrivateEnvError> {
-        Self::from_env_value(std::env::var(ALLOW_PRIVATE_ENV).ok().as_deref())
-    }
-
     /// Interprets a value of [`ALLOW_PRIVATE_ENV`]: unset or empty means public only.
     ///
     /// Anything but true/false/1/0 (any case) is an error, so that a typo such as `yes` stops

@@ -15,6 +15,7 @@
 pub mod client;
 pub mod event;
 pub mod guard;
+mod pipeline;
 pub mod schedule;
 pub mod secret;
 pub mod sign;

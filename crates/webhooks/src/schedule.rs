@@ -70,11 +70,6 @@ impl RetrySchedule {
         Ok(Self { gaps })
     }
 
-    /// Reads [`RETRY_SCHEDULE_ENV`]; unset means the default schedule.
-    pub fn from_env() -> Result<Self, ScheduleError> {
-        Self::from_env_value(std::env::var(RETRY_SCHEDULE_ENV).ok().as_deref())
-    }
-
     /// Interprets a value of [`RETRY_SCHEDULE_ENV`]: `None` gives the default; a set but empty
     /// or malformed value is an error rather than a silent fallback.
     pub fn from_env_value(value: Option<&str>) -> Result<Self, ScheduleError> {

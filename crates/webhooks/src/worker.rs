@@ -19,7 +19,6 @@
 //! sleeps until the nearest due time, a write finishing, a poke on [`Worker::waker`] or, at the
 //! latest, `idle_poll` (other nodes cannot poke it).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -39,6 +38,7 @@ use tracing::Instrument;
 
 use crate::client::{AttemptOutcome, ClientBuildError, ClientConfig, Delivery, DeliveryClient};
 use crate::event::{Envelope, EventId, EventType, PayloadOptions};
+use crate::pipeline::{Finished, Pipeline};
 use crate::schedule::RetrySchedule;
 use crate::secret::{SecretSet, WebhookSecret, ROTATION_OVERLAP};
 use crate::Verdict;
@@ -48,24 +48,6 @@ const STATS_EVERY: Duration = Duration::from_secs(5);
 
 /// Pause after a store error before the next lease, so a database outage is not hammered.
 const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
-
-/// Leases a failing target keeps (one in flight, the rest queued): the rest go back to the
-/// outbox, so it holds no room that answering targets could use.
-const FAILING_LEASES: usize = 4;
-
-/// How long a target's health is remembered after its queue empties: a failing one keeps its
-/// one-at-a-time limit, an answering one its full share.
-const REMEMBER_HEALTH: Duration = Duration::from_secs(600);
-
-/// Attempts in flight to a target (on this worker) until it first answers 2xx: a target that
-/// turns out to fail costs a few attempts, not a full share of the slots, and one that answers
-/// gets its full share one round trip later.
-const UNTRIED_INFLIGHT: usize = 4;
-
-/// While answering targets have deliveries waiting, a failing target is attempted at most this
-/// often: its attempts cost the CPU (and, on a shared machine, the receivers' CPU) that the
-/// answering targets' deliveries wait for, and its first success restores its share.
-const FAILING_PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// Whether this job should also refresh the outbox gauges: at most once per [`STATS_EVERY`].
 fn stats_turn(last: &mut Option<Instant>) -> bool {
@@ -158,229 +140,6 @@ struct Leased {
     deliveries: Vec<LeasedDelivery>,
     /// When to look again if nothing else happens first; `None` means at once.
     next_look: Option<Duration>,
-}
-
-/// A finished attempt, with what it says about its target.
-struct Finished {
-    target: WebhookTargetId,
-    verdict: Verdict,
-    result: AttemptResult,
-}
-
-/// One leased delivery waiting for a slot.
-struct Queued {
-    delivery: LeasedDelivery,
-    /// Past this the lease is too far gone to start an attempt under it.
-    start_by: Instant,
-}
-
-/// One target's deliveries on this worker.
-struct Lane {
-    queue: VecDeque<Queued>,
-    inflight: usize,
-    /// Current in-flight limit: the configured cap once the target answers, a few until it
-    /// first does, one while it fails.
-    limit: usize,
-    /// When its last attempt asked for a retry, while it is failing.
-    failed_at: Option<Instant>,
-    /// When its last attempt started.
-    started_at: Option<Instant>,
-    /// When one of its attempts here was last answered 2xx.
-    answered_at: Option<Instant>,
-}
-
-impl Lane {
-    fn failing(&self) -> bool {
-        self.failed_at.is_some()
-    }
-
-    fn can_start(&self) -> bool {
-        !self.queue.is_empty() && self.inflight < self.limit
-    }
-}
-
-/// The run loop's bookkeeping.
-struct Pipeline {
-    lanes: BTreeMap<WebhookTargetId, Lane>,
-    /// Attempts in flight.
-    inflight: usize,
-    /// Leases this worker holds: queued, in flight, or waiting to be recorded.
-    held: usize,
-    /// Finished attempts not yet handed to a write.
-    unrecorded: Vec<AttemptResult>,
-    /// Leases to give back with the next write.
-    release: Vec<DeliveryId>,
-    /// The target and delivery of each attempt in flight, for an attempt task that fails or
-    /// is cut short.
-    tasks: HashMap<task::Id, (WebhookTargetId, DeliveryId)>,
-    /// When targets whose lanes were forgotten last answered 2xx, so that their next burst
-    /// starts at their full share. Kept apart from `lanes`, which every start walks.
-    answered: HashMap<WebhookTargetId, Instant>,
-}
-
-impl Pipeline {
-    fn lane(&mut self, target: WebhookTargetId, cap: usize) -> &mut Lane {
-        let answered = &mut self.answered;
-        self.lanes.entry(target).or_insert_with(|| {
-            let answered_at = answered.remove(&target);
-            Lane {
-                queue: VecDeque::new(),
-                inflight: 0,
-                limit: if answered_at.is_some() {
-                    cap
-                } else {
-                    cap.min(UNTRIED_INFLIGHT)
-                },
-                failed_at: None,
-                started_at: None,
-                answered_at,
-            }
-        })
-    }
-
-    /// Failing targets get a handful of leases at a time, whatever the general cap, and a
-    /// target not yet heard from one round of its slots: leasing (and, if it turns out to
-    /// fail, giving back) a deep queue for a target that may never answer costs the database
-    /// time the answering targets' deliveries wait for.
-    fn target_caps(&self, cap: usize) -> Vec<(WebhookTargetId, u32)> {
-        let few = u32::try_from(FAILING_LEASES).unwrap_or(u32::MAX);
-        let untried = u32::try_from(cap).unwrap_or(u32::MAX);
-        self.lanes
-            .iter()
-            .filter_map(|(id, lane)| {
-                if lane.failing() {
-                    Some((*id, few))
-                } else if lane.answered_at.is_none() {
-                    Some((*id, untried))
-                } else {
-                    None
-                }
-            })
-            .collect()
-    }
-
-    /// Forgets targets with nothing queued or in flight, but not for a while what was learnt
-    /// of them: a failing one's next retries start one at a time too, an answering one's next
-    /// burst at its full share.
-    fn prune(&mut self) {
-        let now = Instant::now();
-        let recent = |at: &Instant| now - *at < REMEMBER_HEALTH;
-        let answered = &mut self.answered;
-        answered.retain(|_, at| recent(at));
-        self.lanes.retain(|id, lane| {
-            let keep = !lane.queue.is_empty()
-                || lane.inflight > 0
-                || lane.failed_at.as_ref().is_some_and(recent);
-            if !keep {
-                if let Some(at) = lane.answered_at.filter(recent) {
-                    answered.insert(*id, at);
-                }
-            }
-            keep
-        });
-    }
-
-    /// The next delivery to start: healthy targets first, taking turns by target, so a busy
-    /// one cannot take every slot; a failing one only when no healthy one has deliveries
-    /// waiting, or once per [`FAILING_PROBE_EVERY`] so it is never starved.
-    fn next_start(&mut self, cursor: &mut Option<WebhookTargetId>) -> Option<Queued> {
-        let now = Instant::now();
-        loop {
-            let after = cursor.unwrap_or(WebhookTargetId(i64::MIN));
-            let healthy_waiting = self
-                .lanes
-                .values()
-                .any(|lane| !lane.failing() && !lane.queue.is_empty());
-            let mut pick = None;
-            for healthy in [true, false] {
-                let ready = |lane: &Lane| {
-                    lane.failing() != healthy
-                        && lane.can_start()
-                        && (healthy
-                            || !healthy_waiting
-                            || lane
-                                .started_at
-                                .is_none_or(|at| now - at >= FAILING_PROBE_EVERY))
-                };
-                pick = self
-                    .lanes
-                    .iter()
-                    .filter(|(id, lane)| **id > after && ready(lane))
-                    .chain(self.lanes.iter().filter(|(_, lane)| ready(lane)))
-                    .map(|(id, _)| *id)
-                    .next();
-                if pick.is_some() {
-                    break;
-                }
-            }
-            let id = pick?;
-            let lane = self.lanes.get_mut(&id)?;
-            let queued = lane.queue.pop_front()?;
-            if queued.start_by > now {
-                lane.started_at = Some(now);
-                lane.inflight += 1;
-                self.inflight += 1;
-                *cursor = Some(id);
-                return Some(queued);
-            }
-            // Too late to start under this lease: give it back for anyone to take.
-            self.release.push(queued.delivery.id);
-            self.held = self.held.saturating_sub(1);
-        }
-    }
-
-    fn joined(&mut self, joined: Result<(task::Id, Finished), task::JoinError>, cap: usize) {
-        match joined {
-            Ok((id, finished)) => {
-                self.tasks.remove(&id);
-                self.finished(finished, cap);
-            }
-            // Nothing to record: the delivery is attempted again, at once when a stop cut it
-            // short, else when its lease lapses.
-            Err(err) => {
-                self.inflight = self.inflight.saturating_sub(1);
-                self.held = self.held.saturating_sub(1);
-                if let Some((target, delivery)) = self.tasks.remove(&err.id()) {
-                    if let Some(lane) = self.lanes.get_mut(&target) {
-                        lane.inflight = lane.inflight.saturating_sub(1);
-                    }
-                    if err.is_cancelled() {
-                        self.release.push(delivery);
-                        return;
-                    }
-                }
-                tracing::error!(error = %err, "webhook attempt task failed");
-            }
-        }
-    }
-
-    fn finished(&mut self, finished: Finished, cap: usize) {
-        self.inflight = self.inflight.saturating_sub(1);
-        if let Some(lane) = self.lanes.get_mut(&finished.target) {
-            lane.inflight = lane.inflight.saturating_sub(1);
-            match finished.verdict {
-                // The target is not answering properly: one attempt at a time until it does.
-                Verdict::Retry => {
-                    lane.limit = 1;
-                    lane.failed_at = Some(Instant::now());
-                    let keep = FAILING_LEASES.saturating_sub(1);
-                    if lane.queue.len() > keep {
-                        let surplus: Vec<DeliveryId> =
-                            lane.queue.drain(keep..).map(|q| q.delivery.id).collect();
-                        self.held = self.held.saturating_sub(surplus.len());
-                        self.release.extend(surplus);
-                    }
-                }
-                Verdict::Delivered => {
-                    lane.limit = cap;
-                    lane.failed_at = None;
-                    lane.answered_at = Some(Instant::now());
-                }
-                Verdict::Failed | Verdict::FailedAndDeactivate => {}
-            }
-        }
-        self.unrecorded.push(finished.result);
-    }
 }
 
 impl<S: WebhookStore + ?Sized> Worker<S> {
@@ -539,15 +298,7 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
     pub async fn run(&self, stop: impl Future<Output = ()>) {
         tokio::pin!(stop);
         let cap = self.per_target();
-        let mut pipe = Pipeline {
-            lanes: BTreeMap::new(),
-            inflight: 0,
-            held: 0,
-            unrecorded: Vec::new(),
-            release: Vec::new(),
-            tasks: HashMap::new(),
-            answered: HashMap::new(),
-        };
+        let mut pipe = Pipeline::default();
         let mut attempts: JoinSet<Finished> = JoinSet::new();
         let mut leasing: Option<Job<'_, Leased>> = None;
         let mut recording: Option<Job<'_, usize>> = None;
@@ -566,7 +317,7 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
         loop {
             if !stopping {
                 while pipe.inflight < self.config.concurrency {
-                    let Some(queued) = pipe.next_start(&mut cursor) else {
+                    let Some(queued) = pipe.next_start(&mut cursor, Instant::now()) else {
                         break;
                     };
                     let attempt = (queued.delivery.target, queued.delivery.id);
@@ -591,9 +342,7 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
                     // Idle, a first bite the size of the send slots: a lease costs about its
                     // row count, and the attempts can start while the next, full-size lease
                     // runs.
-                    let idle =
-                        pipe.inflight == 0 && pipe.lanes.values().all(|lane| lane.queue.is_empty());
-                    let bite = if idle {
+                    let bite = if pipe.idle() {
                         room.min(self.config.concurrency.max(1))
                     } else {
                         room
@@ -607,7 +356,7 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
                     && leasing.is_none()
                     && recording.is_none()
                     && attempts.is_empty()
-                    && pipe.lanes.values().all(|lane| lane.queue.is_empty());
+                    && pipe.queues_empty();
                 let late = Instant::now() >= until;
                 if drained || late {
                     stopping = true;
@@ -618,10 +367,7 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
                         );
                         attempts.abort_all();
                     }
-                    for lane in pipe.lanes.values_mut() {
-                        pipe.release
-                            .extend(lane.queue.drain(..).map(|q| q.delivery.id));
-                    }
+                    pipe.release_queued();
                     continue;
                 }
             }
@@ -645,16 +391,16 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
                 }
                 () = flush_over, if flush_until.is_some() && !stopping => {}
                 Some(joined) = attempts.join_next_with_id(), if !attempts.is_empty() => {
-                    pipe.joined(joined, cap);
+                    pipe.joined(joined, cap, Instant::now());
                     // Take whatever else finished too, so one write carries it all.
                     while let Some(joined) = attempts.try_join_next_with_id() {
-                        pipe.joined(joined, cap);
+                        pipe.joined(joined, cap, Instant::now());
                     }
                 }
                 settled = finish(&mut recording), if recording.is_some() => {
                     recording = None;
                     pipe.held = pipe.held.saturating_sub(settled);
-                    pipe.prune();
+                    pipe.prune(Instant::now());
                     look = true;
                 }
                 leased = finish(&mut leasing), if leasing.is_some() => {
@@ -667,9 +413,7 @@ impl<S: WebhookStore + ?Sized> Worker<S> {
                         pipe.held += got;
                         let start_by = Instant::now() + self.config.lease_for / 2;
                         for delivery in leased.deliveries {
-                            pipe.lane(delivery.target, cap)
-                                .queue
-                                .push_back(Queued { delivery, start_by });
+                            pipe.enqueue(delivery, start_by, cap);
                         }
                     }
                     match leased.next_look {

@@ -566,7 +566,14 @@ pub async fn list_webhook_deliveries(
     let pairs = query_pairs(raw.as_deref());
     let page = page(&pairs)?;
     let filter = DeliveryFilter {
-        conversation_id: query_value(&pairs, "conversation_id").map(str::to_owned),
+        // A malformed id is the client's mistake, not a filter that matches nothing.
+        conversation_id: query_value(&pairs, "conversation_id")
+            .map(|v| {
+                v.parse::<domain::call::ConversationId>()
+                    .map(|id| id.to_string())
+                    .map_err(|_| ApiError::invalid("conversation_id"))
+            })
+            .transpose()?,
         target: query_value(&pairs, "webhook_target_id")
             .map(|v| positive_id(v, "webhook_target_id").map(WebhookTargetId))
             .transpose()?,

@@ -32,7 +32,15 @@ impl TestApp {
         .await
     }
 
-    pub async fn spawn_with(mut config: api::ApiConfig) -> Self {
+    pub async fn spawn_with(config: api::ApiConfig) -> Self {
+        Self::spawn_serving(config, api::router).await
+    }
+
+    /// A node whose service `serve` builds from the app state (the real one is `api::router`).
+    pub async fn spawn_serving(
+        mut config: api::ApiConfig,
+        serve: impl FnOnce(api::AppState) -> axum::Router,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/outdial.db", dir.path().display());
         let store = Arc::new(
@@ -44,9 +52,8 @@ impl TestApp {
         let addr = listener.local_addr().unwrap();
         config.public_url = format!("http://{addr}");
         let readiness = Arc::new(api::readiness::Readiness::new());
-        let app = api::router(
-            api::AppState::new(store.clone(), config).with_readiness(readiness.clone()),
-        );
+        let app =
+            serve(api::AppState::new(store.clone(), config).with_readiness(readiness.clone()));
         tokio::spawn(async move { axum::serve(listener, app).await });
         TestApp {
             base: format!("http://{addr}"),

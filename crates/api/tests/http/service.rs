@@ -80,6 +80,73 @@ async fn probes_metrics_and_openapi() {
         param("/v1/agents/{agent_id}", "agent_id")["schema"]["minimum"],
         1
     );
+    // Every request body says which fields it takes, which are required, and (for JSON) that
+    // there are no others: a schema of a bare `object` promised that `{}` would do.
+    let mut bodies = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let Some(content) = op["requestBody"]["content"].as_object() else {
+                continue;
+            };
+            for (media, c) in content {
+                bodies += 1;
+                let schema = &c["schema"];
+                assert!(
+                    schema["properties"].is_object(),
+                    "{method} {path} {media}: {schema}"
+                );
+                if media == "application/json" {
+                    assert_eq!(
+                        schema["additionalProperties"], false,
+                        "{method} {path}: {schema}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(bodies >= 11, "{bodies} request bodies");
+    let trunk =
+        &doc["paths"]["/v1/trunks"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+    assert_eq!(trunk["required"], serde_json::json!(["name", "uri"]));
+    let number = doc["paths"]["/v1/do-not-call/{number}"]["get"]["parameters"][0].clone();
+    assert_eq!(number["schema"]["format"], "e164", "{number}");
+}
+
+#[tokio::test]
+async fn a_panicking_handler_answers_500_naming_the_trace_id_and_the_node_serves_on() {
+    use axum::routing::get;
+    let app = TestApp::spawn_serving(api::ApiConfig::default(), |state| {
+        let boom: axum::Router<api::AppState> = axum::Router::new()
+            .route(
+                "/v1/boom",
+                get(|| async {
+                    if true {
+                        panic!("boom: internal detail");
+                    }
+                    "unreached"
+                }),
+            )
+            .route("/v1/fine", get(|| async { "fine" }));
+        api::edge(boom, state)
+    })
+    .await;
+    let t = app.tenant("acme").await;
+    let r = app.get(&t, "/v1/boom").await;
+    assert_eq!(r.status(), 500);
+    let e = body(r).await;
+    assert_eq!(e["error"]["type"], "internal_error");
+    let msg = e["error"]["message"].as_str().unwrap();
+    let trace = msg
+        .strip_prefix("internal error (trace_id: ")
+        .and_then(|m| m.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{msg}"));
+    assert!(uuid::Uuid::parse_str(trace).is_ok(), "{msg}");
+    assert!(
+        !msg.contains("boom"),
+        "the panic's text stays in the log: {msg}"
+    );
+    let r = app.get(&t, "/v1/fine").await;
+    assert_eq!(r.status(), 200, "the node serves on after a panic");
 }
 
 #[tokio::test]

@@ -446,12 +446,34 @@ async fn delivery_log_shows_every_attempt_and_retry_resends() {
         ),
         (json!(3), json!(true), 2)
     );
-    let none = body(
+    // A malformed id is refused rather than matching nothing; a well-formed unknown one
+    // matches nothing.
+    expect_error(
         app.get(&t, "/v1/webhook-deliveries?conversation_id=nope")
             .await,
+        400,
+        "invalid_request",
+        "invalid conversation_id",
+    )
+    .await;
+    let none = body(
+        app.get(
+            &t,
+            "/v1/webhook-deliveries?conversation_id=00000000-0000-0000-0000-000000000000_1",
+        )
+        .await,
     )
     .await;
     assert_eq!(none["total"], 0);
+    // Which of two values would the client mean? Neither is guessed.
+    expect_error(
+        app.get(&t, "/v1/webhook-deliveries?status=failed&status=delivered")
+            .await,
+        400,
+        "invalid_request",
+        "invalid status",
+    )
+    .await;
     expect_error(
         app.get(&t, "/v1/webhook-deliveries?status=done").await,
         400,
