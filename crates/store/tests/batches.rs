@@ -1,5 +1,6 @@
-//! Batches on both backends: the chunked insert, a loading batch hidden and swept, the counter hooks inside the
-//! dispatch transactions, pause hiding a batch's calls from the claim, and cancel.
+//! Batches on both backends: the chunked insert, a loading batch hidden and swept, the counter
+//! hooks inside the dispatch transactions, pause hiding a batch's calls from the claim, and
+//! cancel.
 
 mod common;
 
