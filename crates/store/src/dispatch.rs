@@ -18,10 +18,10 @@ use sqlx::AnyConnection;
 
 const DIALING: &str = "'initiated', 'ringing', 'in_progress'";
 
-/// Calls of a paused batch wait: neither claimed nor counted as due (else the dispatcher would
-/// wake for them at once, forever). The subquery is uncorrelated and small (paused batches), so
-/// it is evaluated once per query while the `calls_due` index is walked.
-/// Calls of a batch still uploading (`loading`, see `batches`) are not there yet, likewise.
+/// Calls of a paused batch wait, and those of a batch still uploading (`loading`, see `batches`)
+/// are not there yet: neither is claimed nor counted as due (else the dispatcher would wake for
+/// them at once, forever). The subquery is uncorrelated and small (paused and loading batches),
+/// so it is evaluated once per query while the `calls_due` index is walked.
 const BATCH_RUNNING: &str = "(batch_id IS NULL OR batch_id NOT IN \
     (SELECT id FROM batches WHERE status IN ('paused', 'loading')))";
 
