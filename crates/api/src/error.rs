@@ -38,6 +38,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("rate limit exceeded")]
     ApiRateLimited { retry_after_seconds: u64 },
+    /// This node is writing as many batch uploads as it is configured to.
+    #[error("too many batch uploads in progress")]
+    UploadsBusy { retry_after_seconds: u64 },
     #[error("rate limit exceeded for this number")]
     NumberRateLimited { retry_after_seconds: u64 },
     #[error("concurrent call limit reached. {max} simultaneous calls allowed.")]
@@ -104,9 +107,8 @@ impl ApiError {
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "invalid_request"),
             Self::ApiRateLimited { .. }
             | Self::NumberRateLimited { .. }
-            | Self::AuthRateLimited { .. } => {
-                (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded")
-            }
+            | Self::AuthRateLimited { .. }
+            | Self::UploadsBusy { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded"),
             Self::ConcurrentLimit { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "concurrent_call_limit_exceeded",
@@ -159,6 +161,9 @@ impl ApiError {
                 retry_after_seconds,
             }
             | Self::AuthRateLimited {
+                retry_after_seconds,
+            }
+            | Self::UploadsBusy {
                 retry_after_seconds,
             } => Some((*retry_after_seconds).max(1)),
             Self::TooManyConnections => Some(1),

@@ -40,6 +40,10 @@ pub struct ApiConfig {
     pub webhook_wake: Arc<tokio::sync::Notify>,
     /// Size and row limits of `POST /v1/batch-call`.
     pub batch_limits: domain::batch::BatchLimits,
+    /// Batch uploads this node writes at once; one more waits up to `batch_upload_wait` for a
+    /// turn, then is answered 429 with `Retry-After`.
+    pub batch_uploads: usize,
+    pub batch_upload_wait: std::time::Duration,
     /// How long a key found in the database is trusted without reading it again (so how long a
     /// revocation takes to reach every node); zero reads the database on every request.
     pub key_cache_ttl: std::time::Duration,
@@ -64,6 +68,8 @@ impl Default for ApiConfig {
             key_cache_ttl: std::time::Duration::from_secs(2),
             webhook_wake: Arc::new(tokio::sync::Notify::new()),
             batch_limits: Default::default(),
+            batch_uploads: 2,
+            batch_upload_wait: std::time::Duration::from_secs(2),
             failed_auth_per_ip_per_minute: 120,
             llm_endpoints: Default::default(),
             http: Default::default(),
@@ -86,6 +92,8 @@ pub struct AppState {
     pub readiness: Arc<readiness::Readiness>,
     /// The console's sign-in sessions (this node's memory).
     pub console: Arc<console::session::Sessions>,
+    /// Turns for batch uploads (`ApiConfig::batch_uploads`).
+    pub uploads: Arc<tokio::sync::Semaphore>,
 }
 
 /// The process-wide Prometheus recorder (a `metrics` recorder can be installed only once).
@@ -127,6 +135,7 @@ impl AppState {
             auth_failures: Arc::new(auth::FailedAuthBudget::new(
                 config.failed_auth_per_ip_per_minute,
             )),
+            uploads: Arc::new(tokio::sync::Semaphore::new(config.batch_uploads.max(1))),
             config: Arc::new(config),
             metrics: metrics_handle(),
             dispatch_wake: None,

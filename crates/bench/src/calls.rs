@@ -33,7 +33,7 @@ pub struct Args {
     db_max_connections: u32,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -43,7 +43,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// One INSERT + COMMIT per row, WAL, synchronous=FULL, in a tight loop on one connection with
 /// prepared statements: the most a write path without group commit could do on this disk.
-fn commit_rate(dir: &std::path::Path, seconds: u64) -> Result<f64> {
+pub(crate) fn commit_rate(dir: &std::path::Path, seconds: u64) -> Result<f64> {
     let conn = rusqlite::Connection::open(dir.join("commit-rate.db"))?;
     conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))?;
     conn.execute_batch(

@@ -5,6 +5,7 @@ mod amd;
 mod batch;
 mod calls;
 mod dispatch;
+mod mixed;
 mod server;
 mod understand;
 mod voice;
@@ -25,6 +26,9 @@ enum Command {
     /// POST /v1/call throughput and latency on the embedded default, beside the machine's
     /// SQLite durable-commit rate measured in the same run.
     Calls(calls::Args),
+    /// POST /v1/call on a busy node: the real `outdial serve` dialling every call into a
+    /// loopback SIPp answering 486 while another tenant uploads a large batch.
+    Mixed(mixed::Args),
     /// A large CSV batch: upload time, peak memory, metrics latency.
     Batch(batch::Args),
     /// Dispatch throughput and lag with a large backlog of pending calls.
@@ -52,6 +56,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Calls(args) => rt.block_on(calls::run(args)),
         Command::Batch(args) => rt.block_on(batch::run(args)),
+        Command::Mixed(args) => rt.block_on(mixed::run(args)),
         Command::Webhooks(args) => rt.block_on(webhooks::run(args)),
         Command::Dispatch(args) => rt.block_on(dispatch::run(args)),
         Command::Voice(args) => rt.block_on(voice::run(args)),

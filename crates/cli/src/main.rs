@@ -191,6 +191,34 @@ struct ServeArgs {
     /// Calls one SQLite commit may carry (group commit).
     #[arg(long, env = "OUTDIAL_DB_MAX_WRITE_BATCH", default_value_t = 128)]
     db_max_write_batch: usize,
+    /// PostgreSQL: connections of the background pool (dispatch, webhooks, batch uploads), apart
+    /// from --db-max-connections, so background work cannot starve API requests.
+    #[arg(long, env = "OUTDIAL_DB_BACKGROUND_CONNECTIONS", default_value_t = StoreOptions::default().background_connections,
+        value_parser = clap::value_parser!(u32).range(1..=1000))]
+    db_background_connections: u32,
+    /// SQLite: how long (ms) a background write lets waiting `POST /v1/call` requests go first
+    /// before it takes its turn anyway.
+    #[arg(long, env = "OUTDIAL_DB_BACKGROUND_WAIT_MS", default_value_t = 20,
+        value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    db_background_wait_ms: u64,
+    /// Batch uploads this node writes at once; more wait --batch-upload-wait-ms for a turn, then
+    /// get 429 with Retry-After.
+    #[arg(long, env = "OUTDIAL_BATCH_MAX_UPLOADS", default_value_t = 2,
+        value_parser = clap::value_parser!(u64).range(1..=1000))]
+    batch_max_uploads: u64,
+    /// How long (ms) an upload over --batch-max-uploads waits for a turn before its 429.
+    #[arg(long, env = "OUTDIAL_BATCH_UPLOAD_WAIT_MS", default_value_t = 2000,
+        value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    batch_upload_wait_ms: u64,
+    /// Recipients a batch upload writes per transaction.
+    #[arg(long, env = "OUTDIAL_BATCH_UPLOAD_CHUNK_ROWS", default_value_t = 5_000,
+        value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    batch_upload_chunk_rows: u64,
+    /// A batch upload that wrote nothing for this long is taken for dead and its half-written
+    /// batch removed (SQLite also removes them all at start).
+    #[arg(long, env = "OUTDIAL_BATCH_UPLOAD_LEASE_SECONDS", default_value_t = 120,
+        value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    batch_upload_lease_seconds: u64,
     /// How long a verified API key is trusted without a database read; a revoked key stops
     /// working on every node within this time (0 = read on every request).
     #[arg(long, env = "OUTDIAL_KEY_CACHE_MS", default_value_t = 2000)]
@@ -550,11 +578,20 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
         StoreOptions {
             max_connections: args.db_max_connections,
             max_write_batch: args.db_max_write_batch,
+            background_connections: args.db_background_connections,
+            background_wait: std::time::Duration::from_millis(args.db_background_wait_ms),
+            upload_chunk_rows: usize::try_from(args.batch_upload_chunk_rows).unwrap_or(usize::MAX),
+            upload_lease: std::time::Duration::from_secs(args.batch_upload_lease_seconds),
             ..Default::default()
         },
     )
     .await?;
     let store = Arc::new(store);
+    // Before the API serves: a half-written batch of an upload that died is never shown.
+    store
+        .remove_abandoned_uploads(true)
+        .await
+        .context("removing the half-written batches of uploads that died")?;
     let open_files = raise_open_files();
     // A quarter of the descriptors stay for call legs, the database and files.
     let max_connections = args
@@ -686,6 +723,11 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
         stop_rx.clone(),
     ));
     let dispatch_task = tokio::spawn(dispatcher.clone().run(stop_rx.clone()));
+    tokio::spawn(sweep_uploads(
+        store.clone(),
+        std::time::Duration::from_secs(args.batch_upload_lease_seconds),
+        stop_rx.clone(),
+    ));
     let config = api::ApiConfig {
         api_rate_limit_per_minute: args.api_rate_limit_per_minute,
         public_url,
@@ -695,6 +737,8 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
             max_bytes: args.batch_max_bytes,
             max_rows: args.batch_max_rows,
         },
+        batch_uploads: usize::try_from(args.batch_max_uploads).unwrap_or(usize::MAX),
+        batch_upload_wait: std::time::Duration::from_millis(args.batch_upload_wait_ms),
         key_cache_ttl: std::time::Duration::from_millis(args.key_cache_ms),
         failed_auth_per_ip_per_minute: args.failed_auth_per_ip_per_minute,
         llm_endpoints: args.llm_allowed_networks.clone(),
@@ -734,6 +778,24 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Removes, once a lease, the half-written batches of uploads that died on other nodes (or on
+/// this one, had it lost its lease).
+async fn sweep_uploads(
+    store: Arc<SqlStore>,
+    lease: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(lease) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = store.remove_abandoned_uploads(false).await {
+            tracing::warn!(error = %e, "sweeping abandoned batch uploads");
+        }
+    }
 }
 
 /// SIGTERM and SIGINT, listened for from start-up (a signal before the first listen would

@@ -20,9 +20,13 @@ const BATCH_COLUMNS: &str = "id, tenant_id, agent_id, name, status, total_recipi
     no_answer_count, failed_count, socket_failure_count, unreachable_count, canceled_count, \
     completed_duration_seconds, scheduled_for, started_at, created_at, updated_at";
 
-/// Rows per INSERT, bound as one JSON parameter (see [`crate::json_rows`]): about 1 MB of text
-/// a statement.
-const INSERT_CHUNK: usize = 10_000;
+/// A batch the API may show: not one still being uploaded.
+const SHOWN: &str = "status <> 'loading'";
+
+/// Calls the API may show: not those of a batch still being uploaded. The subquery is
+/// uncorrelated and small (uploads in progress), evaluated once per query.
+pub(crate) const CALL_SHOWN: &str =
+    "(batch_id IS NULL OR batch_id NOT IN (SELECT id FROM batches WHERE status = 'loading'))";
 
 /// Calls settled per statement by a batch cancel (one bind each).
 const CANCEL_CHUNK: usize = 500;
@@ -70,13 +74,23 @@ fn chunk_sql(backend: Backend) -> String {
     )
 }
 
-/// Writes the batch and one call per recipient (with its first event). The caller owns the
-/// transaction: a failure anywhere leaves nothing behind.
-async fn insert_batch_in(
+/// The first event of every call of a chunk, as a `POST /v1/call` writes it; the same JSON
+/// rows as [`chunk_sql`], at `$3`.
+fn chunk_events_sql(backend: Backend) -> String {
+    format!(
+        "INSERT INTO call_events (call_id, tenant_id, at, status, detail) \
+         SELECT v.column1 || '_1', $1, $2, 'scheduled', NULL FROM {} AS v",
+        json_rows(backend, 3, &["text", "text", "text"])
+    )
+}
+
+/// The batch row of an upload about to be written, `loading` (never listed, its calls never
+/// dialled), and the number its calls are dialled from.
+async fn begin_loading_in(
     conn: &mut AnyConnection,
-    backend: Backend,
     b: &NewBatch,
-) -> Result<Batch, BatchError> {
+    lease_until: Millis,
+) -> Result<(i64, String), BatchError> {
     let agent = sqlx::query(
         "SELECT phone_number FROM agents WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL",
     )
@@ -89,65 +103,46 @@ async fn insert_batch_in(
     let from_phone: Option<String> = get(&agent, "phone_number")?;
     let from_phone = from_phone.ok_or(BatchError::AgentHasNoNumber)?;
     let total = i64::try_from(b.recipients.len()).map_err(|_| corrupt("recipients"))?;
-    let now = b.now.0;
-    let row = sqlx::query(&format!(
+    let row = sqlx::query(
         "INSERT INTO batches (tenant_id, agent_id, name, status, total_recipients, pending_count, \
-         scheduled_for, created_at, updated_at) VALUES ($1, $2, $3, 'pending', $4, $4, $5, $6, $6) \
-         RETURNING {BATCH_COLUMNS}"
-    ))
+         scheduled_for, created_at, updated_at, loading_until) \
+         VALUES ($1, $2, $3, 'loading', $4, $4, $5, $6, $6, $7) RETURNING id",
+    )
     .bind(b.tenant.0)
     .bind(b.agent.0)
     .bind(b.name.as_str())
     .bind(total)
     .bind(b.scheduled_for.map(|m| m.0))
-    .bind(now)
+    .bind(b.now.0)
+    .bind(lease_until.0)
     .fetch_one(&mut *conn)
     .await
     .map_err(db_err)?;
-    let created = batch(&row)?;
-    let due_at = b.scheduled_for.map(|m| m.0).unwrap_or(now);
-    let trace = b.trace_id.to_string();
-    let sql = chunk_sql(backend);
-    let n = b.recipients.len();
-    // Random ids, inserted in ascending order: the primary key and the chain index then grow at
-    // one end instead of taking a million random page splits, most of a big insert's cost.
-    let mut ids: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::new_v4()).collect();
-    ids.sort_unstable();
-    for (chunk, first) in ids.chunks(INSERT_CHUNK).zip((0..).step_by(INSERT_CHUNK)) {
-        let rows = chunk
-            .iter()
-            .enumerate()
-            .map(|(k, id)| {
-                let i = first + k;
-                let params = b.recipients.parameters_json(i).map_err(encode_err)?;
-                Ok((id.to_string(), b.recipients.phone(i), params))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        sqlx::query(&sql)
-            .bind(b.tenant.0)
-            .bind(b.agent.0)
-            .bind(from_phone.as_str())
-            .bind(b.scheduled_for.map(|m| m.0))
-            .bind(due_at)
-            .bind(trace.as_str())
-            .bind(created.id)
-            .bind(now)
-            .bind(serde_json::to_string(&rows).map_err(encode_err)?)
+    Ok((get(&row, "id")?, from_phone))
+}
+
+/// Moves the lease of a loading batch forward; false when it is no longer loading (removed by
+/// a sweep that took it for abandoned), so the upload stops instead of writing orphans.
+async fn renew_loading_in(
+    conn: &mut AnyConnection,
+    id: i64,
+    lease_until: Millis,
+) -> Result<bool, StoreError> {
+    let done =
+        sqlx::query("UPDATE batches SET loading_until = $2 WHERE id = $1 AND status = 'loading'")
+            .bind(id)
+            .bind(lease_until.0)
             .execute(&mut *conn)
             .await
             .map_err(db_err)?;
-    }
-    // Every call starts with its first event, as a `POST /v1/call` does; one statement over the
-    // batch's index instead of a million round trips.
-    sqlx::query(
-        "INSERT INTO call_events (call_id, tenant_id, at, status, detail) \
-         SELECT id, tenant_id, created_at, status, NULL FROM calls WHERE batch_id = $1",
+    Ok(done.rows_affected() == 1)
+}
+
+/// An upload whose loading batch was swept as abandoned (its lease ran out) while it ran.
+fn lease_lost(id: i64) -> StoreError {
+    StoreError::Database(
+        format!("batch {id} was removed while uploading (its lease ran out)").into(),
     )
-    .bind(created.id)
-    .execute(&mut *conn)
-    .await
-    .map_err(db_err)?;
-    Ok(created)
 }
 
 /// The batch and the recipient position of one call, if it belongs to a batch.
@@ -291,6 +286,149 @@ async fn move_recipient(
 }
 
 impl SqlStore {
+    fn lease_from_now(&self) -> Millis {
+        let lease = i64::try_from(self.upload_lease.as_millis()).unwrap_or(i64::MAX);
+        Millis(Millis::now().0.saturating_add(lease))
+    }
+
+    /// The calls of a loading batch, a chunk per transaction so no upload holds the writer for
+    /// long, then the batch made `pending` (and so its calls visible) in one small statement.
+    async fn load_calls(
+        &self,
+        b: &NewBatch,
+        id: i64,
+        from_phone: &str,
+    ) -> Result<Batch, BatchError> {
+        let now = b.now.0;
+        let due_at = b.scheduled_for.map(|m| m.0).unwrap_or(now);
+        let trace = b.trace_id.to_string();
+        let (calls_sql, events_sql) = (chunk_sql(self.backend), chunk_events_sql(self.backend));
+        let n = b.recipients.len();
+        // Random ids, inserted in ascending order: the primary key and the chain index then grow
+        // at one end instead of taking a million random page splits, most of a big insert's cost.
+        let mut ids: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::new_v4()).collect();
+        ids.sort_unstable();
+        let chunk_rows = self.upload_chunk.max(1);
+        for (chunk, first) in ids.chunks(chunk_rows).zip((0..).step_by(chunk_rows)) {
+            let rows = chunk
+                .iter()
+                .enumerate()
+                .map(|(k, id)| {
+                    let i = first + k;
+                    let params = b.recipients.parameters_json(i).map_err(encode_err)?;
+                    Ok((id.to_string(), b.recipients.phone(i), params))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let rows = serde_json::to_string(&rows).map_err(encode_err)?;
+            let mut tx = self.background_tx().await?;
+            if !renew_loading_in(&mut tx, id, self.lease_from_now()).await? {
+                return Err(lease_lost(id).into());
+            }
+            sqlx::query(&calls_sql)
+                .bind(b.tenant.0)
+                .bind(b.agent.0)
+                .bind(from_phone)
+                .bind(b.scheduled_for.map(|m| m.0))
+                .bind(due_at)
+                .bind(trace.as_str())
+                .bind(id)
+                .bind(now)
+                .bind(rows.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            sqlx::query(&events_sql)
+                .bind(b.tenant.0)
+                .bind(now)
+                .bind(rows.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            tx.commit().await?;
+        }
+        let mut tx = self.background_tx().await?;
+        let row = sqlx::query(&format!(
+            "UPDATE batches SET status = 'pending', loading_until = NULL \
+             WHERE id = $1 AND status = 'loading' RETURNING {BATCH_COLUMNS}"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| lease_lost(id))?;
+        let created = batch(&row)?;
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    /// Removes a batch that is still loading and its calls, a chunk per transaction; the batch
+    /// row goes last, so its calls stay hidden until they are gone.
+    async fn remove_loading_batch(&self, id: i64) -> Result<(), StoreError> {
+        let chunk = i64::try_from(self.upload_chunk.max(1)).unwrap_or(i64::MAX);
+        loop {
+            let mut tx = self.background_tx().await?;
+            let ids: Vec<String> = sqlx::query("SELECT id FROM calls WHERE batch_id = $1 LIMIT $2")
+                .bind(id)
+                .bind(chunk)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .iter()
+                .map(|r| get::<String>(r, "id"))
+                .collect::<Result<_, _>>()?;
+            if ids.is_empty() {
+                sqlx::query("DELETE FROM batches WHERE id = $1 AND status = 'loading'")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                return tx.commit().await;
+            }
+            let ids = serde_json::to_string(&ids).map_err(encode_err)?;
+            for table in [("call_events", "call_id"), ("calls", "id")] {
+                sqlx::query(&format!(
+                    "DELETE FROM {} WHERE {} IN ({})",
+                    table.0,
+                    table.1,
+                    crate::json_texts(self.backend, 1)
+                ))
+                .bind(ids.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            }
+            tx.commit().await?;
+        }
+    }
+
+    /// Removes the half-written batches of uploads that died (a node killed mid-upload), with
+    /// their calls: those loading past their lease, or, at the start of a SQLite node (the only
+    /// node on its file, so no upload can be running), every loading batch. Returns how many.
+    pub async fn remove_abandoned_uploads(&self, at_startup: bool) -> Result<u64, StoreError> {
+        let cutoff = if at_startup && self.backend == Backend::Sqlite {
+            i64::MAX
+        } else {
+            Millis::now().0
+        };
+        let ids: Vec<i64> =
+            sqlx::query("SELECT id FROM batches WHERE status = 'loading' AND loading_until < $1")
+                .bind(cutoff)
+                .fetch_all(&self.read)
+                .await
+                .map_err(db_err)?
+                .iter()
+                .map(|r| get::<i64>(r, "id"))
+                .collect::<Result<_, _>>()?;
+        for &id in &ids {
+            self.remove_loading_batch(id).await?;
+            tracing::warn!(
+                batch_id = id,
+                "removed the half-written batch of an upload that died"
+            );
+        }
+        Ok(ids.len() as u64)
+    }
+
     async fn batch_row(
         &self,
         conn: &mut AnyConnection,
@@ -298,7 +436,7 @@ impl SqlStore {
         id: i64,
     ) -> Result<Batch, BatchError> {
         let row = sqlx::query(&format!(
-            "SELECT {BATCH_COLUMNS} FROM batches WHERE tenant_id = $1 AND id = $2"
+            "SELECT {BATCH_COLUMNS} FROM batches WHERE tenant_id = $1 AND id = $2 AND {SHOWN}"
         ))
         .bind(tenant.0)
         .bind(id)
@@ -424,22 +562,27 @@ async fn agent_config(
 impl BatchStore for SqlStore {
     async fn create_batch(&self, b: NewBatch) -> Result<Batch, BatchError> {
         let started = std::time::Instant::now();
-        let mut tx = self.write.begin().await.map_err(db_err)?;
-        match insert_batch_in(&mut tx, self.backend, &b).await {
+        let (id, from_phone) = {
+            let mut tx = self.background_tx().await?;
+            let begun = begin_loading_in(&mut tx, &b, self.lease_from_now()).await?;
+            tx.commit().await?;
+            begun
+        };
+        match self.load_calls(&b, id, &from_phone).await {
             Ok(created) => {
-                let inserted = started.elapsed();
-                tx.commit().await.map_err(db_err)?;
                 tracing::info!(
                     batch_id = created.id,
                     rows = b.recipients.len(),
-                    insert_ms = inserted.as_millis() as u64,
-                    commit_ms = (started.elapsed() - inserted).as_millis() as u64,
+                    write_ms = started.elapsed().as_millis() as u64,
                     "batch written"
                 );
                 Ok(created)
             }
             Err(e) => {
-                tx.rollback().await.map_err(db_err)?;
+                // Still loading, so never seen; a failed removal is left to the sweep.
+                if let Err(cleanup) = self.remove_loading_batch(id).await {
+                    tracing::warn!(batch_id = id, error = %cleanup, "removing a failed upload");
+                }
                 Err(e)
             }
         }
@@ -447,7 +590,7 @@ impl BatchStore for SqlStore {
 
     async fn get_batch(&self, tenant: TenantId, id: i64) -> Result<Option<Batch>, BatchError> {
         let row = sqlx::query(&format!(
-            "SELECT {BATCH_COLUMNS} FROM batches WHERE tenant_id = $1 AND id = $2"
+            "SELECT {BATCH_COLUMNS} FROM batches WHERE tenant_id = $1 AND id = $2 AND {SHOWN}"
         ))
         .bind(tenant.0)
         .bind(id)
@@ -465,9 +608,9 @@ impl BatchStore for SqlStore {
     ) -> Result<Listed<Batch>, BatchError> {
         // Two shapes rather than `$2 IS NULL OR ...`, so SQLite keeps using the per-agent index.
         let filter = if agent.is_some() {
-            "tenant_id = $1 AND agent_id = $2"
+            format!("tenant_id = $1 AND agent_id = $2 AND {SHOWN}")
         } else {
-            "tenant_id = $1 AND $2 = 0"
+            format!("tenant_id = $1 AND $2 = 0 AND {SHOWN}")
         };
         let agent_bind = agent.map(|a| a.0).unwrap_or(0);
         let items = sqlx::query(&format!(

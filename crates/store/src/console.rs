@@ -51,6 +51,7 @@ fn clause(tenant: TenantId, f: &ConversationFilter) -> (String, Vec<Arg>) {
     if let Some(t) = f.created_before {
         add("created_at <", Arg::Int(t.0));
     }
+    conds.push(crate::batches::CALL_SHOWN.to_string());
     (conds.join(" AND "), args)
 }
 

@@ -18,11 +18,12 @@ use sqlx::AnyConnection;
 
 const DIALING: &str = "'initiated', 'ringing', 'in_progress'";
 
-/// Calls of a paused batch wait: neither claimed nor counted as due (else the dispatcher would
-/// wake for them at once, forever). The subquery is uncorrelated and small (paused batches), so
-/// it is evaluated once per query while the `calls_due` index is walked.
-const NOT_PAUSED: &str =
-    "(batch_id IS NULL OR batch_id NOT IN (SELECT id FROM batches WHERE status = 'paused'))";
+/// Calls of a paused batch wait, and those of a batch still uploading (`loading`, see `batches`)
+/// are not there yet: neither is claimed nor counted as due (else the dispatcher would wake for
+/// them at once, forever). The subquery is uncorrelated and small (paused and loading batches),
+/// so it is evaluated once per query while the `calls_due` index is walked.
+const BATCH_RUNNING: &str = "(batch_id IS NULL OR batch_id NOT IN \
+    (SELECT id FROM batches WHERE status IN ('paused', 'loading')))";
 
 /// How long a call waits before another try when a cap is full. Short, because capacity frees
 /// up as calls end; it is not idle polling: it only happens while calls are waiting.
@@ -394,7 +395,7 @@ impl DispatchStore for SqlStore {
         // calls claimed by a node that then died come back through the dispatcher's idle wake-up.
         let row = sqlx::query(&format!(
             "SELECT due_at FROM calls WHERE status IN ('scheduled', 'queued') \
-             AND (lease_until IS NULL OR lease_until < $1) AND {NOT_PAUSED} ORDER BY due_at LIMIT 1"
+             AND (lease_until IS NULL OR lease_until < $1) AND {BATCH_RUNNING} ORDER BY due_at LIMIT 1"
         ))
         .bind(now.0)
         .fetch_optional(&self.read)
@@ -416,17 +417,18 @@ impl DispatchStore for SqlStore {
         } else {
             ""
         };
+        let mut conn = self.background_conn().await?;
         let ids = sqlx::query(&format!(
             "UPDATE calls SET lease_owner = $1, lease_until = $2 WHERE id IN ( \
                SELECT id FROM calls WHERE status IN ('scheduled', 'queued') AND due_at <= $3 \
-               AND (lease_until IS NULL OR lease_until < $3) AND {NOT_PAUSED} ORDER BY due_at LIMIT $4 {skip_locked}) \
+               AND (lease_until IS NULL OR lease_until < $3) AND {BATCH_RUNNING} ORDER BY due_at LIMIT $4 {skip_locked}) \
              RETURNING id"
         ))
         .bind(node)
         .bind(lease_until.0)
         .bind(now.0)
         .bind(i64::from(limit))
-        .fetch_all(&self.write)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db_err)?;
         let mut due = Vec::with_capacity(ids.len());
@@ -434,7 +436,7 @@ impl DispatchStore for SqlStore {
             let id: String = get(row, "id")?;
             let row = sqlx::query(DUE_CALL_SELECT)
                 .bind(id)
-                .fetch_one(&self.write)
+                .fetch_one(&mut *conn)
                 .await
                 .map_err(db_err)?;
             let mut call = due_call(&row)?;
@@ -457,7 +459,7 @@ impl DispatchStore for SqlStore {
         until: Millis,
         reason: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await.map_err(db_err)?;
+        let mut tx = self.background_tx().await?;
         let row = sqlx::query(
             "UPDATE calls SET status = 'queued', due_at = $1, lease_owner = NULL, lease_until = NULL \
              WHERE id = $2 AND lease_owner = $3 AND status IN ('scheduled', 'queued') RETURNING tenant_id, status",
@@ -480,7 +482,7 @@ impl DispatchStore for SqlStore {
             )
             .await?;
         }
-        tx.commit().await.map_err(db_err)
+        tx.commit().await
     }
 
     async fn begin_dial(
@@ -512,12 +514,12 @@ impl DispatchStore for SqlStore {
     ) -> Result<Vec<BeginDial>, StoreError> {
         // One transaction (one fsync) for a whole claim round; each call's caps are checked
         // against the rows the earlier ones in the round just wrote.
-        let mut tx = self.write.begin().await.map_err(db_err)?;
+        let mut tx = self.background_tx().await?;
         let mut outcomes = Vec::with_capacity(calls.len());
         for c in calls {
             outcomes.push(begin_dial_in(&mut tx, self.backend, c, node, now, lease_until).await?);
         }
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         Ok(outcomes)
     }
 
@@ -538,7 +540,7 @@ impl DispatchStore for SqlStore {
         } else {
             ""
         };
-        let mut tx = self.write.begin().await.map_err(db_err)?;
+        let mut tx = self.background_tx().await?;
         let sql = format!(
             "UPDATE calls SET status = $1{answered} WHERE id = $2 AND lease_owner = $3 AND status IN ({from}) RETURNING tenant_id"
         );
@@ -561,7 +563,7 @@ impl DispatchStore for SqlStore {
             None,
         )
         .await?;
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         Ok(true)
     }
 
@@ -573,7 +575,7 @@ impl DispatchStore for SqlStore {
     ) -> Result<(), StoreError> {
         // One transaction for all of a node's live calls: one fsync per renewal round, not one
         // per call.
-        let mut tx = self.write.begin().await.map_err(db_err)?;
+        let mut tx = self.background_tx().await?;
         for id in ids {
             sqlx::query("UPDATE calls SET lease_until = $1 WHERE id = $2 AND lease_owner = $3")
                 .bind(until.0)
@@ -583,7 +585,7 @@ impl DispatchStore for SqlStore {
                 .await
                 .map_err(db_err)?;
         }
-        tx.commit().await.map_err(db_err)
+        tx.commit().await
     }
 
     async fn finish_attempt(&self, f: FinishAttempt, now: Millis) -> Result<bool, StoreError> {
@@ -604,7 +606,7 @@ impl DispatchStore for SqlStore {
             .map(serde_json::to_string)
             .transpose()
             .map_err(|e| StoreError::Database(e.into()))?;
-        let mut tx = self.write.begin().await.map_err(db_err)?;
+        let mut tx = self.background_tx().await?;
         // Fenced: the holder of the lease, or anyone once that lease has run out. A call that
         // was claimed but could not be dialled (`queued`) is settled by its holder only.
         let Some(row) = sqlx::query(&format!(
@@ -694,7 +696,7 @@ impl DispatchStore for SqlStore {
             )
             .await?;
         }
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         Ok(true)
     }
 

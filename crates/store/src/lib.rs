@@ -9,6 +9,7 @@ mod console;
 mod dispatch;
 mod do_not_call;
 mod engines;
+mod gate;
 mod manage;
 mod outbox;
 mod rows;
@@ -27,7 +28,8 @@ use domain::tenant::{
 use domain::{AgentId, ApiKeyId, ConversationId, Millis, TenantId, TrunkId, E164};
 use futures::future::BoxFuture;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Executor};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyPool, Executor};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -46,6 +48,18 @@ pub struct StoreOptions {
     pub max_write_batch: usize,
     /// Seals trunk passwords, webhook secrets and llm api keys at rest (no key: stored as given).
     pub secrets: std::sync::Arc<secrets::SecretBox>,
+    /// PostgreSQL: the connections of the background pool (dispatch, webhook outbox, batch
+    /// uploads), apart from `max_connections`, so background work can never take the
+    /// connections an API request needs.
+    pub background_connections: u32,
+    /// SQLite: how long a background transaction lets waiting `POST /v1/call` requests go first
+    /// before it takes its turn anyway (so dispatch is never starved).
+    pub background_wait: Duration,
+    /// Recipients written per transaction by a batch upload.
+    pub upload_chunk_rows: usize,
+    /// How long a loading batch whose upload stopped writing is kept before a sweep removes it
+    /// as abandoned (every chunk renews it).
+    pub upload_lease: Duration,
 }
 
 impl Default for StoreOptions {
@@ -54,6 +68,10 @@ impl Default for StoreOptions {
             max_connections: 8,
             max_write_batch: 128,
             secrets: Default::default(),
+            background_connections: 4,
+            background_wait: Duration::from_millis(20),
+            upload_chunk_rows: 5_000,
+            upload_lease: Duration::from_secs(120),
         }
     }
 }
@@ -65,8 +83,14 @@ pub struct SqlStore {
     /// Writes. On SQLite exactly one connection: SQLite has one writer anyway, and owning it
     /// means no SQLITE_BUSY and a natural point for group commit.
     write: AnyPool,
+    /// Background writes (dispatch, outbox, batch uploads): on PostgreSQL a pool of its own, on
+    /// SQLite the write pool behind `gate`.
+    background: AnyPool,
+    gate: Option<std::sync::Arc<gate::Gate>>,
     call_writer: Option<sqlite_writer::Handle>,
     secrets: std::sync::Arc<secrets::SecretBox>,
+    upload_chunk: usize,
+    upload_lease: Duration,
 }
 
 fn sqlite_pragmas(
@@ -130,6 +154,14 @@ pub(crate) fn json_ids(backend: Backend, n: usize) -> String {
     }
 }
 
+/// The strings of a JSON array bound as one parameter, `$n`, for `id IN (...)`.
+pub(crate) fn json_texts(backend: Backend, n: usize) -> String {
+    match backend {
+        Backend::Sqlite => format!("SELECT value FROM json_each(${n})"),
+        Backend::Postgres => format!("SELECT value FROM json_array_elements_text(${n}::json)"),
+    }
+}
+
 /// Rows that could not be turned into the JSON a statement binds.
 pub(crate) fn encode_err(e: serde_json::Error) -> StoreError {
     StoreError::Database(format!("encoding rows: {e}").into())
@@ -169,12 +201,22 @@ impl SqlStore {
                     .run(&pool)
                     .await
                     .map_err(|e| StoreError::Database(e.into()))?;
+                let background = AnyPoolOptions::new()
+                    .max_connections(opts.background_connections.max(1))
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect(url)
+                    .await
+                    .map_err(db_err)?;
                 SqlStore {
                     backend,
                     read: pool.clone(),
                     write: pool,
+                    background,
+                    gate: None,
                     call_writer: None,
                     secrets: opts.secrets.clone(),
+                    upload_chunk: opts.upload_chunk_rows,
+                    upload_lease: opts.upload_lease,
                 }
             }
             Backend::Sqlite => {
@@ -208,11 +250,13 @@ impl SqlStore {
                     .map_err(db_err)?
                     .get_filename()
                     .to_path_buf();
+                let gate = std::sync::Arc::new(gate::Gate::new(opts.background_wait));
                 let call_writer = if file.is_file() {
                     Some(sqlite_writer::spawn(
                         &file,
                         write.clone(),
                         opts.max_write_batch.max(1),
+                        gate.clone(),
                     )?)
                 } else {
                     // An in-memory database cannot be opened twice: calls take the sqlx path.
@@ -221,9 +265,13 @@ impl SqlStore {
                 SqlStore {
                     backend,
                     read,
+                    background: write.clone(),
                     write,
+                    gate: Some(gate),
                     call_writer,
                     secrets: opts.secrets.clone(),
+                    upload_chunk: opts.upload_chunk_rows,
+                    upload_lease: opts.upload_lease,
                 }
             }
         };
@@ -236,8 +284,60 @@ impl SqlStore {
 
     /// Closes the pools after in-flight writes finish (graceful shutdown).
     pub async fn close(&self) {
+        self.background.close().await;
         self.write.close().await;
         self.read.close().await;
+    }
+
+    /// A connection for background work, after its turn at the gate (see [`gate`]).
+    pub(crate) async fn background_conn(
+        &self,
+    ) -> Result<Background<PoolConnection<Any>>, StoreError> {
+        let turn = self.background_turn().await;
+        let conn = self.background.acquire().await.map_err(db_err)?;
+        Ok(Background { conn, _turn: turn })
+    }
+
+    /// A transaction for background work, after its turn at the gate (see [`gate`]). Keep it
+    /// small: a waiting API request may be behind it.
+    pub(crate) async fn background_tx(
+        &self,
+    ) -> Result<Background<sqlx::Transaction<'static, Any>>, StoreError> {
+        let turn = self.background_turn().await;
+        let conn = self.background.begin().await.map_err(db_err)?;
+        Ok(Background { conn, _turn: turn })
+    }
+
+    async fn background_turn(&self) -> Option<gate::BackgroundTurn> {
+        match &self.gate {
+            Some(g) => Some(g.background().await),
+            None => None,
+        }
+    }
+}
+
+/// A background connection or transaction holding its turn at the gate until dropped.
+pub(crate) struct Background<C> {
+    conn: C,
+    _turn: Option<gate::BackgroundTurn>,
+}
+
+impl Background<sqlx::Transaction<'static, Any>> {
+    pub(crate) async fn commit(self) -> Result<(), StoreError> {
+        self.conn.commit().await.map_err(db_err)
+    }
+}
+
+impl<C: std::ops::Deref<Target = sqlx::AnyConnection>> std::ops::Deref for Background<C> {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.conn
+    }
+}
+
+impl<C: std::ops::DerefMut<Target = sqlx::AnyConnection>> std::ops::DerefMut for Background<C> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conn
     }
 }
 
@@ -382,8 +482,9 @@ impl Store for SqlStore {
         id: ConversationId,
     ) -> Result<Option<Conversation>, StoreError> {
         sqlx::query(&format!(
-            "SELECT {} FROM calls WHERE tenant_id = $1 AND id = $2",
-            rows::CONVERSATION_COLUMNS
+            "SELECT {} FROM calls WHERE tenant_id = $1 AND id = $2 AND {}",
+            rows::CONVERSATION_COLUMNS,
+            batches::CALL_SHOWN
         ))
         .bind(tenant.0)
         .bind(id.to_string())
@@ -402,9 +503,12 @@ impl Store for SqlStore {
     ) -> Result<Listed<Conversation>, StoreError> {
         // `$2 IS NULL OR agent_id = $2` would defeat the per-agent index on SQLite; two shapes instead.
         let filter = if agent.is_some() {
-            "tenant_id = $1 AND agent_id = $2"
+            format!(
+                "tenant_id = $1 AND agent_id = $2 AND {}",
+                batches::CALL_SHOWN
+            )
         } else {
-            "tenant_id = $1 AND $2 = 0"
+            format!("tenant_id = $1 AND $2 = 0 AND {}", batches::CALL_SHOWN)
         };
         let agent_bind = agent.map(|a| a.0).unwrap_or(0);
         let items = sqlx::query(&format!(
@@ -435,11 +539,14 @@ impl Store for SqlStore {
     }
 
     async fn count_calls(&self, tenant: TenantId) -> Result<u64, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM calls WHERE tenant_id = $1")
-            .bind(tenant.0)
-            .fetch_one(&self.read)
-            .await
-            .map_err(db_err)?;
+        let row = sqlx::query(&format!(
+            "SELECT COUNT(*) AS n FROM calls WHERE tenant_id = $1 AND {}",
+            batches::CALL_SHOWN
+        ))
+        .bind(tenant.0)
+        .fetch_one(&self.read)
+        .await
+        .map_err(db_err)?;
         let n: i64 = rows::get(&row, "n")?;
         Ok(u64::try_from(n).unwrap_or(0))
     }

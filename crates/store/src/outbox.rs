@@ -353,12 +353,12 @@ impl SqlStore {
     /// Like [`domain::webhooks::WebhookStore::enqueue_event`] for many events in one
     /// transaction (tests and the benchmark enqueue bursts this way).
     pub async fn enqueue_events(&self, events: &[OutboxEvent]) -> Result<u64, StoreError> {
-        let mut tx = self.write.begin().await.map_err(db_err)?;
+        let mut tx = self.background_tx().await?;
         let mut created = 0;
         for event in events {
             created += enqueue_in(&mut tx, self.backend, event).await?;
         }
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         Ok(created)
     }
 
@@ -426,7 +426,7 @@ impl SqlStore {
         for (target, cap) in target_caps {
             query = query.bind(target.0).bind(i64::from(*cap));
         }
-        let mut tx = self.write.begin().await.map_err(db_err)?;
+        let mut tx = self.background_tx().await?;
         let ids: Vec<i64> = query
             .fetch_all(&mut *tx)
             .await
@@ -435,7 +435,7 @@ impl SqlStore {
             .map(|row| get::<i64>(row, "id"))
             .collect::<Result<_, _>>()?;
         if ids.is_empty() {
-            tx.commit().await.map_err(db_err)?;
+            tx.commit().await?;
             return Ok(Vec::new());
         }
         let select = format!(
@@ -454,7 +454,7 @@ impl SqlStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         rows.iter()
             .map(|r| {
                 let d = leased(r)?;
@@ -481,7 +481,7 @@ impl SqlStore {
         if results.is_empty() {
             return Ok(0);
         }
-        let mut tx = self.write.begin().await.map_err(db_err)?;
+        let mut tx = self.background_tx().await?;
         insert_attempts(&mut tx, self.backend, results).await?;
         let mut settled: HashMap<i64, i64> = HashMap::with_capacity(results.len());
         // A delivery appears twice only when its lease lapsed and this worker leased it again
@@ -518,7 +518,7 @@ impl SqlStore {
             fail_pending_of_target(&mut tx, target, TARGET_DEACTIVATED, at).await?;
             tracing::warn!(%target, "webhook target deactivated: it answered 410 Gone");
         }
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         Ok(u64::try_from(settled.len()).unwrap_or(u64::MAX))
     }
 
@@ -538,10 +538,11 @@ impl SqlStore {
              WHERE lease_owner = $1 AND status = 'pending' AND id IN ({})",
             json_ids(self.backend, 2)
         );
+        let mut conn = self.background_conn().await?;
         Ok(sqlx::query(&sql)
             .bind(owner)
             .bind(serde_json::to_string(&ids).map_err(encode_err)?)
-            .execute(&self.write)
+            .execute(&mut *conn)
             .await
             .map_err(db_err)?
             .rows_affected())

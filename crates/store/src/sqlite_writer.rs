@@ -14,7 +14,8 @@
 //! SQLite has one writer at a time, and the other writers (dispatch, batches, webhooks) use the
 //! sqlx write pool's single connection. The writer holds that connection, unused, for the length
 //! of each of its transactions, so the two never write at once: nobody meets `SQLITE_BUSY`, and
-//! the checks a batch reads stay true until its commit.
+//! the checks a batch reads stay true until its commit. Background writers let queued calls go
+//! first (`gate`), so a call waits behind at most one of their transactions.
 
 use crate::calls::{
     concurrency_verdict, duplicate, next_attempt, number_verdict, AgentLimits, CallRow, AGENT_SQL,
@@ -23,6 +24,7 @@ use crate::calls::{
     LIVE_COUNT_SQL, RECENT_TO_NUMBER_SQL,
 };
 use crate::db_err;
+use crate::gate::Gate;
 use domain::call::{AcceptedCall, NewCall};
 use domain::store::{CreateCallError, StoreError};
 use domain::ConversationId;
@@ -30,6 +32,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sqlx::AnyPool;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -39,10 +42,13 @@ type Outcome = Result<AcceptedCall, CreateCallError>;
 #[derive(Clone)]
 pub(crate) struct Handle {
     tx: mpsc::Sender<(NewCall, Reply)>,
+    gate: Arc<Gate>,
 }
 
 impl Handle {
     pub(crate) async fn create_call(&self, call: NewCall) -> Outcome {
+        // Background transactions hold back while this request waits (see `gate`).
+        let _first = self.gate.foreground();
         let (reply, answer) = oneshot::channel();
         let gone = || StoreError::Database("the write path has stopped".into());
         self.tx.send((call, reply)).await.map_err(|_| gone())?;
@@ -56,7 +62,12 @@ fn sqlite_err(e: rusqlite::Error) -> StoreError {
 
 /// Opens the writer's connection on the database file `path` (already migrated) and starts its
 /// thread. The thread ends when the last [`Handle`] is dropped.
-pub(crate) fn spawn(path: &Path, pool: AnyPool, max_batch: usize) -> Result<Handle, StoreError> {
+pub(crate) fn spawn(
+    path: &Path,
+    pool: AnyPool,
+    max_batch: usize,
+    gate: Arc<Gate>,
+) -> Result<Handle, StoreError> {
     let conn = open(path).map_err(sqlite_err)?;
     let runtime = tokio::runtime::Handle::current();
     let (tx, rx) = mpsc::channel(max_batch * 4);
@@ -70,7 +81,7 @@ pub(crate) fn spawn(path: &Path, pool: AnyPool, max_batch: usize) -> Result<Hand
         .name("outdial-call-writer".into())
         .spawn(move || writer.run(rx, max_batch))
         .map_err(|e| StoreError::Database(format!("starting the call writer: {e}").into()))?;
-    Ok(Handle { tx })
+    Ok(Handle { tx, gate })
 }
 
 fn open(path: &Path) -> rusqlite::Result<Connection> {

@@ -1,5 +1,6 @@
-//! Batches on both backends: the bulk insert (several chunks), the counter hooks inside the
-//! dispatch transactions, pause hiding a batch's calls from the claim, and cancel.
+//! Batches on both backends: the chunked insert, a loading batch hidden and swept, the counter
+//! hooks inside the dispatch transactions, pause hiding a batch's calls from the claim, and
+//! cancel.
 
 mod common;
 
@@ -20,37 +21,12 @@ const ROWS: u32 = 2500;
 
 async fn story(store: &dyn Store) {
     let now = Millis::now();
-    let t = store.create_tenant("acme", now).await.unwrap();
-    let trunk = store
-        .create_trunk(
-            t.id,
-            &NewTrunk {
-                name: "pbx".into(),
-                uri: "sip:127.0.0.1:5080".into(),
-                username: None,
-                password: None,
-                max_concurrent_calls: None,
-            },
-            now,
-        )
-        .await
-        .unwrap();
-    store
-        .create_phone_number(t.id, &E164::parse("+918035739222").unwrap(), trunk.id, now)
-        .await
-        .unwrap();
-    let cfg = AgentConfig::from_json(
-        json!({"name": "a", "phone_number": "+918035739222"})
-            .as_object()
-            .unwrap(),
-    )
-    .unwrap();
-    let agent = store.create_agent(t.id, &cfg, now).await.unwrap();
+    let (tenant, agent_id) = dialling_agent(store).await;
     // Subscribed to cancellations only: the one completed call below must not reach it.
     let hooks = store
         .create_webhook_target(
-            t.id,
-            agent.id,
+            tenant,
+            agent_id,
             &NewWebhookTarget {
                 name: "crm".into(),
                 url: "http://127.0.0.1:9/hook".into(),
@@ -71,7 +47,7 @@ async fn story(store: &dyn Store) {
     }
     let recipients = parse_recipients(csv.as_bytes(), 1_000_000).unwrap();
     let new = |agent: AgentId| NewBatch {
-        tenant: t.id,
+        tenant,
         agent,
         name: "b".into(),
         scheduled_for: None,
@@ -84,10 +60,10 @@ async fn story(store: &dyn Store) {
         store.create_batch(new(AgentId(9999))).await,
         Err(BatchError::AgentNotFound)
     ));
-    assert_eq!(store.count_calls(t.id).await.unwrap(), 0);
+    assert_eq!(store.count_calls(tenant).await.unwrap(), 0);
 
-    let b = store.create_batch(new(agent.id)).await.unwrap();
-    assert_eq!(store.count_calls(t.id).await.unwrap(), u64::from(ROWS));
+    let b = store.create_batch(new(agent_id)).await.unwrap();
+    assert_eq!(store.count_calls(tenant).await.unwrap(), u64::from(ROWS));
     assert_eq!(
         (b.status, b.counts.pending, b.total_recipients),
         (BatchStatus::Pending, 2500, 2500)
@@ -95,7 +71,7 @@ async fn story(store: &dyn Store) {
 
     // Paused: nothing of it is claimed or due.
     store
-        .change_batch(t.id, b.id, BatchAction::Pause, now)
+        .change_batch(tenant, b.id, BatchAction::Pause, now)
         .await
         .unwrap();
     let later = Millis(now.0 + 1000);
@@ -106,7 +82,7 @@ async fn story(store: &dyn Store) {
         .is_empty());
     assert_eq!(store.next_due_at(later).await.unwrap(), None);
     let b2 = store
-        .change_batch(t.id, b.id, BatchAction::Resume, now)
+        .change_batch(tenant, b.id, BatchAction::Resume, now)
         .await
         .unwrap();
     assert_eq!(b2.status, BatchStatus::Pending);
@@ -135,7 +111,7 @@ async fn story(store: &dyn Store) {
         .await
         .unwrap();
     assert!(matches!(started, BeginDial::Started));
-    let mid = store.get_batch(t.id, b.id).await.unwrap().unwrap();
+    let mid = store.get_batch(tenant, b.id).await.unwrap().unwrap();
     assert_eq!(
         (mid.status, mid.counts.pending, mid.counts.in_progress),
         (BatchStatus::InProgress, 2499, 1)
@@ -168,15 +144,15 @@ async fn story(store: &dyn Store) {
     assert!(store.finish_attempt(finish, later).await.unwrap());
     // The conversation keeps who answered and the hand-over to a person.
     let settled = store
-        .get_conversation(t.id, due[0].id)
+        .get_conversation(tenant, due[0].id)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(settled.answered_by, Some(AnsweredBy::Human));
     assert_eq!(settled.transfer, Some(transfer));
     // The second claimed call is cancelled on its own.
-    store.cancel_call(t.id, due[1].id, later).await.unwrap();
-    let after = store.get_batch(t.id, b.id).await.unwrap().unwrap();
+    store.cancel_call(tenant, due[1].id, later).await.unwrap();
+    let after = store.get_batch(tenant, b.id).await.unwrap().unwrap();
     assert_eq!(
         (
             after.counts.pending,
@@ -201,7 +177,7 @@ async fn story(store: &dyn Store) {
         Err(BatchError::NotFound)
     ));
     let c = store
-        .change_batch(t.id, b.id, BatchAction::Cancel, later)
+        .change_batch(tenant, b.id, BatchAction::Cancel, later)
         .await
         .unwrap();
     assert_eq!(
@@ -273,7 +249,7 @@ async fn story(store: &dyn Store) {
         .unwrap()
         .parse()
         .unwrap();
-    let stored = store.get_conversation(t.id, id).await.unwrap().unwrap();
+    let stored = store.get_conversation(tenant, id).await.unwrap().unwrap();
     assert_eq!(stored.status, CallStatus::Canceled);
     assert_eq!(
         one["data"]["call"]["to_phone"].as_str(),
@@ -282,14 +258,14 @@ async fn story(store: &dyn Store) {
 
     // Cancelling again settles nothing more and writes no second event.
     store
-        .change_batch(t.id, b.id, BatchAction::Cancel, Millis(later.0 + 2000))
+        .change_batch(tenant, b.id, BatchAction::Cancel, Millis(later.0 + 2000))
         .await
         .unwrap();
     assert_eq!(store.outbox_stats().await.unwrap().depth, 2499);
     let listed = store
         .list_batches(
-            t.id,
-            Some(agent.id),
+            tenant,
+            Some(agent_id),
             domain::store::Page {
                 limit: 10,
                 offset: 0,
@@ -305,6 +281,162 @@ async fn batches_on_every_backend() {
     for backend in backends() {
         let db = backend.open().await;
         story(db.store().as_ref()).await;
+        db.finish().await;
+    }
+}
+
+/// A tenant with an agent that can dial (trunk and number).
+async fn dialling_agent(store: &dyn Store) -> (domain::TenantId, AgentId) {
+    let now = Millis::now();
+    let t = store.create_tenant("acme", now).await.unwrap();
+    let trunk = store
+        .create_trunk(
+            t.id,
+            &NewTrunk {
+                name: "pbx".into(),
+                uri: "sip:127.0.0.1:5080".into(),
+                username: None,
+                password: None,
+                max_concurrent_calls: None,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    store
+        .create_phone_number(t.id, &E164::parse("+918035739222").unwrap(), trunk.id, now)
+        .await
+        .unwrap();
+    let cfg = AgentConfig::from_json(
+        json!({"name": "a", "phone_number": "+918035739222"})
+            .as_object()
+            .unwrap(),
+    )
+    .unwrap();
+    (t.id, store.create_agent(t.id, &cfg, now).await.unwrap().id)
+}
+
+async fn scalar(conn: &mut sqlx::AnyConnection, sql: &str) -> i64 {
+    use sqlx::Row;
+    sqlx::query(sql)
+        .fetch_one(conn)
+        .await
+        .unwrap()
+        .try_get::<i64, _>(0)
+        .unwrap()
+}
+
+/// A batch left `loading` by an upload that died (set by hand: the upload itself runs to its
+/// end inside `create_batch`) is hidden from every read and from dispatch, and the sweep removes
+/// it with its calls and their events: at once when its lease has run out, and at a SQLite
+/// node's start whatever its lease (one node per file), never a live lease on PostgreSQL.
+async fn loading_story(db: &common::TestDb, backend: common::Backend) {
+    use sqlx::Connection;
+    let store = db.store();
+    let (tenant, agent) = dialling_agent(store.as_ref()).await;
+    let mut csv = String::from("customer_phone\n");
+    for i in 0..ROWS {
+        csv.push_str(&format!("+9198{i:08}\n"));
+    }
+    let recipients = parse_recipients(csv.as_bytes(), 1_000_000).unwrap();
+    let now = Millis::now();
+    let new = || NewBatch {
+        tenant,
+        agent,
+        name: "b".into(),
+        scheduled_for: None,
+        recipients: recipients.clone(),
+        trace_id: TraceId::new(),
+        now,
+    };
+    // Written in three chunks (1,000 rows each, see `loading_on_every_backend`).
+    let b = store.create_batch(new()).await.unwrap();
+    assert_eq!(store.count_calls(tenant).await.unwrap(), u64::from(ROWS));
+
+    let mut conn = sqlx::AnyConnection::connect(&db.url).await.unwrap();
+    let dead = now.0 - 1_000;
+    sqlx::query(&format!(
+        "UPDATE batches SET status = 'loading', loading_until = {dead} WHERE id = {}",
+        b.id
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    assert!(store.get_batch(tenant, b.id).await.unwrap().is_none());
+    let page = domain::store::Page {
+        limit: 100,
+        offset: 0,
+    };
+    assert_eq!(
+        store.list_batches(tenant, None, page).await.unwrap().total,
+        0
+    );
+    assert_eq!(store.count_calls(tenant).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .list_conversations(tenant, None, page)
+            .await
+            .unwrap()
+            .total,
+        0
+    );
+    let later = Millis(now.0 + 1000);
+    assert!(store
+        .claim_due("n1", later, Millis(later.0 + 30_000), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.next_due_at(later).await.unwrap(), None);
+    assert!(matches!(
+        store
+            .change_batch(tenant, b.id, BatchAction::Pause, now)
+            .await,
+        Err(BatchError::NotFound)
+    ));
+
+    assert_eq!(db.store.remove_abandoned_uploads(false).await.unwrap(), 1);
+    for table in ["calls", "call_events", "batches"] {
+        assert_eq!(
+            scalar(&mut conn, &format!("SELECT COUNT(*) FROM {table}")).await,
+            0,
+            "{table}"
+        );
+    }
+
+    // A loading batch whose lease is still running is some upload's, on this node or another.
+    let live = store.create_batch(new()).await.unwrap();
+    let lease = Millis::now().0 + 60_000;
+    sqlx::query(&format!(
+        "UPDATE batches SET status = 'loading', loading_until = {lease} WHERE id = {}",
+        live.id
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(db.store.remove_abandoned_uploads(false).await.unwrap(), 0);
+    let at_start = db.store.remove_abandoned_uploads(true).await.unwrap();
+    let expected = match backend {
+        common::Backend::Sqlite => 1,
+        common::Backend::Postgres => 0,
+    };
+    assert_eq!(at_start, expected);
+    assert_eq!(
+        scalar(&mut conn, "SELECT COUNT(*) FROM calls").await,
+        i64::from(ROWS) * (1 - expected as i64)
+    );
+    conn.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loading_on_every_backend() {
+    for backend in backends() {
+        let db = backend
+            .open_with(store::StoreOptions {
+                upload_chunk_rows: 1000,
+                ..Default::default()
+            })
+            .await;
+        loading_story(&db, backend).await;
         db.finish().await;
     }
 }

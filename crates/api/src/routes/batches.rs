@@ -365,10 +365,23 @@ pub(crate) async fn discard(
     refusal
 }
 
+/// Every field of a form refused before it was read, each read and dropped as [`discard`] does.
+async fn discard_form(
+    multipart: &mut Multipart,
+    limits: BatchLimits,
+    refusal: ApiError,
+) -> ApiError {
+    let mut refusal = refusal;
+    while let Ok(Some(field)) = multipart.next_field().await {
+        refusal = discard(field, limits, refusal).await;
+    }
+    refusal
+}
+
 /// Create a batch from a CSV of recipients (`multipart/form-data`).
 #[utoipa::path(post, path = "/v1/batch-call", tag = "batch calls",
     request_body(content_type = "multipart/form-data", description = "`agent_id`, `name`, `file` (a .csv with a `customer_phone` column), optional `scheduled_for`"),
-    responses((status = 200, body = BatchCreatedResponse), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 413, body = crate::openapi::ErrorBody)),
+    responses((status = 200, body = BatchCreatedResponse), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 413, body = crate::openapi::ErrorBody), (status = 429, body = crate::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create_batch(
     State(state): State<AppState>,
@@ -378,6 +391,15 @@ pub async fn create_batch(
 ) -> ApiResult<Json<BatchCreatedResponse>> {
     let limits = state.config.batch_limits;
     let mut multipart = upload_form(&headers, multipart, limits)?;
+    // Before the file is read: a refused upload costs neither the parse nor the memory.
+    let wait = state.config.batch_upload_wait;
+    let Ok(Ok(_turn)) = tokio::time::timeout(wait, state.uploads.clone().acquire_owned()).await
+    else {
+        let refusal = ApiError::UploadsBusy {
+            retry_after_seconds: wait.as_secs().max(1),
+        };
+        return Err(discard_form(&mut multipart, limits, refusal).await);
+    };
     let form = read_form(&mut multipart, limits).await?;
     let now = Millis::now();
     let agent = form

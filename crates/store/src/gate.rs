@@ -1,0 +1,161 @@
+//! Foreground first on SQLite's one writer. `POST /v1/call` commits through the group-commit
+//! writer; the dispatcher, the webhook outbox and batch uploads write through the sqlx write
+//! pool's single connection. Both take that connection for each transaction, so without a rule
+//! an API request waits behind every background transaction queued before it.
+//!
+//! The rule: one background transaction at a time, and it starts only while no `POST /v1/call`
+//! is waiting, or after it has itself waited `max_wait` (so a node under constant API load still
+//! dials). A request therefore waits behind at most one background transaction, and those are
+//! kept small (claims, settlements, outbox rounds, batch chunks).
+//!
+//! [`Policy`] is the decision, time and counts in; [`Gate`] is its tokio wiring.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+/// What a background transaction at the gate should do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Turn {
+    Go,
+    /// Foreground work is waiting: look again when it drains or after this long.
+    Wait(Duration),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Policy {
+    pub max_wait: Duration,
+}
+
+impl Policy {
+    pub(crate) fn decide(&self, foreground_waiting: usize, waited: Duration) -> Turn {
+        if foreground_waiting == 0 || waited >= self.max_wait {
+            Turn::Go
+        } else {
+            Turn::Wait(self.max_wait - waited)
+        }
+    }
+}
+
+pub(crate) struct Gate {
+    policy: Policy,
+    foreground: AtomicUsize,
+    drained: Notify,
+    background: Arc<Semaphore>,
+}
+
+/// Held by a foreground write from its arrival to its answer.
+pub(crate) struct Foreground<'a>(&'a Gate);
+
+impl Drop for Foreground<'_> {
+    fn drop(&mut self) {
+        if self.0.foreground.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
+/// Held by a background transaction until it ends: the next one waits for it.
+pub(crate) struct BackgroundTurn(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
+
+impl Gate {
+    pub(crate) fn new(max_wait: Duration) -> Self {
+        Self {
+            policy: Policy { max_wait },
+            foreground: AtomicUsize::new(0),
+            drained: Notify::new(),
+            background: Arc::new(Semaphore::new(1)),
+        }
+    }
+
+    pub(crate) fn foreground(&self) -> Foreground<'_> {
+        self.foreground.fetch_add(1, Ordering::AcqRel);
+        Foreground(self)
+    }
+
+    pub(crate) async fn background(&self) -> BackgroundTurn {
+        // The semaphore is never closed, so acquiring cannot fail; if it ever were, going on
+        // without the turn only costs priority, never correctness.
+        let permit = self.background.clone().acquire_owned().await.ok();
+        let arrived = Instant::now();
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            // Registered before the count is read, so a drain in between is not missed.
+            drained.as_mut().enable();
+            let waiting = self.foreground.load(Ordering::Acquire);
+            match self.policy.decide(waiting, arrived.elapsed()) {
+                Turn::Go => break,
+                Turn::Wait(d) => {
+                    tokio::select! {
+                        _ = drained => {}
+                        _ = tokio::time::sleep(d) => {}
+                    }
+                }
+            }
+        }
+        BackgroundTurn(permit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn background_goes_at_once_when_no_request_waits() {
+        let p = Policy { max_wait: 20 * MS };
+        assert_eq!(p.decide(0, Duration::ZERO), Turn::Go);
+    }
+
+    #[test]
+    fn background_waits_while_requests_are_queued_for_the_rest_of_its_budget() {
+        let p = Policy { max_wait: 20 * MS };
+        assert_eq!(p.decide(3, Duration::ZERO), Turn::Wait(20 * MS));
+        assert_eq!(p.decide(1, 15 * MS), Turn::Wait(5 * MS));
+    }
+
+    #[test]
+    fn background_is_not_starved_past_its_budget() {
+        let p = Policy { max_wait: 20 * MS };
+        assert_eq!(p.decide(50, 20 * MS), Turn::Go);
+        assert_eq!(p.decide(50, 90 * MS), Turn::Go);
+    }
+
+    #[tokio::test]
+    async fn a_background_transaction_waits_for_queued_requests_then_goes() {
+        let gate = Arc::new(Gate::new(Duration::from_secs(60)));
+        let request = gate.foreground();
+        let g = gate.clone();
+        let turn = tokio::spawn(async move {
+            let _t = g.background().await;
+        });
+        tokio::time::sleep(50 * MS).await;
+        assert!(!turn.is_finished(), "went while a request was waiting");
+        drop(request);
+        tokio::time::timeout(Duration::from_secs(5), turn)
+            .await
+            .expect("drain did not wake the background transaction")
+            .expect("task");
+    }
+
+    #[tokio::test]
+    async fn one_background_transaction_at_a_time() {
+        let gate = Arc::new(Gate::new(Duration::from_secs(60)));
+        let first = gate.background().await;
+        let g = gate.clone();
+        let second = tokio::spawn(async move {
+            let _t = g.background().await;
+        });
+        tokio::time::sleep(50 * MS).await;
+        assert!(!second.is_finished());
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("second turn")
+            .expect("task");
+    }
+}
