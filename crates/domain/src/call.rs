@@ -140,30 +140,21 @@ impl CallStatus {
         Self::ALL.into_iter().filter(|s| !s.is_terminal())
     }
 
-    /// The state machine, in one place:
+    /// The state machine, read off `lifecycle::Transition`'s table:
     ///
     /// ```text
-    /// scheduled ──due──▶ queued ──claim──▶ initiated ──180/183──▶ ringing ──200──▶ in_progress ──▶ completed | failed
-    ///     └──────────────┴──▶ canceled          └──────────────┬─────────┘
-    ///                                                          ▼
-    ///                  busy | no_answer | unreachable | telephony_failed | socket_failure | failed
+    /// scheduled ─┬─ deferred ──▶ queued ─┐
+    ///            └───────────────────────┴─ claimed ──▶ initiated ─180─▶ ringing ─200─▶ in_progress
+    ///   (waiting) ──▶ canceled | failed (not diallable)     └────── any of the three ──────┘
+    ///                                                                       ▼
+    ///     completed | failed | busy | no_answer | unreachable | telephony_failed | socket_failure
     /// ```
     ///
     /// Cancelling is only possible before dialling begins: once `initiated` is durable a person
     /// may already be hearing the phone ring.
     pub fn can_become(self, next: CallStatus) -> bool {
-        use CallStatus::*;
-        match (self, next) {
-            (Scheduled, Queued | Canceled) => true,
-            (Queued, Initiated | Canceled) => true,
-            // Could not be dialled at all (agent deleted, no trunk, no calling window).
-            (Scheduled | Queued, Failed) => true,
-            (Initiated, Ringing | InProgress) => true,
-            (Initiated | Ringing, Busy | NoAnswer | Unreachable | TelephonyFailed | Failed) => true,
-            (Ringing, InProgress) => true,
-            (InProgress, Completed | Failed | SocketFailure) => true,
-            _ => false,
-        }
+        crate::lifecycle::Transition::all()
+            .any(|t| t.from().contains(&self) && t.to() == Some(next))
     }
 }
 

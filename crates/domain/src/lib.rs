@@ -10,6 +10,7 @@ pub mod dispatch;
 pub mod do_not_call;
 pub mod ids;
 pub mod language;
+pub mod lifecycle;
 pub mod phone;
 pub mod store;
 pub mod telephony;

@@ -11,6 +11,7 @@ use domain::agent::AgentConfig;
 use domain::batch::{
     outcome_counter, Batch, BatchAction, BatchCounts, BatchError, BatchStatus, BatchStore, NewBatch,
 };
+use domain::lifecycle::Transition;
 use domain::store::{Listed, Page, StoreError};
 use domain::{AgentId, CallStatus, Millis, TenantId};
 use sqlx::AnyConnection;
@@ -457,10 +458,11 @@ impl SqlStore {
         batch: &Batch,
         now: Millis,
     ) -> Result<(), BatchError> {
-        let waiting: Vec<String> = sqlx::query(
+        let cancellable = Transition::Cancel.from_sql();
+        let waiting: Vec<String> = sqlx::query(&format!(
             "SELECT id FROM calls WHERE batch_id = $1 AND tenant_id = $2 \
-             AND status IN ('scheduled', 'queued')",
-        )
+             AND status IN ({cancellable})"
+        ))
         .bind(batch.id)
         .bind(batch.tenant.0)
         .fetch_all(&mut *conn)
@@ -474,7 +476,7 @@ impl SqlStore {
         for ids in waiting.chunks(CANCEL_CHUNK) {
             let update_sql = format!(
                 "UPDATE calls SET status = 'canceled', ended_at = $1, lease_owner = NULL, lease_until = NULL \
-                 WHERE tenant_id = $2 AND id IN ({}) AND status IN ('scheduled', 'queued') \
+                 WHERE tenant_id = $2 AND id IN ({}) AND status IN ({cancellable}) \
                  RETURNING attempt, {CONVERSATION_COLUMNS}",
                 placeholders(3, ids.len())
             );

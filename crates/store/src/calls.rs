@@ -49,10 +49,7 @@ pub(crate) const INSERT_CALL_SQL: &str = "INSERT INTO calls (id, chain_id, attem
 pub(crate) const INSERT_EVENT_SQL: &str =
     "INSERT INTO call_events (call_id, tenant_id, at, status, detail) VALUES ($1, $2, $3, $4, $5)";
 pub(crate) static LIVE_COUNT_SQL: LazyLock<String> = LazyLock::new(|| {
-    let live = CallStatus::live()
-        .map(|s| format!("'{}'", s.as_str()))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let live = domain::lifecycle::sql_list(&CallStatus::live().collect::<Vec<_>>());
     format!("SELECT COUNT(*) AS n FROM calls WHERE tenant_id = $1 AND immediate = 1 AND status IN ({live})")
 });
 

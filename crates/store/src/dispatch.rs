@@ -10,13 +10,12 @@ use domain::dispatch::{
     BeginDial, CancelOutcome, DialLimits, DialStart, DispatchStore, DueCall, DueTrunk,
     FinishAttempt, OrphanedCall,
 };
+use domain::lifecycle::{sql_list, Transition, DIALLED, WAITING};
 use domain::store::StoreError;
 use domain::telephony::TrunkTarget;
 use domain::tenant::TenantLimits;
 use domain::{AgentId, CallStatus, ConversationId, Millis, TenantId, TraceId, TrunkId, E164};
 use sqlx::AnyConnection;
-
-const DIALING: &str = "'initiated', 'ringing', 'in_progress'";
 
 /// Calls of a paused batch wait, and those of a batch still uploading (`loading`, see `batches`)
 /// are not there yet: neither is claimed nor counted as due (else the dispatcher would wake for
@@ -86,10 +85,11 @@ pub(crate) async fn cancel_waiting_in(
     reason: Option<&str>,
     now: Millis,
 ) -> Result<Option<domain::call::Conversation>, StoreError> {
-    let updated = sqlx::query(
+    let updated = sqlx::query(&format!(
         "UPDATE calls SET status = 'canceled', failure_reason = $1, ended_at = $2, lease_owner = NULL, \
-         lease_until = NULL WHERE tenant_id = $3 AND id = $4 AND status IN ('scheduled', 'queued')",
-    )
+         lease_until = NULL WHERE tenant_id = $3 AND id = $4 AND status IN ({})",
+        Transition::Cancel.from_sql()
+    ))
     .bind(reason)
     .bind(now.0)
     .bind(tenant)
@@ -257,10 +257,11 @@ async fn begin_dial_in(
 ) -> Result<BeginDial, StoreError> {
     let DialStart { id, trunk, limits } = start;
     let (id, trunk) = (*id, *trunk);
-    let Some(row) = sqlx::query(
+    let dial_from = Transition::Dial.from_sql();
+    let Some(row) = sqlx::query(&format!(
         "SELECT tenant_id, agent_id, customer_phone FROM calls WHERE id = $1 AND lease_owner = $2 \
-         AND status IN ('scheduled', 'queued')",
-    )
+         AND status IN ({dial_from})"
+    ))
     .bind(id.to_string())
     .bind(node)
     .fetch_optional(&mut *tx)
@@ -276,13 +277,14 @@ async fn begin_dial_in(
         until: Millis(now.0 + CAPACITY_RETRY_MS),
         reason,
     };
+    let dialled = sql_list(DIALLED);
     // Locks in one fixed order (tenant, agent, trunk, number) so two nodes cannot deadlock.
     if let Some(max) = limits.tenant {
         lock(&mut *tx, backend, format!("tenant-live:{tenant}")).await?;
         let n = count(
             &mut *tx,
             &format!(
-                "SELECT COUNT(*) AS n FROM calls WHERE tenant_id = $1 AND status IN ({DIALING})"
+                "SELECT COUNT(*) AS n FROM calls WHERE tenant_id = $1 AND status IN ({dialled})"
             ),
             &[tenant],
             None,
@@ -299,7 +301,7 @@ async fn begin_dial_in(
         let n = count(
             &mut *tx,
             &format!(
-                "SELECT COUNT(*) AS n FROM calls WHERE agent_id = $1 AND status IN ({DIALING})"
+                "SELECT COUNT(*) AS n FROM calls WHERE agent_id = $1 AND status IN ({dialled})"
             ),
             &[agent],
             None,
@@ -314,7 +316,7 @@ async fn begin_dial_in(
         let n = count(
             &mut *tx,
             &format!(
-                "SELECT COUNT(*) AS n FROM calls WHERE trunk_id = $1 AND status IN ({DIALING})"
+                "SELECT COUNT(*) AS n FROM calls WHERE trunk_id = $1 AND status IN ({dialled})"
             ),
             &[trunk_id.0],
             None,
@@ -359,10 +361,11 @@ async fn begin_dial_in(
             });
         }
     }
-    let updated = sqlx::query(
-        "UPDATE calls SET status = 'initiated', started_at = $1, lease_until = $2, trunk_id = $3 \
-         WHERE id = $4 AND lease_owner = $5 AND status IN ('scheduled', 'queued')",
-    )
+    let updated = sqlx::query(&format!(
+        "UPDATE calls SET status = '{}', started_at = $1, lease_until = $2, trunk_id = $3 \
+         WHERE id = $4 AND lease_owner = $5 AND status IN ({dial_from})",
+        CallStatus::Initiated.as_str()
+    ))
     .bind(now.0)
     .bind(lease_until.0)
     .bind(trunk.map(|t| t.0))
@@ -391,10 +394,11 @@ async fn begin_dial_in(
 #[async_trait::async_trait]
 impl DispatchStore for SqlStore {
     async fn next_due_at(&self, now: Millis) -> Result<Option<Millis>, StoreError> {
+        let waiting = sql_list(WAITING);
         // Walks the partial `calls_due` index in order and stops at the first call nobody holds;
         // calls claimed by a node that then died come back through the dispatcher's idle wake-up.
         let row = sqlx::query(&format!(
-            "SELECT due_at FROM calls WHERE status IN ('scheduled', 'queued') \
+            "SELECT due_at FROM calls WHERE status IN ({waiting}) \
              AND (lease_until IS NULL OR lease_until < $1) AND {BATCH_RUNNING} ORDER BY due_at LIMIT 1"
         ))
         .bind(now.0)
@@ -417,10 +421,11 @@ impl DispatchStore for SqlStore {
         } else {
             ""
         };
+        let waiting = sql_list(WAITING);
         let mut conn = self.background_conn().await?;
         let ids = sqlx::query(&format!(
             "UPDATE calls SET lease_owner = $1, lease_until = $2 WHERE id IN ( \
-               SELECT id FROM calls WHERE status IN ('scheduled', 'queued') AND due_at <= $3 \
+               SELECT id FROM calls WHERE status IN ({waiting}) AND due_at <= $3 \
                AND (lease_until IS NULL OR lease_until < $3) AND {BATCH_RUNNING} ORDER BY due_at LIMIT $4 {skip_locked}) \
              RETURNING id"
         ))
@@ -460,10 +465,11 @@ impl DispatchStore for SqlStore {
         reason: &str,
     ) -> Result<(), StoreError> {
         let mut tx = self.background_tx().await?;
-        let row = sqlx::query(
+        let row = sqlx::query(&format!(
             "UPDATE calls SET status = 'queued', due_at = $1, lease_owner = NULL, lease_until = NULL \
-             WHERE id = $2 AND lease_owner = $3 AND status IN ('scheduled', 'queued') RETURNING tenant_id, status",
-        )
+             WHERE id = $2 AND lease_owner = $3 AND status IN ({}) RETURNING tenant_id, status",
+            Transition::Defer.from_sql()
+        ))
         .bind(until.0)
         .bind(id.to_string())
         .bind(node)
@@ -531,8 +537,8 @@ impl DispatchStore for SqlStore {
         at: Millis,
     ) -> Result<bool, StoreError> {
         let from = match status {
-            CallStatus::Ringing => "'initiated'",
-            CallStatus::InProgress => "'initiated', 'ringing'",
+            CallStatus::Ringing => Transition::Ring.from_sql(),
+            CallStatus::InProgress => Transition::Answer.from_sql(),
             _ => return Ok(false),
         };
         let answered = if status == CallStatus::InProgress {
@@ -606,14 +612,28 @@ impl DispatchStore for SqlStore {
             .map(serde_json::to_string)
             .transpose()
             .map_err(|e| StoreError::Database(e.into()))?;
-        let mut tx = self.background_tx().await?;
+        let ended = Transition::End(f.status);
+        if ended.to().is_none() {
+            let e = format!("{} is no outcome of an attempt", f.status);
+            return Err(StoreError::Database(e.into()));
+        }
         // Fenced: the holder of the lease, or anyone once that lease has run out. A call that
-        // was claimed but could not be dialled (`queued`) is settled by its holder only.
+        // was claimed but could not be dialled (`queued`) is settled by its holder only, and
+        // only as failed.
+        let dialled = ended.from_sql();
+        let refused = match Transition::Refuse.to() == Some(f.status) {
+            true => format!(
+                " OR (status IN ({}) AND lease_owner = $9)",
+                Transition::Refuse.from_sql()
+            ),
+            false => String::new(),
+        };
+        let mut tx = self.background_tx().await?;
         let Some(row) = sqlx::query(&format!(
             "UPDATE calls SET status = $1, failure_reason = $2, ended_at = $3, duration_seconds = $4, \
              recording_path = $5, transcript = $6, results = $7, latency = $11, stage_id = $12, answered_by = $13, transfer = $14, \
-             lease_owner = NULL, lease_until = NULL WHERE id = $8 AND ((status IN ({DIALING}) AND (lease_owner = $9 OR lease_until < $10)) \
-             OR (status IN ('scheduled', 'queued') AND lease_owner = $9)) RETURNING tenant_id"
+             lease_owner = NULL, lease_until = NULL WHERE id = $8 AND ((status IN ({dialled}) AND (lease_owner = $9 OR lease_until < $10)){refused}) \
+             RETURNING tenant_id"
         ))
         .bind(f.status.as_str())
         .bind(f.failure_reason.clone())
@@ -707,8 +727,9 @@ impl DispatchStore for SqlStore {
     ) -> Result<Vec<OrphanedCall>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT c.id AS id, c.attempt AS attempt, a.config AS config FROM calls c \
-             LEFT JOIN agents a ON a.id = c.agent_id WHERE c.status IN ({DIALING}) AND c.lease_until < $1 \
-             ORDER BY c.lease_until LIMIT $2"
+             LEFT JOIN agents a ON a.id = c.agent_id WHERE c.status IN ({}) AND c.lease_until < $1 \
+             ORDER BY c.lease_until LIMIT $2",
+            Transition::Interrupt.from_sql()
         ))
         .bind(now.0)
         .bind(i64::from(limit))

@@ -7,6 +7,7 @@ use crate::dispatch::{cancel_waiting_in, list_lock, lock};
 use crate::rows::{corrupt, get};
 use crate::{db_err, encode_err, json_rows, Backend, SqlStore};
 use domain::do_not_call::{DoNotCallStore, Entry, Imported, Listing, Source, FAILURE_REASON};
+use domain::lifecycle::Transition;
 use domain::store::{Listed, Page, StoreError};
 use domain::{Millis, TenantId, E164};
 use sqlx::AnyConnection;
@@ -53,23 +54,23 @@ async fn cancel_listed_in(
     only: Option<&str>,
     now: Millis,
 ) -> Result<u64, StoreError> {
-    let rows = match only {
-        Some(number) => sqlx::query(
+    let cancellable = Transition::Cancel.from_sql();
+    let sql = match only {
+        Some(_) => format!(
             "SELECT id FROM calls WHERE tenant_id = $1 AND customer_phone = $2 \
-             AND status IN ('scheduled', 'queued')",
-        )
-        .bind(tenant)
-        .bind(number),
-        None => sqlx::query(
+             AND status IN ({cancellable})"
+        ),
+        None => format!(
             "SELECT c.id AS id FROM calls c JOIN do_not_call d \
              ON d.tenant_id = c.tenant_id AND d.number = c.customer_phone \
-             WHERE c.tenant_id = $1 AND c.status IN ('scheduled', 'queued')",
-        )
-        .bind(tenant),
+             WHERE c.tenant_id = $1 AND c.status IN ({cancellable})"
+        ),
+    };
+    let mut query = sqlx::query(&sql).bind(tenant);
+    if let Some(number) = only {
+        query = query.bind(number);
     }
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db_err)?;
+    let rows = query.fetch_all(&mut *conn).await.map_err(db_err)?;
     let mut canceled = 0;
     for row in &rows {
         let id: String = get(row, "id")?;
