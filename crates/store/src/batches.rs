@@ -507,7 +507,7 @@ impl SqlStore {
                 history = history.bind(conversation.id.to_string());
                 // A canceled call never rang, so its event has no recording URL to build.
                 events.push(
-                    webhooks::terminal::terminal_event(
+                    domain::webhooks::terminal::terminal_event(
                         &conversation,
                         agent.as_ref(),
                         None,

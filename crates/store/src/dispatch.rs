@@ -235,7 +235,7 @@ async fn emit_terminal_event(
         .map_err(db_err)?;
     let conversation = rows::conversation(&row)?;
     let agent = rows::agent_config(get(&row, "agent_config")?)?;
-    let event = webhooks::terminal::terminal_event(
+    let event = domain::webhooks::terminal::terminal_event(
         &conversation,
         agent.as_ref(),
         next_retry_at,

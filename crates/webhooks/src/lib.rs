@@ -13,18 +13,18 @@
 )]
 
 pub mod client;
-pub mod event;
 pub mod guard;
 mod pipeline;
 pub mod schedule;
 pub mod secret;
 pub mod sign;
-pub mod terminal;
 pub mod worker;
 
 pub use client::{
     guarded_resolver, AttemptOutcome, ClientConfig, Delivery, DeliveryClient, Verdict,
 };
+// The envelope lives in `domain` (the store writes it when a call settles); its paths here stay.
+pub use domain::webhooks::{event, terminal};
 pub use event::{Envelope, EventId, EventType};
 pub use guard::{AddressPolicy, ModelEndpointPolicy, UrlError, UrlPolicy};
 pub use schedule::RetrySchedule;

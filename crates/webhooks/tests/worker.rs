@@ -426,12 +426,12 @@ async fn story_failing_target_does_not_delay_healthy(store: Arc<SqlStore>) {
     let ta = tenant_with_agent(store.as_ref()).await;
     let healthy = Receiver::start(&[], 200).await;
     healthy.expect_secrets(&[SECRET]);
-    // Slow and failing: each attempt holds a connection for a second, then 500.
+    // Slow and failing: each attempt holds a connection for 3 s, then 500.
     let bad = Receiver::start_with(
         "127.0.0.1:0".parse().unwrap(),
         &[],
         500,
-        Duration::from_secs(1),
+        Duration::from_secs(3),
     )
     .await;
     add_target(&store, ta, "healthy", &healthy.url(), false).await;
@@ -461,8 +461,10 @@ async fn story_failing_target_does_not_delay_healthy(store: Arc<SqlStore>) {
         "the bad target was being attempted meanwhile: {}",
         bad.seen().len()
     );
+    // Waiting behind a bad attempt would cost its 3 s; the bound is half that, generous for a
+    // loaded machine and still the behaviour, not a speed figure.
     assert!(
-        worst < Duration::from_millis(500),
+        worst < Duration::from_millis(1_500),
         "healthy latencies {latencies:?}"
     );
 }

@@ -1,13 +1,13 @@
 //! The `call.<outcome>` event of a conversation that reached a terminal status, built from the
 //! conversation as stored, for the outbox row written in the same transaction.
 
-use crate::event::{
+use super::event::{
     self, CallData, CallParameters, CallRetry, Envelope, EventData, EventId, EventType, Role,
 };
-use domain::call::Conversation;
-use domain::webhooks::OutboxEvent;
-use domain::AgentConfig;
-use domain::Millis;
+use crate::call::Conversation;
+use crate::webhooks::OutboxEvent;
+use crate::AgentConfig;
+use crate::Millis;
 use serde_json::{Map, Value};
 
 /// Why no event could be built.
@@ -62,8 +62,8 @@ pub fn terminal_event(
     };
     let turns = c.transcript.iter().map(|t| {
         let role = match t.role {
-            domain::call::Speaker::Agent => Role::Bot,
-            domain::call::Speaker::Human => Role::Human,
+            crate::call::Speaker::Agent => Role::Bot,
+            crate::call::Speaker::Human => Role::Human,
         };
         (role, t.message.as_str())
     });

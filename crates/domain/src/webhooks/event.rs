@@ -235,7 +235,7 @@ pub struct CallData {
     pub batch_id: Option<i64>,
     /// Who picked up (outdial's own): `human`, `machine` or `unknown`; `null` when the call was
     /// never answered.
-    pub answered_by: Option<domain::call::AnsweredBy>,
+    pub answered_by: Option<crate::call::AnsweredBy>,
 }
 
 /// `data.retry`: the call's own redial state.
@@ -429,7 +429,7 @@ mod tests {
                     trace_id: "a1b2c3d4-e5f6-7890-abcd-ef1234567890".into(),
                     metadata: None,
                     batch_id: None,
-                    answered_by: Some(domain::call::AnsweredBy::Human),
+                    answered_by: Some(crate::call::AnsweredBy::Human),
                 },
                 results,
                 retry: CallRetry {

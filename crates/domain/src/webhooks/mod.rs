@@ -1,7 +1,12 @@
 //! The webhook outbox port: targets, the events written beside the state changes that cause
-//! them, and the deliveries a worker leases, attempts and settles. Event types and secrets are
-//! plain strings here because their rules live in the `webhooks` crate, which depends on this
-//! one; the API and the worker parse them before they reach the store.
+//! them, and the deliveries a worker leases, attempts and settles. The envelope and the terminal
+//! event a settlement writes are here too (`event`, `terminal`), so the store that writes them in
+//! the settling transaction needs no delivery code. Secrets are plain strings here because their
+//! rules live in the `webhooks` crate, which depends on this one; the API and the worker parse
+//! them before they reach the store.
+
+pub mod event;
+pub mod terminal;
 
 use crate::store::{Listed, ManageError, Page, StoreError};
 use crate::{AgentId, Millis, TenantId};
