@@ -6,6 +6,7 @@
 //! writer (`sqlite_writer`), which runs the same statements on its own connection in one
 //! blocking thread.
 
+use crate::locks::{lock, LockKey};
 use crate::rows::{self, get};
 use crate::{db_err, Backend};
 use domain::call::{AcceptedCall, NewCall};
@@ -52,34 +53,6 @@ pub(crate) static LIVE_COUNT_SQL: LazyLock<String> = LazyLock::new(|| {
     let live = domain::lifecycle::sql_list(&CallStatus::live().collect::<Vec<_>>());
     format!("SELECT COUNT(*) AS n FROM calls WHERE tenant_id = $1 AND immediate = 1 AND status IN ({live})")
 });
-
-/// A stable 64-bit key for PostgreSQL advisory locks (FNV-1a): it serialises the check-then-insert
-/// of the per-number and concurrency limits across nodes without locking whole tables.
-fn lock_key(parts: &[&str]) -> i64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in p.bytes().chain(std::iter::once(0)) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h as i64
-}
-
-async fn advisory_lock(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    parts: &[&str],
-) -> Result<(), StoreError> {
-    if backend == Backend::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(lock_key(parts))
-            .execute(&mut *conn)
-            .await
-            .map_err(db_err)?;
-    }
-    Ok(())
-}
 
 /// The agent's number and its tenant's limits, as `AGENT_SQL` reads them.
 #[derive(Debug, Clone)]
@@ -231,7 +204,7 @@ pub(crate) async fn create_call_in(
         None => ConversationId::first(),
         Some(prev) => {
             let chain = prev.chain.to_string();
-            advisory_lock(conn, backend, &["chain", &chain]).await?;
+            lock(conn, backend, LockKey::new(&["chain", &chain])).await?;
             let exists = sqlx::query(CHAIN_EXISTS_SQL)
                 .bind(tenant)
                 .bind(prev.to_string())
@@ -274,10 +247,10 @@ pub(crate) async fn create_call_in(
 
     if call.scheduled_for.is_none() {
         if let Some(window_ms) = agent.number_window_ms() {
-            advisory_lock(
+            lock(
                 conn,
                 backend,
-                &["number", &tenant.to_string(), call.customer_phone.as_str()],
+                LockKey::new(&["number", &tenant.to_string(), call.customer_phone.as_str()]),
             )
             .await?;
             let recent = sqlx::query(RECENT_TO_NUMBER_SQL)
@@ -294,7 +267,7 @@ pub(crate) async fn create_call_in(
             number_verdict(&recent, agent.per_number, window_ms, now)?;
         }
         if let Some(max) = agent.max_concurrent {
-            advisory_lock(conn, backend, &["live", &tenant.to_string()]).await?;
+            lock(conn, backend, LockKey::new(&["live", &tenant.to_string()])).await?;
             let row = sqlx::query(&LIVE_COUNT_SQL)
                 .bind(tenant)
                 .fetch_one(&mut *conn)
@@ -382,15 +355,6 @@ pub(crate) async fn insert_event(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lock_keys_separate_their_parts() {
-        assert_ne!(lock_key(&["ab", "c"]), lock_key(&["a", "bc"]));
-        assert_eq!(
-            lock_key(&["number", "1", "+91"]),
-            lock_key(&["number", "1", "+91"])
-        );
-    }
 
     #[test]
     fn the_number_window_frees_when_its_oldest_call_leaves() {

@@ -2,6 +2,7 @@
 //! wait on each other's rows; SQLite has one writer, which makes the same UPDATE atomic.
 
 use crate::calls::insert_event;
+use crate::locks::{lock, lock_shared, LockKey};
 use crate::rows::{self, corrupt, get, json};
 use crate::{db_err, Backend, SqlStore};
 use domain::agent::AgentConfig;
@@ -27,42 +28,6 @@ const BATCH_RUNNING: &str = "(batch_id IS NULL OR batch_id NOT IN \
 /// How long a call waits before another try when a cap is full. Short, because capacity frees
 /// up as calls end; it is not idle polling: it only happens while calls are waiting.
 const CAPACITY_RETRY_MS: i64 = 500;
-
-pub(crate) async fn lock(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    key: String,
-) -> Result<(), StoreError> {
-    if backend == Backend::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-            .bind(key)
-            .execute(&mut *conn)
-            .await
-            .map_err(db_err)?;
-    }
-    Ok(())
-}
-
-/// The lock between a tenant's do-not-call list and the starts of its dials. One per tenant,
-/// not per number, so an import of any size takes one lock.
-pub(crate) fn list_lock(tenant: i64) -> String {
-    format!("do-not-call:{tenant}")
-}
-
-pub(crate) async fn lock_shared(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    key: String,
-) -> Result<(), StoreError> {
-    if backend == Backend::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock_shared(hashtext($1))")
-            .bind(key)
-            .execute(&mut *conn)
-            .await
-            .map_err(db_err)?;
-    }
-    Ok(())
-}
 
 async fn listed(conn: &mut AnyConnection, tenant: i64, phone: &str) -> Result<bool, StoreError> {
     Ok(sqlx::query(crate::calls::LISTED_SQL)
@@ -280,7 +245,12 @@ async fn begin_dial_in(
     let dialled = sql_list(DIALLED);
     // Locks in one fixed order (tenant, agent, trunk, number) so two nodes cannot deadlock.
     if let Some(max) = limits.tenant {
-        lock(&mut *tx, backend, format!("tenant-live:{tenant}")).await?;
+        lock(
+            &mut *tx,
+            backend,
+            LockKey::new(&["tenant-live", &tenant.to_string()]),
+        )
+        .await?;
         let n = count(
             &mut *tx,
             &format!(
@@ -297,7 +267,12 @@ async fn begin_dial_in(
         }
     }
     if let Some(max) = limits.agent {
-        lock(&mut *tx, backend, format!("agent-live:{agent}")).await?;
+        lock(
+            &mut *tx,
+            backend,
+            LockKey::new(&["agent-live", &agent.to_string()]),
+        )
+        .await?;
         let n = count(
             &mut *tx,
             &format!(
@@ -312,7 +287,12 @@ async fn begin_dial_in(
         }
     }
     if let Some((trunk_id, max)) = limits.trunk {
-        lock(&mut *tx, backend, format!("trunk-live:{}", trunk_id.0)).await?;
+        lock(
+            &mut *tx,
+            backend,
+            LockKey::new(&["trunk-live", &trunk_id.0.to_string()]),
+        )
+        .await?;
         let n = count(
             &mut *tx,
             &format!(
@@ -329,14 +309,19 @@ async fn begin_dial_in(
     // After the caps' locks, shared: dials do not wait for each other here, but a listing
     // (which takes it exclusively, and no other lock) either commits before this reads the
     // list or waits until `initiated` is durable.
-    lock_shared(&mut *tx, backend, list_lock(tenant)).await?;
+    lock_shared(&mut *tx, backend, LockKey::do_not_call(tenant)).await?;
     if listed(&mut *tx, tenant, &phone).await? {
         let reason = Some(domain::do_not_call::FAILURE_REASON);
         cancel_waiting_in(&mut *tx, backend, &id.to_string(), tenant, reason, now).await?;
         return Ok(BeginDial::Listed);
     }
     if let Some((calls, window_s)) = limits.per_number.filter(|(c, w)| *c > 0 && *w > 0) {
-        lock(&mut *tx, backend, format!("number:{tenant}:{phone}")).await?;
+        lock(
+            &mut *tx,
+            backend,
+            LockKey::new(&["dial-number", &tenant.to_string(), &phone]),
+        )
+        .await?;
         let window_ms = i64::from(window_s) * 1000;
         let recent = sqlx::query(
             "SELECT started_at FROM calls WHERE tenant_id = $1 AND customer_phone = $2 AND started_at > $3 \
@@ -704,7 +689,7 @@ impl DispatchStore for SqlStore {
                 number: E164::from_trusted(get(&row, "customer_phone")?),
                 reason: Some("asked during the call".into()),
             };
-            lock(&mut tx, self.backend, list_lock(tenant)).await?;
+            lock(&mut tx, self.backend, LockKey::do_not_call(tenant)).await?;
             let source = domain::do_not_call::Source::Call;
             crate::do_not_call::list_number_in(
                 &mut tx,

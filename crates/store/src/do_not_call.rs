@@ -3,7 +3,8 @@
 //! starts of dials: `dispatch::begin_dial_in`), so a number is either dialled before its listing
 //! commits or never.
 
-use crate::dispatch::{cancel_waiting_in, list_lock, lock};
+use crate::dispatch::cancel_waiting_in;
+use crate::locks::{lock, LockKey};
 use crate::rows::{corrupt, get};
 use crate::{db_err, encode_err, json_rows, Backend, SqlStore};
 use domain::do_not_call::{DoNotCallStore, Entry, Imported, Listing, Source, FAILURE_REASON};
@@ -134,7 +135,7 @@ impl DoNotCallStore for SqlStore {
         now: Millis,
     ) -> Result<Entry, StoreError> {
         let mut tx = self.write.begin().await.map_err(db_err)?;
-        lock(&mut tx, self.backend, list_lock(tenant.0)).await?;
+        lock(&mut tx, self.backend, LockKey::do_not_call(tenant.0)).await?;
         // The time the listing holds the lock: every dial that started before it is earlier.
         let now = Millis::now().max(now);
         let entry = list_number_in(&mut tx, self.backend, tenant.0, &listing, source, now).await?;
@@ -149,7 +150,7 @@ impl DoNotCallStore for SqlStore {
         now: Millis,
     ) -> Result<Imported, StoreError> {
         let mut tx = self.write.begin().await.map_err(db_err)?;
-        lock(&mut tx, self.backend, list_lock(tenant.0)).await?;
+        lock(&mut tx, self.backend, LockKey::do_not_call(tenant.0)).await?;
         let now = Millis::now().max(now);
         // `WHERE true`: SQLite cannot otherwise tell the upsert's ON from a join's.
         let sql = format!(

@@ -10,6 +10,7 @@ mod dispatch;
 mod do_not_call;
 mod engines;
 mod gate;
+mod locks;
 mod manage;
 mod outbox;
 mod rows;
