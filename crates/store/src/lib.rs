@@ -109,6 +109,18 @@ fn sqlite_pragmas(
     })
 }
 
+/// The read pool's connections refuse writes: a write sent there by mistake fails at once
+/// instead of racing the single writer for SQLite's lock.
+fn sqlite_read_pragmas(
+    conn: &mut sqlx::AnyConnection,
+    meta: sqlx::pool::PoolConnectionMetadata,
+) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+    Box::pin(async move {
+        sqlite_pragmas(conn, meta).await?;
+        conn.execute("PRAGMA query_only = ON;").await.map(|_| ())
+    })
+}
+
 /// `$from, $from+1, ...`: `n` numbered placeholders, for an `IN (...)` list or one row of a
 /// multi-row `VALUES`.
 pub(crate) fn placeholders(from: usize, n: usize) -> String {
@@ -242,7 +254,7 @@ impl SqlStore {
                 let read = AnyPoolOptions::new()
                     .max_connections(opts.max_connections.max(1))
                     .acquire_timeout(Duration::from_secs(30))
-                    .after_connect(sqlite_pragmas)
+                    .after_connect(sqlite_read_pragmas)
                     .connect_with(connect_opts)
                     .await
                     .map_err(db_err)?;
@@ -550,5 +562,29 @@ impl Store for SqlStore {
         .map_err(db_err)?;
         let n: i64 = rows::get(&row, "n")?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_sqlite_read_pool_refuses_writes_and_the_writer_takes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = SqlStore::connect(&url, StoreOptions::default())
+            .await
+            .unwrap();
+        let insert = "INSERT INTO tenants (name, created_at) VALUES ('t', 0)";
+        let refused = sqlx::query(insert).execute(&store.read).await.unwrap_err();
+        assert!(refused.to_string().contains("readonly"), "{refused}");
+        sqlx::query(insert).execute(&store.write).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tenants")
+            .fetch_one(&store.read)
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        store.close().await;
     }
 }
