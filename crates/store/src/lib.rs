@@ -184,6 +184,11 @@ pub(crate) fn db_err(e: sqlx::Error) -> StoreError {
     StoreError::Database(e.into())
 }
 
+/// A `UNIQUE` (or primary key) constraint refused the row, on either backend.
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
 impl SqlStore {
     /// Connects, applies migrations and starts the write path. `url` is `sqlite://<path>` or
     /// `postgres://...`.

@@ -1,7 +1,7 @@
 //! Tenants, keys, trunks, numbers and agents.
 
 use crate::rows::{corrupt, get, json};
-use crate::{db_err, SqlStore};
+use crate::{db_err, is_unique_violation, SqlStore};
 use domain::agent::AgentConfig;
 use domain::store::{Agent, Listed, ManageError, Page, StoreError};
 use domain::tenant::{
@@ -9,10 +9,6 @@ use domain::tenant::{
 };
 use domain::{AgentId, ApiKeyId, Millis, PhoneNumberId, TenantId, TrunkId, E164};
 use sqlx::any::AnyRow;
-
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
-}
 
 fn opt_u32(v: Option<i64>) -> Option<u32> {
     v.and_then(|n| u32::try_from(n).ok())

@@ -2,7 +2,7 @@
 
 use crate::outbox::{enqueue_for_target_in, fail_pending_of_target, TARGET_DEACTIVATED};
 use crate::rows::{corrupt, get, json};
-use crate::{db_err, Backend, SqlStore};
+use crate::{db_err, is_unique_violation, Backend, SqlStore};
 use domain::store::{Listed, ManageError, Page, StoreError};
 use domain::webhooks::{
     AttemptRecord, AttemptResult, DeliveryFilter, DeliveryId, DeliveryRecord, DeliveryStatus,
@@ -28,10 +28,6 @@ const DELIVERY_COLUMNS: &str = "d.id AS id, d.event_id AS event_id, o.event_type
 
 fn flag(b: bool) -> i64 {
     i64::from(b)
-}
-
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
 fn target(row: &AnyRow) -> Result<WebhookTarget, StoreError> {
