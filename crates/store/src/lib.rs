@@ -61,6 +61,10 @@ pub struct StoreOptions {
     /// How long a loading batch whose upload stopped writing is kept before a sweep removes it
     /// as abandoned (every chunk renews it).
     pub upload_lease: Duration,
+    /// SQLite file: `POST /v1/call` goes through the group-commit writer (many calls per
+    /// fsync). Off, each call is its own transaction on the sqlx path, as for an in-memory
+    /// database; the conformance suite runs both.
+    pub group_commit: bool,
 }
 
 impl Default for StoreOptions {
@@ -73,6 +77,7 @@ impl Default for StoreOptions {
             background_wait: Duration::from_millis(20),
             upload_chunk_rows: 5_000,
             upload_lease: Duration::from_secs(120),
+            group_commit: true,
         }
     }
 }
@@ -269,7 +274,7 @@ impl SqlStore {
                     .get_filename()
                     .to_path_buf();
                 let gate = std::sync::Arc::new(gate::Gate::new(opts.background_wait));
-                let call_writer = if file.is_file() {
+                let call_writer = if opts.group_commit && file.is_file() {
                     Some(sqlite_writer::spawn(
                         &file,
                         write.clone(),

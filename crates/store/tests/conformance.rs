@@ -430,6 +430,7 @@ async fn story_do_not_call(store: Arc<dyn Store>) {
         .is_none());
 }
 
+/// Each story on every backend, and on SQLite without the group-commit writer.
 macro_rules! on_both {
     ($name:ident, $story:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -439,6 +440,15 @@ macro_rules! on_both {
                 $story(db.store()).await;
                 db.finish().await;
             }
+            // SQLite again with the group-commit writer off: `POST /v1/call` on the sqlx path.
+            let db = Backend::Sqlite
+                .open_with(store::StoreOptions {
+                    group_commit: false,
+                    ..Default::default()
+                })
+                .await;
+            $story(db.store()).await;
+            db.finish().await;
         }
     };
 }
