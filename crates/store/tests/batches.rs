@@ -5,12 +5,10 @@
 mod common;
 
 use common::backends;
-use domain::agent::AgentConfig;
 use domain::batch::{parse_recipients, BatchAction, BatchError, BatchStatus, NewBatch};
 use domain::call::{AnsweredBy, Transfer, TransferMethod, TransferStatus};
 use domain::dispatch::{BeginDial, DialLimits, FinishAttempt};
 use domain::store::Store;
-use domain::tenant::NewTrunk;
 use domain::webhooks::{LeaseRequest, NewWebhookTarget};
 use domain::{AgentId, CallStatus, Millis, TraceId, E164};
 use serde_json::json;
@@ -21,7 +19,7 @@ const ROWS: u32 = 2500;
 
 async fn story(store: &dyn Store) {
     let now = Millis::now();
-    let (tenant, agent_id) = dialling_agent(store).await;
+    let (tenant, agent_id) = common::tenant_with_agent(store, "acme", "+918035739222").await;
     // Subscribed to cancellations only: the one completed call below must not reach it.
     let hooks = store
         .create_webhook_target(
@@ -285,37 +283,6 @@ async fn batches_on_every_backend() {
     }
 }
 
-/// A tenant with an agent that can dial (trunk and number).
-async fn dialling_agent(store: &dyn Store) -> (domain::TenantId, AgentId) {
-    let now = Millis::now();
-    let t = store.create_tenant("acme", now).await.unwrap();
-    let trunk = store
-        .create_trunk(
-            t.id,
-            &NewTrunk {
-                name: "pbx".into(),
-                uri: "sip:127.0.0.1:5080".into(),
-                username: None,
-                password: None,
-                max_concurrent_calls: None,
-            },
-            now,
-        )
-        .await
-        .unwrap();
-    store
-        .create_phone_number(t.id, &E164::parse("+918035739222").unwrap(), trunk.id, now)
-        .await
-        .unwrap();
-    let cfg = AgentConfig::from_json(
-        json!({"name": "a", "phone_number": "+918035739222"})
-            .as_object()
-            .unwrap(),
-    )
-    .unwrap();
-    (t.id, store.create_agent(t.id, &cfg, now).await.unwrap().id)
-}
-
 async fn scalar(conn: &mut sqlx::AnyConnection, sql: &str) -> i64 {
     use sqlx::Row;
     sqlx::query(sql)
@@ -333,7 +300,7 @@ async fn scalar(conn: &mut sqlx::AnyConnection, sql: &str) -> i64 {
 async fn loading_story(db: &common::TestDb, backend: common::Backend) {
     use sqlx::Connection;
     let store = db.store();
-    let (tenant, agent) = dialling_agent(store.as_ref()).await;
+    let (tenant, agent) = common::tenant_with_agent(store.as_ref(), "acme", "+918035739222").await;
     let mut csv = String::from("customer_phone\n");
     for i in 0..ROWS {
         csv.push_str(&format!("+9198{i:08}\n"));
