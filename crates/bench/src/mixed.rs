@@ -7,8 +7,6 @@
 use crate::calls::{commit_rate, percentile};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use domain::store::Store;
-use domain::tenant::TenantLimits;
 use domain::Millis;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
@@ -108,22 +106,7 @@ async fn tenants(dir: &Path) -> Result<[String; 2]> {
     let store = SqlStore::connect(&url, StoreOptions::default()).await?;
     let mut keys = Vec::new();
     for name in ["caller", "uploader"] {
-        let tenant = store.create_tenant(name, Millis::now()).await?;
-        store
-            .update_tenant_limits(
-                tenant.id,
-                &TenantLimits {
-                    max_concurrent_calls: None,
-                    per_number_calls: 1_000_000,
-                    per_number_window_seconds: 1,
-                },
-            )
-            .await?;
-        let key = api::auth::generate_key();
-        store
-            .create_api_key(tenant.id, name, &key.lookup, &key.hash, Millis::now())
-            .await?;
-        keys.push(key.key);
+        keys.push(crate::server::tenant(&store, name).await?.1);
     }
     store.close().await;
     Ok([keys[0].clone(), keys[1].clone()])

@@ -10,6 +10,27 @@ use std::path::Path;
 use std::sync::Arc;
 use store::{SqlStore, StoreOptions};
 
+/// A tenant named `name` with no per-number limit (the benches call many numbers many times;
+/// that limit is not what they measure) and a new API key for it, returned in the clear.
+pub async fn tenant(store: &SqlStore, name: &str) -> Result<(domain::tenant::Tenant, String)> {
+    let tenant = store.create_tenant(name, Millis::now()).await?;
+    store
+        .update_tenant_limits(
+            tenant.id,
+            &TenantLimits {
+                max_concurrent_calls: None,
+                per_number_calls: 1_000_000,
+                per_number_window_seconds: 1,
+            },
+        )
+        .await?;
+    let key = api::auth::generate_key();
+    store
+        .create_api_key(tenant.id, name, &key.lookup, &key.hash, Millis::now())
+        .await?;
+    Ok((tenant, key.key))
+}
+
 pub struct Server {
     pub store: Arc<SqlStore>,
     pub tenant: TenantId,
@@ -23,22 +44,7 @@ impl Server {
     pub async fn start(dir: &Path, opts: StoreOptions, clients: usize) -> Result<Self> {
         let url = format!("sqlite://{}/outdial.db", dir.display());
         let store = Arc::new(SqlStore::connect(&url, opts).await?);
-        let tenant = store.create_tenant("bench", Millis::now()).await?;
-        // The bench calls many numbers many times; the per-number limit is not what is measured.
-        store
-            .update_tenant_limits(
-                tenant.id,
-                &TenantLimits {
-                    max_concurrent_calls: None,
-                    per_number_calls: 1_000_000,
-                    per_number_window_seconds: 1,
-                },
-            )
-            .await?;
-        let key = api::auth::generate_key();
-        store
-            .create_api_key(tenant.id, "bench", &key.lookup, &key.hash, Millis::now())
-            .await?;
+        let (tenant, key) = tenant(store.as_ref(), "bench").await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let app = api::router(api::AppState::new(
@@ -63,7 +69,7 @@ impl Server {
         let post = |path: &str, body: serde_json::Value| {
             client
                 .post(format!("{base}{path}"))
-                .bearer_auth(&key.key)
+                .bearer_auth(&key)
                 .json(&body)
                 .send()
         };
@@ -90,7 +96,7 @@ impl Server {
         Ok(Self {
             store,
             tenant: tenant.id,
-            key: key.key,
+            key,
             base,
             client,
             agent_id,
