@@ -181,7 +181,6 @@ async fn sigkill_mid_batch_loses_no_recipient_and_dials_none_twice() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_mid_batch_loses_no_recipient_and_dials_none_twice_on_postgres() {
-    let (db, name) = Db::postgres();
+    let (db, _pg) = Db::postgres();
     sigkill_mid_batch(db).await;
-    support::drop_postgres(&name);
 }

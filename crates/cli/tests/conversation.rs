@@ -12,7 +12,7 @@ mod voice;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use support::{drop_postgres, Api, Db, Service, Sipp};
+use support::{Api, Db, Service, Sipp};
 
 const OPENING: &str = "Hello Rahul, this is Asha from Acme about your invoice.";
 const QUESTION: &str = "Can you pay it by Friday?";
@@ -123,9 +123,8 @@ async fn the_callee_says_yes_and_the_conversation_completes_with_the_intent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_callee_says_yes_and_the_conversation_completes_with_the_intent_on_postgres() {
-    let (db, name) = Db::postgres();
+    let (db, _pg) = Db::postgres();
     the_callee_answers_the_question(db).await;
-    drop_postgres(&name);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{drop_postgres, Api, Db, Receiver, Service, Sipp};
+use support::{Api, Db, Receiver, Service, Sipp};
 
 async fn expect(r: reqwest::Response, status: u16, message: &str) -> Value {
     assert_eq!(r.status().as_u16(), status);
@@ -188,9 +188,8 @@ async fn the_list_is_managed_and_enforced_on_post_call_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_list_is_managed_and_enforced_on_post_call_on_postgres() {
-    let (db, name) = Db::postgres();
+    let (db, _pg) = Db::postgres();
     the_list_is_managed_and_enforced_on_post_call(db).await;
-    drop_postgres(&name);
 }
 
 /// A call scheduled 3 s ahead whose number is listed 1 s later, and a batch uploaded after the
@@ -290,9 +289,8 @@ async fn listed_numbers_are_never_dialled_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listed_numbers_are_never_dialled_on_postgres() {
-    let (db, name) = Db::postgres();
+    let (db, _pg) = Db::postgres();
     listed_numbers_are_never_dialled(db).await;
-    drop_postgres(&name);
 }
 
 /// 20 calls come due while their 20 numbers are listed at the same moment: every number is
@@ -384,9 +382,8 @@ async fn listings_race_dials_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listings_race_dials_on_postgres() {
-    let (db, name) = Db::postgres();
+    let (db, _pg) = Db::postgres();
     listings_race_dials(db).await;
-    drop_postgres(&name);
 }
 
 const DISCLOSURE: &str = "This call is recorded.";
@@ -493,9 +490,8 @@ async fn the_callee_opts_out_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_callee_opts_out_on_postgres() {
-    let (db, name) = Db::postgres();
+    let (db, _pg) = Db::postgres();
     the_callee_opts_out(db).await;
-    drop_postgres(&name);
 }
 
 /// Numbers of countries with one zone each, spread around the clock.
@@ -591,7 +587,6 @@ async fn calls_wait_for_decent_hours_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_wait_for_decent_hours_on_postgres() {
-    let (db, name) = Db::postgres();
+    let (db, _pg) = Db::postgres();
     calls_wait_for_decent_hours(db).await;
-    drop_postgres(&name);
 }

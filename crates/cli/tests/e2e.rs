@@ -94,9 +94,8 @@ async fn sigkill_mid_run_loses_no_call_and_dials_none_twice() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_mid_run_loses_no_call_and_dials_none_twice_on_postgres() {
-    let (db, name) = Db::postgres();
+    let (db, _pg) = Db::postgres();
     sigkill_mid_run(db).await;
-    support::drop_postgres(&name);
 }
 
 async fn sigkill_mid_run(db: Db) {
@@ -299,9 +298,8 @@ async fn a_busy_call_offers_the_next_attempt_its_context_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_busy_call_offers_the_next_attempt_its_context_on_postgres() {
-    let (db, name) = Db::postgres();
+    let (db, _pg) = Db::postgres();
     a_busy_call_offers_the_next_attempt_its_context(db).await;
-    support::drop_postgres(&name);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -143,9 +143,8 @@ async fn sigterm_after_a_burst_exits_promptly_and_keeps_every_call() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_after_a_burst_exits_promptly_and_keeps_every_call_on_postgres() {
-    let (db, name) = Db::postgres();
+    let (db, _pg) = Db::postgres();
     sigterm_after_a_burst(db).await;
-    support::drop_postgres(&name);
 }
 
 /// `calls` answered calls held by the callee until we hang up, on a node started with `env`.
@@ -295,9 +294,8 @@ async fn sigterm_with_live_calls_hangs_them_up_after_the_grace_and_settles_them(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_with_live_calls_hangs_them_up_after_the_grace_and_settles_them_on_postgres() {
-    let (db, name) = Db::postgres();
+    let (db, _pg) = Db::postgres();
     sigterm_with_live_calls(db).await;
-    support::drop_postgres(&name);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
-use support::{drop_postgres, Api, Db, Receiver, Service};
+use support::{Api, Db, Receiver, Service};
 
 fn addr(s: &Service) -> SocketAddr {
     s.base.trim_start_matches("http://").parse().unwrap()
@@ -190,9 +190,8 @@ async fn control_characters_are_refused_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn control_characters_are_refused_on_postgres() {
-    let (db, name) = Db::postgres();
+    let (db, _pg) = Db::postgres();
     control_characters_are_refused(db).await;
-    drop_postgres(&name);
 }
 
 /// Finding 4: junk method names do not grow `/metrics`.
@@ -753,7 +752,6 @@ async fn credentials_are_sealed_at_rest_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn credentials_are_sealed_at_rest_on_postgres() {
-    let (db, name) = Db::postgres();
+    let (db, _pg) = Db::postgres();
     credentials_are_sealed_at_rest(db).await;
-    drop_postgres(&name);
 }

@@ -163,9 +163,8 @@ async fn uploads_over_the_limit_get_429_with_retry_after_and_other_calls_are_acc
 #[tokio::test(flavor = "multi_thread")]
 async fn uploads_over_the_limit_get_429_with_retry_after_and_other_calls_are_accepted_on_postgres()
 {
-    let (db, name) = Db::postgres();
+    let (db, _pg) = Db::postgres();
     uploads_over_the_limit_get_429_and_calls_go_on(db).await;
-    support::drop_postgres(&name);
 }
 
 const BIG: u32 = 200_000;
@@ -314,7 +313,6 @@ async fn a_loading_batch_is_invisible_and_a_sigkill_mid_upload_leaves_nothing() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_loading_batch_is_invisible_and_a_sigkill_mid_upload_leaves_nothing_on_postgres() {
-    let (db, name) = Db::postgres();
+    let (db, _pg) = Db::postgres();
     loading_batch_is_invisible_and_sigkill_leaves_nothing(db).await;
-    support::drop_postgres(&name);
 }

@@ -16,7 +16,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{drop_postgres, transcript_lines, Api, Db, Service, Sipp};
+use support::{transcript_lines, Api, Db, Service, Sipp};
 
 const TARGET: &str = "+918045000000";
 const SAY: &str = "Connecting you to our billing team.";
@@ -208,9 +208,8 @@ async fn refer_accepted_and_notified_200_is_a_connected_transfer_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refer_accepted_and_notified_200_is_a_connected_transfer_on_postgres() {
-    let (db, name) = Db::postgres();
+    let (db, _pg) = Db::postgres();
     the_trunk_takes_the_refer(db).await;
-    drop_postgres(&name);
 }
 
 /// The transfer target's phone: an RTP socket that plays a 1200 Hz tone back to whoever sends

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use support::{drop_postgres, Api, Db, Receiver, Service, Sipp};
+use support::{Api, Db, Receiver, Service, Sipp};
 
 const OPENING: &str = "Hello Rahul, this is Asha from Acme about your invoice.";
 const GREETING: &str = "Hi, you've reached Priya. I can't take your call right now. Please leave your name and number after the tone.";
@@ -190,9 +190,8 @@ async fn a_machine_greeting_with_a_beep_gets_the_message_after_the_beep() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_machine_greeting_with_a_beep_gets_the_message_after_the_beep_on_postgres() {
-    let (db, name) = Db::postgres();
+    let (db, _pg) = Db::postgres();
     a_machine_gets_the_message_after_its_beep(db).await;
-    drop_postgres(&name);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

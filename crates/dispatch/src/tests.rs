@@ -482,11 +482,11 @@ async fn scheduled_calls_fire_within_a_second_in_real_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scheduled_calls_fire_within_a_second_in_real_time_on_postgres() {
-    let Some((url, name)) = postgres_db().await else {
+    let Some(pg) = postgres_db() else {
         return;
     };
+    let url = pg.url.clone();
     scheduled_calls_fire_on(&url).await;
-    drop_postgres_db(&name).await;
 }
 
 async fn scheduled_calls_fire_on(url: &str) {
@@ -539,47 +539,17 @@ async fn scheduled_calls_fire_on(url: &str) {
     }
 }
 
-/// A throw-away PostgreSQL database (see the store's conformance suite for the conventions).
-async fn postgres_db() -> Option<(String, String)> {
-    use sqlx::Connection;
-    if std::env::var("OUTDIAL_TEST_SKIP_POSTGRES").is_ok_and(|v| v == "1") {
-        // Knowingly, on a developer's machine; in CI every test runs on both backends.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "OUTDIAL_TEST_SKIP_POSTGRES=1 is refused in CI"
-        );
-        return None;
-    }
-    let admin = std::env::var("OUTDIAL_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("outdial_test_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .expect("PostgreSQL is needed (OUTDIAL_TEST_SKIP_POSTGRES=1 skips knowingly)");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    Some((format!("{base}/{name}"), name))
-}
-
-async fn drop_postgres_db(name: &str) {
-    use sqlx::Connection;
-    let admin = std::env::var("OUTDIAL_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut conn)
-            .await;
-    }
+/// A throw-away PostgreSQL database, unless PostgreSQL is skipped knowingly (never in CI).
+fn postgres_db() -> Option<testkit::PgDatabase> {
+    (!testkit::skip_postgres()).then(testkit::PgDatabase::create)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_on_postgres_with_one_killed_dial_every_destination_exactly_once() {
-    let Some((url, name)) = postgres_db().await else {
+    let Some(pg) = postgres_db() else {
         return;
     };
+    let url = pg.url.clone();
     let (store, t, a) = setup(&url, json!({})).await;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let cfg = |n: &str| DispatchConfig {
@@ -707,5 +677,4 @@ async fn three_nodes_on_postgres_with_one_killed_dial_every_destination_exactly_
         "every destination dialled once, or settled interrupted by the dead node"
     );
     store.close().await;
-    drop_postgres_db(&name).await;
 }

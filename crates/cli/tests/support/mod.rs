@@ -88,28 +88,11 @@ impl Db {
         Db(None)
     }
 
-    pub fn postgres() -> (Self, String) {
-        let name = format!("outdial_test_{}", uuid_like());
-        let ok = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-c",
-                &format!("CREATE DATABASE {name}"),
-            ])
-            .output()
-            .expect("psql");
-        assert!(
-            ok.status.success(),
-            "PostgreSQL is needed: {}",
-            String::from_utf8_lossy(&ok.stderr)
-        );
-        (
-            Db(Some(format!("postgres://postgres@127.0.0.1:5432/{name}"))),
-            name,
-        )
+    /// A throw-away PostgreSQL database on the tests' server (`OUTDIAL_TEST_POSTGRES_URL`),
+    /// dropped with the returned guard.
+    pub fn postgres() -> (Self, testkit::PgDatabase) {
+        let pg = testkit::PgDatabase::create();
+        (Db(Some(pg.url.clone())), pg)
     }
 }
 
@@ -140,28 +123,6 @@ impl Db {
             .trim()
             .to_string()
     }
-}
-
-/// Drops a database made by [`Db::postgres`], even with the service's connections still open.
-pub fn drop_postgres(name: &str) {
-    let _ = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-c",
-            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-        ])
-        .output();
-}
-
-pub fn uuid_like() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{}_{nanos}", std::process::id())
 }
 
 impl Service {

@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use domain::store::Store;
-use sqlx::Connection;
 use std::sync::Arc;
 use store::{SqlStore, StoreOptions};
 
@@ -14,16 +13,7 @@ pub enum Backend {
     Postgres,
 }
 
-/// Whether PostgreSQL is left out knowingly (`OUTDIAL_TEST_SKIP_POSTGRES=1`). Never in CI,
-/// where every test runs on both backends: there the request fails the test instead.
-pub fn skip_postgres() -> bool {
-    let skip = std::env::var("OUTDIAL_TEST_SKIP_POSTGRES").is_ok_and(|v| v == "1");
-    assert!(
-        !(skip && std::env::var_os("CI").is_some()),
-        "OUTDIAL_TEST_SKIP_POSTGRES=1 is refused in CI: every store test runs on both backends"
-    );
-    skip
-}
+pub use testkit::skip_postgres;
 
 pub fn backends() -> Vec<Backend> {
     if skip_postgres() {
@@ -33,20 +23,16 @@ pub fn backends() -> Vec<Backend> {
     }
 }
 
-pub fn postgres_admin_url() -> String {
-    std::env::var("OUTDIAL_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
 pub struct TestDb {
     pub store: Arc<SqlStore>,
     pub url: String,
     cleanup: Cleanup,
 }
 
+/// Removed with the `TestDb`, however the test ends.
 enum Cleanup {
     Dir(tempfile::TempDir),
-    Database(String),
+    Database(testkit::PgDatabase),
 }
 
 impl Backend {
@@ -67,22 +53,13 @@ impl Backend {
                 }
             }
             Backend::Postgres => {
-                let admin = postgres_admin_url();
-                let name = format!("outdial_test_{}", uuid::Uuid::new_v4().simple());
-                let mut conn = sqlx::PgConnection::connect(&admin)
-                    .await
-                    .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is needed for this test ({e}); set OUTDIAL_TEST_SKIP_POSTGRES=1 to skip it knowingly"));
-                sqlx::query(&format!("CREATE DATABASE {name}"))
-                    .execute(&mut conn)
-                    .await
-                    .unwrap();
-                let (base, _) = admin.rsplit_once('/').unwrap();
-                let url = format!("{base}/{name}");
+                let pg = testkit::PgDatabase::create();
+                let url = pg.url.clone();
                 let store = Arc::new(SqlStore::connect(&url, opts).await.unwrap());
                 TestDb {
                     store,
                     url,
-                    cleanup: Cleanup::Database(name),
+                    cleanup: Cleanup::Database(pg),
                 }
             }
         }
@@ -94,15 +71,9 @@ impl TestDb {
         self.store.clone()
     }
 
+    /// Closes the store first, so the database or directory goes with nothing using it.
     pub async fn finish(self) {
         self.store.close().await;
-        if let Cleanup::Database(name) = &self.cleanup {
-            if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await;
-            }
-        }
     }
 }
 

@@ -1,0 +1,69 @@
+//! What every crate's tests share: which PostgreSQL server they use (`OUTDIAL_TEST_POSTGRES_URL`,
+//! default the local one as `postgres`), whether it may be left out, and throwaway databases on
+//! it that are dropped however the test ends. Synchronous (the server's own `psql`), so a plain
+//! test, an async one and one driving the binary all get their database the same way.
+
+use std::process::Command;
+
+/// Whether PostgreSQL is left out knowingly (`OUTDIAL_TEST_SKIP_POSTGRES=1`). Never in CI,
+/// where every test runs on both backends: there the request fails the test instead.
+pub fn skip_postgres() -> bool {
+    let skip = std::env::var("OUTDIAL_TEST_SKIP_POSTGRES").is_ok_and(|v| v == "1");
+    assert!(
+        !(skip && std::env::var_os("CI").is_some()),
+        "OUTDIAL_TEST_SKIP_POSTGRES=1 is refused in CI: every test runs on both backends"
+    );
+    skip
+}
+
+/// The server the tests make their databases on, as a URL naming its admin database.
+pub fn postgres_admin_url() -> String {
+    std::env::var("OUTDIAL_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database of its own for one test, dropped (with any connections still open) when this
+/// is dropped, so a failing test leaves none behind either.
+#[derive(Debug)]
+pub struct PgDatabase {
+    pub url: String,
+    name: String,
+}
+
+impl PgDatabase {
+    pub fn create() -> Self {
+        let admin = postgres_admin_url();
+        let name = format!("outdial_test_{}", uuid::Uuid::new_v4().simple());
+        psql(&admin, &format!("CREATE DATABASE {name}"));
+        let (base, _) = admin
+            .rsplit_once('/')
+            .expect("OUTDIAL_TEST_POSTGRES_URL names a database");
+        Self {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        // A failed drop must not turn a passing test into a panic inside a panic.
+        let _ = Command::new("psql")
+            .args([postgres_admin_url().as_str(), "-qc", &sql])
+            .output();
+    }
+}
+
+fn psql(url: &str, sql: &str) {
+    let out = Command::new("psql")
+        .args([url, "-qc", sql])
+        .output()
+        .expect("psql (postgresql-client) runs");
+    assert!(
+        out.status.success(),
+        "PostgreSQL at {url} is needed for this test ({}); set OUTDIAL_TEST_SKIP_POSTGRES=1 to \
+         skip it knowingly",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
