@@ -11,8 +11,8 @@ use domain::store::Store;
 use domain::telephony::{
     CallControl, CallEnd, CallEvent, DialError, DialRequest, LiveCall, Telephony,
 };
-use domain::tenant::{NewTrunk, TenantLimits};
-use domain::{AgentConfig, CallStatus, Millis, TraceId, E164};
+use domain::tenant::TenantLimits;
+use domain::{CallStatus, Millis, TraceId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -85,45 +85,21 @@ async fn a_2000_row_batch_dials_each_recipient_once_per_attempt_and_adds_up() {
             .unwrap(),
     );
     let now = Millis::now();
-    let t = store.create_tenant("acme", now).await.unwrap();
+    let retries = serde_json::json!({
+        "retry_policy": {"on": ["busy"], "max_attempts": 2, "delay_seconds": 1}
+    });
+    let (t, agent_id) =
+        testkit::dialling_agent(store.as_ref(), "acme", "+918035739222", None, retries, now).await;
     // The retry of a busy number comes a second later; the default one call per number per
     // minute would hold it back for the rest of that minute.
     store
         .update_tenant_limits(
-            t.id,
+            t,
             &TenantLimits {
                 max_concurrent_calls: None,
                 per_number_calls: 10,
                 per_number_window_seconds: 60,
             },
-        )
-        .await
-        .unwrap();
-    let trunk = store
-        .create_trunk(
-            t.id,
-            &NewTrunk {
-                name: "pbx".into(),
-                uri: "sip:127.0.0.1:5080".into(),
-                username: None,
-                password: None,
-                max_concurrent_calls: None,
-            },
-            now,
-        )
-        .await
-        .unwrap();
-    store
-        .create_phone_number(t.id, &E164::parse("+918035739222").unwrap(), trunk.id, now)
-        .await
-        .unwrap();
-    let cfg = serde_json::json!({"name": "a", "phone_number": "+918035739222",
-        "retry_policy": {"on": ["busy"], "max_attempts": 2, "delay_seconds": 1}});
-    let agent = store
-        .create_agent(
-            t.id,
-            &AgentConfig::from_json(cfg.as_object().unwrap()).unwrap(),
-            now,
         )
         .await
         .unwrap();
@@ -135,8 +111,8 @@ async fn a_2000_row_batch_dials_each_recipient_once_per_attempt_and_adds_up() {
     let recipients = parse_recipients(csv.as_bytes(), 1_000_000).unwrap();
     let batch = store
         .create_batch(NewBatch {
-            tenant: t.id,
-            agent: agent.id,
+            tenant: t,
+            agent: agent_id,
             name: "load".into(),
             scheduled_for: None,
             recipients,
@@ -172,7 +148,7 @@ async fn a_2000_row_batch_dials_each_recipient_once_per_attempt_and_adds_up() {
     let mut saw_retry_pending = false;
     let start = Instant::now();
     loop {
-        let b = store.get_batch(t.id, batch.id).await.unwrap().unwrap();
+        let b = store.get_batch(t, batch.id).await.unwrap().unwrap();
         let c = b.counts;
         assert!(
             c.pending >= 0 && c.in_progress >= 0 && c.pending_retry >= 0,
@@ -187,7 +163,7 @@ async fn a_2000_row_batch_dials_each_recipient_once_per_attempt_and_adds_up() {
         if !paused_once && c.processed() > 300 {
             paused_once = true;
             store
-                .change_batch(t.id, batch.id, BatchAction::Pause, Millis::now())
+                .change_batch(t, batch.id, BatchAction::Pause, Millis::now())
                 .await
                 .unwrap();
             // Calls claimed before the pause may still start; within a second nothing new does.
@@ -195,11 +171,11 @@ async fn a_2000_row_batch_dials_each_recipient_once_per_attempt_and_adds_up() {
             let settled = phone.total();
             tokio::time::sleep(Duration::from_secs(1)).await;
             assert_eq!(phone.total(), settled, "a paused batch must not dial");
-            let b = store.get_batch(t.id, batch.id).await.unwrap().unwrap();
+            let b = store.get_batch(t, batch.id).await.unwrap().unwrap();
             assert_eq!(b.status, BatchStatus::Paused);
             assert!(b.counts.pending > 0, "the test must pause mid-batch");
             store
-                .change_batch(t.id, batch.id, BatchAction::Resume, Millis::now())
+                .change_batch(t, batch.id, BatchAction::Resume, Millis::now())
                 .await
                 .unwrap();
             dispatcher.waker().notify_one();
@@ -216,7 +192,7 @@ async fn a_2000_row_batch_dials_each_recipient_once_per_attempt_and_adds_up() {
     let _ = stop_tx.send(true);
     let _ = run.await;
 
-    let b = store.get_batch(t.id, batch.id).await.unwrap().unwrap();
+    let b = store.get_batch(t, batch.id).await.unwrap().unwrap();
     let q = i64::from(ROWS / 4);
     assert_eq!(
         (

@@ -7,8 +7,7 @@ use async_trait::async_trait;
 use domain::call::{NewCall, Parameter};
 use domain::dispatch::DispatchStore;
 use domain::telephony::{CallControl, CallEnd, CallEvent, DialError, DialRequest, LiveCall};
-use domain::tenant::NewTrunk;
-use domain::{AgentConfig, AgentId, TenantId, TraceId, E164};
+use domain::{AgentId, TenantId, TraceId, E164};
 use serde_json::json;
 use std::sync::atomic::{AtomicI64, Ordering};
 use store::{SqlStore, StoreOptions};
@@ -124,43 +123,20 @@ async fn setup_with_trunk_cap(
             .await
             .unwrap(),
     );
-    let t = store.create_tenant("acme", Millis(T0)).await.unwrap();
-    let trunk = store
-        .create_trunk(
-            t.id,
-            &NewTrunk {
-                name: "pbx".into(),
-                uri: "sip:127.0.0.1:5080".into(),
-                username: None,
-                password: None,
-                max_concurrent_calls: trunk_cap,
-            },
-            Millis(T0),
-        )
-        .await
-        .unwrap();
-    store
-        .create_phone_number(
-            t.id,
-            &E164::parse("+918035739222").unwrap(),
-            trunk.id,
-            Millis(T0),
-        )
-        .await
-        .unwrap();
-    let mut cfg = json!({"name": "a", "phone_number": "+918035739222", "first_message": "Hello {{customer_name}}"});
+    let mut cfg = json!({"first_message": "Hello {{customer_name}}"});
     cfg.as_object_mut()
         .unwrap()
         .extend(agent.as_object().unwrap().clone());
-    let a = store
-        .create_agent(
-            t.id,
-            &AgentConfig::from_json(cfg.as_object().unwrap()).unwrap(),
-            Millis(T0),
-        )
-        .await
-        .unwrap();
-    (store, t.id, a.id)
+    let (t, a) = testkit::dialling_agent(
+        store.as_ref(),
+        "acme",
+        "+918035739222",
+        trunk_cap,
+        cfg,
+        Millis(T0),
+    )
+    .await;
+    (store, t, a)
 }
 
 fn call(t: TenantId, a: AgentId, phone: &str, now: i64, at: Option<i64>) -> NewCall {

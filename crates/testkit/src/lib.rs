@@ -1,9 +1,56 @@
 //! What every crate's tests share: which PostgreSQL server they use (`OUTDIAL_TEST_POSTGRES_URL`,
-//! default the local one as `postgres`), whether it may be left out, and throwaway databases on
-//! it that are dropped however the test ends. Synchronous (the server's own `psql`), so a plain
-//! test, an async one and one driving the binary all get their database the same way.
+//! default the local one as `postgres`), whether it may be left out, throwaway databases on it
+//! that are dropped however the test ends, and the seeding of a tenant that can dial.
+//! Databases are made with the server's own `psql`, synchronously, so a plain test, an async
+//! one and one driving the binary all get theirs the same way.
 
+use domain::store::Store;
+use domain::tenant::NewTrunk;
+use domain::{AgentConfig, AgentId, Millis, TenantId, E164};
 use std::process::Command;
+
+/// A tenant `tenant` with a trunk (`sip:127.0.0.1:5080`, at most `trunk_cap` calls), `number`
+/// on it, and an agent calling from that number: `{"name": "a", "phone_number": number}` with
+/// `agent`'s fields on top. Everything is created at `at`.
+pub async fn dialling_agent(
+    store: &dyn Store,
+    tenant: &str,
+    number: &str,
+    trunk_cap: Option<u32>,
+    agent: serde_json::Value,
+    at: Millis,
+) -> (TenantId, AgentId) {
+    let t = store.create_tenant(tenant, at).await.expect("tenant");
+    let trunk = store
+        .create_trunk(
+            t.id,
+            &NewTrunk {
+                name: "pbx".into(),
+                uri: "sip:127.0.0.1:5080".into(),
+                username: None,
+                password: None,
+                max_concurrent_calls: trunk_cap,
+            },
+            at,
+        )
+        .await
+        .expect("trunk");
+    let number = E164::parse(number).expect("an E.164 number");
+    store
+        .create_phone_number(t.id, &number, trunk.id, at)
+        .await
+        .expect("number");
+    let mut cfg = serde_json::json!({"name": "a", "phone_number": number.as_str()});
+    if let (Some(cfg), Some(extra)) = (cfg.as_object_mut(), agent.as_object()) {
+        cfg.extend(extra.clone());
+    }
+    let cfg = cfg.as_object().and_then(|c| AgentConfig::from_json(c).ok());
+    let agent = store
+        .create_agent(t.id, &cfg.expect("a valid agent"), at)
+        .await
+        .expect("agent");
+    (t.id, agent.id)
+}
 
 /// Whether PostgreSQL is left out knowingly (`OUTDIAL_TEST_SKIP_POSTGRES=1`). Never in CI,
 /// where every test runs on both backends: there the request fails the test instead.

@@ -10,11 +10,10 @@ use std::time::{Duration, Instant};
 
 use db::backends;
 use domain::store::{Page, Store};
-use domain::tenant::NewTrunk;
 use domain::webhooks::{
     DeliveryFilter, DeliveryStatus, NewWebhookTarget, OutboxEvent, WebhookStore, WebhookTarget,
 };
-use domain::{AgentConfig, AgentId, Millis, TenantId, E164};
+use domain::{AgentId, Millis, TenantId};
 use serde_json::{json, Map, Value};
 use store::SqlStore;
 use support::receiver::Receiver;
@@ -26,34 +25,7 @@ use webhooks::{
 const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 
 async fn tenant_with_agent(store: &dyn Store) -> (TenantId, AgentId) {
-    let t = store.create_tenant("acme", Millis::now()).await.unwrap();
-    let trunk = store
-        .create_trunk(
-            t.id,
-            &NewTrunk {
-                name: "pbx".into(),
-                uri: "sip:127.0.0.1:5080".into(),
-                username: None,
-                password: None,
-                max_concurrent_calls: None,
-            },
-            Millis::now(),
-        )
-        .await
-        .unwrap();
-    let number = E164::parse("+918035739222").unwrap();
-    store
-        .create_phone_number(t.id, &number, trunk.id, Millis::now())
-        .await
-        .unwrap();
-    let cfg = AgentConfig::from_json(
-        json!({"name": "a", "phone_number": number.as_str()})
-            .as_object()
-            .unwrap(),
-    )
-    .unwrap();
-    let agent = store.create_agent(t.id, &cfg, Millis::now()).await.unwrap();
-    (t.id, agent.id)
+    db::tenant_with_agent(store, "acme", "+918035739222").await
 }
 
 async fn add_target(

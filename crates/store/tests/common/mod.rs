@@ -84,34 +84,7 @@ pub async fn tenant_with_agent(
     number: &str,
 ) -> (domain::TenantId, domain::AgentId) {
     let t0 = domain::Millis(1_775_000_000_000);
-    let t = store.create_tenant(name, t0).await.unwrap();
-    let trunk = store
-        .create_trunk(
-            t.id,
-            &domain::tenant::NewTrunk {
-                name: "pbx".into(),
-                uri: "sip:127.0.0.1:5080".into(),
-                username: None,
-                password: None,
-                max_concurrent_calls: None,
-            },
-            t0,
-        )
-        .await
-        .unwrap();
-    let number = domain::E164::parse(number).unwrap();
-    store
-        .create_phone_number(t.id, &number, trunk.id, t0)
-        .await
-        .unwrap();
-    let cfg = domain::AgentConfig::from_json(
-        serde_json::json!({"name": "a", "phone_number": number.as_str()})
-            .as_object()
-            .unwrap(),
-    )
-    .unwrap();
-    let agent = store.create_agent(t.id, &cfg, t0).await.unwrap();
-    (t.id, agent.id)
+    testkit::dialling_agent(store, name, number, None, serde_json::json!({}), t0).await
 }
 
 /// A `POST /v1/call` for `phone` with only the required parameter.
