@@ -29,6 +29,9 @@ pub enum Transition {
 
 use CallStatus::*;
 
+// The order of these two lists is the order of the store's partial indexes (`calls_due`,
+// `calls_dialing`): SQLite uses such an index only for a condition written exactly as its own.
+
 /// Waiting to be dialled: the only statuses a call may be cancelled or claimed in.
 pub const WAITING: &[CallStatus] = &[Scheduled, Queued];
 /// Dialling has begun and the attempt has not ended: a node holds the call under a lease.

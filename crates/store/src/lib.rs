@@ -579,6 +579,28 @@ impl Store for SqlStore {
 mod tests {
     use super::*;
 
+    /// SQLite uses a partial index only for a query whose condition is the index's own, word
+    /// for word: the lists the lifecycle table gives the queries must be the migrations'.
+    #[test]
+    fn the_partial_indexes_name_the_lifecycle_lists_as_the_queries_do() {
+        use domain::lifecycle::{sql_list, DIALLED, WAITING};
+        for init in [
+            include_str!("../migrations/sqlite/0001_init.sql"),
+            include_str!("../migrations/postgres/0001_init.sql"),
+        ] {
+            let due = format!(
+                "calls_due ON calls (due_at) WHERE status IN ({});",
+                sql_list(WAITING)
+            );
+            let dialling = format!(
+                "calls_dialing ON calls (lease_until) WHERE status IN ({});",
+                sql_list(DIALLED)
+            );
+            assert!(init.contains(&due), "{due}");
+            assert!(init.contains(&dialling), "{dialling}");
+        }
+    }
+
     #[tokio::test]
     async fn the_sqlite_read_pool_refuses_writes_and_the_writer_takes_them() {
         let dir = tempfile::tempdir().unwrap();
