@@ -43,12 +43,31 @@ pub enum CreateCallError {
     Store(#[from] StoreError),
 }
 
+/// Why a write was refused by what is already stored. The messages are the contract's (the
+/// API answers them as `400`), so a caller matches on the variant, never on the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Conflict {
+    #[error("trunk name already used")]
+    TrunkNameTaken,
+    #[error("phone number already exists")]
+    NumberExists,
+    #[error("webhook target name already used")]
+    TargetNameTaken,
+    /// The sixth target of an agent (`webhooks::MAX_TARGETS_PER_AGENT`).
+    #[error("agent has 5 webhook targets")]
+    TooManyTargets,
+    /// A retry of a delivery whose target is inactive or gone: it could never be leased, so the
+    /// retry is refused instead of silently parked.
+    #[error("webhook target is not active")]
+    TargetInactive,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ManageError {
     #[error("{0} not found")]
     NotFound(&'static str),
-    #[error("{0}")]
-    Conflict(&'static str),
+    #[error(transparent)]
+    Conflict(Conflict),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -3,7 +3,7 @@
 use crate::rows::{corrupt, get, json};
 use crate::{db_err, is_unique_violation, SqlStore};
 use domain::agent::AgentConfig;
-use domain::store::{Agent, Listed, ManageError, Page, StoreError};
+use domain::store::{Agent, Conflict, Listed, ManageError, Page, StoreError};
 use domain::tenant::{
     ApiKeyCredential, ApiKeyInfo, NewTrunk, PhoneNumber, Tenant, TenantLimits, Trunk,
 };
@@ -215,7 +215,7 @@ impl SqlStore {
         .await
         .map_err(|e| {
             if is_unique_violation(&e) {
-                ManageError::Conflict("trunk name already used")
+                ManageError::Conflict(Conflict::TrunkNameTaken)
             } else {
                 db_err(e).into()
             }
@@ -268,7 +268,7 @@ impl SqlStore {
         .await
         .map_err(|e| {
             if is_unique_violation(&e) {
-                ManageError::Conflict("phone number already exists")
+                ManageError::Conflict(Conflict::NumberExists)
             } else {
                 db_err(e).into()
             }

@@ -3,12 +3,11 @@
 use crate::outbox::{enqueue_for_target_in, fail_pending_of_target, TARGET_DEACTIVATED};
 use crate::rows::{corrupt, get, json};
 use crate::{db_err, is_unique_violation, Backend, SqlStore};
-use domain::store::{Listed, ManageError, Page, StoreError};
+use domain::store::{Conflict, Listed, ManageError, Page, StoreError};
 use domain::webhooks::{
     AttemptRecord, AttemptResult, DeliveryFilter, DeliveryId, DeliveryRecord, DeliveryStatus,
     LeaseRequest, LeasedDelivery, NewWebhookTarget, OutboxEvent, OutboxStats, WebhookStore,
-    WebhookTarget, WebhookTargetId, WebhookTargetPatch, MAX_TARGETS_PER_AGENT, NAME_TAKEN,
-    ROTATION_OVERLAP_MS, TARGET_INACTIVE, TOO_MANY_TARGETS,
+    WebhookTarget, WebhookTargetId, WebhookTargetPatch, MAX_TARGETS_PER_AGENT, ROTATION_OVERLAP_MS,
 };
 use domain::{AgentId, Millis, TenantId};
 use sqlx::any::AnyRow;
@@ -166,7 +165,7 @@ impl WebhookStore for SqlStore {
             return Err(ManageError::NotFound("agent"));
         }
         if name_taken(&mut tx, agent, &new.name, None).await? {
-            return Err(ManageError::Conflict(NAME_TAKEN));
+            return Err(ManageError::Conflict(Conflict::TargetNameTaken));
         }
         let count = sqlx::query("SELECT COUNT(*) AS n FROM webhook_targets WHERE agent_id = $1")
             .bind(agent.0)
@@ -174,7 +173,7 @@ impl WebhookStore for SqlStore {
             .await
             .map_err(db_err)?;
         if u64::try_from(get::<i64>(&count, "n")?).unwrap_or(0) >= MAX_TARGETS_PER_AGENT {
-            return Err(ManageError::Conflict(TOO_MANY_TARGETS));
+            return Err(ManageError::Conflict(Conflict::TooManyTargets));
         }
         let row = sqlx::query(&format!(
             "INSERT INTO webhook_targets (tenant_id, agent_id, name, url, secret, events, \
@@ -195,7 +194,7 @@ impl WebhookStore for SqlStore {
         .await
         .map_err(|e| {
             if is_unique_violation(&e) {
-                ManageError::Conflict(NAME_TAKEN)
+                ManageError::Conflict(Conflict::TargetNameTaken)
             } else {
                 ManageError::Store(db_err(e))
             }
@@ -272,7 +271,7 @@ impl WebhookStore for SqlStore {
         .ok_or(ManageError::NotFound("webhook target"))?;
         if let Some(name) = &patch.name {
             if name_taken(&mut tx, agent, name, Some(id)).await? {
-                return Err(ManageError::Conflict(NAME_TAKEN));
+                return Err(ManageError::Conflict(Conflict::TargetNameTaken));
             }
         }
         let active = patch.active.unwrap_or(current.active);
@@ -296,7 +295,7 @@ impl WebhookStore for SqlStore {
         .await
         .map_err(|e| {
             if is_unique_violation(&e) {
-                ManageError::Conflict(NAME_TAKEN)
+                ManageError::Conflict(Conflict::TargetNameTaken)
             } else {
                 ManageError::Store(db_err(e))
             }
@@ -383,7 +382,7 @@ impl WebhookStore for SqlStore {
         .map_err(db_err)?
         .ok_or(ManageError::NotFound("webhook target"))?;
         if get::<i64>(&active, "active")? == 0 {
-            return Err(ManageError::Conflict(TARGET_INACTIVE));
+            return Err(ManageError::Conflict(Conflict::TargetInactive));
         }
         enqueue_for_target_in(&mut tx, event, target).await?;
         let row = sqlx::query("SELECT id FROM webhook_deliveries WHERE event_id = $1")
@@ -499,7 +498,7 @@ impl WebhookStore for SqlStore {
         .map_err(db_err)?
         .ok_or(ManageError::NotFound("webhook delivery"))?;
         if get::<Option<i64>>(&row, "active")?.unwrap_or(0) == 0 {
-            return Err(ManageError::Conflict(TARGET_INACTIVE));
+            return Err(ManageError::Conflict(Conflict::TargetInactive));
         }
         // A delivery being attempted right now (unexpired lease) is left to that attempt: making
         // it due again would send it twice at once.

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{backends, new_call, Backend};
-use domain::store::{CreateCallError, ManageError, Page, Store};
+use domain::store::{Conflict, CreateCallError, ManageError, Page, Store};
 use domain::tenant::TenantLimits;
 use domain::{AgentConfig, ConversationId, Millis, TraceId, E164};
 use serde_json::json;
@@ -79,7 +79,7 @@ async fn story_keys_and_agents(store: &dyn Store) {
     let dup = E164::parse("+918035739222").unwrap();
     assert!(matches!(
         store.create_phone_number(t, &dup, trunk, T0).await,
-        Err(ManageError::Conflict(_))
+        Err(ManageError::Conflict(Conflict::NumberExists))
     ));
     let other_trunk = store.list_trunks(other).await.unwrap()[0].id;
     assert!(store

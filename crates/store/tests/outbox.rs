@@ -4,12 +4,11 @@
 mod common;
 
 use common::backends;
-use domain::store::{ManageError, Page};
+use domain::store::{Conflict, ManageError, Page};
 
 use domain::webhooks::{
     AttemptRecord, AttemptResult, DeliveryFilter, DeliveryStatus, LeaseRequest, NewWebhookTarget,
-    NextState, OutboxEvent, WebhookStore, WebhookTargetPatch, NAME_TAKEN, TARGET_INACTIVE,
-    TOO_MANY_TARGETS,
+    NextState, OutboxEvent, WebhookStore, WebhookTargetPatch,
 };
 use domain::{AgentId, Millis, TenantId};
 use serde_json::json;
@@ -91,8 +90,10 @@ async fn story_targets(store: Arc<SqlStore>) {
     assert!(first.active);
     assert_eq!(first.events, vec!["call.completed"]);
     assert!(matches!(
-        store.create_webhook_target(t, agent, &target("a", &["call.failed"]), T0).await,
-        Err(ManageError::Conflict(m)) if m == NAME_TAKEN
+        store
+            .create_webhook_target(t, agent, &target("a", &["call.failed"]), T0)
+            .await,
+        Err(ManageError::Conflict(Conflict::TargetNameTaken))
     ));
     for name in ["b", "c", "d", "e"] {
         store
@@ -101,8 +102,10 @@ async fn story_targets(store: Arc<SqlStore>) {
             .unwrap();
     }
     assert!(matches!(
-        store.create_webhook_target(t, agent, &target("f", &["call.failed"]), T0).await,
-        Err(ManageError::Conflict(m)) if m == TOO_MANY_TARGETS
+        store
+            .create_webhook_target(t, agent, &target("f", &["call.failed"]), T0)
+            .await,
+        Err(ManageError::Conflict(Conflict::TooManyTargets))
     ));
     // Another tenant's agent is not found, whichever tenant asks.
     assert!(matches!(
@@ -153,7 +156,7 @@ async fn story_targets(store: Arc<SqlStore>) {
                 T0
             )
             .await,
-        Err(ManageError::Conflict(m)) if m == NAME_TAKEN
+        Err(ManageError::Conflict(Conflict::TargetNameTaken))
     ));
     store
         .rotate_webhook_secret(t, agent, first.id, "a-new-secret-of-enough-length", T0)
@@ -355,7 +358,7 @@ async fn story_enqueue_and_lease(store: Arc<SqlStore>) {
         .all(|d| d.status == DeliveryStatus::Failed));
     assert!(matches!(
         store.retry_delivery(t, gone.id, later).await,
-        Err(ManageError::Conflict(m)) if m == TARGET_INACTIVE
+        Err(ManageError::Conflict(Conflict::TargetInactive))
     ));
 
     // The log: filters, attempts oldest first, newest delivery first.

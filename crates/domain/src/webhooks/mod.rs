@@ -17,16 +17,6 @@ use std::time::Duration;
 /// At most this many targets per agent (the contract's limit).
 pub const MAX_TARGETS_PER_AGENT: u64 = 5;
 
-/// `ManageError::Conflict` message for the sixth target of an agent.
-pub const TOO_MANY_TARGETS: &str = "agent has 5 webhook targets";
-
-/// `ManageError::Conflict` message for a name already used within the agent.
-pub const NAME_TAKEN: &str = "webhook target name already used";
-
-/// `ManageError::Conflict` message for retrying a delivery whose target is inactive or gone:
-/// it could never be leased, so the retry is refused instead of silently parked.
-pub const TARGET_INACTIVE: &str = "webhook target is not active";
-
 /// How long a rotated-out secret keeps signing beside its successor.
 pub const ROTATION_OVERLAP_MS: i64 = 24 * 3600 * 1000;
 
@@ -266,7 +256,7 @@ pub struct OutboxStats {
 pub trait WebhookStore: Send + Sync + 'static {
     // Targets (API). All tenant-scoped: another tenant's agent or target is "not found".
     /// Creates a target of the tenant's agent: `ManageError::NotFound("agent")`, or
-    /// `Conflict(TOO_MANY_TARGETS | NAME_TAKEN)`.
+    /// `Conflict(TooManyTargets | TargetNameTaken)`.
     async fn create_webhook_target(
         &self,
         tenant: TenantId,
