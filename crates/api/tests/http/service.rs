@@ -141,13 +141,7 @@ async fn a_panicking_handler_answers_500_naming_the_trace_id_and_the_node_serves
     let r = app.get(&t, "/v1/boom").await;
     assert_eq!(r.status(), 500);
     let e = body(r).await;
-    assert_eq!(e["error"]["type"], "internal_error");
-    let msg = e["error"]["message"].as_str().unwrap();
-    let trace = msg
-        .strip_prefix("internal error (trace_id: ")
-        .and_then(|m| m.strip_suffix(')'))
-        .unwrap_or_else(|| panic!("{msg}"));
-    assert!(uuid::Uuid::parse_str(trace).is_ok(), "{msg}");
+    let msg = internal_error_message(&e);
     assert!(
         !msg.contains("boom"),
         "the panic's text stays in the log: {msg}"
@@ -168,13 +162,7 @@ async fn a_database_failure_is_a_500_naming_the_trace_id_and_nothing_internal() 
     let r = app.post(&t, "/v1/call", &call(agent, &phone(1))).await;
     assert_eq!(r.status(), 500);
     let e = body(r).await;
-    assert_eq!(e["error"]["type"], "internal_error");
-    let msg = e["error"]["message"].as_str().unwrap();
-    let trace = msg
-        .strip_prefix("internal error (trace_id: ")
-        .and_then(|m| m.strip_suffix(')'))
-        .unwrap_or_else(|| panic!("{msg}"));
-    assert!(uuid::Uuid::parse_str(trace).is_ok(), "{msg}");
+    let msg = internal_error_message(&e);
     assert!(
         !msg.to_lowercase().contains("sql") && !msg.contains("pool"),
         "{msg}"
@@ -263,4 +251,17 @@ async fn a_stopping_node_answers_readyz_503_while_it_still_serves_requests() {
     // Liveness is unchanged: the process answers, it just wants no new work.
     let r = app.get_public("/healthz").await;
     assert_eq!(r.status(), 200);
+}
+
+/// The message of a contract `internal_error`, checked to name the request's trace id (a UUID)
+/// and nothing else: `internal error (trace_id: <uuid>)`.
+fn internal_error_message(e: &serde_json::Value) -> String {
+    assert_eq!(e["error"]["type"], "internal_error");
+    let msg = e["error"]["message"].as_str().unwrap().to_string();
+    let trace = msg
+        .strip_prefix("internal error (trace_id: ")
+        .and_then(|m| m.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{msg}"));
+    assert!(uuid::Uuid::parse_str(trace).is_ok(), "{msg}");
+    msg
 }
