@@ -338,22 +338,10 @@ impl Dispatcher {
         retry_at: Option<Millis>,
     ) -> FinishAttempt {
         FinishAttempt {
-            id,
-            node: self.config.node_id.clone(),
-            status: CallStatus::Failed,
             failure_reason: Some(reason),
-            ended_at: now,
-            duration_seconds: None,
-            recording_path: None,
-            transcript: Vec::new(),
-            results: Default::default(),
-            latency: None,
             retry_at,
-            stage_id: None,
-            answered_by: None,
-            transfer: None,
-            opted_out: false,
             public_url: self.config.public_url.clone(),
+            ..FinishAttempt::bare(id, &self.config.node_id, CallStatus::Failed, now)
         }
     }
 

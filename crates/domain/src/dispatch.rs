@@ -205,6 +205,31 @@ pub struct FinishAttempt {
     pub public_url: String,
 }
 
+impl FinishAttempt {
+    /// An attempt ended with `status` and nothing talked: no transcript, results, recording,
+    /// retry or webhook base URL. Callers set what they have on top (`..FinishAttempt::bare`).
+    pub fn bare(id: ConversationId, node: &str, status: CallStatus, ended_at: Millis) -> Self {
+        Self {
+            id,
+            node: node.to_string(),
+            status,
+            failure_reason: None,
+            ended_at,
+            duration_seconds: None,
+            recording_path: None,
+            transcript: Vec::new(),
+            results: Default::default(),
+            latency: None,
+            retry_at: None,
+            stage_id: None,
+            answered_by: None,
+            transfer: None,
+            opted_out: false,
+            public_url: String::new(),
+        }
+    }
+}
+
 /// A live call whose node stopped renewing its lease.
 #[derive(Debug, Clone)]
 pub struct OrphanedCall {

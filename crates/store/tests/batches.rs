@@ -122,22 +122,10 @@ async fn story(store: &dyn Store) {
         at: later,
     };
     let finish = FinishAttempt {
-        id: due[0].id,
-        node: "n1".into(),
-        status: CallStatus::Completed,
-        failure_reason: None,
-        ended_at: later,
         duration_seconds: Some(42),
-        recording_path: None,
-        transcript: Vec::new(),
-        results: Default::default(),
-        latency: None,
-        retry_at: None,
-        stage_id: None,
         answered_by: Some(AnsweredBy::Human),
         transfer: Some(transfer.clone()),
-        opted_out: false,
-        public_url: String::new(),
+        ..FinishAttempt::bare(due[0].id, "n1", CallStatus::Completed, later)
     };
     assert!(store.finish_attempt(finish, later).await.unwrap());
     // The conversation keeps who answered and the hand-over to a person.

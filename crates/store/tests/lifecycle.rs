@@ -174,22 +174,11 @@ fn finish(
     now: Millis,
 ) -> FinishAttempt {
     FinishAttempt {
-        id: *id,
-        node: node.into(),
-        status,
         failure_reason: (status != CallStatus::Completed).then(|| "test".into()),
-        ended_at: now,
         duration_seconds: Some(3),
-        recording_path: None,
-        transcript: Vec::new(),
-        results: Default::default(),
-        latency: None,
         retry_at,
-        stage_id: None,
-        answered_by: None,
-        transfer: None,
-        opted_out: false,
         public_url: "http://127.0.0.1:8080".into(),
+        ..FinishAttempt::bare(*id, node, status, now)
     }
 }
 
