@@ -73,9 +73,56 @@ struct ClientRun {
     errors: u64,
 }
 
-/// One client: a keep-alive HTTP/1.1 connection (hyper, no pooling layer) sending a body
-/// built by formatting bytes, one request at a time until the deadline. A 200 counts only with
-/// the contract's `initiated` body and a `Location` naming the stored conversation.
+/// A keep-alive HTTP/1.1 connection (hyper, no pooling layer) that posts `POST /v1/call`
+/// bodies one at a time, as a client of the API does; the benches' load generators.
+pub struct CallPoster {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    uri: hyper::Uri,
+    auth: HeaderValue,
+}
+
+impl CallPoster {
+    pub async fn connect(addr: SocketAddr, auth: HeaderValue) -> Result<Self> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let uri = format!("http://{addr}/v1/call").parse()?;
+        Ok(Self { sender, uri, auth })
+    }
+
+    /// Posts one call of `agent_id` to `+9198<i>` (`i` below 10^8) with `customer_name` as well
+    /// when `named`; the response's head and whole body, and the time to them.
+    pub async fn post(
+        &mut self,
+        agent_id: i64,
+        i: u64,
+        named: bool,
+    ) -> Result<(hyper::http::response::Parts, Bytes, Duration)> {
+        let name = if named {
+            r#",{"name":"customer_name","value":"Rahul"}"#
+        } else {
+            ""
+        };
+        let body = format!(
+            r#"{{"agent_id":{agent_id},"parameters":[{{"name":"customer_phone","value":"+9198{:08}"}}{name}]}}"#,
+            i % 100_000_000
+        );
+        let mut req = hyper::Request::post(self.uri.clone()).body(Full::new(Bytes::from(body)))?;
+        req.headers_mut().insert(AUTHORIZATION, self.auth.clone());
+        req.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let t = Instant::now();
+        self.sender.ready().await?;
+        let (head, body) = self.sender.send_request(req).await?.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok((head, body, t.elapsed()))
+    }
+}
+
+/// One client sending calls until the deadline. A 200 counts only with the contract's
+/// `initiated` body and a `Location` naming the stored conversation.
 async fn client(
     addr: SocketAddr,
     auth: HeaderValue,
@@ -83,40 +130,22 @@ async fn client(
     counter: Arc<AtomicU64>,
     deadline: Instant,
 ) -> Result<ClientRun> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let uri: hyper::Uri = format!("http://{addr}/v1/call").parse()?;
-    let json_type = HeaderValue::from_static("application/json");
+    let mut poster = CallPoster::connect(addr, auth).await?;
     let mut run = ClientRun::default();
     while Instant::now() < deadline {
         let i = counter.fetch_add(1, Ordering::Relaxed);
-        let body = format!(
-            r#"{{"agent_id":{agent_id},"parameters":[{{"name":"customer_phone","value":"+9198{:08}"}},{{"name":"customer_name","value":"Rahul"}}]}}"#,
-            i % 100_000_000
-        );
-        let mut req = hyper::Request::post(uri.clone()).body(Full::new(Bytes::from(body)))?;
-        req.headers_mut().insert(AUTHORIZATION, auth.clone());
-        req.headers_mut().insert(CONTENT_TYPE, json_type.clone());
-        let t = Instant::now();
-        sender.ready().await?;
-        let response = sender.send_request(req).await?;
-        let status = response.status();
-        let location = response
-            .headers()
+        let (head, body, elapsed) = poster.post(agent_id, i, true).await?;
+        let location = head
+            .headers
             .get(LOCATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("/v1/conversations/"))
             .map(str::to_string);
-        let body = response.into_body().collect().await?.to_bytes();
-        let elapsed = t.elapsed();
         let initiated = body
             .windows(br#""status":"initiated""#.len())
             .any(|w| w == br#""status":"initiated""#);
         match location {
-            Some(id) if status == 200 && initiated => {
+            Some(id) if head.status == 200 && initiated => {
                 run.latencies.push(elapsed);
                 run.conversations.push(id);
             }

@@ -4,12 +4,10 @@
 //! durable-commit rate measured in the same run, API p50/p99 overall and during the upload,
 //! dials/s, the upload's time, every 5xx, and how long SIGTERM takes to end the process.
 
-use crate::calls::{commit_rate, percentile};
+use crate::calls::{commit_rate, percentile, CallPoster};
 use anyhow::{bail, Context, Result};
-use bytes::Bytes;
 use domain::Millis;
-use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::HeaderValue;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -149,7 +147,7 @@ struct Sample {
     status: u16,
 }
 
-/// One client: a keep-alive HTTP/1.1 connection sending calls one at a time until `deadline`.
+/// One client sending calls one at a time until `deadline`.
 async fn client(
     addr: SocketAddr,
     auth: HeaderValue,
@@ -158,32 +156,16 @@ async fn client(
     start: Instant,
     deadline: Instant,
 ) -> Result<Vec<Sample>> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let uri: hyper::Uri = format!("http://{addr}/v1/call").parse()?;
-    let json_type = HeaderValue::from_static("application/json");
+    let mut poster = CallPoster::connect(addr, auth).await?;
     let mut samples = Vec::new();
     while Instant::now() < deadline {
         let i = counter.fetch_add(1, Ordering::Relaxed);
-        let body = format!(
-            r#"{{"agent_id":{agent_id},"parameters":[{{"name":"customer_phone","value":"+9198{:08}"}}]}}"#,
-            i % 100_000_000
-        );
-        let mut req = hyper::Request::post(uri.clone()).body(Full::new(Bytes::from(body)))?;
-        req.headers_mut().insert(AUTHORIZATION, auth.clone());
-        req.headers_mut().insert(CONTENT_TYPE, json_type.clone());
-        let t = Instant::now();
-        sender.ready().await?;
-        let response = sender.send_request(req).await?;
-        let status = response.status().as_u16();
-        response.into_body().collect().await?;
+        let sent = start.elapsed();
+        let (head, _, took) = poster.post(agent_id, i, false).await?;
         samples.push(Sample {
-            sent: t - start,
-            took: t.elapsed(),
-            status,
+            sent,
+            took,
+            status: head.status.as_u16(),
         });
     }
     Ok(samples)
