@@ -10,7 +10,7 @@ use domain::call::{AnsweredBy, Transfer, TransferMethod, TransferStatus};
 use domain::dispatch::{BeginDial, DialLimits, FinishAttempt};
 use domain::store::Store;
 use domain::webhooks::{LeaseRequest, NewWebhookTarget};
-use domain::{AgentId, CallStatus, Millis, TraceId, E164};
+use domain::{AgentId, CallStatus, Millis, TenantId, TraceId, E164};
 use serde_json::json;
 use std::collections::HashSet;
 use std::time::Duration;
@@ -39,20 +39,7 @@ async fn story(store: &dyn Store) {
         .await
         .unwrap();
 
-    let mut csv = String::from("customer_phone,customer_name\n");
-    for i in 0..ROWS {
-        csv.push_str(&format!("+9198{i:08},N{i}\n"));
-    }
-    let recipients = parse_recipients(csv.as_bytes(), 1_000_000).unwrap();
-    let new = |agent: AgentId| NewBatch {
-        tenant,
-        agent,
-        name: "b".into(),
-        scheduled_for: None,
-        recipients: recipients.clone(),
-        trace_id: TraceId::new(),
-        now,
-    };
+    let new = |agent: AgentId| batch_of_rows(tenant, agent, now);
     // An unknown agent writes nothing.
     assert!(matches!(
         store.create_batch(new(AgentId(9999))).await,
@@ -281,6 +268,23 @@ async fn scalar(conn: &mut sqlx::AnyConnection, sql: &str) -> i64 {
         .unwrap()
 }
 
+/// `ROWS` recipients `+9198<i>` named `N<i>`, for `agent`.
+fn batch_of_rows(tenant: TenantId, agent: AgentId, now: Millis) -> NewBatch {
+    let mut csv = String::from("customer_phone,customer_name\n");
+    for i in 0..ROWS {
+        csv.push_str(&format!("+9198{i:08},N{i}\n"));
+    }
+    NewBatch {
+        tenant,
+        agent,
+        name: "b".into(),
+        scheduled_for: None,
+        recipients: parse_recipients(csv.as_bytes(), 1_000_000).unwrap(),
+        trace_id: TraceId::new(),
+        now,
+    }
+}
+
 /// A batch left `loading` by an upload that died (set by hand: the upload itself runs to its
 /// end inside `create_batch`) is hidden from every read and from dispatch, and the sweep removes
 /// it with its calls and their events: at once when its lease has run out, and at a SQLite
@@ -289,21 +293,8 @@ async fn loading_story(db: &common::TestDb, backend: common::Backend) {
     use sqlx::Connection;
     let store = db.store();
     let (tenant, agent) = common::tenant_with_agent(store.as_ref(), "acme", "+918035739222").await;
-    let mut csv = String::from("customer_phone\n");
-    for i in 0..ROWS {
-        csv.push_str(&format!("+9198{i:08}\n"));
-    }
-    let recipients = parse_recipients(csv.as_bytes(), 1_000_000).unwrap();
     let now = Millis::now();
-    let new = || NewBatch {
-        tenant,
-        agent,
-        name: "b".into(),
-        scheduled_for: None,
-        recipients: recipients.clone(),
-        trace_id: TraceId::new(),
-        now,
-    };
+    let new = || batch_of_rows(tenant, agent, now);
     // Written in three chunks (1,000 rows each, see `loading_on_every_backend`).
     let b = store.create_batch(new()).await.unwrap();
     assert_eq!(store.count_calls(tenant).await.unwrap(), u64::from(ROWS));
