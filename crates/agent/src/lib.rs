@@ -19,6 +19,7 @@ pub mod tts;
 pub mod turn;
 pub mod vad;
 pub mod whisper;
+pub mod whisper_jobs;
 
 pub use amd::AmdConfig;
 pub use brain::{Brain, BrainError, Reply};
@@ -42,6 +43,7 @@ pub use template::render;
 pub use tts::{EspeakNg, TextToSpeech, TtsError};
 pub use turn::{TurnConfig, TurnEvent, TurnTaker};
 pub use whisper::{Whisper, WhisperConfig};
+pub use whisper_jobs::{WhisperJobs, WhisperJobsConfig};
 
 use domain::telephony::{AudioFrame, FRAME_SAMPLES};
 

@@ -46,7 +46,7 @@ pub(crate) struct Spec {
     /// For logs: "piper", "whisper".
     pub name: &'static str,
     pub script: &'static str,
-    pub env: Vec<(&'static str, &'static str)>,
+    pub env: Vec<(&'static str, String)>,
     pub config: SidecarConfig,
     /// What to install when the process cannot start, for the error message.
     pub install: &'static str,
@@ -60,6 +60,16 @@ pub(crate) enum SidecarError {
     Broken(String),
     #[error("took longer than {0:?}")]
     Timeout(Duration),
+}
+
+impl From<SidecarError> for crate::stt::SttError {
+    fn from(e: SidecarError) -> Self {
+        match e {
+            SidecarError::Spawn(m) => Self::Spawn(m),
+            SidecarError::Broken(m) => Self::Engine(m),
+            SidecarError::Timeout(d) => Self::Timeout(d),
+        }
+    }
 }
 
 struct Process {

@@ -4,7 +4,7 @@
 //! no maintained Rust binding of CTranslate2 ships a model. Whole utterances only: Whisper
 //! decodes 30 s windows, so there is nothing to gain from feeding it while the caller speaks.
 
-use crate::sidecar::{Pool, SidecarConfig, SidecarError, Spec};
+use crate::sidecar::{Pool, SidecarConfig, Spec};
 use crate::stt::{SpeechToText, SttError, Transcript};
 use async_trait::async_trait;
 use serde_json::json;
@@ -26,21 +26,13 @@ pub struct Whisper {
     pool: Pool,
 }
 
-fn stt_error(e: SidecarError) -> SttError {
-    match e {
-        SidecarError::Spawn(m) => SttError::Spawn(m),
-        SidecarError::Broken(m) => SttError::Engine(m),
-        SidecarError::Timeout(d) => SttError::Timeout(d),
-    }
-}
-
 impl Whisper {
     pub fn new(config: WhisperConfig) -> Self {
         Self {
             pool: Pool::new(Spec {
                 name: "whisper",
                 script: SIDECAR,
-                env: vec![("HF_HUB_OFFLINE", "1")],
+                env: vec![("HF_HUB_OFFLINE", "1".into())],
                 config,
                 install: PIP_INSTALL,
             }),
@@ -53,7 +45,7 @@ impl Whisper {
 
     /// Starts every sidecar now (model load ~0.4-2 s) rather than on the first utterance.
     pub async fn warm_up(&self) -> Result<(), SttError> {
-        self.pool.warm_up().await.map_err(stt_error)
+        self.pool.warm_up().await.map_err(SttError::from)
     }
 
     pub async fn pids(&self) -> Vec<u32> {
@@ -81,7 +73,7 @@ impl SpeechToText for Whisper {
                 &payload,
             )
             .await
-            .map_err(stt_error)?;
+            .map_err(SttError::from)?;
         if let Some(e) = answer["error"].as_str() {
             return Err(SttError::Rejected(e.to_string()));
         }

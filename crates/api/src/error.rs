@@ -34,6 +34,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("request body too large")]
     TooLarge,
+    /// A transcription job's audio over its size limit.
+    #[error("file too large")]
+    FileTooLarge,
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("rate limit exceeded")]
@@ -103,7 +106,9 @@ impl ApiError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Duplicate { .. } => (StatusCode::CONFLICT, "duplicate_request"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
+            Self::TooLarge | Self::FileTooLarge => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request")
+            }
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "invalid_request"),
             Self::ApiRateLimited { .. }
             | Self::NumberRateLimited { .. }

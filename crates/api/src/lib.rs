@@ -57,6 +57,26 @@ pub struct ApiConfig {
     /// The languages this node's engines speak and hear: an agent or a retry in another is
     /// refused when it is written.
     pub languages: domain::language::LanguageSupport,
+    /// `POST /v1/transcription/jobs`.
+    pub transcription: TranscriptionSettings,
+}
+
+/// What the transcription endpoints need to know of the node.
+#[derive(Debug, Clone)]
+pub struct TranscriptionSettings {
+    /// The largest audio file taken, in bytes (the contract's 100 MiB by default).
+    pub max_bytes: u64,
+    /// The recogniser's name, as each job reports it.
+    pub engine: String,
+}
+
+impl Default for TranscriptionSettings {
+    fn default() -> Self {
+        Self {
+            max_bytes: 100 * 1024 * 1024,
+            engine: "whisper-base".into(),
+        }
+    }
 }
 
 impl Default for ApiConfig {
@@ -74,6 +94,7 @@ impl Default for ApiConfig {
             llm_endpoints: Default::default(),
             http: Default::default(),
             languages: domain::language::LanguageSupport::default(),
+            transcription: TranscriptionSettings::default(),
         }
     }
 }
@@ -92,8 +113,10 @@ pub struct AppState {
     pub readiness: Arc<readiness::Readiness>,
     /// The console's sign-in sessions (this node's memory).
     pub console: Arc<console::session::Sessions>,
-    /// Turns for batch uploads (`ApiConfig::batch_uploads`).
+    /// Turns for batch uploads and transcription files (`ApiConfig::batch_uploads`).
     pub uploads: Arc<tokio::sync::Semaphore>,
+    /// Poked after a transcription job is accepted, so a worker of this node takes it at once.
+    pub transcription_wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// The process-wide Prometheus recorder (a `metrics` recorder can be installed only once).
@@ -139,6 +162,7 @@ impl AppState {
             config: Arc::new(config),
             metrics: metrics_handle(),
             dispatch_wake: None,
+            transcription_wake: None,
             readiness: Arc::new(readiness::Readiness::new()),
             console: Arc::new(console::session::Sessions::new()),
         }
@@ -154,17 +178,24 @@ impl AppState {
         self.dispatch_wake = Some(wake);
         self
     }
+
+    pub fn with_transcription_wake(mut self, wake: Arc<tokio::sync::Notify>) -> Self {
+        self.transcription_wake = Some(wake);
+        self
+    }
 }
 
 /// Every documented route.
 fn api_routes() -> OpenApiRouter<AppState> {
     use routes::{
-        agents, batches, calls, conversations, do_not_call, languages, service, trunks, webhooks,
+        agents, batches, calls, conversations, do_not_call, languages, service, transcription,
+        trunks, webhooks,
     };
     // The upload streams up to its own (much larger) limit, checked by the handler itself.
     let batch_upload = OpenApiRouter::new()
         .routes(routes!(batches::create_batch))
         .routes(routes!(do_not_call::import_numbers))
+        .routes(routes!(transcription::create_job))
         .layer(axum::extract::DefaultBodyLimit::disable());
     let v1 = OpenApiRouter::new()
         .routes(routes!(calls::create_call))
@@ -205,7 +236,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(batches::resume_batch))
         .routes(routes!(batches::cancel_batch))
         .routes(routes!(do_not_call::add_number, do_not_call::list_numbers))
-        .routes(routes!(do_not_call::get_number, do_not_call::delete_number));
+        .routes(routes!(do_not_call::get_number, do_not_call::delete_number))
+        .routes(routes!(transcription::get_job));
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(v1)
         .routes(routes!(service::healthz))

@@ -7,6 +7,7 @@ mod calls;
 mod dispatch;
 mod mixed;
 mod server;
+mod transcribe;
 mod understand;
 mod voice;
 mod webhooks;
@@ -46,6 +47,9 @@ enum Command {
     /// Answering-machine detection on a generated corpus of machine greetings and people
     /// answering: confusion matrix, people taken for machines, time to verdict.
     Amd(amd::Args),
+    /// The transcription jobs' recogniser on call sentences in every job language spoken by
+    /// espeak-ng: language detection, character error rate, real-time factor.
+    Transcribe(transcribe::Args),
 }
 
 fn main() -> Result<()> {
@@ -62,5 +66,6 @@ fn main() -> Result<()> {
         Command::Voice(args) => rt.block_on(voice::run(args)),
         Command::Understand(args) => rt.block_on(understand::run(args)),
         Command::Amd(args) => rt.block_on(amd::run(args)),
+        Command::Transcribe(args) => rt.block_on(transcribe::run(args)),
     }
 }

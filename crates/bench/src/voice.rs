@@ -46,6 +46,68 @@ pub struct Args {
     /// Calls start this far apart, so their turns do not all fall on the same instant.
     #[arg(long, default_value_t = 137)]
     stagger_ms: u64,
+    /// Transcription jobs running beside the calls the whole time, each a recogniser process
+    /// as the node runs them (one thread, nice 10) transcribing a long file over and over.
+    #[arg(long, default_value_t = 0)]
+    transcription_jobs: usize,
+    /// The interpreter with the jobs' engine installed (`outdial setup --all`).
+    #[arg(long, default_value = ".venv/bin/python3")]
+    python: String,
+}
+
+/// Starts `n` transcription jobs' recognisers, each transcribing the same FLAC (the corpus'
+/// English sentences four times over, about a minute) until `stop`; each answers how many
+/// files it finished.
+async fn transcription_load(
+    n: usize,
+    python: &str,
+    dir: &std::path::Path,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Vec<tokio::task::JoinHandle<usize>>> {
+    use domain::transcription::{EngineRequest, JOB_LANGUAGES};
+    let sentences = crate::transcribe::corpus()?;
+    let english: Vec<_> = sentences.iter().filter(|s| s.language == "en-IN").collect();
+    let mut parts = Vec::new();
+    for s in &english {
+        parts.push(crate::transcribe::flac(s, dir)?);
+    }
+    let long = dir.join("long.flac");
+    let mut sox = std::process::Command::new("sox");
+    for _ in 0..4 {
+        sox.args(&parts);
+    }
+    let st = sox.arg(&long).status().context("sox")?;
+    anyhow::ensure!(st.success(), "sox failed to join the files");
+    let file = Arc::new(std::fs::read(&long)?);
+    let model = std::env::temp_dir()
+        .join("outdial-bench-transcribe")
+        .join("model");
+    let mut loops = Vec::new();
+    for _ in 0..n {
+        let engine = crate::transcribe::recogniser(python, 1, 10, model.clone());
+        engine
+            .warm_up()
+            .await
+            .context("starting a transcription recogniser")?;
+        let (file, mut stop) = (file.clone(), stop.clone());
+        loops.push(tokio::spawn(async move {
+            let request = EngineRequest {
+                languages: JOB_LANGUAGES.to_vec(),
+                code_mixed: false,
+                split_channels: false,
+            };
+            let mut done = 0;
+            loop {
+                tokio::select! {
+                    r = engine.transcribe(&file, &request) => {
+                        if r.is_ok() { done += 1 }
+                    }
+                    _ = stop.wait_for(|s| *s) => return done,
+                }
+            }
+        }));
+    }
+    Ok(loops)
 }
 
 const LOUD: u16 = 300;
@@ -235,6 +297,9 @@ pub async fn run(args: Args) -> Result<()> {
         value: "Rahul".into(),
     }];
     let opening_text = agent::render(cfg.first_message.as_deref().unwrap_or(""), &params);
+    let (stop_jobs, jobs_stop) = tokio::sync::watch::channel(false);
+    let jobs =
+        transcription_load(args.transcription_jobs, &args.python, dir.path(), jobs_stop).await?;
     let cpu_before: f64 =
         cpu_seconds("self") + sidecar_pids.iter().map(|p| cpu_seconds(p)).sum::<f64>();
     let wall = std::time::Instant::now();
@@ -315,6 +380,17 @@ pub async fn run(args: Args) -> Result<()> {
         }
     }
     let wall = wall.elapsed().as_secs_f64();
+    let _ = stop_jobs.send(true);
+    let mut files = 0;
+    for j in jobs {
+        files += j.await.unwrap_or(0);
+    }
+    if args.transcription_jobs > 0 {
+        println!(
+            "beside {} transcription jobs (1 thread, nice 10 each), which finished {files} files (the corpus' English sentences four times over)",
+            args.transcription_jobs
+        );
+    }
     let cpu_after: f64 =
         cpu_seconds("self") + sidecar_pids.iter().map(|p| cpu_seconds(p)).sum::<f64>();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

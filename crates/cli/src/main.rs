@@ -236,6 +236,37 @@ struct ServeArgs {
     /// instead: outdial dials the target on the same trunk and joins the two legs.
     #[arg(long, env = "OUTDIAL_TRANSFER_TIMEOUT_SECONDS", default_value_t = 15)]
     transfer_timeout_seconds: u64,
+    /// Transcription jobs this node transcribes at once (0: none; jobs are still accepted,
+    /// for other nodes). Each holds the multilingual model (~300 MB).
+    #[arg(long, env = "OUTDIAL_TRANSCRIPTION_WORKERS", default_value_t = 1,
+        value_parser = clap::value_parser!(u8).range(0..=16))]
+    transcription_workers: u8,
+    /// Decoder threads of each transcription worker.
+    #[arg(long, env = "OUTDIAL_TRANSCRIPTION_THREADS", default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..=64))]
+    transcription_threads: u32,
+    /// How much lower the transcription workers' CPU priority is than the node's (nice), so
+    /// live calls get the CPU first.
+    #[arg(long, env = "OUTDIAL_TRANSCRIPTION_NICE", default_value_t = 10,
+        value_parser = clap::value_parser!(u32).range(0..=19))]
+    transcription_nice: u32,
+    /// The largest audio file a transcription job takes, in bytes.
+    #[arg(long, env = "OUTDIAL_TRANSCRIPTION_MAX_BYTES", default_value_t = 100 * 1024 * 1024,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    transcription_max_bytes: u64,
+    /// How long a transcription job is held without renewal before another worker may take it
+    /// up (the time a job waits after its node dies).
+    #[arg(long, env = "OUTDIAL_TRANSCRIPTION_LEASE_SECONDS", default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(3..=3600))]
+    transcription_lease_seconds: u64,
+    /// Where the transcription model is put together from its packages' parts on first start
+    /// (about 150 MB); default: `<data-dir>/models/whisper-base`.
+    #[arg(long, env = "OUTDIAL_TRANSCRIPTION_MODEL_DIR")]
+    transcription_model_dir: Option<PathBuf>,
+    /// The longest one file may take to transcribe before its job fails.
+    #[arg(long, env = "OUTDIAL_TRANSCRIPTION_TIMEOUT_SECONDS", default_value_t = 1800,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    transcription_timeout_seconds: u64,
     /// How long a node holds a claimed or live call without renewing (crash detection time).
     #[arg(long, env = "OUTDIAL_DISPATCH_LEASE_SECONDS", default_value_t = 30)]
     dispatch_lease_seconds: u64,
@@ -651,6 +682,7 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
         ),
     )?;
     let engine_config = args.engines.engines.resolve()?;
+    let python = engine_config.python.clone();
     let languages = domain::language::LanguageSupport {
         deepgram: engine_config.deepgram.is_some(),
     };
@@ -715,6 +747,29 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
             ..Default::default()
         },
     );
+    let recogniser = Arc::new(agent::WhisperJobs::new(agent::WhisperJobsConfig {
+        sidecar: agent::SidecarConfig {
+            python,
+            processes: usize::from(args.transcription_workers).max(1),
+            ..agent::SidecarConfig::new(Duration::from_secs(args.transcription_timeout_seconds))
+        },
+        threads: args.transcription_threads,
+        nice: args.transcription_nice,
+        model_dir: Some(
+            args.transcription_model_dir
+                .clone()
+                .unwrap_or_else(|| data_dir.join("models").join("whisper-base")),
+        ),
+    }));
+    let transcription_worker = Arc::new(transcription::Worker::new(
+        store.clone(),
+        recogniser.clone(),
+        transcription::WorkerConfig {
+            workers: usize::from(args.transcription_workers),
+            lease: Duration::from_secs(args.transcription_lease_seconds),
+            ..Default::default()
+        },
+    ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let signals = Signals::new().context("listening for SIGTERM and SIGINT")?;
     tokio::spawn(signals.run(stop_tx, readiness.clone()));
@@ -723,6 +778,16 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
         stop_rx.clone(),
     ));
     let dispatch_task = tokio::spawn(dispatcher.clone().run(stop_rx.clone()));
+    let transcription_wake = transcription_worker.waker();
+    let transcription_task = tokio::spawn(transcription_worker.run(stop_rx.clone()));
+    if args.transcription_workers > 0 {
+        // The model is put together (first start) and loaded off the request path.
+        tokio::spawn(async move {
+            if let Err(e) = recogniser.warm_up().await {
+                tracing::warn!(error = %e, "the transcription engine did not start; jobs will fail until it can");
+            }
+        });
+    }
     tokio::spawn(sweep_uploads(
         store.clone(),
         std::time::Duration::from_secs(args.batch_upload_lease_seconds),
@@ -744,6 +809,10 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
         llm_endpoints: args.llm_allowed_networks.clone(),
         http: http_limits.clone(),
         languages,
+        transcription: api::TranscriptionSettings {
+            max_bytes: args.transcription_max_bytes,
+            engine: agent::whisper_jobs::ENGINE.into(),
+        },
     };
     let (stop_webhooks, webhooks_stopped) = tokio::sync::oneshot::channel::<()>();
     let webhook_task = tokio::spawn(async move {
@@ -756,6 +825,7 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
     let app = api::router(
         api::AppState::new(store.clone(), config)
             .with_dispatch_wake(dispatcher.waker())
+            .with_transcription_wake(transcription_wake)
             .with_readiness(readiness),
     );
     tracing::info!(%addr, sip = %sip_addr, backend = ?store.backend(), max_connections, "outdial listening");
@@ -768,6 +838,7 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
     .await
     .context("serving")?;
     let _ = dispatch_task.await;
+    let _ = transcription_task.await;
     let _ = watch_task.await;
     // After the calls are settled, so their webhooks are among what the flush sends; the
     // worker records what it sent before the database closes.

@@ -18,6 +18,7 @@ pub mod template;
 pub mod tenant;
 pub mod text;
 pub mod time;
+pub mod transcription;
 pub mod webhooks;
 
 pub use agent::AgentConfig;

@@ -106,6 +106,7 @@ pub trait Store:
     + crate::batch::BatchStore
     + crate::do_not_call::DoNotCallStore
     + crate::console::ConsoleStore
+    + crate::transcription::TranscriptionStore
     + Send
     + Sync
     + 'static

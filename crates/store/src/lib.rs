@@ -16,6 +16,7 @@ mod outbox;
 mod rows;
 pub mod secrets;
 mod sqlite_writer;
+mod transcription;
 mod webhooks;
 
 pub use engines::LiveAgent;

@@ -430,6 +430,127 @@ async fn story_do_not_call(store: Arc<dyn Store>) {
         .is_none());
 }
 
+/// Transcription jobs: stored with their audio, seen only by their tenant, leased to one worker
+/// at a time, taken over when a lease runs out, finished once (a stale worker writes nothing),
+/// failed after being abandoned three times.
+async fn story_transcription_jobs(store: Arc<dyn Store>) {
+    use domain::transcription::{
+        AudioFormat, JobFormat, JobId, JobLanguages, JobOutcome, JobStatus, NewJob, Utterance,
+    };
+    use std::time::Duration;
+    let (t, _) = common::tenant_with_agent(store.as_ref(), "acme", "+918035739222").await;
+    let (other, _) = common::tenant_with_agent(store.as_ref(), "globex", "+918035739223").await;
+    let audio: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+    let new = |id: JobId, at: i64| NewJob {
+        id,
+        tenant: t,
+        engine: "whisper-base".into(),
+        languages: JobLanguages::Among(vec!["hi-IN", "en-IN"]),
+        diarize: true,
+        format: JobFormat::CodeMixed,
+        audio_format: AudioFormat::Flac,
+        audio: audio.clone(),
+        now: Millis(T0.0 + at),
+    };
+    let first = JobId::new();
+    let created = store.create_job(new(first.clone(), 0)).await.unwrap();
+    assert_eq!(
+        (created.status, created.attempts, created.text.as_deref()),
+        (JobStatus::Pending, 0, None)
+    );
+    let second = JobId::new();
+    store.create_job(new(second.clone(), 1)).await.unwrap();
+    assert!(store.get_job(other, &first).await.unwrap().is_none());
+    assert_eq!(store.get_job(t, &first).await.unwrap().unwrap(), created);
+
+    // Oldest first, audio and options as stored; a held job is not handed out again.
+    let lease = Duration::from_secs(60);
+    let a = store.claim_job(T0, lease).await.unwrap().unwrap();
+    assert_eq!(a.job.id, first);
+    assert_eq!(
+        (a.audio == audio, a.audio_format),
+        (true, AudioFormat::Flac)
+    );
+    assert_eq!(
+        (a.job.status, a.job.attempts, a.job.diarize, a.job.format),
+        (JobStatus::Processing, 1, true, JobFormat::CodeMixed)
+    );
+    let b = store.claim_job(T0, lease).await.unwrap().unwrap();
+    assert_eq!(b.job.id, second);
+    assert!(store.claim_job(T0, lease).await.unwrap().is_none());
+
+    // `a`'s worker stalls: its lease runs out and another worker takes the job over; the
+    // stalled worker can neither renew nor finish it.
+    let later = Millis(T0.0 + 61_000);
+    let a2 = store.claim_job(later, lease).await.unwrap().unwrap();
+    assert_eq!((a2.job.id.clone(), a2.job.attempts), (first.clone(), 2));
+    assert!(!store.renew_job(&first, &a.lease, later).await.unwrap());
+    let done = JobOutcome::Completed {
+        text: "haan ji".into(),
+        language: "hi-IN".into(),
+        utterances: vec![Utterance {
+            speaker: "speaker_0".into(),
+            text: "haan ji".into(),
+            start: 0.25,
+            end: 1.5,
+        }],
+        note: None,
+    };
+    assert!(!store
+        .finish_job(&first, &a.lease, &done, later)
+        .await
+        .unwrap());
+    assert!(store.renew_job(&first, &a2.lease, later).await.unwrap());
+    assert!(store
+        .finish_job(&first, &a2.lease, &done, later)
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .finish_job(&first, &a2.lease, &done, later)
+            .await
+            .unwrap(),
+        "finished once"
+    );
+    let finished = store.get_job(t, &first).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            finished.status,
+            finished.text.as_deref(),
+            finished.language.as_deref(),
+            finished.completed_at
+        ),
+        (
+            JobStatus::Completed,
+            Some("haan ji"),
+            Some("hi-IN"),
+            Some(later)
+        )
+    );
+    assert_eq!(finished.utterances.len(), 1);
+    assert_eq!(finished.utterances[0].start, 0.25);
+
+    // `second` is abandoned by three workers in turn: the claim after the third fails it.
+    let mut now = later;
+    for attempt in 2..=3 {
+        now = Millis(now.0 + 61_000);
+        let again = store.claim_job(now, lease).await.unwrap().unwrap();
+        assert_eq!(
+            (again.job.id.clone(), again.job.attempts),
+            (second.clone(), attempt)
+        );
+    }
+    now = Millis(now.0 + 61_000);
+    assert!(store.claim_job(now, lease).await.unwrap().is_none());
+    let given_up = store.get_job(t, &second).await.unwrap().unwrap();
+    assert_eq!(given_up.status, JobStatus::Failed);
+    assert!(
+        given_up.error.as_deref().unwrap_or("").contains("3 times"),
+        "{:?}",
+        given_up.error
+    );
+}
+
 /// Each story on every backend, and on SQLite without the group-commit writer.
 macro_rules! on_both {
     ($name:ident, $story:ident) => {
@@ -464,6 +585,10 @@ on_both!(keys_and_agents_on_every_backend, keys_and_agents);
 on_both!(calls_on_every_backend, calls);
 on_both!(idempotency_race_on_every_backend, story_idempotency_race);
 on_both!(do_not_call_on_every_backend, story_do_not_call);
+on_both!(
+    transcription_jobs_on_every_backend,
+    story_transcription_jobs
+);
 
 #[test]
 fn both_backends_are_covered_unless_postgres_is_skipped_knowingly() {

@@ -250,6 +250,20 @@ pub fn all() -> Vec<(&'static str, &'static str, &'static str, Value)> {
             FORM,
             multipart(&["file"], json!({"file": csv})),
         ),
+        (
+            "/v1/transcription/jobs",
+            "post",
+            FORM,
+            multipart(
+                &["audio"],
+                json!({
+                    "audio": {"type": "string", "format": "binary", "description": "WAV, FLAC, MP3 or OGG"},
+                    "languages": {"type": "string", "pattern": r"^(unknown|(hi|bn|kn|ml|mr|pa|ta|te|en|gu|as|ur)-IN( *, *(hi|bn|kn|ml|mr|pa|ta|te|en|gu|as|ur)-IN)*)$"},
+                    "diarize": {"type": "string", "enum": ["true", "false"]},
+                    "format": {"type": "string", "enum": ["standard", "code_mixed"]},
+                }),
+            ),
+        ),
     ]
 }
 

@@ -212,13 +212,13 @@ pub(crate) fn bad_multipart() -> ApiError {
 pub(crate) fn upload_form(
     headers: &HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
-    limits: BatchLimits,
+    max_bytes: u64,
 ) -> ApiResult<Multipart> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limits.max_bytes.saturating_add(FORM_OVERHEAD)) {
+    if declared.is_some_and(|n| n > max_bytes.saturating_add(FORM_OVERHEAD)) {
         return Err(ApiError::TooLarge);
     }
     multipart.map_err(|_| ApiError::Invalid("request must be multipart/form-data".into()))
@@ -289,7 +289,7 @@ where
         .map_err(|e| ApiError::Internal(format!("csv parser: {e}")))
 }
 
-async fn read_text(mut field: Field<'_>, name: &str) -> Result<String, ApiError> {
+pub(crate) async fn read_text(mut field: Field<'_>, name: &str) -> Result<String, ApiError> {
     let mut bytes = Vec::new();
     while let Some(chunk) = field.chunk().await.map_err(|_| bad_multipart())? {
         bytes.extend_from_slice(&chunk);
@@ -320,7 +320,7 @@ async fn read_form(multipart: &mut Multipart, limits: BatchLimits) -> ApiResult<
             "file" if form.file.is_none() => {
                 if !is_csv(&field) {
                     let refusal = ApiError::Invalid("file must be a .csv file".into());
-                    return Err(discard(field, limits, refusal).await);
+                    return Err(discard(field, limits.max_bytes, refusal).await);
                 }
                 // A bad row decides the answer: nothing after the file is read (and the file
                 // itself only up to its size limit).
@@ -340,7 +340,7 @@ async fn read_form(multipart: &mut Multipart, limits: BatchLimits) -> ApiResult<
             // misspelt `scheduled_for` cannot start a campaign now.
             other => {
                 let refusal = ApiError::invalid(if other.is_empty() { "field" } else { other });
-                return Err(discard(field, limits, refusal).await);
+                return Err(discard(field, limits.max_bytes, refusal).await);
             }
         }
     }
@@ -350,12 +350,8 @@ async fn read_form(multipart: &mut Multipart, limits: BatchLimits) -> ApiResult<
 /// A field refused unread (not a CSV, not a field of the form): it is read and dropped up to
 /// the file limit, so a client still sending it reads the refusal instead of a reset
 /// connection. Past the limit it is not read: the connection closes after the answer.
-pub(crate) async fn discard(
-    mut field: Field<'_>,
-    limits: BatchLimits,
-    refusal: ApiError,
-) -> ApiError {
-    let mut budget = limits.max_bytes;
+pub(crate) async fn discard(mut field: Field<'_>, max_bytes: u64, refusal: ApiError) -> ApiError {
+    let mut budget = max_bytes;
     while let Ok(Some(chunk)) = field.chunk().await {
         match budget.checked_sub(chunk.len() as u64) {
             Some(left) => budget = left,
@@ -366,14 +362,14 @@ pub(crate) async fn discard(
 }
 
 /// Every field of a form refused before it was read, each read and dropped as [`discard`] does.
-async fn discard_form(
+pub(crate) async fn discard_form(
     multipart: &mut Multipart,
-    limits: BatchLimits,
+    max_bytes: u64,
     refusal: ApiError,
 ) -> ApiError {
     let mut refusal = refusal;
     while let Ok(Some(field)) = multipart.next_field().await {
-        refusal = discard(field, limits, refusal).await;
+        refusal = discard(field, max_bytes, refusal).await;
     }
     refusal
 }
@@ -390,7 +386,7 @@ pub async fn create_batch(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Json<BatchCreatedResponse>> {
     let limits = state.config.batch_limits;
-    let mut multipart = upload_form(&headers, multipart, limits)?;
+    let mut multipart = upload_form(&headers, multipart, limits.max_bytes)?;
     // Before the file is read: a refused upload costs neither the parse nor the memory.
     let wait = state.config.batch_upload_wait;
     let Ok(Ok(_turn)) = tokio::time::timeout(wait, state.uploads.clone().acquire_owned()).await
@@ -398,7 +394,7 @@ pub async fn create_batch(
         let refusal = ApiError::UploadsBusy {
             retry_after_seconds: wait.as_secs().max(1),
         };
-        return Err(discard_form(&mut multipart, limits, refusal).await);
+        return Err(discard_form(&mut multipart, limits.max_bytes, refusal).await);
     };
     let form = read_form(&mut multipart, limits).await?;
     let now = Millis::now();

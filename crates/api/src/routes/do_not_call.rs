@@ -191,7 +191,7 @@ async fn read_listings(multipart: &mut Multipart, limits: BatchLimits) -> ApiRes
             "file" if listings.is_none() => {
                 if !is_csv(&field) {
                     let refusal = ApiError::Invalid("file must be a .csv file".into());
-                    return Err(discard(field, limits, refusal).await);
+                    return Err(discard(field, limits.max_bytes, refusal).await);
                 }
                 let parsed = read_csv(field, limits, parse_listings)
                     .await?
@@ -200,7 +200,7 @@ async fn read_listings(multipart: &mut Multipart, limits: BatchLimits) -> ApiRes
             }
             other => {
                 let refusal = ApiError::invalid(if other.is_empty() { "field" } else { other });
-                return Err(discard(field, limits, refusal).await);
+                return Err(discard(field, limits.max_bytes, refusal).await);
             }
         }
     }
@@ -220,7 +220,7 @@ pub async fn import_numbers(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Json<ImportResponse>> {
     let limits = state.config.batch_limits;
-    let mut multipart = upload_form(&headers, multipart, limits)?;
+    let mut multipart = upload_form(&headers, multipart, limits.max_bytes)?;
     let listings = read_listings(&mut multipart, limits).await?;
     let imported = state
         .store

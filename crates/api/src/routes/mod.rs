@@ -5,5 +5,6 @@ pub mod conversations;
 pub mod do_not_call;
 pub mod languages;
 pub mod service;
+pub mod transcription;
 pub mod trunks;
 pub mod webhooks;
