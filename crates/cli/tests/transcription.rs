@@ -20,7 +20,10 @@ fn model_dir() -> String {
 fn start(dir: &Path, db: &Db, extra: &[(&str, &str)]) -> (Service, Api) {
     let key = Service::create_tenant_in(dir, db);
     let model = model_dir();
-    let mut env = vec![("OUTDIAL_TRANSCRIPTION_MODEL_DIR", model.as_str())];
+    let mut env = vec![
+        ("OUTDIAL_TRANSCRIPTION_MODEL_DIR", model.as_str()),
+        ("OUTDIAL_TRANSCRIPTION_WORKERS", "1"),
+    ];
     env.extend_from_slice(extra);
     let s = Service::start_with(dir, db, &env);
     let api = Api::new(&s.base, &key);

@@ -194,6 +194,9 @@ impl Service {
             // The suite's engines are the `python3` first on PATH: scripts/test puts the
             // project's venv (`outdial setup --all`) there.
             ("OUTDIAL_PYTHON".to_string(), "python3".to_string()),
+            // Each worker loads the transcription model at start: only the tests of
+            // transcription (which ask for one) pay for it.
+            ("OUTDIAL_TRANSCRIPTION_WORKERS".to_string(), "0".to_string()),
         ];
         if let Some(url) = &db.0 {
             env.push(("OUTDIAL_DATABASE_URL".to_string(), url.clone()));
