@@ -69,13 +69,17 @@ fn encode(wav: &Path, ext: &str) -> PathBuf {
     out
 }
 
-async fn post_job(api: &Api, file: &Path, fields: &[(&str, &str)]) -> reqwest::Response {
-    let bytes = std::fs::read(file).unwrap();
-    let name = file.file_name().unwrap().to_string_lossy().to_string();
-    let mut form = reqwest::multipart::Form::new().part(
-        "audio",
-        reqwest::multipart::Part::bytes(bytes).file_name(name),
-    );
+/// A job's form: `file` as the `audio` field (if any), then `fields`.
+async fn post_form(api: &Api, file: Option<&Path>, fields: &[(&str, &str)]) -> reqwest::Response {
+    let mut form = reqwest::multipart::Form::new();
+    if let Some(file) = file {
+        let bytes = std::fs::read(file).unwrap();
+        let name = file.file_name().unwrap().to_string_lossy().to_string();
+        form = form.part(
+            "audio",
+            reqwest::multipart::Part::bytes(bytes).file_name(name),
+        );
+    }
     for (k, v) in fields {
         form = form.text(k.to_string(), v.to_string());
     }
@@ -90,7 +94,7 @@ async fn post_job(api: &Api, file: &Path, fields: &[(&str, &str)]) -> reqwest::R
 
 /// Posts `file` and returns the job's id, checking the contract's answer (no `data` wrapper).
 async fn start_job(api: &Api, file: &Path, fields: &[(&str, &str)]) -> String {
-    let r = post_job(api, file, fields).await;
+    let r = post_form(api, Some(file), fields).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["status"], "pending", "{v}");
@@ -346,22 +350,7 @@ async fn bad_jobs_are_refused_with_the_contracts_errors_and_nothing_is_stored() 
         (Some(&wav), vec![("language", "hi-IN")], "invalid language"),
     ];
     for (file, fields, message) in cases {
-        let r = match file {
-            Some(f) => post_job(&api, f, &fields).await,
-            None => {
-                let mut form = reqwest::multipart::Form::new();
-                for (k, v) in &fields {
-                    form = form.text(k.to_string(), v.to_string());
-                }
-                api.http
-                    .post(format!("{}/v1/transcription/jobs", api.base))
-                    .bearer_auth(&api.key)
-                    .multipart(form)
-                    .send()
-                    .await
-                    .unwrap()
-            }
-        };
+        let r = post_form(&api, file, &fields).await;
         assert_eq!(r.status(), 400, "{message}");
         let v: Value = r.json().await.unwrap();
         assert_eq!(error_of(&v), ("invalid_request", message), "{v}");
