@@ -44,7 +44,7 @@ pub struct WhisperJobsConfig {
 impl Default for WhisperJobsConfig {
     fn default() -> Self {
         Self {
-            sidecar: SidecarConfig::new(Duration::from_secs(30 * 60)),
+            sidecar: SidecarConfig::new(Duration::from_secs(2 * 60 * 60)),
             threads: 1,
             nice: 10,
             model_dir: None,

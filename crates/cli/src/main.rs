@@ -263,8 +263,9 @@ struct ServeArgs {
     /// (about 150 MB); default: `<data-dir>/models/whisper-base`.
     #[arg(long, env = "OUTDIAL_TRANSCRIPTION_MODEL_DIR")]
     transcription_model_dir: Option<PathBuf>,
-    /// The longest one file may take to transcribe before its job fails.
-    #[arg(long, env = "OUTDIAL_TRANSCRIPTION_TIMEOUT_SECONDS", default_value_t = 1800,
+    /// The longest one file may take to transcribe before its job fails (a free core does an
+    /// hour of audio in about 5 minutes, several times that while calls take the CPU).
+    #[arg(long, env = "OUTDIAL_TRANSCRIPTION_TIMEOUT_SECONDS", default_value_t = 7200,
         value_parser = clap::value_parser!(u64).range(1..))]
     transcription_timeout_seconds: u64,
     /// How long a node holds a claimed or live call without renewing (crash detection time).
