@@ -5,7 +5,6 @@ use anyhow::{Context, Result};
 use async_trait::async_trait;
 use dispatch::{DispatchConfig, Dispatcher, SystemClock};
 use domain::dispatch::CountryZones;
-use domain::store::Store;
 use domain::telephony::{
     CallControl, CallEnd, CallEvent, DialError, DialRequest, LiveCall, Telephony,
 };
@@ -125,54 +124,12 @@ pub async fn run(args: Args) -> Result<()> {
         (format!("{base}/{name}"), Some(name), Some(admin))
     };
     let store = Arc::new(SqlStore::connect(&url, StoreOptions::default()).await?);
-    let t = store.create_tenant("bench", Millis::now()).await?;
-    let trunk = store
-        .create_trunk(
-            t.id,
-            &domain::tenant::NewTrunk {
-                name: "t".into(),
-                uri: "sip:127.0.0.1:5080".into(),
-                username: None,
-                password: None,
-                max_concurrent_calls: None,
-            },
-            Millis::now(),
-        )
-        .await?;
-    store
-        .create_phone_number(
-            t.id,
-            &domain::E164::parse("+918035739222")?,
-            trunk.id,
-            Millis::now(),
-        )
-        .await?;
-    let agent = store
-        .create_agent(
-            t.id,
-            &domain::AgentConfig::from_json(
-                json!({"name": "a", "phone_number": "+918035739222"})
-                    .as_object()
-                    .context("obj")?,
-            )?,
-            Millis::now(),
-        )
-        .await?;
-    store
-        .update_tenant_limits(
-            t.id,
-            &domain::tenant::TenantLimits {
-                max_concurrent_calls: None,
-                per_number_calls: 1_000_000,
-                per_number_window_seconds: 1,
-            },
-        )
-        .await?;
+    let (tenant, agent) = crate::server::dialling_agent(&store).await?;
 
     let rss_before = crate::server::proc_status_mb("VmRSS");
     let far = Millis::now().0 + 20 * 24 * 3600 * 1000;
     let insert_start = Instant::now();
-    bulk_insert(&store, &url, t.id.0, agent.id.0, 0, args.pending, |k| {
+    bulk_insert(&store, &url, tenant.0, agent.0, 0, args.pending, |k| {
         far + k as i64
     })
     .await?;
@@ -208,7 +165,7 @@ pub async fn run(args: Args) -> Result<()> {
     let due_n = args.rate * args.seconds;
     let start = Millis::now().0 + 3_000;
     let step_us = 1_000_000 / args.rate.max(1);
-    bulk_insert(&store, &url, t.id.0, agent.id.0, args.pending, due_n, |k| {
+    bulk_insert(&store, &url, tenant.0, agent.0, args.pending, due_n, |k| {
         start + ((k - args.pending) * step_us / 1000) as i64
     })
     .await?;

@@ -31,6 +31,40 @@ pub async fn tenant(store: &SqlStore, name: &str) -> Result<(domain::tenant::Ten
     Ok((tenant, key.key))
 }
 
+/// A tenant (as [`tenant`]) with a trunk to loopback, a number on it and an agent on that
+/// number, for the benches that write calls or events straight to the store.
+pub async fn dialling_agent(store: &SqlStore) -> Result<(TenantId, domain::AgentId)> {
+    let (tenant, _) = tenant(store, "bench").await?;
+    let now = Millis::now();
+    let trunk = store
+        .create_trunk(
+            tenant.id,
+            &domain::tenant::NewTrunk {
+                name: "pbx".into(),
+                uri: "sip:127.0.0.1:5080".into(),
+                username: None,
+                password: None,
+                max_concurrent_calls: None,
+            },
+            now,
+        )
+        .await?;
+    let number = domain::E164::parse("+918035739222").context("number")?;
+    store
+        .create_phone_number(tenant.id, &number, trunk.id, now)
+        .await?;
+    let config = json!({"name": "bench", "phone_number": number.as_str()});
+    let config = config.as_object().context("agent config")?;
+    let agent = store
+        .create_agent(
+            tenant.id,
+            &domain::AgentConfig::from_json(config).context("agent config")?,
+            now,
+        )
+        .await?;
+    Ok((tenant.id, agent.id))
+}
+
 pub struct Server {
     pub store: Arc<SqlStore>,
     pub tenant: TenantId,

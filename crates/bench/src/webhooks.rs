@@ -7,16 +7,14 @@
 //! over the bytes it got, as a real one would, off the timed path; a delivery that does not
 //! verify fails the run.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
-use domain::store::Store;
-use domain::tenant::NewTrunk;
 use domain::webhooks::{NewWebhookTarget, OutboxEvent, WebhookStore};
-use domain::{AgentConfig, AgentId, Millis, TenantId, E164};
+use domain::{AgentId, Millis, TenantId};
 use serde_json::{json, Map};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -101,38 +99,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn tenant_with_agent(store: &SqlStore) -> Result<(TenantId, AgentId)> {
-    let now = Millis::now();
-    let t = store.create_tenant("bench", now).await?;
-    let trunk = store
-        .create_trunk(
-            t.id,
-            &NewTrunk {
-                name: "pbx".into(),
-                uri: "sip:127.0.0.1:5080".into(),
-                username: None,
-                password: None,
-                max_concurrent_calls: None,
-            },
-            now,
-        )
-        .await?;
-    let number = E164::parse("+918035739222").context("number")?;
-    store
-        .create_phone_number(t.id, &number, trunk.id, now)
-        .await?;
-    let config = json!({"name": "bench", "phone_number": number.as_str()});
-    let config = config.as_object().context("agent config")?;
-    let agent = store
-        .create_agent(
-            t.id,
-            &AgentConfig::from_json(config).context("agent config")?,
-            now,
-        )
-        .await?;
-    Ok((t.id, agent.id))
-}
-
 fn event(tenant: TenantId, agent: AgentId, i: usize) -> Result<OutboxEvent> {
     event_of(EventType::CallCompleted, tenant, agent, i)
 }
@@ -209,7 +175,7 @@ struct Figures {
 async fn scenario(args: &Args, dir: &std::path::Path, with_failing: bool) -> Result<Figures> {
     let url = format!("sqlite://{}/webhooks-{with_failing}.db", dir.display());
     let store = Arc::new(SqlStore::connect(&url, StoreOptions::default()).await?);
-    let (tenant, agent) = tenant_with_agent(&store).await?;
+    let (tenant, agent) = crate::server::dialling_agent(&store).await?;
     let arrivals = Arrivals::default();
     let secret = webhooks::WebhookSecret::generate();
     let forged = Arc::new(AtomicUsize::new(0));
