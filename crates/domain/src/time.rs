@@ -36,7 +36,30 @@ impl Millis {
             .to_rfc3339_opts(SecondsFormat::Millis, true)
     }
 
+    /// `d` later (saturating: a lease of "forever" is the end of time, not an overflow).
+    pub fn after(self, d: std::time::Duration) -> Self {
+        Self(
+            self.0
+                .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
+    }
+
     pub fn plus_seconds(self, s: i64) -> Self {
         Self(self.0.saturating_add(s.saturating_mul(1000)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn after_adds_milliseconds_and_saturates() {
+        assert_eq!(
+            Millis(1_000).after(Duration::from_millis(1_500)),
+            Millis(2_500)
+        );
+        assert_eq!(Millis(1).after(Duration::MAX), Millis(i64::MAX));
     }
 }

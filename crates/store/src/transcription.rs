@@ -46,10 +46,6 @@ fn job(row: &sqlx::any::AnyRow) -> Result<Job, StoreError> {
     })
 }
 
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 impl SqlStore {
     /// Ends a job held by `lease` and drops its file, in one transaction; `false` (nothing
     /// written) when the job is not held by that lease.
@@ -191,7 +187,7 @@ impl TranscriptionStore for SqlStore {
             ))
             .bind(JobStatus::Processing.as_str())
             .bind(token.as_str())
-            .bind(now.0.saturating_add(millis(lease)))
+            .bind(now.after(lease).0)
             .bind(now.0)
             .bind(id.as_str())
             .bind(attempts)

@@ -205,10 +205,7 @@ impl Worker {
         let every = self.config.lease / 3;
         loop {
             tokio::time::sleep(every).await;
-            let until =
-                Millis(Millis::now().0.saturating_add(
-                    i64::try_from(self.config.lease.as_millis()).unwrap_or(i64::MAX),
-                ));
+            let until = Millis::now().after(self.config.lease);
             match self
                 .store
                 .renew_job(&claimed.job.id, &claimed.lease, until)

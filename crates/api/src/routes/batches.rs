@@ -207,19 +207,20 @@ pub(crate) fn bad_multipart() -> ApiError {
     ApiError::Invalid("invalid multipart body".into())
 }
 
-/// The form of a CSV upload, refused at once when its declared size is over the file limit
-/// plus room for the form around it.
+/// The form of an upload, refused at once with `too_large` when its declared size is over the
+/// file limit plus room for the form around it.
 pub(crate) fn upload_form(
     headers: &HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
     max_bytes: u64,
+    too_large: ApiError,
 ) -> ApiResult<Multipart> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max_bytes.saturating_add(FORM_OVERHEAD)) {
-        return Err(ApiError::TooLarge);
+        return Err(too_large);
     }
     multipart.map_err(|_| ApiError::Invalid("request must be multipart/form-data".into()))
 }
@@ -386,7 +387,7 @@ pub async fn create_batch(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Json<BatchCreatedResponse>> {
     let limits = state.config.batch_limits;
-    let mut multipart = upload_form(&headers, multipart, limits.max_bytes)?;
+    let mut multipart = upload_form(&headers, multipart, limits.max_bytes, ApiError::TooLarge)?;
     // Before the file is read: a refused upload costs neither the parse nor the memory.
     let wait = state.config.batch_upload_wait;
     let Ok(Ok(_turn)) = tokio::time::timeout(wait, state.uploads.clone().acquire_owned()).await

@@ -220,7 +220,7 @@ pub async fn import_numbers(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Json<ImportResponse>> {
     let limits = state.config.batch_limits;
-    let mut multipart = upload_form(&headers, multipart, limits.max_bytes)?;
+    let mut multipart = upload_form(&headers, multipart, limits.max_bytes, ApiError::TooLarge)?;
     let listings = read_listings(&mut multipart, limits).await?;
     let imported = state
         .store

@@ -161,10 +161,7 @@ pub async fn create_job(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Json<JobCreated>> {
     let max_bytes = state.config.transcription.max_bytes;
-    let mut multipart = upload_form(&headers, multipart, max_bytes).map_err(|e| match e {
-        ApiError::TooLarge => ApiError::FileTooLarge,
-        other => other,
-    })?;
+    let mut multipart = upload_form(&headers, multipart, max_bytes, ApiError::FileTooLarge)?;
     // A file is held in memory until it is stored: uploads take turns with batch uploads.
     let wait = state.config.batch_upload_wait;
     let Ok(Ok(_turn)) = tokio::time::timeout(wait, state.uploads.clone().acquire_owned()).await
