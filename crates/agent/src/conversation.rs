@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -327,7 +327,12 @@ struct Driver {
     /// A machine answered: waiting for its greeting to end before the message plays.
     greeting: Option<GreetingEnd>,
     /// Agent audio is held back (the machine's greeting is still going).
-    hold: bool,
+    withhold: bool,
+    /// Whether the callee has the call on hold, as the line says.
+    held: watch::Receiver<bool>,
+    /// The agent waits while the callee has the call on hold: it says nothing and nothing it
+    /// hears (hold music) is a turn; only the call's own time limit runs on.
+    on_hold: bool,
     /// A machine answered and the message was played to its end.
     message_left: bool,
     transfer_targets: BTreeMap<String, E164>,
@@ -349,6 +354,7 @@ async fn run(
     let MediaStream {
         mut inbound,
         outbound,
+        held,
     } = media;
     let (tx, mut rx) = mpsc::channel(64);
     let Session {
@@ -410,7 +416,9 @@ async fn run(
         answered_by: AnsweredBy::Unknown,
         machine_message: voicemail.and_then(|v| v.message),
         greeting: None,
-        hold: false,
+        withhold: false,
+        held,
+        on_hold: false,
         message_left: false,
         transfer_targets,
         transfer_say,
@@ -606,6 +614,15 @@ impl Driver {
 
     /// One inbound frame: the clock of the conversation.
     fn tick(&mut self, frame: AudioFrame) {
+        let held = *self.held.borrow();
+        if held != self.on_hold {
+            self.hold_changed(held);
+        }
+        if self.on_hold {
+            // The conversation's own clock stops (turns, the machine detector, the tail before
+            // hanging up); the call's time limit is kept by `run`.
+            return;
+        }
         self.frame_no += 1;
         self.ahead = self.ahead.saturating_sub(1);
         if self.ending && self.quiet() {
@@ -970,9 +987,12 @@ impl Driver {
 
     /// Queues agent audio up to `lead_frames` ahead of playout.
     fn fill(&mut self) {
+        if self.on_hold {
+            return;
+        }
         while self.ahead < self.timing.lead_frames {
             if self.current.is_none() {
-                if self.hold {
+                if self.withhold {
                     return;
                 }
                 let Some(mut line) = self.queue.pop_front() else {
@@ -1034,13 +1054,13 @@ impl Driver {
             let beep_ended = matches!(tone, Some(ToneEvent::Ended { .. }));
             let heard = self.amd.as_mut().map_or(speech, |a| a.heard(frame, speech));
             let sound = heard || self.beeps.in_tone();
-            if greeting.frame(at_ms, sound, beep_ended) && self.hold {
+            if greeting.frame(at_ms, sound, beep_ended) && self.withhold {
                 tracing::info!(
                     at_ms,
                     beep_ended,
                     "the greeting is over: leaving the message"
                 );
-                self.hold = false;
+                self.withhold = false;
                 self.fill();
             }
             return;
@@ -1069,7 +1089,7 @@ impl Driver {
             // The beep that decided it may still be sounding: its end is the greeting's end.
             greeting.frame(at_ms, cue == Cue::Beep || speech, false);
             self.greeting = Some(greeting);
-            self.hold = true;
+            self.withhold = true;
             self.speak(
                 Reply {
                     say: vec![message],
@@ -1081,22 +1101,52 @@ impl Driver {
         }
     }
 
+    /// The callee put the call on hold or took it off. On hold the line being played is cut
+    /// where the callee stopped hearing it and said again whole once they are back; what is
+    /// queued waits, and a reply on its way is queued behind it. The caller's utterance in
+    /// progress is dropped: what comes down a held line is hold music.
+    fn hold_changed(&mut self, held: bool) {
+        self.on_hold = held;
+        if !held {
+            tracing::info!("the callee took the call off hold: the agent goes on");
+            return;
+        }
+        tracing::info!("the callee put the call on hold: the agent waits");
+        let _ = self.control.try_send(CallControl::FlushAudio);
+        self.echo.flush_far();
+        if let Some(mut line) = self.current.take() {
+            self.record_cut(&line);
+            line.sent = 0;
+            self.queue.push_front(line);
+        }
+        self.ahead = 0;
+        self.turns = TurnTaker::new(self.timing.turn);
+        self.recognition = None;
+        self.utterance += 1;
+        self.preroll.clear();
+    }
+
+    /// A line cut short goes into the transcript as far as it was heard, with the cut marker.
+    fn record_cut(&mut self, line: &Line) {
+        let played = line
+            .sent
+            .saturating_sub(self.ahead * FRAME_SAMPLES)
+            .min(line.audio.len());
+        if played > 0 {
+            self.transcript.push(TranscriptItem {
+                role: Speaker::Agent,
+                message: cut_text(&line.text, played as f64 / line.audio.len().max(1) as f64),
+                at_ms: Some(line.started_ms),
+            });
+        }
+    }
+
     /// Stops the agent: the line being played is recorded as far as it was heard, everything
     /// queued or still being synthesised is dropped.
     fn stop_talking(&mut self) {
         self.echo.flush_far();
         if let Some(line) = self.current.take() {
-            let played = line
-                .sent
-                .saturating_sub(self.ahead * FRAME_SAMPLES)
-                .min(line.audio.len());
-            if played > 0 {
-                self.transcript.push(TranscriptItem {
-                    role: Speaker::Agent,
-                    message: cut_text(&line.text, played as f64 / line.audio.len().max(1) as f64),
-                    at_ms: Some(line.started_ms),
-                });
-            }
+            self.record_cut(&line);
         }
         self.ahead = 0;
         self.queue.clear();

@@ -85,6 +85,36 @@ async fn run_with(
     heard: &str,
     voicemail: Option<VoicemailPlan>,
 ) -> Run {
+    let line = Line {
+        voicemail,
+        ..Line::default()
+    };
+    run_on(opening, caller, caller_at, call_for, heard, line).await
+}
+
+/// What the line does beside the caller's audio.
+#[derive(Default)]
+struct Line {
+    voicemail: Option<VoicemailPlan>,
+    /// The callee holds the call from the first to the second moment (from the answer).
+    hold: Option<(Duration, Duration)>,
+    /// The call's time limit, if not `Timing::default()`'s.
+    max_duration: Option<Duration>,
+}
+
+async fn run_on(
+    opening: &str,
+    caller: Vec<i16>,
+    caller_at: Duration,
+    call_for: Duration,
+    heard: &str,
+    line: Line,
+) -> Run {
+    let Line {
+        voicemail,
+        hold,
+        max_duration,
+    } = line;
     tokio::time::pause();
     let (in_tx, inbound) = mpsc::channel(50);
     let (outbound, mut out_rx) = mpsc::channel::<Vec<i16>>(500);
@@ -108,10 +138,14 @@ async fn run_with(
         }),
         answered_at: answered,
         answered_at_ms: 1_000_000,
-        timing: Timing::default(),
+        timing: Timing {
+            max_duration: max_duration.unwrap_or(Timing::default().max_duration),
+            ..Timing::default()
+        },
         voicemail,
         transfer: None,
     };
+    let (media, held) = MediaStream::new(inbound, outbound);
     // The telephony adapter: one frame in and one frame out per 20 ms tick; FlushAudio drops
     // what is queued; Hangup ends the call.
     let adapter = tokio::spawn(async move {
@@ -121,6 +155,12 @@ async fn run_with(
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         for n in 0..(call_for.as_millis() / 20) as usize {
             tick.tick().await;
+            // As the SIP adapter does: the hold is known before the frames that follow it, and
+            // what the agent queues meanwhile is taken off the queue and not sent.
+            if let Some((from, to)) = hold {
+                let t = answered.elapsed();
+                held.send_replace(t >= from && t < to);
+            }
             while let Ok(c) = ctl_rx.try_recv() {
                 if c == CallControl::FlushAudio {
                     while out_rx.try_recv().is_ok() {}
@@ -143,7 +183,7 @@ async fn run_with(
         }
         (controls, agent_audio)
     });
-    let outcome = converse(session, MediaStream { inbound, outbound }, control).await;
+    let outcome = converse(session, media, control).await;
     let (controls, agent_audio) = adapter.await.unwrap();
     Run {
         outcome,
@@ -446,4 +486,74 @@ async fn a_person_who_says_yes_after_the_question_is_a_person_and_the_call_goes_
     assert_eq!(r.outcome.results["intent"], "payment_promise");
     assert!(r.outcome.results.get("voicemail").is_none());
     assert!(!lines(&r.outcome).iter().any(|(_, m)| m == MESSAGE));
+}
+
+#[tokio::test]
+async fn on_hold_the_agent_waits_and_says_its_line_again_when_the_callee_is_back() {
+    let voice = caller_voice().await;
+    let opening =
+        "This is a long opening line that goes on and on about the invoice and the ways to pay it";
+    let (held_at, back_at) = (Duration::from_millis(1000), Duration::from_millis(5000));
+    // The callee holds 1 s into the ~3 s opening; what comes down the held line at 2 s (here a
+    // voice saying yes, as hold music with a voice over would) is no answer.
+    let r = run_on(
+        opening,
+        voice,
+        Duration::from_millis(2000),
+        Duration::from_secs(12),
+        "yes i can pay by friday",
+        Line {
+            hold: Some((held_at, back_at)),
+            ..Line::default()
+        },
+    )
+    .await;
+    // Nothing of the agent while held: one tick for the hold to be seen, then silence.
+    let on_hold: Vec<_> = r
+        .agent_audio
+        .iter()
+        .filter(|t| **t > held_at + Duration::from_millis(20) && **t < back_at)
+        .collect();
+    assert_eq!(on_hold, Vec::<&Duration>::new());
+    let back = r.agent_audio.iter().find(|t| **t >= back_at).copied();
+    assert!(
+        back.is_some_and(|b| b < back_at + Duration::from_millis(100)),
+        "{back:?}"
+    );
+    let l = lines(&r.outcome);
+    assert_eq!(l.len(), 3, "{l:?}");
+    assert!(
+        l[0].1.ends_with('…')
+            && l[0].1.starts_with("This is a")
+            && l[0].1.len() < opening.len() / 2,
+        "{l:?}"
+    );
+    assert_eq!(l[1], ("agent".into(), opening.into()));
+    assert_eq!(l[2], ("agent".into(), "Can you pay it by Friday?".into()));
+    assert_eq!(r.outcome.results.get("intent"), None);
+    assert_eq!(r.outcome.ended_by, EndedBy::CalleeHungUp);
+}
+
+#[tokio::test]
+async fn the_time_limit_runs_on_while_the_call_is_held() {
+    let r = run_on(
+        "Hello Rahul.",
+        Vec::new(),
+        Duration::from_secs(60),
+        Duration::from_secs(30),
+        "",
+        Line {
+            hold: Some((Duration::from_millis(500), Duration::from_secs(30))),
+            max_duration: Some(Duration::from_secs(4)),
+            ..Line::default()
+        },
+    )
+    .await;
+    assert_eq!(r.outcome.ended_by, EndedBy::MaxDuration);
+    let (at, last) = r.controls.last().unwrap();
+    assert_eq!(last, &CallControl::Hangup);
+    assert!(
+        (Duration::from_secs(4)..Duration::from_millis(4100)).contains(at),
+        "{at:?}"
+    );
 }

@@ -118,7 +118,7 @@ async fn llm_call(answer: Answer) -> Call {
         }
         (false, longest)
     });
-    let outcome = converse(session, MediaStream { inbound, outbound }, control).await;
+    let outcome = converse(session, MediaStream::new(inbound, outbound).0, control).await;
     let (hung_up, longest_stall) = adapter.await.unwrap();
     Call {
         outcome,

@@ -342,7 +342,7 @@ pub async fn run(args: Args) -> Result<()> {
             };
             let caller = tokio::spawn(line(sentence, turns, in_tx, out_rx, ctl_rx, answered));
             let outcome: ConversationOutcome =
-                converse(session, MediaStream { inbound, outbound }, control).await;
+                converse(session, MediaStream::new(inbound, outbound).0, control).await;
             let line = caller.await.ok()?;
             Some((line, outcome))
         }));

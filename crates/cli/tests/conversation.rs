@@ -39,11 +39,11 @@ fn scenario() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/tests/scenarios/callee_speaks.xml")
 }
 
-/// The callee's recording of `sentence` in `dir`, as SIPp's `rtp_stream` plays it.
-fn record(sentence: &str, dir: &Path) {
-    let wav = dir.join("caller.wav");
+/// `name`.ul in `dir`: `sentence` as SIPp's `rtp_stream` plays it.
+fn record(sentence: &str, dir: &Path, name: &str) {
+    let wav = dir.join(format!("{name}.wav"));
     voice::speak(sentence, &wav);
-    voice::to_mulaw(&wav, &dir.join("caller.ul"));
+    voice::to_mulaw(&wav, &dir.join(format!("{name}.ul")));
 }
 
 struct Talked {
@@ -54,11 +54,16 @@ struct Talked {
 /// One call to a callee who starts speaking `speak_after_ms` after answering.
 async fn talk(db: Db, speak_after_ms: u32) -> Talked {
     let dir = tempfile::tempdir().unwrap();
-    record("Yes, I can pay by Friday.", dir.path());
-    let key = Service::create_tenant_in(dir.path(), &db);
+    talk_in(db, &scenario(), speak_after_ms, dir.path()).await
+}
+
+/// One call to a callee playing `scenario` in `dir` (where other recordings it plays may be).
+async fn talk_in(db: Db, scenario: &Path, speak_after_ms: u32, dir: &Path) -> Talked {
+    record("Yes, I can pay by Friday.", dir, "caller");
+    let key = Service::create_tenant_in(dir, &db);
     // The callee is silent until it speaks: no RTP for seconds is not a dead line here.
-    let svc = Service::start_with(dir.path(), &db, &[("OUTDIAL_NO_RTP_TIMEOUT_SECONDS", "30")]);
-    let mut sipp = Sipp::run(&scenario(), false, 1, speak_after_ms, dir.path());
+    let svc = Service::start_with(dir, &db, &[("OUTDIAL_NO_RTP_TIMEOUT_SECONDS", "30")]);
+    let mut sipp = Sipp::run(scenario, false, 1, speak_after_ms, dir);
     let api = Api::new(&svc.base, &key);
     let agent = api.setup_agent(sipp.port, agent()).await;
     let location = api.call(agent, "+919876543210").await;
@@ -148,4 +153,32 @@ async fn the_callee_talks_over_the_opening_and_the_agent_stops_and_listens() {
     assert_eq!(l[2], ("agent".into(), GOODBYE.into()));
     assert_eq!(l.len(), 3, "{l:?}");
     assert_eq!(c["results"]["intent"], "payment_promise");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_waits_while_the_callee_holds_and_says_its_line_again_after() {
+    let dir = tempfile::tempdir().unwrap();
+    // What comes down the held line would be a refusal if the agent took it for an answer.
+    record("No, I cannot pay it.", dir.path(), "hold");
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios/callee_holds.xml");
+    // Held 1 s into the opening, back 5 s later; the answer comes once the opening and the
+    // question have been said again.
+    let t = talk_in(Db::sqlite(), &scenario, 6500, dir.path()).await;
+    let c = &t.conversation;
+    assert_eq!(c["status"], "completed", "{c}");
+    // SIPp checked our answers to the hold (recvonly) and the resume (sendrecv), and saw our BYE.
+    assert_eq!(t.sipp_exit, Some(0), "{c}");
+    let l = lines(c);
+    assert_eq!(l.len(), 5, "{l:?}");
+    // The opening, cut where the hold began, then said whole once the callee was back.
+    assert_eq!(l[0].0, "agent", "{l:?}");
+    assert!(
+        l[0].1.ends_with('…') && OPENING.starts_with(l[0].1.trim_end_matches('…')),
+        "{l:?}"
+    );
+    assert_eq!(l[1], ("agent".into(), OPENING.into()));
+    assert_eq!(l[2], ("agent".into(), QUESTION.into()));
+    assert_heard_the_human(&l[3]);
+    assert_eq!(l[4], ("agent".into(), GOODBYE.into()));
+    assert_eq!(c["results"]["intent"], "payment_promise", "{c}");
 }

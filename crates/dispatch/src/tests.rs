@@ -61,7 +61,7 @@ impl Telephony for Phone {
                 Script::Answer => {
                     let (_in_tx, inbound) = mpsc::channel(1);
                     let (outbound, _out_rx) = mpsc::channel(1);
-                    let media = domain::telephony::MediaStream { inbound, outbound };
+                    let media = domain::telephony::MediaStream::new(inbound, outbound).0;
                     let _ = tx.send(CallEvent::Answered { at: now, media }).await;
                     let _ = tx
                         .send(CallEvent::Ended(CallEnd {

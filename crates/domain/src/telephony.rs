@@ -6,7 +6,7 @@ use crate::{CallStatus, ConversationId, Millis, TraceId, E164};
 use async_trait::async_trait;
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Audio inside outdial: 16 kHz mono signed 16-bit, 20 ms (320 samples) per frame. Adapters
 /// convert to and from what the wire carries (8 kHz G.711 for a SIP trunk).
@@ -46,6 +46,27 @@ pub struct MediaStream {
     /// What the callee should hear. Frames are played at 20 ms each in order; when nothing is
     /// queued, silence is sent.
     pub outbound: mpsc::Sender<AudioFrame>,
+    /// Whether the callee has put the call on hold (RFC 3264: their last offer wants none of our
+    /// audio). Inbound frames keep coming while held: they are the call's clock, and hold music.
+    pub held: watch::Receiver<bool>,
+}
+
+impl MediaStream {
+    /// Streams that are not on hold, and the sender that puts them on hold and takes them off.
+    pub fn new(
+        inbound: mpsc::Receiver<AudioFrame>,
+        outbound: mpsc::Sender<AudioFrame>,
+    ) -> (Self, watch::Sender<bool>) {
+        let (hold, held) = watch::channel(false);
+        (
+            Self {
+                inbound,
+                outbound,
+                held,
+            },
+            hold,
+        )
+    }
 }
 
 #[derive(Debug)]

@@ -26,7 +26,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, info_span, warn, Instrument, Span};
 
@@ -107,6 +107,7 @@ pub(crate) async fn run(
             answered_at: None,
             sdp: None,
             held: false,
+            hold: None,
             record,
             transfer: None,
             bridge: None,
@@ -153,6 +154,8 @@ struct Call {
     sdp: Option<sdp::LocalSdp>,
     /// The far end has put us on hold (its last offer wants none of our audio).
     held: bool,
+    /// Tells the owner of the answered call's streams when the hold begins and ends.
+    hold: Option<watch::Sender<bool>>,
     /// Whether this leg writes the call's recording (a transfer's second leg does not: the
     /// first leg's recording has both sides of the bridge).
     record: bool,
@@ -409,11 +412,9 @@ impl Call {
         let at = Millis::now();
         self.answered_at = Some(at);
         info!(codec = ?remote.codec, remote = %remote.addr, "answered");
-        self.emit(CallEvent::Answered {
-            at,
-            media: MediaStream { inbound, outbound },
-        })
-        .await;
+        let (media, hold) = MediaStream::new(inbound, outbound);
+        self.hold = Some(hold);
+        self.emit(CallEvent::Answered { at, media }).await;
         Ok(())
     }
 
@@ -716,9 +717,9 @@ impl Call {
                 inbound: in_tx,
                 outbound: out_rx,
             });
-            let relay = tokio::spawn(
-                relay(MediaStream { inbound, outbound }, target_media).in_current_span(),
-            );
+            // The owner is gone from the call: a hold now only silences the bridge.
+            let (callee, _) = MediaStream::new(inbound, outbound);
+            let relay = tokio::spawn(relay(callee, target_media).in_current_span());
             info!("bridged the callee to the transfer target");
             self.bridge = Some(Bridged { leg, relay });
         }
@@ -756,6 +757,9 @@ impl Call {
     fn set_held(&mut self, held: bool) {
         if held != self.held {
             self.held = held;
+            if let Some(hold) = self.hold.as_ref() {
+                hold.send_replace(held);
+            }
             info!(
                 held,
                 "far end {} the call",
