@@ -7,6 +7,7 @@ use crate::outcome::{classify, Termination};
 use crate::recording::Recorder;
 use crate::rtp_session::{MediaCommand, MediaEvent, MediaHandle, MediaSetup};
 use crate::sdp::{self, RemoteMedia};
+use crate::session_timer::{Due, Refreshed, SessionTimer};
 use crate::transfer::{sipfrag_status, Step, TransferMachine};
 use crate::trunk::{sip_addr, Probe, Target};
 use crate::{Shared, INBOUND_FRAMES, OUTBOUND_FRAMES};
@@ -37,9 +38,9 @@ const BYE_WAIT: Duration = Duration::from_secs(2);
 /// Allow of our INVITEs: what a far end may send inside our calls (RFC 3261 §20.5); NOTIFY for
 /// the progress of a REFER we sent.
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, NOTIFY";
-/// Supported of our INVITEs: no extension (no 100rel, no session timers we would refresh), said
-/// explicitly so a far end does not assume any (RFC 3261 §20.37).
-const SUPPORTED: &str = "";
+/// Supported of our INVITEs: session timers (RFC 4028), which we refresh or watch as the far
+/// end decides; no 100rel.
+const SUPPORTED: &str = "timer";
 
 /// Every tenant-supplied value of a call that goes into a SIP header, checked once before
 /// anything is sent.
@@ -111,6 +112,9 @@ pub(crate) async fn run(
             record,
             transfer: None,
             bridge: None,
+            session: None,
+            far_end_updates: false,
+            refreshing: None,
         };
         let mut termination = call.drive().await;
         // A second leg of ours (a transfer being dialled or bridged) goes with this one.
@@ -161,6 +165,12 @@ struct Call {
     record: bool,
     transfer: Option<Transferring>,
     bridge: Option<Bridged>,
+    /// The session timer the far end asked for, if any (RFC 4028).
+    session: Option<SessionTimer>,
+    /// Whether the far end takes UPDATE (its Allow), the lighter refresh.
+    far_end_updates: bool,
+    /// Our refresh on its way.
+    refreshing: Option<JoinHandle<rsipstack::Result<Option<Response>>>>,
 }
 
 /// A transfer under way.
@@ -403,6 +413,16 @@ impl Call {
             }
         };
         self.start_or_update_media(remote, &mut rtp);
+        self.session =
+            SessionTimer::from_answer(header(&resp.headers, "Session-Expires"), Instant::now());
+        self.far_end_updates = header(&resp.headers, "Allow").is_some_and(|allow| {
+            allow
+                .split(',')
+                .any(|m| m.trim().eq_ignore_ascii_case("UPDATE"))
+        });
+        if let Some(t) = &self.session {
+            info!(interval_s = t.interval().as_secs(), refresher = ?t.refresher(), "session timer");
+        }
         let (in_tx, inbound) = mpsc::channel(INBOUND_FRAMES);
         let (outbound, out_rx) = mpsc::channel(OUTBOUND_FRAMES);
         self.media_command(MediaCommand::Attach {
@@ -479,13 +499,20 @@ impl Call {
                             None => self.sdp.as_ref().map(|s| s.current().to_string()),
                         };
                         let with_sdp = req.method == sip::Method::Invite || !req.body.is_empty();
-                        let (headers, body) = match body {
-                            Some(body) if with_sdp => (
-                                Some(vec![Header::ContentType("application/sdp".into())]),
-                                Some(body.into_bytes()),
-                            ),
-                            _ => (None, None),
+                        let mut headers = Vec::new();
+                        let body = match body {
+                            Some(body) if with_sdp => {
+                                headers.push(Header::ContentType("application/sdp".into()));
+                                Some(body.into_bytes())
+                            }
+                            _ => None,
                         };
+                        let expires = header(&req.headers, "Session-Expires");
+                        if let Some(value) = SessionTimer::on_their_refresh(&mut self.session, expires, Instant::now()) {
+                            headers.push(Header::SessionExpires(value.into()));
+                            headers.push(Header::Require("timer".into()));
+                        }
+                        let headers = Some(headers).filter(|h| !h.is_empty());
                         debug!(method = %req.method, "answering session refresh");
                         if let Err(e) = handle.respond(StatusCode::OK, headers, body).await {
                             warn!(error = %e, "could not answer session refresh");
@@ -509,6 +536,16 @@ impl Call {
                     Some(other) => debug!(state = %other, "dialog state"),
                     None => return Termination::Other("dialog state channel closed".into()),
                 },
+                () = until(self.session.as_ref().and_then(SessionTimer::due)) => {
+                    if let Some(end) = self.session_due(dialog).await {
+                        return end;
+                    }
+                }
+                Some(answer) = refresh_answer(&mut self.refreshing) => {
+                    if let Some(end) = self.on_refresh_answer(answer, dialog).await {
+                        return end;
+                    }
+                }
                 () = &mut max_duration => {
                     info!("max duration reached, sending BYE");
                     self.bye(dialog).await;
@@ -561,6 +598,91 @@ impl Call {
         }
     }
 
+    /// The session timer's moment: our refresh is sent, or the session has expired.
+    async fn session_due(&mut self, dialog: &InviteDialog) -> Option<Termination> {
+        let t = self.session.as_mut()?;
+        match t.on_time(Instant::now())? {
+            Due::Refresh => {
+                let headers = vec![
+                    Header::SessionExpires(t.request_value().into()),
+                    Header::Supported(SUPPORTED.into()),
+                ];
+                let dialog = dialog.clone();
+                // UPDATE needs no SDP and no ACK; a far end without it gets a re-INVITE that
+                // repeats our session description unchanged (RFC 3264 §8).
+                let sdp = (!self.far_end_updates)
+                    .then(|| self.sdp.as_ref().map(|s| s.current().as_bytes().to_vec()))
+                    .flatten();
+                debug!(update = sdp.is_none(), "refreshing the session");
+                self.refreshing = Some(tokio::spawn(async move {
+                    match sdp {
+                        None => dialog.update(Some(headers), None).await,
+                        Some(sdp) => {
+                            let mut headers = headers;
+                            headers.push(Header::ContentType("application/sdp".into()));
+                            dialog.reinvite(Some(headers), Some(sdp)).await
+                        }
+                    }
+                }));
+                None
+            }
+            Due::Expired => {
+                info!("the session expired without a refresh, sending BYE");
+                self.bye(dialog).await;
+                Some(Termination::Other(
+                    "session expired: no refresh within its Session-Expires (RFC 4028)".into(),
+                ))
+            }
+        }
+    }
+
+    async fn on_refresh_answer(
+        &mut self,
+        answer: RequestResult,
+        dialog: &InviteDialog,
+    ) -> Option<Termination> {
+        self.refreshing = None;
+        let resp = match answer {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                warn!(error = %e, "session refresh failed");
+                None
+            }
+            Err(e) => {
+                warn!(error = %e, "session refresh task failed");
+                None
+            }
+        };
+        let t = self.session.as_mut()?;
+        let code = resp.as_ref().map(|r| r.status_code.code());
+        let headers = resp.as_ref().map(|r| &r.headers);
+        let expires = headers.and_then(|h| header(h, "Session-Expires"));
+        let min_se = headers.and_then(|h| header(h, "Min-SE"));
+        match t.on_refresh_answer(code, expires, min_se, Instant::now()) {
+            Refreshed::Yes => {
+                debug!(?code, "session refreshed");
+                None
+            }
+            Refreshed::Off => {
+                info!("the far end keeps no session timer any more");
+                self.session = None;
+                None
+            }
+            Refreshed::Later => {
+                warn!(?code, "session refresh not accepted; trying again");
+                None
+            }
+            Refreshed::Gone => {
+                info!(?code, "the far end no longer knows the call");
+                self.bye(dialog).await;
+                Some(Termination::Other(format!(
+                    "session refresh answered {}: the far end no longer knows the call",
+                    code.unwrap_or_default()
+                )))
+            }
+        }
+    }
+
     /// Starts a blind transfer: REFER to the target's number at the trunk.
     async fn refer(
         &mut self,
@@ -608,7 +730,7 @@ impl Call {
     /// The REFER's final response, or why there was none.
     async fn on_refer_answer(
         &mut self,
-        refer: ReferResult,
+        refer: RequestResult,
         dialog: &InviteDialog,
     ) -> Option<Termination> {
         let t = self.transfer.as_mut()?;
@@ -861,11 +983,12 @@ async fn relay(mut a: MediaStream, mut b: MediaStream) {
     }
 }
 
-type ReferResult = Result<rsipstack::Result<Option<Response>>, tokio::task::JoinError>;
+/// What an in-dialog request of ours (REFER, a session refresh) came back with.
+type RequestResult = Result<rsipstack::Result<Option<Response>>, tokio::task::JoinError>;
 
 /// What a transfer under way heard: its REFER's outcome, or an event of our second leg.
 enum News {
-    Refer(ReferResult),
+    Refer(RequestResult),
     Target(Option<CallEvent>),
 }
 
@@ -894,6 +1017,24 @@ fn transfer_news<'a>(
             } => News::Target(e),
         }
     })
+}
+
+/// A header's value by name (compact forms are parsed to theirs), as the far end wrote it.
+fn header<'a>(headers: &'a sip::Headers, name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|h| h.name().eq_ignore_ascii_case(name))
+        .map(Header::value)
+}
+
+/// Our session refresh's answer, once it has one.
+fn refresh_answer(
+    refreshing: &mut Option<JoinHandle<rsipstack::Result<Option<Response>>>>,
+) -> Pin<Box<dyn Future<Output = Option<RequestResult>> + Send + '_>> {
+    match refreshing {
+        Some(task) => Box::pin(async move { Some(task.await) }),
+        None => Box::pin(std::future::pending()),
+    }
 }
 
 async fn until(deadline: Option<Instant>) {

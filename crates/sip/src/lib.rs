@@ -22,6 +22,7 @@ mod outcome;
 mod recording;
 mod rtp_session;
 pub mod sdp;
+pub mod session_timer;
 pub mod transfer;
 mod trunk;
 

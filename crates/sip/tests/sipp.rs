@@ -85,8 +85,68 @@ async fn invite_carries_our_call_id_allow_and_supported() {
         header_line(&invite, "Allow"),
         Some("INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, NOTIFY")
     );
-    assert!(header_line(&invite, "Supported").is_some(), "{invite}");
+    assert_eq!(header_line(&invite, "Supported"), Some("timer"), "{invite}");
     assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+}
+
+#[tokio::test]
+async fn a_session_timer_we_refresh_is_refreshed_by_update_before_it_expires() {
+    require_sipp!();
+    let mut sipp = Sipp::uas("session_refresh_update.xml", &["-rtp_echo"]);
+    let tel = adapter(None, SECS(5)).await;
+    let (kinds, end) = run_call(&tel, request(&sipp.uri(), SECS(10), SECS(30)), None).await;
+    assert_eq!(kinds, [Kind::Answered]);
+    // Two refreshes came within the 4 s interval (else SIPp failed the call on its timeout,
+    // or got our BYE at the expiry); its OPTIONS inside the call was answered 200; then it
+    // hung up.
+    assert_eq!(end.status, CallStatus::Completed, "{end:?}");
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+    let updates = sipp
+        .received()
+        .into_iter()
+        .filter(|m| m.starts_with("UPDATE "))
+        .collect::<Vec<_>>();
+    assert_eq!(updates.len(), 2, "{}", sipp.messages());
+    for update in &updates {
+        assert_eq!(
+            header_line(update, "Session-Expires"),
+            Some("4;refresher=uac")
+        );
+        assert_eq!(header_line(update, "Supported"), Some("timer"));
+    }
+}
+
+#[tokio::test]
+async fn a_far_end_without_update_gets_a_re_invite_refresh() {
+    require_sipp!();
+    let mut sipp = Sipp::uas("session_refresh_reinvite.xml", &["-rtp_echo"]);
+    let tel = adapter(None, SECS(5)).await;
+    let (kinds, end) = run_call(&tel, request(&sipp.uri(), SECS(10), SECS(30)), None).await;
+    assert_eq!(kinds, [Kind::Answered]);
+    assert_eq!(end.status, CallStatus::Completed, "{end:?}");
+    // SIPp got the re-INVITE with our SDP in time, and our ACK to its 200.
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+}
+
+#[tokio::test]
+async fn a_session_the_far_end_stops_refreshing_is_ended_at_its_expiry() {
+    require_sipp!();
+    let mut sipp = Sipp::uas("session_expires_uas.xml", &["-rtp_echo"]);
+    let tel = adapter(None, SECS(5)).await;
+    let (kinds, end) = run_call(&tel, request(&sipp.uri(), SECS(10), SECS(60)), None).await;
+    assert_eq!(kinds, [Kind::Answered]);
+    // SIPp checked our answer to its refresh (Session-Expires 6;refresher=uac, Require:
+    // timer) and got our BYE.
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+    assert_eq!(end.status, CallStatus::Failed, "{end:?}");
+    assert_eq!(
+        end.failure_reason.as_deref(),
+        Some("session expired: no refresh within its Session-Expires (RFC 4028)")
+    );
+    // The refresh 2 s in restarted the clock: 2 s + (6 s - 2 s kept back) after the answer,
+    // not the 4 s the first interval alone would have given.
+    let lasted = end.ended_at.0 - end.answered_at.expect("answered").0;
+    assert!((5_500..9_000).contains(&lasted), "{lasted} ms");
 }
 
 /// One RTP packet of ours as the far end's socket saw it.
