@@ -74,6 +74,12 @@ impl Baresip {
     }
 }
 
+impl Baresip {
+    fn uri(&self) -> String {
+        format!("sip:127.0.0.1:{}", self.port)
+    }
+}
+
 impl Drop for Baresip {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -91,26 +97,44 @@ fn frequency(x: &[i16], rate: f64) -> f64 {
     crossings as f64 / 2.0 / (x.len() as f64 / rate)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn baresip_answers_and_audio_flows_both_ways() {
+fn require_baresip() {
     init_tracing();
     assert!(
         Path::new(BARESIP).exists(),
         "baresip not installed: apt-get install -y baresip"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baresip_answers_and_audio_flows_both_ways() {
+    require_baresip();
     let callee = Baresip::start();
+    let trunk = callee.uri();
+    audio_flows_both_ways(&callee, request(&trunk, SECS(10), SECS(30))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baresip_behind_an_authenticating_proxy_answers_and_audio_flows_both_ways() {
+    require_baresip();
+    let callee = Baresip::start();
+    let proxy = common::kamailio::Kamailio::start(&callee.uri(), "s3cret");
+    let mut req = request(&proxy.uri(), SECS(10), SECS(30));
+    req.trunk.username = Some("outdial".into());
+    req.trunk.password = Some("s3cret".into());
+    audio_flows_both_ways(&callee, req).await;
+    assert_eq!(proxy.invites().len(), 1, "{}", proxy.log());
+}
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+/// Calls `callee` with `req`, plays it a 1 kHz tone while listening to its 440 Hz sine, and
+/// hangs up: both tones must have crossed.
+async fn audio_flows_both_ways(callee: &Baresip, req: domain::telephony::DialRequest) {
     let tel = adapter(None, Duration::from_secs(5)).await;
     let LiveCall {
         mut events,
         control,
-    } = tel
-        .dial(request(
-            &format!("sip:127.0.0.1:{}", callee.port),
-            Duration::from_secs(10),
-            Duration::from_secs(30),
-        ))
-        .await
-        .unwrap();
+    } = tel.dial(req).await.unwrap();
     let mut media = loop {
         match events.recv().await.expect("events") {
             CallEvent::Answered { media, .. } => break media,

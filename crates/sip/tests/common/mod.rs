@@ -2,6 +2,8 @@
 //! port discovery, and helpers to dial and collect a call's events.
 #![allow(dead_code)]
 
+pub mod kamailio;
+
 use domain::telephony::{
     CallControl, CallEnd, CallEvent, DialRequest, LiveCall, MediaStream, Telephony, TrunkTarget,
 };

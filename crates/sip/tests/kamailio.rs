@@ -1,0 +1,128 @@
+//! The adapter through Kamailio, an authenticating, record-routing proxy, to the callee: what a
+//! carrier's edge does that SIPp alone does not (digest with qop from a proxy, Record-Route,
+//! in-dialog requests both ways through the proxy). Needs Debian's `kamailio` and `sip-tester`.
+
+mod common;
+
+use common::kamailio::Kamailio;
+use common::*;
+use domain::CallStatus;
+use std::time::Duration;
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+/// A trunk at the proxy, with its credentials.
+fn through(proxy: &Kamailio, password: &str) -> domain::telephony::DialRequest {
+    let mut req = request(&proxy.uri(), SECS(10), SECS(30));
+    req.trunk.username = Some("outdial".into());
+    req.trunk.password = Some(password.into());
+    req
+}
+
+fn start() {
+    init_tracing();
+    assert!(
+        sipp_available(),
+        "sipp not installed: apt-get install -y sip-tester"
+    );
+}
+
+#[tokio::test]
+async fn a_call_is_authenticated_by_the_proxy_and_its_bye_follows_the_record_route() {
+    start();
+    let mut sipp = Sipp::uas("answer.xml", &["-rtp_echo"]);
+    let proxy = Kamailio::start(&sipp.uri(), "s3cret");
+    let tel = adapter(None, SECS(5)).await;
+    let (kinds, end) = run_call(
+        &tel,
+        through(&proxy, "s3cret"),
+        Some(Duration::from_millis(500)),
+    )
+    .await;
+    assert_eq!(kinds, [Kind::Ringing, Kind::Answered]);
+    assert_eq!(end.status, CallStatus::Completed, "{end:?}");
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+    // One INVITE was let through, and our BYE reached the callee by the proxy's route.
+    assert_eq!(proxy.invites().len(), 1, "{}", proxy.log());
+    let bye = sipp
+        .received()
+        .into_iter()
+        .find(|m| m.starts_with("BYE "))
+        .expect("the BYE reached the callee");
+    assert!(
+        header_line(&bye, "Via").is_some_and(|v| v.contains(&format!(":{}", proxy.port))),
+        "{bye}"
+    );
+}
+
+#[tokio::test]
+async fn hold_and_resume_from_the_callee_cross_the_proxy() {
+    start();
+    let observer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let rtp_port = observer.local_addr().unwrap().port().to_string();
+    let mut sipp = Sipp::uas("hold.xml", &["-set", "rtpport", &rtp_port]);
+    let proxy = Kamailio::start(&sipp.uri(), "s3cret");
+    let tel = adapter(None, SECS(30)).await;
+    let (kinds, end) = run_call(&tel, through(&proxy, "s3cret"), None).await;
+    assert_eq!(kinds, [Kind::Answered]);
+    assert_eq!(end.status, CallStatus::Completed, "{end:?}");
+    // SIPp's re-INVITEs and UPDATE took the proxy's route to us, and it checked our answers:
+    // recvonly to the hold, inactive to inactive, PCMA sendrecv to the resume.
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+}
+
+#[tokio::test]
+async fn a_decline_through_the_proxy_is_busy_with_its_phrase() {
+    start();
+    let mut sipp = Sipp::uas("decline_via_proxy.xml", &[]);
+    let proxy = Kamailio::start(&sipp.uri(), "s3cret");
+    let tel = adapter(None, SECS(5)).await;
+    let (_, end) = run_call(&tel, through(&proxy, "s3cret"), None).await;
+    assert_eq!(end.status, CallStatus::Busy, "{end:?}");
+    assert_eq!(end.failure_reason.as_deref(), Some("603 Decline"));
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+}
+
+#[tokio::test]
+async fn a_wrong_trunk_password_is_a_telephony_failure_that_says_so() {
+    start();
+    let mut sipp = Sipp::uas("answer.xml", &["-rtp_echo"]);
+    let proxy = Kamailio::start(&sipp.uri(), "s3cret");
+    let tel = adapter(None, SECS(5)).await;
+    let (kinds, end) = run_call(&tel, through(&proxy, "not-the-password"), None).await;
+    assert!(kinds.is_empty(), "{kinds:?}");
+    assert_eq!(end.status, CallStatus::TelephonyFailed, "{end:?}");
+    let reason = end.failure_reason.unwrap_or_default();
+    assert!(
+        reason.starts_with("authentication with the trunk failed: 407"),
+        "{reason}"
+    );
+    // The proxy let nothing through to the callee.
+    assert!(proxy.invites().is_empty(), "{}", proxy.log());
+    assert!(sipp.received().is_empty());
+}
+
+#[tokio::test]
+async fn a_session_timer_is_refreshed_through_the_proxy() {
+    start();
+    let mut sipp = Sipp::uas("session_refresh_update.xml", &["-rtp_echo"]);
+    let proxy = Kamailio::start(&sipp.uri(), "s3cret");
+    let tel = adapter(None, SECS(5)).await;
+    let (kinds, end) = run_call(&tel, through(&proxy, "s3cret"), None).await;
+    assert_eq!(kinds, [Kind::Answered]);
+    assert_eq!(end.status, CallStatus::Completed, "{end:?}");
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+    // Both refreshes took the route set the proxy recorded.
+    let updates: Vec<String> = sipp
+        .received()
+        .into_iter()
+        .filter(|m| m.starts_with("UPDATE "))
+        .collect();
+    assert_eq!(updates.len(), 2, "{}", sipp.messages());
+    for update in &updates {
+        assert!(
+            header_line(update, "Via").is_some_and(|v| v.contains(&format!(":{}", proxy.port))),
+            "{update}"
+        );
+    }
+}
