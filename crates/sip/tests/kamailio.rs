@@ -86,7 +86,7 @@ async fn a_decline_through_the_proxy_is_busy_with_its_phrase() {
 #[tokio::test]
 async fn a_wrong_trunk_password_is_a_telephony_failure_that_says_so() {
     start();
-    let mut sipp = Sipp::uas("answer.xml", &["-rtp_echo"]);
+    let sipp = Sipp::uas("answer.xml", &["-rtp_echo"]);
     let proxy = Kamailio::start(&sipp.uri(), "s3cret");
     let tel = adapter(None, SECS(5)).await;
     let (kinds, end) = run_call(&tel, through(&proxy, "not-the-password"), None).await;
