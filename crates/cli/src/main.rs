@@ -236,6 +236,10 @@ struct ServeArgs {
     /// instead: outdial dials the target on the same trunk and joins the two legs.
     #[arg(long, env = "OUTDIAL_TRANSFER_TIMEOUT_SECONDS", default_value_t = 15)]
     transfer_timeout_seconds: u64,
+    /// PEM file of the certificate authorities a TLS trunk's certificate must chain to
+    /// (a private CA); unset: the system's bundle, /etc/ssl/certs/ca-certificates.crt.
+    #[arg(long, env = "OUTDIAL_SIP_TLS_CA")]
+    sip_tls_ca: Option<PathBuf>,
     /// Transcription jobs this node transcribes at once (0: none; jobs are still accepted,
     /// for other nodes). Each holds the multilingual model (~300 MB).
     #[arg(long, env = "OUTDIAL_TRANSCRIPTION_WORKERS", default_value_t = 1,
@@ -654,6 +658,7 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
         recording_dir: Some(data_dir.join("recordings")),
         no_rtp_timeout: std::time::Duration::from_secs(args.no_rtp_timeout_seconds),
         transfer_timeout: std::time::Duration::from_secs(args.transfer_timeout_seconds),
+        tls_ca: args.sip_tls_ca.clone(),
         ..Default::default()
     })
     .await

@@ -9,7 +9,7 @@ use crate::rtp_session::{MediaCommand, MediaEvent, MediaHandle, MediaSetup};
 use crate::sdp::{self, RemoteMedia};
 use crate::session_timer::{Due, Refreshed, SessionTimer};
 use crate::transfer::{sipfrag_status, Step, TransferMachine};
-use crate::trunk::{sip_addr, Probe, Target};
+use crate::trunk::{Probe, Target};
 use crate::{Shared, INBOUND_FRAMES, OUTBOUND_FRAMES};
 use domain::call::{Transfer, TransferMethod, TransferStatus};
 use domain::telephony::{
@@ -201,10 +201,27 @@ impl Call {
             Ok(addr) => addr,
             Err(e) => return Termination::Transport(e),
         };
-        let probe = match Probe::open(trunk).await {
+        let probe = match Probe::open(trunk, self.target.transport).await {
             Ok(p) => p,
             Err(e) => return Termination::Transport(format!("{trunk}: {e}")),
         };
+        if self.target.transport != domain::telephony::Transport::Udp {
+            // Connected (and for TLS, the certificate checked) before the INVITE, so a refused
+            // connection or certificate is said as such, not as an INVITE that timed out.
+            let destination = self.target.sip_addr(trunk);
+            if let Err(e) = self
+                .shared
+                .endpoint
+                .transport_layer
+                .lookup(&destination, None)
+                .await
+            {
+                return Termination::Transport(format!(
+                    "{trunk} over {}: {e}",
+                    self.target.transport
+                ));
+            }
+        }
         let ip = match self.local_ip(&probe) {
             Ok(ip) => ip,
             Err(e) => return Termination::Other(format!("no local address for media: {e}")),
@@ -284,8 +301,8 @@ impl Call {
         let option = InviteOption {
             caller: header::sip_uri(&c.from, &c.host)?,
             callee: header::sip_uri(&c.to, &c.host)?,
-            contact: header::sip_uri(&c.from, &local)?,
-            destination: Some(sip_addr(trunk)),
+            contact: self.contact(header::sip_uri(&c.from, &local)?),
+            destination: Some(self.target.sip_addr(trunk)),
             content_type: Some("application/sdp".into()),
             offer: self.sdp.as_ref().map(|s| s.current().as_bytes().to_vec()),
             credential,
@@ -298,6 +315,18 @@ impl Call {
         };
         self.call_id = Some(call_id);
         Ok(option)
+    }
+
+    /// Our Contact names the transport the trunk reached us by (RFC 3261 §8.1.1.8), so a far end
+    /// sends its requests in the call back the same way.
+    fn contact(&self, mut uri: sip::Uri) -> sip::Uri {
+        if self.target.transport != domain::telephony::Transport::Udp {
+            uri.params
+                .push(sip::Param::Transport(crate::trunk::wire_transport(
+                    self.target.transport,
+                )));
+        }
+        uri
     }
 
     /// What the header guard took out of this call's messages, if anything.

@@ -40,7 +40,9 @@ use rsipstack::sip::prelude::HeadersExt;
 use rsipstack::sip::{Method, StatusCode};
 use rsipstack::transaction::endpoint::EndpointOption;
 use rsipstack::transaction::TransactionReceiver;
-use rsipstack::transport::{udp::UdpConnection, TransportLayer};
+use rsipstack::transport::tcp_listener::TcpListenerConnection;
+use rsipstack::transport::tls::TlsConfig;
+use rsipstack::transport::{udp::UdpConnection, SipConnection, TransportLayer};
 use rsipstack::EndpointBuilder;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,6 +62,11 @@ pub enum SipError {
     Stack(#[source] Box<rsipstack::Error>),
     #[error("invalid SIP configuration: {0}")]
     InvalidConfig(#[source] header::HeaderError),
+    #[error("cannot read the TLS certificate authorities in {path}: {source}")]
+    TlsCa {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     UnsafeHeader(#[from] header::HeaderError),
     #[error("invalid trunk: {0}")]
@@ -136,6 +143,17 @@ impl SipTelephony {
             _ => connection,
         };
         transport.add_transport(connection.into());
+        // TCP on the UDP port: a far end our Contact tells `transport=tcp` that does not reuse
+        // our connection (RFC 5923 alias) opens one here. Best effort: UDP trunks need none.
+        let tcp_external = external.map(|ext| SocketAddr::new(ext.ip(), bound.port()));
+        match TcpListenerConnection::new(bound, tcp_external).await {
+            Ok(listener) => transport.add_transport(SipConnection::TcpListener(listener)),
+            Err(e) => warn!(addr = %bound, error = %e, "no SIP over TCP on this address"),
+        }
+        transport.set_tls_config(TlsConfig {
+            ca_certs: Some(tls_trust(config.tls_ca.as_deref())?),
+            ..TlsConfig::default()
+        });
         let user_agent = header::HeaderValue::new("User-Agent", config.user_agent.clone())
             .map_err(SipError::InvalidConfig)?;
         let refusals = header::Refusals::default();
@@ -207,14 +225,27 @@ impl Telephony for SipTelephony {
     }
 }
 
+/// The certificate authorities TLS trunks are checked against: the configured PEM file, else
+/// the system's bundle; no file at all is an error only once a TLS trunk is dialled (an empty
+/// store refuses every certificate).
+fn tls_trust(configured: Option<&std::path::Path>) -> Result<Vec<u8>, SipError> {
+    match configured {
+        Some(path) => std::fs::read(path).map_err(|source| SipError::TlsCa {
+            path: path.to_path_buf(),
+            source,
+        }),
+        None => Ok(std::fs::read(config::SYSTEM_CA_BUNDLE).unwrap_or_default()),
+    }
+}
+
 /// Starts one call's task: the callee's, or (`record: false`) a transfer's second leg.
 pub(crate) fn spawn_call(
     shared: &Arc<Shared>,
     request: DialRequest,
     record: bool,
 ) -> Result<LiveCall, DialError> {
-    let target =
-        trunk::Target::parse(&request.trunk.uri).map_err(|e| DialError::Invalid(e.to_string()))?;
+    let target = trunk::Target::parse(&request.trunk.uri, request.trunk.transport)
+        .map_err(|e| DialError::Invalid(e.to_string()))?;
     // Refused before anything is sent: a value that could break a header line never goes out.
     let checked = call::Checked::new(&request, &target)
         .map_err(|e| DialError::Invalid(format!("not dialled: {e}")))?;

@@ -3,7 +3,7 @@
 
 use crate::header::{self, HeaderValue};
 use crate::{Shared, SipError};
-use domain::telephony::TrunkTarget;
+use domain::telephony::{self, TrunkTarget};
 use rsipstack::sip::{self, uri::ParamsExt, HostWithPort, Method, SipMessage, Transport};
 use rsipstack::transaction::key::{TransactionKey, TransactionRole};
 use rsipstack::transaction::make_tag;
@@ -24,40 +24,62 @@ const PING: &[u8] = b"\r\n\r\n";
 pub(crate) struct Target {
     pub host: String,
     pub port: u16,
+    pub transport: telephony::Transport,
 }
 
 impl Target {
-    pub(crate) fn parse(uri: &str) -> Result<Self, SipError> {
-        if !uri.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("sip:")) {
+    /// The trunk's URI and its `transport` option: `sips:` only with TLS, and a `;transport=`
+    /// in the URI must name the same transport.
+    pub(crate) fn parse(uri: &str, transport: telephony::Transport) -> Result<Self, SipError> {
+        let sips = uri
+            .get(..5)
+            .is_some_and(|p| p.eq_ignore_ascii_case("sips:"));
+        if !sips && !uri.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("sip:")) {
             return Err(SipError::InvalidTrunk(format!(
-                "{uri}: expected sip:host[:port]"
+                "{uri}: expected sip:host[:port] or sips:host[:port]"
+            )));
+        }
+        if sips && transport != telephony::Transport::Tls {
+            return Err(SipError::InvalidTrunk(format!(
+                "{uri}: a sips: trunk needs transport tls"
             )));
         }
         let parsed =
             sip::Uri::try_from(uri).map_err(|e| SipError::InvalidTrunk(format!("{uri}: {e}")))?;
-        if !matches!(parsed.scheme, Some(sip::Scheme::Sip) | None) {
-            return Err(SipError::InvalidTrunk(format!(
-                "{uri}: only sip: over UDP is supported"
-            )));
-        }
         if let Some(t) = parsed.transport() {
-            if *t != Transport::Udp {
+            if *t != wire_transport(transport) {
                 return Err(SipError::InvalidTrunk(format!(
-                    "{uri}: transport {t} is not supported, only UDP"
+                    "{uri}: the URI says transport {t}, the trunk {transport}"
                 )));
             }
         }
         let host = parsed.host_with_port.host.to_string();
+        let default_port = match transport {
+            telephony::Transport::Tls => 5061,
+            _ => 5060,
+        };
         let port = parsed
             .host_with_port
             .port
             .map(|p| p.value())
-            .unwrap_or(5060);
+            .unwrap_or(default_port);
         let host_chars = |c: char| c.is_ascii_alphanumeric() || ".-[]:".contains(c);
         if host.is_empty() || !host.chars().all(host_chars) {
             return Err(SipError::InvalidTrunk(format!("{uri}: bad host")));
         }
-        Ok(Self { host, port })
+        Ok(Self {
+            host,
+            port,
+            transport,
+        })
+    }
+
+    /// Where the trunk's messages go: its address over its transport.
+    pub(crate) fn sip_addr(&self, addr: SocketAddr) -> SipAddr {
+        SipAddr {
+            r#type: Some(wire_transport(self.transport)),
+            addr: HostWithPort::from(addr),
+        }
     }
 
     /// The URI host as written (a name stays a name in Request-URI, From and To).
@@ -82,6 +104,30 @@ impl Target {
     }
 }
 
+/// The address our Via names for `transport`: its listener, else the first one's address over
+/// it (the Via a TLS trunk sees; it reaches us back through the connection we opened).
+fn our_addr(shared: &Shared, transport: telephony::Transport) -> Option<SipAddr> {
+    let wire = wire_transport(transport);
+    let listens = shared.endpoint.transport_layer.get_listen_addrs();
+    listens
+        .iter()
+        .find(|a| a.r#type == Some(wire))
+        .cloned()
+        .or_else(|| {
+            let mut addr = listens.first()?.clone();
+            addr.r#type = Some(wire);
+            Some(addr)
+        })
+}
+
+pub(crate) fn wire_transport(transport: telephony::Transport) -> Transport {
+    match transport {
+        telephony::Transport::Udp => Transport::Udp,
+        telephony::Transport::Tcp => Transport::Tcp,
+        telephony::Transport::Tls => Transport::Tls,
+    }
+}
+
 pub(crate) fn sip_addr(addr: SocketAddr) -> SipAddr {
     SipAddr {
         r#type: Some(Transport::Udp),
@@ -93,10 +139,16 @@ pub(crate) fn sip_addr(addr: SocketAddr) -> SipAddr {
 /// and hears the ICMP unreachable that a dead trunk answers with.
 pub(crate) struct Probe {
     socket: UdpSocket,
+    /// Over TCP and TLS the connection itself says whether the trunk is there; a UDP ping to
+    /// a trunk that only listens on TCP would be answered "unreachable".
+    watch: bool,
 }
 
 impl Probe {
-    pub(crate) async fn open(trunk: SocketAddr) -> io::Result<Self> {
+    pub(crate) async fn open(
+        trunk: SocketAddr,
+        transport: telephony::Transport,
+    ) -> io::Result<Self> {
         let any: SocketAddr = if trunk.is_ipv4() {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         } else {
@@ -104,7 +156,10 @@ impl Probe {
         };
         let socket = UdpSocket::bind(any).await?;
         socket.connect(trunk).await?;
-        Ok(Self { socket })
+        Ok(Self {
+            socket,
+            watch: transport == telephony::Transport::Udp,
+        })
     }
 
     pub(crate) fn local_ip(&self) -> io::Result<IpAddr> {
@@ -112,11 +167,17 @@ impl Probe {
     }
 
     pub(crate) async fn ping(&self) -> io::Result<()> {
+        if !self.watch {
+            return Ok(());
+        }
         self.socket.send(PING).await.map(|_| ())
     }
 
     /// Resolves with the error once the kernel reports the trunk unreachable; never otherwise.
     pub(crate) async fn unreachable(&self) -> io::Error {
+        if !self.watch {
+            return std::future::pending().await;
+        }
         let mut buf = [0u8; 64];
         loop {
             match self.socket.recv(&mut buf).await {
@@ -152,12 +213,12 @@ pub(crate) async fn options(
     shared: &Shared,
     trunk: &TrunkTarget,
 ) -> Result<OptionsReply, SipError> {
-    let target = Target::parse(&trunk.uri)?;
+    let target = Target::parse(&trunk.uri, trunk.transport)?;
     let addr = target
         .resolve(shared.local)
         .await
         .map_err(SipError::Unreachable)?;
-    let probe = Probe::open(addr)
+    let probe = Probe::open(addr, target.transport)
         .await
         .map_err(|e| SipError::Unreachable(e.to_string()))?;
 
@@ -177,7 +238,9 @@ pub(crate) async fn options(
             .map_err(|e| SipError::Unreachable(e.to_string()))?,
     };
     let call_id = crate::call::call_id(local_ip)?;
-    let via = shared.endpoint.get_via(None, None)?;
+    let via = shared
+        .endpoint
+        .get_via(our_addr(shared, target.transport), None)?;
     let from = sip::typed::From {
         display_name: None,
         uri: from_uri,
@@ -200,7 +263,7 @@ pub(crate) async fn options(
     );
     let key = TransactionKey::from_request(&request, TransactionRole::Client)?;
     let mut tx = Transaction::new_client(key, request, shared.endpoint.clone(), None);
-    tx.destination = Some(sip_addr(addr));
+    tx.destination = Some(target.sip_addr(addr));
 
     let started = Instant::now();
     probe
@@ -237,17 +300,36 @@ mod tests {
 
     #[test]
     fn parses_trunk_uris() {
+        use telephony::Transport::{Tcp, Tls, Udp};
         assert_eq!(
-            Target::parse("sip:127.0.0.1:5080").unwrap(),
+            Target::parse("sip:127.0.0.1:5080", Udp).unwrap(),
             Target {
                 host: "127.0.0.1".into(),
-                port: 5080
+                port: 5080,
+                transport: Udp,
             }
         );
-        let t = Target::parse("sip:trunk.example.com").unwrap();
+        let t = Target::parse("sip:trunk.example.com", Udp).unwrap();
         assert_eq!((t.host.as_str(), t.port), ("trunk.example.com", 5060));
         assert_eq!(t.host_port(), "trunk.example.com:5060");
-        assert!(Target::parse("sip:pbx.example.com;transport=tcp").is_err());
-        assert!(Target::parse("not a uri").is_err());
+        // The URI's transport and the trunk's must agree.
+        assert!(Target::parse("sip:pbx.example.com;transport=tcp", Udp).is_err());
+        assert_eq!(
+            Target::parse("sip:pbx.example.com;transport=tcp", Tcp)
+                .unwrap()
+                .port,
+            5060
+        );
+        // TLS: 5061 unless said, sips: only over TLS.
+        assert_eq!(
+            Target::parse("sips:pbx.example.com", Tls).unwrap().port,
+            5061
+        );
+        assert_eq!(
+            Target::parse("sip:pbx.example.com:5071", Tls).unwrap().port,
+            5071
+        );
+        assert!(Target::parse("sips:pbx.example.com", Tcp).is_err());
+        assert!(Target::parse("not a uri", Udp).is_err());
     }
 }

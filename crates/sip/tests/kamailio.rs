@@ -126,3 +126,90 @@ async fn a_session_timer_is_refreshed_through_the_proxy() {
         );
     }
 }
+
+/// The INVITE as the callee got it: the proxy's Via on top, ours below.
+fn our_via(sipp: &Sipp) -> String {
+    let invite = sipp
+        .received()
+        .into_iter()
+        .find(|m| m.starts_with("INVITE "))
+        .expect("the INVITE reached the callee");
+    invite
+        .lines()
+        .filter(|l| l.starts_with("Via:"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no Via of ours: {invite}"))
+        .to_string()
+}
+
+async fn adapter_trusting(ca: Option<std::path::PathBuf>) -> sip::SipTelephony {
+    sip::SipTelephony::bind(sip::SipConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        rtp_ports: 0..=0,
+        no_rtp_timeout: SECS(30),
+        tls_ca: ca,
+        ..sip::SipConfig::default()
+    })
+    .await
+    .expect("bind adapter")
+}
+
+#[tokio::test]
+async fn over_tcp_the_call_and_the_callees_hold_travel_on_our_connection() {
+    start();
+    let observer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let rtp_port = observer.local_addr().unwrap().port().to_string();
+    let mut sipp = Sipp::uas("hold.xml", &["-set", "rtpport", &rtp_port]);
+    let proxy = Kamailio::start(&sipp.uri(), "s3cret");
+    let tel = adapter(None, SECS(30)).await;
+    let mut req = through(&proxy, "s3cret");
+    req.trunk.transport = domain::telephony::Transport::Tcp;
+    let (kinds, end) = run_call(&tel, req, None).await;
+    assert_eq!(kinds, [Kind::Answered]);
+    assert_eq!(end.status, CallStatus::Completed, "{end:?}");
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+    let via = our_via(&sipp);
+    assert!(via.contains("SIP/2.0/TCP"), "{via}");
+}
+
+#[tokio::test]
+async fn over_tls_the_proxys_certificate_is_checked_against_the_configured_ca() {
+    start();
+    let mut sipp = Sipp::uas("session_refresh_update.xml", &["-rtp_echo"]);
+    let proxy = Kamailio::start_tls(&sipp.uri(), "s3cret");
+    let tel = adapter_trusting(Some(proxy.ca())).await;
+    let mut req = through(&proxy, "s3cret");
+    req.trunk.uri = proxy.sips_uri();
+    req.trunk.transport = domain::telephony::Transport::Tls;
+    let (kinds, end) = run_call(&tel, req, None).await;
+    assert_eq!(kinds, [Kind::Answered]);
+    assert_eq!(end.status, CallStatus::Completed, "{end:?}");
+    // The session was refreshed twice over the TLS connection, and the callee hung up.
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+    let via = our_via(&sipp);
+    assert!(via.contains("SIP/2.0/TLS"), "{via}");
+}
+
+#[tokio::test]
+async fn over_tls_a_proxy_certificate_from_an_untrusted_ca_is_refused() {
+    start();
+    let sipp = Sipp::uas("answer.xml", &["-rtp_echo"]);
+    let proxy = Kamailio::start_tls(&sipp.uri(), "s3cret");
+    // The system's authorities only: the test CA is not among them.
+    let tel = adapter_trusting(None).await;
+    let mut req = through(&proxy, "s3cret");
+    req.trunk.uri = proxy.sips_uri();
+    req.trunk.transport = domain::telephony::Transport::Tls;
+    let (kinds, end) = run_call(&tel, req, None).await;
+    assert!(kinds.is_empty(), "{kinds:?}");
+    // A trunk we may not talk to is the trunk's failure, said at once and as it is.
+    assert_eq!(end.status, CallStatus::TelephonyFailed, "{end:?}");
+    let reason = end.failure_reason.unwrap_or_default();
+    assert!(
+        reason.starts_with("trunk unreachable: ")
+            && reason.ends_with("over tls: I/O error: invalid peer certificate: UnknownIssuer"),
+        "{reason}"
+    );
+    assert!(proxy.invites().is_empty(), "{}", proxy.log());
+    assert!(sipp.received().is_empty());
+}

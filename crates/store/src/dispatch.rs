@@ -123,6 +123,8 @@ fn due_call(row: &sqlx::any::AnyRow) -> Result<DueCall, StoreError> {
                 uri: get(row, "trunk_uri")?,
                 username: get(row, "trunk_username")?,
                 password: get(row, "trunk_password")?,
+                transport: domain::telephony::Transport::Udp,
+                register: false,
             },
             from: E164::from_trusted(get(row, "from_phone")?),
             max_concurrent_calls: get::<Option<i64>>(row, "trunk_max")?
