@@ -20,6 +20,7 @@ mod config;
 pub mod header;
 mod outcome;
 mod recording;
+pub mod registration;
 mod rtp_session;
 pub mod sdp;
 pub mod session_timer;

@@ -7,6 +7,7 @@ mod common;
 use common::kamailio::Kamailio;
 use common::*;
 use domain::CallStatus;
+use sip::registration::RegistrationState;
 use std::time::Duration;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -212,4 +213,56 @@ async fn over_tls_a_proxy_certificate_from_an_untrusted_ca_is_refused() {
     );
     assert!(proxy.invites().is_empty(), "{}", proxy.log());
     assert!(sipp.received().is_empty());
+}
+
+#[tokio::test]
+async fn a_registration_is_challenged_answered_and_renewed_before_it_expires() {
+    start();
+    let proxy = Kamailio::start("sip:127.0.0.1:9", "s3cret");
+    let tel = adapter(None, SECS(5)).await;
+    let trunk = through(&proxy, "s3cret").trunk;
+    let mut registrar = tel.keep_registered(&trunk, SECS(4)).expect("registering");
+    let first = tokio::time::timeout(SECS(10), registrar.changed())
+        .await
+        .expect("the registrar answered");
+    assert_eq!(first.state, RegistrationState::Registered, "{first:?}");
+    assert_eq!(first.detail.as_deref(), Some("200 OK"));
+    let (at, until) = (first.updated_at.unwrap().0, first.expires_at.unwrap().0);
+    assert!((3_900..=4_100).contains(&(until - at)), "{first:?}");
+    // Renewed at three quarters of the 4 s granted: three REGISTERs within ~7 s, each before
+    // the binding before it ran out.
+    tokio::time::sleep(Duration::from_millis(7_000)).await;
+    let seen = proxy.registrations();
+    assert!(seen.len() >= 3, "{seen:?}\n{}", proxy.log());
+    for pair in seen.windows(2) {
+        assert!(pair[1].2 - pair[0].2 < 4.0, "{seen:?}");
+    }
+    let local = tel.local_addr().to_string();
+    assert!(
+        seen.iter()
+            .all(|(contact, expires, _)| contact.contains(&local) && expires == "4"),
+        "{seen:?}"
+    );
+    assert_eq!(registrar.status().state, RegistrationState::Registered);
+    // Dropped: no more renewals.
+    drop(registrar);
+    let before = proxy.registrations().len();
+    tokio::time::sleep(Duration::from_millis(4_000)).await;
+    assert_eq!(proxy.registrations().len(), before);
+}
+
+#[tokio::test]
+async fn a_registration_with_the_wrong_password_shows_the_refusal() {
+    start();
+    let proxy = Kamailio::start("sip:127.0.0.1:9", "s3cret");
+    let tel = adapter(None, SECS(5)).await;
+    let trunk = through(&proxy, "not-the-password").trunk;
+    let mut registrar = tel.keep_registered(&trunk, SECS(60)).expect("registering");
+    let status = tokio::time::timeout(SECS(10), registrar.changed())
+        .await
+        .expect("the registrar answered");
+    assert_eq!(status.state, RegistrationState::Failed, "{status:?}");
+    assert_eq!(status.detail.as_deref(), Some("401 Unauthorized"));
+    assert_eq!(status.expires_at, None);
+    assert!(proxy.registrations().is_empty());
 }

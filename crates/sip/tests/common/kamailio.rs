@@ -146,6 +146,20 @@ impl Kamailio {
             .collect()
     }
 
+    /// The REGISTERs the registrar accepted: (Contact, Expires asked, arrival in seconds).
+    pub fn registrations(&self) -> Vec<(String, String, f64)> {
+        self.log()
+            .lines()
+            .filter_map(|l| {
+                let rest = &l[l.find("outdial-test register ")? + "outdial-test register ".len()..];
+                let mut words = rest.trim().rsplitn(3, ' ');
+                let at = words.next()?.parse().ok()?;
+                let expires = words.next()?.to_string();
+                Some((words.next()?.to_string(), expires, at))
+            })
+            .collect()
+    }
+
     fn stop(&mut self) {
         // The whole group: kamailio's children outlive a parent killed alone. Signalled by the
         // group's id directly: procps' `kill -TERM -<pgid>` reads some of those as -1 (every
