@@ -222,6 +222,66 @@ async fn a_call_is_transcribed_again_after_it_ends_when_its_agent_asks_on_postgr
     transcribed_after_the_call_only_when_the_agent_asks(db).await;
 }
 
+/// The job outlives the node that wrote it (it is in the settling transaction, not in memory),
+/// and a job that cannot be done shows why without touching the call: the node that settled the
+/// call transcribes nothing (`--transcription-workers 0`), is killed, the recording is lost, and
+/// the node that comes back fails the job, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_call_transcript_that_cannot_be_made_fails_on_its_own_and_the_call_is_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("caller.wav");
+    voice::speak("Yes, I can pay by Friday.", &wav);
+    voice::to_mulaw(&wav, &dir.path().join("caller.ul"));
+    let db = Db::sqlite();
+    let key = Service::create_tenant_in(dir.path(), &db);
+    let model = support::transcription_model_dir();
+    let mut svc = Service::start_with(
+        dir.path(),
+        &db,
+        &[
+            ("OUTDIAL_NO_RTP_TIMEOUT_SECONDS", "30"),
+            ("OUTDIAL_TRANSCRIPTION_MODEL_DIR", &model),
+        ],
+    );
+    let api = Api::new(&svc.base, &key);
+    let sipp = Sipp::run(&scenario(), false, 1, 6500, dir.path());
+    let agent_id = api.setup_agent(sipp.port, agent(true)).await;
+    let location = api.call(agent_id, "+919876543210").await;
+    let call = api.wait_terminal(&location, Duration::from_secs(60)).await;
+    assert_eq!(call["status"], "completed", "{call}");
+    let id = call["conversation_id"].as_str().unwrap().to_string();
+    // Written with the settlement, waiting for a node that transcribes.
+    assert_eq!(call["post_call_transcript"]["status"], "pending", "{call}");
+    assert_eq!(call["post_call_transcript"]["utterances"], json!([]));
+    assert_eq!(call["post_call_transcript"]["text"], Value::Null);
+
+    svc.kill();
+    let recording = svc.data.join("recordings").join(format!("{id}.wav"));
+    std::fs::remove_file(&recording).unwrap();
+    svc.env
+        .push(("OUTDIAL_TRANSCRIPTION_WORKERS".into(), "1".into()));
+    svc.restart();
+    let c = wait_post_call(&api, &id, Duration::from_secs(120)).await;
+    let t = &c["post_call_transcript"];
+    assert_eq!(t["status"], "failed", "{t}");
+    let error = t["error"].as_str().unwrap();
+    assert!(
+        error.contains("recording cannot be read") && error.contains(&format!("{id}.wav")),
+        "{error}"
+    );
+    assert!(t["completed_at"].is_i64(), "{t}");
+    // The call is as it ended.
+    for field in [
+        "status",
+        "results",
+        "transcript",
+        "duration_seconds",
+        "end_timestamp",
+    ] {
+        assert_eq!(c[field], call[field], "{field}");
+    }
+}
+
 fn doctor(data: &Path, python: &str) -> (Output, String) {
     let model = support::transcription_model_dir();
     let out = Service::outdial(data)
