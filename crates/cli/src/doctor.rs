@@ -25,6 +25,14 @@ pub struct DoctorArgs {
         default_value = "/usr/share/zoneinfo/zone.tab"
     )]
     pub zone_tab: PathBuf,
+    /// Transcription jobs `serve` transcribes at once (same flag and default as `serve`); 0
+    /// leaves the transcription engine unchecked (this node transcribes nothing).
+    #[arg(long, env = "OUTDIAL_TRANSCRIPTION_WORKERS", default_value_t = 1,
+        value_parser = clap::value_parser!(u8).range(0..=16))]
+    pub transcription_workers: u8,
+    /// Where `serve` puts the transcription model together (same flag and default as `serve`).
+    #[arg(long, env = "OUTDIAL_TRANSCRIPTION_MODEL_DIR")]
+    pub transcription_model_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +71,9 @@ impl Report {
             self.missing += 1;
         }
         println!("{:<9}{subject:<14}{detail}", status.label());
-        if let Some(fix) = fix.filter(|_| matches!(status, Status::Missing | Status::Optional)) {
+        if let Some(fix) =
+            fix.filter(|_| matches!(status, Status::Missing | Status::Optional | Status::Warn))
+        {
             println!("{:<9}{:<14}fix: {fix}", "", "");
         }
     }
@@ -78,6 +88,19 @@ pub async fn run(db: &DbArgs, args: DoctorArgs) -> Result<bool> {
     tz_data(&mut report, &args.zone_tab);
     sip_port(&mut report, args.sip_listen);
     speech_engines(&mut report, &config, &agents).await;
+    let model_dir = args
+        .transcription_model_dir
+        .clone()
+        .unwrap_or_else(|| db.data_dir.join("models").join("whisper-base"));
+    let model_dir = data_dir_exists.then_some(model_dir);
+    transcription(
+        &mut report,
+        &config,
+        args.transcription_workers,
+        model_dir,
+        &agents,
+    )
+    .await;
     if report.missing == 0 {
         println!("everything the configured agents need is here");
     } else {
@@ -434,5 +457,114 @@ async fn speech_engines(report: &mut Report, config: &EngineConfig, agents: &[Li
                 }
             }
         }
+    }
+}
+
+/// The transcription jobs' recogniser (Whisper base, multilingual): `POST /v1/transcription/jobs`
+/// and the post-call transcripts of agents that ask for them (`post_call_transcript`). Required
+/// when an agent asks for post-call transcripts; otherwise only the jobs API needs it, and its
+/// absence is a warning (jobs would fail, calls would not). `model_dir`: where serve puts the
+/// model together; `None` when the data dir does not exist yet (then only the packages are
+/// checked, so the doctor does not create the data dir).
+async fn transcription(
+    report: &mut Report,
+    config: &EngineConfig,
+    workers: u8,
+    model_dir: Option<PathBuf>,
+    agents: &[LiveAgent],
+) {
+    let subject = "transcription";
+    let engine = agent::engines::WHISPER_JOBS;
+    let asking: Vec<String> = agents
+        .iter()
+        .filter(|a| a.config.post_call_transcript)
+        .map(|a| a.id.0.to_string())
+        .collect();
+    let uses = if asking.is_empty() {
+        "transcription jobs (no agent asks for post-call transcripts)".to_string()
+    } else {
+        format!(
+            "transcription jobs and the post-call transcripts of agent{} {}",
+            if asking.len() == 1 { "" } else { "s" },
+            asking.join(", ")
+        )
+    };
+    if workers == 0 {
+        report.line(
+            Status::Skip,
+            subject,
+            &format!(
+                "{}: this node transcribes none (--transcription-workers 0)",
+                engine.name
+            ),
+            None,
+        );
+        return;
+    }
+    // Without an agent that needs it, `setup` installs it only when asked for everything.
+    let fix = match (&config.interpreter, asking.is_empty()) {
+        (engines::Interpreter::Venv(dir), true) => format!(
+            "{} setup --all --venv {}",
+            engines::program(),
+            dir.display()
+        ),
+        (interpreter, _) => interpreter.fix(engine),
+    };
+    let status = if asking.is_empty() {
+        Status::Warn
+    } else {
+        Status::Missing
+    };
+    if let Err(what) = engines::imports(&config.python, engine).await {
+        report.line(
+            status,
+            subject,
+            &format!("{} for {uses}: {what}", engine.name),
+            Some(&fix),
+        );
+        return;
+    }
+    let Some(model_dir) = model_dir else {
+        report.line(
+            Status::Ok,
+            subject,
+            &format!(
+                "{} for {uses}: installed (serve puts the model together at its first start)",
+                engine.name
+            ),
+            None,
+        );
+        return;
+    };
+    // Importing is not loading: put the model together and load it, as serve does.
+    let recogniser = agent::WhisperJobs::new(agent::WhisperJobsConfig {
+        sidecar: agent::SidecarConfig {
+            python: config.python.clone(),
+            processes: 1,
+            ..agent::WhisperJobsConfig::default().sidecar
+        },
+        model_dir: Some(model_dir.clone()),
+        ..Default::default()
+    });
+    match recogniser.warm_up().await {
+        Ok(()) => report.line(
+            Status::Ok,
+            subject,
+            &format!(
+                "{} for {uses} (model in {})",
+                engine.name,
+                model_dir.display()
+            ),
+            None,
+        ),
+        Err(e) => report.line(
+            status,
+            subject,
+            &format!(
+                "{} for {uses}: installed but does not start: {e}",
+                engine.name
+            ),
+            Some(&fix),
+        ),
     }
 }

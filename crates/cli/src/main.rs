@@ -600,10 +600,15 @@ async fn setup(db: &DbArgs, args: engines::SetupArgs) -> Result<()> {
                 Vec::new()
             }
         };
-        engines::needs(&agents)
+        let mut wanted: Vec<agent::PythonEngine> = engines::needs(&agents)
             .keys()
             .filter_map(|e| e.python())
-            .collect()
+            .collect();
+        // An agent's post-call transcripts are made by the transcription jobs' recogniser.
+        if agents.iter().any(|a| a.config.post_call_transcript) {
+            wanted.push(agent::engines::WHISPER_JOBS);
+        }
+        wanted
     };
     engines::setup(&wanted, &config, &args.base_python).await
 }
@@ -729,30 +734,6 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
         stt,
         llm: agent::LlmEngine::new(llm),
     };
-    let dispatcher = dispatch::Dispatcher::new(
-        store.clone(),
-        Arc::new(telephony),
-        engines,
-        zones,
-        Arc::new(dispatch::SystemClock),
-        dispatch::DispatchConfig {
-            node_id,
-            lease: std::time::Duration::from_secs(args.dispatch_lease_seconds.max(1)),
-            idle_wait: std::time::Duration::from_millis(args.dispatch_idle_wait_ms.max(10)),
-            default_window: args.default_calling_window.clone(),
-            disclosure: args.disclosure.clone().filter(|d| !d.trim().is_empty()),
-            public_url: public_url.clone(),
-            events_written: Some(webhook_worker.waker()),
-            shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_seconds),
-            amd: agent::AmdConfig {
-                greeting_ms: args.amd_greeting_ms,
-                human_silence_ms: args.amd_human_silence_ms,
-                max_ms: args.amd_max_ms,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    );
     let recogniser = Arc::new(agent::WhisperJobs::new(agent::WhisperJobsConfig {
         sidecar: agent::SidecarConfig {
             python,
@@ -776,6 +757,31 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
             ..Default::default()
         },
     ));
+    let dispatcher = dispatch::Dispatcher::new(
+        store.clone(),
+        Arc::new(telephony),
+        engines,
+        zones,
+        Arc::new(dispatch::SystemClock),
+        dispatch::DispatchConfig {
+            node_id,
+            lease: std::time::Duration::from_secs(args.dispatch_lease_seconds.max(1)),
+            idle_wait: std::time::Duration::from_millis(args.dispatch_idle_wait_ms.max(10)),
+            default_window: args.default_calling_window.clone(),
+            disclosure: args.disclosure.clone().filter(|d| !d.trim().is_empty()),
+            public_url: public_url.clone(),
+            events_written: Some(webhook_worker.waker()),
+            post_call_written: Some(transcription_worker.waker()),
+            shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_seconds),
+            amd: agent::AmdConfig {
+                greeting_ms: args.amd_greeting_ms,
+                human_silence_ms: args.amd_human_silence_ms,
+                max_ms: args.amd_max_ms,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let signals = Signals::new().context("listening for SIGTERM and SIGINT")?;
     tokio::spawn(signals.run(stop_tx, readiness.clone()));

@@ -12,14 +12,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use support::{Api, Db, Service};
 
-/// The model is put together once for the whole suite, not once per service.
-fn model_dir() -> String {
-    format!("{}/whisper-base", env!("CARGO_TARGET_TMPDIR"))
-}
-
 fn start(dir: &Path, db: &Db, extra: &[(&str, &str)]) -> (Service, Api) {
     let key = Service::create_tenant_in(dir, db);
-    let model = model_dir();
+    let model = support::transcription_model_dir();
     let mut env = vec![
         ("OUTDIAL_TRANSCRIPTION_MODEL_DIR", model.as_str()),
         ("OUTDIAL_TRANSCRIPTION_WORKERS", "1"),

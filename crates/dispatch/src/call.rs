@@ -4,6 +4,7 @@ use crate::Dispatcher;
 use domain::call::{CallLatency, TranscriptItem};
 use domain::dispatch::{retry_delay, DueCall, FinishAttempt};
 use domain::telephony::{CallControl, CallEnd, CallEvent, DialError, DialRequest};
+use domain::transcription::PostCallJob;
 use domain::{CallStatus, Millis};
 use std::sync::Arc;
 use std::time::Duration;
@@ -311,6 +312,20 @@ impl Dispatcher {
                 .and_then(|r| r.collected_data.clone())
                 .unwrap_or_default()
         };
+        // The agent's post-call transcript reads the recording where it lies; its size is
+        // only recorded (a file that cannot be looked at now still gets its job, which then
+        // says why it failed).
+        let recording_bytes = match &end.recording {
+            Some(path) => Some(
+                tokio::fs::metadata(path)
+                    .await
+                    .map(|m| m.len())
+                    .unwrap_or_default(),
+            ),
+            None => None,
+        };
+        let post_call = PostCallJob::for_call(call, recording_bytes, agent::whisper_jobs::ENGINE);
+        let transcribe = post_call.is_some();
         let finish = FinishAttempt {
             id: call.id,
             node: self.config.node_id.clone(),
@@ -335,11 +350,17 @@ impl Dispatcher {
             transfer,
             opted_out,
             public_url: self.config.public_url.clone(),
+            post_call,
         };
         metrics::counter!("outdial_calls_ended_total", "status" => status.as_str()).increment(1);
         match self.store.finish_attempt(finish, now).await {
             Ok(true) => {
                 self.events_written();
+                if transcribe {
+                    if let Some(n) = &self.config.post_call_written {
+                        n.notify_one();
+                    }
+                }
                 tracing::info!(%status, reason = end.failure_reason.as_deref().unwrap_or(""), retry = retry_at.is_some(), "call ended")
             }
             Ok(false) => tracing::warn!(%status, "call was settled elsewhere (lease lost)"),

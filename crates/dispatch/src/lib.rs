@@ -59,6 +59,9 @@ pub struct DispatchConfig {
     /// Poked after a call settles (its webhook event is in the outbox), so the delivery worker
     /// sends it at once instead of at its next poll.
     pub events_written: Option<Arc<Notify>>,
+    /// Poked after a settlement wrote a post-call transcript job, so an idle transcription
+    /// worker of this node takes it at once.
+    pub post_call_written: Option<Arc<Notify>>,
     /// On a stop, how long live calls get to end on their own before they are hung up and
     /// settled `failed` / `interrupted`.
     pub shutdown_grace: Duration,
@@ -77,6 +80,7 @@ impl Default for DispatchConfig {
             disclosure: None,
             public_url: "http://127.0.0.1:8080".into(),
             events_written: None,
+            post_call_written: None,
             shutdown_grace: Duration::from_secs(30),
             amd: agent::AmdConfig::default(),
         }

@@ -408,6 +408,10 @@ pub struct AgentConfig {
     /// Where a call may be handed to a person; `None`: nowhere.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transfer: Option<Transfer>,
+    /// After a call with a recording ends, transcribe the recording again with the
+    /// transcription jobs' recogniser, one speaker per channel, and keep it beside the live
+    /// transcript (the conversation's `post_call_transcript`).
+    pub post_call_transcript: bool,
 }
 
 const MAX_TEXT: usize = 4096;
@@ -471,6 +475,7 @@ impl AgentConfig {
             turn_taking: None,
             voicemail: Voicemail::default(),
             transfer: None,
+            post_call_transcript: false,
         };
         let mut has_name = false;
         // Keys in a stable order so the first bad field reported does not depend on hashing.
@@ -539,6 +544,9 @@ impl AgentConfig {
                         return Err(invalid("voicemail"));
                     }
                     cfg.voicemail = v;
+                }
+                "post_call_transcript" => {
+                    cfg.post_call_transcript = typed("post_call_transcript", v)?
                 }
                 "transfer" => {
                     let t: Transfer = typed("transfer", v)?;
@@ -961,6 +969,30 @@ mod tests {
                 .to_string(),
             "invalid disclosure"
         );
+    }
+
+    #[test]
+    fn post_call_transcript_is_a_boolean_off_by_default_and_patchable() {
+        let plain = AgentConfig::from_json(&obj(json!({"name": "a"}))).unwrap();
+        assert!(!plain.post_call_transcript);
+        // Returned (and stored) either way, so a client sees the setting in force.
+        assert_eq!(plain.public_json()["post_call_transcript"], json!(false));
+        let on = plain
+            .patched(&obj(json!({"post_call_transcript": true})))
+            .unwrap();
+        assert!(on.post_call_transcript);
+        assert_eq!(AgentConfig::from_json(&on.to_json()).unwrap(), on);
+        let off = on
+            .patched(&obj(json!({"post_call_transcript": null})))
+            .unwrap();
+        assert!(!off.post_call_transcript);
+        for bad in [json!("true"), json!(1), json!({}), json!([true])] {
+            let e = AgentConfig::from_json(&obj(
+                json!({"name": "a", "post_call_transcript": bad.clone()}),
+            ))
+            .unwrap_err();
+            assert_eq!(e.to_string(), "invalid post_call_transcript", "{bad}");
+        }
     }
 
     #[test]

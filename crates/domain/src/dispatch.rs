@@ -203,6 +203,9 @@ pub struct FinishAttempt {
     pub opted_out: bool,
     /// Base URL of the API, for the webhook's `recording_url`.
     pub public_url: String,
+    /// The post-call transcript its agent asks for, written with the settlement
+    /// ([`crate::transcription::PostCallJob::for_call`]).
+    pub post_call: Option<crate::transcription::PostCallJob>,
 }
 
 impl FinishAttempt {
@@ -226,6 +229,7 @@ impl FinishAttempt {
             transfer: None,
             opted_out: false,
             public_url: String::new(),
+            post_call: None,
         }
     }
 }

@@ -3,8 +3,9 @@
 //! as a call's is in `lifecycle`: it is leased like a call, so a node that dies mid-job leaves
 //! it to a restart or to another node, and only the holder of the current lease can finish it.
 
+use crate::call::Speaker;
 use crate::store::StoreError;
-use crate::{Millis, TenantId};
+use crate::{AgentConfig, ConversationId, Millis, TenantId};
 use async_trait::async_trait;
 use rand::Rng;
 use std::fmt;
@@ -140,6 +141,17 @@ impl JobLanguages {
         }
     }
 
+    /// What a call in `language` (a BCP 47 tag: the agent's, or a retry's) is transcribed
+    /// in: the listed code of the same language (`en-US` -> `en-IN`: the recogniser knows
+    /// languages, not regions), else detection among all of them.
+    pub fn for_call(language: &str) -> Self {
+        let primary = primary_subtag(language);
+        JOB_LANGUAGES
+            .iter()
+            .find(|code| primary_subtag(code) == primary)
+            .map_or(Self::Detect, |code| Self::Among(vec![code]))
+    }
+
     /// The codes the engine chooses among: every supported one when detecting.
     pub fn candidates(&self) -> Vec<&'static str> {
         match self {
@@ -147,6 +159,11 @@ impl JobLanguages {
             Self::Among(codes) => codes.clone(),
         }
     }
+}
+
+/// `en` of `en-IN`, lowercased.
+fn primary_subtag(tag: &str) -> String {
+    tag.split('-').next().unwrap_or(tag).to_ascii_lowercase()
 }
 
 /// `format`: `code_mixed` says the audio may switch between English and an Indian language.
@@ -281,6 +298,50 @@ pub struct NewJob {
     pub now: Millis,
 }
 
+/// A post-call transcript (an agent's `post_call_transcript`): a job on the call's own
+/// recording, written in the transaction that settles the call, so it exists exactly when the
+/// settled call does. The recording is referenced (the call's `recording_path`), not copied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostCallJob {
+    pub id: JobId,
+    pub engine: String,
+    /// What the recogniser is told: the call's language ([`JobLanguages::for_call`]).
+    pub languages: JobLanguages,
+    /// The language the call spoke (BCP 47).
+    pub call_language: String,
+    /// The recording's size in bytes (0 when it could not be told).
+    pub audio_bytes: u64,
+}
+
+impl PostCallJob {
+    /// The job a call that ends now gets: one when its agent asks for post-call transcripts
+    /// and the call left a recording (`recording_bytes`: its size; only answered calls have
+    /// one). The call spoke its retry's language, else its agent's.
+    pub fn for_call(
+        call: &crate::dispatch::DueCall,
+        recording_bytes: Option<u64>,
+        engine: &str,
+    ) -> Option<Self> {
+        let agent: &AgentConfig = call.agent_config.as_ref()?;
+        if !agent.post_call_transcript {
+            return None;
+        }
+        let audio_bytes = recording_bytes?;
+        let language = call
+            .retry_context
+            .as_ref()
+            .and_then(|r| r.retry_language.clone())
+            .unwrap_or_else(|| agent.language.clone());
+        Some(Self {
+            id: JobId::new(),
+            engine: engine.to_string(),
+            languages: JobLanguages::for_call(&language),
+            call_language: language,
+            audio_bytes,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
     pub id: JobId,
@@ -301,14 +362,35 @@ pub struct Job {
     pub attempts: u32,
     pub created_at: Millis,
     pub completed_at: Option<Millis>,
+    /// `Some` for a call's post-call transcript: the job transcribes that call's recording.
+    pub call: Option<CallSource>,
+}
+
+/// The call a post-call transcript job belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallSource {
+    pub conversation: ConversationId,
+    /// The language the call spoke (BCP 47, e.g. `en-US`), which the answer reports when the
+    /// recogniser heard that language.
+    pub language: String,
+}
+
+/// Where a claimed job's audio is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobAudio {
+    /// The uploaded file, kept in the database with the job.
+    Stored { format: AudioFormat, bytes: Vec<u8> },
+    /// A call's recording, a file on the recordings' storage (`None`: the call has none any
+    /// more). It is read by the worker, so a node can take the job only where it can read
+    /// the recordings (shared storage when there are several nodes).
+    Recording { path: Option<String> },
 }
 
 /// A job a worker holds: its lease is `lease` (only its holder can renew or finish it).
 #[derive(Debug, Clone)]
 pub struct ClaimedJob {
     pub job: Job,
-    pub audio_format: AudioFormat,
-    pub audio: Vec<u8>,
+    pub audio: JobAudio,
     pub lease: String,
 }
 
@@ -362,16 +444,72 @@ pub const MONO_DIARIZE_NOTE: &str =
 /// first), utterances in time order, the text as they read in order, and the language of the
 /// channel that spoke longest.
 pub fn assemble(heard: &FileTranscript, diarize: bool) -> JobOutcome {
+    let note = (diarize && heard.file_channels < 2).then(|| MONO_DIARIZE_NOTE.to_string());
+    assemble_as(heard, |channel| format!("speaker_{channel}"), note)
+}
+
+/// What a job's worker writes for what the recogniser heard: an uploaded file's answer
+/// ([`assemble`]), or a call's post-call transcript ([`assemble_call`]).
+pub fn outcome(job: &Job, heard: &FileTranscript) -> JobOutcome {
+    match &job.call {
+        None => assemble(heard, job.diarize),
+        Some(call) => assemble_call(heard, &call.language),
+    }
+}
+
+/// Why a post-call transcript has no speakers: a recording of one channel (made before
+/// recordings kept the two sides apart) cannot tell them apart.
+pub const MONO_RECORDING_NOTE: &str =
+    "the recording has one channel, so the speakers cannot be told apart";
+
+/// A call's recording heard channel by channel (outdial records what it sent on the left and
+/// what it received on the right): the left channel is the agent's, the right the person
+/// called, named as the live transcript names them ([`Speaker`]). The language is the call's
+/// own tag when that is what was heard (`en-US`, not the recogniser's `en-IN`).
+pub fn assemble_call(heard: &FileTranscript, call_language: &str) -> JobOutcome {
+    let stereo = heard.file_channels >= 2 && heard.channels.len() >= 2;
+    let speaker = |channel: usize| match (stereo, channel) {
+        (false, _) => "unknown".to_string(),
+        (true, 0) => Speaker::Agent.as_str().to_string(),
+        (true, _) => Speaker::Human.as_str().to_string(),
+    };
+    let note = (!stereo).then(|| MONO_RECORDING_NOTE.to_string());
+    match assemble_as(heard, speaker, note) {
+        JobOutcome::Completed {
+            text,
+            language,
+            utterances,
+            note,
+        } => JobOutcome::Completed {
+            text,
+            language: if primary_subtag(&language) == primary_subtag(call_language) {
+                call_language.to_string()
+            } else {
+                language
+            },
+            utterances,
+            note,
+        },
+        failed => failed,
+    }
+}
+
+fn assemble_as(
+    heard: &FileTranscript,
+    speaker: impl Fn(usize) -> String,
+    note: Option<String>,
+) -> JobOutcome {
     let mut utterances: Vec<Utterance> = heard
         .channels
         .iter()
         .enumerate()
         .flat_map(|(channel, t)| {
+            let speaker = speaker(channel);
             t.segments
                 .iter()
                 .filter(|s| !s.text.trim().is_empty())
                 .map(move |s| Utterance {
-                    speaker: format!("speaker_{channel}"),
+                    speaker: speaker.clone(),
                     text: s.text.trim().to_string(),
                     start: round_ms(s.start),
                     end: round_ms(s.end.max(s.start)),
@@ -396,7 +534,6 @@ pub fn assemble(heard: &FileTranscript, diarize: bool) -> JobOutcome {
             error: "the recogniser returned no channel".into(),
         };
     };
-    let note = (diarize && heard.file_channels < 2).then(|| MONO_DIARIZE_NOTE.to_string());
     JobOutcome::Completed {
         text,
         language: language.to_string(),
@@ -434,6 +571,13 @@ pub trait TranscriptionStore: Send + Sync {
         outcome: &JobOutcome,
         now: Millis,
     ) -> Result<bool, StoreError>;
+    /// The post-call transcript job of a tenant's conversation; `None` when none was asked for
+    /// (or the conversation is another tenant's).
+    async fn post_call_transcript(
+        &self,
+        tenant: TenantId,
+        conversation: ConversationId,
+    ) -> Result<Option<Job>, StoreError>;
 }
 
 #[cfg(test)]
@@ -580,6 +724,141 @@ mod tests {
             panic!("not completed")
         };
         assert_eq!(note, None);
+    }
+
+    #[test]
+    fn a_call_is_transcribed_in_its_own_language() {
+        assert_eq!(
+            JobLanguages::for_call("en-US"),
+            JobLanguages::Among(vec!["en-IN"])
+        );
+        assert_eq!(
+            JobLanguages::for_call("hi-IN"),
+            JobLanguages::Among(vec!["hi-IN"])
+        );
+        assert_eq!(
+            JobLanguages::for_call("Ta"),
+            JobLanguages::Among(vec!["ta-IN"])
+        );
+        assert_eq!(JobLanguages::for_call("fr-FR"), JobLanguages::Detect);
+    }
+
+    fn due(
+        agent: Option<serde_json::Value>,
+        retry_language: Option<&str>,
+    ) -> crate::dispatch::DueCall {
+        crate::dispatch::DueCall {
+            id: ConversationId::first(),
+            tenant: TenantId(1),
+            agent: crate::AgentId(1),
+            status: crate::CallStatus::Ringing,
+            immediate: true,
+            customer_phone: crate::E164::from_trusted("+919876543210".into()),
+            parameters: Vec::new(),
+            retry_context: retry_language.map(|l| crate::call::RetryContext {
+                retry_language: Some(l.into()),
+                ..Default::default()
+            }),
+            trace_id: crate::TraceId::new(),
+            due_at: Millis(0),
+            agent_config: agent.map(|v| AgentConfig::from_json(v.as_object().unwrap()).unwrap()),
+            trunk: None,
+            tenant_limits: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_post_call_job_is_made_when_the_agent_asks_and_there_is_a_recording() {
+        let asks =
+            serde_json::json!({"name": "a", "language": "hi-IN", "post_call_transcript": true});
+        let job =
+            PostCallJob::for_call(&due(Some(asks.clone()), None), Some(64_044), "whisper-base")
+                .unwrap();
+        assert_eq!(
+            (
+                job.languages,
+                job.call_language.as_str(),
+                job.audio_bytes,
+                job.engine.as_str()
+            ),
+            (
+                JobLanguages::Among(vec!["hi-IN"]),
+                "hi-IN",
+                64_044,
+                "whisper-base"
+            )
+        );
+        // A retry speaks its own language.
+        let retry =
+            PostCallJob::for_call(&due(Some(asks.clone()), Some("en-US")), Some(1), "w").unwrap();
+        assert_eq!(retry.call_language, "en-US");
+        // No recording (never answered), an agent that does not ask, a deleted agent: none.
+        assert_eq!(
+            PostCallJob::for_call(&due(Some(asks), None), None, "w"),
+            None
+        );
+        let quiet = serde_json::json!({"name": "a"});
+        assert_eq!(
+            PostCallJob::for_call(&due(Some(quiet), None), Some(1), "w"),
+            None
+        );
+        assert_eq!(PostCallJob::for_call(&due(None, None), Some(1), "w"), None);
+    }
+
+    #[test]
+    fn a_call_recording_is_the_agent_on_the_left_and_the_person_called_on_the_right() {
+        let heard = FileTranscript {
+            channels: vec![
+                ChannelTranscript {
+                    language: "en-IN",
+                    segments: vec![
+                        segment(0.5, 3.0, " Hello Rahul, this is Asha."),
+                        segment(6.0, 7.0, "Goodbye."),
+                    ],
+                },
+                ChannelTranscript {
+                    language: "en-IN",
+                    segments: vec![segment(3.5, 5.0, "Yes, I can pay.")],
+                },
+            ],
+            file_channels: 2,
+            duration: 8.0,
+        };
+        let JobOutcome::Completed {
+            text,
+            language,
+            utterances,
+            note,
+        } = assemble_call(&heard, "en-US")
+        else {
+            panic!("not completed")
+        };
+        let who: Vec<&str> = utterances.iter().map(|u| u.speaker.as_str()).collect();
+        assert_eq!(who, ["agent", "human", "agent"]);
+        assert_eq!(text, "Hello Rahul, this is Asha. Yes, I can pay. Goodbye.");
+        // The call's own tag, not the recogniser's region.
+        assert_eq!(language, "en-US");
+        assert_eq!(note, None);
+        // Heard in another language than the call's: what was heard is said.
+        let JobOutcome::Completed { language, .. } = assemble_call(&heard, "hi-IN") else {
+            panic!("not completed")
+        };
+        assert_eq!(language, "en-IN");
+
+        // One channel: no speaker is guessed.
+        let mono = FileTranscript {
+            channels: vec![heard.channels[0].clone()],
+            file_channels: 1,
+            duration: 8.0,
+        };
+        let JobOutcome::Completed {
+            utterances, note, ..
+        } = assemble_call(&mono, "en-US")
+        else {
+            panic!("not completed")
+        };
+        assert!(utterances.iter().all(|u| u.speaker == "unknown"));
+        assert_eq!(note.as_deref(), Some(MONO_RECORDING_NOTE));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Mixing both legs of a call into one track for recording.
+//! Mixing two tracks into one: a stereo call recording (one leg a channel) as a player hears it.
 
 /// Appends the saturating sum of `a` and `b` to `out`; the shorter input is
 /// padded with silence, so a leg that produced no frame this tick is fine.

@@ -1,5 +1,5 @@
-//! Mono 16-bit PCM WAV: a header to stream call recordings behind, and a
-//! reader for test fixtures.
+//! 16-bit PCM WAV, mono or stereo: a header to stream call recordings behind (stereo: one
+//! channel per side of the call), and a reader for test fixtures.
 
 use std::io::{self, Write};
 
@@ -22,7 +22,7 @@ pub enum WavError {
     /// No `fmt ` or `data` chunk.
     #[error("WAV has no {0:?} chunk")]
     MissingChunk(&'static str),
-    /// Only mono 16-bit integer PCM is supported.
+    /// Only mono or stereo 16-bit integer PCM is supported.
     #[error("unsupported WAV format {format}, {channels} channels, {bits} bits")]
     Unsupported {
         /// Format tag (1 = PCM).
@@ -34,20 +34,29 @@ pub enum WavError {
     },
 }
 
-/// A decoded mono 16-bit WAV.
+/// A decoded 16-bit WAV.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wav {
     /// Samples per second.
     pub sample_rate: u32,
-    /// Samples in file order.
+    /// Samples in file order; a stereo file's two channels mixed (their saturating sum, as
+    /// [`crate::mix::mix`] mixes the legs of a call).
     pub samples: Vec<i16>,
+    /// Each channel apart: one for a mono file (the same as `samples`), two for stereo.
+    pub channels: Vec<Vec<i16>>,
 }
 
 /// The 44-byte header for `num_samples` mono 16-bit samples. A recorder
 /// writes it first with a guess (or 0), then rewrites it at offset 0 once the
 /// count is known. Sizes saturate at the 4 GiB RIFF limit.
 pub fn header(sample_rate: u32, num_samples: u32) -> [u8; HEADER_LEN] {
-    let data_len = num_samples.saturating_mul(2);
+    header_channels(sample_rate, 1, num_samples)
+}
+
+/// [`header`] for `frames` frames of `channels` interleaved 16-bit channels.
+pub fn header_channels(sample_rate: u32, channels: u16, frames: u32) -> [u8; HEADER_LEN] {
+    let block = 2 * u32::from(channels);
+    let data_len = frames.saturating_mul(block);
     let mut h = [0u8; HEADER_LEN];
     h[0..4].copy_from_slice(b"RIFF");
     h[4..8].copy_from_slice(&data_len.saturating_add(36).to_le_bytes());
@@ -55,10 +64,10 @@ pub fn header(sample_rate: u32, num_samples: u32) -> [u8; HEADER_LEN] {
     h[12..16].copy_from_slice(b"fmt ");
     h[16..20].copy_from_slice(&16u32.to_le_bytes());
     h[20..22].copy_from_slice(&PCM.to_le_bytes());
-    h[22..24].copy_from_slice(&1u16.to_le_bytes());
+    h[22..24].copy_from_slice(&channels.to_le_bytes());
     h[24..28].copy_from_slice(&sample_rate.to_le_bytes());
-    h[28..32].copy_from_slice(&sample_rate.saturating_mul(2).to_le_bytes());
-    h[32..34].copy_from_slice(&2u16.to_le_bytes());
+    h[28..32].copy_from_slice(&sample_rate.saturating_mul(block).to_le_bytes());
+    h[32..34].copy_from_slice(&(2 * channels).to_le_bytes());
     h[34..36].copy_from_slice(&16u16.to_le_bytes());
     h[36..40].copy_from_slice(b"data");
     h[40..44].copy_from_slice(&data_len.to_le_bytes());
@@ -83,7 +92,7 @@ pub fn write<W: Write>(mut w: W, sample_rate: u32, samples: &[i16]) -> io::Resul
     w.write_all(&bytes)
 }
 
-/// Parses a mono 16-bit PCM WAV, skipping chunks it does not need.
+/// Parses a mono or stereo 16-bit PCM WAV, skipping chunks it does not need.
 pub fn read(bytes: &[u8]) -> Result<Wav, WavError> {
     if bytes.len() < 12 || &bytes[0..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
         return Err(WavError::NotWave);
@@ -112,22 +121,43 @@ pub fn read(bytes: &[u8]) -> Result<Wav, WavError> {
     let format = u16::from_le_bytes([f0, f1]);
     let channels = u16::from_le_bytes([c0, c1]);
     let bits = u16::from_le_bytes([b0, b1]);
-    if (format, channels, bits) != (PCM, 1, 16) {
+    if format != PCM || bits != 16 || !(1..=2).contains(&channels) {
         return Err(WavError::Unsupported {
             format,
             channels,
             bits,
         });
     }
-    if data.len() % 2 != 0 {
+    let block = 2 * usize::from(channels);
+    if data.len() % block != 0 {
         return Err(WavError::Truncated);
     }
+    let interleaved: Vec<i16> = data
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let channels: Vec<Vec<i16>> = (0..usize::from(channels))
+        .map(|c| {
+            interleaved
+                .iter()
+                .skip(c)
+                .step_by(usize::from(channels.max(1)))
+                .copied()
+                .collect()
+        })
+        .collect();
+    let samples = match channels.as_slice() {
+        [left, right] => {
+            let mut mixed = Vec::with_capacity(left.len());
+            crate::mix::mix(left, right, &mut mixed);
+            mixed
+        }
+        _ => interleaved,
+    };
     Ok(Wav {
         sample_rate: u32::from_le_bytes([r0, r1, r2, r3]),
-        samples: data
-            .chunks_exact(2)
-            .map(|b| i16::from_le_bytes([b[0], b[1]]))
-            .collect(),
+        samples,
+        channels,
     })
 }
 
@@ -163,6 +193,23 @@ mod tests {
     }
 
     #[test]
+    fn stereo_is_read_as_two_channels_and_their_mix() {
+        let mut file = header_channels(8_000, 2, 3).to_vec();
+        assert_eq!(&file[22..24], &[2, 0]);
+        assert_eq!(u32::from_le_bytes(file[28..32].try_into().unwrap()), 32_000);
+        assert_eq!(&file[32..34], &[4, 0]);
+        encode_samples(&[1, 10, 2, 20, i16::MAX, 1], &mut file);
+        let wav = read(&file).unwrap();
+        assert_eq!(wav.channels, [vec![1, 2, i16::MAX], vec![10, 20, 1]]);
+        assert_eq!(wav.samples, [11, 22, i16::MAX]);
+        // An odd sample over whole frames is a cut-off file.
+        file.extend_from_slice(&[5, 0]);
+        let n = file.len() as u32 - 44;
+        file[40..44].copy_from_slice(&n.to_le_bytes());
+        assert_eq!(read(&file), Err(WavError::Truncated));
+    }
+
+    #[test]
     fn reader_skips_unknown_and_odd_sized_chunks() {
         let mut file = header(8_000, 2).to_vec();
         // Splice a 3-byte LIST chunk (plus pad byte) between fmt and data.
@@ -183,13 +230,13 @@ mod tests {
         assert_eq!(read(&good[..good.len() - 1]), Err(WavError::Truncated));
         assert_eq!(read(&good[..36]), Err(WavError::MissingChunk("data")));
 
-        let mut stereo = good.clone();
-        stereo[22] = 2;
+        let mut three = good.clone();
+        three[22] = 3;
         assert_eq!(
-            read(&stereo),
+            read(&three),
             Err(WavError::Unsupported {
                 format: 1,
-                channels: 2,
+                channels: 3,
                 bits: 16
             })
         );

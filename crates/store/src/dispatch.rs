@@ -653,6 +653,10 @@ impl DispatchStore for SqlStore {
         )
         .await?;
         emit_terminal_event(&mut tx, self.backend, f.id, f.retry_at, &f.public_url, now).await?;
+        if let Some(job) = &f.post_call {
+            // With the settlement, so the job exists exactly when the settled call does.
+            crate::transcription::insert_post_call_in(&mut tx, tenant, &id, job, now).await?;
+        }
         if let Some(due) = f.retry_at {
             let next = f.id.next_attempt();
             sqlx::query(

@@ -1,19 +1,58 @@
 //! Transcription jobs on SQL. A claim is a compare-and-set on `attempts`, so two nodes that
 //! find the same job cannot both take it, on either backend, without row locks; a renewal or
 //! a finish names the lease it holds, so a worker whose lease was taken over writes nothing.
+//! A post-call transcript's job is written by the call's settlement (`dispatch::finish_attempt`,
+//! [`insert_post_call_in`]) and reads its audio from the call's recording, not from
+//! `transcription_audio`.
 
 use crate::rows::{corrupt, get, json};
 use crate::{db_err, encode_err, SqlStore};
 use domain::store::StoreError;
 use domain::transcription::{
-    claim_decision, AudioFormat, ClaimDecision, ClaimedJob, Job, JobFormat, JobId, JobLanguages,
-    JobOutcome, JobStatus, NewJob, TranscriptionStore,
+    claim_decision, AudioFormat, CallSource, ClaimDecision, ClaimedJob, Job, JobAudio, JobFormat,
+    JobId, JobLanguages, JobOutcome, JobStatus, NewJob, PostCallJob, TranscriptionStore,
 };
-use domain::{Millis, TenantId};
+use domain::{ConversationId, Millis, TenantId};
+use sqlx::AnyConnection;
 use std::time::Duration;
 
 const COLUMNS: &str = "id, tenant_id, engine, status, languages, diarize, format, text, \
-    language, utterances, note, error, attempts, created_at, completed_at";
+    language, utterances, note, error, attempts, created_at, completed_at, conversation_id, \
+    call_language";
+
+/// Writes the post-call transcript job of the call `conversation` (of `tenant`), `pending`, in
+/// the caller's transaction (the call's settlement). A second one for the same call is not
+/// written (the unique index), so a settlement can only ever make one.
+pub(crate) async fn insert_post_call_in(
+    conn: &mut AnyConnection,
+    tenant: i64,
+    conversation: &str,
+    job: &PostCallJob,
+    now: Millis,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO transcription_jobs (id, tenant_id, engine, status, languages, diarize, \
+         format, audio_format, audio_bytes, created_at, conversation_id, call_language) \
+         VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11) \
+         ON CONFLICT (conversation_id) DO NOTHING",
+    )
+    .bind(job.id.as_str())
+    .bind(tenant)
+    .bind(job.engine.as_str())
+    .bind(JobStatus::Pending.as_str())
+    .bind(job.languages.to_text())
+    .bind(JobFormat::Standard.as_str())
+    // outdial's recordings are WAV (`sip::recording`).
+    .bind(AudioFormat::Wav.as_str())
+    .bind(i64::try_from(job.audio_bytes).unwrap_or(i64::MAX))
+    .bind(now.0)
+    .bind(conversation)
+    .bind(job.call_language.as_str())
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
 
 fn job(row: &sqlx::any::AnyRow) -> Result<Job, StoreError> {
     let id: String = get(row, "id")?;
@@ -23,6 +62,17 @@ fn job(row: &sqlx::any::AnyRow) -> Result<Job, StoreError> {
     let diarize: i64 = get(row, "diarize")?;
     let attempts: i64 = get(row, "attempts")?;
     let utterances: Option<String> = get(row, "utterances")?;
+    let conversation: Option<String> = get(row, "conversation_id")?;
+    let call_language: Option<String> = get(row, "call_language")?;
+    let call = match conversation {
+        Some(c) => Some(CallSource {
+            conversation: c
+                .parse()
+                .map_err(|_| corrupt("transcription_jobs.conversation_id"))?,
+            language: call_language.ok_or_else(|| corrupt("transcription_jobs.call_language"))?,
+        }),
+        None => None,
+    };
     Ok(Job {
         id: JobId::parse(&id).ok_or_else(|| corrupt("transcription_jobs.id"))?,
         tenant: TenantId(get(row, "tenant_id")?),
@@ -43,6 +93,7 @@ fn job(row: &sqlx::any::AnyRow) -> Result<Job, StoreError> {
         attempts: u32::try_from(attempts).map_err(|_| corrupt("transcription_jobs.attempts"))?,
         created_at: Millis(get(row, "created_at")?),
         completed_at: get::<Option<i64>>(row, "completed_at")?.map(Millis),
+        call,
     })
 }
 
@@ -197,18 +248,36 @@ impl TranscriptionStore for SqlStore {
             let Some(taken) = taken else {
                 continue;
             };
-            let audio: Option<Vec<u8>> =
-                sqlx::query_scalar("SELECT audio FROM transcription_audio WHERE job_id = $1")
+            let taken = job(&taken)?;
+            let audio = match &taken.call {
+                // The call's recording, where the call says it is.
+                Some(call) => JobAudio::Recording {
+                    path: sqlx::query_scalar::<_, Option<String>>(
+                        "SELECT recording_path FROM calls WHERE id = $1",
+                    )
+                    .bind(call.conversation.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_err)?
+                    .flatten(),
+                },
+                None => JobAudio::Stored {
+                    format: AudioFormat::parse(&audio_format)
+                        .ok_or_else(|| corrupt("transcription_jobs.audio_format"))?,
+                    bytes: sqlx::query_scalar(
+                        "SELECT audio FROM transcription_audio WHERE job_id = $1",
+                    )
                     .bind(id.as_str())
                     .fetch_optional(&mut *tx)
                     .await
-                    .map_err(db_err)?;
+                    .map_err(db_err)?
+                    .unwrap_or_default(),
+                },
+            };
             tx.commit().await?;
             let claimed = ClaimedJob {
-                job: job(&taken)?,
-                audio_format: AudioFormat::parse(&audio_format)
-                    .ok_or_else(|| corrupt("transcription_jobs.audio_format"))?,
-                audio: audio.unwrap_or_default(),
+                job: taken,
+                audio,
                 lease: token,
             };
             match claim_decision(seen) {
@@ -247,6 +316,24 @@ impl TranscriptionStore for SqlStore {
         now: Millis,
     ) -> Result<bool, StoreError> {
         self.end_job(id.as_str(), lease, outcome, now).await
+    }
+
+    async fn post_call_transcript(
+        &self,
+        tenant: TenantId,
+        conversation: ConversationId,
+    ) -> Result<Option<Job>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM transcription_jobs WHERE conversation_id = $1 AND tenant_id = $2"
+        ))
+        .bind(conversation.to_string())
+        .bind(tenant.0)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db_err)?
+        .as_ref()
+        .map(job)
+        .transpose()
     }
 }
 

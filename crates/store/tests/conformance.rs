@@ -435,7 +435,8 @@ async fn story_do_not_call(store: Arc<dyn Store>) {
 /// failed after being abandoned three times.
 async fn story_transcription_jobs(store: Arc<dyn Store>) {
     use domain::transcription::{
-        AudioFormat, JobFormat, JobId, JobLanguages, JobOutcome, JobStatus, NewJob, Utterance,
+        AudioFormat, JobAudio, JobFormat, JobId, JobLanguages, JobOutcome, JobStatus, NewJob,
+        Utterance,
     };
     use std::time::Duration;
     let (t, _) = common::tenant_with_agent(store.as_ref(), "acme", "+918035739222").await;
@@ -468,9 +469,13 @@ async fn story_transcription_jobs(store: Arc<dyn Store>) {
     let a = store.claim_job(T0, lease).await.unwrap().unwrap();
     assert_eq!(a.job.id, first);
     assert_eq!(
-        (a.audio == audio, a.audio_format),
-        (true, AudioFormat::Flac)
+        a.audio,
+        JobAudio::Stored {
+            format: AudioFormat::Flac,
+            bytes: audio.clone()
+        }
     );
+    assert_eq!(a.job.call, None);
     assert_eq!(
         (a.job.status, a.job.attempts, a.job.diarize, a.job.format),
         (JobStatus::Processing, 1, true, JobFormat::CodeMixed)
@@ -551,6 +556,155 @@ async fn story_transcription_jobs(store: Arc<dyn Store>) {
     );
 }
 
+/// A post-call transcript: the job is written by the call's settlement (and only by it: a
+/// settlement tried again writes nothing), refers to the call's recording instead of holding
+/// audio, is found by its conversation for its tenant only, and is leased and finished like
+/// any job.
+async fn story_post_call_transcripts(store: Arc<dyn Store>) {
+    use domain::dispatch::{BeginDial, DialLimits, FinishAttempt};
+    use domain::transcription::{
+        CallSource, JobAudio, JobId, JobLanguages, JobOutcome, JobStatus, PostCallJob, Utterance,
+    };
+    use domain::CallStatus;
+    use std::time::Duration;
+    let (t, agent) = common::tenant_with_agent(store.as_ref(), "acme", "+918035739222").await;
+    let (other, _) = common::tenant_with_agent(store.as_ref(), "globex", "+918035739223").await;
+    let asked = store
+        .create_call(new_call(t, agent, "+919876500001", T0))
+        .await
+        .unwrap()
+        .conversation_id;
+    let plain = store
+        .create_call(new_call(t, agent, "+919876500002", T0))
+        .await
+        .unwrap()
+        .conversation_id;
+    let lease_until = Millis(T0.0 + 30_000);
+    let due = store.claim_due("n1", T0, lease_until, 10).await.unwrap();
+    assert_eq!(due.len(), 2);
+    for call in &due {
+        let started = store
+            .begin_dial(call.id, "n1", T0, lease_until, None, &DialLimits::default())
+            .await
+            .unwrap();
+        assert_eq!(started, BeginDial::Started);
+    }
+    let ended = Millis(T0.0 + 20_000);
+    let job = PostCallJob {
+        id: JobId::new(),
+        engine: "whisper-base".into(),
+        languages: JobLanguages::for_call("en-US"),
+        call_language: "en-US".into(),
+        audio_bytes: 320_044,
+    };
+    let settle = |id: ConversationId, post_call: Option<PostCallJob>| FinishAttempt {
+        recording_path: Some(format!("/srv/outdial/recordings/{id}.wav").into()),
+        duration_seconds: Some(10),
+        post_call,
+        public_url: "http://127.0.0.1:8080".into(),
+        ..FinishAttempt::bare(id, "n1", CallStatus::Completed, ended)
+    };
+    assert!(store
+        .finish_attempt(settle(asked, Some(job.clone())), ended)
+        .await
+        .unwrap());
+    // The settlement tried again (a node that did not see its commit) settles nothing and
+    // makes no second job.
+    let again = PostCallJob {
+        id: JobId::new(),
+        ..job.clone()
+    };
+    assert!(!store
+        .finish_attempt(settle(asked, Some(again.clone())), ended)
+        .await
+        .unwrap());
+    assert!(store.get_job(t, &again.id).await.unwrap().is_none());
+    assert!(store
+        .finish_attempt(settle(plain, None), ended)
+        .await
+        .unwrap());
+
+    let pending = store
+        .post_call_transcript(t, asked)
+        .await
+        .unwrap()
+        .expect("the settlement wrote the job");
+    assert_eq!(
+        (
+            &pending.id,
+            pending.status,
+            pending.diarize,
+            pending.attempts
+        ),
+        (&job.id, JobStatus::Pending, true, 0)
+    );
+    assert_eq!(pending.languages, JobLanguages::Among(vec!["en-IN"]));
+    assert_eq!(
+        pending.call,
+        Some(CallSource {
+            conversation: asked,
+            language: "en-US".into()
+        })
+    );
+    assert_eq!(store.get_job(t, &job.id).await.unwrap(), Some(pending));
+    assert!(store
+        .post_call_transcript(t, plain)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .post_call_transcript(other, asked)
+        .await
+        .unwrap()
+        .is_none());
+
+    // Taken up, it names the call's recording; nothing else is waiting.
+    let lease = Duration::from_secs(60);
+    let claimed = store.claim_job(ended, lease).await.unwrap().unwrap();
+    assert_eq!(claimed.job.id, job.id);
+    assert_eq!(
+        claimed.audio,
+        JobAudio::Recording {
+            path: Some(format!("/srv/outdial/recordings/{asked}.wav"))
+        }
+    );
+    assert!(store.claim_job(ended, lease).await.unwrap().is_none());
+    let heard = JobOutcome::Completed {
+        text: "Hello Rahul. Yes.".into(),
+        language: "en-US".into(),
+        utterances: vec![
+            Utterance {
+                speaker: "agent".into(),
+                text: "Hello Rahul.".into(),
+                start: 0.5,
+                end: 1.5,
+            },
+            Utterance {
+                speaker: "human".into(),
+                text: "Yes.".into(),
+                start: 2.0,
+                end: 2.5,
+            },
+        ],
+        note: None,
+    };
+    let done_at = Millis(ended.0 + 5_000);
+    assert!(store
+        .finish_job(&job.id, &claimed.lease, &heard, done_at)
+        .await
+        .unwrap());
+    let done = store.post_call_transcript(t, asked).await.unwrap().unwrap();
+    assert_eq!(
+        (done.status, done.language.as_deref(), done.completed_at),
+        (JobStatus::Completed, Some("en-US"), Some(done_at))
+    );
+    let speakers: Vec<&str> = done.utterances.iter().map(|u| u.speaker.as_str()).collect();
+    assert_eq!(speakers, ["agent", "human"]);
+    // The call itself is as its settlement left it.
+    let call = store.get_conversation(t, asked).await.unwrap().unwrap();
+    assert_eq!(call.status, CallStatus::Completed);
+}
+
 /// Each story on every backend, and on SQLite without the group-commit writer.
 macro_rules! on_both {
     ($name:ident, $story:ident) => {
@@ -588,6 +742,10 @@ on_both!(do_not_call_on_every_backend, story_do_not_call);
 on_both!(
     transcription_jobs_on_every_backend,
     story_transcription_jobs
+);
+on_both!(
+    post_call_transcripts_on_every_backend,
+    story_post_call_transcripts
 );
 
 #[test]

@@ -3,10 +3,14 @@
 //! holds the lease: a worker that stalls past its lease loses the job to another, and its late
 //! answer is dropped, so a job is finished once. Jobs run beside live calls, never ahead of
 //! them: few workers (one by default), and a recogniser that runs at a lower CPU priority.
+//! A post-call transcript's job reads the call's recording from where the call says it is:
+//! a node can do such a job only where it can read the recordings (one node, or shared
+//! storage); one that cannot fails the job saying so.
 
 use async_trait::async_trait;
 use domain::transcription::{
-    assemble, ClaimedJob, EngineRequest, FileTranscript, JobFormat, JobOutcome, TranscriptionStore,
+    outcome, ClaimedJob, EngineRequest, FileTranscript, JobAudio, JobFormat, JobOutcome,
+    TranscriptionStore,
 };
 use domain::Millis;
 use std::sync::Arc;
@@ -151,10 +155,9 @@ impl Worker {
             split_channels: claimed.job.diarize,
         };
         let started = Instant::now();
-        let transcribe = self.recogniser.transcribe(&claimed.audio, &request);
         let keep = self.keep_lease(&claimed);
         let heard = tokio::select! {
-            heard = transcribe => Some(heard),
+            heard = self.transcribe(&claimed, &request) => Some(heard),
             () = keep => {
                 tracing::warn!("transcription job lease lost; another worker has it");
                 return;
@@ -177,7 +180,7 @@ impl Worker {
                     real_time_factor = seconds / heard.duration.max(0.001),
                     "transcribed"
                 );
-                assemble(&heard, claimed.job.diarize)
+                outcome(&claimed.job, &heard)
             }
             Err(error) => JobOutcome::Failed { error },
         };
@@ -195,6 +198,24 @@ impl Worker {
                 "transcription job finished after its lease was taken over; answer dropped"
             ),
             Err(e) => tracing::error!(error = %e, "writing a transcription job's answer"),
+        }
+    }
+
+    /// The job's audio (the uploaded file, or the call's recording read now), transcribed.
+    async fn transcribe(
+        &self,
+        claimed: &ClaimedJob,
+        request: &EngineRequest,
+    ) -> Result<FileTranscript, String> {
+        match &claimed.audio {
+            JobAudio::Stored { bytes, .. } => self.recogniser.transcribe(bytes, request).await,
+            JobAudio::Recording { path: None } => Err("the call has no recording".into()),
+            JobAudio::Recording { path: Some(path) } => {
+                let file = tokio::fs::read(path).await.map_err(|e| {
+                    format!("the call's recording cannot be read on this node ({path}): {e}")
+                })?;
+                self.recogniser.transcribe(&file, request).await
+            }
         }
     }
 

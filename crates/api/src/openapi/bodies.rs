@@ -85,6 +85,7 @@ fn agent(required: &[&str]) -> Value {
             "turn_taking": block,
             "voicemail": block,
             "transfer": block,
+            "post_call_transcript": {"type": ["boolean", "null"]},
         }),
     )
 }

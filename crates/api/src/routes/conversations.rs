@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use domain::call::Conversation;
 use domain::dispatch::CancelOutcome;
+use domain::transcription::Job;
 use domain::{AgentId, ConversationId};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -60,6 +61,68 @@ pub struct ConversationDetail {
     pub answered_by: Option<domain::call::AnsweredBy>,
     /// Ours: the hand-over to a person; `null` when none was tried.
     pub transfer: Option<TransferDetail>,
+    /// Ours: the call's recording transcribed again after the call, when its agent asks for it
+    /// (`post_call_transcript: true`) and the call has a recording; `null` otherwise.
+    pub post_call_transcript: Option<PostCallTranscript>,
+}
+
+/// Ours: a post-call transcript, made by the transcription jobs' recogniser from the call's
+/// recording (one channel per side), beside the live `transcript`. Its failure is its own: the
+/// call's status and results never change with it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PostCallTranscript {
+    /// `pending`, `processing`, `completed` or `failed`.
+    pub status: String,
+    /// The recogniser, e.g. `whisper-base`.
+    pub engine: String,
+    /// The language heard: the call's own (e.g. `en-US`) when that is what was heard; `null`
+    /// until completed.
+    pub language: Option<String>,
+    /// Every utterance's text in time order; `null` until completed.
+    pub text: Option<String>,
+    /// Empty until completed.
+    pub utterances: Vec<PostCallUtterance>,
+    /// Only when `failed`: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Only when something was not done as usual (a one-channel recording: no speakers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Unix milliseconds; `null` until completed or failed.
+    pub completed_at: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PostCallUtterance {
+    /// `agent` or `human`, as in the live transcript (`unknown` only for a one-channel
+    /// recording).
+    pub speaker: String,
+    pub text: String,
+    /// Seconds from the start of the recording.
+    pub start: f64,
+    pub end: f64,
+}
+
+fn post_call(job: Job) -> PostCallTranscript {
+    PostCallTranscript {
+        status: job.status.as_str().to_string(),
+        engine: job.engine,
+        language: job.language,
+        text: job.text,
+        utterances: job
+            .utterances
+            .into_iter()
+            .map(|u| PostCallUtterance {
+                speaker: u.speaker,
+                text: u.text,
+                start: u.start,
+                end: u.end,
+            })
+            .collect(),
+        error: job.error,
+        note: job.note,
+        completed_at: job.completed_at.map(|m| m.0),
+    }
 }
 
 /// Ours (`agents.md`, "Transfer to a person"). `at` is when the outcome was known, in ms since
@@ -112,7 +175,8 @@ fn item(c: &Conversation) -> ConversationItem {
     }
 }
 
-pub fn detail(c: Conversation, public_url: &str) -> ConversationDetail {
+/// The conversation as answered; `post_call_job` is its post-call transcript's job, if any.
+pub fn detail(c: Conversation, public_url: &str, post_call_job: Option<Job>) -> ConversationDetail {
     ConversationDetail {
         item: item(&c),
         failure_reason: c.failure_reason,
@@ -149,6 +213,7 @@ pub fn detail(c: Conversation, public_url: &str) -> ConversationDetail {
             status: t.status.as_str().into(),
             at: t.at.0,
         }),
+        post_call_transcript: post_call_job.map(post_call),
     }
 }
 
@@ -204,12 +269,14 @@ pub async fn get_conversation(
         .get_conversation(caller.tenant, id)
         .await?
         .ok_or_else(|| ApiError::NotFound("conversation not found".into()))?;
+    let post_call_job = state.store.post_call_transcript(caller.tenant, id).await?;
     Ok(Json(ConversationResponse {
-        data: detail(c, &state.config.public_url),
+        data: detail(c, &state.config.public_url, post_call_job),
     }))
 }
 
-/// The call's recording (both legs mixed), as WAV.
+/// The call's recording as WAV: stereo, the agent's side on the left channel and the person
+/// called on the right (a player mixes them).
 #[utoipa::path(get, path = "/v1/conversations/{conversation_id}/recording", tag = "conversations",
     params(("conversation_id" = String, Path)),
     responses((status = 200, content_type = "audio/wav", description = "WAV audio"), (status = 404, body = crate::openapi::ErrorBody)),
@@ -250,7 +317,8 @@ pub async fn cancel_conversation(
         CancelOutcome::Canceled(c) => {
             tracing::info!(conversation_id = %id, "call canceled");
             Ok(Json(ConversationResponse {
-                data: detail(*c, &state.config.public_url),
+                // Never dialled: no recording, so no post-call transcript.
+                data: detail(*c, &state.config.public_url, None),
             }))
         }
         CancelOutcome::AlreadyStarted => Err(ApiError::Conflict("call already started".into())),

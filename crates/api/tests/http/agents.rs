@@ -113,6 +113,18 @@ async fn agent_lifecycle_and_validation() {
     )
     .await;
     expect_error(
+        app.post(
+            &t,
+            "/v1/agents",
+            &json!({"name": "a", "post_call_transcript": 1}),
+        )
+        .await,
+        400,
+        "invalid_request",
+        "invalid post_call_transcript",
+    )
+    .await;
+    expect_error(
         app.post(&t, "/v1/agents", &json!({"first_message": "hi"}))
             .await,
         400,
@@ -183,6 +195,28 @@ async fn agent_lifecycle_and_validation() {
         )
         .await;
     expect_error(bad, 400, "invalid_request", "invalid stages").await;
+    // Post-call transcripts: off unless asked for, a boolean, changed by a PATCH.
+    assert_eq!(created["post_call_transcript"], false);
+    let bad = app
+        .patch(
+            &t,
+            &format!("/v1/agents/{id}"),
+            &json!({"post_call_transcript": "yes"}),
+        )
+        .await;
+    expect_error(bad, 400, "invalid_request", "invalid post_call_transcript").await;
+    let on = app
+        .patch(
+            &t,
+            &format!("/v1/agents/{id}"),
+            &json!({"post_call_transcript": true}),
+        )
+        .await;
+    assert_eq!(body(on).await["data"]["post_call_transcript"], true);
+    assert_eq!(
+        body(app.get(&t, &format!("/v1/agents/{id}")).await).await["data"]["post_call_transcript"],
+        true
+    );
     assert_eq!(
         body(app.get(&t, &format!("/v1/agents/{id}")).await).await["data"]["first_message"],
         "Hi {{customer_name}}",

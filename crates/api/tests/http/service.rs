@@ -49,6 +49,22 @@ async fn probes_metrics_and_openapi() {
     let transfer = schemas["TransferDetail"]["properties"].as_object().unwrap();
     let fields: Vec<&str> = transfer.keys().map(String::as_str).collect();
     assert_eq!(fields, ["at", "method", "number", "status", "target"]);
+    // So is the post-call transcript beside the live one, and the agent field asking for it.
+    assert!(detail["post_call_transcript"]
+        .to_string()
+        .contains("PostCallTranscript"));
+    let post_call = schemas["PostCallTranscript"]["properties"]
+        .as_object()
+        .unwrap();
+    for field in ["status", "language", "text", "utterances", "error"] {
+        assert!(post_call.contains_key(field), "{field}: {post_call:?}");
+    }
+    let agent_body =
+        &doc["paths"]["/v1/agents"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+    assert_eq!(
+        agent_body["properties"]["post_call_transcript"]["type"],
+        serde_json::json!(["boolean", "null"])
+    );
     // Every /v1 operation declares what the edge may answer for it.
     let mut operations = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {

@@ -72,6 +72,12 @@ pub fn free_rtp_base() -> u16 {
     }
 }
 
+/// Where the transcription model is put together: once for the whole suite, not once per
+/// service (the tests of transcription jobs and of post-call transcripts share it).
+pub fn transcription_model_dir() -> String {
+    format!("{}/whisper-base", env!("CARGO_TARGET_TMPDIR"))
+}
+
 pub struct Service {
     pub child: Child,
     pub base: String,
