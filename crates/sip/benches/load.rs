@@ -3,11 +3,16 @@
 //!
 //! ```sh
 //! CARGO_TARGET_DIR=/work/target-sip cargo bench -p sip --bench load -- --calls 500 --seconds 20
+//! cargo bench -p sip --bench load -- --calls 500 --seconds 20 --proxy --transport tls
 //! ```
+//!
+//! `--proxy` puts Kamailio (digest auth, Record-Route) between us and SIPp, as a carrier's edge
+//! is; `--transport udp|tcp|tls` is how we reach it (SIPp has no TLS, so TCP and TLS need the
+//! proxy; media is RTP straight to SIPp either way).
 //!
 //! "Late" is a packet sent more than 5 ms after its slot on the 20 ms schedule.
 
-use domain::telephony::{CallEvent, DialRequest, LiveCall, Telephony, TrunkTarget};
+use domain::telephony::{CallEvent, DialRequest, LiveCall, Telephony, Transport, TrunkTarget};
 use domain::{CallStatus, ConversationId, TraceId, E164};
 use sip::{SipConfig, SipTelephony};
 use std::net::{SocketAddr, UdpSocket};
@@ -19,6 +24,8 @@ struct Args {
     seconds: u64,
     /// Calls started per second, so SIPp and we are not measured on an INVITE storm.
     rate: usize,
+    proxy: bool,
+    transport: Transport,
 }
 
 fn args() -> Args {
@@ -26,10 +33,25 @@ fn args() -> Args {
         calls: 100,
         seconds: 20,
         rate: 200,
+        proxy: false,
+        transport: Transport::Udp,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
     while i < argv.len() {
+        if argv[i] == "--proxy" {
+            a.proxy = true;
+            i += 1;
+            continue;
+        }
+        if argv[i] == "--transport" {
+            a.transport = argv
+                .get(i + 1)
+                .and_then(|t| Transport::parse(t))
+                .expect("--transport udp|tcp|tls");
+            i += 2;
+            continue;
+        }
         let value = argv.get(i + 1).and_then(|v| v.parse().ok());
         match (argv[i].as_str(), value) {
             ("--calls", Some(v)) => a.calls = v,
@@ -111,10 +133,27 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    assert!(
+        args.proxy || args.transport == Transport::Udp,
+        "SIPp speaks no TLS here: TCP and TLS go --proxy"
+    );
+    let proxy = args.proxy.then(|| {
+        let callee = format!("sip:127.0.0.1:{sip_port}");
+        match args.transport {
+            Transport::Tls => testkit::kamailio::Kamailio::start_tls(&callee, "s3cret"),
+            _ => testkit::kamailio::Kamailio::start(&callee, "s3cret"),
+        }
+    });
+    let (uri, credentials) = match &proxy {
+        Some(p) if args.transport == Transport::Tls => (p.sips_uri(), true),
+        Some(p) => (p.uri(), true),
+        None => (format!("sip:127.0.0.1:{sip_port}"), false),
+    };
     let telephony = std::sync::Arc::new(
         SipTelephony::bind(SipConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             rtp_ports: 30_000..=49_999,
+            tls_ca: proxy.as_ref().map(|p| p.ca()),
             ..SipConfig::default()
         })
         .await
@@ -134,10 +173,10 @@ async fn main() {
             from: E164::parse("+14155550100").unwrap(),
             to: E164::parse("+14155550199").unwrap(),
             trunk: TrunkTarget {
-                uri: format!("sip:127.0.0.1:{sip_port}"),
-                username: None,
-                password: None,
-                transport: domain::telephony::Transport::Udp,
+                uri: uri.clone(),
+                username: credentials.then(|| "outdial".to_string()),
+                password: credentials.then(|| "s3cret".to_string()),
+                transport: args.transport,
                 register: false,
             },
             ring_timeout: Duration::from_secs(30),
@@ -206,6 +245,15 @@ async fn main() {
     let n = args.calls as f64;
     let late_pct = 100.0 * stats.packets_late as f64 / stats.packets_sent.max(1) as f64;
     let shortfall = stats.packets_sent.saturating_sub(stats.packets_received);
+    println!(
+        "signalling       {}{}",
+        args.transport,
+        if args.proxy {
+            " through Kamailio"
+        } else {
+            " straight to SIPp"
+        }
+    );
     println!("calls            {} ({} completed)", args.calls, completed);
     for f in failed.iter().take(5) {
         println!("  failed: {f}");

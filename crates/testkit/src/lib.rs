@@ -2,7 +2,10 @@
 //! default the local one as `postgres`), whether it may be left out, throwaway databases on it
 //! that are dropped however the test ends, and the seeding of a tenant that can dial.
 //! Databases are made with the server's own `psql`, synchronously, so a plain test, an async
-//! one and one driving the binary all get theirs the same way.
+//! one and one driving the binary all get theirs the same way. [`kamailio`] is the SIP proxy the
+//! SIP tests and benches put in front of their callees.
+
+pub mod kamailio;
 
 use domain::store::Store;
 use domain::tenant::NewTrunk;

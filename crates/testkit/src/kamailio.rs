@@ -1,8 +1,7 @@
-//! Kamailio (Debian's `kamailio`) as the authenticating, record-routing proxy in front of a
-//! callee: started on a free loopback port from `tests/peers/kamailio.cfg`, its whole process
-//! group stopped when dropped.
+//! Kamailio (Debian's `kamailio`) as the authenticating, record-routing proxy and registrar in
+//! front of a callee, as a carrier's edge is: started on a free loopback port from
+//! `kamailio.cfg`, its whole process group stopped when dropped.
 
-use super::free_udp_port;
 use std::net::{TcpStream, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -38,10 +37,7 @@ impl Kamailio {
             Path::new(KAMAILIO).exists(),
             "kamailio not installed: apt-get install -y kamailio"
         );
-        let template = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/kamailio.cfg"),
-        )
-        .expect("kamailio.cfg");
+        let template = include_str!("kamailio.cfg");
         for _ in 0..5 {
             let port = free_udp_port();
             // TCP on the same number must be free too.
@@ -182,6 +178,11 @@ impl Kamailio {
         }
         let _ = self.child.wait();
     }
+}
+
+fn free_udp_port() -> u16 {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().port()
 }
 
 fn free_tcp_port() -> u16 {
