@@ -117,7 +117,7 @@ async fn baresip_answers_and_audio_flows_both_ways() {
 async fn baresip_behind_an_authenticating_proxy_answers_and_audio_flows_both_ways() {
     require_baresip();
     let callee = Baresip::start();
-    let proxy = common::kamailio::Kamailio::start(&callee.uri(), "s3cret");
+    let proxy = testkit::kamailio::Kamailio::start(&callee.uri(), "s3cret");
     let mut req = request(&proxy.uri(), SECS(10), SECS(30));
     req.trunk.username = Some("outdial".into());
     req.trunk.password = Some("s3cret".into());

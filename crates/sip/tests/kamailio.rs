@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::kamailio::Kamailio;
+use testkit::kamailio::Kamailio;
 use common::*;
 use domain::CallStatus;
 use sip::registration::RegistrationState;
