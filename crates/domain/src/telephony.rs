@@ -184,3 +184,36 @@ pub trait Telephony: Send + Sync + 'static {
     /// network: the caller must treat the attempt as spent.
     async fn dial(&self, request: DialRequest) -> Result<LiveCall, DialError>;
 }
+
+/// What this node knows of a trunk's health, for whoever shows the trunk: its REGISTER binding
+/// (trunks with `register`) and its last OPTIONS probe.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrunkHealth {
+    pub registration: Option<RegistrationView>,
+    pub probe: Option<ProbeView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationView {
+    /// `registering`, `registered` or `failed`.
+    pub status: &'static str,
+    /// The registrar's last answer (`200 OK`) or why none came.
+    pub detail: Option<String>,
+    pub expires_at: Option<Millis>,
+    pub updated_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeView {
+    /// The trunk's answer (`200 OK`, or `401 Unauthorized`: alive all the same), or `None` when
+    /// none came (`error` says why).
+    pub response: Option<String>,
+    pub error: Option<String>,
+    pub round_trip_ms: Option<u64>,
+    pub at: Millis,
+}
+
+/// Where the node's view of its trunks' health is read.
+pub trait TrunkHealthSource: Send + Sync + 'static {
+    fn health(&self, trunk: crate::TrunkId) -> Option<TrunkHealth>;
+}
