@@ -38,8 +38,10 @@ use rsipstack::dialog::dialog::Dialog;
 use rsipstack::dialog::dialog_layer::DialogLayer;
 use rsipstack::platform::CancellationToken;
 use rsipstack::sip::prelude::HeadersExt;
-use rsipstack::sip::{Method, StatusCode};
+use rsipstack::sip::{Header, Method, Request, Scheme, StatusCode, StatusCodeKind, Version};
 use rsipstack::transaction::endpoint::EndpointOption;
+use rsipstack::transaction::make_tag;
+use rsipstack::transaction::transaction::Transaction;
 use rsipstack::transaction::TransactionReceiver;
 use rsipstack::transport::tcp_listener::TcpListenerConnection;
 use rsipstack::transport::tls::TlsConfig;
@@ -282,18 +284,134 @@ async fn route_incoming(dialogs: Arc<DialogLayer>, mut incoming: TransactionRece
             .ok()
             .and_then(|to| to.tag().ok().flatten())
             .is_some();
-        let status = match tx.original.method {
-            Method::Ack => continue,
-            Method::Options => StatusCode::OK,
-            _ if in_dialog => StatusCode::CallTransactionDoesNotExist,
-            // outdial only places calls.
-            Method::Invite => StatusCode::Decline,
-            _ => StatusCode::MethodNotAllowed,
+        if tx.original.method == Method::Ack {
+            continue;
+        }
+        let (status, extra) = match refusal(&tx.original) {
+            Some(refused) => refused,
+            None => (
+                match tx.original.method {
+                    Method::Options => StatusCode::OK,
+                    _ if in_dialog => StatusCode::CallTransactionDoesNotExist,
+                    // outdial only places calls.
+                    Method::Invite => StatusCode::Decline,
+                    _ => StatusCode::MethodNotAllowed,
+                },
+                Vec::new(),
+            ),
         };
         tokio::spawn(async move {
-            if let Err(e) = tx.reply(status).await {
+            if let Err(e) = reply_stray(&mut tx, status, extra).await {
                 warn!(error = %e, "reply to stray request failed");
             }
         });
     }
+}
+
+/// Why a request that belongs to no call is refused before its method is looked at, with the
+/// headers the refusal carries: the checks RFC 3261 asks of any UAS, for the malformed requests
+/// of RFC 4475 that the parser lets through.
+fn refusal(req: &Request) -> Option<(StatusCode, Vec<Header>)> {
+    let bad = |reason: &str| {
+        debug!(method = %req.method, reason, "stray request refused");
+        Some((StatusCode::BadRequest, Vec::new()))
+    };
+    // §8.2.1 names 505 for a SIP version we do not speak.
+    if req.version != Version::V2 {
+        return Some((StatusCode::VersionNotSupported, Vec::new()));
+    }
+    // Fields a request carries once (RFC 4475 multi01, mcl01).
+    let mut seen: Vec<&str> = Vec::new();
+    for h in req.headers.iter() {
+        let name = match h {
+            Header::To(_) => "To",
+            Header::From(_) => "From",
+            Header::CallId(_) => "Call-ID",
+            Header::CSeq(_) => "CSeq",
+            Header::MaxForwards(_) => "Max-Forwards",
+            Header::ContentLength(_) => "Content-Length",
+            _ => continue,
+        };
+        if seen.contains(&name) {
+            return bad(&format!("more than one {name}"));
+        }
+        seen.push(name);
+    }
+    // The CSeq method is the request's (RFC 4475 mismatch01).
+    match req.cseq_header().and_then(|c| c.method()) {
+        Ok(m) if m == req.method => {}
+        _ => return bad("CSeq method is not the request's"),
+    }
+    // §18.3: a datagram shorter than its Content-Length (clerr), or a length that is no
+    // number (ncl), is refused with 400.
+    if let Some(length) = req.headers.iter().find_map(|h| match h {
+        Header::ContentLength(l) => Some(l.value().trim().to_string()),
+        _ => None,
+    }) {
+        if length.parse::<usize>().ok() != Some(req.body.len()) {
+            return bad("Content-Length does not match the body");
+        }
+    }
+    // §8.2.2.1: 416 for a Request-URI scheme we cannot handle (unkscm, novelsc).
+    match &req.uri.scheme {
+        None | Some(Scheme::Sip) | Some(Scheme::Sips) => {}
+        Some(Scheme::Other(s)) if s.eq_ignore_ascii_case("tel") => {}
+        Some(_) => return Some((StatusCode::UnsupportedUriScheme, Vec::new())),
+    }
+    // §8.2.2.3: 420 listing every extension Require asks for; a request that belongs to no
+    // call gets none (bext01).
+    let required: Vec<String> = req
+        .headers
+        .iter()
+        .filter_map(|h| match h {
+            Header::Require(r) => Some(r.value().to_string()),
+            _ => None,
+        })
+        .flat_map(|v| {
+            v.split(',')
+                .map(|t| t.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .filter(|t| !t.is_empty())
+        .collect();
+    if !required.is_empty() {
+        return Some((
+            StatusCode::BadExtension,
+            vec![Header::Unsupported(required.join(", ").into())],
+        ));
+    }
+    None
+}
+
+/// Answers a request that belongs to no call. Unlike `Transaction::reply`, the response is
+/// `SIP/2.0` whatever version the request named, and carries one To, From, Call-ID and CSeq
+/// even when the request repeated them.
+async fn reply_stray(
+    tx: &mut Transaction,
+    status: StatusCode,
+    extra: Vec<Header>,
+) -> Result<(), rsipstack::Error> {
+    let is_final = status.kind() != StatusCodeKind::Provisional;
+    let mut resp = tx.endpoint_inner.make_response(&tx.original, status, None);
+    let mut seen = [false; 4];
+    resp.headers.retain(|h| {
+        let i = match h {
+            Header::To(_) => 0,
+            Header::From(_) => 1,
+            Header::CallId(_) => 2,
+            Header::CSeq(_) => 3,
+            _ => return true,
+        };
+        !std::mem::replace(&mut seen[i], true)
+    });
+    // A final response gets a To tag (§8.2.6.2) unless the request's To had one.
+    if is_final {
+        let to = resp.to_header()?.clone();
+        if to.tag()?.is_none() {
+            resp.headers.unique_push(to.with_tag(make_tag()).into());
+        }
+    }
+    resp.version = Version::V2;
+    resp.headers.extend(extra);
+    tx.respond(resp).await
 }

@@ -42,10 +42,15 @@ impl TransactionKey {
             method = Method::Invite;
         }
 
+        // outdial patch: a request whose From has no tag (RFC 2543, RFC 4475 inv2543) or one the
+        // parser cannot read (RFC 4475 wsinv: `;\r\n  tag = 98asjd8`) still gets a transaction,
+        // keyed on an empty tag, so the UAS can answer it instead of dropping it.
         let from_tag = req
             .from_header()?
-            .tag()?
-            .ok_or(Error::Error("from tags missing".to_string()))?;
+            .tag()
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| crate::sip::param::Tag::new(""));
         let call_id = req.call_id_header()?.value();
         let cseq = req.cseq_header()?.seq()?;
         Self::build_key(role, via, method, cseq, from_tag, call_id)
