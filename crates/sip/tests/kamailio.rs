@@ -4,11 +4,11 @@
 
 mod common;
 
-use testkit::kamailio::Kamailio;
 use common::*;
 use domain::CallStatus;
 use sip::registration::RegistrationState;
 use std::time::Duration;
+use testkit::kamailio::Kamailio;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 

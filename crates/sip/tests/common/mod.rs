@@ -2,7 +2,6 @@
 //! port discovery, and helpers to dial and collect a call's events.
 #![allow(dead_code)]
 
-
 use domain::telephony::{
     CallControl, CallEnd, CallEvent, DialRequest, LiveCall, MediaStream, Telephony, TrunkTarget,
 };
