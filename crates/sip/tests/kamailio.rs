@@ -65,11 +65,9 @@ async fn hold_and_resume_from_the_callee_cross_the_proxy() {
     let proxy = Kamailio::start(&sipp.uri(), "s3cret");
     let tel = adapter(None, SECS(30)).await;
     let (kinds, end) = run_call(&tel, through(&proxy, "s3cret"), None).await;
-    assert_eq!(kinds, [Kind::Answered]);
-    assert_eq!(end.status, CallStatus::Completed, "{end:?}");
     // SIPp's re-INVITEs and UPDATE took the proxy's route to us, and it checked our answers:
     // recvonly to the hold, inactive to inactive, PCMA sendrecv to the resume.
-    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+    assert_answered_and_completed(&kinds, &end, &mut sipp);
 }
 
 #[tokio::test]
@@ -110,9 +108,7 @@ async fn a_session_timer_is_refreshed_through_the_proxy() {
     let proxy = Kamailio::start(&sipp.uri(), "s3cret");
     let tel = adapter(None, SECS(5)).await;
     let (kinds, end) = run_call(&tel, through(&proxy, "s3cret"), None).await;
-    assert_eq!(kinds, [Kind::Answered]);
-    assert_eq!(end.status, CallStatus::Completed, "{end:?}");
-    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+    assert_answered_and_completed(&kinds, &end, &mut sipp);
     // Both refreshes took the route set the proxy recorded.
     let updates: Vec<String> = sipp
         .received()
@@ -166,9 +162,7 @@ async fn over_tcp_the_call_and_the_callees_hold_travel_on_our_connection() {
     let mut req = through(&proxy, "s3cret");
     req.trunk.transport = domain::telephony::Transport::Tcp;
     let (kinds, end) = run_call(&tel, req, None).await;
-    assert_eq!(kinds, [Kind::Answered]);
-    assert_eq!(end.status, CallStatus::Completed, "{end:?}");
-    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+    assert_answered_and_completed(&kinds, &end, &mut sipp);
     let via = our_via(&sipp);
     assert!(via.contains("SIP/2.0/TCP"), "{via}");
 }
@@ -183,10 +177,8 @@ async fn over_tls_the_proxys_certificate_is_checked_against_the_configured_ca() 
     req.trunk.uri = proxy.sips_uri();
     req.trunk.transport = domain::telephony::Transport::Tls;
     let (kinds, end) = run_call(&tel, req, None).await;
-    assert_eq!(kinds, [Kind::Answered]);
-    assert_eq!(end.status, CallStatus::Completed, "{end:?}");
     // The session was refreshed twice over the TLS connection, and the callee hung up.
-    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+    assert_answered_and_completed(&kinds, &end, &mut sipp);
     let via = our_via(&sipp);
     assert!(via.contains("SIP/2.0/TLS"), "{via}");
 }

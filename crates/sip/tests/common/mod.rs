@@ -269,3 +269,16 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// The call was answered (and nothing else reported), completed, and SIPp's scenario, with the
+/// checks it makes of our messages, passed.
+pub fn assert_answered_and_completed(kinds: &[Kind], end: &CallEnd, sipp: &mut Sipp) {
+    assert_eq!(kinds, [Kind::Answered]);
+    assert_eq!(end.status, domain::CallStatus::Completed, "{end:?}");
+    assert_eq!(
+        sipp.exit_code(Duration::from_secs(5)),
+        Some(0),
+        "{}",
+        sipp.errors()
+    );
+}
