@@ -153,7 +153,10 @@ async fn main() {
         SipTelephony::bind(SipConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             rtp_ports: 30_000..=49_999,
-            tls_ca: proxy.as_ref().map(|p| p.ca()),
+            tls_ca: proxy
+                .as_ref()
+                .filter(|_| args.transport == Transport::Tls)
+                .map(|p| p.ca()),
             ..SipConfig::default()
         })
         .await
