@@ -17,10 +17,47 @@ pub const FRAME_SAMPLES: usize = 320;
 /// Where and how to reach the trunk for one call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrunkTarget {
-    /// `sip:host:port`.
+    /// `sip:host:port` (`sips:` with [`Transport::Tls`]).
     pub uri: String,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// How SIP messages travel to the trunk.
+    pub transport: Transport,
+    /// Keep a REGISTER binding with the trunk's credentials (trunks that require one).
+    pub register: bool,
+}
+
+/// A trunk's SIP transport (the trunk option `transport`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Transport {
+    #[default]
+    Udp,
+    Tcp,
+    /// TLS with certificate verification; the trunk's URI is `sips:`.
+    Tls,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
+
+    /// The API's and the store's name: `udp`, `tcp`, `tls`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +117,9 @@ pub struct CallEnd {
     pub ended_at: Millis,
     /// Both legs mixed, if the adapter recorded the call.
     pub recording: Option<PathBuf>,
+    /// The trunk itself asked for no new calls for this long (a SIP 503 with `Retry-After`):
+    /// dispatch sends it nothing new until then. `None` for every other end.
+    pub retry_after: Option<Duration>,
 }
 
 /// What the owner of a live call can ask of it.

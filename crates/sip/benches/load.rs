@@ -137,6 +137,8 @@ async fn main() {
                 uri: format!("sip:127.0.0.1:{sip_port}"),
                 username: None,
                 password: None,
+                transport: domain::telephony::Transport::Udp,
+                register: false,
             },
             ring_timeout: Duration::from_secs(30),
             max_duration: Duration::from_secs(args.seconds),

@@ -610,6 +610,8 @@ async fn options_probe_reports_the_trunk() {
         uri: sipp.uri(),
         username: None,
         password: None,
+        transport: domain::telephony::Transport::Udp,
+        register: false,
     };
     let reply = tel.options(&trunk).await.expect("OPTIONS answered");
     assert_eq!(reply.code, 200);
@@ -625,6 +627,8 @@ async fn options_probe_reports_the_trunk() {
         uri: format!("sip:127.0.0.1:{}", free_udp_port()),
         username: None,
         password: None,
+        transport: domain::telephony::Transport::Udp,
+        register: false,
     };
     let started = Instant::now();
     assert!(matches!(

@@ -197,6 +197,8 @@ pub fn request(uri: &str, ring: Duration, max: Duration) -> DialRequest {
             uri: uri.to_string(),
             username: None,
             password: None,
+            transport: domain::telephony::Transport::Udp,
+            register: false,
         },
         ring_timeout: ring,
         max_duration: max,
