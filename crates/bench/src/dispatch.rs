@@ -52,6 +52,7 @@ impl Telephony for InstantAnswer {
             answered_at: Some(now),
             ended_at: now,
             recording: None,
+            retry_after: None,
         }));
         Ok(LiveCall {
             events: rx,

@@ -39,13 +39,7 @@ pub async fn dialling_agent(store: &SqlStore) -> Result<(TenantId, domain::Agent
     let trunk = store
         .create_trunk(
             tenant.id,
-            &domain::tenant::NewTrunk {
-                name: "pbx".into(),
-                uri: "sip:127.0.0.1:5080".into(),
-                username: None,
-                password: None,
-                max_concurrent_calls: None,
-            },
+            &domain::tenant::NewTrunk::new("pbx", "sip:127.0.0.1:5080"),
             now,
         )
         .await?;

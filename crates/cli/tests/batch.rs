@@ -65,6 +65,7 @@ impl Telephony for CountingPhone {
                     answered_at: None,
                     ended_at: Millis::now(),
                     recording: None,
+                    retry_after: None,
                 }))
                 .await;
         });

@@ -74,6 +74,7 @@ impl Dispatcher {
                     answered_at: None,
                     ended_at: self.clock.now(),
                     recording: None,
+                    retry_after: None,
                 },
                 Talk::default(),
             )
@@ -277,6 +278,17 @@ impl Dispatcher {
             transfer,
         } = talk;
         let now = self.clock.now();
+        // Before the settlement frees the call's place under the caps: a call waiting for that
+        // place must find the trunk's gate shut already.
+        if let (Some(wait), Some(trunk)) = (end.retry_after, &call.trunk) {
+            let until = domain::pacing::hold_until(now, wait);
+            match self.store.hold_trunk(trunk.id, until).await {
+                Ok(()) => {
+                    tracing::warn!(trunk_id = trunk.id.0, until = %until.to_rfc3339(), "the trunk asked to wait (503 Retry-After): nothing new goes to it until then")
+                }
+                Err(e) => tracing::error!(error = %e, "holding the trunk failed"),
+            }
+        }
         let status = if end.status.is_terminal() {
             end.status
         } else {

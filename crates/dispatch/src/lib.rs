@@ -2,7 +2,9 @@
 //!
 //! The loop sleeps until the nearest due time (or a poke from the API), claims due calls with a
 //! lease, decides for each (calling window, caps), makes `initiated` durable through the store
-//! and only then asks telephony to dial. Live calls' leases are renewed; a call whose node died
+//! and only then asks telephony to dial. Calls of a trunk with a pace (`max_calls_per_second`)
+//! or a carrier's hold (503 `Retry-After`) wait in that trunk's line and are taken from it as
+//! its gate opens (see [`Dispatcher::tick`]). Live calls' leases are renewed; a call whose node died
 //! (lease run out while dialling or talking) is settled `failed` / `interrupted`, never redialled
 //! blindly, and the agent's retry policy decides what comes next. A node that stops on purpose
 //! gives its live calls a grace to end, then hangs up the rest and settles them the same way.
@@ -14,10 +16,11 @@ use domain::dispatch::{
     next_opening, BeginDial, CountryZones, DialLimits, DialStart, DueCall, FinishAttempt,
     OrphanedCall,
 };
+use domain::pacing::{lane_room, TokenBucket};
 use domain::store::{Store, StoreError};
 use domain::telephony::{CallControl, Telephony};
-use domain::{CallStatus, ConversationId, Millis};
-use std::collections::HashMap;
+use domain::{CallStatus, ConversationId, Millis, TrunkId};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
@@ -123,12 +126,31 @@ struct Live {
 #[derive(Debug, PartialEq)]
 enum Decision {
     Dial(DialLimits),
-    Wait { until: Millis, reason: String },
+    Wait {
+        until: Millis,
+        reason: String,
+    },
+    /// Into its trunk's line, with the trunk's other due calls: the trunk's pace or hold
+    /// decides when.
+    Line {
+        trunk: TrunkId,
+        reason: String,
+    },
     Fail(String),
+}
+
+/// Where a due call was claimed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// The claim of due calls in no trunk's line.
+    Due,
+    /// Its trunk's line, when the trunk's gate let it go.
+    Line,
 }
 
 fn decide(
     due: &DueCall,
+    route: Route,
     now: Millis,
     zones: &CountryZones,
     default_window: &CallingHours,
@@ -165,6 +187,14 @@ fn decide(
             Some(_) => {}
         }
     }
+    if route == Route::Due {
+        if let Some(reason) = trunk.line_reason(now) {
+            return Decision::Line {
+                trunk: trunk.id,
+                reason,
+            };
+        }
+    }
     let limits = &due.tenant_limits;
     Decision::Dial(DialLimits {
         trunk: trunk.max_concurrent_calls.map(|m| (trunk.id, m)),
@@ -172,6 +202,9 @@ fn decide(
         tenant: limits.max_concurrent_calls,
         per_number: (!due.immediate)
             .then_some((limits.per_number_calls, limits.per_number_window_seconds)),
+        pace: trunk
+            .max_calls_per_second
+            .map(|rate| (trunk.id, TokenBucket::new(rate))),
     })
 }
 
@@ -210,37 +243,74 @@ impl Dispatcher {
         self.live.lock().map(|l| l.len()).unwrap_or(0)
     }
 
-    /// One round: claim what is due and act on it. Returns how many calls were claimed.
+    /// One round: claim what is due and act on it. Returns how many calls were claimed from
+    /// the calls in no trunk's line (a full round means there may be more).
+    ///
+    /// A due call of a paced or held trunk is not dialled from that claim: it joins its trunk's
+    /// line, with the trunk's other due calls (one write each, once). Then each line whose
+    /// trunk's gate is open gives as many calls as the gate lets through (one per token of a
+    /// paced trunk), oldest first. So a long line never holds up another trunk's calls, and no
+    /// call is claimed only to be held.
     pub async fn tick(self: &Arc<Self>) -> Result<usize, StoreError> {
         let now = self.clock.now();
+        let node = self.config.node_id.as_str();
         let due = self
             .store
-            .claim_due(
-                &self.config.node_id,
-                now,
-                self.lease_until(now),
-                self.config.claim_batch,
-            )
+            .claim_due(node, now, self.lease_until(now), self.config.claim_batch)
             .await?;
         let claimed = due.len();
         let mut to_dial = Vec::new();
+        // Each trunk's due calls join its line in one statement, however many this round met.
+        let mut lines: BTreeMap<TrunkId, String> = BTreeMap::new();
         for call in due {
             let lag_ms = (now.0 - call.due_at.0).max(0);
             metrics::histogram!("outdial_dispatch_lag_seconds").record(lag_ms as f64 / 1000.0);
-            match decide(&call, now, &self.zones, &self.config.default_window) {
-                Decision::Fail(reason) => self.fail_undialled(&call, reason).await?,
-                Decision::Wait { until, reason } => {
-                    tracing::info!(conversation_id = %call.id, trace_id = %call.trace_id, %reason, until = %until.to_rfc3339(), "call waits");
-                    self.store
-                        .defer_call(call.id, &self.config.node_id, until, &reason)
-                        .await?;
+            match decide(
+                &call,
+                Route::Due,
+                now,
+                &self.zones,
+                &self.config.default_window,
+            ) {
+                Decision::Line { trunk, reason } => {
+                    lines.entry(trunk).or_insert(reason);
                 }
-                Decision::Dial(limits) => to_dial.push((call, limits)),
+                decision => self.act(call, decision, now, &mut to_dial).await?,
+            }
+        }
+        for (trunk, reason) in lines {
+            self.line_up(trunk, now, &reason).await?;
+        }
+        for lane in self.store.trunk_lanes(now).await? {
+            let room = lane_room(
+                lane.max_calls_per_second,
+                lane.dial_after,
+                now,
+                self.config.claim_batch,
+            );
+            if room == 0 {
+                continue;
+            }
+            let calls = self
+                .store
+                .claim_lane(node, lane.trunk, now, self.lease_until(now), room)
+                .await?;
+            for call in calls {
+                let decision = decide(
+                    &call,
+                    Route::Line,
+                    now,
+                    &self.zones,
+                    &self.config.default_window,
+                );
+                self.act(call, decision, now, &mut to_dial).await?;
             }
         }
         if to_dial.is_empty() {
             return Ok(claimed);
         }
+        // Oldest first: the caps are counted in this order.
+        to_dial.sort_by_key(|(call, _)| call.due_at);
         let now = self.clock.now();
         let starts: Vec<DialStart> = to_dial
             .iter()
@@ -252,7 +322,7 @@ impl Dispatcher {
             .collect();
         let outcomes = self
             .store
-            .begin_dials(&self.config.node_id, now, self.lease_until(now), &starts)
+            .begin_dials(node, now, self.lease_until(now), &starts)
             .await?;
         for ((call, _), outcome) in to_dial.into_iter().zip(outcomes) {
             match outcome {
@@ -262,18 +332,53 @@ impl Dispatcher {
                     tokio::spawn(async move { me.run_call(call).await });
                 }
                 BeginDial::Deferred { until, reason } => {
-                    self.store
-                        .defer_call(call.id, &self.config.node_id, until, &reason)
-                        .await?;
+                    self.store.defer_call(call.id, node, until, &reason).await?;
                 }
                 BeginDial::Gone => {}
                 BeginDial::Listed => {
                     tracing::info!(conversation_id = %call.id, trace_id = %call.trace_id, "number is on the do-not-call list: call canceled");
                     self.events_written();
                 }
+                BeginDial::Paced => {
+                    tracing::debug!(conversation_id = %call.id, "the trunk's token went elsewhere: the call keeps its place in the line");
+                }
             }
         }
         Ok(claimed)
+    }
+
+    /// Carries out a decision on a claimed call; one to dial is added to `to_dial`.
+    async fn act(
+        &self,
+        call: DueCall,
+        decision: Decision,
+        now: Millis,
+        to_dial: &mut Vec<(DueCall, DialLimits)>,
+    ) -> Result<(), StoreError> {
+        match decision {
+            Decision::Fail(reason) => self.fail_undialled(&call, reason).await?,
+            Decision::Wait { until, reason } => {
+                tracing::info!(conversation_id = %call.id, trace_id = %call.trace_id, %reason, until = %until.to_rfc3339(), "call waits");
+                self.store
+                    .defer_call(call.id, &self.config.node_id, until, &reason)
+                    .await?;
+            }
+            Decision::Line { trunk, reason } => self.line_up(trunk, now, &reason).await?,
+            Decision::Dial(limits) => to_dial.push((call, limits)),
+        }
+        Ok(())
+    }
+
+    /// Puts the trunk's due calls (those this node holds too) in the trunk's line.
+    async fn line_up(&self, trunk: TrunkId, now: Millis, reason: &str) -> Result<(), StoreError> {
+        let calls = self
+            .store
+            .park_calls(&self.config.node_id, trunk, now, reason)
+            .await?;
+        if calls > 0 {
+            tracing::info!(trunk_id = trunk.0, calls, %reason, "calls wait in the trunk's line");
+        }
+        Ok(())
     }
 
     pub(crate) fn events_written(&self) {

@@ -27,6 +27,8 @@ enum Script {
     Busy,
     /// Never ends: the node "dies" with the call up.
     Hang,
+    /// The trunk answers `503 Service Unavailable` with `Retry-After: 3`.
+    Unavailable,
 }
 
 /// Counts dials per destination and plays a script.
@@ -55,6 +57,7 @@ impl Telephony for Phone {
                             answered_at: None,
                             ended_at: now,
                             recording: None,
+                            retry_after: None,
                         }))
                         .await;
                 }
@@ -70,6 +73,19 @@ impl Telephony for Phone {
                             answered_at: Some(now),
                             ended_at: Millis(now.0 + 42_000),
                             recording: None,
+                            retry_after: None,
+                        }))
+                        .await;
+                }
+                Script::Unavailable => {
+                    let _ = tx
+                        .send(CallEvent::Ended(CallEnd {
+                            status: CallStatus::TelephonyFailed,
+                            failure_reason: Some("503 Service Unavailable".into()),
+                            answered_at: None,
+                            ended_at: now,
+                            recording: None,
+                            retry_after: Some(Duration::from_secs(3)),
                         }))
                         .await;
                 }
@@ -652,5 +668,257 @@ async fn three_nodes_on_postgres_with_one_killed_dial_every_destination_exactly_
         total,
         "every destination dialled once, or settled interrupted by the dead node"
     );
+    store.close().await;
+}
+
+/// Two tenants, each with an agent on a trunk of its own: `paced` on one at `rate` calls per
+/// second (unpaced when `None`), `open` on an unpaced one.
+async fn two_trunks(
+    url: &str,
+    rate: Option<f64>,
+) -> (Arc<SqlStore>, (TenantId, AgentId), (TenantId, AgentId)) {
+    use domain::tenant::NewTrunk;
+    let store = Arc::new(
+        SqlStore::connect(url, StoreOptions::default())
+            .await
+            .unwrap(),
+    );
+    let paced = NewTrunk {
+        max_calls_per_second: rate.map(|r| domain::pacing::CallsPerSecond::new(r).unwrap()),
+        ..NewTrunk::new("carrier", "sip:127.0.0.1:5080")
+    };
+    let agent = json!({"first_message": "Hello {{customer_name}}"});
+    let at = Millis(T0);
+    let p = testkit::dialling_agent_on(
+        store.as_ref(),
+        "paced",
+        "+918035739222",
+        &paced,
+        agent.clone(),
+        at,
+    )
+    .await;
+    let open = NewTrunk::new("pbx", "sip:127.0.0.1:5081");
+    let o =
+        testkit::dialling_agent_on(store.as_ref(), "open", "+918035739223", &open, agent, at).await;
+    (store, p, o)
+}
+
+/// What the run loop does on a wake-up: rounds while they come back full.
+async fn rounds(d: &Arc<Dispatcher>) {
+    while d.tick().await.unwrap() >= d.config.claim_batch as usize {}
+    settle_tasks().await;
+}
+
+#[tokio::test]
+async fn a_paced_trunk_dials_one_call_per_token_in_due_order_and_holds_up_no_other_trunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, (tp, ap), (to, ao)) = two_trunks(&sqlite_url(&dir), Some(2.0)).await;
+    let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
+    let phone = Phone::new(Script::Busy, clock.clone());
+    let config = DispatchConfig {
+        claim_batch: 4,
+        ..Default::default()
+    };
+    let d = Dispatcher::new(
+        store.clone(),
+        phone.clone(),
+        tts(),
+        CountryZones::default(),
+        clock.clone(),
+        config,
+    );
+    // Ten calls on the paced trunk, due before three on the other trunk.
+    let mut paced = Vec::new();
+    for i in 0..10 {
+        let c = call(tp, ap, &format!("+9198765000{i:02}"), T0 + i, None);
+        paced.push(store.create_call(c).await.unwrap().conversation_id);
+    }
+    for i in 0..3 {
+        let c = call(to, ao, &format!("+9198765100{i:02}"), T0 + 20 + i, None);
+        store.create_call(c).await.unwrap();
+    }
+    let start = T0 + 100;
+    clock.0.store(start, Ordering::SeqCst);
+    rounds(&d).await;
+    let mut dialled = phone.dials.lock().unwrap().clone();
+    dialled.sort();
+    assert_eq!(
+        dialled,
+        [
+            "+919876500000",
+            "+919876510000",
+            "+919876510001",
+            "+919876510002"
+        ],
+        "the paced trunk's first call and every call of the other trunk at once"
+    );
+    let waiting = store.get_conversation(tp, paced[1]).await.unwrap().unwrap();
+    assert_eq!(waiting.status, CallStatus::Queued);
+    // Then one call per token (every 500 ms), oldest first, never early.
+    for (k, id) in paced.iter().enumerate().skip(1) {
+        let token = start + 500 * k as i64;
+        assert_eq!(
+            store.next_due_at(clock.now()).await.unwrap(),
+            Some(Millis(token))
+        );
+        clock.0.store(token - 1, Ordering::SeqCst);
+        rounds(&d).await;
+        assert_eq!(phone.count(), 3 + k, "not before the token");
+        clock.0.store(token, Ordering::SeqCst);
+        rounds(&d).await;
+        assert_eq!(phone.count(), 4 + k);
+        let c = store.get_conversation(tp, *id).await.unwrap().unwrap();
+        assert_eq!(
+            (c.status, c.started_at),
+            (CallStatus::Busy, Some(Millis(token)))
+        );
+    }
+    let last = phone.dials.lock().unwrap().last().cloned();
+    assert_eq!(last.as_deref(), Some("+919876500009"));
+    assert_eq!(store.next_due_at(clock.now()).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_503_with_retry_after_holds_that_trunk_only_and_its_calls_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, (th, ah), (to, ao)) = two_trunks(&sqlite_url(&dir), None).await;
+    let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
+    let phone = Phone::new(Script::Unavailable, clock.clone());
+    let d = Dispatcher::new(
+        store.clone(),
+        phone.clone(),
+        tts(),
+        CountryZones::default(),
+        clock.clone(),
+        DispatchConfig::default(),
+    );
+    let first = store
+        .create_call(call(th, ah, "+919876500001", T0, None))
+        .await
+        .unwrap()
+        .conversation_id;
+    rounds(&d).await;
+    let c = store.get_conversation(th, first).await.unwrap().unwrap();
+    assert_eq!(
+        (c.status, c.failure_reason.as_deref()),
+        (CallStatus::TelephonyFailed, Some("503 Service Unavailable")),
+        "the call itself settles as any 503"
+    );
+    let now = T0 + 10;
+    clock.0.store(now, Ordering::SeqCst);
+    let mut held = Vec::new();
+    for i in 2..4 {
+        let c = call(th, ah, &format!("+91987650000{i}"), now, None);
+        held.push(store.create_call(c).await.unwrap().conversation_id);
+    }
+    store
+        .create_call(call(to, ao, "+919876510001", now, None))
+        .await
+        .unwrap();
+    rounds(&d).await;
+    assert_eq!(
+        *phone.dials.lock().unwrap(),
+        ["+919876500001", "+919876510001"],
+        "the held trunk dials nothing new; the other trunk is not held"
+    );
+    for id in &held {
+        let c = store.get_conversation(th, *id).await.unwrap().unwrap();
+        assert_eq!(c.status, CallStatus::Queued);
+    }
+    // The hold ends 3 s after the 503 (settled at T0).
+    assert_eq!(
+        store.next_due_at(clock.now()).await.unwrap(),
+        Some(Millis(T0 + 3_000))
+    );
+    clock.0.store(T0 + 2_999, Ordering::SeqCst);
+    rounds(&d).await;
+    assert_eq!(phone.count(), 2);
+    clock.0.store(T0 + 3_000, Ordering::SeqCst);
+    rounds(&d).await;
+    assert_eq!(
+        phone.count(),
+        4,
+        "an unpaced trunk's waiting calls all go when the hold ends"
+    );
+}
+
+/// Two nodes share a paced trunk's bucket through the database: together they keep its pace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_on_postgres_keep_one_trunks_pace_between_them() {
+    let Some(pg) = postgres_db() else {
+        return;
+    };
+    let url = pg.url.clone();
+    let (store, (tp, ap), _) = two_trunks(&url, Some(10.0)).await;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let phones = [
+        Phone::new(Script::Busy, clock.clone()),
+        Phone::new(Script::Busy, clock.clone()),
+    ];
+    let (stop_tx, stop) = watch::channel(false);
+    let mut runners = Vec::new();
+    let mut nodes = Vec::new();
+    for (i, phone) in phones.iter().enumerate() {
+        let node_store = Arc::new(
+            SqlStore::connect(&url, StoreOptions::default())
+                .await
+                .unwrap(),
+        );
+        let config = DispatchConfig {
+            node_id: format!("node-{i}"),
+            claim_batch: 4,
+            ..Default::default()
+        };
+        let d = Dispatcher::new(
+            node_store,
+            phone.clone(),
+            tts(),
+            CountryZones::default(),
+            clock.clone(),
+            config,
+        );
+        runners.push(tokio::spawn(d.clone().run(stop.clone())));
+        nodes.push(d);
+    }
+    let total = 16;
+    let mut ids = Vec::new();
+    for i in 0..total {
+        let c = call(tp, ap, &format!("+9198765000{i:02}"), Millis::now().0, None);
+        ids.push(store.create_call(c).await.unwrap().conversation_id);
+    }
+    for n in &nodes {
+        n.waker().notify_one();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while phones.iter().map(|p| p.count()).sum::<usize>() < total
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_tx.send(true).unwrap();
+    for r in runners {
+        r.await.unwrap();
+    }
+    let mut dialled: Vec<String> = phones
+        .iter()
+        .flat_map(|p| p.dials.lock().unwrap().clone())
+        .collect();
+    dialled.sort();
+    dialled.dedup();
+    assert_eq!(dialled.len(), total, "every call dialled, once");
+    let mut started = Vec::new();
+    for id in &ids {
+        let c = store.get_conversation(tp, *id).await.unwrap().unwrap();
+        started.push(c.started_at.expect("dialled").0);
+    }
+    started.sort();
+    for pair in started.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= 100,
+            "two calls {} ms apart at 10/s: {started:?}",
+            pair[1] - pair[0]
+        );
+    }
     store.close().await;
 }

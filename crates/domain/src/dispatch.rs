@@ -3,6 +3,7 @@
 
 use crate::agent::{AgentConfig, CallingWindow, RetryPolicy, WEEKDAYS};
 use crate::call::{Parameter, RetryContext, TranscriptItem};
+use crate::pacing::{CallsPerSecond, TokenBucket};
 use crate::telephony::TrunkTarget;
 use crate::tenant::TenantLimits;
 use crate::{AgentId, CallStatus, ConversationId, Millis, TenantId, TraceId, E164};
@@ -143,6 +144,39 @@ pub struct DueTrunk {
     pub target: TrunkTarget,
     pub from: E164,
     pub max_concurrent_calls: Option<u32>,
+    /// The trunk's pace; `None` = unpaced.
+    pub max_calls_per_second: Option<CallsPerSecond>,
+    /// The trunk's gate: no new INVITE before this (its pace, or a 503's `Retry-After`).
+    pub dial_after: Option<Millis>,
+}
+
+impl DueTrunk {
+    /// Why a call of this trunk waits in the trunk's line rather than being dialled from the
+    /// claim of due calls, if it does: a paced trunk's calls always do (so they go in due
+    /// order, one per token), an unpaced trunk's while its carrier's hold lasts.
+    pub fn line_reason(&self, now: Millis) -> Option<String> {
+        if let Some(rate) = self.max_calls_per_second {
+            return Some(format!(
+                "waiting for the trunk's pace (max_calls_per_second {})",
+                rate.get()
+            ));
+        }
+        match self.dial_after {
+            Some(until) if !crate::pacing::gate_open(Some(until), now) => Some(format!(
+                "the trunk asked to wait (503 Retry-After) until {}",
+                until.to_rfc3339()
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// A trunk with calls waiting in its line, and what its gate needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrunkLane {
+    pub trunk: crate::TrunkId,
+    pub max_calls_per_second: Option<CallsPerSecond>,
+    pub dial_after: Option<Millis>,
 }
 
 /// Caps checked, under lock, in the same transaction that marks a call `initiated`.
@@ -153,6 +187,8 @@ pub struct DialLimits {
     pub tenant: Option<u32>,
     /// For calls that were scheduled: (calls, window seconds) per destination.
     pub per_number: Option<(u32, u32)>,
+    /// The trunk's pace: the call takes the trunk's token, or waits in its line.
+    pub pace: Option<(crate::TrunkId, TokenBucket)>,
 }
 
 /// One call of a claim round that may be dialled.
@@ -174,6 +210,9 @@ pub enum BeginDial {
     /// The number is on the tenant's do-not-call list: the store has settled the call
     /// `canceled` (`do-not-call`) with its event, in the transaction that would have started it.
     Listed,
+    /// The trunk's token was taken meanwhile (another node dialled through it): the store has
+    /// put the call (back) in the trunk's line, where it keeps its place.
+    Paced,
 }
 
 /// Everything a finished attempt writes, in one transaction.
@@ -256,10 +295,11 @@ pub enum CancelOutcome {
 #[async_trait::async_trait]
 pub trait DispatchStore: Send + Sync + 'static {
     /// When the dispatcher next has something to do: the earliest `due_at` of a call waiting to
-    /// be dialled that no node holds. Must stay an index walk: it runs on every wake-up.
+    /// be dialled that no node holds and no trunk's line keeps, or the earliest gate of a
+    /// trunk with such calls in its line. Must stay index walks: it runs on every wake-up.
     async fn next_due_at(&self, now: Millis) -> Result<Option<Millis>, crate::store::StoreError>;
     /// Leases up to `limit` due calls (`scheduled`/`queued`, `due_at <= now`, not leased by a
-    /// live node) to `node` until `lease_until`.
+    /// live node, in no trunk's line) to `node` until `lease_until`.
     async fn claim_due(
         &self,
         node: &str,
@@ -267,7 +307,37 @@ pub trait DispatchStore: Send + Sync + 'static {
         lease_until: Millis,
         limit: u32,
     ) -> Result<Vec<DueCall>, crate::store::StoreError>;
-    /// Puts a claimed call back to wait (`queued`) until `until`, releasing the lease.
+    /// Puts the due calls of `trunk` that nobody else holds (those `node` holds included) in
+    /// the trunk's line, `queued`, leases released, each with an event saying `reason`: from
+    /// there they are taken in due order as the trunk's gate allows, and the claim of due calls
+    /// no longer walks past them. Returns how many.
+    async fn park_calls(
+        &self,
+        node: &str,
+        trunk: crate::TrunkId,
+        now: Millis,
+        reason: &str,
+    ) -> Result<u64, crate::store::StoreError>;
+    /// The trunks with calls in their line that nobody holds.
+    async fn trunk_lanes(&self, now: Millis) -> Result<Vec<TrunkLane>, crate::store::StoreError>;
+    /// Leases the first `limit` calls of `trunk`'s line (by due time) that nobody holds.
+    async fn claim_lane(
+        &self,
+        node: &str,
+        trunk: crate::TrunkId,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<DueCall>, crate::store::StoreError>;
+    /// Shuts `trunk`'s gate until `until` (its carrier's 503 `Retry-After`); a gate already
+    /// shut for longer stays so.
+    async fn hold_trunk(
+        &self,
+        trunk: crate::TrunkId,
+        until: Millis,
+    ) -> Result<(), crate::store::StoreError>;
+    /// Puts a claimed call back to wait (`queued`) until `until`, releasing the lease (and
+    /// taking it out of a trunk's line: its own wait decides when it is due again).
     async fn defer_call(
         &self,
         id: ConversationId,

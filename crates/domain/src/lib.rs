@@ -11,6 +11,7 @@ pub mod do_not_call;
 pub mod ids;
 pub mod language;
 pub mod lifecycle;
+pub mod pacing;
 pub mod phone;
 pub mod store;
 pub mod telephony;

@@ -9,7 +9,8 @@ use std::fmt::Write as _;
 /// What happens to a call, as far as its status is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transition {
-    /// A due call waits again: a cap was full or its calling window closed.
+    /// A due call waits again: a cap was full, its calling window closed, or its trunk's pace
+    /// or hold keeps it in the trunk's line.
     Defer,
     /// Dialling begins. Durable before any INVITE leaves, so a crash after it never redials.
     Dial,

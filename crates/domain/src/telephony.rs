@@ -138,6 +138,9 @@ pub struct CallEnd {
     pub ended_at: Millis,
     /// Both legs mixed, if the adapter recorded the call.
     pub recording: Option<PathBuf>,
+    /// The trunk itself asked for no new calls for this long (a SIP 503 with `Retry-After`):
+    /// dispatch sends it nothing new until then. `None` for every other end.
+    pub retry_after: Option<Duration>,
 }
 
 /// What the owner of a live call can ask of it.

@@ -1,5 +1,7 @@
 //! Tenants, their keys, trunks and numbers: the management side of the model.
 
+use crate::pacing::CallsPerSecond;
+use crate::telephony::Transport;
 use crate::{ApiKeyId, Millis, PhoneNumberId, TenantId, TrunkId, E164};
 
 /// Limits that protect the people a tenant calls and the tenant's own capacity.
@@ -59,6 +61,28 @@ pub struct NewTrunk {
     pub username: Option<String>,
     pub password: Option<String>,
     pub max_concurrent_calls: Option<u32>,
+    /// New INVITEs per second; `None` = unpaced.
+    pub max_calls_per_second: Option<CallsPerSecond>,
+    pub transport: Transport,
+    /// Keep a REGISTER binding with the trunk's credentials.
+    pub register: bool,
+}
+
+impl NewTrunk {
+    /// A trunk at `uri` with every option at its default: no credentials, no caps, unpaced,
+    /// UDP, no REGISTER.
+    pub fn new(name: &str, uri: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            uri: uri.to_string(),
+            username: None,
+            password: None,
+            max_concurrent_calls: None,
+            max_calls_per_second: None,
+            transport: Transport::Udp,
+            register: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +94,9 @@ pub struct Trunk {
     pub username: Option<String>,
     pub password: Option<String>,
     pub max_concurrent_calls: Option<u32>,
+    pub max_calls_per_second: Option<CallsPerSecond>,
+    pub transport: Transport,
+    pub register: bool,
     pub created_at: Millis,
 }
 

@@ -3,7 +3,7 @@
 //! dialog states into `CallEvent`s and decides how the call ended.
 
 use crate::header::{self, HeaderError, HeaderValue};
-use crate::outcome::{classify, Termination};
+use crate::outcome::{classify, parse_retry_after, trunk_hold, Termination};
 use crate::recording::Recorder;
 use crate::rtp_session::{MediaCommand, MediaEvent, MediaHandle, MediaSetup};
 use crate::sdp::{self, RemoteMedia};
@@ -134,6 +134,7 @@ pub(crate) async fn run(
             answered_at: call.answered_at,
             ended_at: Millis::now(),
             recording,
+            retry_after: trunk_hold(&termination),
         };
         let _ = call.events.send(CallEvent::Ended(end)).await;
     }
@@ -423,6 +424,7 @@ impl Call {
             return Err(Termination::Rejected {
                 code,
                 reason: reason_phrase(&resp),
+                retry_after: retry_after(&resp),
             });
         }
         if let Some(cause) = cancelled {
@@ -1101,6 +1103,14 @@ fn transport_or_other(e: rsipstack::Error) -> Termination {
 }
 
 /// The reason phrase as the far end wrote it, else the standard one for the code.
+/// The response's `Retry-After`, if it has a readable one.
+fn retry_after(resp: &Response) -> Option<Duration> {
+    resp.headers.iter().find_map(|h| match h {
+        Header::RetryAfter(v) => parse_retry_after(v.value()),
+        _ => None,
+    })
+}
+
 pub(crate) fn reason_phrase(resp: &Response) -> String {
     resp.wire_reason
         .clone()

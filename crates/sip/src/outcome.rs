@@ -7,8 +7,13 @@ use std::time::Duration;
 /// Everything that can end a call, as the call task observed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Termination {
-    /// A final non-2xx response to our INVITE (not one provoked by our own CANCEL).
-    Rejected { code: u16, reason: String },
+    /// A final non-2xx response to our INVITE (not one provoked by our own CANCEL), with its
+    /// `Retry-After` if it had one.
+    Rejected {
+        code: u16,
+        reason: String,
+        retry_after: Option<Duration>,
+    },
     /// The trunk challenged (401/407) and did not accept what we answered, or we had no
     /// credentials to answer with.
     AuthFailed {
@@ -39,7 +44,7 @@ pub enum Termination {
 pub fn classify(t: &Termination) -> (CallStatus, Option<String>) {
     match t {
         Termination::Completed => (CallStatus::Completed, None),
-        Termination::Rejected { code, reason } => {
+        Termination::Rejected { code, reason, .. } => {
             let status = match code {
                 // 603 Decline is the callee refusing the call, like a busy line.
                 486 | 600 | 603 => CallStatus::Busy,
@@ -101,6 +106,34 @@ pub fn classify(t: &Termination) -> (CallStatus, Option<String>) {
     }
 }
 
+/// How long the trunk asked to be sent nothing new ([`domain::telephony::CallEnd::retry_after`]):
+/// a 503's `Retry-After` only. On a 503 it speaks of the server that answered, the trunk; on
+/// the callee's answers (486, 480, 600, 603) it speaks of the callee, whose next try is the
+/// retry policy's business.
+pub fn trunk_hold(t: &Termination) -> Option<Duration> {
+    match t {
+        Termination::Rejected {
+            code: 503,
+            retry_after,
+            ..
+        } => retry_after.filter(|d| !d.is_zero()),
+        _ => None,
+    }
+}
+
+/// A `Retry-After` header value in seconds (RFC 3261 §20.33: `delta-seconds [comment]
+/// *(;params)`), e.g. `120`, `18000;duration=3600`, `120 (I'm in a meeting)`.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let digits: &str = value
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?;
+    digits
+        .parse::<u64>()
+        .ok()
+        .map(|s| Duration::from_secs(s.min(u64::from(u32::MAX))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,7 +142,43 @@ mod tests {
         classify(&Termination::Rejected {
             code,
             reason: reason.to_string(),
+            retry_after: None,
         })
+    }
+
+    #[test]
+    fn only_a_503s_retry_after_holds_the_trunk() {
+        let with = |code: u16, after: Option<u64>| Termination::Rejected {
+            code,
+            reason: "x".into(),
+            retry_after: after.map(Duration::from_secs),
+        };
+        assert_eq!(
+            trunk_hold(&with(503, Some(3))),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(trunk_hold(&with(503, Some(0))), None);
+        assert_eq!(trunk_hold(&with(503, None)), None);
+        assert_eq!(trunk_hold(&with(486, Some(60))), None);
+        assert_eq!(trunk_hold(&with(480, Some(60))), None);
+        assert_eq!(trunk_hold(&Termination::NoResponse), None);
+        // The call itself is settled as any 503 is.
+        assert_eq!(
+            classify(&with(503, Some(3))),
+            (CallStatus::TelephonyFailed, Some("503 x".to_string()))
+        );
+    }
+
+    #[test]
+    fn retry_after_values() {
+        let secs = |v: &str| parse_retry_after(v).map(|d| d.as_secs());
+        assert_eq!(secs("3"), Some(3));
+        assert_eq!(secs(" 120 (I'm in a meeting)"), Some(120));
+        assert_eq!(secs("18000;duration=3600"), Some(18000));
+        assert_eq!(secs(""), None);
+        assert_eq!(secs("soon"), None);
+        assert_eq!(secs("-5"), None);
+        assert_eq!(secs("99999999999999999999999"), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use domain::agent::AgentConfig;
 use domain::call::{AnsweredBy, Parameter, RetryContext};
 use domain::dispatch::{
     BeginDial, CancelOutcome, DialLimits, DialStart, DispatchStore, DueCall, DueTrunk,
-    FinishAttempt, OrphanedCall,
+    FinishAttempt, OrphanedCall, TrunkLane,
 };
 use domain::lifecycle::{sql_list, Transition, DIALLED, WAITING};
 use domain::store::StoreError;
@@ -123,12 +123,14 @@ fn due_call(row: &sqlx::any::AnyRow) -> Result<DueCall, StoreError> {
                 uri: get(row, "trunk_uri")?,
                 username: get(row, "trunk_username")?,
                 password: get(row, "trunk_password")?,
-                transport: domain::telephony::Transport::Udp,
-                register: false,
+                transport: crate::manage::transport(row, "trunk_transport")?,
+                register: get::<i64>(row, "trunk_register")? != 0,
             },
             from: E164::from_trusted(get(row, "from_phone")?),
             max_concurrent_calls: get::<Option<i64>>(row, "trunk_max")?
                 .and_then(|n| u32::try_from(n).ok()),
+            max_calls_per_second: crate::manage::calls_per_second(row, "trunk_cps")?,
+            dial_after: get::<Option<i64>>(row, "trunk_dial_after")?.map(Millis),
         }),
         None => None,
     };
@@ -164,7 +166,8 @@ const DUE_CALL_SELECT: &str = "SELECT c.id AS id, c.tenant_id AS tenant_id, c.ag
     c.parameters AS parameters, c.retry_context AS retry_context, c.trace_id AS trace_id, c.due_at AS due_at, \
     a.config AS agent_config, a.deleted_at AS agent_deleted, \
     tr.id AS trunk_id, tr.uri AS trunk_uri, tr.username AS trunk_username, tr.password AS trunk_password, \
-    tr.max_concurrent_calls AS trunk_max, \
+    tr.max_concurrent_calls AS trunk_max, tr.max_calls_per_second AS trunk_cps, \
+    tr.dial_after AS trunk_dial_after, tr.transport AS trunk_transport, tr.register AS trunk_register, \
     t.max_concurrent_calls AS tenant_max, t.per_number_calls AS per_number_calls, \
     t.per_number_window_seconds AS per_number_window_seconds \
     FROM calls c JOIN tenants t ON t.id = c.tenant_id \
@@ -214,6 +217,62 @@ async fn emit_terminal_event(
     Ok(conversation)
 }
 
+/// The trunk takes no new INVITE before `until`; a gate already shut for longer stays so (a
+/// 503's hold is never shortened by a dial's token, nor the other way round).
+async fn shut_gate(
+    conn: &mut AnyConnection,
+    trunk: TrunkId,
+    until: Millis,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE trunks SET dial_after = CASE WHEN dial_after IS NULL OR dial_after < $1 THEN $1 \
+         ELSE dial_after END WHERE id = $2",
+    )
+    .bind(until.0)
+    .bind(trunk.0)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// The call a dial's start is about, as the start's first read found it.
+struct Starting<'a> {
+    id: ConversationId,
+    node: &'a str,
+    tenant: i64,
+    /// Already in its trunk's line (taken from it, not from the claim of due calls).
+    in_line: bool,
+}
+
+/// Puts the call being started (back) in its trunk's line, releasing the lease; an event says
+/// why when it was not there already.
+async fn into_line(
+    conn: &mut AnyConnection,
+    call: &Starting<'_>,
+    trunk: TrunkId,
+    reason: &str,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let moved = sqlx::query(&format!(
+        "UPDATE calls SET status = 'queued', trunk_lane = $1, lease_owner = NULL, lease_until = NULL \
+         WHERE id = $2 AND lease_owner = $3 AND status IN ({})",
+        Transition::Defer.from_sql()
+    ))
+    .bind(trunk.0)
+    .bind(call.id.to_string())
+    .bind(call.node)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?
+    .rows_affected();
+    if moved == 1 && !call.in_line {
+        let (id, detail) = (call.id.to_string(), Some(reason.to_string()));
+        insert_event(conn, &id, call.tenant, now, CallStatus::Queued, detail).await?;
+    }
+    Ok(())
+}
+
 async fn begin_dial_in(
     tx: &mut AnyConnection,
     backend: Backend,
@@ -226,7 +285,7 @@ async fn begin_dial_in(
     let (id, trunk) = (*id, *trunk);
     let dial_from = Transition::Dial.from_sql();
     let Some(row) = sqlx::query(&format!(
-        "SELECT tenant_id, agent_id, customer_phone FROM calls WHERE id = $1 AND lease_owner = $2 \
+        "SELECT tenant_id, agent_id, customer_phone, trunk_lane FROM calls WHERE id = $1 AND lease_owner = $2 \
          AND status IN ({dial_from})"
     ))
     .bind(id.to_string())
@@ -240,6 +299,12 @@ async fn begin_dial_in(
     let tenant: i64 = get(&row, "tenant_id")?;
     let agent: i64 = get(&row, "agent_id")?;
     let phone: String = get(&row, "customer_phone")?;
+    let starting = Starting {
+        id,
+        node,
+        tenant,
+        in_line: get::<Option<i64>>(&row, "trunk_lane")?.is_some(),
+    };
     let defer = |reason: String| BeginDial::Deferred {
         until: Millis(now.0 + CAPACITY_RETRY_MS),
         reason,
@@ -288,13 +353,16 @@ async fn begin_dial_in(
             return Ok(defer(format!("agent at its concurrent call limit ({max})")));
         }
     }
-    if let Some((trunk_id, max)) = limits.trunk {
+    // The trunk's cap and its pace share the trunk's lock.
+    if let Some(trunk_id) = limits.trunk.map(|t| t.0).or(limits.pace.map(|p| p.0)) {
         lock(
             &mut *tx,
             backend,
             LockKey::new(&["trunk-live", &trunk_id.0.to_string()]),
         )
         .await?;
+    }
+    if let Some((trunk_id, max)) = limits.trunk {
         let n = count(
             &mut *tx,
             &format!(
@@ -305,7 +373,38 @@ async fn begin_dial_in(
         )
         .await?;
         if n >= i64::from(max) {
-            return Ok(defer(format!("trunk at max_concurrent_calls ({max})")));
+            let reason = format!("trunk at max_concurrent_calls ({max})");
+            if limits.pace.is_some() {
+                // A paced trunk's call keeps its place in the line; the whole trunk waits.
+                shut_gate(&mut *tx, trunk_id, Millis(now.0 + CAPACITY_RETRY_MS)).await?;
+                into_line(&mut *tx, &starting, trunk_id, &reason, now).await?;
+                return Ok(BeginDial::Paced);
+            }
+            return Ok(defer(reason));
+        }
+    }
+    // The token the call takes if it starts, and when the trunk's next one is due then.
+    let mut token = None;
+    if let Some((trunk_id, bucket)) = limits.pace {
+        let row = sqlx::query("SELECT dial_after FROM trunks WHERE id = $1")
+            .bind(trunk_id.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let dial_after = match row {
+            Some(r) => get::<Option<i64>>(&r, "dial_after")?.map(Millis),
+            None => None,
+        };
+        match bucket.take(dial_after, now) {
+            Ok(next) => token = Some((trunk_id, next)),
+            Err(_) => {
+                let reason = format!(
+                    "waiting for the trunk's pace (one call per {} ms)",
+                    bucket.interval().as_millis()
+                );
+                into_line(&mut *tx, &starting, trunk_id, &reason, now).await?;
+                return Ok(BeginDial::Paced);
+            }
         }
     }
     // After the caps' locks, shared: dials do not wait for each other here, but a listing
@@ -365,6 +464,9 @@ async fn begin_dial_in(
     if updated == 0 {
         return Ok(BeginDial::Gone);
     }
+    if let Some((trunk_id, next)) = token {
+        shut_gate(&mut *tx, trunk_id, next).await?;
+    }
     insert_event(
         &mut *tx,
         &id.to_string(),
@@ -378,53 +480,25 @@ async fn begin_dial_in(
     Ok(BeginDial::Started)
 }
 
-#[async_trait::async_trait]
-impl DispatchStore for SqlStore {
-    async fn next_due_at(&self, now: Millis) -> Result<Option<Millis>, StoreError> {
-        let waiting = sql_list(WAITING);
-        // Walks the partial `calls_due` index in order and stops at the first call nobody holds;
-        // calls claimed by a node that then died come back through the dispatcher's idle wake-up.
-        let row = sqlx::query(&format!(
-            "SELECT due_at FROM calls WHERE status IN ({waiting}) \
-             AND (lease_until IS NULL OR lease_until < $1) AND {BATCH_RUNNING} ORDER BY due_at LIMIT 1"
-        ))
-        .bind(now.0)
-        .fetch_optional(&self.read)
-        .await
-        .map_err(db_err)?;
-        row.map(|r| get::<i64>(&r, "due_at").map(Millis))
-            .transpose()
-    }
-
-    async fn claim_due(
-        &self,
-        node: &str,
-        now: Millis,
-        lease_until: Millis,
-        limit: u32,
-    ) -> Result<Vec<DueCall>, StoreError> {
-        let skip_locked = if self.backend == Backend::Postgres {
+impl SqlStore {
+    /// Claims leave rows another node is claiming to it, on PostgreSQL; SQLite's one writer
+    /// makes the claim atomic anyway.
+    fn skip_locked(&self) -> &'static str {
+        if self.backend == Backend::Postgres {
             "FOR UPDATE SKIP LOCKED"
         } else {
             ""
-        };
-        let waiting = sql_list(WAITING);
-        let mut conn = self.background_conn().await?;
-        let ids = sqlx::query(&format!(
-            "UPDATE calls SET lease_owner = $1, lease_until = $2 WHERE id IN ( \
-               SELECT id FROM calls WHERE status IN ({waiting}) AND due_at <= $3 \
-               AND (lease_until IS NULL OR lease_until < $3) AND {BATCH_RUNNING} ORDER BY due_at LIMIT $4 {skip_locked}) \
-             RETURNING id"
-        ))
-        .bind(node)
-        .bind(lease_until.0)
-        .bind(now.0)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db_err)?;
+        }
+    }
+
+    /// The claimed calls (`RETURNING id` rows) with what dialling them needs, in due order.
+    async fn load_due(
+        &self,
+        conn: &mut AnyConnection,
+        ids: &[sqlx::any::AnyRow],
+    ) -> Result<Vec<DueCall>, StoreError> {
         let mut due = Vec::with_capacity(ids.len());
-        for row in &ids {
+        for row in ids {
             let id: String = get(row, "id")?;
             let row = sqlx::query(DUE_CALL_SELECT)
                 .bind(id)
@@ -443,6 +517,155 @@ impl DispatchStore for SqlStore {
         due.sort_by_key(|d| d.due_at);
         Ok(due)
     }
+}
+
+#[async_trait::async_trait]
+impl DispatchStore for SqlStore {
+    async fn next_due_at(&self, now: Millis) -> Result<Option<Millis>, StoreError> {
+        let waiting = sql_list(WAITING);
+        // Walks the partial `calls_due` index in order and stops at the first call nobody holds;
+        // calls claimed by a node that then died come back through the dispatcher's idle wake-up.
+        let row = sqlx::query(&format!(
+            "SELECT due_at FROM calls WHERE status IN ({waiting}) AND trunk_lane IS NULL \
+             AND (lease_until IS NULL OR lease_until < $1) AND {BATCH_RUNNING} ORDER BY due_at LIMIT 1"
+        ))
+        .bind(now.0)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db_err)?;
+        let due = row
+            .map(|r| get::<i64>(&r, "due_at").map(Millis))
+            .transpose()?;
+        // A trunk's line is due when its gate opens (a never-shut gate is open now).
+        let gate = self
+            .trunk_lanes(now)
+            .await?
+            .into_iter()
+            .map(|l| l.dial_after.unwrap_or(now))
+            .min();
+        Ok(due.into_iter().chain(gate).min())
+    }
+
+    async fn claim_due(
+        &self,
+        node: &str,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<DueCall>, StoreError> {
+        let skip_locked = self.skip_locked();
+        let waiting = sql_list(WAITING);
+        let mut conn = self.background_conn().await?;
+        let ids = sqlx::query(&format!(
+            "UPDATE calls SET lease_owner = $1, lease_until = $2 WHERE id IN ( \
+               SELECT id FROM calls WHERE status IN ({waiting}) AND trunk_lane IS NULL AND due_at <= $3 \
+               AND (lease_until IS NULL OR lease_until < $3) AND {BATCH_RUNNING} ORDER BY due_at LIMIT $4 {skip_locked}) \
+             RETURNING id"
+        ))
+        .bind(node)
+        .bind(lease_until.0)
+        .bind(now.0)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_err)?;
+        self.load_due(&mut conn, &ids).await
+    }
+
+    async fn park_calls(
+        &self,
+        node: &str,
+        trunk: TrunkId,
+        now: Millis,
+        reason: &str,
+    ) -> Result<u64, StoreError> {
+        let waiting = sql_list(WAITING);
+        let mut tx = self.background_tx().await?;
+        // By the number the calls are made from (`calls_waiting_from`): the trunk's numbers are
+        // its tenant's.
+        let parked = sqlx::query(&format!(
+            "UPDATE calls SET status = 'queued', trunk_lane = $1, lease_owner = NULL, lease_until = NULL \
+             WHERE id IN (SELECT id FROM calls WHERE tenant_id = (SELECT tenant_id FROM trunks WHERE id = $1) \
+               AND from_phone IN (SELECT number FROM phone_numbers WHERE trunk_id = $1) \
+               AND status IN ({waiting}) AND trunk_lane IS NULL AND due_at <= $2 \
+               AND (lease_until IS NULL OR lease_until < $2 OR lease_owner = $3) AND {BATCH_RUNNING} {}) \
+             RETURNING id, tenant_id",
+            self.skip_locked()
+        ))
+        .bind(trunk.0)
+        .bind(now.0)
+        .bind(node)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        for row in &parked {
+            let id: String = get(row, "id")?;
+            let tenant: i64 = get(row, "tenant_id")?;
+            let detail = Some(reason.to_string());
+            insert_event(&mut tx, &id, tenant, now, CallStatus::Queued, detail).await?;
+        }
+        tx.commit().await?;
+        Ok(parked.len() as u64)
+    }
+
+    async fn trunk_lanes(&self, now: Millis) -> Result<Vec<TrunkLane>, StoreError> {
+        // Only trunks that are paced or were ever held can have a line; for each, one probe of
+        // `calls_trunk_lane` for a call nobody holds.
+        let rows = sqlx::query(&format!(
+            "SELECT t.id AS id, t.max_calls_per_second AS cps, t.dial_after AS dial_after FROM trunks t \
+             WHERE (t.max_calls_per_second IS NOT NULL OR t.dial_after IS NOT NULL) AND EXISTS ( \
+               SELECT 1 FROM calls WHERE trunk_lane = t.id AND status IN ({}) AND trunk_lane IS NOT NULL \
+               AND (lease_until IS NULL OR lease_until < $1) AND {BATCH_RUNNING}) ORDER BY t.id",
+            sql_list(WAITING)
+        ))
+        .bind(now.0)
+        .fetch_all(&self.read)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(TrunkLane {
+                    trunk: TrunkId(get(r, "id")?),
+                    max_calls_per_second: crate::manage::calls_per_second(r, "cps")?,
+                    dial_after: get::<Option<i64>>(r, "dial_after")?.map(Millis),
+                })
+            })
+            .collect()
+    }
+
+    async fn claim_lane(
+        &self,
+        node: &str,
+        trunk: TrunkId,
+        now: Millis,
+        lease_until: Millis,
+        limit: u32,
+    ) -> Result<Vec<DueCall>, StoreError> {
+        let mut conn = self.background_conn().await?;
+        let ids = sqlx::query(&format!(
+            "UPDATE calls SET lease_owner = $1, lease_until = $2 WHERE id IN ( \
+               SELECT id FROM calls WHERE trunk_lane = $3 AND status IN ({}) AND trunk_lane IS NOT NULL \
+               AND (lease_until IS NULL OR lease_until < $4) AND {BATCH_RUNNING} ORDER BY due_at LIMIT $5 {}) \
+             RETURNING id",
+            sql_list(WAITING),
+            self.skip_locked()
+        ))
+        .bind(node)
+        .bind(lease_until.0)
+        .bind(trunk.0)
+        .bind(now.0)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_err)?;
+        self.load_due(&mut conn, &ids).await
+    }
+
+    async fn hold_trunk(&self, trunk: TrunkId, until: Millis) -> Result<(), StoreError> {
+        let mut tx = self.background_tx().await?;
+        shut_gate(&mut tx, trunk, until).await?;
+        tx.commit().await
+    }
 
     async fn defer_call(
         &self,
@@ -453,8 +676,8 @@ impl DispatchStore for SqlStore {
     ) -> Result<(), StoreError> {
         let mut tx = self.background_tx().await?;
         let row = sqlx::query(&format!(
-            "UPDATE calls SET status = 'queued', due_at = $1, lease_owner = NULL, lease_until = NULL \
-             WHERE id = $2 AND lease_owner = $3 AND status IN ({}) RETURNING tenant_id, status",
+            "UPDATE calls SET status = 'queued', due_at = $1, lease_owner = NULL, lease_until = NULL, \
+             trunk_lane = NULL WHERE id = $2 AND lease_owner = $3 AND status IN ({}) RETURNING tenant_id, status",
             Transition::Defer.from_sql()
         ))
         .bind(until.0)

@@ -600,6 +600,19 @@ mod tests {
             assert!(init.contains(&due), "{due}");
             assert!(init.contains(&dialling), "{dialling}");
         }
+        // Since 0014 the due index leaves out calls in a trunk's line, and each line has its own.
+        for lines in [
+            include_str!("../migrations/sqlite/0014_trunk_options.sql"),
+            include_str!("../migrations/postgres/0014_trunk_options.sql"),
+        ] {
+            let waiting = sql_list(WAITING);
+            for index in [
+                format!("calls_due ON calls (due_at) WHERE status IN ({waiting}) AND trunk_lane IS NULL;"),
+                format!("calls_trunk_lane ON calls (trunk_lane, due_at) WHERE status IN ({waiting}) AND trunk_lane IS NOT NULL;"),
+            ] {
+                assert!(lines.contains(&index), "{index}");
+            }
+        }
     }
 
     #[tokio::test]

@@ -3,7 +3,9 @@
 use crate::rows::{corrupt, get, json};
 use crate::{db_err, is_unique_violation, SqlStore};
 use domain::agent::AgentConfig;
+use domain::pacing::CallsPerSecond;
 use domain::store::{Agent, Conflict, Listed, ManageError, Page, StoreError};
+use domain::telephony::Transport;
 use domain::tenant::{
     ApiKeyCredential, ApiKeyInfo, NewTrunk, PhoneNumber, Tenant, TenantLimits, Trunk,
 };
@@ -49,8 +51,27 @@ fn trunk(row: &AnyRow) -> Result<Trunk, StoreError> {
         username: get(row, "username")?,
         password: get(row, "password")?,
         max_concurrent_calls: opt_u32(get(row, "max_concurrent_calls")?),
+        max_calls_per_second: calls_per_second(row, "max_calls_per_second")?,
+        transport: transport(row, "transport")?,
+        register: get::<i64>(row, "register")? != 0,
         created_at: Millis(get(row, "created_at")?),
     })
+}
+
+/// A trunk's `max_calls_per_second` column (`None`: unpaced).
+pub(crate) fn calls_per_second(
+    row: &AnyRow,
+    col: &str,
+) -> Result<Option<CallsPerSecond>, StoreError> {
+    get::<Option<f64>>(row, col)?
+        .map(|r| CallsPerSecond::new(r).ok_or_else(|| corrupt("trunks.max_calls_per_second")))
+        .transpose()
+}
+
+/// A trunk's `transport` column.
+pub(crate) fn transport(row: &AnyRow, col: &str) -> Result<Transport, StoreError> {
+    let name: String = get(row, col)?;
+    Transport::parse(&name).ok_or_else(|| corrupt("trunks.transport"))
 }
 
 fn phone_number(row: &AnyRow) -> Result<PhoneNumber, StoreError> {
@@ -201,8 +222,9 @@ impl SqlStore {
         now: Millis,
     ) -> Result<Trunk, ManageError> {
         let row = sqlx::query(
-            "INSERT INTO trunks (tenant_id, name, uri, username, password, max_concurrent_calls, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
+            "INSERT INTO trunks (tenant_id, name, uri, username, password, max_concurrent_calls, \
+             max_calls_per_second, transport, register, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *",
         )
         .bind(tenant.0)
         .bind(t.name.as_str())
@@ -210,6 +232,9 @@ impl SqlStore {
         .bind(t.username.clone())
         .bind(self.seal_opt(t.password.as_deref())?)
         .bind(t.max_concurrent_calls.map(i64::from))
+        .bind(t.max_calls_per_second.map(CallsPerSecond::get))
+        .bind(t.transport.as_str())
+        .bind(i64::from(t.register))
         .bind(now.0)
         .fetch_one(&self.write)
         .await

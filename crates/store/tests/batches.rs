@@ -83,6 +83,7 @@ async fn story(store: &dyn Store) {
         agent: None,
         tenant: None,
         per_number: None,
+        pace: None,
     };
     let started = store
         .begin_dial(

@@ -705,6 +705,172 @@ async fn story_post_call_transcripts(store: Arc<dyn Store>) {
     assert_eq!(call.status, CallStatus::Completed);
 }
 
+/// The trunk options round-trip; a paced trunk's due calls wait in its line (out of the claim
+/// of due calls), are taken from it oldest first, one per token of its bucket, the token shared
+/// through the store; a hold (503 Retry-After) shuts the gate and is never shortened by a dial.
+async fn story_trunk_lines(store: Arc<dyn Store>) {
+    use domain::dispatch::{BeginDial, DialLimits, DialStart, TrunkLane};
+    use domain::pacing::{CallsPerSecond, TokenBucket};
+    use domain::telephony::Transport;
+    use domain::tenant::NewTrunk;
+    let rate = CallsPerSecond::new(0.5).unwrap();
+    let trunk = NewTrunk {
+        username: Some("acct".into()),
+        max_calls_per_second: Some(rate),
+        transport: Transport::Tcp,
+        register: true,
+        ..NewTrunk::new("carrier", "sip:127.0.0.1:5080")
+    };
+    let (t, agent) = testkit::dialling_agent_on(
+        store.as_ref(),
+        "acme",
+        "+918035739222",
+        &trunk,
+        json!({}),
+        T0,
+    )
+    .await;
+    let stored = store.list_trunks(t).await.unwrap().remove(0);
+    assert_eq!(
+        (
+            stored.max_calls_per_second,
+            stored.transport,
+            stored.register
+        ),
+        (Some(rate), Transport::Tcp, true)
+    );
+    let plain = store
+        .create_trunk(t, &NewTrunk::new("plain", "sips:pbx.example:5061"), T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        (plain.max_calls_per_second, plain.transport, plain.register),
+        (None, Transport::Udp, false)
+    );
+
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let at = Millis(T0.0 + i);
+        let call = new_call(t, agent, &format!("+91987650000{i}"), at);
+        ids.push(store.create_call(call).await.unwrap().conversation_id);
+    }
+    let now = Millis(T0.0 + 1_000);
+    let lease = Millis(now.0 + 30_000);
+    let due = store.claim_due("n1", now, lease, 2).await.unwrap();
+    assert_eq!(due.len(), 2);
+    let carrier = due[0].trunk.clone().unwrap();
+    assert_eq!(carrier.max_calls_per_second, Some(rate));
+    assert_eq!(carrier.dial_after, None);
+    assert_eq!(
+        (carrier.target.transport, carrier.target.register),
+        (Transport::Tcp, true)
+    );
+    // All four join the line: the two claimed and the two nobody holds.
+    assert_eq!(
+        store
+            .park_calls("n1", carrier.id, now, "paced")
+            .await
+            .unwrap(),
+        4
+    );
+    assert!(store
+        .claim_due("n1", now, lease, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let lanes = store.trunk_lanes(now).await.unwrap();
+    assert_eq!(
+        lanes,
+        vec![TrunkLane {
+            trunk: carrier.id,
+            max_calls_per_second: Some(rate),
+            dial_after: None,
+        }]
+    );
+    assert_eq!(store.next_due_at(now).await.unwrap(), Some(now));
+    let c = store.get_conversation(t, ids[3]).await.unwrap().unwrap();
+    assert_eq!(c.status, domain::CallStatus::Queued);
+
+    let bucket = TokenBucket::new(rate);
+    let limits = DialLimits {
+        pace: Some((carrier.id, bucket)),
+        ..Default::default()
+    };
+    let start = |id| DialStart {
+        id,
+        trunk: Some(carrier.id),
+        limits: limits.clone(),
+    };
+    // Oldest first; the second of one round finds the token taken and keeps its place.
+    let head = store
+        .claim_lane("n1", carrier.id, now, lease, 2)
+        .await
+        .unwrap();
+    assert_eq!(head.iter().map(|c| c.id).collect::<Vec<_>>(), ids[..2]);
+    let started = store
+        .begin_dials("n1", now, lease, &[start(ids[0]), start(ids[1])])
+        .await
+        .unwrap();
+    assert_eq!(started, vec![BeginDial::Started, BeginDial::Paced]);
+    let next = Millis(now.0 + 2_000);
+    assert_eq!(
+        store.trunk_lanes(now).await.unwrap()[0].dial_after,
+        Some(next)
+    );
+    assert_eq!(store.next_due_at(now).await.unwrap(), Some(next));
+    // A node that claims the head anyway (its view was stale) cannot dial it before the token.
+    let again = store
+        .claim_lane("n2", carrier.id, now, lease, 1)
+        .await
+        .unwrap();
+    assert_eq!(again[0].id, ids[1]);
+    let early = store
+        .begin_dials("n2", Millis(next.0 - 1), lease, &[start(ids[1])])
+        .await;
+    assert_eq!(early.unwrap(), vec![BeginDial::Paced]);
+    // A hold past the token keeps the gate shut until it ends; a dial never shortens it.
+    let held = Millis(now.0 + 10_000);
+    store.hold_trunk(carrier.id, held).await.unwrap();
+    store.hold_trunk(carrier.id, next).await.unwrap();
+    assert_eq!(store.next_due_at(now).await.unwrap(), Some(held));
+    let c = store
+        .claim_lane("n1", carrier.id, next, lease, 1)
+        .await
+        .unwrap();
+    let paced = store
+        .begin_dials("n1", next, lease, &[start(c[0].id)])
+        .await;
+    assert_eq!(paced.unwrap(), vec![BeginDial::Paced]);
+    let c = store
+        .claim_lane("n1", carrier.id, held, lease, 1)
+        .await
+        .unwrap();
+    assert_eq!(c[0].id, ids[1]);
+    let go = store.begin_dials("n1", held, lease, &[start(ids[1])]).await;
+    assert_eq!(go.unwrap(), vec![BeginDial::Started]);
+    // A call put back to wait for its own reason leaves the line.
+    let c = store
+        .claim_lane("n1", carrier.id, held, lease, 1)
+        .await
+        .unwrap();
+    assert_eq!(c[0].id, ids[2]);
+    let later = Millis(held.0 + 60_000);
+    store
+        .defer_call(ids[2], "n1", later, "outside the calling window")
+        .await
+        .unwrap();
+    let c = store
+        .claim_lane("n1", carrier.id, held, lease, 5)
+        .await
+        .unwrap();
+    assert_eq!(c.iter().map(|c| c.id).collect::<Vec<_>>(), vec![ids[3]]);
+    let due = store
+        .claim_due("n1", later, Millis(later.0 + 30_000), 5)
+        .await
+        .unwrap();
+    assert_eq!(due.iter().map(|c| c.id).collect::<Vec<_>>(), vec![ids[2]]);
+}
+
 /// Each story on every backend, and on SQLite without the group-commit writer.
 macro_rules! on_both {
     ($name:ident, $story:ident) => {
@@ -739,6 +905,7 @@ on_both!(keys_and_agents_on_every_backend, keys_and_agents);
 on_both!(calls_on_every_backend, calls);
 on_both!(idempotency_race_on_every_backend, story_idempotency_race);
 on_both!(do_not_call_on_every_backend, story_do_not_call);
+on_both!(trunk_lines_on_every_backend, story_trunk_lines);
 on_both!(
     transcription_jobs_on_every_backend,
     story_transcription_jobs

@@ -93,6 +93,7 @@ async fn run(store: &dyn Store, seed: u64) -> (TenantId, Vec<Step>) {
         agent: None,
         tenant: None,
         per_number: None,
+        pace: None,
     };
     let mut rng = Rng(seed);
     let mut known: Vec<ConversationId> = Vec::new();

@@ -23,21 +23,24 @@ pub async fn dialling_agent(
     agent: serde_json::Value,
     at: Millis,
 ) -> (TenantId, AgentId) {
+    let trunk = NewTrunk {
+        max_concurrent_calls: trunk_cap,
+        ..NewTrunk::new("pbx", "sip:127.0.0.1:5080")
+    };
+    dialling_agent_on(store, tenant, number, &trunk, agent, at).await
+}
+
+/// [`dialling_agent`] on a trunk of the caller's making (its options: pace, caps, transport).
+pub async fn dialling_agent_on(
+    store: &dyn Store,
+    tenant: &str,
+    number: &str,
+    trunk: &NewTrunk,
+    agent: serde_json::Value,
+    at: Millis,
+) -> (TenantId, AgentId) {
     let t = store.create_tenant(tenant, at).await.expect("tenant");
-    let trunk = store
-        .create_trunk(
-            t.id,
-            &NewTrunk {
-                name: "pbx".into(),
-                uri: "sip:127.0.0.1:5080".into(),
-                username: None,
-                password: None,
-                max_concurrent_calls: trunk_cap,
-            },
-            at,
-        )
-        .await
-        .expect("trunk");
+    let trunk = store.create_trunk(t.id, trunk, at).await.expect("trunk");
     let number = E164::parse(number).expect("an E.164 number");
     store
         .create_phone_number(t.id, &number, trunk.id, at)

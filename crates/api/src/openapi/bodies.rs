@@ -12,6 +12,7 @@ use crate::routes::calls::{
     MAX_IDEMPOTENCY_KEY, MAX_METADATA_BYTES, MAX_PARAMETERS, MAX_PARAMETER_NAME,
     MAX_PARAMETER_VALUE,
 };
+use domain::pacing::CallsPerSecond;
 use serde_json::{json, Value};
 
 /// Single-line text: no control characters (`domain::text::is_clean`).
@@ -130,6 +131,49 @@ fn call() -> Value {
     )
 }
 
+/// A trunk (`routes::trunks::create_trunk`), with its cross-field rules: `password` and
+/// `register: true` need a `username`; `tls` goes with a `sips:` uri and only there.
+fn trunk() -> Value {
+    let mut schema = object(
+        &["name", "uri"],
+        json!({
+            "name": string(100, NAME),
+            "uri": {"type": "string", "maxLength": 300, "pattern": SIP_URI},
+            "username": or_null(string(200, NAME)),
+            "password": or_null(string(200, NAME)),
+            "max_concurrent_calls": or_null(integer(1, 100_000)),
+            "max_calls_per_second": {
+                "type": ["number", "null"],
+                "minimum": CallsPerSecond::MIN,
+                "maximum": CallsPerSecond::MAX,
+                "description": "new INVITEs per second (fractional allowed); null = unpaced",
+            },
+            "transport": {
+                "type": ["string", "null"],
+                "enum": ["udp", "tcp", "tls", null],
+                "description": "`udp` (default) or `tcp` with a `sip:` uri; `tls` (its default) with `sips:`",
+            },
+            "register": {"type": ["boolean", "null"], "description": "`true` needs a `username`"},
+        }),
+    );
+    let needs_username = |field: &str, value: Value| {
+        json!({
+            "if": {"required": [field], "properties": {field: value}},
+            "then": {"required": ["username"], "properties": {"username": {"type": "string"}}},
+        })
+    };
+    schema["allOf"] = json!([
+        {
+            "if": {"properties": {"uri": {"pattern": "^sips:"}}},
+            "then": {"properties": {"transport": {"enum": ["tls", null]}}},
+            "else": {"properties": {"transport": {"enum": ["udp", "tcp", null]}}},
+        },
+        needs_username("password", json!({"type": "string"})),
+        needs_username("register", json!({"const": true})),
+    ]);
+    schema
+}
+
 fn webhook_target(required: &[&str], with_secret: bool) -> Value {
     let mut properties = json!({
         "name": string(128, NAME),
@@ -180,21 +224,7 @@ pub fn all() -> Vec<(&'static str, &'static str, &'static str, Value)> {
         ("/v1/call", "post", JSON, call()),
         ("/v1/agents", "post", JSON, agent(&["name"])),
         ("/v1/agents/{agent_id}", "patch", JSON, agent(&[])),
-        (
-            "/v1/trunks",
-            "post",
-            JSON,
-            object(
-                &["name", "uri"],
-                json!({
-                    "name": string(100, NAME),
-                    "uri": {"type": "string", "maxLength": 300, "pattern": SIP_URI},
-                    "username": or_null(string(200, NAME)),
-                    "password": or_null(string(200, NAME)),
-                    "max_concurrent_calls": or_null(integer(1, 100_000)),
-                }),
-            ),
-        ),
+        ("/v1/trunks", "post", JSON, trunk()),
         (
             "/v1/phone-numbers",
             "post",

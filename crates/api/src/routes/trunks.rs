@@ -9,6 +9,8 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::{Extension, Json};
+use domain::pacing::CallsPerSecond;
+use domain::telephony::Transport;
 use domain::tenant::{NewTrunk, PhoneNumber, Trunk};
 use domain::{Millis, TrunkId, E164};
 use serde::Serialize;
@@ -22,6 +24,13 @@ pub struct TrunkView {
     pub uri: String,
     pub username: Option<String>,
     pub max_concurrent_calls: Option<u32>,
+    /// New INVITEs per second on this trunk (`null`: unpaced); calls over it wait.
+    pub max_calls_per_second: Option<f64>,
+    /// `udp`, `tcp` or `tls`.
+    #[schema(value_type = String, example = "udp")]
+    pub transport: &'static str,
+    /// Whether outdial keeps a REGISTER binding with the trunk.
+    pub register: bool,
     pub created_at: String,
 }
 
@@ -61,6 +70,9 @@ fn trunk_view(t: Trunk) -> TrunkView {
         uri: t.uri,
         username: t.username,
         max_concurrent_calls: t.max_concurrent_calls,
+        max_calls_per_second: t.max_calls_per_second.map(CallsPerSecond::get),
+        transport: t.transport.as_str(),
+        register: t.register,
         created_at: t.created_at.to_rfc3339_millis(),
     }
 }
@@ -113,8 +125,43 @@ fn text(
     }
 }
 
+/// The trunk options of the contract: `max_calls_per_second` (a positive number, fractional
+/// allowed; `null` or absent = unpaced), `transport` (`udp` by default, `tls` for a `sips:`
+/// URI; `tls` only with `sips:` and `sips:` only with `tls`), `register` (a boolean; `true`
+/// needs a `username`, whose credentials the binding uses).
+fn trunk_options(
+    body: &Map<String, Value>,
+    uri: &str,
+    username: Option<&str>,
+) -> Result<(Option<CallsPerSecond>, Transport, bool), ApiError> {
+    let max_calls_per_second = match body.get("max_calls_per_second") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_f64()
+                .and_then(CallsPerSecond::new)
+                .ok_or_else(|| ApiError::invalid("max_calls_per_second"))?,
+        ),
+    };
+    let secure = uri.starts_with("sips:");
+    let transport = match body.get("transport") {
+        None | Some(Value::Null) if secure => Transport::Tls,
+        None | Some(Value::Null) => Transport::Udp,
+        Some(Value::String(t)) => Transport::parse(t)
+            .filter(|t| (*t == Transport::Tls) == secure)
+            .ok_or_else(|| ApiError::invalid("transport"))?,
+        Some(_) => return Err(ApiError::invalid("transport")),
+    };
+    let register = match body.get("register") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(true)) if username.is_none() => return Err(ApiError::invalid("register")),
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::invalid("register")),
+    };
+    Ok((max_calls_per_second, transport, register))
+}
+
 /// Add a SIP trunk.
-#[utoipa::path(post, path = "/v1/trunks", tag = "telephony", request_body(content = Object, description = "{name, uri, username?, password?, max_concurrent_calls?}"),
+#[utoipa::path(post, path = "/v1/trunks", tag = "telephony", request_body(content = Object, description = "{name, uri, username?, password?, max_concurrent_calls?, max_calls_per_second?, transport?, register?}"),
     responses((status = 200, body = TrunkResponse), (status = 400, body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
 pub async fn create_trunk(
     State(state): State<AppState>,
@@ -131,6 +178,9 @@ pub async fn create_trunk(
             "username",
             "password",
             "max_concurrent_calls",
+            "max_calls_per_second",
+            "transport",
+            "register",
         ],
     )?;
     let name = text(&body, "name", true, 100)?.unwrap_or_default();
@@ -152,12 +202,17 @@ pub async fn create_trunk(
                 .ok_or_else(|| ApiError::invalid("max_concurrent_calls"))?,
         ),
     };
+    let (max_calls_per_second, transport, register) =
+        trunk_options(&body, &uri, username.as_deref())?;
     let trunk = NewTrunk {
         name,
         uri,
         username,
         password,
         max_concurrent_calls,
+        max_calls_per_second,
+        transport,
+        register,
     };
     let trunk = state
         .store

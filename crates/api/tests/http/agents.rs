@@ -374,3 +374,105 @@ async fn with_deepgram_a_hindi_agent_is_served() {
     assert_eq!(a.status(), 200);
     assert_eq!(body(a).await["data"]["voice"]["engine"], "espeak-ng");
 }
+
+/// The trunk options of the contract: defaults, what is stored and shown, and each refusal
+/// with its `invalid <field>` message, writing nothing.
+#[tokio::test]
+async fn trunk_options_are_stored_shown_and_refused_with_their_field() {
+    let app = TestApp::spawn().await;
+    let t = app.tenant("acme").await;
+    let plain = body(
+        app.post(
+            &t,
+            "/v1/trunks",
+            &json!({"name": "plain", "uri": "sip:127.0.0.1:5080"}),
+        )
+        .await,
+    )
+    .await;
+    let options = |v: &serde_json::Value| {
+        (
+            v["max_calls_per_second"].as_f64(),
+            v["transport"].as_str().map(str::to_string),
+            v["register"].as_bool(),
+        )
+    };
+    let udp = Some("udp".to_string());
+    assert_eq!(options(&plain["data"]), (None, udp.clone(), Some(false)));
+    assert!(plain["data"]["max_calls_per_second"].is_null());
+    let nulls = json!({"name": "nulls", "uri": "sip:127.0.0.1:5081", "max_calls_per_second": null,
+        "transport": null, "register": null});
+    let nulls = body(app.post(&t, "/v1/trunks", &nulls).await).await;
+    assert_eq!(options(&nulls["data"]), (None, udp, Some(false)));
+    // A `sips:` trunk speaks TLS unless told otherwise (and cannot be told otherwise).
+    let secure = json!({"name": "secure", "uri": "sips:pbx.example.com:5061"});
+    let secure = body(app.post(&t, "/v1/trunks", &secure).await).await;
+    assert_eq!(secure["data"]["transport"], "tls");
+    let carrier = json!({"name": "carrier", "uri": "sip:sip.carrier.example", "username": "acct",
+        "password": "secret-pw", "max_calls_per_second": 0.5, "transport": "tcp", "register": true});
+    let carrier = body(app.post(&t, "/v1/trunks", &carrier).await).await;
+    let want = (Some(0.5), Some("tcp".to_string()), Some(true));
+    assert_eq!(options(&carrier["data"]), want);
+    let whole = json!({"name": "whole", "uri": "sip:127.0.0.1:5082", "max_calls_per_second": 30});
+    let whole = body(app.post(&t, "/v1/trunks", &whole).await).await;
+    assert_eq!(whole["data"]["max_calls_per_second"].as_f64(), Some(30.0));
+    let listed = body(app.get(&t, "/v1/trunks").await).await;
+    let listed = listed["data"].as_array().unwrap();
+    assert_eq!(listed.len(), 5);
+    let listed_carrier = listed.iter().find(|v| v["name"] == "carrier").unwrap();
+    assert_eq!(options(listed_carrier), want);
+
+    let base = json!({"name": "refused", "uri": "sip:127.0.0.1:5090", "username": "acct"});
+    let refusals = [
+        (json!({"max_calls_per_second": 0}), "max_calls_per_second"),
+        (json!({"max_calls_per_second": -2}), "max_calls_per_second"),
+        (
+            json!({"max_calls_per_second": 0.0001}),
+            "max_calls_per_second",
+        ),
+        (
+            json!({"max_calls_per_second": 1001}),
+            "max_calls_per_second",
+        ),
+        (json!({"max_calls_per_second": "5"}), "max_calls_per_second"),
+        (
+            json!({"max_calls_per_second": true}),
+            "max_calls_per_second",
+        ),
+        (json!({"transport": "sctp"}), "transport"),
+        (json!({"transport": "TCP"}), "transport"),
+        (json!({"transport": 1}), "transport"),
+        (json!({"transport": "tls"}), "transport"),
+        (
+            json!({"transport": "udp", "uri": "sips:pbx.example.com"}),
+            "transport",
+        ),
+        (
+            json!({"transport": "tcp", "uri": "sips:pbx.example.com"}),
+            "transport",
+        ),
+        (json!({"register": "yes"}), "register"),
+        (json!({"register": 1}), "register"),
+        (json!({"register": true, "username": null}), "register"),
+    ];
+    for (fields, field) in refusals {
+        let mut request = base.clone();
+        request
+            .as_object_mut()
+            .unwrap()
+            .extend(fields.as_object().unwrap().clone());
+        expect_error(
+            app.post(&t, "/v1/trunks", &request).await,
+            400,
+            "invalid_request",
+            &format!("invalid {field}"),
+        )
+        .await;
+    }
+    let listed = body(app.get(&t, "/v1/trunks").await).await;
+    assert_eq!(
+        listed["data"].as_array().unwrap().len(),
+        5,
+        "refusals write nothing"
+    );
+}

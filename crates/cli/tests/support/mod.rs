@@ -367,6 +367,52 @@ impl Sipp {
             .collect()
     }
 
+    /// Each dial attempt's first INVITE as it reached SIPp: the destination number and the
+    /// arrival time (SIPp's clock, milliseconds since the epoch), in arrival order;
+    /// retransmissions are left out.
+    pub fn invite_arrivals(&self) -> Vec<(String, f64)> {
+        let log = std::fs::read_to_string(&self.trace)
+            .unwrap_or_else(|e| panic!("SIPp's trace {}: {e}", self.trace.display()));
+        let mut seen = std::collections::HashSet::new();
+        let mut arrivals = Vec::new();
+        for msg in log
+            .split("----------------------------------------------- ")
+            .skip(1)
+        {
+            // `2026-12-05 07:20:10.156590\nUDP message received [514] bytes :\n\nINVITE sip:...`
+            let Some((stamp, rest)) = msg.split_once('\n') else {
+                continue;
+            };
+            if !rest.starts_with("UDP message received") {
+                continue;
+            }
+            let Some(request) = rest.find("INVITE sip:").map(|i| &rest[i..]) else {
+                continue;
+            };
+            let call_id = request
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("Call-ID:")
+                        .or_else(|| l.strip_prefix("Call-Id:"))
+                })
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            if !seen.insert(call_id) {
+                continue;
+            }
+            let number = request["INVITE sip:".len()..]
+                .split('@')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let at = chrono::NaiveDateTime::parse_from_str(stamp.trim(), "%Y-%m-%d %H:%M:%S%.f")
+                .unwrap_or_else(|e| panic!("SIPp's time stamp {stamp:?}: {e}"));
+            arrivals.push((number, at.and_utc().timestamp_micros() as f64 / 1000.0));
+        }
+        arrivals
+    }
+
     /// Every `method` request in SIPp's log: its request URI and Call-ID.
     fn requests(&self, method: &str) -> Vec<(String, String)> {
         // SIPp creates its trace at start: one that cannot be read is a broken test, not a
