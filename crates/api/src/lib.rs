@@ -117,6 +117,8 @@ pub struct AppState {
     pub uploads: Arc<tokio::sync::Semaphore>,
     /// Poked after a transcription job is accepted, so a worker of this node takes it at once.
     pub transcription_wake: Option<Arc<tokio::sync::Notify>>,
+    /// This node's view of its trunks' registration and OPTIONS probes (`None`: no SIP side).
+    pub trunk_health: Option<Arc<dyn domain::telephony::TrunkHealthSource>>,
 }
 
 /// The process-wide Prometheus recorder (a `metrics` recorder can be installed only once).
@@ -163,6 +165,7 @@ impl AppState {
             metrics: metrics_handle(),
             dispatch_wake: None,
             transcription_wake: None,
+            trunk_health: None,
             readiness: Arc::new(readiness::Readiness::new()),
             console: Arc::new(console::session::Sessions::new()),
         }
@@ -176,6 +179,14 @@ impl AppState {
 
     pub fn with_dispatch_wake(mut self, wake: Arc<tokio::sync::Notify>) -> Self {
         self.dispatch_wake = Some(wake);
+        self
+    }
+
+    pub fn with_trunk_health(
+        mut self,
+        health: Arc<dyn domain::telephony::TrunkHealthSource>,
+    ) -> Self {
+        self.trunk_health = Some(health);
         self
     }
 
@@ -211,6 +222,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(languages::list_languages))
         .routes(routes!(trunks::create_trunk, trunks::list_trunks))
+        .routes(routes!(trunks::get_trunk))
         .routes(routes!(
             trunks::create_phone_number,
             trunks::list_phone_numbers

@@ -18,6 +18,7 @@ mod batch;
 mod config;
 mod doctor;
 mod engines;
+mod trunks;
 
 #[derive(Parser)]
 #[command(
@@ -240,6 +241,20 @@ struct ServeArgs {
     /// (a private CA); unset: the system's bundle, /etc/ssl/certs/ca-certificates.crt.
     #[arg(long, env = "OUTDIAL_SIP_TLS_CA")]
     sip_tls_ca: Option<PathBuf>,
+    /// How often the trunks are read again for their upkeep (registration, probes): a new or
+    /// changed trunk is taken up within this long.
+    #[arg(long, env = "OUTDIAL_TRUNK_REFRESH_SECONDS", default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3600))]
+    trunk_refresh_seconds: u64,
+    /// How often every trunk is probed with OPTIONS (shown by `GET /v1/trunks/{id}`); 0: never
+    /// (the default: a carrier may not welcome probes it was not told of).
+    #[arg(long, env = "OUTDIAL_TRUNK_PROBE_SECONDS", default_value_t = 0)]
+    trunk_probe_seconds: u64,
+    /// The binding a trunk with `register` is asked for; it is renewed at three quarters of
+    /// what the registrar grants.
+    #[arg(long, env = "OUTDIAL_REGISTER_EXPIRES_SECONDS", default_value_t = 3600,
+        value_parser = clap::value_parser!(u64).range(1..=86400))]
+    register_expires_seconds: u64,
     /// Transcription jobs this node transcribes at once (0: none; jobs are still accepted,
     /// for other nodes). Each holds the multilingual model (~300 MB).
     #[arg(long, env = "OUTDIAL_TRANSCRIPTION_WORKERS", default_value_t = 1,
@@ -757,9 +772,11 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
             ..Default::default()
         },
     ));
+    let telephony = Arc::new(telephony);
+    let trunk_upkeep = Arc::new(trunks::TrunkUpkeep::default());
     let dispatcher = dispatch::Dispatcher::new(
         store.clone(),
-        Arc::new(telephony),
+        telephony.clone(),
         engines,
         zones,
         Arc::new(dispatch::SystemClock),
@@ -834,10 +851,21 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
             })
             .await
     });
+    let upkeep_task = tokio::spawn(trunk_upkeep.clone().run(
+        store.clone(),
+        telephony,
+        trunks::UpkeepConfig {
+            refresh: Duration::from_secs(args.trunk_refresh_seconds),
+            probe_every: Duration::from_secs(args.trunk_probe_seconds),
+            register_expires: Duration::from_secs(args.register_expires_seconds),
+        },
+        stop_rx.clone(),
+    ));
     let app = api::router(
         api::AppState::new(store.clone(), config)
             .with_dispatch_wake(dispatcher.waker())
             .with_transcription_wake(transcription_wake)
+            .with_trunk_health(trunk_upkeep)
             .with_readiness(readiness),
     );
     tracing::info!(%addr, sip = %sip_addr, backend = ?store.backend(), max_connections, "outdial listening");
@@ -851,6 +879,7 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
     .context("serving")?;
     let _ = dispatch_task.await;
     let _ = transcription_task.await;
+    let _ = upkeep_task.await;
     let _ = watch_task.await;
     // After the calls are settled, so their webhooks are among what the flush sends; the
     // worker records what it sent before the database closes.

@@ -3,9 +3,7 @@
 //! sees them.
 
 use domain::store::Store;
-use domain::telephony::{
-    ProbeView, RegistrationView, TrunkHealth, TrunkHealthSource, TrunkTarget,
-};
+use domain::telephony::{ProbeView, RegistrationView, TrunkHealth, TrunkHealthSource, TrunkTarget};
 use domain::{Millis, TrunkId};
 use sip::registration::Registrar;
 use sip::SipTelephony;
@@ -67,7 +65,19 @@ impl TrunkUpkeep {
     ) {
         loop {
             match store.trunks_to_keep_up().await {
-                Ok(trunks) => self.reconcile(&sip, trunks, &config),
+                Ok(trunks) => {
+                    let targets = trunks.into_iter().map(|t| {
+                        let target = TrunkTarget {
+                            uri: t.uri,
+                            username: t.username,
+                            password: t.password,
+                            transport: t.transport,
+                            register: t.register,
+                        };
+                        (t.id, target)
+                    });
+                    self.reconcile(&sip, targets.collect(), &config)
+                }
                 Err(e) => tracing::warn!(error = %e, "reading the trunks to keep up failed"),
             }
             self.probe_due(&sip, &config).await;
@@ -128,7 +138,10 @@ impl TrunkUpkeep {
         let due: Vec<(TrunkId, TrunkTarget)> = match self.trunks.lock() {
             Ok(trunks) => trunks
                 .iter()
-                .filter(|(_, e)| e.probed_at.is_none_or(|at| at.elapsed() >= config.probe_every))
+                .filter(|(_, e)| {
+                    e.probed_at
+                        .is_none_or(|at| at.elapsed() >= config.probe_every)
+                })
                 .map(|(id, e)| (*id, e.target.clone()))
                 .collect(),
             Err(_) => return,

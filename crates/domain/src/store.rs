@@ -147,6 +147,8 @@ pub trait Store:
         now: Millis,
     ) -> Result<Trunk, ManageError>;
     async fn list_trunks(&self, tenant: TenantId) -> Result<Vec<Trunk>, StoreError>;
+    /// Every tenant's trunks, credentials opened: what a node registers with and probes.
+    async fn trunks_to_keep_up(&self) -> Result<Vec<Trunk>, StoreError>;
     async fn create_phone_number(
         &self,
         tenant: TenantId,

@@ -433,6 +433,10 @@ impl Store for SqlStore {
         self.trunks(tenant).await
     }
 
+    async fn trunks_to_keep_up(&self) -> Result<Vec<Trunk>, StoreError> {
+        self.all_trunks().await
+    }
+
     async fn create_phone_number(
         &self,
         tenant: TenantId,

@@ -273,6 +273,16 @@ impl SqlStore {
             .collect()
     }
 
+    pub(crate) async fn all_trunks(&self) -> Result<Vec<Trunk>, StoreError> {
+        sqlx::query("SELECT * FROM trunks ORDER BY id")
+            .fetch_all(&self.read)
+            .await
+            .map_err(db_err)?
+            .iter()
+            .map(|r| trunk(r).and_then(|t| self.opened_trunk(t)))
+            .collect()
+    }
+
     pub(crate) async fn insert_phone_number(
         &self,
         tenant: TenantId,

@@ -3,7 +3,7 @@
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 
-use crate::input::{read_json_object, reject_unknown};
+use crate::input::{positive_id, read_json_object, reject_unknown, ApiPath};
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::State;
@@ -32,6 +32,32 @@ pub struct TrunkView {
     /// Whether outdial keeps a REGISTER binding with the trunk.
     pub register: bool,
     pub created_at: String,
+    /// This node's REGISTER binding (`GET /v1/trunks/{id}` of a trunk with `register`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registration: Option<RegistrationJson>,
+    /// This node's last OPTIONS probe of the trunk (`GET /v1/trunks/{id}`, probes on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_probe: Option<ProbeJson>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RegistrationJson {
+    /// `registering`, `registered` or `failed`.
+    #[schema(value_type = String, example = "registered")]
+    pub status: &'static str,
+    /// The registrar's last answer (`200 OK`, `403 Forbidden`) or why none came.
+    pub detail: Option<String>,
+    pub expires_at: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProbeJson {
+    /// The trunk's answer (`200 OK`; any answer means it is up), `null` when none came.
+    pub response: Option<String>,
+    pub error: Option<String>,
+    pub round_trip_ms: Option<u64>,
+    pub at: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -74,6 +100,8 @@ fn trunk_view(t: Trunk) -> TrunkView {
         transport: t.transport.as_str(),
         register: t.register,
         created_at: t.created_at.to_rfc3339_millis(),
+        registration: None,
+        last_probe: None,
     }
 }
 
@@ -233,6 +261,44 @@ pub async fn list_trunks(
     Ok(Json(TrunkList {
         data: trunks.into_iter().map(trunk_view).collect(),
     }))
+}
+
+/// One trunk, with what this node knows of its health: its REGISTER binding and its last
+/// OPTIONS probe.
+#[utoipa::path(get, path = "/v1/trunks/{trunk_id}", tag = "telephony", params(("trunk_id" = i64, Path)),
+    responses((status = 200, body = TrunkResponse), (status = 404, body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
+pub async fn get_trunk(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<TrunkResponse>> {
+    let id = positive_id(&id, "trunk_id")
+        .map(TrunkId)
+        .map_err(|_| ApiError::NotFound("trunk not found".into()))?;
+    let trunk = state
+        .store
+        .list_trunks(caller.tenant)
+        .await?
+        .into_iter()
+        .find(|t| t.id == id)
+        .ok_or_else(|| ApiError::NotFound("trunk not found".into()))?;
+    let health = state.trunk_health.as_ref().and_then(|h| h.health(id));
+    let mut view = trunk_view(trunk);
+    if let Some(health) = health {
+        view.registration = health.registration.map(|r| RegistrationJson {
+            status: r.status,
+            detail: r.detail,
+            expires_at: r.expires_at.map(Millis::to_rfc3339_millis),
+            updated_at: r.updated_at.map(Millis::to_rfc3339_millis),
+        });
+        view.last_probe = health.probe.map(|p| ProbeJson {
+            response: p.response,
+            error: p.error,
+            round_trip_ms: p.round_trip_ms,
+            at: p.at.to_rfc3339_millis(),
+        });
+    }
+    Ok(Json(TrunkResponse { data: view }))
 }
 
 /// Add a phone number (E.164) on one of the tenant's trunks.
