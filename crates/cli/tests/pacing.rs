@@ -251,3 +251,60 @@ async fn a_carriers_retry_after_holds_its_trunk_on_postgres() {
     let (db, _pg) = Db::postgres();
     a_carriers_retry_after_holds_its_trunk(db).await;
 }
+
+/// The pace as the carrier sees it: a trunk at Kamailio (digest on every INVITE) paced at 5
+/// calls a second; the proxy's own log of the INVITEs it let through holds no second with more
+/// than 5, and every call reached it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pace_holds_at_an_authenticating_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::sqlite();
+    let key = Service::create_tenant_in(dir.path(), &db);
+    let svc = Service::start_in(dir.path(), &db);
+    let api = Api::new(&svc.base, &key);
+    let callee = Sipp::busy(dir.path());
+    let proxy =
+        testkit::kamailio::Kamailio::start(&format!("sip:127.0.0.1:{}", callee.port), "s3cret");
+    let agent = agent_on(
+        &api,
+        "carrier",
+        proxy.uri(),
+        "+918035739222",
+        json!({"max_calls_per_second": 5, "username": "outdial", "password": "s3cret"}),
+    )
+    .await;
+    let numbers: Vec<String> = (0..20).map(|i| format!("+9198765432{i:02}")).collect();
+    let mut calls = Vec::new();
+    for n in &numbers {
+        calls.push(api.call(agent, n).await);
+    }
+    for loc in &calls {
+        let c = api.wait_terminal(loc, Duration::from_secs(60)).await;
+        assert_eq!(c["status"], "busy", "{c}");
+    }
+    let seen = proxy.invites();
+    assert_eq!(seen.len(), numbers.len(), "{}", proxy.log());
+    let distinct: std::collections::HashSet<&str> =
+        seen.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(
+        distinct.len(),
+        numbers.len(),
+        "one INVITE per call: {seen:?}"
+    );
+    let at_proxy: Vec<f64> = seen.iter().map(|(_, t)| t * 1000.0).collect();
+    let most = most_in_window(&at_proxy, 1000.0 - WIRE_JITTER_MS);
+    eprintln!(
+        "most INVITEs the proxy let through in a second: {}",
+        most_in_window(&at_proxy, 1000.0)
+    );
+    assert!(
+        most <= 5,
+        "{most} INVITEs within a second at the proxy: {at_proxy:?}"
+    );
+    let span = at_proxy.iter().copied().fold(f64::MIN, f64::max)
+        - at_proxy.iter().copied().fold(f64::MAX, f64::min);
+    assert!(
+        span >= 19.0 * 200.0 - WIRE_JITTER_MS,
+        "20 INVITEs at 5/s took {span} ms at the proxy"
+    );
+}
