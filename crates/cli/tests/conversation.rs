@@ -9,34 +9,17 @@ mod support;
 #[path = "../../agent/tests/common/voice.rs"]
 mod voice;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use support::{Api, Db, Service, Sipp};
-
-const OPENING: &str = "Hello Rahul, this is Asha from Acme about your invoice.";
-const QUESTION: &str = "Can you pay it by Friday?";
-const GOODBYE: &str = "Thank you, we will note that. Goodbye.";
+use support::{Api, Db, Service, Sipp, GOODBYE, OPENING, QUESTION};
 
 fn agent() -> Value {
-    json!({
-      "stages": [
-        { "id": "stage_ask", "say": QUESTION,
-          "routes": [
-            { "when_any": ["yes", "yeah", "sure", "okay"], "set": { "intent": "payment_promise" },
-              "say": GOODBYE, "end": true },
-            { "when_any": ["no", "cannot", "can't"], "set": { "intent": "refused" }, "end": true }
-          ],
-          "otherwise": { "say": "Sorry, could you say that again?", "repeat": 1, "then_end": true } }
-      ],
-      "results": [ { "name": "intent" } ],
-      "turn_taking": { "end_of_turn_silence_ms": 500, "barge_in_min_speech_ms": 500 }
-    })
+    support::payment_flow()
 }
 
-/// The agent crate's scenario: answer, wait `-d` ms, play `./caller.ul`, wait for our BYE.
 fn scenario() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/tests/scenarios/callee_speaks.xml")
+    support::callee_speaks_scenario()
 }
 
 /// `name`.ul in `dir`: `sentence` as SIPp's `rtp_stream` plays it.

@@ -653,3 +653,31 @@ impl Receiver {
         self.got.lock().unwrap().clone()
     }
 }
+
+/// What the spoken tests' agent says first (the default opening `Api::setup_agent` gives).
+pub const OPENING: &str = "Hello Rahul, this is Asha from Acme about your invoice.";
+pub const QUESTION: &str = "Can you pay it by Friday?";
+pub const GOODBYE: &str = "Thank you, we will note that. Goodbye.";
+
+/// The spoken tests' collections flow: it asks [`QUESTION`]; a yes sets `intent:
+/// payment_promise` and ends with [`GOODBYE`], a no `refused`; anything else is asked again once.
+pub fn payment_flow() -> Value {
+    json!({
+      "stages": [
+        { "id": "stage_ask", "say": QUESTION,
+          "routes": [
+            { "when_any": ["yes", "yeah", "sure", "okay"], "set": { "intent": "payment_promise" },
+              "say": GOODBYE, "end": true },
+            { "when_any": ["no", "cannot", "can't"], "set": { "intent": "refused" }, "end": true }
+          ],
+          "otherwise": { "say": "Sorry, could you say that again?", "repeat": 1, "then_end": true } }
+      ],
+      "results": [ { "name": "intent" } ],
+      "turn_taking": { "end_of_turn_silence_ms": 500, "barge_in_min_speech_ms": 500 }
+    })
+}
+
+/// The agent crate's callee scenario: answer, wait `-d` ms, play `./caller.ul`, wait for our BYE.
+pub fn callee_speaks_scenario() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/tests/scenarios/callee_speaks.xml")
+}
