@@ -117,6 +117,16 @@ impl Phone {
 
 const T0: i64 = 1_775_000_000_000;
 
+/// A dispatcher with the local engines and no known time zones.
+fn dispatcher(
+    store: Arc<dyn Store>,
+    phone: Arc<dyn Telephony>,
+    clock: Arc<dyn Clock>,
+    config: DispatchConfig,
+) -> Arc<Dispatcher> {
+    Dispatcher::new(store, phone, tts(), CountryZones::default(), clock, config)
+}
+
 fn tts() -> Engines {
     Engines {
         tts: Arc::new(agent::EspeakNg::default()),
@@ -197,11 +207,9 @@ async fn an_answered_call_completes_with_its_opening_line_and_duration() {
     let (store, t, a) = setup(&sqlite_url(&dir), json!({})).await;
     let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
     let phone = Phone::new(Script::Answer, clock.clone());
-    let d = Dispatcher::new(
+    let d = dispatcher(
         store.clone(),
         phone.clone(),
-        tts(),
-        CountryZones::default(),
         clock.clone(),
         DispatchConfig::default(),
     );
@@ -236,11 +244,9 @@ async fn retry_chains_follow_the_policy_with_its_delays() {
     .await;
     let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
     let phone = Phone::new(Script::Busy, clock.clone());
-    let d = Dispatcher::new(
+    let d = dispatcher(
         store.clone(),
         phone.clone(),
-        tts(),
-        CountryZones::default(),
         clock.clone(),
         DispatchConfig::default(),
     );
@@ -378,11 +384,9 @@ async fn a_dead_nodes_live_call_is_settled_interrupted_and_not_redialled() {
         lease: Duration::from_secs(10),
         ..Default::default()
     };
-    let dead = Dispatcher::new(
+    let dead = dispatcher(
         store.clone(),
         dead_phone.clone(),
-        tts(),
-        CountryZones::default(),
         clock.clone(),
         cfg("dead"),
     );
@@ -396,14 +400,7 @@ async fn a_dead_nodes_live_call_is_settled_interrupted_and_not_redialled() {
     assert_eq!(dead_phone.count(), 1);
     // The node dies: nobody renews its lease. Another node takes over after the lease.
     let phone = Phone::new(Script::Answer, clock.clone());
-    let live = Dispatcher::new(
-        store.clone(),
-        phone.clone(),
-        tts(),
-        CountryZones::default(),
-        clock.clone(),
-        cfg("live"),
-    );
+    let live = dispatcher(store.clone(), phone.clone(), clock.clone(), cfg("live"));
     assert_eq!(live.sweep_orphans().await.unwrap(), 0, "lease still valid");
     clock.0.store(T0 + 10_001, Ordering::SeqCst);
     assert_eq!(live.sweep_orphans().await.unwrap(), 1);
@@ -434,11 +431,9 @@ async fn full_cap_queues_calls(agent: serde_json::Value, trunk_cap: Option<u32>,
     let (store, t, a) = setup_with_trunk_cap(&sqlite_url(&dir), agent, trunk_cap).await;
     let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
     let phone = Phone::new(Script::Hang, clock.clone());
-    let d = Dispatcher::new(
+    let d = dispatcher(
         store.clone(),
         phone.clone(),
-        tts(),
-        CountryZones::default(),
         clock.clone(),
         DispatchConfig::default(),
     );
@@ -485,11 +480,9 @@ async fn scheduled_calls_fire_on(url: &str) {
     let (store, t, a) = setup(url, json!({})).await;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let phone = Phone::new(Script::Answer, clock.clone());
-    let d = Dispatcher::new(
+    let d = dispatcher(
         store.clone(),
         phone.clone(),
-        tts(),
-        CountryZones::default(),
         clock.clone(),
         DispatchConfig::default(),
     );
@@ -566,11 +559,9 @@ async fn three_nodes_on_postgres_with_one_killed_dial_every_destination_exactly_
                 .await
                 .unwrap(),
         );
-        let d = Dispatcher::new(
+        let d = dispatcher(
             node_store,
             phone.clone(),
-            tts(),
-            CountryZones::default(),
             clock.clone(),
             cfg(&format!("node-{i}")),
         );
@@ -720,14 +711,7 @@ async fn a_paced_trunk_dials_one_call_per_token_in_due_order_and_holds_up_no_oth
         claim_batch: 4,
         ..Default::default()
     };
-    let d = Dispatcher::new(
-        store.clone(),
-        phone.clone(),
-        tts(),
-        CountryZones::default(),
-        clock.clone(),
-        config,
-    );
+    let d = dispatcher(store.clone(), phone.clone(), clock.clone(), config);
     // Ten calls on the paced trunk, due before three on the other trunk.
     let mut paced = Vec::new();
     for i in 0..10 {
@@ -785,11 +769,9 @@ async fn a_503_with_retry_after_holds_that_trunk_only_and_its_calls_wait() {
     let (store, (th, ah), (to, ao)) = two_trunks(&sqlite_url(&dir), None).await;
     let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
     let phone = Phone::new(Script::Unavailable, clock.clone());
-    let d = Dispatcher::new(
+    let d = dispatcher(
         store.clone(),
         phone.clone(),
-        tts(),
-        CountryZones::default(),
         clock.clone(),
         DispatchConfig::default(),
     );
@@ -870,14 +852,7 @@ async fn two_nodes_on_postgres_keep_one_trunks_pace_between_them() {
             claim_batch: 4,
             ..Default::default()
         };
-        let d = Dispatcher::new(
-            node_store,
-            phone.clone(),
-            tts(),
-            CountryZones::default(),
-            clock.clone(),
-            config,
-        );
+        let d = dispatcher(node_store, phone.clone(), clock.clone(), config);
         runners.push(tokio::spawn(d.clone().run(stop.clone())));
         nodes.push(d);
     }
