@@ -4,6 +4,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::input::ApiPath;
 use crate::input::{page, positive_id, query_pairs, query_value};
+use crate::routes::transcription::UtteranceView;
 use crate::AppState;
 use axum::extract::{RawQuery, State};
 use axum::http::header;
@@ -81,7 +82,7 @@ pub struct PostCallTranscript {
     /// Every utterance's text in time order; `null` until completed.
     pub text: Option<String>,
     /// Empty until completed.
-    pub utterances: Vec<PostCallUtterance>,
+    pub utterances: Vec<UtteranceView>,
     /// Only when `failed`: why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -90,17 +91,6 @@ pub struct PostCallTranscript {
     pub note: Option<String>,
     /// Unix milliseconds; `null` until completed or failed.
     pub completed_at: Option<i64>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PostCallUtterance {
-    /// `agent` or `human`, as in the live transcript (`unknown` only for a one-channel
-    /// recording).
-    pub speaker: String,
-    pub text: String,
-    /// Seconds from the start of the recording.
-    pub start: f64,
-    pub end: f64,
 }
 
 fn post_call(job: Job) -> PostCallTranscript {
@@ -112,12 +102,7 @@ fn post_call(job: Job) -> PostCallTranscript {
         utterances: job
             .utterances
             .into_iter()
-            .map(|u| PostCallUtterance {
-                speaker: u.speaker,
-                text: u.text,
-                start: u.start,
-                end: u.end,
-            })
+            .map(UtteranceView::from)
             .collect(),
         error: job.error,
         note: job.note,

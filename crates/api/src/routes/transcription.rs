@@ -27,12 +27,24 @@ pub struct JobCreated {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UtteranceView {
-    /// `speaker_0`, `speaker_1` (one per channel of a stereo file).
+    /// A job's `speaker_0`, `speaker_1` (one per channel of a stereo file); a post-call
+    /// transcript's `agent` and `human`, as in the live transcript.
     pub speaker: String,
     pub text: String,
     /// Seconds from the start of the file.
     pub start: f64,
     pub end: f64,
+}
+
+impl From<Utterance> for UtteranceView {
+    fn from(u: Utterance) -> Self {
+        Self {
+            speaker: u.speaker,
+            text: u.text,
+            start: u.start,
+            end: u.end,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -65,12 +77,7 @@ fn view(job: Job) -> JobView {
         utterances: job
             .utterances
             .into_iter()
-            .map(|u: Utterance| UtteranceView {
-                speaker: u.speaker,
-                text: u.text,
-                start: u.start,
-                end: u.end,
-            })
+            .map(UtteranceView::from)
             .collect(),
         error: job.error,
         note: job.note,
