@@ -220,6 +220,20 @@ struct ServeArgs {
     #[arg(long, env = "OUTDIAL_BATCH_UPLOAD_LEASE_SECONDS", default_value_t = 120,
         value_parser = clap::value_parser!(u64).range(1..=86_400))]
     batch_upload_lease_seconds: u64,
+    /// Deep pages of GET /v1/conversations: a background pass marks every this many
+    /// conversations, so a page at any offset walks at most this many rows.
+    #[arg(long, env = "OUTDIAL_PAGE_MARK_ROWS", default_value_t = 256,
+        value_parser = clap::value_parser!(u64).range(16..=100_000))]
+    page_mark_rows: u64,
+    /// Conversations newer than this are not marked yet: more than any write transaction lasts
+    /// and any two nodes' clocks differ.
+    #[arg(long, env = "OUTDIAL_PAGE_MARK_HORIZON_SECONDS", default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    page_mark_horizon_seconds: u64,
+    /// How often the marking pass runs.
+    #[arg(long, env = "OUTDIAL_PAGE_MARK_SECONDS", default_value_t = 5,
+        value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    page_mark_seconds: u64,
     /// How long a verified API key is trusted without a database read; a revoked key stops
     /// working on every node within this time (0 = read on every request).
     #[arg(long, env = "OUTDIAL_KEY_CACHE_MS", default_value_t = 2000)]
@@ -638,6 +652,11 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
             background_wait: std::time::Duration::from_millis(args.db_background_wait_ms),
             upload_chunk_rows: usize::try_from(args.batch_upload_chunk_rows).unwrap_or(usize::MAX),
             upload_lease: std::time::Duration::from_secs(args.batch_upload_lease_seconds),
+            page_marks: store::PageMarks {
+                every: args.page_mark_rows,
+                horizon: std::time::Duration::from_secs(args.page_mark_horizon_seconds),
+                ..Default::default()
+            },
             ..Default::default()
         },
     )
@@ -817,6 +836,11 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
             }
         });
     }
+    tokio::spawn(mark_conversations(
+        store.clone(),
+        std::time::Duration::from_secs(args.page_mark_seconds),
+        stop_rx.clone(),
+    ));
     tokio::spawn(sweep_uploads(
         store.clone(),
         std::time::Duration::from_secs(args.batch_upload_lease_seconds),
@@ -890,6 +914,25 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Keeps the marks deep conversation pages start from (store `pages`) up to date.
+async fn mark_conversations(
+    store: Arc<SqlStore>,
+    every: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        match store.mark_conversations(domain::Millis::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(marks = n, "conversation pages marked"),
+            Err(e) => tracing::warn!(error = %e, "marking conversation pages"),
+        }
+    }
 }
 
 /// Removes, once a lease, the half-written batches of uploads that died on other nodes (or on

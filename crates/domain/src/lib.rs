@@ -12,6 +12,7 @@ pub mod ids;
 pub mod language;
 pub mod lifecycle;
 pub mod pacing;
+pub mod paging;
 pub mod phone;
 pub mod store;
 pub mod telephony;

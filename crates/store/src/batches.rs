@@ -358,6 +358,8 @@ impl SqlStore {
         .map_err(db_err)?
         .ok_or_else(|| lease_lost(id))?;
         let created = batch(&row)?;
+        crate::pages::forget_from(&mut tx, self.backend, created.tenant.0, created.created_at)
+            .await?;
         tx.commit().await?;
         Ok(created)
     }

@@ -13,6 +13,7 @@ mod gate;
 mod locks;
 mod manage;
 mod outbox;
+mod pages;
 mod rows;
 pub mod secrets;
 mod sqlite_writer;
@@ -20,6 +21,7 @@ mod transcription;
 mod webhooks;
 
 pub use engines::LiveAgent;
+pub use pages::PageMarks;
 
 use domain::agent::AgentConfig;
 use domain::call::{AcceptedCall, Conversation, NewCall};
@@ -66,6 +68,8 @@ pub struct StoreOptions {
     /// fsync). Off, each call is its own transaction on the sqlx path, as for an in-memory
     /// database; the conformance suite runs both.
     pub group_commit: bool,
+    /// Deep pages of `GET /v1/conversations` (see `pages`).
+    pub page_marks: PageMarks,
 }
 
 impl Default for StoreOptions {
@@ -79,6 +83,7 @@ impl Default for StoreOptions {
             upload_chunk_rows: 5_000,
             upload_lease: Duration::from_secs(120),
             group_commit: true,
+            page_marks: PageMarks::default(),
         }
     }
 }
@@ -98,6 +103,7 @@ pub struct SqlStore {
     secrets: std::sync::Arc<secrets::SecretBox>,
     upload_chunk: usize,
     upload_lease: Duration,
+    page_marks: PageMarks,
 }
 
 fn sqlite_pragmas(
@@ -241,6 +247,7 @@ impl SqlStore {
                     secrets: opts.secrets.clone(),
                     upload_chunk: opts.upload_chunk_rows,
                     upload_lease: opts.upload_lease,
+                    page_marks: opts.page_marks,
                 }
             }
             Backend::Sqlite => {
@@ -296,6 +303,7 @@ impl SqlStore {
                     secrets: opts.secrets.clone(),
                     upload_chunk: opts.upload_chunk_rows,
                     upload_lease: opts.upload_lease,
+                    page_marks: opts.page_marks,
                 }
             }
         };
@@ -529,41 +537,7 @@ impl Store for SqlStore {
         agent: Option<AgentId>,
         page: Page,
     ) -> Result<Listed<Conversation>, StoreError> {
-        // `$2 IS NULL OR agent_id = $2` would defeat the per-agent index on SQLite; two shapes instead.
-        let filter = if agent.is_some() {
-            format!(
-                "tenant_id = $1 AND agent_id = $2 AND {}",
-                batches::CALL_SHOWN
-            )
-        } else {
-            format!("tenant_id = $1 AND $2 = 0 AND {}", batches::CALL_SHOWN)
-        };
-        let agent_bind = agent.map(|a| a.0).unwrap_or(0);
-        let items = sqlx::query(&format!(
-            "SELECT {} FROM calls WHERE {filter} ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4",
-            rows::CONVERSATION_COLUMNS
-        ))
-        .bind(tenant.0)
-        .bind(agent_bind)
-        .bind(i64::from(page.limit))
-        .bind(i64::try_from(page.offset).unwrap_or(i64::MAX))
-        .fetch_all(&self.read)
-        .await
-        .map_err(db_err)?
-        .iter()
-        .map(rows::conversation)
-        .collect::<Result<Vec<_>, _>>()?;
-        let row = sqlx::query(&format!("SELECT COUNT(*) AS n FROM calls WHERE {filter}"))
-            .bind(tenant.0)
-            .bind(agent_bind)
-            .fetch_one(&self.read)
-            .await
-            .map_err(db_err)?;
-        let total: i64 = rows::get(&row, "n")?;
-        Ok(Listed {
-            items,
-            total: u64::try_from(total).unwrap_or(0),
-        })
+        self.list_conversations_page(tenant, agent, page).await
     }
 
     async fn count_calls(&self, tenant: TenantId) -> Result<u64, StoreError> {

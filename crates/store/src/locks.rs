@@ -28,6 +28,12 @@ impl LockKey {
     pub(crate) fn do_not_call(tenant: i64) -> Self {
         Self::new(&["do-not-call", &tenant.to_string()])
     }
+
+    /// The lock between a tenant's conversation marks being written and a batch's rows
+    /// becoming listed (which drops the marks after them).
+    pub(crate) fn conversation_marks(tenant: i64) -> Self {
+        Self::new(&["conversation-marks", &tenant.to_string()])
+    }
 }
 
 /// Held until the transaction ends.
