@@ -1,10 +1,11 @@
 //! `POST /v1/call` in the database: the checks that need it, then the writes, in one
 //! transaction; and the conversation reads.
 //!
-//! The SQL and every decision taken on its answers live here once. Two drivers run them: the
-//! sqlx one below (PostgreSQL, and SQLite when group commit is off) and the SQLite group-commit
-//! writer (`sqlite_writer`), which runs the same statements on its own connection in one
-//! blocking thread.
+//! The SQL, every decision taken on its answers and the sequence of checks and writes
+//! ([`create_call_in`]) live here once, written against [`CallTx`]: one method per statement.
+//! Two drivers implement it: [`SqlxCallTx`] below (PostgreSQL, and SQLite when group commit is
+//! off) and the SQLite group-commit writer (`sqlite_writer`), which runs the same statements on
+//! its own rusqlite connection in one blocking thread.
 
 use crate::locks::{lock, LockKey};
 use crate::rows::{self, get};
@@ -114,28 +115,41 @@ pub(crate) fn duplicate(first_trace_id: &str) -> Result<CreateCallError, StoreEr
 }
 
 /// Every value `INSERT_CALL_SQL` and `INSERT_EVENT_SQL` write for an accepted call, computed
-/// once for both drivers.
-pub(crate) struct CallRow {
+/// once for both drivers, in the statement's column order.
+pub(crate) struct CallRow<'a> {
     pub(crate) id: String,
     pub(crate) chain: String,
     pub(crate) attempt: i64,
+    pub(crate) tenant: i64,
+    pub(crate) agent: i64,
     pub(crate) status: CallStatus,
     pub(crate) immediate: bool,
+    pub(crate) customer_phone: &'a str,
+    pub(crate) from_phone: &'a str,
     pub(crate) parameters: String,
+    pub(crate) metadata: Option<&'a str>,
     pub(crate) retry_context: Option<String>,
-    pub(crate) results: String,
+    pub(crate) scheduled_for: Option<i64>,
     pub(crate) due_at: i64,
     pub(crate) trace: String,
+    pub(crate) results: String,
+    pub(crate) created_at: i64,
 }
 
-impl CallRow {
-    pub(crate) fn new(call: &NewCall, conversation_id: ConversationId) -> Result<Self, StoreError> {
+impl<'a> CallRow<'a> {
+    pub(crate) fn new(
+        call: &'a NewCall,
+        from_phone: &'a str,
+        conversation_id: ConversationId,
+    ) -> Result<Self, StoreError> {
         let immediate = call.scheduled_for.is_none();
         let to_json = |e: serde_json::Error| StoreError::Database(e.into());
         Ok(Self {
             id: conversation_id.to_string(),
             chain: conversation_id.chain.to_string(),
             attempt: i64::from(conversation_id.attempt),
+            tenant: call.tenant.0,
+            agent: call.agent.0,
             // Immediate calls wait in `queued` for the dispatcher; scheduled ones in `scheduled`.
             status: if immediate {
                 CallStatus::Queued
@@ -143,13 +157,19 @@ impl CallRow {
                 CallStatus::Scheduled
             },
             immediate,
+            customer_phone: call.customer_phone.as_str(),
+            from_phone,
             parameters: serde_json::to_string(&call.parameters).map_err(to_json)?,
+            metadata: call.metadata.as_deref(),
             retry_context: call
                 .retry_context
                 .as_ref()
                 .map(serde_json::to_string)
                 .transpose()
                 .map_err(to_json)?,
+            scheduled_for: call.scheduled_for.map(|m| m.0),
+            due_at: call.scheduled_for.map(|m| m.0).unwrap_or(call.now.0),
+            trace: call.trace_id.to_string(),
             results: call
                 .retry_context
                 .as_ref()
@@ -158,45 +178,92 @@ impl CallRow {
                 .transpose()
                 .map_err(to_json)?
                 .unwrap_or_else(|| "{}".into()),
-            due_at: call.scheduled_for.map(|m| m.0).unwrap_or(call.now.0),
-            trace: call.trace_id.to_string(),
+            created_at: call.now.0,
         })
     }
+}
+
+/// An idempotency key as its table keys it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdempotencyKey<'a> {
+    pub(crate) tenant: i64,
+    pub(crate) agent: i64,
+    pub(crate) key: &'a str,
+}
+
+/// The statements of `POST /v1/call`, one method each, inside the transaction that holds the
+/// call. [`create_call_in`] is written once against this; each driver runs the statements its
+/// own way: [`SqlxCallTx`] over sqlx (PostgreSQL, and SQLite when group commit is off), and the
+/// group-commit writer over rusqlite (`sqlite_writer`), whose methods finish without waiting
+/// and may answer from what its batch already read.
+///
+/// Async so that the sqlx driver can await its round trips; the rusqlite driver's futures are
+/// ready on their first poll. Not `Send`-bounded: rusqlite's connection is not `Sync`, and the
+/// sqlx driver's futures are `Send` by their concrete type.
+pub(crate) trait CallTx {
+    /// Serialises a check-then-write with other transactions until this one ends: an advisory
+    /// lock on PostgreSQL. SQLite writes one transaction at a time, so both its drivers have
+    /// nothing to do.
+    async fn lock(&mut self, key: LockKey) -> Result<(), StoreError>;
+    /// The agent's number and its tenant's limits, if the agent exists (`AGENT_SQL`).
+    async fn agent(&mut self, tenant: i64, agent: i64) -> Result<Option<AgentLimits>, StoreError>;
+    /// Whether the tenant's do-not-call list holds the number (`LISTED_SQL`).
+    async fn listed(&mut self, tenant: i64, number: &str) -> Result<bool, StoreError>;
+    /// Whether the conversation `id` exists (`CHAIN_EXISTS_SQL`).
+    async fn chain_exists(&mut self, tenant: i64, id: &str) -> Result<bool, StoreError>;
+    /// The chain's highest attempt (`CHAIN_LAST_SQL`).
+    async fn chain_last(&mut self, tenant: i64, chain: &str) -> Result<Option<i64>, StoreError>;
+    /// The trace id of the request that claimed the key after `since` (`IDEMPOTENCY_SEEN_SQL`).
+    async fn idempotency_seen(
+        &mut self,
+        key: IdempotencyKey<'_>,
+        since: i64,
+    ) -> Result<Option<String>, StoreError>;
+    /// The creation times of the newest `limit` immediate calls to the number after `since`,
+    /// newest first (`RECENT_TO_NUMBER_SQL`).
+    async fn recent_to_number(
+        &mut self,
+        tenant: i64,
+        number: &str,
+        since: i64,
+        limit: i64,
+    ) -> Result<Vec<i64>, StoreError>;
+    /// The tenant's live immediate calls (`LIVE_COUNT_SQL`).
+    async fn live_count(&mut self, tenant: i64) -> Result<i64, StoreError>;
+    /// Claims the key for `row`'s call unless a claim newer than `expired_before` holds it;
+    /// whether it did (`IDEMPOTENCY_CLAIM_SQL`).
+    async fn idempotency_claim(
+        &mut self,
+        key: IdempotencyKey<'_>,
+        row: &CallRow<'_>,
+        expired_before: i64,
+    ) -> Result<bool, StoreError>;
+    /// The trace id of the key's holder (`IDEMPOTENCY_HOLDER_SQL`).
+    async fn idempotency_holder(&mut self, key: IdempotencyKey<'_>) -> Result<String, StoreError>;
+    /// Writes the call (`INSERT_CALL_SQL`).
+    async fn insert_call(&mut self, row: &CallRow<'_>) -> Result<(), StoreError>;
+    /// Writes the call's first event (`INSERT_EVENT_SQL`, no detail).
+    async fn insert_first_event(&mut self, row: &CallRow<'_>) -> Result<(), StoreError>;
 }
 
 /// Runs every database check of the contract, in its order, then writes the call, its first
 /// event and the idempotency claim. Refusals happen before the first write; the caller owns the
 /// transaction and rolls it back on a database error.
-pub(crate) async fn create_call_in(
-    conn: &mut AnyConnection,
-    backend: Backend,
+pub(crate) async fn create_call_in<T: CallTx>(
+    tx: &mut T,
     call: &NewCall,
 ) -> Result<AcceptedCall, CreateCallError> {
     let tenant = call.tenant.0;
-    let row = sqlx::query(AGENT_SQL)
-        .bind(tenant)
-        .bind(call.agent.0)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_err)?
+    let number = call.customer_phone.as_str();
+    let agent = tx
+        .agent(tenant, call.agent.0)
+        .await?
         .ok_or(CreateCallError::AgentNotFound)?;
-    let agent = AgentLimits {
-        from_phone: get(&row, "phone_number")?,
-        per_number: get(&row, "per_number_calls")?,
-        window_s: get(&row, "per_number_window_seconds")?,
-        max_concurrent: get(&row, "max_concurrent_calls")?,
-    };
     let from_phone = agent
         .from_phone
-        .clone()
+        .as_deref()
         .ok_or(CreateCallError::AgentHasNoNumber)?;
-    let listed = sqlx::query(LISTED_SQL)
-        .bind(tenant)
-        .bind(call.customer_phone.as_str())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_err)?;
-    if listed.is_some() {
+    if tx.listed(tenant, number).await? {
         return Err(CreateCallError::DoNotCall);
     }
 
@@ -204,132 +271,247 @@ pub(crate) async fn create_call_in(
         None => ConversationId::first(),
         Some(prev) => {
             let chain = prev.chain.to_string();
-            lock(conn, backend, LockKey::new(&["chain", &chain])).await?;
-            let exists = sqlx::query(CHAIN_EXISTS_SQL)
-                .bind(tenant)
-                .bind(prev.to_string())
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(db_err)?;
-            if exists.is_none() {
+            tx.lock(LockKey::new(&["chain", &chain])).await?;
+            if !tx.chain_exists(tenant, &prev.to_string()).await? {
                 return Err(CreateCallError::ConversationNotFound);
             }
-            let row = sqlx::query(CHAIN_LAST_SQL)
-                .bind(tenant)
-                .bind(&chain)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(db_err)?;
             ConversationId {
                 chain: prev.chain,
-                attempt: next_attempt(get(&row, "last")?)?,
+                attempt: next_attempt(tx.chain_last(tenant, &chain).await?)?,
             }
         }
     };
     let now = call.now.0;
+    let key = call.idempotency_key.as_deref().map(|key| IdempotencyKey {
+        tenant,
+        agent: call.agent.0,
+        key,
+    });
 
-    if let Some(key) = &call.idempotency_key {
+    if let Some(key) = key {
         // Checked here, in the contract's order, and claimed with the writes below. On SQLite
         // the single writer makes this read final; on PostgreSQL a racing claim is caught by
         // the primary key at insert time.
-        let existing = sqlx::query(IDEMPOTENCY_SEEN_SQL)
-            .bind(tenant)
-            .bind(call.agent.0)
-            .bind(key.as_str())
-            .bind(now - IDEMPOTENCY_TTL_MS)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(db_err)?;
-        if let Some(row) = existing {
-            return Err(duplicate(&get::<String>(&row, "trace_id")?)?);
+        if let Some(first) = tx.idempotency_seen(key, now - IDEMPOTENCY_TTL_MS).await? {
+            return Err(duplicate(&first)?);
         }
     }
 
     if call.scheduled_for.is_none() {
         if let Some(window_ms) = agent.number_window_ms() {
-            lock(
-                conn,
-                backend,
-                LockKey::new(&["number", &tenant.to_string(), call.customer_phone.as_str()]),
-            )
-            .await?;
-            let recent = sqlx::query(RECENT_TO_NUMBER_SQL)
-                .bind(tenant)
-                .bind(call.customer_phone.as_str())
-                .bind(now - window_ms)
-                .bind(agent.per_number)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(db_err)?
-                .iter()
-                .map(|r| get::<i64>(r, "created_at"))
-                .collect::<Result<Vec<_>, _>>()?;
+            tx.lock(LockKey::new(&["number", &tenant.to_string(), number]))
+                .await?;
+            let recent = tx
+                .recent_to_number(tenant, number, now - window_ms, agent.per_number)
+                .await?;
             number_verdict(&recent, agent.per_number, window_ms, now)?;
         }
         if let Some(max) = agent.max_concurrent {
-            lock(conn, backend, LockKey::new(&["live", &tenant.to_string()])).await?;
-            let row = sqlx::query(&LIVE_COUNT_SQL)
-                .bind(tenant)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(db_err)?;
-            concurrency_verdict(get(&row, "n")?, max)?;
+            tx.lock(LockKey::new(&["live", &tenant.to_string()]))
+                .await?;
+            concurrency_verdict(tx.live_count(tenant).await?, max)?;
         }
     }
 
-    let row = CallRow::new(call, conversation_id)?;
+    let row = CallRow::new(call, from_phone, conversation_id)?;
     // Every check has passed: only writes from here on, so a refusal above has written nothing
     // and needs no savepoint to undo.
-    if let Some(key) = &call.idempotency_key {
-        let claimed = sqlx::query(IDEMPOTENCY_CLAIM_SQL)
-            .bind(tenant)
-            .bind(call.agent.0)
-            .bind(key.as_str())
-            .bind(row.trace.as_str())
-            .bind(row.id.as_str())
-            .bind(now)
-            .bind(now - IDEMPOTENCY_TTL_MS)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(db_err)?;
-        if claimed.is_none() {
-            let holder = sqlx::query(IDEMPOTENCY_HOLDER_SQL)
-                .bind(tenant)
-                .bind(call.agent.0)
-                .bind(key.as_str())
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(db_err)?;
-            return Err(duplicate(&get::<String>(&holder, "trace_id")?)?);
+    if let Some(key) = key {
+        if !tx
+            .idempotency_claim(key, &row, now - IDEMPOTENCY_TTL_MS)
+            .await?
+        {
+            return Err(duplicate(&tx.idempotency_holder(key).await?)?);
         }
     }
-    sqlx::query(INSERT_CALL_SQL)
-        .bind(row.id.as_str())
-        .bind(row.chain.as_str())
-        .bind(row.attempt)
-        .bind(tenant)
-        .bind(call.agent.0)
-        .bind(row.status.as_str())
-        .bind(i64::from(row.immediate))
-        .bind(call.customer_phone.as_str())
-        .bind(from_phone)
-        .bind(row.parameters.as_str())
-        .bind(call.metadata.clone())
-        .bind(row.retry_context.clone())
-        .bind(call.scheduled_for.map(|m| m.0))
-        .bind(row.due_at)
-        .bind(row.trace.as_str())
-        .bind(row.results.as_str())
-        .bind(now)
-        .execute(&mut *conn)
-        .await
-        .map_err(db_err)?;
-    insert_event(conn, &row.id, tenant, Millis(now), row.status, None).await?;
+    tx.insert_call(&row).await?;
+    tx.insert_first_event(&row).await?;
     Ok(AcceptedCall {
         conversation_id,
         status: row.status,
         trace_id: call.trace_id,
     })
+}
+
+/// [`CallTx`] over a sqlx connection inside a transaction: PostgreSQL, and SQLite when group
+/// commit is off.
+pub(crate) struct SqlxCallTx<'c> {
+    conn: &'c mut AnyConnection,
+    backend: Backend,
+}
+
+impl<'c> SqlxCallTx<'c> {
+    pub(crate) fn new(conn: &'c mut AnyConnection, backend: Backend) -> Self {
+        Self { conn, backend }
+    }
+}
+
+impl CallTx for SqlxCallTx<'_> {
+    async fn lock(&mut self, key: LockKey) -> Result<(), StoreError> {
+        lock(self.conn, self.backend, key).await
+    }
+
+    async fn agent(&mut self, tenant: i64, agent: i64) -> Result<Option<AgentLimits>, StoreError> {
+        let Some(row) = sqlx::query(AGENT_SQL)
+            .bind(tenant)
+            .bind(agent)
+            .fetch_optional(&mut *self.conn)
+            .await
+            .map_err(db_err)?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(AgentLimits {
+            from_phone: get(&row, "phone_number")?,
+            per_number: get(&row, "per_number_calls")?,
+            window_s: get(&row, "per_number_window_seconds")?,
+            max_concurrent: get(&row, "max_concurrent_calls")?,
+        }))
+    }
+
+    async fn listed(&mut self, tenant: i64, number: &str) -> Result<bool, StoreError> {
+        Ok(sqlx::query(LISTED_SQL)
+            .bind(tenant)
+            .bind(number)
+            .fetch_optional(&mut *self.conn)
+            .await
+            .map_err(db_err)?
+            .is_some())
+    }
+
+    async fn chain_exists(&mut self, tenant: i64, id: &str) -> Result<bool, StoreError> {
+        Ok(sqlx::query(CHAIN_EXISTS_SQL)
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&mut *self.conn)
+            .await
+            .map_err(db_err)?
+            .is_some())
+    }
+
+    async fn chain_last(&mut self, tenant: i64, chain: &str) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query(CHAIN_LAST_SQL)
+            .bind(tenant)
+            .bind(chain)
+            .fetch_one(&mut *self.conn)
+            .await
+            .map_err(db_err)?;
+        get(&row, "last")
+    }
+
+    async fn idempotency_seen(
+        &mut self,
+        key: IdempotencyKey<'_>,
+        since: i64,
+    ) -> Result<Option<String>, StoreError> {
+        sqlx::query(IDEMPOTENCY_SEEN_SQL)
+            .bind(key.tenant)
+            .bind(key.agent)
+            .bind(key.key)
+            .bind(since)
+            .fetch_optional(&mut *self.conn)
+            .await
+            .map_err(db_err)?
+            .map(|row| get::<String>(&row, "trace_id"))
+            .transpose()
+    }
+
+    async fn recent_to_number(
+        &mut self,
+        tenant: i64,
+        number: &str,
+        since: i64,
+        limit: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        sqlx::query(RECENT_TO_NUMBER_SQL)
+            .bind(tenant)
+            .bind(number)
+            .bind(since)
+            .bind(limit)
+            .fetch_all(&mut *self.conn)
+            .await
+            .map_err(db_err)?
+            .iter()
+            .map(|r| get::<i64>(r, "created_at"))
+            .collect()
+    }
+
+    async fn live_count(&mut self, tenant: i64) -> Result<i64, StoreError> {
+        let row = sqlx::query(&LIVE_COUNT_SQL)
+            .bind(tenant)
+            .fetch_one(&mut *self.conn)
+            .await
+            .map_err(db_err)?;
+        get(&row, "n")
+    }
+
+    async fn idempotency_claim(
+        &mut self,
+        key: IdempotencyKey<'_>,
+        row: &CallRow<'_>,
+        expired_before: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(sqlx::query(IDEMPOTENCY_CLAIM_SQL)
+            .bind(key.tenant)
+            .bind(key.agent)
+            .bind(key.key)
+            .bind(row.trace.as_str())
+            .bind(row.id.as_str())
+            .bind(row.created_at)
+            .bind(expired_before)
+            .fetch_optional(&mut *self.conn)
+            .await
+            .map_err(db_err)?
+            .is_some())
+    }
+
+    async fn idempotency_holder(&mut self, key: IdempotencyKey<'_>) -> Result<String, StoreError> {
+        let row = sqlx::query(IDEMPOTENCY_HOLDER_SQL)
+            .bind(key.tenant)
+            .bind(key.agent)
+            .bind(key.key)
+            .fetch_one(&mut *self.conn)
+            .await
+            .map_err(db_err)?;
+        get(&row, "trace_id")
+    }
+
+    async fn insert_call(&mut self, row: &CallRow<'_>) -> Result<(), StoreError> {
+        sqlx::query(INSERT_CALL_SQL)
+            .bind(row.id.as_str())
+            .bind(row.chain.as_str())
+            .bind(row.attempt)
+            .bind(row.tenant)
+            .bind(row.agent)
+            .bind(row.status.as_str())
+            .bind(i64::from(row.immediate))
+            .bind(row.customer_phone)
+            .bind(row.from_phone)
+            .bind(row.parameters.as_str())
+            .bind(row.metadata)
+            .bind(row.retry_context.as_deref())
+            .bind(row.scheduled_for)
+            .bind(row.due_at)
+            .bind(row.trace.as_str())
+            .bind(row.results.as_str())
+            .bind(row.created_at)
+            .execute(&mut *self.conn)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn insert_first_event(&mut self, row: &CallRow<'_>) -> Result<(), StoreError> {
+        insert_event(
+            self.conn,
+            &row.id,
+            row.tenant,
+            Millis(row.created_at),
+            row.status,
+            None,
+        )
+        .await
+    }
 }
 
 pub(crate) async fn insert_event(

@@ -7,7 +7,10 @@
 //!
 //! The writer is one OS thread with its own connection (rusqlite, on the same libsqlite3 as
 //! sqlx) and the statements of `calls` prepared once. A whole batch, checks and inserts, runs
-//! from `BEGIN IMMEDIATE` to `COMMIT` on that thread. Through sqlx every statement was a round
+//! from `BEGIN IMMEDIATE` to `COMMIT` on that thread: each call is `calls::create_call_in`, the
+//! one sequence of both drivers, run on [`WriterTx`], whose statements finish as they are
+//! called, so the sequence completes on its first poll with no executor or task switch. The
+//! batch's caches (`BatchState`) sit behind two of those statements. Through sqlx every statement was a round
 //! trip to sqlx's connection thread and back (two wake-ups each, five statements a call), and
 //! those task switches, not SQLite, were most of the CPU a call cost.
 //!
@@ -18,16 +21,16 @@
 //! first (`gate`), so a call waits behind at most one of their transactions.
 
 use crate::calls::{
-    concurrency_verdict, duplicate, next_attempt, number_verdict, AgentLimits, CallRow, AGENT_SQL,
-    CHAIN_EXISTS_SQL, CHAIN_LAST_SQL, IDEMPOTENCY_CLAIM_SQL, IDEMPOTENCY_HOLDER_SQL,
-    IDEMPOTENCY_SEEN_SQL, IDEMPOTENCY_TTL_MS, INSERT_CALL_SQL, INSERT_EVENT_SQL, LISTED_SQL,
-    LIVE_COUNT_SQL, RECENT_TO_NUMBER_SQL,
+    create_call_in, AgentLimits, CallRow, CallTx, IdempotencyKey, AGENT_SQL, CHAIN_EXISTS_SQL,
+    CHAIN_LAST_SQL, IDEMPOTENCY_CLAIM_SQL, IDEMPOTENCY_HOLDER_SQL, IDEMPOTENCY_SEEN_SQL,
+    INSERT_CALL_SQL, INSERT_EVENT_SQL, LISTED_SQL, LIVE_COUNT_SQL, RECENT_TO_NUMBER_SQL,
 };
 use crate::db_err;
 use crate::gate::Gate;
+use crate::locks::LockKey;
 use domain::call::{AcceptedCall, NewCall};
 use domain::store::{CreateCallError, StoreError};
-use domain::ConversationId;
+use futures::FutureExt;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sqlx::AnyPool;
 use std::collections::HashMap;
@@ -211,197 +214,208 @@ fn transaction(
     Ok(results)
 }
 
-/// `calls::create_call_in` on this connection: the same checks in the same order, then the
-/// same writes.
+/// `calls::create_call_in` on this connection. Every statement of [`WriterTx`] runs to its end
+/// when called, so the sequence's future is ready on its first poll and needs no executor.
 fn create_call(
     conn: &Connection,
     sql: &Sql,
     state: &mut BatchState,
     call: &NewCall,
 ) -> Result<AcceptedCall, CreateCallError> {
-    let tenant = call.tenant.0;
-    let agent_key = (tenant, call.agent.0);
-    let agent = match state.agents.get(&agent_key) {
-        Some(known) => known.clone(),
-        None => {
-            let read = conn
-                .prepare_cached(&sql.agent)
-                .and_then(|mut s| {
-                    s.query_row(params![tenant, call.agent.0], |r| {
-                        Ok(AgentLimits {
-                            from_phone: r.get("phone_number")?,
-                            per_number: r.get("per_number_calls")?,
-                            window_s: r.get("per_number_window_seconds")?,
-                            max_concurrent: r.get("max_concurrent_calls")?,
-                        })
-                    })
-                    .optional()
-                })
-                .map_err(sqlite_err)?;
-            state.agents.insert(agent_key, read.clone());
-            read
-        }
-    }
-    .ok_or(CreateCallError::AgentNotFound)?;
-    let from_phone = agent
-        .from_phone
-        .as_deref()
-        .ok_or(CreateCallError::AgentHasNoNumber)?;
-    let listed = conn
-        .prepare_cached(&sql.listed)
-        .and_then(|mut s| s.exists(params![tenant, call.customer_phone.as_str()]))
-        .map_err(sqlite_err)?;
-    if listed {
-        return Err(CreateCallError::DoNotCall);
+    let mut tx = WriterTx { conn, sql, state };
+    create_call_in(&mut tx, call)
+        .now_or_never()
+        .unwrap_or_else(|| {
+            Err(CreateCallError::Store(StoreError::Database(
+                "a statement of the call writer waited, which it cannot".into(),
+            )))
+        })
+}
+
+/// [`CallTx`] on the writer's transaction, with what its batch has learnt (`BatchState`).
+struct WriterTx<'a> {
+    conn: &'a Connection,
+    sql: &'a Sql,
+    state: &'a mut BatchState,
+}
+
+impl CallTx for WriterTx<'_> {
+    async fn lock(&mut self, _key: LockKey) -> Result<(), StoreError> {
+        // The only writer while its transaction runs: nothing to serialise against.
+        Ok(())
     }
 
-    let conversation_id = match call.continues {
-        None => ConversationId::first(),
-        Some(prev) => {
-            let chain = prev.chain.to_string();
-            let exists = conn
-                .prepare_cached(&sql.chain_exists)
-                .and_then(|mut s| s.exists(params![tenant, prev.to_string()]))
-                .map_err(sqlite_err)?;
-            if !exists {
-                return Err(CreateCallError::ConversationNotFound);
-            }
-            let last: Option<i64> = conn
-                .prepare_cached(&sql.chain_last)
-                .and_then(|mut s| s.query_row(params![tenant, chain], |r| r.get(0)))
-                .map_err(sqlite_err)?;
-            ConversationId {
-                chain: prev.chain,
-                attempt: next_attempt(last)?,
-            }
+    async fn agent(&mut self, tenant: i64, agent: i64) -> Result<Option<AgentLimits>, StoreError> {
+        if let Some(known) = self.state.agents.get(&(tenant, agent)) {
+            return Ok(known.clone());
         }
-    };
-    let now = call.now.0;
-
-    if let Some(key) = &call.idempotency_key {
-        // This writer is the only one while the transaction runs, so this read is final.
-        let seen: Option<String> = conn
-            .prepare_cached(&sql.idempotency_seen)
+        let read = self
+            .conn
+            .prepare_cached(&self.sql.agent)
             .and_then(|mut s| {
-                s.query_row(
-                    params![tenant, call.agent.0, key, now - IDEMPOTENCY_TTL_MS],
-                    |r| r.get(0),
-                )
+                s.query_row(params![tenant, agent], |r| {
+                    Ok(AgentLimits {
+                        from_phone: r.get("phone_number")?,
+                        per_number: r.get("per_number_calls")?,
+                        window_s: r.get("per_number_window_seconds")?,
+                        max_concurrent: r.get("max_concurrent_calls")?,
+                    })
+                })
                 .optional()
             })
             .map_err(sqlite_err)?;
-        if let Some(first) = seen {
-            return Err(duplicate(&first)?);
-        }
+        self.state.agents.insert((tenant, agent), read.clone());
+        Ok(read)
     }
 
-    if call.scheduled_for.is_none() {
-        if let Some(window_ms) = agent.number_window_ms() {
-            let recent = conn
-                .prepare_cached(&sql.recent_to_number)
-                .and_then(|mut s| {
-                    s.query_map(
-                        params![
-                            tenant,
-                            call.customer_phone.as_str(),
-                            now - window_ms,
-                            agent.per_number
-                        ],
-                        |r| r.get::<_, i64>(0),
-                    )?
-                    .collect::<Result<Vec<_>, _>>()
-                })
-                .map_err(sqlite_err)?;
-            number_verdict(&recent, agent.per_number, window_ms, now)?;
-        }
-        if let Some(max) = agent.max_concurrent {
-            let current = match state.live.get(&tenant) {
-                Some(n) => *n,
-                None => {
-                    let n: i64 = conn
-                        .prepare_cached(&sql.live_count)
-                        .and_then(|mut s| s.query_row(params![tenant], |r| r.get(0)))
-                        .map_err(sqlite_err)?;
-                    state.live.insert(tenant, n);
-                    n
-                }
-            };
-            concurrency_verdict(current, max)?;
-        }
+    async fn listed(&mut self, tenant: i64, number: &str) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached(&self.sql.listed)
+            .and_then(|mut s| s.exists(params![tenant, number]))
+            .map_err(sqlite_err)
     }
 
-    let row = CallRow::new(call, conversation_id)?;
-    // Every check has passed: only writes from here on.
-    if let Some(key) = &call.idempotency_key {
-        let claimed: Option<String> = conn
-            .prepare_cached(&sql.idempotency_claim)
+    async fn chain_exists(&mut self, tenant: i64, id: &str) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached(&self.sql.chain_exists)
+            .and_then(|mut s| s.exists(params![tenant, id]))
+            .map_err(sqlite_err)
+    }
+
+    async fn chain_last(&mut self, tenant: i64, chain: &str) -> Result<Option<i64>, StoreError> {
+        self.conn
+            .prepare_cached(&self.sql.chain_last)
+            .and_then(|mut s| s.query_row(params![tenant, chain], |r| r.get(0)))
+            .map_err(sqlite_err)
+    }
+
+    async fn idempotency_seen(
+        &mut self,
+        key: IdempotencyKey<'_>,
+        since: i64,
+    ) -> Result<Option<String>, StoreError> {
+        self.conn
+            .prepare_cached(&self.sql.idempotency_seen)
+            .and_then(|mut s| {
+                s.query_row(params![key.tenant, key.agent, key.key, since], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(sqlite_err)
+    }
+
+    async fn recent_to_number(
+        &mut self,
+        tenant: i64,
+        number: &str,
+        since: i64,
+        limit: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        self.conn
+            .prepare_cached(&self.sql.recent_to_number)
+            .and_then(|mut s| {
+                s.query_map(params![tenant, number, since, limit], |r| {
+                    r.get::<_, i64>(0)
+                })?
+                .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(sqlite_err)
+    }
+
+    async fn live_count(&mut self, tenant: i64) -> Result<i64, StoreError> {
+        if let Some(n) = self.state.live.get(&tenant) {
+            return Ok(*n);
+        }
+        let n: i64 = self
+            .conn
+            .prepare_cached(&self.sql.live_count)
+            .and_then(|mut s| s.query_row(params![tenant], |r| r.get(0)))
+            .map_err(sqlite_err)?;
+        self.state.live.insert(tenant, n);
+        Ok(n)
+    }
+
+    async fn idempotency_claim(
+        &mut self,
+        key: IdempotencyKey<'_>,
+        row: &CallRow<'_>,
+        expired_before: i64,
+    ) -> Result<bool, StoreError> {
+        let claimed: Option<String> = self
+            .conn
+            .prepare_cached(&self.sql.idempotency_claim)
             .and_then(|mut s| {
                 s.query_row(
                     params![
-                        tenant,
-                        call.agent.0,
-                        key,
+                        key.tenant,
+                        key.agent,
+                        key.key,
                         row.trace,
                         row.id,
-                        now,
-                        now - IDEMPOTENCY_TTL_MS
+                        row.created_at,
+                        expired_before
                     ],
                     |r| r.get(0),
                 )
                 .optional()
             })
             .map_err(sqlite_err)?;
-        if claimed.is_none() {
-            let holder: String = conn
-                .prepare_cached(&sql.idempotency_holder)
-                .and_then(|mut s| s.query_row(params![tenant, call.agent.0, key], |r| r.get(0)))
-                .map_err(sqlite_err)?;
-            return Err(duplicate(&holder)?);
-        }
+        Ok(claimed.is_some())
     }
-    conn.prepare_cached(&sql.insert_call)
-        .and_then(|mut s| {
-            s.execute(params![
-                row.id,
-                row.chain,
-                row.attempt,
-                tenant,
-                call.agent.0,
-                row.status.as_str(),
-                i64::from(row.immediate),
-                call.customer_phone.as_str(),
-                from_phone,
-                row.parameters,
-                call.metadata,
-                row.retry_context,
-                call.scheduled_for.map(|m| m.0),
-                row.due_at,
-                row.trace,
-                row.results,
-                now
-            ])
-        })
-        .map_err(sqlite_err)?;
-    conn.prepare_cached(&sql.insert_event)
-        .and_then(|mut s| {
-            s.execute(params![
-                row.id,
-                tenant,
-                now,
-                row.status.as_str(),
-                None::<String>
-            ])
-        })
-        .map_err(sqlite_err)?;
-    if row.immediate {
-        // The new call is `queued`, so live: later calls of this batch must count it.
-        if let Some(n) = state.live.get_mut(&tenant) {
-            *n += 1;
-        }
+
+    async fn idempotency_holder(&mut self, key: IdempotencyKey<'_>) -> Result<String, StoreError> {
+        self.conn
+            .prepare_cached(&self.sql.idempotency_holder)
+            .and_then(|mut s| s.query_row(params![key.tenant, key.agent, key.key], |r| r.get(0)))
+            .map_err(sqlite_err)
     }
-    Ok(AcceptedCall {
-        conversation_id,
-        status: row.status,
-        trace_id: call.trace_id,
-    })
+
+    async fn insert_call(&mut self, row: &CallRow<'_>) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(&self.sql.insert_call)
+            .and_then(|mut s| {
+                s.execute(params![
+                    row.id,
+                    row.chain,
+                    row.attempt,
+                    row.tenant,
+                    row.agent,
+                    row.status.as_str(),
+                    i64::from(row.immediate),
+                    row.customer_phone,
+                    row.from_phone,
+                    row.parameters,
+                    row.metadata,
+                    row.retry_context,
+                    row.scheduled_for,
+                    row.due_at,
+                    row.trace,
+                    row.results,
+                    row.created_at
+                ])
+            })
+            .map_err(sqlite_err)?;
+        if row.immediate {
+            // The new call is `queued`, so live: later calls of this batch must count it.
+            if let Some(n) = self.state.live.get_mut(&row.tenant) {
+                *n += 1;
+            }
+        }
+        Ok(())
+    }
+
+    async fn insert_first_event(&mut self, row: &CallRow<'_>) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(&self.sql.insert_event)
+            .and_then(|mut s| {
+                s.execute(params![
+                    row.id,
+                    row.tenant,
+                    row.created_at,
+                    row.status.as_str(),
+                    None::<String>
+                ])
+            })
+            .map_err(sqlite_err)?;
+        Ok(())
+    }
 }

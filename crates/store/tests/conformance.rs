@@ -296,6 +296,67 @@ async fn story_idempotency_race(store: Arc<dyn Store>) {
     assert_eq!(store.count_calls(t).await.unwrap(), 1);
 }
 
+/// One `POST /v1/call` per phone, all at once.
+async fn race(
+    store: &Arc<dyn Store>,
+    tenant: domain::TenantId,
+    agent: domain::AgentId,
+    phones: impl Iterator<Item = String>,
+) -> Vec<Result<Result<domain::call::AcceptedCall, CreateCallError>, tokio::task::JoinError>> {
+    let tasks = phones.map(|phone| {
+        let store = store.clone();
+        let call = new_call(tenant, agent, &phone, Millis::now());
+        tokio::spawn(async move { store.create_call(call).await })
+    });
+    futures::future::join_all(tasks).await
+}
+
+/// Requests racing for the last places under a cap: the tenant's concurrency cap and the
+/// per-number limit each let exactly their number of calls through, whichever driver writes
+/// (PostgreSQL's advisory locks, SQLite's single writer, or a group-commit batch counting the
+/// calls it accepted before committing them).
+async fn story_limits_race(store: Arc<dyn Store>) {
+    let (t, agent) = common::tenant_with_agent(store.as_ref(), "acme", "+918035739222").await;
+    let limits = |max, per_number| TenantLimits {
+        max_concurrent_calls: max,
+        per_number_calls: per_number,
+        per_number_window_seconds: 60,
+    };
+    store
+        .update_tenant_limits(t, &limits(Some(5), 0))
+        .await
+        .unwrap();
+    let phones = (0..20).map(|i| format!("+9198765{i:05}"));
+    let results = race(&store, t, agent, phones).await;
+    let accepted = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+    let capped = results
+        .iter()
+        .filter(|r| {
+            matches!(
+                r,
+                Ok(Err(CreateCallError::ConcurrentLimit { current: 5, max: 5 }))
+            )
+        })
+        .count();
+    assert_eq!((accepted, capped), (5, 15), "{results:?}");
+
+    let (t2, agent2) = common::tenant_with_agent(store.as_ref(), "globex", "+918035739223").await;
+    store
+        .update_tenant_limits(t2, &limits(None, 3))
+        .await
+        .unwrap();
+    let phones = std::iter::repeat_n("+919876511111".to_string(), 10);
+    let results = race(&store, t2, agent2, phones).await;
+    let accepted = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+    let limited = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Err(CreateCallError::NumberRateLimited { .. }))))
+        .count();
+    assert_eq!((accepted, limited), (3, 7), "{results:?}");
+    assert_eq!(store.count_calls(t).await.unwrap(), 5);
+    assert_eq!(store.count_calls(t2).await.unwrap(), 3);
+}
+
 /// The do-not-call list: a listing answers its first entry, refuses `POST /v1/call`, cancels
 /// the calls waiting for the number (`do-not-call`, with their `call.canceled` event), and a
 /// call that slipped past it (claimed already) is cancelled instead of started.
@@ -904,6 +965,7 @@ async fn calls(store: Arc<dyn Store>) {
 on_both!(keys_and_agents_on_every_backend, keys_and_agents);
 on_both!(calls_on_every_backend, calls);
 on_both!(idempotency_race_on_every_backend, story_idempotency_race);
+on_both!(limits_race_on_every_backend, story_limits_race);
 on_both!(do_not_call_on_every_backend, story_do_not_call);
 on_both!(trunk_lines_on_every_backend, story_trunk_lines);
 on_both!(
