@@ -6,6 +6,7 @@ mod batch;
 mod calls;
 mod dispatch;
 mod mixed;
+mod pages;
 mod server;
 mod transcribe;
 mod understand;
@@ -32,6 +33,9 @@ enum Command {
     Mixed(mixed::Args),
     /// A large CSV batch: upload time, peak memory, metrics latency.
     Batch(batch::Args),
+    /// Deep pages of GET /v1/conversations at 1,000,000 conversations: the first page against
+    /// deep ones, before and after the marking pass, and the pass's own cost.
+    Pages(pages::Args),
     /// Dispatch throughput and lag with a large backlog of pending calls.
     Dispatch(dispatch::Args),
     /// Webhook delivery: a burst of events to a loopback receiver, events/s and
@@ -60,6 +64,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Calls(args) => rt.block_on(calls::run(args)),
         Command::Batch(args) => rt.block_on(batch::run(args)),
+        Command::Pages(args) => rt.block_on(pages::run(args)),
         Command::Mixed(args) => rt.block_on(mixed::run(args)),
         Command::Webhooks(args) => rt.block_on(webhooks::run(args)),
         Command::Dispatch(args) => rt.block_on(dispatch::run(args)),

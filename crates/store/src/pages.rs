@@ -233,33 +233,24 @@ impl SqlStore {
     }
 
     /// Up to `per_transaction` marks in one background transaction; 0 when another node got
-    /// there first or nothing is due after all.
+    /// there first or nothing is due after all. Each mark is one statement that reads the last
+    /// mark itself: on SQLite a read before the write could see a snapshot the call writer has
+    /// moved past, and the write would then fail.
     async fn write_marks(&self, tenant: i64, agent: i64, horizon: i64) -> Result<u64, StoreError> {
         let mut tx = self.background_tx().await?;
         lock(&mut tx, self.backend, LockKey::conversation_marks(tenant)).await?;
         let mut written = 0;
         for _ in 0..self.page_marks.per_transaction {
-            let mark = last_mark(&mut tx, tenant, agent, None).await?;
-            let position =
-                paging::next_position(mark.as_ref().map(|m| m.position), self.page_marks.every);
-            let (at, id) = key_of(mark.as_ref());
-            let inserted = sqlx::query(&format!(
-                "INSERT INTO conversation_marks (tenant_id, agent_id, position, created_at, call_id) \
-                 SELECT $1, $2, $7, created_at, id FROM calls WHERE {} AND {AFTER} AND created_at < $5 \
-                 ORDER BY created_at ASC, id ASC LIMIT 1 OFFSET $6",
-                scope_filter(agent)
-            ))
-            .bind(tenant)
-            .bind(agent)
-            .bind(at)
-            .bind(id)
-            .bind(horizon)
-            .bind(self.every_less_one())
-            .bind(i64::try_from(position).unwrap_or(i64::MAX))
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?
-            .rows_affected();
+            let inserted = sqlx::query(&NEXT_MARK[usize::from(agent != 0)])
+                .bind(tenant)
+                .bind(agent)
+                .bind(i64::try_from(self.page_marks.every.max(1)).unwrap_or(i64::MAX))
+                .bind(horizon)
+                .bind(self.every_less_one())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
             if inserted == 0 {
                 break;
             }
@@ -269,6 +260,31 @@ impl SqlStore {
         Ok(written)
     }
 }
+
+/// The next mark of a scope (tenant `$1`, agent `$2`): `$3` rows after the last one, among rows
+/// older than `$4` (`$5` is `$3 - 1`). Indexed by "agent given".
+static NEXT_MARK: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
+    let last = |col: &str| {
+        format!(
+            "(SELECT {col} FROM conversation_marks WHERE tenant_id = $1 AND agent_id = $2 \
+             ORDER BY position DESC LIMIT 1)"
+        )
+    };
+    let (position, at, id) = (last("position"), last("created_at"), last("call_id"));
+    [0, 1].map(|agent| {
+        format!(
+            "INSERT INTO conversation_marks (tenant_id, agent_id, position, created_at, call_id) \
+             SELECT $1, $2, COALESCE({position}, 0) + $3, created_at, id FROM calls \
+             WHERE {} AND created_at >= COALESCE({at}, {min}) \
+             AND (created_at > COALESCE({at}, {min}) OR id > COALESCE({id}, '')) \
+             AND created_at < $4 ORDER BY created_at ASC, id ASC LIMIT 1 OFFSET $5",
+            scope_filter(agent),
+            // Below any creation time, as a literal both engines read as an integer (i64::MIN
+            // is a numeric on PostgreSQL, which would keep the index out).
+            min = -1,
+        )
+    })
+});
 
 /// A batch's rows become listed: the marks at or after its start no longer count them. Called
 /// in the transaction that makes the batch pending.
