@@ -126,7 +126,7 @@ mod tests {
             }
         );
         assert_eq!(
-            walk(s, None),
+            walk::<()>(s, None),
             Walk {
                 skip: 499_980,
                 take: 20
