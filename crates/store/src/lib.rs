@@ -15,6 +15,7 @@ mod manage;
 mod outbox;
 mod rows;
 pub mod secrets;
+mod settle;
 mod sqlite_writer;
 mod transcription;
 mod webhooks;
