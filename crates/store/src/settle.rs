@@ -45,7 +45,8 @@ impl SettledRow {
         })
     }
 
-    /// A row of `CONVERSATION_COLUMNS` whose agent the caller read once for many calls.
+    /// A row of `CONVERSATION_COLUMNS` whose agent the caller read once for many calls (a
+    /// batch's cancel: a cancel retries nothing, so whether the agent is deleted is moot).
     pub(crate) fn with_agent(
         row: &sqlx::any::AnyRow,
         agent: Option<AgentConfig>,
