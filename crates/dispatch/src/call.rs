@@ -2,7 +2,7 @@
 
 use crate::Dispatcher;
 use domain::call::{CallLatency, TranscriptItem};
-use domain::dispatch::{retry_delay, DueCall, FinishAttempt};
+use domain::dispatch::{DueCall, FinishAttempt};
 use domain::telephony::{CallControl, CallEnd, CallEvent, DialError, DialRequest};
 use domain::transcription::PostCallJob;
 use domain::{CallStatus, Millis};
@@ -294,17 +294,10 @@ impl Dispatcher {
         } else {
             CallStatus::Failed
         };
-        let policy = call
-            .agent_config
-            .as_ref()
-            .and_then(|a| a.retry_policy.as_ref());
-        // A callee who asked not to be called again is never retried: the settlement lists
-        // the number and cancels whatever else was waiting for it.
+        // A callee who asked not to be called again: the settlement lists the number, cancels
+        // whatever else was waiting for it and retries nothing (`domain::lifecycle::settle`).
         let opted_out = end.answered_at.is_some()
             && results.get(agent::opt_out::RESULT) == Some(&serde_json::Value::Bool(true));
-        let retry_at = retry_delay(policy, status, call.id.attempt)
-            .filter(|_| !opted_out)
-            .map(|d| Millis(now.0 + d.as_millis() as i64));
         let duration_seconds = end
             .answered_at
             .map(|a| ((end.ended_at.0 - a.0).max(0) + 500) / 1000);
@@ -353,7 +346,6 @@ impl Dispatcher {
             transcript,
             results,
             latency: end.answered_at.and(latency),
-            retry_at,
             stage_id: end.answered_at.and(stage_id),
             // Answered but never talked on (the conversation could not run): nobody listened.
             answered_by: end
@@ -366,16 +358,16 @@ impl Dispatcher {
         };
         metrics::counter!("outdial_calls_ended_total", "status" => status.as_str()).increment(1);
         match self.store.finish_attempt(finish, now).await {
-            Ok(true) => {
+            Ok(Some(settled)) => {
                 self.events_written();
                 if transcribe {
                     if let Some(n) = &self.config.post_call_written {
                         n.notify_one();
                     }
                 }
-                tracing::info!(%status, reason = end.failure_reason.as_deref().unwrap_or(""), retry = retry_at.is_some(), "call ended")
+                tracing::info!(%status, reason = end.failure_reason.as_deref().unwrap_or(""), retry = settled.retry_at.is_some(), "call ended")
             }
-            Ok(false) => tracing::warn!(%status, "call was settled elsewhere (lease lost)"),
+            Ok(None) => tracing::warn!(%status, "call was settled elsewhere (lease lost)"),
             Err(e) => {
                 tracing::error!(error = %e, %status, "settling the call failed; the orphan sweep will settle it")
             }

@@ -389,14 +389,7 @@ impl Dispatcher {
 
     fn track(&self, call: &DueCall) {
         let live = Live {
-            call: OrphanedCall {
-                id: call.id,
-                attempt: call.id.attempt,
-                retry_policy: call
-                    .agent_config
-                    .as_ref()
-                    .and_then(|a| a.retry_policy.clone()),
-            },
+            call: OrphanedCall { id: call.id },
             control: None,
             abandoned: false,
         };
@@ -438,29 +431,15 @@ impl Dispatcher {
         }
     }
 
-    /// A `failed` settlement of a call that was never talked on (nothing played or heard).
-    fn failed_attempt(
-        &self,
-        id: ConversationId,
-        reason: String,
-        now: Millis,
-        retry_at: Option<Millis>,
-    ) -> FinishAttempt {
-        FinishAttempt {
-            failure_reason: Some(reason),
-            retry_at,
-            public_url: self.config.public_url.clone(),
-            ..FinishAttempt::bare(id, &self.config.node_id, CallStatus::Failed, now)
-        }
-    }
-
     async fn fail_undialled(&self, call: &DueCall, reason: String) -> Result<(), StoreError> {
         tracing::warn!(conversation_id = %call.id, trace_id = %call.trace_id, %reason, "call cannot be dialled");
         let now = self.clock.now();
-        self.store
-            .finish_attempt(self.failed_attempt(call.id, reason, now, None), now)
-            .await
-            .map(|_| ())
+        let refused = FinishAttempt {
+            failure_reason: Some(reason),
+            public_url: self.config.public_url.clone(),
+            ..FinishAttempt::bare(call.id, &self.config.node_id, CallStatus::Failed, now)
+        };
+        self.store.finish_attempt(refused, now).await.map(|_| ())
     }
 
     /// Settles calls whose node stopped renewing their lease: `failed` / `interrupted`, then
@@ -482,14 +461,9 @@ impl Dispatcher {
     /// already (elsewhere, or by its own task).
     async fn settle_interrupted(&self, call: &OrphanedCall) -> Result<bool, StoreError> {
         let now = self.clock.now();
-        let retry_at = domain::dispatch::retry_delay(
-            call.retry_policy.as_ref(),
-            CallStatus::Failed,
-            call.attempt,
-        )
-        .map(|d| Millis(now.0 + d.as_millis() as i64));
-        let finish = self.failed_attempt(call.id, "interrupted".into(), now, retry_at);
-        let settled = self.store.finish_attempt(finish, now).await?;
+        let (node, url) = (&self.config.node_id, &self.config.public_url);
+        let finish = FinishAttempt::interrupted(call.id, node, url, now);
+        let settled = self.store.finish_attempt(finish, now).await?.is_some();
         if settled {
             tracing::warn!(conversation_id = %call.id, "settled an interrupted call");
             self.events_written();

@@ -342,18 +342,115 @@ impl BatchCounts {
     }
 }
 
-/// The counter a settled attempt lands in.
-pub fn outcome_counter(status: CallStatus) -> &'static str {
-    match status {
-        CallStatus::Completed => "completed_count",
-        CallStatus::Busy => "busy_count",
-        CallStatus::NoAnswer => "no_answer_count",
-        CallStatus::Unreachable => "unreachable_count",
-        CallStatus::SocketFailure => "socket_failure_count",
-        CallStatus::Canceled => "canceled_count",
-        // `failed` and `telephony_failed` are one counter in the contract; a non-terminal status
-        // cannot be an attempt's end, so it is counted as the failure it would be.
-        _ => "failed_count",
+/// One of a batch's per-recipient counters: where a recipient is counted, by its latest
+/// attempt. A settlement moves a recipient from one to another ([`BatchCounts::moved`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BatchCounter {
+    Pending,
+    InProgress,
+    PendingRetry,
+    Completed,
+    Busy,
+    NoAnswer,
+    Failed,
+    SocketFailure,
+    Unreachable,
+    Canceled,
+}
+
+impl BatchCounter {
+    pub const ALL: [BatchCounter; 10] = [
+        Self::Pending,
+        Self::InProgress,
+        Self::PendingRetry,
+        Self::Completed,
+        Self::Busy,
+        Self::NoAnswer,
+        Self::Failed,
+        Self::SocketFailure,
+        Self::Unreachable,
+        Self::Canceled,
+    ];
+
+    /// Where a recipient waiting for this attempt is counted: its first attempt is `pending`,
+    /// a later one `pending_retry`.
+    pub fn waiting(attempt: u32) -> Self {
+        if attempt > 1 {
+            Self::PendingRetry
+        } else {
+            Self::Pending
+        }
+    }
+
+    /// The counter a settled attempt with no next attempt lands in.
+    pub fn outcome(status: CallStatus) -> Self {
+        match status {
+            CallStatus::Completed => Self::Completed,
+            CallStatus::Busy => Self::Busy,
+            CallStatus::NoAnswer => Self::NoAnswer,
+            CallStatus::Unreachable => Self::Unreachable,
+            CallStatus::SocketFailure => Self::SocketFailure,
+            CallStatus::Canceled => Self::Canceled,
+            // `failed` and `telephony_failed` are one counter in the contract; a non-terminal
+            // status cannot be an attempt's end, so it is counted as the failure it would be.
+            _ => Self::Failed,
+        }
+    }
+
+    /// Still to be called (or being called): not a final outcome.
+    pub fn unfinished(self) -> bool {
+        matches!(self, Self::Pending | Self::InProgress | Self::PendingRetry)
+    }
+}
+
+impl BatchCounts {
+    /// The counter's value.
+    pub fn get(&self, counter: BatchCounter) -> i64 {
+        *self.slot(counter)
+    }
+
+    fn slot(&self, counter: BatchCounter) -> &i64 {
+        match counter {
+            BatchCounter::Pending => &self.pending,
+            BatchCounter::InProgress => &self.in_progress,
+            BatchCounter::PendingRetry => &self.pending_retry,
+            BatchCounter::Completed => &self.completed,
+            BatchCounter::Busy => &self.busy,
+            BatchCounter::NoAnswer => &self.no_answer,
+            BatchCounter::Failed => &self.failed,
+            BatchCounter::SocketFailure => &self.socket_failure,
+            BatchCounter::Unreachable => &self.unreachable,
+            BatchCounter::Canceled => &self.canceled,
+        }
+    }
+
+    fn slot_mut(&mut self, counter: BatchCounter) -> &mut i64 {
+        match counter {
+            BatchCounter::Pending => &mut self.pending,
+            BatchCounter::InProgress => &mut self.in_progress,
+            BatchCounter::PendingRetry => &mut self.pending_retry,
+            BatchCounter::Completed => &mut self.completed,
+            BatchCounter::Busy => &mut self.busy,
+            BatchCounter::NoAnswer => &mut self.no_answer,
+            BatchCounter::Failed => &mut self.failed,
+            BatchCounter::SocketFailure => &mut self.socket_failure,
+            BatchCounter::Unreachable => &mut self.unreachable,
+            BatchCounter::Canceled => &mut self.canceled,
+        }
+    }
+
+    /// These counts (as deltas) with one recipient moved from `from` to `to`, and `duration`
+    /// seconds added to the completed calls' sum. Every move keeps the total unchanged.
+    pub fn moved(mut self, from: BatchCounter, to: BatchCounter, duration: i64) -> Self {
+        *self.slot_mut(from) -= 1;
+        *self.slot_mut(to) += 1;
+        self.completed_duration_seconds += duration;
+        self
+    }
+
+    /// The sum of every counter (the batch's recipients, for counts; 0 for the deltas of moves).
+    pub fn total(&self) -> i64 {
+        self.unfinished() + self.processed()
     }
 }
 

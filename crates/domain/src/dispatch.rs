@@ -229,8 +229,6 @@ pub struct FinishAttempt {
     pub results: serde_json::Map<String, serde_json::Value>,
     /// The agent's latency, for a call that was talked on.
     pub latency: Option<crate::call::CallLatency>,
-    /// The next attempt of the chain, due at this time.
-    pub retry_at: Option<Millis>,
     /// The stage the conversation was in when it ended (`None`: never talked on).
     pub stage_id: Option<String>,
     /// Who picked up (`None`: never answered).
@@ -248,8 +246,8 @@ pub struct FinishAttempt {
 }
 
 impl FinishAttempt {
-    /// An attempt ended with `status` and nothing talked: no transcript, results, recording,
-    /// retry or webhook base URL. Callers set what they have on top (`..FinishAttempt::bare`).
+    /// An attempt ended with `status` and nothing talked: no transcript, results, recording
+    /// or webhook base URL. Callers set what they have on top (`..FinishAttempt::bare`).
     pub fn bare(id: ConversationId, node: &str, status: CallStatus, ended_at: Millis) -> Self {
         Self {
             id,
@@ -262,7 +260,6 @@ impl FinishAttempt {
             transcript: Vec::new(),
             results: Default::default(),
             latency: None,
-            retry_at: None,
             stage_id: None,
             answered_by: None,
             transfer: None,
@@ -271,14 +268,43 @@ impl FinishAttempt {
             post_call: None,
         }
     }
+
+    /// The settlement of a call its node stopped holding (died, or its stop's grace ran out):
+    /// `failed` / [`INTERRUPTED`], nothing talked, settled as of `now`. The table's
+    /// `Interrupt` is this end; the retry policy decides what comes next, as for any failure.
+    pub fn interrupted(id: ConversationId, node: &str, public_url: &str, now: Millis) -> Self {
+        Self {
+            failure_reason: Some(INTERRUPTED.into()),
+            public_url: public_url.to_string(),
+            ..Self::bare(id, node, CallStatus::Failed, now)
+        }
+    }
+
+    /// The end this report settles, for [`crate::lifecycle::settle::settle`].
+    pub fn event(&self) -> crate::lifecycle::settle::Event {
+        crate::lifecycle::settle::Event::Ended(crate::lifecycle::settle::Ended {
+            outcome: self.status,
+            opted_out: self.opted_out,
+            public_url: self.public_url.clone(),
+            post_call: self.post_call.clone(),
+        })
+    }
+}
+
+/// The `failure_reason` of a call settled because its node stopped holding it.
+pub const INTERRUPTED: &str = "interrupted";
+
+/// What a settlement decided that the node that asked for it logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// The chain's next attempt is due then.
+    pub retry_at: Option<Millis>,
 }
 
 /// A live call whose node stopped renewing its lease.
 #[derive(Debug, Clone)]
 pub struct OrphanedCall {
     pub id: ConversationId,
-    pub attempt: u32,
-    pub retry_policy: Option<RetryPolicy>,
 }
 
 /// What `POST /v1/conversations/{id}/cancel` found.
@@ -378,13 +404,13 @@ pub trait DispatchStore: Send + Sync + 'static {
         ids: &[ConversationId],
         until: Millis,
     ) -> Result<(), crate::store::StoreError>;
-    /// Settles an attempt (and schedules the chain's next one) in one transaction; `false` when
-    /// the call was not this node's to settle.
+    /// Settles an attempt in one transaction, as [`crate::lifecycle::settle::settle`] decides
+    /// (the chain's next attempt included); `None` when the call was not this node's to settle.
     async fn finish_attempt(
         &self,
         finish: FinishAttempt,
         now: Millis,
-    ) -> Result<bool, crate::store::StoreError>;
+    ) -> Result<Option<Settled>, crate::store::StoreError>;
     /// Live calls whose lease ran out before `now`: their node died mid-call.
     async fn orphaned_calls(
         &self,

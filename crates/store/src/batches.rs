@@ -6,14 +6,16 @@
 //! `total_recipients`; reading them is one primary-key lookup.
 
 use crate::rows::{self, corrupt, get, CONVERSATION_COLUMNS};
+use crate::settle::SettledRow;
 use crate::{db_err, encode_err, json_rows, placeholders, Backend, SqlStore};
 use domain::agent::AgentConfig;
 use domain::batch::{
-    outcome_counter, Batch, BatchAction, BatchCounts, BatchError, BatchStatus, BatchStore, NewBatch,
+    Batch, BatchAction, BatchCounts, BatchError, BatchStatus, BatchStore, NewBatch,
 };
+use domain::lifecycle::settle::Event;
 use domain::lifecycle::Transition;
 use domain::store::{Listed, Page, StoreError};
-use domain::{AgentId, CallStatus, Millis, TenantId};
+use domain::{AgentId, Millis, TenantId};
 use sqlx::AnyConnection;
 
 const BATCH_COLUMNS: &str = "id, tenant_id, agent_id, name, status, total_recipients, \
@@ -146,22 +148,18 @@ fn lease_lost(id: i64) -> StoreError {
     )
 }
 
-/// The batch and the recipient position of one call, if it belongs to a batch.
+/// The batch and the attempt of one call, if it belongs to a batch.
 struct BatchCall {
     batch_id: i64,
     attempt: i64,
-    started: bool,
-    duration_seconds: Option<i64>,
 }
 
 async fn batch_call(conn: &mut AnyConnection, id: &str) -> Result<Option<BatchCall>, StoreError> {
-    let row = sqlx::query(
-        "SELECT batch_id, attempt, started_at, duration_seconds FROM calls WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db_err)?;
+    let row = sqlx::query("SELECT batch_id, attempt FROM calls WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_err)?;
     let Some(row) = row else {
         return Ok(None);
     };
@@ -171,19 +169,7 @@ async fn batch_call(conn: &mut AnyConnection, id: &str) -> Result<Option<BatchCa
     Ok(Some(BatchCall {
         batch_id,
         attempt: get(&row, "attempt")?,
-        started: get::<Option<i64>>(&row, "started_at")?.is_some(),
-        duration_seconds: get(&row, "duration_seconds")?,
     }))
-}
-
-/// Where a recipient waiting for this attempt is counted: its first attempt is `pending`, a
-/// later one `pending_retry`.
-fn waiting_counter(attempt: i64) -> &'static str {
-    if attempt > 1 {
-        "pending_retry_count"
-    } else {
-        "pending_count"
-    }
 }
 
 /// Moves one recipient from the waiting counter to `in_progress`; the batch's first dial makes
@@ -196,93 +182,13 @@ pub(crate) async fn on_dial_started_in(
     let Some(call) = batch_call(conn, id).await? else {
         return Ok(());
     };
-    let from = waiting_counter(call.attempt);
-    sqlx::query(&format!(
-        "UPDATE batches SET {from} = {from} - 1, in_progress_count = in_progress_count + 1, \
-         status = CASE WHEN status = 'pending' THEN 'in_progress' ELSE status END, \
-         started_at = COALESCE(started_at, $2), updated_at = $2 WHERE id = $1"
-    ))
-    .bind(call.batch_id)
-    .bind(now.0)
-    .execute(&mut *conn)
-    .await
-    .map_err(db_err)?;
-    Ok(())
-}
-
-/// Moves one recipient to where its settled attempt puts it: `pending_retry` when the chain's
-/// next attempt was scheduled, else the outcome's counter. The last recipient to settle
-/// completes the batch. Called by `finish_attempt` in its transaction.
-pub(crate) async fn on_attempt_finished_in(
-    conn: &mut AnyConnection,
-    id: &str,
-    status: CallStatus,
-    retry_scheduled: bool,
-    now: Millis,
-) -> Result<(), StoreError> {
-    let Some(call) = batch_call(conn, id).await? else {
-        return Ok(());
-    };
-    // An attempt settled without being dialled (no trunk, agent gone) was still waiting.
-    let from = if call.started {
-        "in_progress_count"
-    } else {
-        waiting_counter(call.attempt)
-    };
-    let to = if retry_scheduled {
-        "pending_retry_count"
-    } else {
-        outcome_counter(status)
-    };
-    let duration = if !retry_scheduled && status == CallStatus::Completed {
-        call.duration_seconds.unwrap_or(0)
-    } else {
-        0
-    };
-    move_recipient(conn, call.batch_id, from, to, duration, now).await
-}
-
-/// A waiting batch call cancelled on its own (`POST /v1/conversations/{id}/cancel`). Called by
-/// `cancel_call` in its transaction.
-pub(crate) async fn on_canceled_in(
-    conn: &mut AnyConnection,
-    id: &str,
-    now: Millis,
-) -> Result<(), StoreError> {
-    let Some(call) = batch_call(conn, id).await? else {
-        return Ok(());
-    };
-    let from = waiting_counter(call.attempt);
-    move_recipient(conn, call.batch_id, from, "canceled_count", 0, now).await
-}
-
-async fn move_recipient(
-    conn: &mut AnyConnection,
-    batch_id: i64,
-    from: &str,
-    to: &str,
-    duration: i64,
-    now: Millis,
-) -> Result<(), StoreError> {
-    // SET expressions read the row as it was, so "this was the last unfinished recipient" is
-    // an unfinished total of 1 before the move, when the recipient lands in a final counter.
-    let completes = if to == "pending_retry_count" {
-        "0 = 1"
-    } else {
-        "pending_count + in_progress_count + pending_retry_count = 1"
-    };
-    sqlx::query(&format!(
-        "UPDATE batches SET {from} = {from} - 1, {to} = {to} + 1, \
-         completed_duration_seconds = completed_duration_seconds + $2, \
-         status = CASE WHEN status IN ('pending', 'in_progress', 'paused') AND {completes} \
-         THEN 'completed' ELSE status END, updated_at = $3 WHERE id = $1"
-    ))
-    .bind(batch_id)
-    .bind(duration)
-    .bind(now.0)
-    .execute(&mut *conn)
-    .await
-    .map_err(db_err)?;
+    let attempt = u32::try_from(call.attempt).map_err(|_| corrupt("calls.attempt"))?;
+    sqlx::query(&crate::settle::dial_started_sql(attempt))
+        .bind(call.batch_id)
+        .bind(now.0)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
     Ok(())
 }
 
@@ -450,8 +356,8 @@ impl SqlStore {
         Ok(batch(&row)?)
     }
 
-    /// Settles every waiting call of the batch as `canceled`, with its event and its
-    /// `call.canceled` webhook, and moves their recipients to `canceled_count`. Calls already
+    /// Settles every waiting call of the batch as `canceled`, with what each settlement decides
+    /// (event, `call.canceled` webhook, recipient moved to `canceled_count`). Calls already
     /// dialling are not touched: their own settlement counts them. Calls first, then the batch
     /// row: the same lock order as `begin_dial`, so the two cannot deadlock on PostgreSQL.
     async fn cancel_batch_in(
@@ -474,12 +380,12 @@ impl SqlStore {
         .map(|r| get::<String>(r, "id"))
         .collect::<Result<_, _>>()?;
         let agent = agent_config(conn, batch.agent).await?;
-        let (mut first, mut retries) = (0i64, 0i64);
+        let mut canceled = 0usize;
         for ids in waiting.chunks(CANCEL_CHUNK) {
             let update_sql = format!(
                 "UPDATE calls SET status = 'canceled', ended_at = $1, lease_owner = NULL, lease_until = NULL \
                  WHERE tenant_id = $2 AND id IN ({}) AND status IN ({cancellable}) \
-                 RETURNING attempt, {CONVERSATION_COLUMNS}",
+                 RETURNING {CONVERSATION_COLUMNS}",
                 placeholders(3, ids.len())
             );
             let mut update = sqlx::query(&update_sql).bind(now.0).bind(batch.tenant.0);
@@ -489,59 +395,24 @@ impl SqlStore {
             // Only what this statement settled: a call that began dialling since the SELECT is
             // no longer waiting and is left to its own settlement.
             let settled = update.fetch_all(&mut *conn).await.map_err(db_err)?;
-            if settled.is_empty() {
-                continue;
-            }
-            let mut events = Vec::with_capacity(settled.len());
-            let history_sql = format!(
-                "INSERT INTO call_events (call_id, tenant_id, at, status, detail) \
-                 SELECT id, tenant_id, $1, 'canceled', 'batch canceled' FROM calls WHERE id IN ({})",
-                placeholders(2, settled.len())
-            );
-            let mut history = sqlx::query(&history_sql).bind(now.0);
-            for row in &settled {
-                if get::<i64>(row, "attempt")? > 1 {
-                    retries += 1;
-                } else {
-                    first += 1;
-                }
-                let conversation = rows::conversation(row)?;
-                history = history.bind(conversation.id.to_string());
-                // A canceled call never rang, so its event has no recording URL to build.
-                events.push(
-                    domain::webhooks::terminal::terminal_event(
-                        &conversation,
-                        agent.as_ref(),
-                        None,
-                        "",
-                        now,
-                    )
-                    .map_err(|e| {
-                        StoreError::Database(format!("building the webhook event: {e}").into())
-                    })?,
-                );
-            }
-            history.execute(&mut *conn).await.map_err(db_err)?;
-            crate::outbox::enqueue_many_in(conn, self.backend, batch.tenant, batch.agent, &events)
-                .await?;
+            let decisions = settled
+                .iter()
+                .map(|row| {
+                    let detail = Some("batch canceled".to_string());
+                    SettledRow::with_agent(row, agent.clone())?
+                        .decide(Event::Canceled { detail }, now)
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            crate::settle::execute_in(conn, self.backend, &decisions, now).await?;
+            canceled += decisions.len();
         }
-        sqlx::query(
-            "UPDATE batches SET pending_count = pending_count - $1, \
-             pending_retry_count = pending_retry_count - $2, canceled_count = canceled_count + $1 + $2, \
-             status = 'canceled', updated_at = $3 WHERE id = $4",
-        )
-        .bind(first)
-        .bind(retries)
-        .bind(now.0)
-        .bind(batch.id)
-        .execute(&mut *conn)
-        .await
-        .map_err(db_err)?;
-        tracing::info!(
-            batch_id = batch.id,
-            canceled = first + retries,
-            "batch canceled"
-        );
+        sqlx::query("UPDATE batches SET status = 'canceled', updated_at = $1 WHERE id = $2")
+            .bind(now.0)
+            .bind(batch.id)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        tracing::info!(batch_id = batch.id, canceled, "batch canceled");
         Ok(())
     }
 }

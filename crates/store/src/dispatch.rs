@@ -3,14 +3,16 @@
 
 use crate::calls::insert_event;
 use crate::locks::{lock, lock_shared, LockKey};
-use crate::rows::{self, corrupt, get, json};
+use crate::rows::{corrupt, get, json};
+use crate::settle::{execute_in, SettledRow, SETTLED_RETURNING};
 use crate::{db_err, Backend, SqlStore};
 use domain::agent::AgentConfig;
 use domain::call::{AnsweredBy, Parameter, RetryContext};
 use domain::dispatch::{
     BeginDial, CancelOutcome, DialLimits, DialStart, DispatchStore, DueCall, DueTrunk,
-    FinishAttempt, OrphanedCall, TrunkLane,
+    FinishAttempt, OrphanedCall, Settled, TrunkLane,
 };
+use domain::lifecycle::settle::Event;
 use domain::lifecycle::{sql_list, Transition, DIALLED, WAITING};
 use domain::store::StoreError;
 use domain::telephony::TrunkTarget;
@@ -39,9 +41,9 @@ async fn listed(conn: &mut AnyConnection, tenant: i64, phone: &str) -> Result<bo
         .is_some())
 }
 
-/// Settles a call that was never dialled as `canceled`: its event, its batch counter and its
-/// `call.canceled` webhook event, all in the caller's transaction. `None` when the call was no
-/// longer waiting (dialled, settled or taken back in the meantime).
+/// Settles a call that was never dialled as `canceled`, with everything its settlement decides
+/// (event, batch counter, `call.canceled` webhook event), in the caller's transaction. `None`
+/// when the call was no longer waiting (dialled, settled or taken back in the meantime).
 pub(crate) async fn cancel_waiting_in(
     conn: &mut AnyConnection,
     backend: Backend,
@@ -50,37 +52,27 @@ pub(crate) async fn cancel_waiting_in(
     reason: Option<&str>,
     now: Millis,
 ) -> Result<Option<domain::call::Conversation>, StoreError> {
-    let updated = sqlx::query(&format!(
+    let row = sqlx::query(&format!(
         "UPDATE calls SET status = 'canceled', failure_reason = $1, ended_at = $2, lease_owner = NULL, \
-         lease_until = NULL WHERE tenant_id = $3 AND id = $4 AND status IN ({})",
-        Transition::Cancel.from_sql()
+         lease_until = NULL WHERE tenant_id = $3 AND id = $4 AND status IN ({}) RETURNING {}",
+        Transition::Cancel.from_sql(),
+        *SETTLED_RETURNING
     ))
     .bind(reason)
     .bind(now.0)
     .bind(tenant)
     .bind(id)
-    .execute(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await
-    .map_err(db_err)?
-    .rows_affected();
-    if updated == 0 {
+    .map_err(db_err)?;
+    let Some(row) = row else {
         return Ok(None);
-    }
-    insert_event(
-        &mut *conn,
-        id,
-        tenant,
-        now,
-        CallStatus::Canceled,
-        reason.map(str::to_string),
-    )
-    .await?;
-    crate::batches::on_canceled_in(&mut *conn, id, now).await?;
-    let id: ConversationId = id.parse().map_err(|_| corrupt("calls.id"))?;
-    // A cancelled call never rang, so its event has no recording URL to build.
-    emit_terminal_event(conn, backend, id, None, "", now)
-        .await
-        .map(Some)
+    };
+    let settled = SettledRow::read(&row)?;
+    let detail = reason.map(str::to_string);
+    let decision = settled.decide(Event::Canceled { detail }, now)?;
+    execute_in(conn, backend, std::slice::from_ref(&decision), now).await?;
+    Ok(Some(settled.call))
 }
 
 async fn count(
@@ -175,47 +167,6 @@ const DUE_CALL_SELECT: &str = "SELECT c.id AS id, c.tenant_id AS tenant_id, c.ag
     LEFT JOIN phone_numbers pn ON pn.tenant_id = c.tenant_id AND pn.number = c.from_phone \
     LEFT JOIN trunks tr ON tr.id = pn.trunk_id \
     WHERE c.id = $1";
-
-/// The settled conversation with its agent's config; built once, it runs on every settle.
-static TERMINAL_EVENT_SELECT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let columns: Vec<String> = rows::CONVERSATION_COLUMNS
-        .split(", ")
-        .map(|col| format!("c.{col} AS {col}"))
-        .collect();
-    format!(
-        "SELECT {}, a.config AS agent_config FROM calls c LEFT JOIN agents a ON a.id = c.agent_id WHERE c.id = $1",
-        columns.join(", ")
-    )
-});
-
-/// Writes the conversation's `call.<outcome>` event to the outbox in the caller's transaction,
-/// so the event exists exactly when the outcome does. Returns the conversation as settled.
-async fn emit_terminal_event(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    id: ConversationId,
-    next_retry_at: Option<Millis>,
-    public_url: &str,
-    now: Millis,
-) -> Result<domain::call::Conversation, StoreError> {
-    let row = sqlx::query(&TERMINAL_EVENT_SELECT)
-        .bind(id.to_string())
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(db_err)?;
-    let conversation = rows::conversation(&row)?;
-    let agent = rows::agent_config(get(&row, "agent_config")?)?;
-    let event = domain::webhooks::terminal::terminal_event(
-        &conversation,
-        agent.as_ref(),
-        next_retry_at,
-        public_url,
-        now,
-    )
-    .map_err(|e| StoreError::Database(format!("building the webhook event: {e}").into()))?;
-    crate::outbox::enqueue_in(conn, backend, &event).await?;
-    Ok(conversation)
-}
 
 /// The trunk takes no new INVITE before `until`; a gate already shut for longer stays so (a
 /// 503's hold is never shortened by a dial's token, nor the other way round).
@@ -804,7 +755,11 @@ impl DispatchStore for SqlStore {
         tx.commit().await
     }
 
-    async fn finish_attempt(&self, f: FinishAttempt, now: Millis) -> Result<bool, StoreError> {
+    async fn finish_attempt(
+        &self,
+        f: FinishAttempt,
+        now: Millis,
+    ) -> Result<Option<Settled>, StoreError> {
         let id = f.id.to_string();
         let transcript =
             serde_json::to_string(&f.transcript).map_err(|e| StoreError::Database(e.into()))?;
@@ -843,7 +798,8 @@ impl DispatchStore for SqlStore {
             "UPDATE calls SET status = $1, failure_reason = $2, ended_at = $3, duration_seconds = $4, \
              recording_path = $5, transcript = $6, results = $7, latency = $11, stage_id = $12, answered_by = $13, transfer = $14, \
              lease_owner = NULL, lease_until = NULL WHERE id = $8 AND ((status IN ({dialled}) AND (lease_owner = $9 OR lease_until < $10)){refused}) \
-             RETURNING tenant_id"
+             RETURNING {}",
+            *SETTLED_RETURNING
         ))
         .bind(f.status.as_str())
         .bind(f.failure_reason.clone())
@@ -863,75 +819,13 @@ impl DispatchStore for SqlStore {
         .await
         .map_err(db_err)?
         else {
-            return Ok(false);
+            return Ok(None);
         };
-        let tenant: i64 = get(&row, "tenant_id")?;
-        insert_event(
-            &mut tx,
-            &id,
-            tenant,
-            f.ended_at,
-            f.status,
-            f.failure_reason.clone(),
-        )
-        .await?;
-        emit_terminal_event(&mut tx, self.backend, f.id, f.retry_at, &f.public_url, now).await?;
-        if let Some(job) = &f.post_call {
-            // With the settlement, so the job exists exactly when the settled call does.
-            crate::transcription::insert_post_call_in(&mut tx, tenant, &id, job, now).await?;
-        }
-        if let Some(due) = f.retry_at {
-            let next = f.id.next_attempt();
-            sqlx::query(
-                "INSERT INTO calls (id, chain_id, attempt, tenant_id, agent_id, status, immediate, customer_phone, \
-                 from_phone, parameters, metadata, retry_context, scheduled_for, due_at, trace_id, batch_id, results, created_at) \
-                 SELECT $1, chain_id, attempt + 1, tenant_id, agent_id, 'scheduled', 0, customer_phone, from_phone, \
-                 parameters, metadata, retry_context, $2, $2, trace_id, batch_id, '{}', $3 FROM calls WHERE id = $4",
-            )
-            .bind(next.to_string())
-            .bind(due.0)
-            .bind(now.0)
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-            insert_event(
-                &mut tx,
-                &next.to_string(),
-                tenant,
-                now,
-                CallStatus::Scheduled,
-                Some(format!("retry of {id}")),
-            )
-            .await?;
-        }
-        crate::batches::on_attempt_finished_in(&mut tx, &id, f.status, f.retry_at.is_some(), now)
-            .await?;
-        if f.opted_out {
-            // After the settlement above, so the waiting calls it cancels are the others.
-            let row = sqlx::query("SELECT customer_phone FROM calls WHERE id = $1")
-                .bind(id.as_str())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            let listing = domain::do_not_call::Listing {
-                number: E164::from_trusted(get(&row, "customer_phone")?),
-                reason: Some("asked during the call".into()),
-            };
-            lock(&mut tx, self.backend, LockKey::do_not_call(tenant)).await?;
-            let source = domain::do_not_call::Source::Call;
-            crate::do_not_call::list_number_in(
-                &mut tx,
-                self.backend,
-                tenant,
-                &listing,
-                source,
-                now,
-            )
-            .await?;
-        }
+        let decision = SettledRow::read(&row)?.decide(f.event(), now)?;
+        let retry_at = decision.retry.map(|r| r.due);
+        execute_in(&mut tx, self.backend, std::slice::from_ref(&decision), now).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(Settled { retry_at }))
     }
 
     async fn orphaned_calls(
@@ -940,9 +834,8 @@ impl DispatchStore for SqlStore {
         limit: u32,
     ) -> Result<Vec<OrphanedCall>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT c.id AS id, c.attempt AS attempt, a.config AS config FROM calls c \
-             LEFT JOIN agents a ON a.id = c.agent_id WHERE c.status IN ({}) AND c.lease_until < $1 \
-             ORDER BY c.lease_until LIMIT $2",
+            "SELECT id FROM calls WHERE status IN ({}) AND lease_until < $1 \
+             ORDER BY lease_until LIMIT $2",
             Transition::Interrupt.from_sql()
         ))
         .bind(now.0)
@@ -953,12 +846,8 @@ impl DispatchStore for SqlStore {
         rows.iter()
             .map(|row| {
                 let id: String = get(row, "id")?;
-                let retry_policy =
-                    rows::agent_config(get(row, "config")?)?.and_then(|c| c.retry_policy);
                 Ok(OrphanedCall {
                     id: id.parse().map_err(|_| corrupt("calls.id"))?,
-                    attempt: u32::try_from(get::<i64>(row, "attempt")?).unwrap_or(1),
-                    retry_policy,
                 })
             })
             .collect()

@@ -16,6 +16,7 @@ mod outbox;
 mod pages;
 mod rows;
 pub mod secrets;
+mod settle;
 mod sqlite_writer;
 mod transcription;
 mod webhooks;

@@ -668,22 +668,25 @@ async fn story_post_call_transcripts(store: Arc<dyn Store>) {
     assert!(store
         .finish_attempt(settle(asked, Some(job.clone())), ended)
         .await
-        .unwrap());
+        .unwrap()
+        .is_some());
     // The settlement tried again (a node that did not see its commit) settles nothing and
     // makes no second job.
     let again = PostCallJob {
         id: JobId::new(),
         ..job.clone()
     };
-    assert!(!store
+    assert!(store
         .finish_attempt(settle(asked, Some(again.clone())), ended)
         .await
-        .unwrap());
+        .unwrap()
+        .is_none());
     assert!(store.get_job(t, &again.id).await.unwrap().is_none());
     assert!(store
         .finish_attempt(settle(plain, None), ended)
         .await
-        .unwrap());
+        .unwrap()
+        .is_some());
 
     let pending = store
         .post_call_transcript(t, asked)
@@ -955,6 +958,86 @@ macro_rules! on_both {
     };
 }
 
+/// The retry is the settlement's: the agent's policy as the settling transaction reads it
+/// schedules the chain's next attempt (a node's report carries no retry), and an agent deleted
+/// while its call was live gets none.
+async fn story_retries_by_the_agents_policy(store: Arc<dyn Store>) {
+    use domain::dispatch::{BeginDial, DialLimits, FinishAttempt};
+    use domain::CallStatus;
+    let policy = json!({"retry_policy": {"on": ["busy"], "max_attempts": 2, "delay_seconds": 60}});
+    let mut calls = Vec::new();
+    for (name, number) in [("kept", "+918035739222"), ("gone", "+918035739223")] {
+        let (t, agent) =
+            testkit::dialling_agent(store.as_ref(), name, number, None, policy.clone(), T0).await;
+        let id = store
+            .create_call(new_call(t, agent, "+919876500001", T0))
+            .await
+            .unwrap()
+            .conversation_id;
+        calls.push((t, agent, id));
+    }
+    let lease_until = Millis(T0.0 + 30_000);
+    for call in store.claim_due("n1", T0, lease_until, 10).await.unwrap() {
+        let started = store
+            .begin_dial(call.id, "n1", T0, lease_until, None, &DialLimits::default())
+            .await
+            .unwrap();
+        assert_eq!(started, BeginDial::Started);
+    }
+    let (gone_tenant, gone_agent, _) = calls[1];
+    assert!(store
+        .delete_agent(gone_tenant, gone_agent, T0)
+        .await
+        .unwrap());
+    let now = Millis(T0.0 + 20_000);
+    let busy = |id| FinishAttempt {
+        failure_reason: Some("486 Busy Here".into()),
+        ..FinishAttempt::bare(id, "n1", CallStatus::Busy, now)
+    };
+    let mut settled = Vec::new();
+    for (t, _, id) in &calls {
+        let done = store.finish_attempt(busy(*id), now).await.unwrap().unwrap();
+        let next = store.get_conversation(*t, id.next_attempt()).await.unwrap();
+        settled.push((done.retry_at, next.map(|c| (c.status, c.scheduled_for))));
+    }
+    let due = Millis(now.0 + 60_000);
+    assert_eq!(
+        settled,
+        vec![
+            (Some(due), Some((CallStatus::Scheduled, Some(due)))),
+            (None, None),
+        ]
+    );
+    // The last attempt the policy allows is not retried.
+    let (t, _, first) = calls[0];
+    let second = first.next_attempt();
+    let lease_until = Millis(due.0 + 30_000);
+    assert_eq!(
+        store
+            .claim_due("n1", due, lease_until, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let started = store
+        .begin_dial(second, "n1", due, lease_until, None, &DialLimits::default())
+        .await
+        .unwrap();
+    assert_eq!(started, BeginDial::Started);
+    let last = FinishAttempt {
+        ended_at: due,
+        ..busy(second)
+    };
+    let done = store.finish_attempt(last, due).await.unwrap().unwrap();
+    assert_eq!(done.retry_at, None);
+    let third = store
+        .get_conversation(t, second.next_attempt())
+        .await
+        .unwrap();
+    assert!(third.is_none());
+}
+
 async fn keys_and_agents(store: Arc<dyn Store>) {
     story_keys_and_agents(store.as_ref()).await
 }
@@ -975,6 +1058,10 @@ on_both!(
 on_both!(
     post_call_transcripts_on_every_backend,
     story_post_call_transcripts
+);
+on_both!(
+    retries_by_the_agents_policy_on_every_backend,
+    story_retries_by_the_agents_policy
 );
 
 #[test]

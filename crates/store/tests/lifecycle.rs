@@ -2,8 +2,10 @@
 //! the API and the sweep do to a batch's calls (claims, dials, rings, answers, ends with
 //! retries, cancels, defers, duplicates of each, two nodes racing, a node dying) never move a
 //! call in a way `domain::lifecycle` does not allow, never out of a terminal status, give each
-//! settled attempt exactly one terminal webhook event, and keep the batch's counters equal to
-//! what its calls say.
+//! settled attempt exactly one terminal webhook event whose `retry` block says what the
+//! settlement did (a next attempt exists exactly when the event says one is due), and keep the
+//! batch's counters adding up to its recipients after every step and equal to what its calls
+//! say at the end.
 
 mod common;
 
@@ -50,6 +52,7 @@ enum Step {
     Claim(&'static str),
     Dial(&'static str, ConversationId),
     Mark(&'static str, ConversationId, CallStatus),
+    /// An attempt's end, reported by a node; `true`: the callee asked not to be called again.
     End(&'static str, ConversationId, CallStatus, bool),
     Defer(&'static str, ConversationId),
     Cancel(ConversationId),
@@ -70,13 +73,25 @@ impl Step {
     }
 }
 
+/// The agent's retry policy decides retries (in the settlement): some outcomes are retried,
+/// others not, three attempts at most.
+fn agent_config() -> serde_json::Value {
+    serde_json::json!({"retry_policy": {
+        "on": ["busy", "no_answer", "failed", "unreachable"],
+        "max_attempts": 3,
+        "delay_seconds": 1,
+    }})
+}
+
 async fn run(store: &dyn Store, seed: u64) -> (TenantId, Vec<Step>) {
-    let (tenant, agent) = common::tenant_with_agent(store, "acme", "+918035739222").await;
+    let t0 = Millis(1_775_000_000_000);
+    let (tenant, agent) =
+        testkit::dialling_agent(store, "acme", "+918035739222", None, agent_config(), t0).await;
     let csv: String = (0..RECIPIENTS).fold("customer_phone\n".into(), |csv, i| {
         csv + &format!("+9198{i:08}\n")
     });
-    let mut now = Millis(1_775_000_000_000);
-    store
+    let mut now = t0;
+    let created = store
         .create_batch(NewBatch {
             tenant,
             agent,
@@ -96,6 +111,7 @@ async fn run(store: &dyn Store, seed: u64) -> (TenantId, Vec<Step>) {
         pace: None,
     };
     let mut rng = Rng(seed);
+    let batch_id = created.id;
     let mut known: Vec<ConversationId> = Vec::new();
     let mut done: Vec<Step> = Vec::new();
     for _ in 0..STEPS {
@@ -137,13 +153,13 @@ async fn run(store: &dyn Store, seed: u64) -> (TenantId, Vec<Step>) {
             Step::Mark(node, id, status) => {
                 store.mark_progress(*id, node, *status, now).await.unwrap();
             }
-            Step::End(node, id, status, retry) => {
-                let retry_at =
-                    (*retry && *status != CallStatus::Completed).then_some(Millis(now.0 + 1_000));
-                store
-                    .finish_attempt(finish(id, node, *status, retry_at, now), now)
-                    .await
-                    .unwrap();
+            Step::End(node, id, status, opted_out) => {
+                let f = FinishAttempt {
+                    // Only an answered callee can ask; `completed` stands for that here.
+                    opted_out: *opted_out && *status == CallStatus::Completed,
+                    ..finish(id, node, *status, now)
+                };
+                store.finish_attempt(f, now).await.unwrap();
             }
             Step::Defer(node, id) => {
                 store
@@ -157,27 +173,33 @@ async fn run(store: &dyn Store, seed: u64) -> (TenantId, Vec<Step>) {
             Step::Sweep => {
                 now = Millis(now.0 + LEASE_MS + 1);
                 for o in store.orphaned_calls(now, 100).await.unwrap() {
-                    let f = finish(&o.id, "sweeper", CallStatus::Failed, None, now);
+                    let url = "http://127.0.0.1:8080";
+                    let f = FinishAttempt::interrupted(o.id, "sweeper", url, now);
                     store.finish_attempt(f, now).await.unwrap();
                 }
             }
         }
+        // Every settlement moves one recipient between counters: the total never changes.
+        let counts = store
+            .get_batch(tenant, batch_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .counts;
+        assert_eq!(
+            counts.total(),
+            i64::from(RECIPIENTS),
+            "seed {seed}, after {step:?}: {counts:?}"
+        );
         done.push(step);
     }
     (tenant, done)
 }
 
-fn finish(
-    id: &ConversationId,
-    node: &str,
-    status: CallStatus,
-    retry_at: Option<Millis>,
-    now: Millis,
-) -> FinishAttempt {
+fn finish(id: &ConversationId, node: &str, status: CallStatus, now: Millis) -> FinishAttempt {
     FinishAttempt {
         failure_reason: (status != CallStatus::Completed).then(|| "test".into()),
         duration_seconds: Some(3),
-        retry_at,
         public_url: "http://127.0.0.1:8080".into(),
         ..FinishAttempt::bare(*id, node, status, now)
     }
@@ -202,6 +224,15 @@ async fn check(
         .await
         .unwrap();
     let mut latest: HashMap<String, (i64, CallStatus)> = HashMap::new();
+    // Each attempt's id, and when it was due: what a settlement's retry wrote.
+    let due: HashMap<String, i64> =
+        sqlx::query("SELECT id, scheduled_for FROM calls WHERE attempt > 1")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get("id"), r.get("scheduled_for")))
+            .collect();
     let mut tally = CallStatusTally::default();
     let mut batch = 0i64;
     for row in &calls {
@@ -232,23 +263,37 @@ async fn check(
             );
         }
         assert_eq!(history.last(), Some(&status), "{id}; {}", ctx(&id));
-        let events: Vec<String> =
-            sqlx::query("SELECT event_type FROM outbox_events WHERE conversation_id = $1")
+        let outbox =
+            sqlx::query("SELECT event_type, payload FROM outbox_events WHERE conversation_id = $1")
                 .bind(&id)
                 .fetch_all(&mut conn)
                 .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get("event_type"))
-                .collect();
+                .unwrap();
+        let events: Vec<String> = outbox.iter().map(|r| r.get("event_type")).collect();
+        // The event says a next attempt is due exactly when the settlement wrote one, and when.
+        let chain: String = row.get("chain_id");
+        let attempt: i64 = row.get("attempt");
+        let next = due.get(&format!("{chain}_{}", attempt + 1));
+        for r in &outbox {
+            let payload: serde_json::Value =
+                serde_json::from_str(&r.get::<String, _>("payload")).unwrap();
+            let retry = &payload["data"]["retry"];
+            assert_eq!(
+                retry["is_final_attempt"],
+                next.is_none(),
+                "{id}; {}",
+                ctx(&id)
+            );
+            let at = next.map(|ms| Millis(*ms).to_rfc3339_millis());
+            assert_eq!(retry["next_retry_at"].as_str(), at.as_deref(), "{id}");
+            assert!(attempt < 3 || next.is_none(), "{id}: past max_attempts");
+        }
         let expected = if status.is_terminal() {
             vec![format!("call.{status}")]
         } else {
             Vec::new()
         };
         assert_eq!(events, expected, "{id} ({history:?}); {}", ctx(&id));
-        let attempt: i64 = row.get("attempt");
-        let chain: String = row.get("chain_id");
         let e = latest.entry(chain).or_insert((attempt, status));
         if attempt >= e.0 {
             *e = (attempt, status);

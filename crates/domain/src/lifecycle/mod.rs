@@ -1,7 +1,10 @@
 //! A call's life as data: every way its status may change, with the statuses it may change from.
 //! `CallStatus::can_become` is read off this table, and the store builds the conditions of its
 //! conditional updates (`WHERE status IN (...)`) from it, so the drawn machine and the enforced
-//! one are the same list.
+//! one are the same list. What a settlement writes besides the status (history, webhook, retry,
+//! batch counters) is decided by [`settle::settle`], from the same table.
+
+pub mod settle;
 
 use crate::call::CallStatus;
 use std::fmt::Write as _;
