@@ -181,6 +181,7 @@ async fn main() {
                 password: credentials.then(|| "s3cret".to_string()),
                 transport: args.transport,
                 register: false,
+                srtp: domain::telephony::Srtp::Off,
             },
             ring_timeout: Duration::from_secs(30),
             max_duration: Duration::from_secs(args.seconds),

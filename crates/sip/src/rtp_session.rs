@@ -2,13 +2,14 @@
 //! the `media` crate in between. One task per call owns all of it, so nothing here locks.
 
 use crate::recording::Recorder;
-use crate::sdp::{Codec, Direction, RemoteMedia, OFFERED_TELEPHONE_EVENT_PT};
+use crate::sdp::{Codec, Crypto, Direction, RemoteMedia, SrtpKeys, OFFERED_TELEPHONE_EVENT_PT};
 use domain::telephony::AudioFrame;
 use media::dtmf::{DtmfReceiver, DtmfSender};
 use media::jitter::{JitterBuffer, JitterConfig, Playout};
 use media::resample::{Downsampler, Upsampler};
 use media::rtp::RtpPacket;
 use media::sender::{Pacer, RtpSender, SenderConfig};
+use media::srtp::{is_rtcp, SrtpContext};
 use media::{g711, FRAME_SAMPLES};
 use std::collections::VecDeque;
 use std::io;
@@ -40,6 +41,7 @@ pub(crate) struct Counters {
     late: AtomicU64,
     received: AtomicU64,
     lost: AtomicU64,
+    refused: AtomicU64,
 }
 
 /// A snapshot of [`crate::SipTelephony::media_stats`].
@@ -53,6 +55,9 @@ pub struct MediaStats {
     pub packets_received: u64,
     /// Inbound packets the jitter buffer found missing at playout (finished calls only).
     pub packets_lost: u64,
+    /// Inbound SRTP packets refused: failed authentication (tampered, or another key) or
+    /// replayed. They count as neither received nor heard.
+    pub packets_refused: u64,
 }
 
 impl Counters {
@@ -62,6 +67,7 @@ impl Counters {
             packets_late: self.late.load(Ordering::Relaxed),
             packets_received: self.received.load(Ordering::Relaxed),
             packets_lost: self.lost.load(Ordering::Relaxed),
+            packets_refused: self.refused.load(Ordering::Relaxed),
         }
     }
 }
@@ -112,6 +118,8 @@ pub(crate) enum MediaCommand {
     },
     Dtmf(char),
     Flush,
+    /// The SRTP keys agreed anew (a re-INVITE's, or the 200 after early media).
+    Keys(SrtpKeys),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -130,6 +138,48 @@ pub(crate) struct MediaSetup {
     pub ssrc: u32,
     pub initial_sequence: u16,
     pub initial_timestamp: u32,
+    /// SRTP's keys; `None` for plain RTP.
+    pub srtp: Option<SrtpKeys>,
+}
+
+/// The two SRTP contexts of a secure stream: ours protects what we send, the far end's
+/// checks and decrypts what it sends.
+struct Protection {
+    keys: SrtpKeys,
+    outbound: SrtpContext,
+    inbound: SrtpContext,
+}
+
+impl Protection {
+    fn new(keys: SrtpKeys) -> Self {
+        Self {
+            outbound: outbound_context(&keys.ours),
+            inbound: inbound_context(&keys.theirs),
+            keys,
+        }
+    }
+
+    /// New contexts only for a side whose key changed: a refresh that repeats the keys keeps
+    /// the rollover counters and replay windows.
+    fn rekey(&mut self, keys: SrtpKeys) {
+        if keys.ours != self.keys.ours {
+            info!("our SRTP key changed");
+            self.outbound = outbound_context(&keys.ours);
+        }
+        if keys.theirs != self.keys.theirs {
+            info!("the far end's SRTP key changed");
+            self.inbound = inbound_context(&keys.theirs);
+        }
+        self.keys = keys;
+    }
+}
+
+fn outbound_context(c: &Crypto) -> SrtpContext {
+    SrtpContext::new(c.suite, &c.key)
+}
+
+fn inbound_context(c: &Crypto) -> SrtpContext {
+    SrtpContext::new(c.suite, &c.key).with_mki(c.mki.clone().unwrap_or_default())
 }
 
 /// The call task's side of a running media session.
@@ -193,6 +243,9 @@ struct Session {
     narrow_in: Vec<i16>,
     payload: Vec<u8>,
     packet: Vec<u8>,
+    srtp: Option<Protection>,
+    /// An inbound SRTP packet being decrypted.
+    scratch: Vec<u8>,
 }
 
 impl Session {
@@ -227,6 +280,8 @@ impl Session {
             narrow_in: Vec::with_capacity(FRAME_SAMPLES),
             payload: Vec::with_capacity(FRAME_SAMPLES),
             packet: vec![0; media::rtp::HEADER_LEN + FRAME_SAMPLES],
+            srtp: setup.srtp.map(Protection::new),
+            scratch: Vec::with_capacity(RECV_BUF),
         }
     }
 
@@ -306,10 +361,38 @@ impl Session {
                     while outbound.try_recv().is_ok() {}
                 }
             }
+            MediaCommand::Keys(keys) => match self.srtp.as_mut() {
+                Some(p) => p.rekey(keys),
+                None => self.srtp = Some(Protection::new(keys)),
+            },
         }
     }
 
+    /// A datagram on the media port: an SRTP stream's is authenticated and decrypted first, and
+    /// one that fails is dropped before anything (symmetric RTP's address learning included)
+    /// sees it.
     fn receive(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) {
+        let Some(protection) = self.srtp.as_mut() else {
+            return self.receive_rtp(datagram, from, now);
+        };
+        if is_rtcp(datagram) {
+            // We send no RTCP and read none (plain or SRTCP).
+            return;
+        }
+        let mut plain = std::mem::take(&mut self.scratch);
+        plain.clear();
+        plain.extend_from_slice(datagram);
+        match protection.inbound.unprotect_rtp(&mut plain) {
+            Ok(()) => self.receive_rtp(&plain, from, now),
+            Err(e) => {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                debug!(error = %e, %from, "SRTP packet refused");
+            }
+        }
+        self.scratch = plain;
+    }
+
+    fn receive_rtp(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) {
         let Ok(packet) = RtpPacket::parse(datagram) else {
             return;
         };
@@ -347,6 +430,19 @@ impl Session {
             None
         } else {
             self.outgoing(frame)
+        };
+        let len = match (len, self.srtp.as_mut()) {
+            (Some(len), Some(protection)) => {
+                self.packet.truncate(len);
+                match protection.outbound.protect_rtp(&mut self.packet) {
+                    Ok(()) => Some(self.packet.len()),
+                    Err(e) => {
+                        warn!(error = %e, "SRTP refused to protect a packet; not sent");
+                        None
+                    }
+                }
+            }
+            (len, _) => len,
         };
         if let Some(len) = len {
             if now.saturating_duration_since(deadline) > LATE_THRESHOLD {

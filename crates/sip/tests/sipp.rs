@@ -666,6 +666,7 @@ async fn options_probe_reports_the_trunk() {
         password: None,
         transport: domain::telephony::Transport::Udp,
         register: false,
+        srtp: domain::telephony::Srtp::Off,
     };
     let reply = tel.options(&trunk).await.expect("OPTIONS answered");
     assert_eq!(reply.code, 200);
@@ -683,6 +684,7 @@ async fn options_probe_reports_the_trunk() {
         password: None,
         transport: domain::telephony::Transport::Udp,
         register: false,
+        srtp: domain::telephony::Srtp::Off,
     };
     let started = Instant::now();
     assert!(matches!(
