@@ -422,6 +422,15 @@ impl Call {
                     had_credentials: self.checked.username.is_some(),
                 });
             }
+            // Our RTP/SAVP offer refused: on a trunk that requires SRTP that is the trunk (or
+            // the callee's device) not speaking it, said as such.
+            let secure = self.sdp.as_ref().is_some_and(sdp::LocalSdp::secure);
+            if secure && (code == 488 || code == 606) {
+                return Err(Termination::Srtp(format!(
+                    "the far end refused our RTP/SAVP offer ({code} {})",
+                    reason_phrase(&resp)
+                )));
+            }
             return Err(Termination::Rejected {
                 code,
                 reason: reason_phrase(&resp),

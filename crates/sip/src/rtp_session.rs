@@ -594,3 +594,138 @@ fn write_packet(packet: &RtpPacket<'_>, out: &mut Vec<u8>) -> Option<usize> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sdp::Suite;
+
+    fn tone(frame: usize, hz: f64, rate: f64, len: usize) -> Vec<i16> {
+        (0..len)
+            .map(|i| {
+                let t = (frame * len + i) as f64 / rate;
+                (6_000.0 * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16
+            })
+            .collect()
+    }
+
+    fn rms(x: &[i16]) -> f64 {
+        (x.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt()
+    }
+
+    /// What leaves an SRTP stream is not the G.711 of the audio, decrypts with our key (the
+    /// sequence numbers crossing the rollover) to that audio; what comes in is heard only when
+    /// it carries the far end's key and an intact tag.
+    #[tokio::test]
+    async fn an_srtp_stream_sends_no_plain_rtp_and_hears_only_the_far_ends_key() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let ours = socket.local_addr().unwrap();
+        let far = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let suite = Suite::AesCm128HmacSha1_80;
+        let keys = SrtpKeys {
+            ours: Crypto::generate(1, suite),
+            theirs: Crypto::generate(1, suite),
+        };
+        let counters = Arc::new(Counters::default());
+        let handle = MediaHandle::start(
+            MediaSetup {
+                socket,
+                remote: RemoteMedia {
+                    addr: far.local_addr().unwrap(),
+                    codec: Codec::Pcmu,
+                    payload_type: 0,
+                    telephone_event: None,
+                    direction: Direction::SendRecv,
+                    secure: true,
+                },
+                recorder: None,
+                no_rtp_timeout: Duration::from_secs(10),
+                counters: counters.clone(),
+                ssrc: 0x5eed,
+                initial_sequence: 0xFFF8,
+                initial_timestamp: 0,
+                srtp: Some(keys.clone()),
+            },
+            Span::none(),
+        );
+        let (in_tx, mut inbound) = mpsc::channel(200);
+        let (out_tx, out_rx) = mpsc::channel(200);
+        for f in 0..40 {
+            out_tx
+                .send(tone(f, 1_000.0, 16_000.0, WIDE_FRAME))
+                .await
+                .unwrap();
+        }
+        let _ = handle.commands.send(MediaCommand::Attach {
+            inbound: in_tx,
+            outbound: out_rx,
+        });
+
+        let mut reader = SrtpContext::new(suite, &keys.ours.key);
+        let mut buf = [0u8; 2048];
+        let mut loud = 0;
+        for n in 0..30 {
+            let (len, _) = far.recv_from(&mut buf).await.unwrap();
+            let wire = buf[..len].to_vec();
+            assert_eq!(len, 12 + 160 + 10, "header, payload, 80-bit tag");
+            let mut plain = wire.clone();
+            reader
+                .unprotect_rtp(&mut plain)
+                .unwrap_or_else(|e| panic!("packet {n}: {e}"));
+            assert_eq!(plain[..12], wire[..12], "the header stays readable");
+            assert_ne!(plain[12..], wire[12..172], "the payload is encrypted");
+            let mut audio = Vec::new();
+            g711::ulaw_decode_slice(&plain[12..], &mut audio);
+            let mut on_wire = Vec::new();
+            g711::ulaw_decode_slice(&wire[12..172], &mut on_wire);
+            if rms(&audio) > 2_000.0 {
+                loud += 1;
+                // As audio, the ciphertext is noise: no 1 kHz tone in it.
+                let crossings = on_wire
+                    .windows(2)
+                    .filter(|w| (w[0] < 0) != (w[1] < 0))
+                    .count();
+                let tone_crossings = audio
+                    .windows(2)
+                    .filter(|w| (w[0] < 0) != (w[1] < 0))
+                    .count();
+                assert!((35..=45).contains(&tone_crossings), "{tone_crossings}");
+                assert!(crossings > 55, "{crossings}");
+            }
+        }
+        assert!(loud > 20, "our tone decrypted in {loud} of 30 packets");
+
+        // The far end's stream, with a tampered copy and a packet under another key mixed in.
+        let mut writer = SrtpContext::new(suite, &keys.theirs.key);
+        let mut stranger = SrtpContext::new(suite, &Crypto::generate(1, suite).key);
+        for seq in 0..40u16 {
+            let mut packet = vec![0x80, 0x00];
+            packet.extend(seq.to_be_bytes());
+            packet.extend((u32::from(seq) * 160).to_be_bytes());
+            packet.extend(0xfa5e_u32.to_be_bytes());
+            let mut payload = Vec::new();
+            g711::ulaw_encode_slice(&tone(seq.into(), 440.0, 8_000.0, 160), &mut payload);
+            packet.extend(payload);
+            let mut forged = packet.clone();
+            writer.protect_rtp(&mut packet).unwrap();
+            if seq % 10 == 5 {
+                let mut tampered = packet.clone();
+                tampered[20] ^= 0x01;
+                far.send_to(&tampered, ours).await.unwrap();
+                stranger.protect_rtp(&mut forged).unwrap();
+                far.send_to(&forged, ours).await.unwrap();
+            }
+            far.send_to(&packet, ours).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut heard = Vec::new();
+        while let Ok(frame) = inbound.try_recv() {
+            heard.extend(frame);
+        }
+        assert!(rms(&heard) > 1_000.0, "the far end's tone was not heard");
+        let stats = counters.snapshot();
+        assert_eq!(stats.packets_received, 40, "{stats:?}");
+        assert_eq!(stats.packets_refused, 8, "{stats:?}");
+        handle.stop().await;
+    }
+}
