@@ -729,6 +729,9 @@ impl Call {
                 None
             }
         };
+        if let Some(resp) = resp.as_ref() {
+            self.on_refresh_keys(resp);
+        }
         let t = self.session.as_mut()?;
         let code = resp.as_ref().map(|r| r.status_code.code());
         let headers = resp.as_ref().map(|r| &r.headers);
@@ -963,6 +966,29 @@ impl Call {
                 "far end {} the call",
                 if held { "held" } else { "resumed" }
             );
+        }
+    }
+
+    /// The answer to our re-INVITE refresh may carry a new key of the far end's (RFC 4568
+    /// §7.1.4 lets an answerer re-key): its packets are then only readable under that key.
+    fn on_refresh_keys(&mut self, resp: &Response) {
+        if resp.status_code.kind() != sip::StatusCodeKind::Successful
+            || !self.sdp.as_ref().is_some_and(sdp::LocalSdp::secure)
+        {
+            return;
+        }
+        let Some(Ok((remote, crypto))) = body_media(resp) else {
+            return;
+        };
+        match self.agree_keys(&remote, &crypto) {
+            Ok(Some(keys)) => {
+                self.media_command(MediaCommand::Remote(remote));
+                self.media_command(MediaCommand::Keys(keys));
+            }
+            Ok(None) => {}
+            Err(refusal) => {
+                warn!(error = %refusal, "refresh answer without usable SRTP; keys kept")
+            }
         }
     }
 

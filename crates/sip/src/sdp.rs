@@ -481,9 +481,10 @@ impl LocalSdp {
             })
             .ok_or(SrtpRefusal::NoCrypto)?;
         let keys = SrtpKeys { ours, theirs };
-        if srtp.agreed.as_ref() != Some(&keys) {
+        srtp.agreed = Some(keys.clone());
+        // Our description changes (and its version grows) only when lines are dropped.
+        if srtp.offered != [keys.ours.clone()] {
             srtp.offered = vec![keys.ours.clone()];
-            srtp.agreed = Some(keys.clone());
             self.version += 1;
             self.current = offer_with(
                 self.ip,
@@ -837,6 +838,17 @@ mod tests {
         // The 200 repeating the 183's answer changes nothing.
         assert_eq!(local.accept_answer(&m, &c).unwrap().unwrap(), keys);
         assert!(local.current().contains("o=outdial 1 2 "));
+        // An answer to a later re-offer (a refresh) with a new key under the same tag re-keys
+        // the far end's side only.
+        let rekeyed = srtp_answer("RTP/SAVP", &[(2, Suite::AesCm128HmacSha1_32)]);
+        let (m, c) = read(&rekeyed);
+        let new = local.accept_answer(&m, &c).unwrap().unwrap();
+        assert_eq!(new.ours, keys.ours);
+        assert_ne!(new.theirs.key, keys.theirs.key);
+        assert!(
+            local.current().contains("o=outdial 1 2 "),
+            "ours did not change"
+        );
         // A plain session takes no keys at all.
         let mut plain_local = LocalSdp::offer(local_ip(), 10_002, 1, false);
         assert_eq!(plain_local.accept_answer(&m, &c), Ok(None));
