@@ -911,3 +911,25 @@ async fn srtp_re_offers_keep_our_key_re_key_on_a_new_suite_and_plain_is_refused(
     );
     assert!(received.iter().any(|m| m.starts_with("SIP/2.0 488")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_srtp_refresh_re_offers_the_line_in_use_and_follows_the_answers_new_key() {
+    require_sipp!();
+    let mut sipp = Sipp::uas("srtp_refresh_rekey.xml", &["-rtp_echo"]);
+    // Until the refresh every echoed packet fails authentication: no "no RTP" hang-up meanwhile.
+    let tel = adapter(None, SECS(30)).await;
+    let (kinds, end) = run_call(&tel, srtp_request(&sipp.uri()), None).await;
+    assert_answered_and_completed(&kinds, &end, &mut sipp);
+    let received = sipp.received();
+    let invites: Vec<&String> = received
+        .iter()
+        .filter(|m| m.starts_with("INVITE "))
+        .collect();
+    assert_eq!(invites.len(), 2, "{received:#?}");
+    let offered = crypto_lines(invites[0]);
+    assert_eq!(crypto_lines(invites[1]), vec![offered[0].clone()]);
+    let stats = tel.media_stats();
+    // The echo under the old far-end key was refused; under the re-keyed one it was heard.
+    assert!(stats.packets_refused > 20, "{stats:?}");
+    assert!(stats.packets_received > 10, "{stats:?}");
+}
