@@ -73,6 +73,7 @@ impl TrunkUpkeep {
                             password: t.password,
                             transport: t.transport,
                             register: t.register,
+                            srtp: t.srtp,
                         };
                         (t.id, target)
                     });

@@ -96,3 +96,48 @@ async fn a_registration_refused_by_the_registrar_is_shown_as_failed() {
     let body: Value = missing.json().await.unwrap();
     assert_eq!(body["error"]["message"], "trunk not found", "{body}");
 }
+
+/// `srtp: required` from the API to the wire: the trunk (TLS, Kamailio in front of a SIPp that
+/// knows no SRTP) gets an RTP/SAVP offer with SDES keys, and the plain answer ends the call
+/// `telephony_failed`, saying why; the option is refused on a trunk without TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trunk_requiring_srtp_offers_it_and_refuses_a_plain_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let callee = support::Sipp::callee("answer_talk_bye.xml", 1, 1_000, dir.path());
+    let proxy = Kamailio::start_tls(&format!("sip:127.0.0.1:{}", callee.port), "s3cret");
+    let db = Db::sqlite();
+    let key = Service::create_tenant_in(dir.path(), &db);
+    let ca = proxy.ca().display().to_string();
+    let svc = Service::start_with(dir.path(), &db, &[("OUTDIAL_SIP_TLS_CA", ca.as_str())]);
+    let api = Api::new(&svc.base, &key);
+
+    let plain = api
+        .post(
+            "/v1/trunks",
+            json!({"name": "udp", "uri": proxy.uri(), "srtp": "required"}),
+        )
+        .await;
+    assert_eq!(plain.status(), 400);
+    let body: Value = plain.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "invalid srtp", "{body}");
+
+    let trunk = json!({"name": "carrier", "uri": proxy.sips_uri(), "username": "outdial",
+        "password": "s3cret", "srtp": "required"});
+    let agent = api.setup_agent_on(trunk, json!({})).await;
+    let call = api.call(agent, "+919876543210").await;
+    let c = api.wait_terminal(&call, Duration::from_secs(30)).await;
+    assert_eq!(
+        (c["status"].as_str(), c["failure_reason"].as_str()),
+        (
+            Some("telephony_failed"),
+            Some("the trunk requires SRTP: the far end answered plain RTP (RTP/AVP), not RTP/SAVP")
+        ),
+        "{c}"
+    );
+    let trace = std::fs::read_to_string(&callee.trace).unwrap();
+    assert!(trace.contains(" RTP/SAVP 0 8 101"), "{trace}");
+    assert!(
+        trace.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"),
+        "{trace}"
+    );
+}

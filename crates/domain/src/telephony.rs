@@ -25,6 +25,41 @@ pub struct TrunkTarget {
     pub transport: Transport,
     /// Keep a REGISTER binding with the trunk's credentials (trunks that require one).
     pub register: bool,
+    /// Whether the call's media must be SRTP (SDES keys in the SDP).
+    pub srtp: Srtp,
+}
+
+/// A trunk's media protection (the trunk option `srtp`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Srtp {
+    /// Plain RTP (`RTP/AVP`).
+    #[default]
+    Off,
+    /// Offer `RTP/SAVP` with SDES keys (RFC 4568) and refuse an answer without SRTP. Only over
+    /// TLS, so the keys in the SDP are not sent in the clear.
+    Required,
+}
+
+impl Srtp {
+    pub const ALL: [Srtp; 2] = [Srtp::Off, Srtp::Required];
+
+    /// The API's and the store's name: `off`, `required`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Srtp::Off => "off",
+            Srtp::Required => "required",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Srtp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A trunk's SIP transport (the trunk option `transport`).

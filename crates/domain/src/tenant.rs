@@ -1,7 +1,7 @@
 //! Tenants, their keys, trunks and numbers: the management side of the model.
 
 use crate::pacing::CallsPerSecond;
-use crate::telephony::Transport;
+use crate::telephony::{Srtp, Transport};
 use crate::{ApiKeyId, Millis, PhoneNumberId, TenantId, TrunkId, E164};
 
 /// Limits that protect the people a tenant calls and the tenant's own capacity.
@@ -66,11 +66,13 @@ pub struct NewTrunk {
     pub transport: Transport,
     /// Keep a REGISTER binding with the trunk's credentials.
     pub register: bool,
+    /// SRTP for the media (only with TLS).
+    pub srtp: Srtp,
 }
 
 impl NewTrunk {
     /// A trunk at `uri` with every option at its default: no credentials, no caps, unpaced,
-    /// UDP, no REGISTER.
+    /// UDP, no REGISTER, no SRTP.
     pub fn new(name: &str, uri: &str) -> Self {
         Self {
             name: name.to_string(),
@@ -81,6 +83,7 @@ impl NewTrunk {
             max_calls_per_second: None,
             transport: Transport::Udp,
             register: false,
+            srtp: Srtp::Off,
         }
     }
 }
@@ -97,6 +100,7 @@ pub struct Trunk {
     pub max_calls_per_second: Option<CallsPerSecond>,
     pub transport: Transport,
     pub register: bool,
+    pub srtp: Srtp,
     pub created_at: Millis,
 }
 

@@ -1,4 +1,4 @@
-//! Sans-IO media primitives for outdial calls: G.711 codecs, RTP packets,
+//! Sans-IO media primitives for outdial calls: G.711 codecs, RTP packets, SRTP,
 //! pacing, jitter buffering, RFC 4733 DTMF, 8/16 kHz resampling (and a
 //! band-limited one for any pair of rates), WAV files, mixing, echo gating and
 //! tone (beep) detection.
@@ -21,6 +21,7 @@ pub mod resample;
 pub mod rtp;
 pub mod sender;
 pub mod sinc_resample;
+pub mod srtp;
 pub mod tone;
 pub mod wav;
 

@@ -6,14 +6,14 @@ use crate::header::{self, HeaderError, HeaderValue};
 use crate::outcome::{classify, parse_retry_after, trunk_hold, Termination};
 use crate::recording::Recorder;
 use crate::rtp_session::{MediaCommand, MediaEvent, MediaHandle, MediaSetup};
-use crate::sdp::{self, RemoteMedia};
+use crate::sdp::{self, Crypto, RemoteMedia, SrtpKeys};
 use crate::session_timer::{Due, Refreshed, SessionTimer};
 use crate::transfer::{sipfrag_status, Step, TransferMachine};
 use crate::trunk::{Probe, Target};
 use crate::{Shared, INBOUND_FRAMES, OUTBOUND_FRAMES};
 use domain::call::{Transfer, TransferMethod, TransferStatus};
 use domain::telephony::{
-    CallControl, CallEnd, CallEvent, DialRequest, LiveCall, MediaStream, TransferRequest,
+    CallControl, CallEnd, CallEvent, DialRequest, LiveCall, MediaStream, Srtp, TransferRequest,
 };
 use domain::Millis;
 use rsipstack::dialog::authenticate::Credential;
@@ -152,8 +152,8 @@ struct Call {
     events: mpsc::Sender<CallEvent>,
     control: mpsc::Receiver<CallControl>,
     media: Option<MediaHandle>,
-    /// Early media's remote description, the fallback if the 200 repeats no SDP.
-    early: Option<RemoteMedia>,
+    /// Early media's remote description (and its keys), the fallback if the 200 repeats no SDP.
+    early: Option<(RemoteMedia, Vec<Crypto>)>,
     answered_at: Option<Millis>,
     /// Our session description: the offer, then our answers to the far end's offers.
     sdp: Option<sdp::LocalSdp>,
@@ -239,6 +239,7 @@ impl Call {
             ip,
             rtp_port,
             rand::random::<u32>().into(),
+            self.request.trunk.srtp == Srtp::Required,
         ));
 
         let option = match self.invite_option(ip, trunk) {
@@ -421,6 +422,15 @@ impl Call {
                     had_credentials: self.checked.username.is_some(),
                 });
             }
+            // Our RTP/SAVP offer refused: on a trunk that requires SRTP that is the trunk (or
+            // the callee's device) not speaking it, said as such.
+            let secure = self.sdp.as_ref().is_some_and(sdp::LocalSdp::secure);
+            if secure && (code == 488 || code == 606) {
+                return Err(Termination::Srtp(format!(
+                    "the far end refused our RTP/SAVP offer ({code} {})",
+                    reason_phrase(&resp)
+                )));
+            }
             return Err(Termination::Rejected {
                 code,
                 reason: reason_phrase(&resp),
@@ -432,7 +442,7 @@ impl Call {
             return Err(cancel_termination(cause));
         }
 
-        let remote = match body_media(&resp).or(self.early.map(Ok)) {
+        let (remote, crypto) = match body_media(&resp).or(self.early.clone().map(Ok)) {
             Some(Ok(remote)) => remote,
             Some(Err(e)) => {
                 self.bye(dialog).await;
@@ -443,7 +453,15 @@ impl Call {
                 return Err(Termination::Other("200 OK without SDP answer".into()));
             }
         };
-        self.start_or_update_media(remote, &mut rtp);
+        let keys = match self.agree_keys(&remote, &crypto) {
+            Ok(keys) => keys,
+            Err(refusal) => {
+                warn!(error = %refusal, "answer without usable SRTP; hanging up");
+                self.bye(dialog).await;
+                return Err(Termination::Srtp(refusal.to_string()));
+            }
+        };
+        self.start_or_update_media(remote, keys, &mut rtp);
         self.session =
             SessionTimer::from_answer(header(&resp.headers, "Session-Expires"), Instant::now());
         self.far_end_updates = header(&resp.headers, "Allow").is_some_and(|allow| {
@@ -462,7 +480,8 @@ impl Call {
         });
         let at = Millis::now();
         self.answered_at = Some(at);
-        info!(codec = ?remote.codec, remote = %remote.addr, "answered");
+        let srtp = self.sdp.as_ref().is_some_and(sdp::LocalSdp::secure);
+        info!(codec = ?remote.codec, remote = %remote.addr, srtp, "answered");
         let (media, hold) = MediaStream::new(inbound, outbound);
         self.hold = Some(hold);
         self.emit(CallEvent::Answered { at, media }).await;
@@ -476,10 +495,18 @@ impl Call {
         ringing_sent: &mut bool,
     ) {
         match body_media(resp) {
-            Some(Ok(remote)) => {
+            Some(Ok((remote, crypto))) => {
+                let keys = match self.agree_keys(&remote, &crypto) {
+                    Ok(keys) => keys,
+                    Err(refusal) => {
+                        // The 200 decides; early media without keys is not played.
+                        warn!(error = %refusal, "early media without usable SRTP ignored");
+                        return;
+                    }
+                };
                 let first = self.early.is_none();
-                self.early = Some(remote);
-                self.start_or_update_media(remote, rtp);
+                self.early = Some((remote, crypto));
+                self.start_or_update_media(remote, keys, rtp);
                 if first {
                     info!(remote = %remote.addr, "early media");
                     self.emit(CallEvent::EarlyMedia).await;
@@ -518,10 +545,28 @@ impl Call {
                         // A re-INVITE or UPDATE: a session refresh, a hold or resume, a codec
                         // change, or a move of the far end's media; answered per RFC 3264.
                         let body = match body_media_of(&req.body) {
-                            Some(Ok(remote)) => {
-                                self.media_command(MediaCommand::Remote(remote));
-                                self.set_held(remote.held());
-                                self.sdp.as_mut().map(|s| s.answer(&remote).to_string())
+                            Some(Ok((remote, crypto))) => {
+                                let answered = self.sdp.as_mut().map(|s| s.answer(&remote, &crypto));
+                                match answered {
+                                    Some(Ok((body, keys))) => {
+                                        let body = body.to_string();
+                                        self.media_command(MediaCommand::Remote(remote));
+                                        if let Some(keys) = keys {
+                                            self.media_command(MediaCommand::Keys(keys));
+                                        }
+                                        self.set_held(remote.held());
+                                        Some(body)
+                                    }
+                                    Some(Err(refusal)) => {
+                                        // RFC 3264 §8: a refused offer leaves the session as it was.
+                                        warn!(error = %refusal, "offer without usable SRTP refused");
+                                        if let Err(e) = handle.respond(StatusCode::NotAcceptableHere, None, None).await {
+                                            warn!(error = %e, "could not refuse the offer");
+                                        }
+                                        continue;
+                                    }
+                                    None => None,
+                                }
                             }
                             Some(Err(e)) => {
                                 warn!(error = %e, "unusable SDP in session refresh");
@@ -684,6 +729,9 @@ impl Call {
                 None
             }
         };
+        if let Some(resp) = resp.as_ref() {
+            self.on_refresh_keys(resp);
+        }
         let t = self.session.as_mut()?;
         let code = resp.as_ref().map(|r| r.status_code.code());
         let headers = resp.as_ref().map(|r| &r.headers);
@@ -921,9 +969,52 @@ impl Call {
         }
     }
 
-    fn start_or_update_media(&mut self, remote: RemoteMedia, rtp: &mut Option<UdpSocket>) {
+    /// The answer to our re-INVITE refresh may carry a new key of the far end's (RFC 4568
+    /// §7.1.4 lets an answerer re-key): its packets are then only readable under that key.
+    fn on_refresh_keys(&mut self, resp: &Response) {
+        if resp.status_code.kind() != sip::StatusCodeKind::Successful
+            || !self.sdp.as_ref().is_some_and(sdp::LocalSdp::secure)
+        {
+            return;
+        }
+        let Some(Ok((remote, crypto))) = body_media(resp) else {
+            return;
+        };
+        match self.agree_keys(&remote, &crypto) {
+            Ok(Some(keys)) => {
+                self.media_command(MediaCommand::Remote(remote));
+                self.media_command(MediaCommand::Keys(keys));
+            }
+            Ok(None) => {}
+            Err(refusal) => {
+                warn!(error = %refusal, "refresh answer without usable SRTP; keys kept")
+            }
+        }
+    }
+
+    /// The SRTP keys of the far end's answer; `None` for a plain call.
+    fn agree_keys(
+        &mut self,
+        remote: &RemoteMedia,
+        crypto: &[Crypto],
+    ) -> Result<Option<SrtpKeys>, sdp::SrtpRefusal> {
+        match self.sdp.as_mut() {
+            Some(local) => local.accept_answer(remote, crypto),
+            None => Ok(None),
+        }
+    }
+
+    fn start_or_update_media(
+        &mut self,
+        remote: RemoteMedia,
+        keys: Option<SrtpKeys>,
+        rtp: &mut Option<UdpSocket>,
+    ) {
         if let Some(media) = self.media.as_ref() {
             let _ = media.commands.send(MediaCommand::Remote(remote));
+            if let Some(keys) = keys {
+                let _ = media.commands.send(MediaCommand::Keys(keys));
+            }
             return;
         }
         let Some(socket) = rtp.take() else {
@@ -950,6 +1041,7 @@ impl Call {
                 ssrc: rand::random(),
                 initial_sequence: rand::random(),
                 initial_timestamp: rand::random(),
+                srtp: keys,
             },
             Span::current(),
         ));
@@ -1084,15 +1176,17 @@ fn next_media_event(
     }
 }
 
-fn body_media(resp: &Response) -> Option<Result<RemoteMedia, sdp::SdpError>> {
+type BodyMedia = Option<Result<(RemoteMedia, Vec<Crypto>), sdp::SdpError>>;
+
+fn body_media(resp: &Response) -> BodyMedia {
     body_media_of(&resp.body)
 }
 
-fn body_media_of(body: &[u8]) -> Option<Result<RemoteMedia, sdp::SdpError>> {
+fn body_media_of(body: &[u8]) -> BodyMedia {
     if body.iter().all(u8::is_ascii_whitespace) {
         return None;
     }
-    Some(sdp::parse(&String::from_utf8_lossy(body)))
+    Some(sdp::parse_with_crypto(&String::from_utf8_lossy(body)))
 }
 
 fn transport_or_other(e: rsipstack::Error) -> Termination {

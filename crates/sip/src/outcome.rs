@@ -36,6 +36,9 @@ pub enum Termination {
     /// A header value would have broken the message (a control character in it): the request
     /// carrying it was not sent, or the far end's challenge could not be answered.
     UnsafeHeader(crate::header::HeaderError),
+    /// The trunk requires SRTP and the far end's answer offered none we can use: the call
+    /// was hung up at once (no plain-RTP fallback).
+    Srtp(String),
     /// Anything else (a malformed answer, a local failure); the text says what.
     Other(String),
 }
@@ -102,6 +105,10 @@ pub fn classify(t: &Termination) -> (CallStatus, Option<String>) {
             )),
         ),
         Termination::UnsafeHeader(e) => (CallStatus::Failed, Some(format!("not sent: {e}"))),
+        Termination::Srtp(e) => (
+            CallStatus::TelephonyFailed,
+            Some(format!("the trunk requires SRTP: {e}")),
+        ),
         Termination::Other(e) => (CallStatus::Failed, Some(e.clone())),
     }
 }
@@ -250,6 +257,18 @@ mod tests {
         let (status, why) = classify(&Termination::Transport("connection refused".into()));
         assert_eq!(status, CallStatus::TelephonyFailed);
         assert_eq!(why.unwrap(), "trunk unreachable: connection refused");
+    }
+
+    #[test]
+    fn an_answer_without_srtp_on_an_srtp_trunk_is_telephony_failed_and_says_so() {
+        let (status, why) = classify(&Termination::Srtp(
+            "the far end answered plain RTP (RTP/AVP), not RTP/SAVP".into(),
+        ));
+        assert_eq!(status, CallStatus::TelephonyFailed);
+        assert_eq!(
+            why.as_deref(),
+            Some("the trunk requires SRTP: the far end answered plain RTP (RTP/AVP), not RTP/SAVP")
+        );
     }
 
     #[test]

@@ -2,13 +2,14 @@
 //! the `media` crate in between. One task per call owns all of it, so nothing here locks.
 
 use crate::recording::Recorder;
-use crate::sdp::{Codec, Direction, RemoteMedia, OFFERED_TELEPHONE_EVENT_PT};
+use crate::sdp::{Codec, Crypto, Direction, RemoteMedia, SrtpKeys, OFFERED_TELEPHONE_EVENT_PT};
 use domain::telephony::AudioFrame;
 use media::dtmf::{DtmfReceiver, DtmfSender};
 use media::jitter::{JitterBuffer, JitterConfig, Playout};
 use media::resample::{Downsampler, Upsampler};
 use media::rtp::RtpPacket;
 use media::sender::{Pacer, RtpSender, SenderConfig};
+use media::srtp::{is_rtcp, SrtpContext};
 use media::{g711, FRAME_SAMPLES};
 use std::collections::VecDeque;
 use std::io;
@@ -40,6 +41,7 @@ pub(crate) struct Counters {
     late: AtomicU64,
     received: AtomicU64,
     lost: AtomicU64,
+    refused: AtomicU64,
 }
 
 /// A snapshot of [`crate::SipTelephony::media_stats`].
@@ -53,6 +55,9 @@ pub struct MediaStats {
     pub packets_received: u64,
     /// Inbound packets the jitter buffer found missing at playout (finished calls only).
     pub packets_lost: u64,
+    /// Inbound SRTP packets refused: failed authentication (tampered, or another key) or
+    /// replayed. They count as neither received nor heard.
+    pub packets_refused: u64,
 }
 
 impl Counters {
@@ -62,6 +67,7 @@ impl Counters {
             packets_late: self.late.load(Ordering::Relaxed),
             packets_received: self.received.load(Ordering::Relaxed),
             packets_lost: self.lost.load(Ordering::Relaxed),
+            packets_refused: self.refused.load(Ordering::Relaxed),
         }
     }
 }
@@ -112,6 +118,8 @@ pub(crate) enum MediaCommand {
     },
     Dtmf(char),
     Flush,
+    /// The SRTP keys agreed anew (a re-INVITE's, or the 200 after early media).
+    Keys(SrtpKeys),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -130,6 +138,48 @@ pub(crate) struct MediaSetup {
     pub ssrc: u32,
     pub initial_sequence: u16,
     pub initial_timestamp: u32,
+    /// SRTP's keys; `None` for plain RTP.
+    pub srtp: Option<SrtpKeys>,
+}
+
+/// The two SRTP contexts of a secure stream: ours protects what we send, the far end's
+/// checks and decrypts what it sends.
+struct Protection {
+    keys: SrtpKeys,
+    outbound: SrtpContext,
+    inbound: SrtpContext,
+}
+
+impl Protection {
+    fn new(keys: SrtpKeys) -> Self {
+        Self {
+            outbound: outbound_context(&keys.ours),
+            inbound: inbound_context(&keys.theirs),
+            keys,
+        }
+    }
+
+    /// New contexts only for a side whose key changed: a refresh that repeats the keys keeps
+    /// the rollover counters and replay windows.
+    fn rekey(&mut self, keys: SrtpKeys) {
+        if keys.ours != self.keys.ours {
+            info!("our SRTP key changed");
+            self.outbound = outbound_context(&keys.ours);
+        }
+        if keys.theirs != self.keys.theirs {
+            info!("the far end's SRTP key changed");
+            self.inbound = inbound_context(&keys.theirs);
+        }
+        self.keys = keys;
+    }
+}
+
+fn outbound_context(c: &Crypto) -> SrtpContext {
+    SrtpContext::new(c.suite, &c.key)
+}
+
+fn inbound_context(c: &Crypto) -> SrtpContext {
+    SrtpContext::new(c.suite, &c.key).with_mki(c.mki.clone().unwrap_or_default())
 }
 
 /// The call task's side of a running media session.
@@ -193,6 +243,9 @@ struct Session {
     narrow_in: Vec<i16>,
     payload: Vec<u8>,
     packet: Vec<u8>,
+    srtp: Option<Protection>,
+    /// An inbound SRTP packet being decrypted.
+    scratch: Vec<u8>,
 }
 
 impl Session {
@@ -227,6 +280,8 @@ impl Session {
             narrow_in: Vec::with_capacity(FRAME_SAMPLES),
             payload: Vec::with_capacity(FRAME_SAMPLES),
             packet: vec![0; media::rtp::HEADER_LEN + FRAME_SAMPLES],
+            srtp: setup.srtp.map(Protection::new),
+            scratch: Vec::with_capacity(RECV_BUF),
         }
     }
 
@@ -306,10 +361,38 @@ impl Session {
                     while outbound.try_recv().is_ok() {}
                 }
             }
+            MediaCommand::Keys(keys) => match self.srtp.as_mut() {
+                Some(p) => p.rekey(keys),
+                None => self.srtp = Some(Protection::new(keys)),
+            },
         }
     }
 
+    /// A datagram on the media port: an SRTP stream's is authenticated and decrypted first, and
+    /// one that fails is dropped before anything (symmetric RTP's address learning included)
+    /// sees it.
     fn receive(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) {
+        let Some(protection) = self.srtp.as_mut() else {
+            return self.receive_rtp(datagram, from, now);
+        };
+        if is_rtcp(datagram) {
+            // We send no RTCP and read none (plain or SRTCP).
+            return;
+        }
+        let mut plain = std::mem::take(&mut self.scratch);
+        plain.clear();
+        plain.extend_from_slice(datagram);
+        match protection.inbound.unprotect_rtp(&mut plain) {
+            Ok(()) => self.receive_rtp(&plain, from, now),
+            Err(e) => {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                debug!(error = %e, %from, "SRTP packet refused");
+            }
+        }
+        self.scratch = plain;
+    }
+
+    fn receive_rtp(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) {
         let Ok(packet) = RtpPacket::parse(datagram) else {
             return;
         };
@@ -347,6 +430,19 @@ impl Session {
             None
         } else {
             self.outgoing(frame)
+        };
+        let len = match (len, self.srtp.as_mut()) {
+            (Some(len), Some(protection)) => {
+                self.packet.truncate(len);
+                match protection.outbound.protect_rtp(&mut self.packet) {
+                    Ok(()) => Some(self.packet.len()),
+                    Err(e) => {
+                        warn!(error = %e, "SRTP refused to protect a packet; not sent");
+                        None
+                    }
+                }
+            }
+            (len, _) => len,
         };
         if let Some(len) = len {
             if now.saturating_duration_since(deadline) > LATE_THRESHOLD {
@@ -496,5 +592,140 @@ fn write_packet(packet: &RtpPacket<'_>, out: &mut Vec<u8>) -> Option<usize> {
             warn!(error = %e, "RTP packet not written");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sdp::Suite;
+
+    fn tone(frame: usize, hz: f64, rate: f64, len: usize) -> Vec<i16> {
+        (0..len)
+            .map(|i| {
+                let t = (frame * len + i) as f64 / rate;
+                (6_000.0 * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16
+            })
+            .collect()
+    }
+
+    fn rms(x: &[i16]) -> f64 {
+        (x.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt()
+    }
+
+    /// What leaves an SRTP stream is not the G.711 of the audio, decrypts with our key (the
+    /// sequence numbers crossing the rollover) to that audio; what comes in is heard only when
+    /// it carries the far end's key and an intact tag.
+    #[tokio::test]
+    async fn an_srtp_stream_sends_no_plain_rtp_and_hears_only_the_far_ends_key() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let ours = socket.local_addr().unwrap();
+        let far = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let suite = Suite::AesCm128HmacSha1_80;
+        let keys = SrtpKeys {
+            ours: Crypto::generate(1, suite),
+            theirs: Crypto::generate(1, suite),
+        };
+        let counters = Arc::new(Counters::default());
+        let handle = MediaHandle::start(
+            MediaSetup {
+                socket,
+                remote: RemoteMedia {
+                    addr: far.local_addr().unwrap(),
+                    codec: Codec::Pcmu,
+                    payload_type: 0,
+                    telephone_event: None,
+                    direction: Direction::SendRecv,
+                    secure: true,
+                },
+                recorder: None,
+                no_rtp_timeout: Duration::from_secs(10),
+                counters: counters.clone(),
+                ssrc: 0x5eed,
+                initial_sequence: 0xFFF8,
+                initial_timestamp: 0,
+                srtp: Some(keys.clone()),
+            },
+            Span::none(),
+        );
+        let (in_tx, mut inbound) = mpsc::channel(200);
+        let (out_tx, out_rx) = mpsc::channel(200);
+        for f in 0..40 {
+            out_tx
+                .send(tone(f, 1_000.0, 16_000.0, WIDE_FRAME))
+                .await
+                .unwrap();
+        }
+        let _ = handle.commands.send(MediaCommand::Attach {
+            inbound: in_tx,
+            outbound: out_rx,
+        });
+
+        let mut reader = SrtpContext::new(suite, &keys.ours.key);
+        let mut buf = [0u8; 2048];
+        let mut loud = 0;
+        for n in 0..30 {
+            let (len, _) = far.recv_from(&mut buf).await.unwrap();
+            let wire = buf[..len].to_vec();
+            assert_eq!(len, 12 + 160 + 10, "header, payload, 80-bit tag");
+            let mut plain = wire.clone();
+            reader
+                .unprotect_rtp(&mut plain)
+                .unwrap_or_else(|e| panic!("packet {n}: {e}"));
+            assert_eq!(plain[..12], wire[..12], "the header stays readable");
+            assert_ne!(plain[12..], wire[12..172], "the payload is encrypted");
+            let mut audio = Vec::new();
+            g711::ulaw_decode_slice(&plain[12..], &mut audio);
+            let mut on_wire = Vec::new();
+            g711::ulaw_decode_slice(&wire[12..172], &mut on_wire);
+            if rms(&audio) > 2_000.0 {
+                loud += 1;
+                // As audio, the ciphertext is noise: no 1 kHz tone in it.
+                let crossings = on_wire
+                    .windows(2)
+                    .filter(|w| (w[0] < 0) != (w[1] < 0))
+                    .count();
+                let tone_crossings = audio
+                    .windows(2)
+                    .filter(|w| (w[0] < 0) != (w[1] < 0))
+                    .count();
+                assert!((35..=45).contains(&tone_crossings), "{tone_crossings}");
+                assert!(crossings > 55, "{crossings}");
+            }
+        }
+        assert!(loud > 20, "our tone decrypted in {loud} of 30 packets");
+
+        // The far end's stream, with a tampered copy and a packet under another key mixed in.
+        let mut writer = SrtpContext::new(suite, &keys.theirs.key);
+        let mut stranger = SrtpContext::new(suite, &Crypto::generate(1, suite).key);
+        for seq in 0..40u16 {
+            let mut packet = vec![0x80, 0x00];
+            packet.extend(seq.to_be_bytes());
+            packet.extend((u32::from(seq) * 160).to_be_bytes());
+            packet.extend(0xfa5e_u32.to_be_bytes());
+            let mut payload = Vec::new();
+            g711::ulaw_encode_slice(&tone(seq.into(), 440.0, 8_000.0, 160), &mut payload);
+            packet.extend(payload);
+            let mut forged = packet.clone();
+            writer.protect_rtp(&mut packet).unwrap();
+            if seq % 10 == 5 {
+                let mut tampered = packet.clone();
+                tampered[20] ^= 0x01;
+                far.send_to(&tampered, ours).await.unwrap();
+                stranger.protect_rtp(&mut forged).unwrap();
+                far.send_to(&forged, ours).await.unwrap();
+            }
+            far.send_to(&packet, ours).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut heard = Vec::new();
+        while let Ok(frame) = inbound.try_recv() {
+            heard.extend(frame);
+        }
+        assert!(rms(&heard) > 1_000.0, "the far end's tone was not heard");
+        let stats = counters.snapshot();
+        assert_eq!(stats.packets_received, 40, "{stats:?}");
+        assert_eq!(stats.packets_refused, 8, "{stats:?}");
+        handle.stop().await;
     }
 }

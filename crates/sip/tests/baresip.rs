@@ -1,5 +1,6 @@
 //! Interoperability with a second, independent UA: baresip as an auto-answering callee that plays
-//! a 440 Hz tone and dumps what it decodes (sndfile module). Needs `/usr/bin/baresip`.
+//! a 440 Hz tone and dumps what it decodes (sndfile module), with SRTP (its `srtp` module, SDES)
+//! when asked. Needs `/usr/bin/baresip`.
 
 mod common;
 
@@ -20,6 +21,12 @@ struct Baresip {
 
 impl Baresip {
     fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// With `media_enc` (`srtp`, `srtp-mand`): baresip's SDES SRTP, as its account's
+    /// `mediaenc`.
+    fn start_with(media_enc: Option<&str>) -> Self {
         let port = free_udp_port();
         let rtp = free_media_port();
         let dir = tempfile::tempdir().unwrap();
@@ -45,15 +52,25 @@ impl Baresip {
              module\t\t\tsndfile.so\n\
              snd_path\t\t{}\n\
              module\t\t\tmenu.so\n\
-             module_app\t\taccount.so\n",
+             {}             module_app\t\taccount.so\n",
             sine.display(),
             rtp + 1,
             dir.path().display(),
+            if media_enc.is_some() {
+                "module\t\t\tsrtp.so\n"
+            } else {
+                ""
+            },
         );
         std::fs::write(dir.path().join("config"), config).unwrap();
         std::fs::write(
             dir.path().join("accounts"),
-            "<sip:+14155550199@127.0.0.1>;regint=0;answermode=auto;audio_codecs=PCMU\n",
+            format!(
+                "<sip:+14155550199@127.0.0.1>;regint=0;answermode=auto;audio_codecs=PCMU{}\n",
+                media_enc
+                    .map(|m| format!(";mediaenc={m}"))
+                    .unwrap_or_default()
+            ),
         )
         .unwrap();
         let child = Command::new(BARESIP)
@@ -77,6 +94,10 @@ impl Baresip {
 impl Baresip {
     fn uri(&self) -> String {
         format!("sip:127.0.0.1:{}", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("baresip.log")).unwrap_or_default()
     }
 }
 
@@ -110,7 +131,8 @@ async fn baresip_answers_and_audio_flows_both_ways() {
     require_baresip();
     let callee = Baresip::start();
     let trunk = callee.uri();
-    audio_flows_both_ways(&callee, request(&trunk, SECS(10), SECS(30))).await;
+    let tel = adapter(None, Duration::from_secs(5)).await;
+    audio_flows_both_ways(&tel, &callee, request(&trunk, SECS(10), SECS(30))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,16 +143,110 @@ async fn baresip_behind_an_authenticating_proxy_answers_and_audio_flows_both_way
     let mut req = request(&proxy.uri(), SECS(10), SECS(30));
     req.trunk.username = Some("outdial".into());
     req.trunk.password = Some("s3cret".into());
-    audio_flows_both_ways(&callee, req).await;
+    let tel = adapter(None, Duration::from_secs(5)).await;
+    audio_flows_both_ways(&tel, &callee, req).await;
     assert_eq!(proxy.invites().len(), 1, "{}", proxy.log());
+}
+
+/// An adapter that trusts the test CA of `proxy` for TLS.
+async fn tls_adapter(proxy: &testkit::kamailio::Kamailio) -> sip::SipTelephony {
+    sip::SipTelephony::bind(sip::SipConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        rtp_ports: 0..=0,
+        no_rtp_timeout: SECS(5),
+        tls_ca: Some(proxy.ca()),
+        ..sip::SipConfig::default()
+    })
+    .await
+    .expect("bind adapter")
+}
+
+/// The trunk option `srtp: required` as the API allows it: over TLS (to Kamailio, which
+/// authenticates us and forwards to baresip), with SDES keys in the SDP.
+fn srtp_request(proxy: &testkit::kamailio::Kamailio) -> domain::telephony::DialRequest {
+    let mut req = request(&proxy.sips_uri(), SECS(10), SECS(30));
+    req.trunk.username = Some("outdial".into());
+    req.trunk.password = Some("s3cret".into());
+    req.trunk.transport = domain::telephony::Transport::Tls;
+    req.trunk.srtp = domain::telephony::Srtp::Required;
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srtp_over_tls_through_the_proxy_to_a_baresip_that_requires_it_audio_flows_both_ways() {
+    require_baresip();
+    let callee = Baresip::start_with(Some("srtp-mand"));
+    let proxy = testkit::kamailio::Kamailio::start_tls(&callee.uri(), "s3cret");
+    let tel = tls_adapter(&proxy).await;
+    audio_flows_both_ways(&tel, &callee, srtp_request(&proxy)).await;
+    assert_eq!(proxy.invites().len(), 1, "{}", proxy.log());
+    let stats = tel.media_stats();
+    // Every packet baresip sent passed authentication: one key each way, agreed in the SDP.
+    assert!(stats.packets_received > 50, "{stats:?}");
+    assert_eq!(stats.packets_refused, 0, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_baresip_that_requires_srtp_does_not_take_a_plain_call() {
+    require_baresip();
+    let callee = Baresip::start_with(Some("srtp-mand"));
+    let tel = adapter(None, Duration::from_secs(5)).await;
+    let end = call_until_ended(&tel, request(&callee.uri(), SECS(10), SECS(30))).await;
+    assert_eq!(
+        (end.status, end.failure_reason.as_deref()),
+        (CallStatus::Failed, Some("488 Not Acceptable Here")),
+        "{end:?}\n{}",
+        callee.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_baresip_without_srtp_refusing_our_srtp_offer_is_telephony_failed() {
+    require_baresip();
+    let callee = Baresip::start();
+    let proxy = testkit::kamailio::Kamailio::start_tls(&callee.uri(), "s3cret");
+    let tel = tls_adapter(&proxy).await;
+    let end = call_until_ended(&tel, srtp_request(&proxy)).await;
+    assert_eq!(
+        (end.status, end.failure_reason.as_deref()),
+        (
+            CallStatus::TelephonyFailed,
+            Some("the trunk requires SRTP: the far end refused our RTP/SAVP offer (488 Not Acceptable Here)")
+        ),
+        "{end:?}\n{}",
+        callee.log()
+    );
+}
+
+/// Dials and waits for the end, whatever came before it.
+async fn call_until_ended(
+    tel: &sip::SipTelephony,
+    req: domain::telephony::DialRequest,
+) -> domain::telephony::CallEnd {
+    let LiveCall {
+        mut events,
+        control,
+    } = tel.dial(req).await.unwrap();
+    let _control = control;
+    loop {
+        match tokio::time::timeout(SECS(20), events.recv()).await {
+            Ok(Some(CallEvent::Ended(end))) => return end,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("no Ended"),
+            Err(_) => panic!("the call did not end in 20 s"),
+        }
+    }
 }
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
 /// Calls `callee` with `req`, plays it a 1 kHz tone while listening to its 440 Hz sine, and
 /// hangs up: both tones must have crossed.
-async fn audio_flows_both_ways(callee: &Baresip, req: domain::telephony::DialRequest) {
-    let tel = adapter(None, Duration::from_secs(5)).await;
+async fn audio_flows_both_ways(
+    tel: &sip::SipTelephony,
+    callee: &Baresip,
+    req: domain::telephony::DialRequest,
+) {
     let LiveCall {
         mut events,
         control,

@@ -666,6 +666,7 @@ async fn options_probe_reports_the_trunk() {
         password: None,
         transport: domain::telephony::Transport::Udp,
         register: false,
+        srtp: domain::telephony::Srtp::Off,
     };
     let reply = tel.options(&trunk).await.expect("OPTIONS answered");
     assert_eq!(reply.code, 200);
@@ -683,6 +684,7 @@ async fn options_probe_reports_the_trunk() {
         password: None,
         transport: domain::telephony::Transport::Udp,
         register: false,
+        srtp: domain::telephony::Srtp::Off,
     };
     let started = Instant::now();
     assert!(matches!(
@@ -829,4 +831,105 @@ async fn audio_round_trips_through_rtp_echo_and_is_recorded() {
         "{stats:?}"
     );
     assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+}
+
+fn srtp_request(uri: &str) -> domain::telephony::DialRequest {
+    let mut req = request(uri, SECS(10), SECS(30));
+    // The sip crate takes the option as given; the API is what keeps it to TLS trunks.
+    req.trunk.srtp = domain::telephony::Srtp::Required;
+    req
+}
+
+/// `(tag, suite, key)` of each `a=crypto` line of a SIP message.
+fn crypto_lines(message: &str) -> Vec<(String, String, String)> {
+    message
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("a=crypto:"))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let key = f[2].trim_start_matches("inline:").to_string();
+            (f[0].to_string(), f[1].to_string(), key)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_srtp_trunk_hangs_up_on_a_plain_answer_and_says_why() {
+    require_sipp!();
+    // answer.xml answers RTP/AVP whatever the offer.
+    let mut sipp = Sipp::uas("answer.xml", &[]);
+    let tel = adapter(None, SECS(5)).await;
+    let (kinds, end) = run_call(&tel, srtp_request(&sipp.uri()), None).await;
+    assert_eq!(kinds, [Kind::Ringing], "never reported answered");
+    assert_eq!(end.status, CallStatus::TelephonyFailed, "{end:?}");
+    assert_eq!(
+        end.failure_reason.as_deref(),
+        Some("the trunk requires SRTP: the far end answered plain RTP (RTP/AVP), not RTP/SAVP")
+    );
+    // Hung up at once with a BYE (the scenario waits for it).
+    assert_eq!(sipp.exit_code(SECS(5)), Some(0), "{}", sipp.errors());
+    let invite = &sipp.received()[0];
+    assert!(
+        invite.contains("m=audio ") && invite.contains(" RTP/SAVP 0 8 101"),
+        "{invite}"
+    );
+    let offered = crypto_lines(invite);
+    assert_eq!(offered.len(), 2, "{invite}");
+    assert!(offered.iter().all(|(_, _, key)| key.len() == 40));
+}
+
+#[tokio::test]
+async fn srtp_re_offers_keep_our_key_re_key_on_a_new_suite_and_plain_is_refused() {
+    require_sipp!();
+    let mut sipp = Sipp::uas("srtp_reoffer.xml", &[]);
+    // SIPp sends no media: the no-RTP watchdog must not end the call first.
+    let tel = adapter(None, SECS(30)).await;
+    let (kinds, end) = run_call(&tel, srtp_request(&sipp.uri()), None).await;
+    // SIPp checked each answer's profile, direction and crypto tag, and got its 488.
+    assert_answered_and_completed(&kinds, &end, &mut sipp);
+    let received = sipp.received();
+    let ours = |i: usize| crypto_lines(&received[i]);
+    let offered = ours(0);
+    let answers: Vec<&String> = received
+        .iter()
+        .filter(|m| m.starts_with("SIP/2.0 200") && m.contains("application/sdp"))
+        .collect();
+    assert_eq!(answers.len(), 2, "{received:#?}");
+    let hold = crypto_lines(answers[0]);
+    let rekey = crypto_lines(answers[1]);
+    // The hold repeated the far end's line: our key and tag stay as agreed.
+    assert_eq!(hold, vec![offered[0].clone()]);
+    // A new suite under tag 2: a fresh key of ours, for that suite.
+    assert_eq!(rekey.len(), 1);
+    assert_eq!(
+        (rekey[0].0.as_str(), rekey[0].1.as_str()),
+        ("2", "AES_CM_128_HMAC_SHA1_32")
+    );
+    assert!(
+        offered.iter().all(|o| o.2 != rekey[0].2),
+        "{offered:?} {rekey:?}"
+    );
+    assert!(received.iter().any(|m| m.starts_with("SIP/2.0 488")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_srtp_refresh_re_offers_the_line_in_use_and_follows_the_answers_new_key() {
+    require_sipp!();
+    let mut sipp = Sipp::uas("srtp_refresh_rekey.xml", &["-rtp_echo"]);
+    // Until the refresh every echoed packet fails authentication: no "no RTP" hang-up meanwhile.
+    let tel = adapter(None, SECS(30)).await;
+    let (kinds, end) = run_call(&tel, srtp_request(&sipp.uri()), None).await;
+    assert_answered_and_completed(&kinds, &end, &mut sipp);
+    let received = sipp.received();
+    let invites: Vec<&String> = received
+        .iter()
+        .filter(|m| m.starts_with("INVITE "))
+        .collect();
+    assert_eq!(invites.len(), 2, "{received:#?}");
+    let offered = crypto_lines(invites[0]);
+    assert_eq!(crypto_lines(invites[1]), vec![offered[0].clone()]);
+    let stats = tel.media_stats();
+    // The echo under the old far-end key was refused; under the re-keyed one it was heard.
+    assert!(stats.packets_refused > 20, "{stats:?}");
+    assert!(stats.packets_received > 10, "{stats:?}");
 }

@@ -117,6 +117,7 @@ fn due_call(row: &sqlx::any::AnyRow) -> Result<DueCall, StoreError> {
                 password: get(row, "trunk_password")?,
                 transport: crate::manage::transport(row, "trunk_transport")?,
                 register: get::<i64>(row, "trunk_register")? != 0,
+                srtp: crate::manage::srtp(row, "trunk_srtp")?,
             },
             from: E164::from_trusted(get(row, "from_phone")?),
             max_concurrent_calls: get::<Option<i64>>(row, "trunk_max")?
@@ -159,7 +160,7 @@ const DUE_CALL_SELECT: &str = "SELECT c.id AS id, c.tenant_id AS tenant_id, c.ag
     a.config AS agent_config, a.deleted_at AS agent_deleted, \
     tr.id AS trunk_id, tr.uri AS trunk_uri, tr.username AS trunk_username, tr.password AS trunk_password, \
     tr.max_concurrent_calls AS trunk_max, tr.max_calls_per_second AS trunk_cps, \
-    tr.dial_after AS trunk_dial_after, tr.transport AS trunk_transport, tr.register AS trunk_register, \
+    tr.dial_after AS trunk_dial_after, tr.transport AS trunk_transport, tr.register AS trunk_register, tr.srtp AS trunk_srtp, \
     t.max_concurrent_calls AS tenant_max, t.per_number_calls AS per_number_calls, \
     t.per_number_window_seconds AS per_number_window_seconds \
     FROM calls c JOIN tenants t ON t.id = c.tenant_id \

@@ -5,7 +5,7 @@ use crate::{db_err, is_unique_violation, SqlStore};
 use domain::agent::AgentConfig;
 use domain::pacing::CallsPerSecond;
 use domain::store::{Agent, Conflict, Listed, ManageError, Page, StoreError};
-use domain::telephony::Transport;
+use domain::telephony::{Srtp, Transport};
 use domain::tenant::{
     ApiKeyCredential, ApiKeyInfo, NewTrunk, PhoneNumber, Tenant, TenantLimits, Trunk,
 };
@@ -54,6 +54,7 @@ fn trunk(row: &AnyRow) -> Result<Trunk, StoreError> {
         max_calls_per_second: calls_per_second(row, "max_calls_per_second")?,
         transport: transport(row, "transport")?,
         register: get::<i64>(row, "register")? != 0,
+        srtp: srtp(row, "srtp")?,
         created_at: Millis(get(row, "created_at")?),
     })
 }
@@ -72,6 +73,12 @@ pub(crate) fn calls_per_second(
 pub(crate) fn transport(row: &AnyRow, col: &str) -> Result<Transport, StoreError> {
     let name: String = get(row, col)?;
     Transport::parse(&name).ok_or_else(|| corrupt("trunks.transport"))
+}
+
+/// A trunk's `srtp` column.
+pub(crate) fn srtp(row: &AnyRow, col: &str) -> Result<Srtp, StoreError> {
+    let name: String = get(row, col)?;
+    Srtp::parse(&name).ok_or_else(|| corrupt("trunks.srtp"))
 }
 
 fn phone_number(row: &AnyRow) -> Result<PhoneNumber, StoreError> {
@@ -223,8 +230,8 @@ impl SqlStore {
     ) -> Result<Trunk, ManageError> {
         let row = sqlx::query(
             "INSERT INTO trunks (tenant_id, name, uri, username, password, max_concurrent_calls, \
-             max_calls_per_second, transport, register, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *",
+             max_calls_per_second, transport, register, srtp, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *",
         )
         .bind(tenant.0)
         .bind(t.name.as_str())
@@ -235,6 +242,7 @@ impl SqlStore {
         .bind(t.max_calls_per_second.map(CallsPerSecond::get))
         .bind(t.transport.as_str())
         .bind(i64::from(t.register))
+        .bind(t.srtp.as_str())
         .bind(now.0)
         .fetch_one(&self.write)
         .await

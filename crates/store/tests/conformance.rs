@@ -775,7 +775,7 @@ async fn story_post_call_transcripts(store: Arc<dyn Store>) {
 async fn story_trunk_lines(store: Arc<dyn Store>) {
     use domain::dispatch::{BeginDial, DialLimits, DialStart, TrunkLane};
     use domain::pacing::{CallsPerSecond, TokenBucket};
-    use domain::telephony::Transport;
+    use domain::telephony::{Srtp, Transport};
     use domain::tenant::NewTrunk;
     let rate = CallsPerSecond::new(0.5).unwrap();
     let trunk = NewTrunk {
@@ -783,6 +783,7 @@ async fn story_trunk_lines(store: Arc<dyn Store>) {
         max_calls_per_second: Some(rate),
         transport: Transport::Tcp,
         register: true,
+        srtp: Srtp::Required,
         ..NewTrunk::new("carrier", "sip:127.0.0.1:5080")
     };
     let (t, agent) = testkit::dialling_agent_on(
@@ -799,17 +800,23 @@ async fn story_trunk_lines(store: Arc<dyn Store>) {
         (
             stored.max_calls_per_second,
             stored.transport,
-            stored.register
+            stored.register,
+            stored.srtp
         ),
-        (Some(rate), Transport::Tcp, true)
+        (Some(rate), Transport::Tcp, true, Srtp::Required)
     );
     let plain = store
         .create_trunk(t, &NewTrunk::new("plain", "sips:pbx.example:5061"), T0)
         .await
         .unwrap();
     assert_eq!(
-        (plain.max_calls_per_second, plain.transport, plain.register),
-        (None, Transport::Udp, false)
+        (
+            plain.max_calls_per_second,
+            plain.transport,
+            plain.register,
+            plain.srtp
+        ),
+        (None, Transport::Udp, false, Srtp::Off)
     );
 
     let mut ids = Vec::new();
@@ -826,8 +833,12 @@ async fn story_trunk_lines(store: Arc<dyn Store>) {
     assert_eq!(carrier.max_calls_per_second, Some(rate));
     assert_eq!(carrier.dial_after, None);
     assert_eq!(
-        (carrier.target.transport, carrier.target.register),
-        (Transport::Tcp, true)
+        (
+            carrier.target.transport,
+            carrier.target.register,
+            carrier.target.srtp
+        ),
+        (Transport::Tcp, true, Srtp::Required)
     );
     // All four join the line: the two claimed and the two nobody holds.
     assert_eq!(

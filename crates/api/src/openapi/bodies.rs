@@ -154,6 +154,11 @@ fn trunk() -> Value {
                 "description": "`udp` (default) or `tcp` with a `sip:` uri; `tls` (its default) with `sips:`",
             },
             "register": {"type": ["boolean", "null"], "description": "`true` needs a `username`"},
+            "srtp": {
+                "type": ["string", "null"],
+                "enum": ["off", "required", null],
+                "description": "`off` (default): RTP/AVP; `required`: RTP/SAVP with SDES keys (RFC 4568), only with `transport: tls` (a `sips:` uri)",
+            },
         }),
     );
     let needs_username = |field: &str, value: Value| {
@@ -170,6 +175,11 @@ fn trunk() -> Value {
         },
         needs_username("password", json!({"type": "string"})),
         needs_username("register", json!({"const": true})),
+        // SDES keys are in the SDP: only a TLS trunk keeps them off the wire in the clear.
+        {
+            "if": {"required": ["srtp"], "properties": {"srtp": {"const": "required"}}},
+            "then": {"properties": {"uri": {"pattern": "^sips:"}}},
+        },
     ]);
     schema
 }

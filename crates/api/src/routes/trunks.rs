@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::{Extension, Json};
 use domain::pacing::CallsPerSecond;
-use domain::telephony::Transport;
+use domain::telephony::{Srtp, Transport};
 use domain::tenant::{NewTrunk, PhoneNumber, Trunk};
 use domain::{Millis, TrunkId, E164};
 use serde::Serialize;
@@ -31,6 +31,9 @@ pub struct TrunkView {
     pub transport: &'static str,
     /// Whether outdial keeps a REGISTER binding with the trunk.
     pub register: bool,
+    /// `off` (plain RTP) or `required` (SRTP with SDES keys; TLS trunks only).
+    #[schema(value_type = String, example = "off")]
+    pub srtp: &'static str,
     pub created_at: String,
     /// This node's REGISTER binding (`GET /v1/trunks/{id}` of a trunk with `register`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -99,6 +102,7 @@ fn trunk_view(t: Trunk) -> TrunkView {
         max_calls_per_second: t.max_calls_per_second.map(CallsPerSecond::get),
         transport: t.transport.as_str(),
         register: t.register,
+        srtp: t.srtp.as_str(),
         created_at: t.created_at.to_rfc3339_millis(),
         registration: None,
         last_probe: None,
@@ -156,12 +160,13 @@ fn text(
 /// The trunk options of the contract: `max_calls_per_second` (a positive number, fractional
 /// allowed; `null` or absent = unpaced), `transport` (`udp` by default, `tls` for a `sips:`
 /// URI; `tls` only with `sips:` and `sips:` only with `tls`), `register` (a boolean; `true`
-/// needs a `username`, whose credentials the binding uses).
+/// needs a `username`, whose credentials the binding uses), `srtp` (`off` by default;
+/// `required` only with `tls`: SDES keys travel in the SDP, which only TLS keeps secret).
 fn trunk_options(
     body: &Map<String, Value>,
     uri: &str,
     username: Option<&str>,
-) -> Result<(Option<CallsPerSecond>, Transport, bool), ApiError> {
+) -> Result<(Option<CallsPerSecond>, Transport, bool, Srtp), ApiError> {
     let max_calls_per_second = match body.get("max_calls_per_second") {
         None | Some(Value::Null) => None,
         Some(v) => Some(
@@ -185,11 +190,18 @@ fn trunk_options(
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(ApiError::invalid("register")),
     };
-    Ok((max_calls_per_second, transport, register))
+    let srtp = match body.get("srtp") {
+        None | Some(Value::Null) => Srtp::Off,
+        Some(Value::String(s)) => Srtp::parse(s)
+            .filter(|s| *s == Srtp::Off || transport == Transport::Tls)
+            .ok_or_else(|| ApiError::invalid("srtp"))?,
+        Some(_) => return Err(ApiError::invalid("srtp")),
+    };
+    Ok((max_calls_per_second, transport, register, srtp))
 }
 
 /// Add a SIP trunk.
-#[utoipa::path(post, path = "/v1/trunks", tag = "telephony", request_body(content = Object, description = "{name, uri, username?, password?, max_concurrent_calls?, max_calls_per_second?, transport?, register?}"),
+#[utoipa::path(post, path = "/v1/trunks", tag = "telephony", request_body(content = Object, description = "{name, uri, username?, password?, max_concurrent_calls?, max_calls_per_second?, transport?, register?, srtp?}"),
     responses((status = 200, body = TrunkResponse), (status = 400, body = crate::openapi::ErrorBody)), security(("bearer" = [])))]
 pub async fn create_trunk(
     State(state): State<AppState>,
@@ -209,6 +221,7 @@ pub async fn create_trunk(
             "max_calls_per_second",
             "transport",
             "register",
+            "srtp",
         ],
     )?;
     let name = text(&body, "name", true, 100)?.unwrap_or_default();
@@ -230,7 +243,7 @@ pub async fn create_trunk(
                 .ok_or_else(|| ApiError::invalid("max_concurrent_calls"))?,
         ),
     };
-    let (max_calls_per_second, transport, register) =
+    let (max_calls_per_second, transport, register, srtp) =
         trunk_options(&body, &uri, username.as_deref())?;
     let trunk = NewTrunk {
         name,
@@ -241,6 +254,7 @@ pub async fn create_trunk(
         max_calls_per_second,
         transport,
         register,
+        srtp,
     };
     let trunk = state
         .store

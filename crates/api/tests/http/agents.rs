@@ -400,14 +400,16 @@ async fn trunk_options_are_stored_shown_and_refused_with_their_field() {
     let udp = Some("udp".to_string());
     assert_eq!(options(&plain["data"]), (None, udp.clone(), Some(false)));
     assert!(plain["data"]["max_calls_per_second"].is_null());
+    assert_eq!(plain["data"]["srtp"], "off");
     let nulls = json!({"name": "nulls", "uri": "sip:127.0.0.1:5081", "max_calls_per_second": null,
         "transport": null, "register": null});
     let nulls = body(app.post(&t, "/v1/trunks", &nulls).await).await;
     assert_eq!(options(&nulls["data"]), (None, udp, Some(false)));
     // A `sips:` trunk speaks TLS unless told otherwise (and cannot be told otherwise).
-    let secure = json!({"name": "secure", "uri": "sips:pbx.example.com:5061"});
+    let secure = json!({"name": "secure", "uri": "sips:pbx.example.com:5061", "srtp": "required"});
     let secure = body(app.post(&t, "/v1/trunks", &secure).await).await;
     assert_eq!(secure["data"]["transport"], "tls");
+    assert_eq!(secure["data"]["srtp"], "required");
     let carrier = json!({"name": "carrier", "uri": "sip:sip.carrier.example", "username": "acct",
         "password": "secret-pw", "max_calls_per_second": 0.5, "transport": "tcp", "register": true});
     let carrier = body(app.post(&t, "/v1/trunks", &carrier).await).await;
@@ -421,6 +423,12 @@ async fn trunk_options_are_stored_shown_and_refused_with_their_field() {
     assert_eq!(listed.len(), 5);
     let listed_carrier = listed.iter().find(|v| v["name"] == "carrier").unwrap();
     assert_eq!(options(listed_carrier), want);
+    assert_eq!(listed_carrier["srtp"], "off");
+    let listed_secure = listed.iter().find(|v| v["name"] == "secure").unwrap();
+    assert_eq!(listed_secure["srtp"], "required");
+    let id = listed_secure["trunk_id"].as_i64().unwrap();
+    let one = body(app.get(&t, &format!("/v1/trunks/{id}")).await).await;
+    assert_eq!(one["data"]["srtp"], "required");
 
     let base = json!({"name": "refused", "uri": "sip:127.0.0.1:5090", "username": "acct"});
     let refusals = [
@@ -454,6 +462,15 @@ async fn trunk_options_are_stored_shown_and_refused_with_their_field() {
         (json!({"register": "yes"}), "register"),
         (json!({"register": 1}), "register"),
         (json!({"register": true, "username": null}), "register"),
+        // SDES keys travel in the SDP: never over plain UDP or TCP.
+        (json!({"srtp": "required"}), "srtp"),
+        (json!({"srtp": "required", "transport": "tcp"}), "srtp"),
+        (json!({"srtp": "optional"}), "srtp"),
+        (
+            json!({"srtp": "REQUIRED", "uri": "sips:pbx.example.com"}),
+            "srtp",
+        ),
+        (json!({"srtp": true, "uri": "sips:pbx.example.com"}), "srtp"),
     ];
     for (fields, field) in refusals {
         let mut request = base.clone();

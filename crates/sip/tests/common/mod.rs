@@ -199,6 +199,7 @@ pub fn request(uri: &str, ring: Duration, max: Duration) -> DialRequest {
             password: None,
             transport: domain::telephony::Transport::Udp,
             register: false,
+            srtp: domain::telephony::Srtp::Off,
         },
         ring_timeout: ring,
         max_duration: max,
