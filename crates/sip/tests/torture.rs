@@ -23,24 +23,17 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tokio::net::UdpSocket;
 
-/// What the endpoint must do with one message.
+/// What the endpoint must do with one message: exactly one answer, so that any change in how a
+/// torture message is treated shows. Where RFC 4475 allows several (a malformed request may be
+/// rejected or dropped; a lenient parser may answer as to the well-formed request), the one we
+/// give is pinned; the comments above the cases say why such an answer is acceptable.
 #[derive(Debug, Clone, Copy)]
 enum Want {
     /// One final response with this status.
     Status(u16),
-    /// One final response with any of these statuses.
-    OneOf(&'static [u16]),
-    /// A malformed request: a 4xx (or one of the listed codes), or no answer at all.
-    RejectOrDrop(&'static [u16]),
-    /// A malformed request the parser reads leniently, in a part the endpoint does not use
-    /// (display name, Date, empty parameters, Request-Line spacing, `<>` or headers around the
-    /// Request-URI): a 4xx, no answer, or the answer it would give the well-formed request.
-    Tolerated(u16),
-    /// Nothing at all: a stray response, which matches no transaction of ours.
-    Nothing,
-    /// Known gap, asserted so that a fix shows: a valid request rsipstack's parser drops
-    /// unanswered (its `Method` has no extension methods; RFC 3261 wants 405 or 501).
-    DroppedByParser,
+    /// No answer at all: a stray response (it matches no transaction of ours), or a malformed
+    /// request the parser drops.
+    NoAnswer,
 }
 
 struct Case {
@@ -78,11 +71,11 @@ const CASES: &[Case] = &[
     // 3.1.1 Valid messages.
     // Its To tag makes it an in-dialog request of no dialog of ours (481), but the parser does
     // not read `tag    = 1918181833n` (LWS around `=`), so it is declined as a new INVITE.
-    case("wsinv", "3.1.1.1", OneOf(&[481, 603]), "wsinv.ndaksdj@192.0.2.1", "9 INVITE"),
+    case("wsinv", "3.1.1.1", Status(603), "wsinv.ndaksdj@192.0.2.1", "9 INVITE"),
     case(
         "intmeth",
         "3.1.1.2",
-        DroppedByParser,
+        Status(501),
         "intmeth.word%ZK-!.*_+'@word`~)(><:\\/\"][?}{",
         "139122385 !interesting-Method0123456789_*+`.%indeed'~",
     ),
@@ -98,7 +91,7 @@ const CASES: &[Case] = &[
     case(
         "esc02",
         "3.1.1.5",
-        DroppedByParser,
+        Status(501),
         "esc02.asdfnqwo34rq23i34jrjasdcnl23nrlknsdf",
         "29344 RE%47IST%45R",
     ),
@@ -133,90 +126,90 @@ const CASES: &[Case] = &[
         "3d9485ad0c49859b@Zmx1ZmZ5LW1hYy0xNi5sb2NhbA..",
         "1 MESSAGE",
     ),
-    case("unreason", "3.1.1.12", Nothing, "", ""),
-    case("noreason", "3.1.1.13", Nothing, "", ""),
+    case("unreason", "3.1.1.12", NoAnswer, "", ""),
+    case("noreason", "3.1.1.13", NoAnswer, "", ""),
     // 3.1.2 Invalid messages.
     case(
         "badinv01",
         "3.1.2.1",
-        Tolerated(603),
+        Status(603),
         "badinv01.0ha0isndaksdjasdf3234nas",
         "8 INVITE",
     ),
-    case("clerr", "3.1.2.2", RejectOrDrop(&[]), "clerr.0ha0isndaksdjweiafasdk3", "8 INVITE"),
-    case("ncl", "3.1.2.3", RejectOrDrop(&[]), "ncl.0ha0isndaksdj2193423r542w35", "0 INVITE"),
+    case("clerr", "3.1.2.2", Status(400), "clerr.0ha0isndaksdjweiafasdk3", "8 INVITE"),
+    case("ncl", "3.1.2.3", Status(400), "ncl.0ha0isndaksdj2193423r542w35", "0 INVITE"),
     case(
         "scalar02",
         "3.1.2.4",
-        RejectOrDrop(&[]),
+        NoAnswer,
         "scalar02.23o0pd9vanlq3wnrlnewofjas9ui32",
         "36893488147419103232 REGISTER",
     ),
-    case("scalarlg", "3.1.2.5", Nothing, "", ""),
-    case("quotbal", "3.1.2.6", Tolerated(603), "quotbal.aksdj", "8 INVITE"),
-    case("ltgtruri", "3.1.2.7", Tolerated(603), "ltgtruri.1@192.0.2.5", "1 INVITE"),
+    case("scalarlg", "3.1.2.5", NoAnswer, "", ""),
+    case("quotbal", "3.1.2.6", Status(603), "quotbal.aksdj", "8 INVITE"),
+    case("ltgtruri", "3.1.2.7", Status(603), "ltgtruri.1@192.0.2.5", "1 INVITE"),
     case(
         "lwsruri",
         "3.1.2.8",
-        RejectOrDrop(&[]),
+        NoAnswer,
         "lwsruri.asdfasdoeoi2323-asdfwrn23-asd834rk423",
         "2130706432 INVITE",
     ),
     case(
         "lwsstart",
         "3.1.2.9",
-        RejectOrDrop(&[]),
+        NoAnswer,
         "lwsstart.dfknq234oi243099adsdfnawe3@example.com",
         "1893884 INVITE",
     ),
     case(
         "trws",
         "3.1.2.10",
-        Tolerated(200),
+        Status(200),
         "trws.oicu34958239neffasdhr2345r",
         "238923 OPTIONS",
     ),
     case(
         "escruri",
         "3.1.2.11",
-        Tolerated(603),
+        Status(603),
         "escruri.23940-asdfhj-aje3br-234q098w-fawerh2q-h4n5",
         "149209342 INVITE",
     ),
     case(
         "baddate",
         "3.1.2.12",
-        Tolerated(603),
+        Status(603),
         "baddate.239423mnsadf3j23lj42--sedfnm234",
         "1392934 INVITE",
     ),
     case(
         "regbadct",
         "3.1.2.13",
-        RejectOrDrop(&[]),
+        Status(405),
         "regbadct.k345asrl3fdbv@10.0.0.1",
         "1 REGISTER",
     ),
     case(
         "badaspec",
         "3.1.2.14",
-        Tolerated(200),
+        Status(200),
         "badaspec.sdf0234n2nds0a099u23h3hnnw009cdkne3",
         "3923239 OPTIONS",
     ),
-    case("baddn", "3.1.2.15", Tolerated(200), "baddn.31415@c.example.com", "3923239 OPTIONS"),
+    case("baddn", "3.1.2.15", Status(200), "baddn.31415@c.example.com", "3923239 OPTIONS"),
     // The RFC asks for 505 Version Not Supported.
-    case("badvers", "3.1.2.16", RejectOrDrop(&[505]), "badvers.31417@c.example.com", "1 OPTIONS"),
-    case("mismatch01", "3.1.2.17", RejectOrDrop(&[]), "mismatch01.dj0234sxdfl3", "8 INVITE"),
+    case("badvers", "3.1.2.16", Status(505), "badvers.31417@c.example.com", "1 OPTIONS"),
+    case("mismatch01", "3.1.2.17", Status(400), "mismatch01.dj0234sxdfl3", "8 INVITE"),
     // The RFC allows 501 Not Implemented for the unknown method.
     case(
         "mismatch02",
         "3.1.2.18",
-        RejectOrDrop(&[501]),
+        Status(400),
         "mismatch02.dj0234sxdfl3",
         "8 INVITE",
     ),
-    case("bigcode", "3.1.2.19", Nothing, "", ""),
+    case("bigcode", "3.1.2.19", NoAnswer, "", ""),
     // 3.2 Transaction layer: a branch that is only the magic cookie is still a request to answer.
     case(
         "badbranch",
@@ -227,11 +220,11 @@ const CASES: &[Case] = &[
     ),
     // 3.3 Application layer.
     // No To, From, Call-ID or Max-Forwards: nothing to build a response from.
-    case("insuf", "3.3.1", RejectOrDrop(&[]), "", "193942 INVITE"),
+    case("insuf", "3.3.1", NoAnswer, "", "193942 INVITE"),
     case(
         "unkscm",
         "3.3.2",
-        OneOf(&[416]),
+        Status(416),
         "unkscm.nasdfasser0q239nwsdfasdkl34",
         "3923423 OPTIONS",
     ),
@@ -239,14 +232,14 @@ const CASES: &[Case] = &[
     case(
         "novelsc",
         "3.3.3",
-        OneOf(&[416, 200]),
+        Status(200),
         "novelsc.asdfasser0q239nwsdfasdkl34",
         "3923423 OPTIONS",
     ),
     case(
         "unksm2",
         "3.3.4",
-        OneOf(&[400, 405, 416]),
+        Status(405),
         "unksm2.daksdj@hyphenated-host.example.com",
         "234902 REGISTER",
     ),
@@ -256,27 +249,27 @@ const CASES: &[Case] = &[
     case(
         "invut",
         "3.3.6",
-        OneOf(&[603, 415]),
+        Status(603),
         "invut.0ha0isndaksdjadsfij34n23d",
         "235448 INVITE",
     ),
     case(
         "regaut01",
         "3.3.7",
-        OneOf(&[405, 401]),
+        Status(405),
         "regaut01.0ha0isndaksdj",
         "9338 REGISTER",
     ),
-    // Two Call-IDs, two CSeqs, two Tos, two Froms: 400 (or dropped).
-    case("multi01", "3.3.8", RejectOrDrop(&[]), "multi01.98asdh@192.0.2.1", "5 INVITE"),
+    // Two Call-IDs, two CSeqs, two Tos, two Froms: 400.
+    case("multi01", "3.3.8", Status(400), "multi01.98asdh@192.0.2.1", "5 INVITE"),
     case(
         "mcl01",
         "3.3.9",
-        RejectOrDrop(&[]),
+        Status(400),
         "mcl01.fhn2323orihawfdoa3o4r52o3irsdf",
         "15932 OPTIONS",
     ),
-    case("bcast", "3.3.10", Nothing, "", ""),
+    case("bcast", "3.3.10", NoAnswer, "", ""),
     // Max-Forwards 0 stops proxies; the UAS it reached answers.
     case(
         "zeromf",
@@ -307,7 +300,7 @@ const CASES: &[Case] = &[
         "14398234 REGISTER",
     ),
     // We decline every INVITE; the RFC's 406 for the unacceptable Accept would do as well.
-    case("sdp01", "3.3.15", OneOf(&[603, 406]), "sdp01.ndaksdj9342dasdd", "8 INVITE"),
+    case("sdp01", "3.3.15", Status(603), "sdp01.ndaksdj9342dasdd", "8 INVITE"),
     // 3.4 Backward compatibility: an RFC 2543 INVITE (no branch, no Max-Forwards).
     case(
         "inv2543",
@@ -507,16 +500,10 @@ fn judge(case: &Case, got: &[Vec<u8>]) -> Result<String, String> {
         _ => return Err(format!("several answers: {responses:?}")),
     };
     let ok = match (case.want, code) {
-        (Nothing, None) => true,
-        (Nothing, Some(_)) => false,
+        (NoAnswer, None) => true,
+        (NoAnswer, Some(_)) => false,
         (Status(want), Some(c)) => c == want,
-        (OneOf(set), Some(c)) => set.contains(&c),
-        (RejectOrDrop(_), None) => true,
-        (RejectOrDrop(also), Some(c)) => (400..500).contains(&c) || also.contains(&c),
-        (Tolerated(_), None) => true,
-        (Tolerated(usual), Some(c)) => (400..500).contains(&c) || c == usual,
-        (DroppedByParser, found) => found.is_none(),
-        (Status(_) | OneOf(_), None) => false,
+        (Status(_), None) => false,
     };
     let shown = code.map_or("-".to_string(), |c| c.to_string());
     if ok {

@@ -54,8 +54,10 @@ fn scope_filter(agent: i64) -> String {
     }
 }
 
-/// Rows after the key `($3, $4)` in list order. The first conjunct is the index range.
-const AFTER: &str = "created_at >= $3 AND (created_at > $3 OR id > $4)";
+/// Rows after the key `($3, $4)` in list order. A row value, so that both columns bound the
+/// index range: a batch's recipients share a few creation times, and `created_at >= $3 AND
+/// (created_at > $3 OR id > $4)` walked every row of such a tie from its start.
+const AFTER: &str = "(created_at, id) > ($3, $4)";
 
 /// Before any row: the "mark" at position 0.
 const START: (i64, &str) = (i64::MIN, "");
@@ -275,8 +277,7 @@ static NEXT_MARK: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(||
         format!(
             "INSERT INTO conversation_marks (tenant_id, agent_id, position, created_at, call_id) \
              SELECT $1, $2, COALESCE({position}, 0) + $3, created_at, id FROM calls \
-             WHERE {} AND created_at >= COALESCE({at}, {min}) \
-             AND (created_at > COALESCE({at}, {min}) OR id > COALESCE({id}, '')) \
+             WHERE {} AND (created_at, id) > (COALESCE({at}, {min}), COALESCE({id}, '')) \
              AND created_at < $4 ORDER BY created_at ASC, id ASC LIMIT 1 OFFSET $5",
             scope_filter(agent),
             // Below any creation time, as a literal both engines read as an integer (i64::MIN

@@ -12,6 +12,7 @@ pub mod tls;
 pub mod tls_platform;
 pub mod transport_layer;
 pub mod udp;
+pub mod unknown_method;
 #[cfg(all(feature = "platform-tokio", feature = "websocket"))]
 pub mod websocket;
 pub use connection::SipConnection;

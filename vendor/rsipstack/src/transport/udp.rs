@@ -186,6 +186,10 @@ impl UdpConnection {
                         raw_message = ?raw_message,
                         "error parsing SIP message"
                     );
+                    // outdial patch 4: an unknown method is answered 501, not dropped.
+                    if let Some(answer) = super::unknown_method::not_implemented(packet) {
+                        self.inner.conn.send_to(&answer, addr).await.ok();
+                    }
                     continue;
                 }
             };
