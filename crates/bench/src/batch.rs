@@ -26,21 +26,8 @@ pub async fn run(args: Args) -> Result<()> {
     }
     let csv_mb = csv.len() as f64 / 1_048_576.0;
     let rss_before = crate::server::proc_status_mb("VmHWM");
-    let form = reqwest::multipart::Form::new()
-        .text("agent_id", server.agent_id.to_string())
-        .text("name", "bench")
-        .part(
-            "file",
-            reqwest::multipart::Part::bytes(csv.into_bytes()).file_name("recipients.csv"),
-        );
     let started = Instant::now();
-    let r = server
-        .client
-        .post(format!("{}/v1/batch-call", server.base))
-        .bearer_auth(&server.key)
-        .multipart(form)
-        .send()
-        .await?;
+    let r = server.upload_batch("bench", csv).await?;
     let status = r.status();
     let body: serde_json::Value = r.json().await?;
     let upload_s = started.elapsed().as_secs_f64();

@@ -25,20 +25,7 @@ pub async fn run(args: Args) -> Result<()> {
         csv.push_str(&format!("+9198{i:08}\n"));
     }
     // This in-process server runs no dispatcher: the calls stay as uploaded.
-    let form = reqwest::multipart::Form::new()
-        .text("agent_id", server.agent_id.to_string())
-        .text("name", "history")
-        .part(
-            "file",
-            reqwest::multipart::Part::bytes(csv.into_bytes()).file_name("recipients.csv"),
-        );
-    let r = server
-        .client
-        .post(format!("{}/v1/batch-call", server.base))
-        .bearer_auth(&server.key)
-        .multipart(form)
-        .send()
-        .await?;
+    let r = server.upload_batch("history", csv).await?;
     ensure!(r.status() == 200, "upload refused: {}", r.text().await?);
 
     let mut depths = vec![

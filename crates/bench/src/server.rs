@@ -132,6 +132,26 @@ impl Server {
     }
 }
 
+impl Server {
+    /// `POST /v1/batch-call` of `csv` for this server's agent, as a CRM export is uploaded.
+    pub async fn upload_batch(&self, name: &str, csv: String) -> Result<reqwest::Response> {
+        let form = reqwest::multipart::Form::new()
+            .text("agent_id", self.agent_id.to_string())
+            .text("name", name.to_string())
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(csv.into_bytes()).file_name("recipients.csv"),
+            );
+        Ok(self
+            .client
+            .post(format!("{}/v1/batch-call", self.base))
+            .bearer_auth(&self.key)
+            .multipart(form)
+            .send()
+            .await?)
+    }
+}
+
 /// A `/proc/self/status` memory figure (`VmRSS`, `VmHWM`, ...) in MB; 0 where unavailable.
 pub fn proc_status_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")

@@ -243,15 +243,7 @@ mod tests {
     const NOW: Millis = Millis(1_775_000_000_000);
     const ENDED: Millis = Millis(1_774_999_990_000);
     const URL: &str = "http://127.0.0.1:8080";
-    const OUTCOMES: [CallStatus; 7] = [
-        Completed,
-        Failed,
-        Busy,
-        NoAnswer,
-        Unreachable,
-        TelephonyFailed,
-        SocketFailure,
-    ];
+    const OUTCOMES: &[CallStatus] = super::super::DIALLED_OUTCOMES;
 
     /// The call as a settling update left it.
     fn call(status: CallStatus, attempt: u32, started: bool, batch: Option<i64>) -> Conversation {
@@ -327,7 +319,7 @@ mod tests {
     #[test]
     fn each_outcome_with_and_without_a_retry_in_and_out_of_a_batch() {
         let policy = policy();
-        for outcome in OUTCOMES {
+        for &outcome in OUTCOMES {
             for retrying in [false, true] {
                 for batch in [None, Some(9)] {
                     let c = call(outcome, 1, true, batch);
@@ -535,7 +527,7 @@ mod tests {
     fn every_move_leaves_a_batch_of_the_same_size_from_an_unfinished_counter() {
         let policy = policy();
         let mut cases = Vec::new();
-        for outcome in OUTCOMES {
+        for &outcome in OUTCOMES {
             for p in [None, Some(&policy)] {
                 cases.push((call(outcome, 1, true, Some(1)), p, ended(outcome)));
             }
