@@ -389,16 +389,7 @@ impl Sipp {
             let Some(request) = rest.find("INVITE sip:").map(|i| &rest[i..]) else {
                 continue;
             };
-            let call_id = request
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("Call-ID:")
-                        .or_else(|| l.strip_prefix("Call-Id:"))
-                })
-                .unwrap_or("")
-                .trim()
-                .to_string();
-            if !seen.insert(call_id) {
+            if !seen.insert(call_id(request)) {
                 continue;
             }
             let number = request["INVITE sip:".len()..]
@@ -428,16 +419,7 @@ impl Sipp {
                     .next()
                     .unwrap_or("")
                     .to_string();
-                let call_id = request
-                    .lines()
-                    .find_map(|l| {
-                        l.strip_prefix("Call-ID:")
-                            .or_else(|| l.strip_prefix("Call-Id:"))
-                    })
-                    .unwrap_or("")
-                    .trim()
-                    .to_string();
-                Some((uri, call_id))
+                Some((uri, call_id(request)))
             })
             .collect()
     }
@@ -680,4 +662,17 @@ pub fn payment_flow() -> Value {
 /// The agent crate's callee scenario: answer, wait `-d` ms, play `./caller.ul`, wait for our BYE.
 pub fn callee_speaks_scenario() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/tests/scenarios/callee_speaks.xml")
+}
+
+/// A SIP message's Call-ID as SIPp logs it (either spelling of the header name); empty if none.
+fn call_id(message: &str) -> String {
+    message
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Call-ID:")
+                .or_else(|| l.strip_prefix("Call-Id:"))
+        })
+        .unwrap_or("")
+        .trim()
+        .to_string()
 }
