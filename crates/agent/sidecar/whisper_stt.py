@@ -47,6 +47,11 @@ def decode(audio, phrases):
         audio,
         language="en",
         beam_size=1,
+        # No fallback to sampling at higher temperatures: on a doubtful utterance it re-decoded
+        # up to five more times (8-13 s for a one-word reply on a busy node) and then returned
+        # a sample, not the likeliest words. A loop or a doubt gives low confidence instead,
+        # and the agent asks again.
+        temperature=0.0,
         initial_prompt=prompt,
         condition_on_previous_text=False,
         without_timestamps=True,

@@ -61,6 +61,10 @@ pub struct Args {
     /// One JSON line per utterance and engine (what was heard, its confidence, the outcome).
     #[arg(long)]
     details: Option<PathBuf>,
+    /// Also write each utterance as it reached the recogniser (16 kHz WAV) with a
+    /// `manifest.jsonl`, to study a recogniser outside the benchmark.
+    #[arg(long)]
+    dump_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -192,6 +196,9 @@ struct Job {
 enum Engine {
     PocketSphinx(PocketSphinx),
     Whisper(Whisper),
+    /// `replay:FILE`: what a recogniser run outside the benchmark heard in the audio of
+    /// `--dump-dir`, one JSON line per utterance in order (`text`, `confidence`).
+    Replay(std::sync::Mutex<std::vec::IntoIter<Transcript>>),
 }
 
 impl Engine {
@@ -202,11 +209,15 @@ impl Engine {
                 ..Default::default()
             })),
             "whisper" => Engine::Whisper(Whisper::default()),
-            other => bail!("unknown engine {other:?} (pocketsphinx, whisper)"),
+            other => match other.strip_prefix("replay:") {
+                Some(path) => Engine::Replay(std::sync::Mutex::new(replayed(Path::new(path))?)),
+                None => bail!("unknown engine {other:?} (pocketsphinx, whisper, replay:FILE)"),
+            },
         };
         match &engine {
             Engine::PocketSphinx(e) => e.warm_up().await?,
             Engine::Whisper(e) => e.warm_up().await?,
+            Engine::Replay(_) => {}
         }
         Ok(engine)
     }
@@ -215,8 +226,26 @@ impl Engine {
         Ok(match self {
             Engine::PocketSphinx(e) => e.transcribe(audio, phrases).await?,
             Engine::Whisper(e) => e.transcribe(audio, phrases).await?,
+            Engine::Replay(lines) => lines
+                .lock()
+                .map_err(|_| anyhow::anyhow!("replay poisoned"))?
+                .next()
+                .context("the replay file has fewer lines than utterances")?,
         })
     }
+}
+
+fn replayed(path: &Path) -> Result<std::vec::IntoIter<Transcript>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let mut heard = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        heard.push(Transcript::new(
+            v["text"].as_str().unwrap_or_default(),
+            v["confidence"].as_f64().map(|c| c as f32),
+        ));
+    }
+    Ok(heard.into_iter())
 }
 
 fn intent_of(stage: &Stage, route: usize) -> Intent {
@@ -227,6 +256,34 @@ fn intent_of(stage: &Stage, route: usize) -> Intent {
         .and_then(|v| v.as_str())
         .and_then(Intent::from_name)
         .unwrap_or(Intent::Unclear)
+}
+
+fn dump(
+    dir: &Path,
+    n: usize,
+    audio: &[i16],
+    voice: &Voice,
+    profile: &Profile,
+    said: &str,
+    intent: Intent,
+) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let file = format!("{n:05}.wav");
+    media::wav::write(
+        std::io::BufWriter::new(std::fs::File::create(dir.join(&file))?),
+        16_000,
+        audio,
+    )?;
+    let line = serde_json::json!({
+        "file": file, "voice": voice.label(), "profile": profile.name,
+        "said": said, "expected": intent.name(),
+    });
+    let mut manifest = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("manifest.jsonl"))?;
+    writeln!(manifest, "{line}")?;
+    Ok(())
 }
 
 fn seed_of(job: &Job, seed: u64) -> u64 {
@@ -302,7 +359,8 @@ pub async fn run(args: Args) -> Result<()> {
     );
 
     let mut engines = Vec::new();
-    for name in &args.engines {
+    // `--engines ''` with `--dump-dir`: only the audio.
+    for name in args.engines.iter().filter(|n| !n.is_empty()) {
         engines.push((name.clone(), Engine::start(name).await?));
     }
     let mut details = match &args.details {
@@ -321,6 +379,9 @@ pub async fn run(args: Args) -> Result<()> {
             Reply::Cough => (cough(line_seed), ""),
         };
         let audio = with_end_of_turn(carry(&clean, profile, line_seed));
+        if let Some(dir) = &args.dump_dir {
+            dump(dir, n, &audio, &voices[job.voice], profile, reference, item.intent)?;
+        }
         for (name, engine) in &engines {
             let tally = tallies.entry(name.clone()).or_default();
             let heard = match engine.hear(&audio, &phrases).await {
