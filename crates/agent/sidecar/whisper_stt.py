@@ -4,12 +4,14 @@ Nothing is fetched from a model hub: HF_HUB_OFFLINE is set and the model is a lo
 
 The model is loaded once; the process then serves requests until stdin closes.
 Protocol on stdin/stdout, one request at a time:
-  request:  one JSON line {"samples": N, "phrases": [...]} then N little-endian int16 samples
+  request:  one JSON line {"samples": N, "phrases": [...], "asked": "..."} then N little-endian int16 samples
             (16 kHz mono) as raw bytes
   response: one JSON line {"text": "...", "confidence": 0.0-1.0, "ms": decode_ms}
             or {"error": "..."}
 A line {"ready": true} is printed once the model is loaded.
-The expected phrases, if any, go in as the decoder's initial prompt: a bias, not a constraint.
+The decoder's initial prompt is the agent's question ("asked") when there is one, as the
+conversation's previous text is in Whisper's training; else the expected phrases. A bias, not a
+constraint.
 """
 import json
 import math
@@ -41,8 +43,8 @@ model = WhisperModel(
 )
 
 
-def decode(audio, phrases):
-    prompt = ", ".join(phrases[:40]) if phrases else None
+def decode(audio, phrases, asked=""):
+    prompt = asked.strip()[-400:] or (", ".join(phrases[:40]) if phrases else None)
     segments, _ = model.transcribe(
         audio,
         language="en",
@@ -99,7 +101,7 @@ while True:
     try:
         started = time.monotonic()
         audio = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
-        text, conf = decode(audio, [str(p) for p in req.get("phrases") or []]) if n else ("", 0.0)
+        text, conf = decode(audio, [str(p) for p in req.get("phrases") or []], str(req.get("asked") or "")) if n else ("", 0.0)
         ms = int((time.monotonic() - started) * 1000)
         out.write(json.dumps({"text": text, "confidence": conf, "ms": ms}) + "\n")
     except Exception as e:  # one bad utterance must not take recognition down

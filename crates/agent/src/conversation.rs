@@ -9,7 +9,7 @@
 
 use crate::amd::{Amd, AmdConfig, Cue, GreetingEnd};
 use crate::brain::{Brain, Reply};
-use crate::stt::{SpeechToText, SttStream, Transcript};
+use crate::stt::{Listening, SpeechToText, SttStream, Transcript};
 use crate::tts::TextToSpeech;
 use crate::turn::{TurnConfig, TurnEvent, TurnTaker, FRAME_MS};
 use crate::vad::Vad;
@@ -252,9 +252,9 @@ struct Heard {
 enum Recognition {
     /// Fed frame by frame while the caller speaks.
     Streaming(SttStream),
-    /// The engine takes whole utterances: the audio so far, and the phrases expected when the
+    /// The engine takes whole utterances: the audio so far, and what was expected when the
     /// utterance began.
-    Buffered(Vec<i16>, Vec<String>),
+    Buffered(Vec<i16>, Listening),
 }
 
 impl Recognition {
@@ -286,6 +286,8 @@ struct Driver {
     brain: Option<Box<dyn Brain>>,
     /// What the brain expected when it was last here, for utterances begun while it thinks.
     phrases: Vec<String>,
+    /// The agent's last line queued for the caller: what a reply answers.
+    asked: String,
     control: mpsc::Sender<CallControl>,
     outbound: mpsc::Sender<AudioFrame>,
     tx: mpsc::Sender<Internal>,
@@ -379,6 +381,7 @@ async fn run(
     let start = brain.start();
     let mut d = Driver {
         phrases: brain.expected_phrases(),
+        asked: String::new(),
         brain: Some(brain),
         vad: Vad::new(timing.vad_threshold),
         echo: media::echo::EchoGate::new(media::echo::EchoConfig::default(), FRAME_MS as u32),
@@ -650,10 +653,15 @@ impl Driver {
             self.utterance += 1;
             self.utterance_started_ms =
                 self.now_ms() - (self.preroll.len() as i64 * FRAME_MS as i64);
-            let phrases = self.phrases.clone();
-            let mut rec = match self.stt.stream(&phrases) {
+            let mut rec = match self.stt.stream(&self.phrases) {
                 Some(stream) => Recognition::Streaming(stream),
-                None => Recognition::Buffered(Vec::new(), phrases),
+                None => Recognition::Buffered(
+                    Vec::new(),
+                    Listening {
+                        asked: self.asked.clone(),
+                        phrases: self.phrases.clone(),
+                    },
+                ),
             };
             for f in &self.preroll {
                 rec.push(f);
@@ -695,9 +703,9 @@ impl Driver {
             TurnEvent::Pause => {
                 // Only an engine that takes whole utterances needs a head start; a stream has
                 // been fed all along.
-                if let Some(Recognition::Buffered(audio, phrases)) = &self.recognition {
-                    let (audio, phrases) = (audio.clone(), phrases.clone());
-                    self.transcribe(audio, phrases);
+                if let Some(Recognition::Buffered(audio, listening)) = &self.recognition {
+                    let (audio, listening) = (audio.clone(), listening.clone());
+                    self.transcribe(audio, listening);
                 }
             }
             TurnEvent::Resumed => self.utterance += 1,
@@ -709,14 +717,14 @@ impl Driver {
                 });
                 match recognition {
                     Some(Recognition::Streaming(stream)) => self.finish_stream(stream),
-                    Some(Recognition::Buffered(audio, phrases)) => {
+                    Some(Recognition::Buffered(audio, listening)) => {
                         let have = self.stt_inflight == Some(self.utterance)
                             || self
                                 .heard
                                 .as_ref()
                                 .is_some_and(|h| h.utterance == self.utterance);
                         if !have {
-                            self.transcribe(audio, phrases);
+                            self.transcribe(audio, listening);
                         }
                     }
                     None => {}
@@ -735,14 +743,13 @@ impl Driver {
     }
 
     /// Transcribes a whole utterance (engines that do not stream).
-    fn transcribe(&mut self, audio: Vec<i16>, phrases: Vec<String>) {
+    fn transcribe(&mut self, audio: Vec<i16>, listening: Listening) {
         let stt = self.stt.clone();
         let utterance = self.utterance;
         self.stt_inflight = Some(utterance);
-        self.report_heard(
-            utterance,
-            async move { stt.transcribe(&audio, &phrases).await },
-        );
+        self.report_heard(utterance, async move {
+            stt.transcribe_reply(&audio, &listening).await
+        });
     }
 
     fn report_heard<F>(&self, utterance: u64, words: F)
@@ -809,6 +816,7 @@ impl Driver {
                 let Some(audio) = audio else {
                     return;
                 };
+                self.asked.clone_from(&text);
                 self.queue.push_back(Line {
                     text,
                     audio,

@@ -8,7 +8,7 @@ use crate::flow::FlowBrain;
 use crate::llm::{LlmBrain, LlmOptions};
 use crate::opt_out::OptOutGuard;
 use crate::piper::{Piper, PiperConfig};
-use crate::stt::SpeechToText;
+use crate::stt::{PocketSphinx, PocketSphinxConfig, SpeechToText};
 use crate::tts::{TextToSpeech, TtsError};
 use crate::whisper::{Whisper, WhisperConfig};
 use async_trait::async_trait;
@@ -147,6 +147,8 @@ pub struct EngineRegistry {
     piper: OnceLock<Arc<Piper>>,
     whisper_config: WhisperConfig,
     whisper: OnceLock<Arc<Whisper>>,
+    pocketsphinx_config: PocketSphinxConfig,
+    pocketsphinx: OnceLock<Arc<PocketSphinx>>,
     deepgram: Option<DeepgramConfig>,
 }
 
@@ -161,8 +163,16 @@ impl EngineRegistry {
             piper: OnceLock::new(),
             whisper_config,
             whisper: OnceLock::new(),
+            pocketsphinx_config: PocketSphinxConfig::default(),
+            pocketsphinx: OnceLock::new(),
             deepgram,
         }
+    }
+
+    /// Pocketsphinx's sidecars on this configuration (default: [`PocketSphinxConfig::default`]).
+    pub fn with_pocketsphinx(mut self, config: PocketSphinxConfig) -> Self {
+        self.pocketsphinx_config = config;
+        self
     }
 
     /// The node's registry: the one [`EngineRegistry::install_global`] set, else the engines'
@@ -192,6 +202,13 @@ impl EngineRegistry {
             .clone()
     }
 
+    /// Pocketsphinx, started on first use (or by [`PocketSphinx::warm_up`]).
+    pub fn pocketsphinx(&self) -> Arc<PocketSphinx> {
+        self.pocketsphinx
+            .get_or_init(|| Arc::new(PocketSphinx::new(self.pocketsphinx_config.clone())))
+            .clone()
+    }
+
     pub fn tts_for(
         &self,
         agent: &AgentConfig,
@@ -215,6 +232,7 @@ impl EngineRegistry {
     ) -> Arc<dyn SpeechToText> {
         match agent.transcriber.engine.as_str() {
             "whisper" => self.whisper(),
+            "pocketsphinx" => self.pocketsphinx(),
             "deepgram" => match &self.deepgram {
                 Some(cfg) => {
                     let mut cfg = cfg.clone();

@@ -10,6 +10,7 @@ pub mod deepgram;
 pub mod engines;
 pub mod flow;
 pub mod llm;
+mod numerals;
 pub mod opt_out;
 pub mod piper;
 mod sidecar;
@@ -36,8 +37,8 @@ pub use llm::{LlmBrain, LlmOptions};
 pub use piper::{Piper, PiperConfig};
 pub use sidecar::SidecarConfig;
 pub use stt::{
-    Feed, PocketSphinx, PocketSphinxConfig, SpeechToText, StreamFeed, SttError, SttStream,
-    Transcript,
+    Feed, Listening, PocketSphinx, PocketSphinxConfig, SpeechToText, StreamFeed, SttError,
+    SttStream, Transcript,
 };
 pub use template::render;
 pub use tts::{EspeakNg, TextToSpeech, TtsError};

@@ -58,11 +58,31 @@ impl From<String> for Transcript {
     }
 }
 
+/// What a reply is expected to answer: the agent's last words before it and the phrases the
+/// brain listens for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Listening {
+    /// The line the agent spoke last ("Can you pay it by Friday?"); empty before it has spoken.
+    pub asked: String,
+    pub phrases: Vec<String>,
+}
+
 #[async_trait]
 pub trait SpeechToText: Send + Sync + 'static {
     /// The words in `audio` (16 kHz mono). `phrases` are what the caller is expected to say
     /// now; an engine may use them to constrain or bias recognition.
     async fn transcribe(&self, audio: &[i16], phrases: &[String]) -> Result<Transcript, SttError>;
+
+    /// The words of a reply to `listening.asked`. An engine that conditions on the conversation
+    /// (Whisper) hears a reply better after the question it answers; the others hear
+    /// `listening.phrases` as in [`SpeechToText::transcribe`].
+    async fn transcribe_reply(
+        &self,
+        audio: &[i16],
+        listening: &Listening,
+    ) -> Result<Transcript, SttError> {
+        self.transcribe(audio, &listening.phrases).await
+    }
 
     /// Starts recognising one utterance that will be fed as it is heard. `None`: this engine
     /// only takes whole utterances.

@@ -14,7 +14,7 @@
 
 use agent::{
     converse, ConversationOutcome, EspeakNg, FlowBrain, Opening, PocketSphinx, PocketSphinxConfig,
-    Session, TextToSpeech, Timing,
+    Session, SpeechToText, TextToSpeech, Timing, Whisper,
 };
 use anyhow::{Context, Result};
 use domain::agent::AgentConfig;
@@ -37,7 +37,10 @@ pub struct Args {
     /// Caller turns per conversation.
     #[arg(long, default_value_t = 5)]
     turns: usize,
-    /// pocketsphinx sidecars (default: 4 per core).
+    /// The recogniser: whisper (the node's `local` default) or pocketsphinx.
+    #[arg(long, default_value = "whisper")]
+    stt: String,
+    /// Recogniser processes (default: pocketsphinx 4 per core, whisper 1, as a node runs them).
     #[arg(long)]
     sidecars: Option<usize>,
     /// The agent's end-of-turn silence.
@@ -284,12 +287,31 @@ pub async fn run(args: Args) -> Result<()> {
         "Yes, I can pay by Friday.",
         dir.path(),
     ));
-    let stt = Arc::new(PocketSphinx::new(PocketSphinxConfig {
-        sidecars: args.sidecars.unwrap_or_else(agent::stt::default_sidecars),
-        ..Default::default()
-    }));
-    stt.warm_up().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let sidecar_pids: Vec<String> = stt.idle_pids().iter().map(|p| p.to_string()).collect();
+    let (stt, sidecars, pids): (Arc<dyn SpeechToText>, usize, Vec<u32>) = match args.stt.as_str() {
+        "pocketsphinx" => {
+            let stt = PocketSphinx::new(PocketSphinxConfig {
+                python: args.python.clone(),
+                sidecars: args.sidecars.unwrap_or_else(agent::stt::default_sidecars),
+                ..Default::default()
+            });
+            stt.warm_up().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let (n, pids) = (stt.sidecars(), stt.idle_pids());
+            (Arc::new(stt), n, pids)
+        }
+        "whisper" => {
+            let n = args.sidecars.unwrap_or(1);
+            let stt = Whisper::new(agent::SidecarConfig {
+                python: args.python.clone(),
+                processes: n,
+                ..Whisper::config()
+            });
+            stt.warm_up().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let pids = stt.pids().await;
+            (Arc::new(stt), n, pids)
+        }
+        other => anyhow::bail!("--stt {other}: whisper or pocketsphinx"),
+    };
+    let sidecar_pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
     let tts: Arc<dyn TextToSpeech> = Arc::new(EspeakNg::default());
     let cfg = Arc::new(agent(args.end_of_turn_ms)?);
     let params = vec![Parameter {
@@ -370,7 +392,10 @@ pub async fn run(args: Args) -> Result<()> {
         understood += outcome
             .transcript
             .iter()
-            .filter(|l| l.role == domain::call::Speaker::Human && l.message.contains("friday"))
+            .filter(|l| {
+                l.role == domain::call::Speaker::Human
+                    && l.message.to_lowercase().contains("friday")
+            })
             .count();
         if outcome.results.get("intent").is_none() {
             eprintln!(
@@ -395,10 +420,11 @@ pub async fn run(args: Args) -> Result<()> {
         cpu_seconds("self") + sidecar_pids.iter().map(|p| cpu_seconds(p)).sum::<f64>();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "calls {} x {} turns, sidecars {}, end of turn {} ms, wall {:.1} s, load {}",
+        "calls {} x {} turns, {} x {}, end of turn {} ms, wall {:.1} s, load {}",
         args.calls,
         args.turns,
-        stt.sidecars(),
+        sidecars,
+        args.stt,
         args.end_of_turn_ms,
         wall,
         load.split_whitespace()

@@ -336,8 +336,8 @@ fn sip_port(report: &mut Report, addr: SocketAddr) {
 }
 
 /// Which languages and agents use `engine`, for its line.
-fn users(engine: Engine, agents: &[&LiveAgent]) -> String {
-    let default = Engine::DEFAULTS.contains(&engine);
+fn users(engine: Engine, local: Engine, agents: &[&LiveAgent]) -> String {
+    let default = Engine::defaults(local).contains(&engine);
     let kind = engine.kind().describe();
     if agents.is_empty() {
         return format!("{kind}, the node's default (no agent uses it yet)");
@@ -397,7 +397,7 @@ async fn check_engine(config: &EngineConfig, engine: Engine) -> Result<(), Probl
 }
 
 async fn speech_engines(report: &mut Report, config: &EngineConfig, agents: &[LiveAgent]) {
-    let needed = needs(agents);
+    let needed = needs(agents, config.local);
     for engine in Engine::ALL {
         let subject = engine.name();
         let Some(users_of) = needed.get(&engine) else {
@@ -409,7 +409,7 @@ async fn speech_engines(report: &mut Report, config: &EngineConfig, agents: &[Li
             );
             continue;
         };
-        let detail = users(engine, users_of);
+        let detail = users(engine, config.local, users_of);
         match check_engine(config, engine).await {
             Ok(()) => report.line(Status::Ok, subject, &detail, None),
             Err(p) => {

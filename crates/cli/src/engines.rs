@@ -40,6 +40,11 @@ pub struct EngineArgs {
     #[arg(long, env = "OUTDIAL_WHISPER_PROCESSES", default_value_t = 1,
         value_parser = clap::value_parser!(u8).range(1..=16))]
     pub whisper_processes: u8,
+    /// The recogniser of agents whose `transcriber.engine` is `local` (the default): whisper
+    /// (chosen by `outdial-bench understand`: twice the replies understood and no opposite
+    /// intent where pocketsphinx recorded some) or pocketsphinx (lighter, and faster per turn).
+    #[arg(long, env = "OUTDIAL_LOCAL_TRANSCRIBER", value_enum, default_value_t = LocalTranscriber::Whisper)]
+    pub local_transcriber: LocalTranscriber,
     /// Deepgram's API key; with it agents may use `transcriber.engine: "deepgram"`. A
     /// credential: give it in the environment or the config file, not on a command line
     /// others can read.
@@ -51,6 +56,22 @@ pub struct EngineArgs {
     /// Deepgram's model.
     #[arg(long, env = "OUTDIAL_DEEPGRAM_MODEL", default_value = agent::deepgram::DEFAULT_MODEL)]
     pub deepgram_model: String,
+}
+
+/// The engines `transcriber.engine: "local"` may mean.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalTranscriber {
+    Whisper,
+    Pocketsphinx,
+}
+
+impl LocalTranscriber {
+    pub fn engine(self) -> Engine {
+        match self {
+            Self::Whisper => Engine::Whisper,
+            Self::Pocketsphinx => Engine::Pocketsphinx,
+        }
+    }
 }
 
 /// `serve`'s engine settings: [`EngineArgs`] and how often the missing ones are tried again.
@@ -70,6 +91,8 @@ pub struct ServeEngineArgs {
 pub enum Optional {
     Kind(EngineKind),
     Engine(Engine),
+    /// Whatever `transcriber.engine: "local"` means on the node (`--local-transcriber`).
+    Local,
 }
 
 fn parse_optional(s: &str) -> Result<Optional, String> {
@@ -79,8 +102,11 @@ fn parse_optional(s: &str) -> Result<Optional, String> {
             return Ok(Optional::Kind(kind));
         }
     }
+    if s == "local" {
+        return Ok(Optional::Local);
+    }
     Engine::from_name(s).map(Optional::Engine).ok_or_else(|| {
-        format!("`{s}`: one of stt, tts, pocketsphinx, espeak-ng, piper, whisper, deepgram")
+        format!("`{s}`: one of stt, tts, local, pocketsphinx, espeak-ng, piper, whisper, deepgram")
     })
 }
 
@@ -103,8 +129,11 @@ impl Engine {
         Engine::Deepgram,
     ];
 
-    /// The node's defaults: every agent that names no other engine hears and speaks with these.
-    pub const DEFAULTS: [Engine; 2] = [Engine::Pocketsphinx, Engine::EspeakNg];
+    /// The node's defaults: every agent that names no other engine hears with `local` and
+    /// speaks with espeak-ng.
+    pub fn defaults(local: Engine) -> [Engine; 2] {
+        [local, Engine::EspeakNg]
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -117,8 +146,6 @@ impl Engine {
     }
 
     fn from_name(s: &str) -> Option<Self> {
-        // Agents call pocketsphinx "local" (`transcriber.engine`).
-        let s = if s == "local" { "pocketsphinx" } else { s };
         Self::ALL.into_iter().find(|e| e.name() == s)
     }
 
@@ -138,9 +165,10 @@ impl Engine {
         }
     }
 
-    /// The engines one agent's configuration uses (its voice and its ears).
-    pub fn of_agent(config: &domain::AgentConfig) -> [Engine; 2] {
-        let ears = Engine::from_name(&config.transcriber.engine).unwrap_or(Engine::Pocketsphinx);
+    /// The engines one agent's configuration uses (its voice and its ears); `local` is what
+    /// `transcriber.engine: "local"` means on this node.
+    pub fn of_agent(config: &domain::AgentConfig, local: Engine) -> [Engine; 2] {
+        let ears = Engine::from_name(&config.transcriber.engine).unwrap_or(local);
         let voice = Engine::from_name(&config.voice.engine).unwrap_or(Engine::EspeakNg);
         [ears, voice]
     }
@@ -148,13 +176,13 @@ impl Engine {
 
 /// The engines the node needs, each with the live agents that use it (the defaults are needed
 /// with or without agents: an agent created later uses them).
-pub fn needs(agents: &[LiveAgent]) -> BTreeMap<Engine, Vec<&LiveAgent>> {
-    let mut needs: BTreeMap<Engine, Vec<&LiveAgent>> = Engine::DEFAULTS
+pub fn needs(agents: &[LiveAgent], local: Engine) -> BTreeMap<Engine, Vec<&LiveAgent>> {
+    let mut needs: BTreeMap<Engine, Vec<&LiveAgent>> = Engine::defaults(local)
         .into_iter()
         .map(|e| (e, Vec::new()))
         .collect();
     for agent in agents {
-        for engine in Engine::of_agent(&agent.config) {
+        for engine in Engine::of_agent(&agent.config, local) {
             needs.entry(engine).or_default().push(agent);
         }
     }
@@ -209,6 +237,8 @@ pub struct EngineConfig {
     pub optional: Vec<Optional>,
     pub piper_processes: usize,
     pub whisper_processes: usize,
+    /// What `transcriber.engine: "local"` means here.
+    pub local: Engine,
     pub deepgram: Option<agent::DeepgramConfig>,
 }
 
@@ -232,6 +262,7 @@ impl EngineArgs {
             optional: self.optional_engines.clone(),
             piper_processes: usize::from(self.piper_processes),
             whisper_processes: usize::from(self.whisper_processes),
+            local: self.local_transcriber.engine(),
             deepgram: self
                 .deepgram_api_key
                 .as_deref()
@@ -251,6 +282,7 @@ impl EngineConfig {
         self.optional.iter().any(|o| match o {
             Optional::Kind(k) => *k == engine.kind(),
             Optional::Engine(e) => *e == engine,
+            Optional::Local => self.local == engine,
         })
     }
 
@@ -311,7 +343,6 @@ pub struct Watch {
     pub store: Arc<SqlStore>,
     pub readiness: Arc<Readiness>,
     pub config: EngineConfig,
-    pub stt: Arc<agent::PocketSphinx>,
     pub tts: Arc<agent::EspeakNg>,
     pub registry: &'static EngineRegistry,
     /// The last problem logged per engine, so a failing engine is logged when it changes, not
@@ -324,7 +355,6 @@ impl Watch {
         store: Arc<SqlStore>,
         readiness: Arc<Readiness>,
         config: EngineConfig,
-        stt: Arc<agent::PocketSphinx>,
         tts: Arc<agent::EspeakNg>,
         registry: &'static EngineRegistry,
     ) -> Self {
@@ -332,7 +362,6 @@ impl Watch {
             store,
             readiness,
             config,
-            stt,
             tts,
             registry,
             logged: Default::default(),
@@ -354,7 +383,12 @@ impl Watch {
         };
         match engine {
             // Starting the pools now also keeps model loads off the first call's first turn.
-            Engine::Pocketsphinx => self.stt.warm_up().await.map_err(|e| failed(e.to_string())),
+            Engine::Pocketsphinx => self
+                .registry
+                .pocketsphinx()
+                .warm_up()
+                .await
+                .map_err(|e| failed(e.to_string())),
             Engine::Piper => self
                 .registry
                 .piper()
@@ -383,7 +417,7 @@ impl Watch {
                 Vec::new()
             }
         };
-        let needed = needs(&agents);
+        let needed = needs(&agents, self.config.local);
         for engine in Engine::ALL {
             let required = needed.contains_key(&engine);
             let was_ready = self.readiness.get(engine.name()).is_some_and(|s| s.ready);
@@ -578,9 +612,16 @@ mod tests {
 
     #[test]
     fn the_defaults_are_needed_without_agents_and_others_only_when_named() {
-        let none = needs(&[]);
+        let none = needs(&[], Engine::Whisper);
         assert_eq!(
             none.keys().copied().collect::<Vec<_>>(),
+            [Engine::EspeakNg, Engine::Whisper]
+        );
+        // With pocketsphinx as `local`, an agent of the defaults needs it, not whisper.
+        let plain = [live(1, json!({"name": "a"}))];
+        let pocketsphinx = needs(&plain, Engine::Pocketsphinx);
+        assert_eq!(
+            pocketsphinx.keys().copied().collect::<Vec<_>>(),
             [Engine::Pocketsphinx, Engine::EspeakNg]
         );
         let agents = [
@@ -591,18 +632,14 @@ mod tests {
                 "transcriber": {"engine": "whisper"}}),
             ),
         ];
-        let some = needs(&agents);
+        let some = needs(&agents, Engine::Whisper);
         assert_eq!(
             some.keys().copied().collect::<Vec<_>>(),
-            [
-                Engine::Pocketsphinx,
-                Engine::EspeakNg,
-                Engine::Piper,
-                Engine::Whisper
-            ]
+            [Engine::EspeakNg, Engine::Piper, Engine::Whisper]
         );
-        assert_eq!(some[&Engine::Pocketsphinx].len(), 1);
-        assert_eq!(some[&Engine::Whisper][0].id, domain::AgentId(2));
+        // The agent of the defaults and the one that names whisper.
+        assert_eq!(some[&Engine::Whisper].len(), 2);
+        assert_eq!(some[&Engine::Piper][0].id, domain::AgentId(2));
     }
 
     #[test]
@@ -611,10 +648,7 @@ mod tests {
             parse_optional("stt"),
             Ok(Optional::Kind(EngineKind::SpeechToText))
         );
-        assert_eq!(
-            parse_optional("local"),
-            Ok(Optional::Engine(Engine::Pocketsphinx))
-        );
+        assert_eq!(parse_optional("local"), Ok(Optional::Local));
         assert!(parse_optional("ears").is_err());
         let args = EngineArgs {
             venv: ".venv".into(),
@@ -622,6 +656,7 @@ mod tests {
             optional_engines: vec![Optional::Kind(EngineKind::SpeechToText)],
             piper_processes: 1,
             whisper_processes: 1,
+            local_transcriber: LocalTranscriber::Pocketsphinx,
             deepgram_api_key: Some(" dg-key ".into()),
             deepgram_url: agent::deepgram::DEFAULT_URL.into(),
             deepgram_model: "nova-2".into(),
@@ -634,6 +669,12 @@ mod tests {
         );
         assert!(config.is_optional(Engine::Whisper));
         assert!(!config.is_optional(Engine::EspeakNg));
+        let local_only = EngineConfig {
+            optional: vec![Optional::Local],
+            ..config.clone()
+        };
+        assert!(local_only.is_optional(Engine::Pocketsphinx));
+        assert!(!local_only.is_optional(Engine::Whisper));
         // The venv is made absolute at start, so the fix names it wherever it is pasted.
         let Interpreter::Venv(dir) = &config.interpreter else {
             panic!("{:?}", config.interpreter)

@@ -646,7 +646,7 @@ async fn setup(db: &DbArgs, args: engines::SetupArgs) -> Result<()> {
                 Vec::new()
             }
         };
-        let mut wanted: Vec<agent::PythonEngine> = engines::needs(&agents)
+        let mut wanted: Vec<agent::PythonEngine> = engines::needs(&agents, config.local)
             .keys()
             .filter_map(|e| e.python())
             .collect();
@@ -748,24 +748,29 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
     let languages = domain::language::LanguageSupport {
         deepgram: engine_config.deepgram.is_some(),
     };
-    let stt = Arc::new(agent::PocketSphinx::new(agent::PocketSphinxConfig {
-        python: engine_config.python.clone(),
-        sidecars: args
-            .stt_sidecars
-            .unwrap_or_else(agent::stt::default_sidecars)
-            .clamp(1, 64),
-        ..Default::default()
-    }));
     let tts = Arc::new(agent::EspeakNg::default());
-    if engine_config.registry().install_global().is_err() {
+    let registry = engine_config
+        .registry()
+        .with_pocketsphinx(agent::PocketSphinxConfig {
+            python: engine_config.python.clone(),
+            sidecars: args
+                .stt_sidecars
+                .unwrap_or_else(agent::stt::default_sidecars)
+                .clamp(1, 64),
+            ..Default::default()
+        });
+    if registry.install_global().is_err() {
         bail!("the engine registry was in use before its configuration");
     }
+    let stt: Arc<dyn agent::SpeechToText> = match engine_config.local {
+        engines::Engine::Pocketsphinx => agent::EngineRegistry::global().pocketsphinx(),
+        _ => agent::EngineRegistry::global().whisper(),
+    };
     let readiness = Arc::new(api::readiness::Readiness::new());
     let engine_watch = Arc::new(engines::Watch::new(
         store.clone(),
         readiness.clone(),
         engine_config,
-        stt.clone(),
         tts.clone(),
         agent::EngineRegistry::global(),
     ));

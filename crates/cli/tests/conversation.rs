@@ -43,6 +43,11 @@ async fn talk(db: Db, speak_after_ms: u32) -> Talked {
 /// One call to a callee playing `scenario` in `dir` (where other recordings it plays may be).
 async fn talk_in(db: Db, scenario: &Path, speak_after_ms: u32, dir: &Path) -> Talked {
     record("Yes, I can pay by Friday.", dir, "caller");
+    call_callee(db, scenario, speak_after_ms, dir).await
+}
+
+/// One call to a callee playing `scenario` with the recordings already in `dir`.
+async fn call_callee(db: Db, scenario: &Path, speak_after_ms: u32, dir: &Path) -> Talked {
     let key = Service::create_tenant_in(dir, &db);
     // The callee is silent until it speaks: no RTP for seconds is not a dead line here.
     let svc = Service::start_with(dir, &db, &[("OUTDIAL_NO_RTP_TIMEOUT_SECONDS", "30")]);
@@ -164,4 +169,20 @@ async fn the_agent_waits_while_the_callee_holds_and_says_its_line_again_after() 
     assert_heard_the_human(&l[3]);
     assert_eq!(l[4], ("agent".into(), GOODBYE.into()));
     assert_eq!(c["results"]["intent"], "payment_promise", "{c}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_negated_yes_takes_the_no_route_and_never_the_yes_route() {
+    let dir = tempfile::tempdir().unwrap();
+    // "okay" is a yes-phrase of the flow; here it is negated, and "no" says what is meant.
+    record("No, I am not okay with that.", dir.path(), "caller");
+    let t = call_callee(Db::sqlite(), &scenario(), 6500, dir.path()).await;
+    let c = &t.conversation;
+    assert_eq!(c["status"], "completed", "{c}");
+    let l = lines(c);
+    assert_eq!(l[0], ("agent".into(), OPENING.into()), "{l:?}");
+    assert_eq!(l[1], ("agent".into(), QUESTION.into()), "{l:?}");
+    assert_eq!(l[2].0, "human", "{l:?}");
+    assert!(l[2].1.contains("not"), "the negation was heard: {l:?}");
+    assert_eq!(c["results"]["intent"], "refused", "{c}");
 }

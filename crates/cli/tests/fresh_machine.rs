@@ -78,6 +78,9 @@ impl Machine {
             ("PATH".into(), self.path.clone()),
             ("OUTDIAL_VENV".into(), self.venv.display().to_string()),
             ("OUTDIAL_STT_SIDECARS".into(), "1".into()),
+            // The lighter of the two local recognisers keeps the wheelhouse small; what is
+            // under test is how a missing default engine is reported and fixed, not which.
+            ("OUTDIAL_LOCAL_TRANSCRIBER".into(), "pocketsphinx".into()),
             ("OUTDIAL_ENGINE_CHECK_SECONDS".into(), "1".into()),
         ]
     }

@@ -169,7 +169,7 @@ pub fn agent() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agent::flow::choose_route;
+    use agent::flow::{choose_route, Miss};
     use agent::{FlowOptions, Transcript};
     use domain::agent::AgentConfig;
 
@@ -183,7 +183,14 @@ mod tests {
             let Reply::Say(text) = item.reply else {
                 continue;
             };
-            let got = choose_route(stage, &Transcript::from(text), &FlowOptions::default())
+            let route = choose_route(stage, &Transcript::from(text), &FlowOptions::default());
+            // These rest on "can" or "won't" alone, which a phone line swaps with "can't" and
+            // "will": the flow asks again by design (`agent::flow`'s hinges).
+            if ["I can pay by Friday.", "I won't pay this."].contains(&text) {
+                assert_eq!(route, Err(Miss::Hinge), "{text:?}");
+                continue;
+            }
+            let got = route
                 .ok()
                 .and_then(|i| stage.routes[i].set.get("intent"))
                 .and_then(|v| v.as_str())

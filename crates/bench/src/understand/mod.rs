@@ -19,7 +19,9 @@ pub(crate) mod line;
 mod score;
 
 use agent::flow::{choose_route, normalize, Miss};
-use agent::{FlowOptions, PocketSphinx, PocketSphinxConfig, SpeechToText, Transcript, Whisper};
+use agent::{
+    FlowOptions, Listening, PocketSphinx, PocketSphinxConfig, SpeechToText, Transcript, Whisper,
+};
 use anyhow::{bail, Context, Result};
 use corpus::{Intent, Item, Reply, CORPUS};
 use domain::agent::{AgentConfig, Stage};
@@ -222,10 +224,11 @@ impl Engine {
         Ok(engine)
     }
 
-    async fn hear(&self, audio: &[i16], phrases: &[String]) -> Result<Transcript> {
+    /// As a call hears it: after the stage's question, listening for its phrases.
+    async fn hear(&self, audio: &[i16], listening: &Listening) -> Result<Transcript> {
         Ok(match self {
-            Engine::PocketSphinx(e) => e.transcribe(audio, phrases).await?,
-            Engine::Whisper(e) => e.transcribe(audio, phrases).await?,
+            Engine::PocketSphinx(e) => e.transcribe_reply(audio, listening).await?,
+            Engine::Whisper(e) => e.transcribe_reply(audio, listening).await?,
             Engine::Replay(lines) => lines
                 .lock()
                 .map_err(|_| anyhow::anyhow!("replay poisoned"))?
@@ -300,11 +303,14 @@ pub async fn run(args: Args) -> Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let stage = cfg.stages[0].clone();
-    let phrases: Vec<String> = stage
-        .routes
-        .iter()
-        .flat_map(|r| r.when_any.iter().cloned())
-        .collect();
+    let listening = Listening {
+        asked: stage.say.clone().unwrap_or_default(),
+        phrases: stage
+            .routes
+            .iter()
+            .flat_map(|r| r.when_any.iter().cloned())
+            .collect(),
+    };
     let mut options = FlowOptions::default();
     if let Some(c) = args.min_confidence {
         options.min_confidence = c;
@@ -380,11 +386,19 @@ pub async fn run(args: Args) -> Result<()> {
         };
         let audio = with_end_of_turn(carry(&clean, profile, line_seed));
         if let Some(dir) = &args.dump_dir {
-            dump(dir, n, &audio, &voices[job.voice], profile, reference, item.intent)?;
+            dump(
+                dir,
+                n,
+                &audio,
+                &voices[job.voice],
+                profile,
+                reference,
+                item.intent,
+            )?;
         }
         for (name, engine) in &engines {
             let tally = tallies.entry(name.clone()).or_default();
-            let heard = match engine.hear(&audio, &phrases).await {
+            let heard = match engine.hear(&audio, &listening).await {
                 Ok(h) => h,
                 Err(e) => {
                     eprintln!("{name}: {e}");
@@ -401,6 +415,10 @@ pub async fn run(args: Args) -> Result<()> {
                 }
                 Err(Miss::Conflict) => {
                     tally.conflicts += 1;
+                    Intent::Unclear
+                }
+                Err(Miss::Hinge) => {
+                    tally.hinges += 1;
                     Intent::Unclear
                 }
                 Err(Miss::Unmatched) => Intent::Unclear,
@@ -446,9 +464,10 @@ pub async fn run(args: Args) -> Result<()> {
             t.opposite()
         );
         println!(
-            "re-asked: {} doubtful (confidence), {} yes/no conflicts; WER {}; words heard in silence/cough {}; recogniser failures {}",
+            "re-asked: {} doubtful (confidence), {} yes/no conflicts, {} can/can't hinges; WER {}; words heard in silence/cough {}; recogniser failures {}",
             t.doubtful,
             t.conflicts,
+            t.hinges,
             t.wer().map_or("-".into(), |w| format!("{:.1} %", 100.0 * w)),
             t.phantom_words,
             t.failures

@@ -30,6 +30,8 @@ pub struct Tally {
     pub doubtful: usize,
     /// Replies matching a yes-route and a no-route at once.
     pub conflicts: usize,
+    /// Yes or no resting on "can"/"can't" or "will"/"won't" alone (asked again).
+    pub hinges: usize,
     pub failures: usize,
 }
 
