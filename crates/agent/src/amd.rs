@@ -7,8 +7,9 @@
 //! call right now, please leave..."). So:
 //! - a beep (a tone reported for `min_beep_ms`) is a machine;
 //! - a first utterance that has gone on for `greeting_ms`, mostly speech, is a machine;
-//! - so is one that has gone on for `continuous_ms` without a pause of `continuous_gap_ms`:
-//!   people say "Hello?" and stop, a recording reads its first sentence in one breath;
+//! - so is one that has gone on for `continuous_percent` of that without a pause of
+//!   `continuous_gap_ms`: people say "Hello?" and stop, a recording reads its first sentence
+//!   in one breath;
 //! - a shorter first utterance followed by `human_silence_ms` of silence is a person;
 //! - nothing said within `max_ms` (or no verdict by then) is unknown;
 //! - a beep within `beep_watch_ms` of the answer turns a `human` or `unknown` verdict into
@@ -42,14 +43,16 @@ pub struct AmdConfig {
     pub min_speech_ms: u64,
     /// How long after the answer a beep still revises the verdict to `machine`.
     pub beep_watch_ms: u64,
-    /// How long the tone detector must have reported a tone for it to be a beep: a robotic
-    /// voice's steady "Hello?" holds one pitch for the detector's own 100 ms, not for 200.
+    /// How long the tone detector must have reported a tone (it reports one after 100 ms)
+    /// for it to be a beep (260 ms of tone in all): synthetic voices saying "Who is this?"
+    /// held one pitch for up to 240 ms on the tune set; machines beep for 250 ms and more.
     pub min_beep_ms: u64,
-    /// A first utterance this long with no pause of `continuous_gap_ms` is a machine, before
-    /// `greeting_ms`: a recording reads on, a person's "Hello, Rahul speaking" stops or
-    /// breathes sooner. 0: off.
-    pub continuous_ms: u64,
-    /// See `continuous_ms`.
+    /// A first utterance that has lasted this share (%) of `greeting_ms` with no pause of
+    /// `continuous_gap_ms` is a machine already: a recording reads on, a person's "Hello,
+    /// Rahul speaking" stops or breathes sooner. A share, so that an operator who wants a
+    /// longer greeting gets it from both rules. 0: off.
+    pub continuous_percent: u64,
+    /// See `continuous_percent`.
     pub continuous_gap_ms: u64,
 }
 
@@ -65,7 +68,8 @@ impl Default for AmdConfig {
             min_speech_ms: 160,
             beep_watch_ms: 30_000,
             min_beep_ms: 160,
-            continuous_ms: 1_700,
+            // 1.7 s of the default 2.5 s.
+            continuous_percent: 68,
             continuous_gap_ms: 350,
         }
     }
@@ -76,7 +80,7 @@ impl Default for AmdConfig {
 pub enum Cue {
     Beep,
     LongGreeting,
-    /// A first utterance that ran on without a pause for `continuous_ms`.
+    /// A first utterance that ran on without a pause for `continuous_percent` of the greeting.
     Continuous,
     ShortGreeting,
     /// Nothing decisive by `max_ms`.
@@ -152,18 +156,25 @@ impl NoiseFloor {
             return 0.0;
         }
         let mut quietest = [f64::INFINITY; Self::RANK];
-        for l in self.smoothed.iter().copied().filter(|&l| l >= Self::SILENCE_DB) {
-            if let Some(at) = quietest.iter().position(|&q| l < q) {
+        let mut silent = 0;
+        for &l in &self.smoothed {
+            if l < Self::SILENCE_DB {
+                silent += 1;
+            } else if let Some(at) = quietest.iter().position(|&q| l < q) {
                 quietest.copy_within(at..Self::RANK - 1, at + 1);
                 quietest[at] = l;
             }
         }
-        // Fewer levels than the rank (the call's first frames): the quietest there is.
-        let floor = quietest
-            .iter()
-            .rev()
-            .copied()
-            .find(|q| q.is_finite());
+        let floor = if silent >= Self::RANK {
+            // A line of digital silence between words (a clean line, no noise to measure):
+            // its floor is the quietest audible level, lest it be taken from the words.
+            quietest.first().copied().filter(|q| q.is_finite())
+        } else {
+            // Lost packets count towards the rank; with fewer levels than the rank (the
+            // call's first frames), the loudest there is.
+            let rank = Self::RANK - silent;
+            quietest[..rank].iter().rev().copied().find(|q| q.is_finite())
+        };
         // A line of digital silence has no floor: anything audible is above it.
         level - floor.unwrap_or(Self::SILENCE_DB)
     }
@@ -246,8 +257,9 @@ impl Amd {
             if span >= cfg.greeting_ms && dense {
                 return Some((AnsweredBy::Machine, Cue::LongGreeting));
             }
-            if cfg.continuous_ms > 0
-                && span >= cfg.continuous_ms
+            let continuous_ms = cfg.greeting_ms * cfg.continuous_percent / 100;
+            if continuous_ms > 0
+                && span >= continuous_ms
                 && self.longest_gap < cfg.continuous_gap_ms
                 && dense
             {
@@ -372,7 +384,7 @@ mod tests {
         assert_eq!((verdict, cue), (AnsweredBy::Machine, Cue::Continuous));
         let cfg = AmdConfig::default();
         assert!(
-            (300 + cfg.continuous_ms..300 + cfg.continuous_ms + 500).contains(&at),
+            (300 + 1_700..300 + 1_700 + 500).contains(&at),
             "{at}"
         );
         assert!(at < 300 + cfg.greeting_ms, "{at}");
@@ -482,6 +494,26 @@ mod tests {
                 _ => &NOISE,
             };
             if let Some(v) = amd.frame(at, samples, true, false) {
+                verdict = Some(v);
+                break;
+            }
+        }
+        assert_eq!(verdict, Some((AnsweredBy::Human, Cue::ShortGreeting)));
+    }
+
+    #[test]
+    fn a_steady_hello_on_a_clean_line_is_a_person() {
+        // Digital silence, one frame of onset, 300 ms of a held vowel, digital silence: the
+        // floor is not to be taken from the vowel itself.
+        let mut amd = Amd::new(AmdConfig::default(), FRAME);
+        let mut verdict = None;
+        for n in 1..200 {
+            let samples: &[i16] = match n {
+                25 => &DIP,
+                26..41 => &LOUD,
+                _ => &QUIET,
+            };
+            if let Some(v) = amd.frame(n as u64 * FRAME, samples, (25..41).contains(&n), false) {
                 verdict = Some(v);
                 break;
             }
