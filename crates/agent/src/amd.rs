@@ -41,6 +41,10 @@ pub struct AmdConfig {
     pub above_floor_db: f64,
     /// Less speech than this is a click or a breath: no greeting yet.
     pub min_speech_ms: u64,
+    /// Less than `min_speech_ms` of speech followed by this much quiet was a click or the
+    /// line's noise poking over the floor, not the first utterance's start: the greeting is
+    /// timed from the next speech. 0: off.
+    pub click_gap_ms: u64,
     /// How long after the answer a beep still revises the verdict to `machine`.
     pub beep_watch_ms: u64,
     /// How long the tone detector must have reported a tone (it reports one after 100 ms)
@@ -66,6 +70,7 @@ impl Default for AmdConfig {
             max_ms: 6_000,
             above_floor_db: 4.0,
             min_speech_ms: 160,
+            click_gap_ms: 200,
             beep_watch_ms: 30_000,
             min_beep_ms: 160,
             // 1.7 s of the default 2.5 s.
@@ -240,7 +245,16 @@ impl Amd {
                 None => self.onset = Some(at_ms.saturating_sub(self.frame_ms)),
                 Some(_) => {
                     let gap = at_ms.saturating_sub(self.frame_ms + self.last_speech);
-                    self.longest_gap = self.longest_gap.max(gap);
+                    let click = self.cfg.click_gap_ms > 0
+                        && self.speech_ms < self.cfg.min_speech_ms
+                        && gap >= self.cfg.click_gap_ms;
+                    if click {
+                        self.onset = Some(at_ms.saturating_sub(self.frame_ms));
+                        self.speech_ms = 0;
+                        self.longest_gap = 0;
+                    } else {
+                        self.longest_gap = self.longest_gap.max(gap);
+                    }
                 }
             }
             self.last_speech = at_ms;
@@ -499,6 +513,23 @@ mod tests {
             }
         }
         assert_eq!(verdict, Some((AnsweredBy::Human, Cue::ShortGreeting)));
+    }
+
+    #[test]
+    fn noise_poking_over_the_floor_before_a_hello_does_not_start_the_greeting() {
+        // Two frames of street noise the VAD and the floor let through, 340 ms apart, then
+        // "Haan ji, hello?" in one breath and silence: timed from the clicks, 1.7 s of speech
+        // without a long pause, a greeting read in one breath; timed from its words, a person.
+        let v = run(&[
+            (240, false),
+            (20, true),
+            (340, false),
+            (20, true),
+            (300, false),
+            (1_400, true),
+            (1_000, false),
+        ]);
+        assert_eq!(v.map(|v| (v.0, v.1)), Some((AnsweredBy::Human, Cue::ShortGreeting)));
     }
 
     #[test]
