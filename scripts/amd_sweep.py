@@ -28,10 +28,12 @@ SHIPPED = dict(
     min_beep_ms=160,
     greeting_ms=2500,
     human_silence_ms=500,
+    # The binary's greeting_ms * continuous_percent / 100.
     continuous_ms=1700,
     continuous_gap_ms=350,
     min_speech_share=0.3,
     min_speech_ms=160,
+    click_gap_ms=200,
     max_ms=6000,
     beep_watch_ms=30000,
 )
@@ -79,7 +81,11 @@ def verdict(s, speech, c):
             if onset is None:
                 onset = at - FRAME_MS
             else:
-                longest_gap = max(longest_gap, at - FRAME_MS - last)
+                gap = at - FRAME_MS - last
+                if c["click_gap_ms"] and speech_ms < c["min_speech_ms"] and gap >= c["click_gap_ms"]:
+                    onset, speech_ms, longest_gap = at - FRAME_MS, 0, 0
+                else:
+                    longest_gap = max(longest_gap, gap)
             last, speech_ms = at, speech_ms + FRAME_MS
         if onset is not None:
             span = last - onset

@@ -178,7 +178,11 @@ impl NoiseFloor {
             // Lost packets count towards the rank; with fewer levels than the rank (the
             // call's first frames), the loudest there is.
             let rank = Self::RANK - silent;
-            quietest[..rank].iter().rev().copied().find(|q| q.is_finite())
+            quietest[..rank]
+                .iter()
+                .rev()
+                .copied()
+                .find(|q| q.is_finite())
         };
         // A line of digital silence has no floor: anything audible is above it.
         level - floor.unwrap_or(Self::SILENCE_DB)
@@ -211,7 +215,11 @@ impl Amd {
         vad: bool,
         tone: bool,
     ) -> Option<(AnsweredBy, Cue)> {
-        self.tone_ms = if tone { self.tone_ms + self.frame_ms } else { 0 };
+        self.tone_ms = if tone {
+            self.tone_ms + self.frame_ms
+        } else {
+            0
+        };
         let beep = tone && self.tone_ms >= self.cfg.min_beep_ms;
         match self.given {
             Some(AnsweredBy::Machine) => None,
@@ -397,10 +405,7 @@ mod tests {
         let (verdict, cue, at) = run(&p).expect("a verdict");
         assert_eq!((verdict, cue), (AnsweredBy::Machine, Cue::Continuous));
         let cfg = AmdConfig::default();
-        assert!(
-            (300 + 1_700..300 + 1_700 + 500).contains(&at),
-            "{at}"
-        );
+        assert!((300 + 1_700..300 + 1_700 + 500).contains(&at), "{at}");
         assert!(at < 300 + cfg.greeting_ms, "{at}");
     }
 
@@ -415,7 +420,10 @@ mod tests {
             (900, true),
             (1000, false),
         ]);
-        assert_eq!(v.map(|v| (v.0, v.1)), Some((AnsweredBy::Human, Cue::ShortGreeting)));
+        assert_eq!(
+            v.map(|v| (v.0, v.1)),
+            Some((AnsweredBy::Human, Cue::ShortGreeting))
+        );
     }
 
     #[test]
@@ -529,7 +537,10 @@ mod tests {
             (1_400, true),
             (1_000, false),
         ]);
-        assert_eq!(v.map(|v| (v.0, v.1)), Some((AnsweredBy::Human, Cue::ShortGreeting)));
+        assert_eq!(
+            v.map(|v| (v.0, v.1)),
+            Some((AnsweredBy::Human, Cue::ShortGreeting))
+        );
     }
 
     #[test]

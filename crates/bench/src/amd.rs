@@ -496,8 +496,14 @@ fn dump(samples: &[Sample], path: &std::path::Path) -> Result<()> {
     for s in samples {
         let mut vad = Vad::new(0.5);
         let mut tone = ToneDetector::new(ToneConfig::default(), RATE, FRAME_MS as u32);
-        let (mut v, mut lv, mut hi, mut zc, mut bp, mut it) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut v, mut lv, mut hi, mut zc, mut bp, mut it) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
         for frame in s.audio.chunks_exact(FRAME) {
             v.push(u8::from(vad.is_speech(frame)));
             let ev = tone.frame(frame);
@@ -505,13 +511,20 @@ fn dump(samples: &[Sample], path: &std::path::Path) -> Result<()> {
             it.push(u8::from(tone.in_tone()));
             let db = |p: f64| (10.0 * p.max(1.0).log10() * 10.0).round() / 10.0;
             let n = frame.len() as f64;
-            lv.push(db(frame.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / n));
+            lv.push(db(
+                frame.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / n
+            ));
             hi.push(db(frame
                 .windows(2)
                 .map(|w| (f64::from(w[1]) - f64::from(w[0])).powi(2))
                 .sum::<f64>()
                 / n));
-            zc.push(frame.windows(2).filter(|w| (w[0] >= 0) != (w[1] >= 0)).count());
+            zc.push(
+                frame
+                    .windows(2)
+                    .filter(|w| (w[0] >= 0) != (w[1] >= 0))
+                    .count(),
+            );
         }
         let line = serde_json::json!({
             "truth": format!("{:?}", s.truth),
