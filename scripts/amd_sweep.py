@@ -3,8 +3,8 @@
 
 `outdial-bench amd --set tune --dump FILE ...` writes each sample's per-frame measures (the
 VAD's decision, the frame level, the beep detector's flags). This replays the rules of
-`crates/agent/src/amd.rs` on them (the same arithmetic: it gives the bench's own figures for
-the shipped settings) for every combination of the settings given, and prints those that meet
+`crates/agent/src/amd.rs` on them (the same arithmetic; the dump rounds levels to 0.1 dB, so a
+borderline frame can flip and a figure differ from the bench's by a sample or two) for every combination of the settings given, and prints those that meet
 the limits, best detection first. Plain Python 3, no packages.
 
     outdial-bench amd --set tune --calls 200 --seed 2 --dump /tmp/tune2.jsonl
