@@ -1,6 +1,6 @@
 //! Answering-machine detection, sans-IO: per 20 ms frame, whether it held speech (the VAD,
-//! with the agent's own echo taken out) and whether a beep was heard, with the time since the
-//! answer; out comes a verdict, and at most one revision.
+//! with the agent's own echo taken out) and whether a tone is sounding (the beep detector),
+//! with the time since the answer; out comes a verdict, and at most one revision.
 //!
 //! People answer in a word or three ("Hello?", "Yes?", "Hello, Rahul speaking") and then wait
 //! for the other side; a recorded greeting talks on ("Hi, you've reached Priya, I can't take your
