@@ -1,12 +1,15 @@
 //! Answering-machine detection, sans-IO: per 20 ms frame, whether it held speech (the VAD,
-//! with the agent's own echo taken out) and whether a beep was heard, with the time since the
-//! answer; out comes a verdict, and at most one revision.
+//! with the agent's own echo taken out) and whether a tone is sounding (the beep detector),
+//! with the time since the answer; out comes a verdict, and at most one revision.
 //!
 //! People answer in a word or three ("Hello?", "Yes?", "Hello, Rahul speaking") and then wait
 //! for the other side; a recorded greeting talks on ("Hi, you've reached Priya, I can't take your
 //! call right now, please leave..."). So:
-//! - a beep is a machine;
+//! - a beep (a tone reported for `min_beep_ms`) is a machine;
 //! - a first utterance that has gone on for `greeting_ms`, mostly speech, is a machine;
+//! - so is one that has gone on for `continuous_percent` of that without a pause of
+//!   `continuous_gap_ms`: people say "Hello?" and stop, a recording reads its first sentence
+//!   in one breath;
 //! - a shorter first utterance followed by `human_silence_ms` of silence is a person;
 //! - nothing said within `max_ms` (or no verdict by then) is unknown;
 //! - a beep within `beep_watch_ms` of the answer turns a `human` or `unknown` verdict into
@@ -38,8 +41,23 @@ pub struct AmdConfig {
     pub above_floor_db: f64,
     /// Less speech than this is a click or a breath: no greeting yet.
     pub min_speech_ms: u64,
+    /// Less than `min_speech_ms` of speech followed by this much quiet was a click or the
+    /// line's noise poking over the floor, not the first utterance's start: the greeting is
+    /// timed from the next speech. 0: off.
+    pub click_gap_ms: u64,
     /// How long after the answer a beep still revises the verdict to `machine`.
     pub beep_watch_ms: u64,
+    /// How long the tone detector must have reported a tone (it reports one after 100 ms)
+    /// for it to be a beep (260 ms of tone in all): synthetic voices saying "Who is this?"
+    /// held one pitch for up to 240 ms on the tune set; machines beep for 250 ms and more.
+    pub min_beep_ms: u64,
+    /// A first utterance that has lasted this share (%) of `greeting_ms` with no pause of
+    /// `continuous_gap_ms` is a machine already: a recording reads on, a person's "Hello,
+    /// Rahul speaking" stops or breathes sooner. A share, so that an operator who wants a
+    /// longer greeting gets it from both rules. 0: off.
+    pub continuous_percent: u64,
+    /// See `continuous_percent`.
+    pub continuous_gap_ms: u64,
 }
 
 impl Default for AmdConfig {
@@ -47,12 +65,17 @@ impl Default for AmdConfig {
         // Tuned with `outdial-bench amd` (docs/benchmarks.md).
         Self {
             greeting_ms: 2_500,
-            human_silence_ms: 600,
+            human_silence_ms: 500,
             min_speech_share: 0.3,
             max_ms: 6_000,
             above_floor_db: 4.0,
             min_speech_ms: 160,
+            click_gap_ms: 200,
             beep_watch_ms: 30_000,
+            min_beep_ms: 160,
+            // 1.7 s of the default 2.5 s.
+            continuous_percent: 68,
+            continuous_gap_ms: 350,
         }
     }
 }
@@ -62,6 +85,8 @@ impl Default for AmdConfig {
 pub enum Cue {
     Beep,
     LongGreeting,
+    /// A first utterance that ran on without a pause for `continuous_percent` of the greeting.
+    Continuous,
     ShortGreeting,
     /// Nothing decisive by `max_ms`.
     Timeout,
@@ -76,12 +101,16 @@ pub struct Amd {
     /// End of the last speech frame.
     last_speech: u64,
     speech_ms: u64,
+    /// The longest pause between two speech frames since the onset.
+    longest_gap: u64,
     floor: NoiseFloor,
+    /// How long the tone detector has reported the tone now sounding.
+    tone_ms: u64,
     /// The verdict given, if any.
     given: Option<AnsweredBy>,
 }
 
-/// The line's noise floor by minimum statistics: the quietest level of the last
+/// The line's noise floor by minimum statistics: the `RANK`-th quietest level of the last
 /// `WINDOW_MS`, over frame levels smoothed by a median of three (so a lost packet, a frame of
 /// near-silence in the middle of noise, does not count). Speech dips between syllables at
 /// least that often; steady noise never rises above its own floor.
@@ -97,6 +126,10 @@ impl NoiseFloor {
     /// Quieter than this is digital silence, not a floor to measure from.
     const SILENCE_DB: f64 = 20.0;
     const WINDOW_MS: u64 = 1_500;
+    /// Not the quietest: two packets lost in a row on a noisy line leave two smoothed levels
+    /// 20-40 dB under the noise, and a floor taken from them made 1.5 s of the line's noise
+    /// read as speech (a person's silence as a greeting that talks on). Tuned on the tune set.
+    const RANK: usize = 3;
 
     fn new(frame_ms: u64) -> Self {
         let window = (Self::WINDOW_MS / frame_ms.max(1)).max(1) as usize;
@@ -127,19 +160,32 @@ impl NoiseFloor {
             // The first frames only start the measure.
             return 0.0;
         }
-        let floor = self
-            .smoothed
-            .iter()
-            .copied()
-            .filter(|&l| l >= Self::SILENCE_DB)
-            .fold(f64::INFINITY, f64::min);
-        // A line of digital silence has no floor: anything audible is above it.
-        level
-            - if floor.is_finite() {
-                floor
-            } else {
-                Self::SILENCE_DB
+        let mut quietest = [f64::INFINITY; Self::RANK];
+        let mut silent = 0;
+        for &l in &self.smoothed {
+            if l < Self::SILENCE_DB {
+                silent += 1;
+            } else if let Some(at) = quietest.iter().position(|&q| l < q) {
+                quietest.copy_within(at..Self::RANK - 1, at + 1);
+                quietest[at] = l;
             }
+        }
+        let floor = if silent >= Self::RANK {
+            // A line of digital silence between words (a clean line, no noise to measure):
+            // its floor is the quietest audible level, lest it be taken from the words.
+            quietest.first().copied().filter(|q| q.is_finite())
+        } else {
+            // Lost packets count towards the rank; with fewer levels than the rank (the
+            // call's first frames), the loudest there is.
+            let rank = Self::RANK - silent;
+            quietest[..rank]
+                .iter()
+                .rev()
+                .copied()
+                .find(|q| q.is_finite())
+        };
+        // A line of digital silence has no floor: anything audible is above it.
+        level - floor.unwrap_or(Self::SILENCE_DB)
     }
 }
 
@@ -151,21 +197,30 @@ impl Amd {
             onset: None,
             last_speech: 0,
             speech_ms: 0,
+            longest_gap: 0,
             floor: NoiseFloor::new(frame_ms.max(1)),
+            tone_ms: 0,
             given: None,
         }
     }
 
     /// One frame (`samples`) ending `at_ms` after the answer; `vad`: the VAD took it for speech
-    /// (and it was not the agent's echo). Returns the verdict when it is reached, and once more
-    /// if a beep revises it to `machine`; `None` otherwise.
+    /// (and it was not the agent's echo); `tone`: the tone detector reports a tone sounding
+    /// ([`media::tone::ToneDetector::in_tone`]). Returns the verdict when it is reached, and
+    /// once more if a beep revises it to `machine`; `None` otherwise.
     pub fn frame(
         &mut self,
         at_ms: u64,
         samples: &[i16],
         vad: bool,
-        beep: bool,
+        tone: bool,
     ) -> Option<(AnsweredBy, Cue)> {
+        self.tone_ms = if tone {
+            self.tone_ms + self.frame_ms
+        } else {
+            0
+        };
+        let beep = tone && self.tone_ms >= self.cfg.min_beep_ms;
         match self.given {
             Some(AnsweredBy::Machine) => None,
             Some(_) if beep && at_ms <= self.cfg.beep_watch_ms => {
@@ -194,23 +249,46 @@ impl Amd {
             return Some((AnsweredBy::Machine, Cue::Beep));
         }
         if speech {
-            self.onset
-                .get_or_insert(at_ms.saturating_sub(self.frame_ms));
+            match self.onset {
+                None => self.onset = Some(at_ms.saturating_sub(self.frame_ms)),
+                Some(_) => {
+                    let gap = at_ms.saturating_sub(self.frame_ms + self.last_speech);
+                    let click = self.cfg.click_gap_ms > 0
+                        && self.speech_ms < self.cfg.min_speech_ms
+                        && gap >= self.cfg.click_gap_ms;
+                    if click {
+                        self.onset = Some(at_ms.saturating_sub(self.frame_ms));
+                        self.speech_ms = 0;
+                        self.longest_gap = 0;
+                    } else {
+                        self.longest_gap = self.longest_gap.max(gap);
+                    }
+                }
+            }
             self.last_speech = at_ms;
             self.speech_ms += self.frame_ms;
         }
+        let cfg = &self.cfg;
         if let Some(onset) = self.onset {
             let span = self.last_speech.saturating_sub(onset);
             let silence = at_ms.saturating_sub(self.last_speech);
-            if silence >= self.cfg.human_silence_ms && self.speech_ms >= self.cfg.min_speech_ms {
+            if silence >= cfg.human_silence_ms && self.speech_ms >= cfg.min_speech_ms {
                 return Some((AnsweredBy::Human, Cue::ShortGreeting));
             }
-            let dense = self.speech_ms as f64 >= self.cfg.min_speech_share * span as f64;
-            if span >= self.cfg.greeting_ms && dense {
+            let dense = self.speech_ms as f64 >= cfg.min_speech_share * span as f64;
+            if span >= cfg.greeting_ms && dense {
                 return Some((AnsweredBy::Machine, Cue::LongGreeting));
             }
+            let continuous_ms = cfg.greeting_ms * cfg.continuous_percent / 100;
+            if continuous_ms > 0
+                && span >= continuous_ms
+                && self.longest_gap < cfg.continuous_gap_ms
+                && dense
+            {
+                return Some((AnsweredBy::Machine, Cue::Continuous));
+            }
         }
-        (at_ms >= self.cfg.max_ms).then_some((AnsweredBy::Unknown, Cue::Timeout))
+        (at_ms >= cfg.max_ms).then_some((AnsweredBy::Unknown, Cue::Timeout))
     }
 }
 
@@ -302,10 +380,11 @@ mod tests {
 
     #[test]
     fn a_greeting_that_talks_on_is_a_machine_once_it_has_gone_on_for_the_greeting_time() {
-        // Words with the short pauses between them of read-out speech.
+        // Sentences with the pauses between them of read-out speech, too long for the
+        // continuous rule, too short for a person waiting.
         let mut p = vec![(300, false)];
         for _ in 0..10 {
-            p.extend([(500, true), (200, false)]);
+            p.extend([(500, true), (400, false)]);
         }
         let (verdict, cue, at) = run(&p).expect("a verdict");
         assert_eq!((verdict, cue), (AnsweredBy::Machine, Cue::LongGreeting));
@@ -313,6 +392,37 @@ mod tests {
         assert!(
             (300 + greeting..=300 + greeting + 500).contains(&at),
             "{at}"
+        );
+    }
+
+    #[test]
+    fn a_greeting_read_in_one_breath_is_a_machine_before_the_greeting_time() {
+        // Words with the short pauses between them of read-out speech.
+        let mut p = vec![(300, false)];
+        for _ in 0..10 {
+            p.extend([(500, true), (200, false)]);
+        }
+        let (verdict, cue, at) = run(&p).expect("a verdict");
+        assert_eq!((verdict, cue), (AnsweredBy::Machine, Cue::Continuous));
+        let cfg = AmdConfig::default();
+        assert!((300 + 1_700..300 + 1_700 + 500).contains(&at), "{at}");
+        assert!(at < 300 + cfg.greeting_ms, "{at}");
+    }
+
+    #[test]
+    fn a_person_who_takes_a_breath_is_not_a_greeting_read_in_one() {
+        // "Hello, Rahul speaking" slowly, a breath, "who is it?", then waiting: as long as the
+        // continuous rule, but with a pause no recording reads its first sentence with.
+        let v = run(&[
+            (200, false),
+            (900, true),
+            (400, false),
+            (900, true),
+            (1000, false),
+        ]);
+        assert_eq!(
+            v.map(|v| (v.0, v.1)),
+            Some((AnsweredBy::Human, Cue::ShortGreeting))
         );
     }
 
@@ -330,15 +440,20 @@ mod tests {
     }
 
     #[test]
-    fn a_beep_is_a_machine_at_once_and_silence_is_unknown() {
+    fn a_beep_is_a_machine_once_it_has_lasted_and_silence_is_unknown() {
         let mut amd = Amd::new(AmdConfig::default(), FRAME);
         assert_eq!(amd.frame(20, &QUIET, false, false), None);
+        let frames = AmdConfig::default().min_beep_ms / FRAME;
+        for n in 1..frames {
+            assert_eq!(amd.frame(20 + n * FRAME, &LOUD, false, true), None);
+        }
+        let at = 20 + frames * FRAME;
         assert_eq!(
-            amd.frame(40, &LOUD, false, true),
+            amd.frame(at, &LOUD, false, true),
             Some((AnsweredBy::Machine, Cue::Beep))
         );
         // Once only.
-        assert_eq!(amd.frame(60, &LOUD, false, true), None);
+        assert_eq!(amd.frame(at + FRAME, &LOUD, false, true), None);
         assert_eq!(
             run(&[(7000, false)]),
             Some((AnsweredBy::Unknown, Cue::Timeout, 6000))
@@ -354,7 +469,8 @@ mod tests {
                 let at = n as u64 * FRAME;
                 let speech = (10..40).contains(&n);
                 let samples = if speech { speech_frame(n) } else { &QUIET };
-                if let Some((v, _)) = amd.frame(at, samples, speech, n == frame) {
+                let tone = (frame..frame + 20).contains(&n);
+                if let Some((v, _)) = amd.frame(at, samples, speech, tone) {
                     verdicts.push(v);
                 }
             }
@@ -362,6 +478,89 @@ mod tests {
         };
         assert_eq!(beep_at(300), [AnsweredBy::Human, AnsweredBy::Machine]);
         assert_eq!(beep_at(1600), [AnsweredBy::Human]);
+    }
+
+    #[test]
+    fn a_robotic_hello_that_holds_one_pitch_briefly_is_not_a_beep() {
+        // The tone detector reports a tone for 140 ms inside a person's "Hello?" (a synthetic
+        // voice holding one pitch); a machine's beep lasts longer.
+        let mut amd = Amd::new(AmdConfig::default(), FRAME);
+        let mut verdicts = Vec::new();
+        for n in 1..200 {
+            let at = n as u64 * FRAME;
+            let speech = (10..40).contains(&n);
+            let samples = if speech { speech_frame(n) } else { &QUIET };
+            let tone = (20..27).contains(&n);
+            if let Some(v) = amd.frame(at, samples, speech, tone) {
+                verdicts.push(v);
+            }
+        }
+        assert_eq!(verdicts, [(AnsweredBy::Human, Cue::ShortGreeting)]);
+    }
+
+    #[test]
+    fn two_lost_packets_on_a_noisy_line_do_not_turn_its_noise_into_speech() {
+        // A hello over line noise the VAD flags throughout, then two packets lost in a row
+        // (near silence, but above the digital-silence cut), then the noise alone: a person
+        // waiting, not a greeting that talks on.
+        const NOISE: [i16; 320] = [300; 320];
+        const LOST: [i16; 320] = [20; 320];
+        let mut amd = Amd::new(AmdConfig::default(), FRAME);
+        let mut verdict = None;
+        for n in 1..300 {
+            let at = n as u64 * FRAME;
+            let samples: &[i16] = match n {
+                // The syllables, and the noise between them.
+                25..55 if n % 6 >= 2 => &LOUD,
+                55..57 => &LOST,
+                _ => &NOISE,
+            };
+            if let Some(v) = amd.frame(at, samples, true, false) {
+                verdict = Some(v);
+                break;
+            }
+        }
+        assert_eq!(verdict, Some((AnsweredBy::Human, Cue::ShortGreeting)));
+    }
+
+    #[test]
+    fn noise_poking_over_the_floor_before_a_hello_does_not_start_the_greeting() {
+        // Two frames of street noise the VAD and the floor let through, 340 ms apart, then
+        // "Haan ji, hello?" in one breath and silence: timed from the clicks, 1.7 s of speech
+        // without a long pause, a greeting read in one breath; timed from its words, a person.
+        let v = run(&[
+            (240, false),
+            (20, true),
+            (340, false),
+            (20, true),
+            (300, false),
+            (1_400, true),
+            (1_000, false),
+        ]);
+        assert_eq!(
+            v.map(|v| (v.0, v.1)),
+            Some((AnsweredBy::Human, Cue::ShortGreeting))
+        );
+    }
+
+    #[test]
+    fn a_steady_hello_on_a_clean_line_is_a_person() {
+        // Digital silence, one frame of onset, 300 ms of a held vowel, digital silence: the
+        // floor is not to be taken from the vowel itself.
+        let mut amd = Amd::new(AmdConfig::default(), FRAME);
+        let mut verdict = None;
+        for n in 1..200 {
+            let samples: &[i16] = match n {
+                25 => &DIP,
+                26..41 => &LOUD,
+                _ => &QUIET,
+            };
+            if let Some(v) = amd.frame(n as u64 * FRAME, samples, (25..41).contains(&n), false) {
+                verdict = Some(v);
+                break;
+            }
+        }
+        assert_eq!(verdict, Some((AnsweredBy::Human, Cue::ShortGreeting)));
     }
 
     #[test]

@@ -1076,8 +1076,7 @@ impl Driver {
         let Some(amd) = self.amd.as_mut() else {
             return;
         };
-        let beep = matches!(tone, Some(ToneEvent::Started { .. }));
-        let Some((verdict, cue)) = amd.frame(at_ms, frame, speech, beep) else {
+        let Some((verdict, cue)) = amd.frame(at_ms, frame, speech, self.beeps.in_tone()) else {
             return;
         };
         self.answered_by = verdict;

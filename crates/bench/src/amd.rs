@@ -53,6 +53,10 @@ pub struct Args {
     above_floor_db: Vec<f64>,
     #[arg(long, value_delimiter = ',')]
     min_speech_share: Vec<f64>,
+    /// Write every sample's per-frame measures (JSON lines) here for fitting the detector's
+    /// weights offline (`scripts/amd_fit.py`), then evaluate as usual.
+    #[arg(long)]
+    dump: Option<PathBuf>,
 }
 
 const GREETINGS: &[&str] = &[
@@ -296,7 +300,6 @@ fn detect(audio: &[i16], cfg: AmdConfig) -> Outcome {
         at += FRAME_MS;
         let speech = vad.is_speech(frame);
         let event = tone.frame(frame);
-        let beep = matches!(event, Some(ToneEvent::Started { .. }));
         if let Some(g) = greeting.as_mut() {
             let ended = matches!(event, Some(ToneEvent::Ended { .. }));
             if g.frame(at, amd.heard(frame, speech) || tone.in_tone(), ended) {
@@ -311,7 +314,7 @@ fn detect(audio: &[i16], cfg: AmdConfig) -> Outcome {
             }
             continue;
         }
-        if let Some((v, cue)) = amd.frame(at, frame, speech, beep) {
+        if let Some((v, cue)) = amd.frame(at, frame, speech, tone.in_tone()) {
             verdict = Some((v, cue, at));
             if v == AnsweredBy::Machine {
                 // A beep that decided it is still sounding: its end is the greeting's end.
@@ -356,6 +359,9 @@ pub async fn run(args: Args) -> Result<()> {
         args.seed,
         started.elapsed().as_secs_f64()
     );
+    if let Some(path) = &args.dump {
+        dump(&samples, path)?;
+    }
     let shipped = AmdConfig::default();
     let or = |v: &[u64], d: u64| if v.is_empty() { vec![d] } else { v.to_vec() };
     let mut configs = Vec::new();
@@ -479,4 +485,55 @@ fn evaluate(samples: &[Sample], cfg: AmdConfig, verbose: bool) {
         took.as_secs_f64(),
         audio_ms as f64 / 1000.0 / took.as_secs_f64().max(1e-9)
     );
+}
+
+/// Per-frame measures of every sample, one JSON object a line: the VAD's decision, the frame's
+/// level (dB over one unit of 16-bit PCM), the level of its first difference (its upper band),
+/// zero crossings, and the beep detector's start and in-tone flags.
+fn dump(samples: &[Sample], path: &std::path::Path) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for s in samples {
+        let mut vad = Vad::new(0.5);
+        let mut tone = ToneDetector::new(ToneConfig::default(), RATE, FRAME_MS as u32);
+        let (mut v, mut lv, mut hi, mut zc, mut bp, mut it) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
+        for frame in s.audio.chunks_exact(FRAME) {
+            v.push(u8::from(vad.is_speech(frame)));
+            let ev = tone.frame(frame);
+            bp.push(u8::from(matches!(ev, Some(ToneEvent::Started { .. }))));
+            it.push(u8::from(tone.in_tone()));
+            let db = |p: f64| (10.0 * p.max(1.0).log10() * 10.0).round() / 10.0;
+            let n = frame.len() as f64;
+            lv.push(db(
+                frame.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / n
+            ));
+            hi.push(db(frame
+                .windows(2)
+                .map(|w| (f64::from(w[1]) - f64::from(w[0])).powi(2))
+                .sum::<f64>()
+                / n));
+            zc.push(
+                frame
+                    .windows(2)
+                    .filter(|w| (w[0] >= 0) != (w[1] >= 0))
+                    .count(),
+            );
+        }
+        let line = serde_json::json!({
+            "truth": format!("{:?}", s.truth),
+            "label": s.label,
+            "end": s.greeting_end_ms,
+            "vad": v, "level": lv, "hi": hi, "zc": zc, "beep": bp, "tone": it,
+        });
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    Ok(())
 }

@@ -366,6 +366,22 @@ struct ServeArgs {
     #[arg(long, env = "OUTDIAL_AMD_MAX_MS", default_value_t = agent::AmdConfig::default().max_ms,
         value_parser = clap::value_parser!(u64).range(1_000..=30_000))]
     amd_max_ms: u64,
+    /// Answering machines: a first utterance that has lasted this share (%) of
+    /// `amd-greeting-ms` without a pause of `amd-continuous-gap-ms` is a recorded greeting
+    /// read in one breath, found early. 0 turns the rule off.
+    #[arg(long, env = "OUTDIAL_AMD_CONTINUOUS_PERCENT", default_value_t = agent::AmdConfig::default().continuous_percent,
+        value_parser = clap::value_parser!(u64).range(0..=100))]
+    amd_continuous_percent: u64,
+    /// Answering machines: a pause (ms) this long inside the first utterance is a person's
+    /// breath, not a recording reading on (see `amd-continuous-percent`).
+    #[arg(long, env = "OUTDIAL_AMD_CONTINUOUS_GAP_MS", default_value_t = agent::AmdConfig::default().continuous_gap_ms,
+        value_parser = clap::value_parser!(u64).range(20..=3_000))]
+    amd_continuous_gap_ms: u64,
+    /// Answering machines: how long (ms) the tone detector must hear a tone, beyond its own
+    /// 100 ms, for it to be a machine's beep.
+    #[arg(long, env = "OUTDIAL_AMD_MIN_BEEP_MS", default_value_t = agent::AmdConfig::default().min_beep_ms,
+        value_parser = clap::value_parser!(u64).range(20..=2_000))]
+    amd_min_beep_ms: u64,
     /// Largest CSV file `POST /v1/batch-call` accepts, in bytes (default 50 MiB).
     #[arg(long, env = "OUTDIAL_BATCH_MAX_BYTES", default_value_t = domain::batch::BatchLimits::default().max_bytes,
         value_parser = clap::value_parser!(u64).range(1..))]
@@ -840,6 +856,9 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
                 greeting_ms: args.amd_greeting_ms,
                 human_silence_ms: args.amd_human_silence_ms,
                 max_ms: args.amd_max_ms,
+                continuous_percent: args.amd_continuous_percent,
+                continuous_gap_ms: args.amd_continuous_gap_ms,
+                min_beep_ms: args.amd_min_beep_ms,
                 ..Default::default()
             },
         },
