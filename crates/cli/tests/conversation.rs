@@ -43,17 +43,23 @@ async fn talk(db: Db, speak_after_ms: u32) -> Talked {
 /// One call to a callee playing `scenario` in `dir` (where other recordings it plays may be).
 async fn talk_in(db: Db, scenario: &Path, speak_after_ms: u32, dir: &Path) -> Talked {
     record("Yes, I can pay by Friday.", dir, "caller");
-    call_callee(db, scenario, speak_after_ms, dir).await
+    call_callee(db, scenario, speak_after_ms, dir, agent()).await
 }
 
-/// One call to a callee playing `scenario` with the recordings already in `dir`.
-async fn call_callee(db: Db, scenario: &Path, speak_after_ms: u32, dir: &Path) -> Talked {
+/// One call from `agent` to a callee playing `scenario` with the recordings already in `dir`.
+async fn call_callee(
+    db: Db,
+    scenario: &Path,
+    speak_after_ms: u32,
+    dir: &Path,
+    agent: Value,
+) -> Talked {
     let key = Service::create_tenant_in(dir, &db);
     // The callee is silent until it speaks: no RTP for seconds is not a dead line here.
     let svc = Service::start_with(dir, &db, &[("OUTDIAL_NO_RTP_TIMEOUT_SECONDS", "30")]);
     let mut sipp = Sipp::run(scenario, false, 1, speak_after_ms, dir);
     let api = Api::new(&svc.base, &key);
-    let agent = api.setup_agent(sipp.port, agent()).await;
+    let agent = api.setup_agent(sipp.port, agent).await;
     let location = api.call(agent, "+919876543210").await;
     let conversation = api.wait_terminal(&location, Duration::from_secs(60)).await;
     let mut sipp_exit = None;
@@ -176,7 +182,7 @@ async fn a_negated_yes_takes_the_no_route_and_never_the_yes_route() {
     let dir = tempfile::tempdir().unwrap();
     // "okay" is a yes-phrase of the flow; here it is negated, and "no" says what is meant.
     record("No, I am not okay with that.", dir.path(), "caller");
-    let t = call_callee(Db::sqlite(), &scenario(), 6500, dir.path()).await;
+    let t = call_callee(Db::sqlite(), &scenario(), 6500, dir.path(), agent()).await;
     let c = &t.conversation;
     assert_eq!(c["status"], "completed", "{c}");
     let l = lines(c);
@@ -185,4 +191,21 @@ async fn a_negated_yes_takes_the_no_route_and_never_the_yes_route() {
     assert_eq!(l[2].0, "human", "{l:?}");
     assert!(l[2].1.contains("not"), "the negation was heard: {l:?}");
     assert_eq!(c["results"]["intent"], "refused", "{c}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_indian_english_agent_completes_with_the_callers_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    record("Yes, I can pay by Friday.", dir.path(), "caller");
+    let mut en_in = agent();
+    en_in["language"] = "en-IN".into();
+    let t = call_callee(Db::sqlite(), &scenario(), 6500, dir.path(), en_in).await;
+    let c = &t.conversation;
+    assert_eq!(c["status"], "completed", "{c}");
+    let l = lines(c);
+    assert_eq!(l.len(), 4, "{l:?}");
+    assert_eq!(l[1], ("agent".into(), QUESTION.into()));
+    assert_heard_the_human(&l[2]);
+    assert_eq!(l[3], ("agent".into(), GOODBYE.into()));
+    assert_eq!(c["results"]["intent"], "payment_promise", "{c}");
 }
