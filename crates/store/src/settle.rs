@@ -154,8 +154,6 @@ pub(crate) async fn execute_in(
             )),
         }
     }
-    // In id order, so two nodes' settlements touching the same batches cannot deadlock.
-    batches.sort_by_key(|(id, _)| *id);
     for (batch, delta) in &batches {
         move_recipients(conn, *batch, delta, now).await?;
     }
