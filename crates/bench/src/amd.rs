@@ -54,7 +54,7 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     min_speech_share: Vec<f64>,
     /// Write every sample's per-frame measures (JSON lines) here for fitting the detector's
-    /// weights offline (`scripts/amd_fit.py`), then evaluate as usual.
+    /// settings offline (`scripts/amd_sweep.py`), then evaluate as usual.
     #[arg(long)]
     dump: Option<PathBuf>,
 }

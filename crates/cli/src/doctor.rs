@@ -397,7 +397,7 @@ async fn check_engine(config: &EngineConfig, engine: Engine) -> Result<(), Probl
 }
 
 async fn speech_engines(report: &mut Report, config: &EngineConfig, agents: &[LiveAgent]) {
-    let needed = needs(agents, config.local);
+    let needed = needs(agents, config.local.engine());
     for engine in Engine::ALL {
         let subject = engine.name();
         let Some(users_of) = needed.get(&engine) else {
@@ -409,7 +409,7 @@ async fn speech_engines(report: &mut Report, config: &EngineConfig, agents: &[Li
             );
             continue;
         };
-        let detail = users(engine, config.local, users_of);
+        let detail = users(engine, config.local.engine(), users_of);
         match check_engine(config, engine).await {
             Ok(()) => report.line(Status::Ok, subject, &detail, None),
             Err(p) => {

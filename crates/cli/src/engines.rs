@@ -72,6 +72,14 @@ impl LocalTranscriber {
             Self::Pocketsphinx => Engine::Pocketsphinx,
         }
     }
+
+    /// The node's default ears, from `registry` (the instance the engine watch warms).
+    pub fn recogniser(self, registry: &EngineRegistry) -> Arc<dyn agent::SpeechToText> {
+        match self {
+            Self::Whisper => registry.whisper(),
+            Self::Pocketsphinx => registry.pocketsphinx(),
+        }
+    }
 }
 
 /// `serve`'s engine settings: [`EngineArgs`] and how often the missing ones are tried again.
@@ -238,7 +246,7 @@ pub struct EngineConfig {
     pub piper_processes: usize,
     pub whisper_processes: usize,
     /// What `transcriber.engine: "local"` means here.
-    pub local: Engine,
+    pub local: LocalTranscriber,
     pub deepgram: Option<agent::DeepgramConfig>,
 }
 
@@ -262,7 +270,7 @@ impl EngineArgs {
             optional: self.optional_engines.clone(),
             piper_processes: usize::from(self.piper_processes),
             whisper_processes: usize::from(self.whisper_processes),
-            local: self.local_transcriber.engine(),
+            local: self.local_transcriber,
             deepgram: self
                 .deepgram_api_key
                 .as_deref()
@@ -282,7 +290,7 @@ impl EngineConfig {
         self.optional.iter().any(|o| match o {
             Optional::Kind(k) => *k == engine.kind(),
             Optional::Engine(e) => *e == engine,
-            Optional::Local => self.local == engine,
+            Optional::Local => self.local.engine() == engine,
         })
     }
 
@@ -417,7 +425,7 @@ impl Watch {
                 Vec::new()
             }
         };
-        let needed = needs(&agents, self.config.local);
+        let needed = needs(&agents, self.config.local.engine());
         for engine in Engine::ALL {
             let required = needed.contains_key(&engine);
             let was_ready = self.readiness.get(engine.name()).is_some_and(|s| s.ready);

@@ -645,7 +645,7 @@ async fn setup(db: &DbArgs, args: engines::SetupArgs) -> Result<()> {
                 Vec::new()
             }
         };
-        let mut wanted: Vec<agent::PythonEngine> = engines::needs(&agents, config.local)
+        let mut wanted: Vec<agent::PythonEngine> = engines::needs(&agents, config.local.engine())
             .keys()
             .filter_map(|e| e.python())
             .collect();
@@ -761,10 +761,9 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
     if registry.install_global().is_err() {
         bail!("the engine registry was in use before its configuration");
     }
-    let stt: Arc<dyn agent::SpeechToText> = match engine_config.local {
-        engines::Engine::Pocketsphinx => agent::EngineRegistry::global().pocketsphinx(),
-        _ => agent::EngineRegistry::global().whisper(),
-    };
+    let stt = engine_config
+        .local
+        .recogniser(agent::EngineRegistry::global());
     let readiness = Arc::new(api::readiness::Readiness::new());
     let engine_watch = Arc::new(engines::Watch::new(
         store.clone(),
