@@ -95,7 +95,7 @@ fn below_thousand(n: u64, out: &mut Vec<&'static str>) {
     }
 }
 
-fn ordinal_of(word: &str) -> &'static str {
+fn ordinal_of(word: &'static str) -> &'static str {
     match word {
         "one" => "first",
         "two" => "second",
@@ -128,7 +128,9 @@ fn ordinal_of(word: &str) -> &'static str {
         "thousand" => "thousandth",
         "million" => "millionth",
         "billion" => "billionth",
-        _ => "zeroth",
+        "zero" => "zeroth",
+        // `cardinal` ends on none other.
+        other => other,
     }
 }
 

@@ -38,8 +38,8 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     turns: usize,
     /// The recogniser: whisper (the node's `local` default) or pocketsphinx.
-    #[arg(long, default_value = "whisper")]
-    stt: String,
+    #[arg(long, value_enum, default_value_t = Stt::Whisper)]
+    stt: Stt,
     /// Recogniser processes (default: pocketsphinx 4 per core, whisper 1, as a node runs them).
     #[arg(long)]
     sidecars: Option<usize>,
@@ -56,6 +56,12 @@ pub struct Args {
     /// The interpreter with the jobs' engine installed (`outdial setup --all`).
     #[arg(long, default_value = ".venv/bin/python3")]
     python: String,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Stt {
+    Whisper,
+    Pocketsphinx,
 }
 
 /// Starts `n` transcription jobs' recognisers, each transcribing the same FLAC (the corpus'
@@ -287,8 +293,8 @@ pub async fn run(args: Args) -> Result<()> {
         "Yes, I can pay by Friday.",
         dir.path(),
     ));
-    let (stt, sidecars, pids): (Arc<dyn SpeechToText>, usize, Vec<u32>) = match args.stt.as_str() {
-        "pocketsphinx" => {
+    let (stt, sidecars, pids): (Arc<dyn SpeechToText>, usize, Vec<u32>) = match args.stt {
+        Stt::Pocketsphinx => {
             let stt = PocketSphinx::new(PocketSphinxConfig {
                 python: args.python.clone(),
                 sidecars: args.sidecars.unwrap_or_else(agent::stt::default_sidecars),
@@ -298,7 +304,7 @@ pub async fn run(args: Args) -> Result<()> {
             let (n, pids) = (stt.sidecars(), stt.idle_pids());
             (Arc::new(stt), n, pids)
         }
-        "whisper" => {
+        Stt::Whisper => {
             let n = args.sidecars.unwrap_or(1);
             let stt = Whisper::new(agent::SidecarConfig {
                 python: args.python.clone(),
@@ -309,7 +315,6 @@ pub async fn run(args: Args) -> Result<()> {
             let pids = stt.pids().await;
             (Arc::new(stt), n, pids)
         }
-        other => anyhow::bail!("--stt {other}: whisper or pocketsphinx"),
     };
     let sidecar_pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
     let tts: Arc<dyn TextToSpeech> = Arc::new(EspeakNg::default());
@@ -430,7 +435,7 @@ pub async fn run(args: Args) -> Result<()> {
         args.calls,
         args.turns,
         sidecars,
-        args.stt,
+        format!("{:?}", args.stt).to_lowercase(),
         args.end_of_turn_ms,
         wall,
         load.split_whitespace()
