@@ -134,6 +134,16 @@ pub fn metrics_handle() -> PrometheusHandle {
                     ],
                 )
                 .and_then(|b| {
+                    // The single writer's turns last a millisecond or less.
+                    b.set_buckets_for_metric(
+                        Matcher::Prefix("outdial_db_".into()),
+                        &[
+                            0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1,
+                            0.5,
+                        ],
+                    )
+                })
+                .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Suffix("_seconds".into()),
                         &[

@@ -292,6 +292,14 @@ pub async fn run(args: Args) -> Result<()> {
         n as f64 / all_end.as_secs_f64()
     };
 
+    // What the single writer spent its time on, from the node's own metrics.
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+
     let t = Instant::now();
     let killed = Command::new("kill")
         .args(["-TERM", &node.0.id().to_string()])
@@ -347,5 +355,45 @@ pub async fn run(args: Args) -> Result<()> {
     println!("5xx                         {server_errors}");
     println!("other non-200               {other}");
     println!("SIGTERM to exit             {:.0} ms ({exit})", ms(stop));
+    for (name, what) in WRITER_METRICS {
+        let (count, sum) = (
+            metric(&metrics, name, "_count"),
+            metric(&metrics, name, "_sum"),
+        );
+        println!(
+            "{what:<27} {count:.0} x, mean {:.2} ms, {:.0} % of the run",
+            1000.0 * sum / count.max(1.0),
+            100.0 * sum / all_end.as_secs_f64()
+        );
+    }
     Ok(())
+}
+
+/// The single writer's time as the node measures it (store::gate, store::sqlite_writer).
+const WRITER_METRICS: [(&str, &str); 4] = [
+    (
+        "outdial_db_call_writer_wait_seconds",
+        "calls' wait for the writer",
+    ),
+    (
+        "outdial_db_call_writer_commit_seconds",
+        "calls' transactions",
+    ),
+    (
+        "outdial_db_background_wait_seconds",
+        "background wait at the gate",
+    ),
+    (
+        "outdial_db_background_hold_seconds",
+        "background transactions",
+    ),
+];
+
+/// A histogram's `_sum` or `_count` in Prometheus text (0 when absent).
+fn metric(text: &str, name: &str, suffix: &str) -> f64 {
+    let full = format!("{name}{suffix} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&full))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }

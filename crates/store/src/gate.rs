@@ -56,8 +56,20 @@ impl Drop for Foreground<'_> {
     }
 }
 
-/// Held by a background transaction until it ends: the next one waits for it.
-pub(crate) struct BackgroundTurn(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
+/// Held by a background transaction until it ends: the next one waits for it. Its length is
+/// how long `POST /v1/call` may have waited behind it, so it is measured
+/// (`outdial_db_background_hold_seconds`).
+pub(crate) struct BackgroundTurn {
+    _permit: Option<OwnedSemaphorePermit>,
+    since: Instant,
+}
+
+impl Drop for BackgroundTurn {
+    fn drop(&mut self) {
+        metrics::histogram!("outdial_db_background_hold_seconds")
+            .record(self.since.elapsed().as_secs_f64());
+    }
+}
 
 impl Gate {
     pub(crate) fn new(max_wait: Duration) -> Self {
@@ -95,7 +107,12 @@ impl Gate {
                 }
             }
         }
-        BackgroundTurn(permit)
+        metrics::histogram!("outdial_db_background_wait_seconds")
+            .record(arrived.elapsed().as_secs_f64());
+        BackgroundTurn {
+            _permit: permit,
+            since: Instant::now(),
+        }
     }
 }
 

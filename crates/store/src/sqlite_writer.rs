@@ -182,11 +182,19 @@ impl Writer {
         };
         // The other writers' connection, held so that none of them writes during this
         // transaction. A closed pool (shutdown) refuses, and so does the batch.
+        let asked = std::time::Instant::now();
         let token = match self.runtime.block_on(self.pool.acquire()) {
             Ok(c) => c,
             Err(e) => return fail_all(db_err(e)),
         };
+        // How long accepted calls waited behind a background transaction.
+        metrics::histogram!("outdial_db_call_writer_wait_seconds")
+            .record(asked.elapsed().as_secs_f64());
+        let began = std::time::Instant::now();
         let results = transaction(&mut self.conn, &self.sql, batch);
+        metrics::histogram!("outdial_db_call_writer_commit_seconds")
+            .record(began.elapsed().as_secs_f64());
+        metrics::histogram!("outdial_call_writer_batch_calls").record(batch.len() as f64);
         // Returning a connection to the pool spawns a task, which needs the runtime's context.
         self.runtime.block_on(async move { drop(token) });
         results.unwrap_or_else(fail_all)
