@@ -307,6 +307,23 @@ struct ServeArgs {
     /// Longest dispatcher sleep when nothing is due.
     #[arg(long, env = "OUTDIAL_DISPATCH_IDLE_WAIT_MS", default_value_t = 5000)]
     dispatch_idle_wait_ms: u64,
+    /// Due calls claimed (and started in one transaction) per dispatch round.
+    #[arg(long, env = "OUTDIAL_DISPATCH_CLAIM_BATCH",
+        default_value_t = dispatch::DispatchConfig::default().claim_batch,
+        value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    dispatch_claim_batch: u32,
+    /// Most ended calls settled in one transaction: calls that end while a settlement is being
+    /// written are settled together in the next.
+    #[arg(long, env = "OUTDIAL_DISPATCH_SETTLE_BATCH",
+        default_value_t = dispatch::SettleBatching::default().max_calls as u64,
+        value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    dispatch_settle_batch: u64,
+    /// How long (ms) a settlement waits for more calls to end before it is written, while it
+    /// has fewer than --dispatch-settle-batch (0: at once).
+    #[arg(long, env = "OUTDIAL_DISPATCH_SETTLE_GATHER_MS",
+        default_value_t = millis(dispatch::SettleBatching::default().gather),
+        value_parser = clap::value_parser!(u64).range(0..=1_000))]
+    dispatch_settle_gather_ms: u64,
     /// On SIGTERM or SIGINT, how long live calls get to end on their own; then the rest are
     /// hung up and settled `failed` / `interrupted`. A second signal exits at once (status 143
     /// after SIGTERM, 130 after SIGINT).
@@ -829,6 +846,11 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
             events_written: Some(webhook_worker.waker()),
             post_call_written: Some(transcription_worker.waker()),
             shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_seconds),
+            claim_batch: args.dispatch_claim_batch,
+            settle: dispatch::SettleBatching {
+                max_calls: usize::try_from(args.dispatch_settle_batch).unwrap_or(usize::MAX),
+                gather: std::time::Duration::from_millis(args.dispatch_settle_gather_ms),
+            },
             amd: agent::AmdConfig {
                 greeting_ms: args.amd_greeting_ms,
                 human_silence_ms: args.amd_human_silence_ms,
@@ -838,7 +860,6 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
                 min_beep_ms: args.amd_min_beep_ms,
                 ..Default::default()
             },
-            ..Default::default()
         },
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

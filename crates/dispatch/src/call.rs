@@ -357,7 +357,7 @@ impl Dispatcher {
             post_call,
         };
         metrics::counter!("outdial_calls_ended_total", "status" => status.as_str()).increment(1);
-        match self.store.finish_attempt(finish, now).await {
+        match self.settler().settle(finish).await {
             Ok(Some(settled)) => {
                 self.events_written();
                 if transcribe {

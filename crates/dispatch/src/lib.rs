@@ -10,6 +10,9 @@
 //! gives its live calls a grace to end, then hangs up the rest and settles them the same way.
 
 mod call;
+mod settler;
+
+pub use settler::SettleBatching;
 
 use domain::agent::CallingHours;
 use domain::dispatch::{
@@ -21,7 +24,7 @@ use domain::store::{Store, StoreError};
 use domain::telephony::{CallControl, Telephony};
 use domain::{CallStatus, ConversationId, Millis, TrunkId};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
 
@@ -70,6 +73,8 @@ pub struct DispatchConfig {
     pub shutdown_grace: Duration,
     /// The answering-machine detector's thresholds.
     pub amd: agent::AmdConfig,
+    /// How ended calls are gathered into settling transactions (see `settler`).
+    pub settle: SettleBatching,
 }
 
 impl Default for DispatchConfig {
@@ -86,6 +91,7 @@ impl Default for DispatchConfig {
             post_call_written: None,
             shutdown_grace: Duration::from_secs(30),
             amd: agent::AmdConfig::default(),
+            settle: SettleBatching::default(),
         }
     }
 }
@@ -110,6 +116,8 @@ pub struct Dispatcher {
     live: Mutex<HashMap<ConversationId, Live>>,
     /// Poked whenever a live call ends, so a stop waiting for the last one wakes at once.
     ended: Notify,
+    /// Started by the first call that ends, inside the runtime.
+    settler: OnceLock<settler::Settler>,
 }
 
 /// A call this node dials or talks on.
@@ -227,6 +235,7 @@ impl Dispatcher {
             wake: Arc::new(Notify::new()),
             live: Mutex::new(HashMap::new()),
             ended: Notify::new(),
+            settler: OnceLock::new(),
         })
     }
 
@@ -381,6 +390,12 @@ impl Dispatcher {
         Ok(())
     }
 
+    pub(crate) fn settler(&self) -> &settler::Settler {
+        self.settler.get_or_init(|| {
+            settler::Settler::start(self.store.clone(), self.clock.clone(), self.config.settle)
+        })
+    }
+
     pub(crate) fn events_written(&self) {
         if let Some(n) = &self.config.events_written {
             n.notify_one();
@@ -448,27 +463,58 @@ impl Dispatcher {
         let now = self.clock.now();
         let orphans = self.store.orphaned_calls(now, 100).await?;
         let mut settled = 0;
-        for o in orphans {
-            if self.settle_interrupted(&o).await? {
-                settled += 1;
+        let mut first_error = None;
+        for result in self.settle_interrupted(&orphans).await {
+            match result {
+                Ok(true) => settled += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        Ok(settled)
+        // The others are settled; the failed ones are still orphans at the next sweep.
+        match first_error {
+            Some(e) if settled == 0 => Err(e),
+            Some(e) => {
+                tracing::error!(error = %e, settled, "some orphaned calls could not be settled");
+                Ok(settled)
+            }
+            None => Ok(settled),
+        }
     }
 
-    /// An interrupted call's one settlement, for a node found dead and for a stop's leftover
-    /// calls alike: `failed` / `interrupted`, then the retry policy. False when it was settled
-    /// already (elsewhere, or by its own task).
-    async fn settle_interrupted(&self, call: &OrphanedCall) -> Result<bool, StoreError> {
+    /// Interrupted calls' one settlement, for a node found dead and for a stop's leftover calls
+    /// alike: `failed` / `interrupted`, then the retry policy, all in one transaction. For each
+    /// call, false when it was settled already (elsewhere, or by its own task).
+    async fn settle_interrupted(&self, calls: &[OrphanedCall]) -> Vec<Result<bool, StoreError>> {
+        if calls.is_empty() {
+            return Vec::new();
+        }
         let now = self.clock.now();
         let (node, url) = (&self.config.node_id, &self.config.public_url);
-        let finish = FinishAttempt::interrupted(call.id, node, url, now);
-        let settled = self.store.finish_attempt(finish, now).await?.is_some();
-        if settled {
-            tracing::warn!(conversation_id = %call.id, "settled an interrupted call");
+        let finishes = calls
+            .iter()
+            .map(|c| FinishAttempt::interrupted(c.id, node, url, now))
+            .collect();
+        let results = self.store.finish_attempts(finishes, now).await;
+        let mut any = false;
+        let answers = calls
+            .iter()
+            .zip(results)
+            .map(|(call, r)| {
+                let settled = r?.is_some();
+                if settled {
+                    any = true;
+                    tracing::warn!(conversation_id = %call.id, "settled an interrupted call");
+                }
+                Ok(settled)
+            })
+            .collect();
+        if any {
             self.events_written();
         }
-        Ok(settled)
+        answers
     }
 
     async fn renew_leases(&self) -> Result<(), StoreError> {
@@ -594,14 +640,14 @@ impl Dispatcher {
             calls = leftover.len(),
             "shutdown grace over: hanging up live calls"
         );
-        for (call, control) in leftover {
-            match self.settle_interrupted(&call).await {
-                Ok(_) => {}
-                // The lease runs out and the orphan sweep settles it the same way.
-                Err(e) => {
-                    tracing::error!(conversation_id = %call.id, error = %e, "settling an interrupted call failed")
-                }
+        let calls: Vec<OrphanedCall> = leftover.iter().map(|(c, _)| c.clone()).collect();
+        for (call, result) in calls.iter().zip(self.settle_interrupted(&calls).await) {
+            // The lease runs out and the orphan sweep settles it the same way.
+            if let Err(e) = result {
+                tracing::error!(conversation_id = %call.id, error = %e, "settling an interrupted call failed")
             }
+        }
+        for (_, control) in leftover {
             if let Some(control) = control {
                 let _ = control.send(CallControl::Hangup).await;
             }

@@ -314,6 +314,82 @@ async fn retry_chains_follow_the_policy_with_its_delays() {
     }
 }
 
+/// Calls that end together are settled by the settler in several batches (the burst is larger
+/// than one): each is settled once, with its own outcome, its own next attempt by the policy
+/// and one webhook event, and none is dialled again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_ended_calls_is_settled_in_batches_each_once_with_its_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir);
+    let (store, t, a) = setup(
+        &url,
+        json!({"retry_policy": {"on": ["busy"], "max_attempts": 2, "delay_seconds": 60}}),
+    )
+    .await;
+    let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
+    let phone = Phone::new(Script::Busy, clock.clone());
+    let config = DispatchConfig {
+        settle: SettleBatching {
+            max_calls: 4,
+            gather: Duration::from_millis(1),
+        },
+        ..DispatchConfig::default()
+    };
+    let d = dispatcher(store.clone(), phone.clone(), clock.clone(), config);
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let phone_no = format!("+9198765{i:05}");
+        let accepted = store
+            .create_call(call(t, a, &phone_no, T0, None))
+            .await
+            .unwrap();
+        ids.push(accepted.conversation_id);
+    }
+    assert_eq!(d.tick().await.unwrap(), 20);
+    // Until every call task has its answer (a condition; the bound only turns a hang into a
+    // failure).
+    let ended = async {
+        while d.live_calls() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), ended)
+        .await
+        .expect("every call task got its settlement's answer");
+    assert_eq!(phone.count(), 20);
+    for id in &ids {
+        let c = store.get_conversation(t, *id).await.unwrap().unwrap();
+        assert_eq!(c.status, CallStatus::Busy, "{id}");
+        assert_eq!(c.failure_reason.as_deref(), Some("486 Busy Here"));
+        let next = store
+            .get_conversation(t, id.next_attempt())
+            .await
+            .unwrap()
+            .expect("the policy's next attempt");
+        assert_eq!(next.status, CallStatus::Scheduled);
+        assert_eq!(next.scheduled_for, Some(Millis(T0 + 60_000)));
+    }
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    let events: Vec<(String, String)> =
+        sqlx::query_as("SELECT conversation_id, event_type FROM outbox_events")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    let mut want: Vec<(String, String)> = ids
+        .iter()
+        .map(|id| (id.to_string(), "call.busy".to_string()))
+        .collect();
+    let mut got = events;
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+    // Nothing is due before the retries' delay.
+    assert_eq!(d.tick().await.unwrap(), 0);
+    assert_eq!(phone.count(), 20);
+}
+
 #[tokio::test]
 async fn calls_outside_the_window_wait_for_it() {
     let dir = tempfile::tempdir().unwrap();

@@ -411,6 +411,16 @@ pub trait DispatchStore: Send + Sync + 'static {
         finish: FinishAttempt,
         now: Millis,
     ) -> Result<Option<Settled>, crate::store::StoreError>;
+    /// [`DispatchStore::finish_attempt`] for many attempts in one transaction: one answer per
+    /// attempt, in order, each what settling them one by one in that order would have
+    /// answered (a call not this node's to settle answers `None`, alone). If that transaction
+    /// fails, each attempt is settled again in a transaction of its own, so one bad attempt
+    /// fails alone and the others are settled.
+    async fn finish_attempts(
+        &self,
+        finishes: Vec<FinishAttempt>,
+        now: Millis,
+    ) -> Vec<Result<Option<Settled>, crate::store::StoreError>>;
     /// Live calls whose lease ran out before `now`: their node died mid-call.
     async fn orphaned_calls(
         &self,

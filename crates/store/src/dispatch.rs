@@ -5,7 +5,7 @@ use crate::calls::insert_event;
 use crate::locks::{lock, lock_shared, LockKey};
 use crate::rows::{corrupt, get, json};
 use crate::settle::{execute_in, SettledRow, SETTLED_RETURNING};
-use crate::{db_err, Backend, SqlStore};
+use crate::{db_err, Backend, Background, SqlStore};
 use domain::agent::AgentConfig;
 use domain::call::{AnsweredBy, Parameter, RetryContext};
 use domain::dispatch::{
@@ -18,7 +18,8 @@ use domain::store::StoreError;
 use domain::telephony::TrunkTarget;
 use domain::tenant::TenantLimits;
 use domain::{AgentId, CallStatus, ConversationId, Millis, TenantId, TraceId, TrunkId, E164};
-use sqlx::AnyConnection;
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection};
 
 /// Calls of a paused batch wait, and those of a batch still uploading (`loading`, see `batches`)
 /// are not there yet: neither is claimed nor counted as due (else the dispatcher would wake for
@@ -167,7 +168,7 @@ const DUE_CALL_SELECT: &str = "SELECT c.id AS id, c.tenant_id AS tenant_id, c.ag
     LEFT JOIN agents a ON a.id = c.agent_id AND a.tenant_id = c.tenant_id \
     LEFT JOIN phone_numbers pn ON pn.tenant_id = c.tenant_id AND pn.number = c.from_phone \
     LEFT JOIN trunks tr ON tr.id = pn.trunk_id \
-    WHERE c.id = $1";
+    WHERE c.id IN";
 
 /// The trunk takes no new INVITE before `until`; a gate already shut for longer stays so (a
 /// 503's hold is never shortened by a dial's token, nor the other way round).
@@ -444,20 +445,36 @@ impl SqlStore {
     }
 
     /// The claimed calls (`RETURNING id` rows) with what dialling them needs, in due order.
+    /// The claimed calls, read in one statement. On SQLite after the claim's turn at the gate
+    /// has ended (the leases are committed: the claim is one autocommitted statement), from the
+    /// read pool, so a round's reads never hold up the settlements and starts queued behind it;
+    /// on PostgreSQL on the background connection, which is not the API's.
     async fn load_due(
         &self,
-        conn: &mut AnyConnection,
+        conn: Background<PoolConnection<Any>>,
         ids: &[sqlx::any::AnyRow],
     ) -> Result<Vec<DueCall>, StoreError> {
-        let mut due = Vec::with_capacity(ids.len());
-        for row in ids {
-            let id: String = get(row, "id")?;
-            let row = sqlx::query(DUE_CALL_SELECT)
-                .bind(id)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(db_err)?;
-            let mut call = due_call(&row)?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = ids.iter().map(|r| get(r, "id")).collect::<Result<_, _>>()?;
+        let ids = serde_json::to_string(&ids).map_err(crate::encode_err)?;
+        let sql = format!("{DUE_CALL_SELECT} ({})", crate::json_texts(self.backend, 1));
+        let query = sqlx::query(&sql).bind(ids);
+        let rows = match self.backend {
+            Backend::Sqlite => {
+                drop(conn);
+                query.fetch_all(&self.read).await
+            }
+            Backend::Postgres => {
+                let mut conn = conn;
+                query.fetch_all(&mut *conn).await
+            }
+        }
+        .map_err(db_err)?;
+        let mut due = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut call = due_call(row)?;
             if let Some(t) = call.trunk.as_mut() {
                 t.target.password = self.open_opt(t.target.password.take())?;
             }
@@ -468,6 +485,134 @@ impl SqlStore {
         }
         due.sort_by_key(|d| d.due_at);
         Ok(due)
+    }
+}
+
+/// A finished attempt's columns, encoded before any transaction starts.
+struct Ending {
+    transcript: String,
+    results: String,
+    latency: Option<String>,
+    transfer: Option<String>,
+}
+
+impl Ending {
+    fn of(f: &FinishAttempt) -> Result<Self, StoreError> {
+        if Transition::End(f.status).to().is_none() {
+            let e = format!("{} is no outcome of an attempt", f.status);
+            return Err(StoreError::Database(e.into()));
+        }
+        let encode = |e: serde_json::Error| StoreError::Database(e.into());
+        Ok(Self {
+            transcript: serde_json::to_string(&f.transcript).map_err(encode)?,
+            results: serde_json::to_string(&f.results).map_err(encode)?,
+            latency: f
+                .latency
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(encode)?,
+            transfer: f
+                .transfer
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(encode)?,
+        })
+    }
+}
+
+/// An attempt's fenced end and what [`domain::lifecycle::settle::settle`] decides follows it, in
+/// the caller's transaction; the decision is left to the caller to execute. `None` when the
+/// call was not `f.node`'s to settle.
+async fn end_attempt_in(
+    conn: &mut AnyConnection,
+    f: &FinishAttempt,
+    ending: &Ending,
+    now: Millis,
+) -> Result<Option<domain::lifecycle::settle::Decision>, StoreError> {
+    let ended = Transition::End(f.status);
+    // Fenced: the holder of the lease, or anyone once that lease has run out. A call that
+    // was claimed but could not be dialled (`queued`) is settled by its holder only, and
+    // only as failed.
+    let dialled = ended.from_sql();
+    let refused = match Transition::Refuse.to() == Some(f.status) {
+        true => format!(
+            " OR (status IN ({}) AND lease_owner = $9)",
+            Transition::Refuse.from_sql()
+        ),
+        false => String::new(),
+    };
+    let Some(row) = sqlx::query(&format!(
+        "UPDATE calls SET status = $1, failure_reason = $2, ended_at = $3, duration_seconds = $4, \
+         recording_path = $5, transcript = $6, results = $7, latency = $11, stage_id = $12, answered_by = $13, transfer = $14, \
+         lease_owner = NULL, lease_until = NULL WHERE id = $8 AND ((status IN ({dialled}) AND (lease_owner = $9 OR lease_until < $10)){refused}) \
+         RETURNING {}",
+        *SETTLED_RETURNING
+    ))
+    .bind(f.status.as_str())
+    .bind(f.failure_reason.clone())
+    .bind(f.ended_at.0)
+    .bind(f.duration_seconds)
+    .bind(f.recording_path.as_ref().map(|p| p.display().to_string()))
+    .bind(ending.transcript.clone())
+    .bind(ending.results.clone())
+    .bind(f.id.to_string())
+    .bind(f.node.as_str())
+    .bind(now.0)
+    .bind(ending.latency.clone())
+    .bind(f.stage_id.clone())
+    .bind(f.answered_by.map(AnsweredBy::as_str))
+    .bind(ending.transfer.clone())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_err)?
+    else {
+        return Ok(None);
+    };
+    SettledRow::read(&row)?.decide(f.event(), now).map(Some)
+}
+
+impl SqlStore {
+    /// One attempt's settlement in its own transaction.
+    async fn finish_one(
+        &self,
+        f: &FinishAttempt,
+        ending: &Ending,
+        now: Millis,
+    ) -> Result<Option<Settled>, StoreError> {
+        let mut tx = self.background_tx().await?;
+        let Some(decision) = end_attempt_in(&mut tx, f, ending, now).await? else {
+            return Ok(None);
+        };
+        let retry_at = decision.retry.map(|r| r.due);
+        execute_in(&mut tx, self.backend, std::slice::from_ref(&decision), now).await?;
+        tx.commit().await?;
+        Ok(Some(Settled { retry_at }))
+    }
+
+    /// The attempts at `ready` in one transaction (one fsync, one turn at the gate): each call's
+    /// fenced end in order, then every decision executed together, as [`execute_in`] does for
+    /// a batch's cancel. Any error rolls the whole transaction back.
+    async fn finish_together(
+        &self,
+        finishes: &[FinishAttempt],
+        ready: &[(usize, Ending)],
+        now: Millis,
+    ) -> Result<Vec<Option<Settled>>, StoreError> {
+        let mut tx = self.background_tx().await?;
+        let mut decisions = Vec::with_capacity(ready.len());
+        let mut settled = Vec::with_capacity(ready.len());
+        for (i, ending) in ready {
+            let decision = end_attempt_in(&mut tx, &finishes[*i], ending, now).await?;
+            settled.push(decision.as_ref().map(|d| Settled {
+                retry_at: d.retry.map(|r| r.due),
+            }));
+            decisions.extend(decision);
+        }
+        execute_in(&mut tx, self.backend, &decisions, now).await?;
+        tx.commit().await?;
+        Ok(settled)
     }
 }
 
@@ -521,7 +666,7 @@ impl DispatchStore for SqlStore {
         .fetch_all(&mut *conn)
         .await
         .map_err(db_err)?;
-        self.load_due(&mut conn, &ids).await
+        self.load_due(conn, &ids).await
     }
 
     async fn park_calls(
@@ -610,7 +755,7 @@ impl DispatchStore for SqlStore {
         .fetch_all(&mut *conn)
         .await
         .map_err(db_err)?;
-        self.load_due(&mut conn, &ids).await
+        self.load_due(conn, &ids).await
     }
 
     async fn hold_trunk(&self, trunk: TrunkId, until: Millis) -> Result<(), StoreError> {
@@ -761,72 +906,51 @@ impl DispatchStore for SqlStore {
         f: FinishAttempt,
         now: Millis,
     ) -> Result<Option<Settled>, StoreError> {
-        let id = f.id.to_string();
-        let transcript =
-            serde_json::to_string(&f.transcript).map_err(|e| StoreError::Database(e.into()))?;
-        let results =
-            serde_json::to_string(&f.results).map_err(|e| StoreError::Database(e.into()))?;
-        let latency = f
-            .latency
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Database(e.into()))?;
-        let transfer = f
-            .transfer
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Database(e.into()))?;
-        let ended = Transition::End(f.status);
-        if ended.to().is_none() {
-            let e = format!("{} is no outcome of an attempt", f.status);
-            return Err(StoreError::Database(e.into()));
+        let ending = Ending::of(&f)?;
+        self.finish_one(&f, &ending, now).await
+    }
+
+    async fn finish_attempts(
+        &self,
+        finishes: Vec<FinishAttempt>,
+        now: Millis,
+    ) -> Vec<Result<Option<Settled>, StoreError>> {
+        if let [f] = finishes.as_slice() {
+            return vec![match Ending::of(f) {
+                Ok(ending) => self.finish_one(f, &ending, now).await,
+                Err(e) => Err(e),
+            }];
         }
-        // Fenced: the holder of the lease, or anyone once that lease has run out. A call that
-        // was claimed but could not be dialled (`queued`) is settled by its holder only, and
-        // only as failed.
-        let dialled = ended.from_sql();
-        let refused = match Transition::Refuse.to() == Some(f.status) {
-            true => format!(
-                " OR (status IN ({}) AND lease_owner = $9)",
-                Transition::Refuse.from_sql()
-            ),
-            false => String::new(),
-        };
-        let mut tx = self.background_tx().await?;
-        let Some(row) = sqlx::query(&format!(
-            "UPDATE calls SET status = $1, failure_reason = $2, ended_at = $3, duration_seconds = $4, \
-             recording_path = $5, transcript = $6, results = $7, latency = $11, stage_id = $12, answered_by = $13, transfer = $14, \
-             lease_owner = NULL, lease_until = NULL WHERE id = $8 AND ((status IN ({dialled}) AND (lease_owner = $9 OR lease_until < $10)){refused}) \
-             RETURNING {}",
-            *SETTLED_RETURNING
-        ))
-        .bind(f.status.as_str())
-        .bind(f.failure_reason.clone())
-        .bind(f.ended_at.0)
-        .bind(f.duration_seconds)
-        .bind(f.recording_path.as_ref().map(|p| p.display().to_string()))
-        .bind(transcript)
-        .bind(results)
-        .bind(id.as_str())
-        .bind(f.node.as_str())
-        .bind(now.0)
-        .bind(latency)
-        .bind(f.stage_id.clone())
-        .bind(f.answered_by.map(AnsweredBy::as_str))
-        .bind(transfer)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?
-        else {
-            return Ok(None);
-        };
-        let decision = SettledRow::read(&row)?.decide(f.event(), now)?;
-        let retry_at = decision.retry.map(|r| r.due);
-        execute_in(&mut tx, self.backend, std::slice::from_ref(&decision), now).await?;
-        tx.commit().await?;
-        Ok(Some(Settled { retry_at }))
+        // An attempt that cannot even be encoded fails alone, before the transaction.
+        let mut answers: Vec<Option<Result<Option<Settled>, StoreError>>> = Vec::new();
+        let mut ready = Vec::new();
+        for (i, f) in finishes.iter().enumerate() {
+            match Ending::of(f) {
+                Ok(ending) => {
+                    answers.push(None);
+                    ready.push((i, ending));
+                }
+                Err(e) => answers.push(Some(Err(e))),
+            }
+        }
+        match self.finish_together(&finishes, &ready, now).await {
+            Ok(settled) => {
+                for ((i, _), s) in ready.iter().zip(settled) {
+                    answers[*i] = Some(Ok(s));
+                }
+            }
+            Err(e) => {
+                // Nothing of the batch was written. Each attempt gets its own transaction, so
+                // the one that broke the batch fails alone (and is left to the orphan sweep,
+                // as a failed single settlement is); the fence makes a second try of a call
+                // the first one did settle (a commit whose answer was lost) answer `None`.
+                tracing::warn!(error = %e, calls = ready.len(), "settling a batch of calls failed; settling them one by one");
+                for (i, ending) in &ready {
+                    answers[*i] = Some(self.finish_one(&finishes[*i], ending, now).await);
+                }
+            }
+        }
+        answers.into_iter().map(|a| a.unwrap_or(Ok(None))).collect()
     }
 
     async fn orphaned_calls(

@@ -154,6 +154,8 @@ pub(crate) async fn execute_in(
             )),
         }
     }
+    // In id order, so two nodes' settlements touching the same batches cannot deadlock.
+    batches.sort_by_key(|(id, _)| *id);
     for (batch, delta) in &batches {
         move_recipients(conn, *batch, delta, now).await?;
     }
