@@ -300,6 +300,8 @@ pub async fn run(args: Args) -> Result<()> {
         .text()
         .await?;
 
+    let wal_mb = std::fs::metadata(dir.join("outdial.db-wal")).map_or(0, |m| m.len()) / 1_000_000;
+
     let t = Instant::now();
     let killed = Command::new("kill")
         .args(["-TERM", &node.0.id().to_string()])
@@ -321,6 +323,12 @@ pub async fn run(args: Args) -> Result<()> {
         .map(|s| s.took)
         .collect();
     during.sort_unstable();
+    let mut outside: Vec<Duration> = samples
+        .iter()
+        .filter(|s| s.status == 200 && !upload_window.contains(&s.sent))
+        .map(|s| s.took)
+        .collect();
+    outside.sort_unstable();
     let server_errors =
         samples.iter().filter(|s| s.status >= 500).count() + usize::from(upload_status >= 500);
     let other = samples
@@ -346,6 +354,13 @@ pub async fn run(args: Args) -> Result<()> {
         ms(percentile(&during, 0.99)),
         during.len()
     );
+    if !outside.is_empty() {
+        println!(
+            "outside the upload          p99 {:.1} ms over {} calls",
+            ms(percentile(&outside, 0.99)),
+            outside.len()
+        );
+    }
     println!("dials                       {dials:.0}/s");
     println!(
         "batch upload                {} rows in {:.1} s (status {upload_status})",
@@ -354,17 +369,19 @@ pub async fn run(args: Args) -> Result<()> {
     );
     println!("5xx                         {server_errors}");
     println!("other non-200               {other}");
-    println!("SIGTERM to exit             {:.0} ms ({exit})", ms(stop));
+    println!(
+        "SIGTERM to exit             {:.0} ms ({exit}; write-ahead log {wal_mb} MB at the signal)",
+        ms(stop)
+    );
     for (name, what) in WRITER_METRICS {
-        let (count, sum) = (
-            metric(&metrics, name, "_count"),
-            metric(&metrics, name, "_sum"),
-        );
-        println!(
-            "{what:<27} {count:.0} x, mean {:.2} ms, {:.0} % of the run",
-            1000.0 * sum / count.max(1.0),
-            100.0 * sum / all_end.as_secs_f64()
-        );
+        for (labels, count, sum) in histograms(&metrics, name) {
+            println!(
+                "{:<27} {count:.0} x, mean {:.2} ms, {:.0} % of the run",
+                format!("{what} {labels}").trim_end(),
+                1000.0 * sum / count.max(1.0),
+                100.0 * sum / all_end.as_secs_f64()
+            );
+        }
     }
     Ok(())
 }
@@ -389,11 +406,32 @@ const WRITER_METRICS: [(&str, &str); 4] = [
     ),
 ];
 
-/// A histogram's `_sum` or `_count` in Prometheus text (0 when absent).
-fn metric(text: &str, name: &str, suffix: &str) -> f64 {
-    let full = format!("{name}{suffix} ");
+/// Every series of a histogram in Prometheus text: its labels (`work="settle"`, or empty),
+/// count and sum.
+fn histograms(text: &str, name: &str) -> Vec<(String, f64, f64)> {
+    let value = |suffix: &str, labels: &str| {
+        let key = match labels {
+            "" => format!("{name}{suffix} "),
+            l => format!("{name}{suffix}{{{l}}} "),
+        };
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let sums = format!("{name}_sum");
     text.lines()
-        .find_map(|l| l.strip_prefix(&full))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+        .filter_map(|l| l.strip_prefix(&sums))
+        .map(|rest| {
+            let labels = rest
+                .strip_prefix('{')
+                .and_then(|r| r.split_once('}'))
+                .map_or("", |(l, _)| l);
+            (
+                labels.to_string(),
+                value("_count", labels),
+                value("_sum", labels),
+            )
+        })
+        .collect()
 }

@@ -517,11 +517,13 @@ async fn full_cap_queues_calls(agent: serde_json::Value, trunk_cap: Option<u32>,
         .create_call(call(t, a, "+919876500001", T0, None))
         .await
         .unwrap();
+    // A millisecond later: calls due at the same instant are taken in no particular order.
     let second = store
-        .create_call(call(t, a, "+919876500002", T0, None))
+        .create_call(call(t, a, "+919876500002", T0 + 1, None))
         .await
         .unwrap()
         .conversation_id;
+    clock.0.store(T0 + 1, Ordering::SeqCst);
     d.tick().await.unwrap();
     settle_tasks().await;
     assert_eq!(phone.count(), 1, "{whose} cap of 1 holds the second call");

@@ -5,6 +5,7 @@
 //! exactly one recipient from one counter to another and the counters always add up to
 //! `total_recipients`; reading them is one primary-key lookup.
 
+use crate::gate::Work;
 use crate::rows::{self, corrupt, get, CONVERSATION_COLUMNS};
 use crate::settle::SettledRow;
 use crate::{db_err, encode_err, json_rows, placeholders, Backend, SqlStore};
@@ -227,7 +228,7 @@ impl SqlStore {
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
             let rows = serde_json::to_string(&rows).map_err(encode_err)?;
-            let mut tx = self.background_tx().await?;
+            let mut tx = self.background_tx(Work::Batch).await?;
             if !renew_loading_in(&mut tx, id, self.lease_from_now()).await? {
                 return Err(lease_lost(id).into());
             }
@@ -253,7 +254,7 @@ impl SqlStore {
                 .map_err(db_err)?;
             tx.commit().await?;
         }
-        let mut tx = self.background_tx().await?;
+        let mut tx = self.background_tx(Work::Batch).await?;
         let row = sqlx::query(&format!(
             "UPDATE batches SET status = 'pending', loading_until = NULL \
              WHERE id = $1 AND status = 'loading' RETURNING {BATCH_COLUMNS}"
@@ -275,7 +276,7 @@ impl SqlStore {
     async fn remove_loading_batch(&self, id: i64) -> Result<(), StoreError> {
         let chunk = i64::try_from(self.upload_chunk.max(1)).unwrap_or(i64::MAX);
         loop {
-            let mut tx = self.background_tx().await?;
+            let mut tx = self.background_tx(Work::Batch).await?;
             let ids: Vec<String> = sqlx::query("SELECT id FROM calls WHERE batch_id = $1 LIMIT $2")
                 .bind(id)
                 .bind(chunk)
@@ -438,7 +439,7 @@ impl BatchStore for SqlStore {
     async fn create_batch(&self, b: NewBatch) -> Result<Batch, BatchError> {
         let started = std::time::Instant::now();
         let (id, from_phone) = {
-            let mut tx = self.background_tx().await?;
+            let mut tx = self.background_tx(Work::Batch).await?;
             let begun = begin_loading_in(&mut tx, &b, self.lease_from_now()).await?;
             tx.commit().await?;
             begun

@@ -2,6 +2,7 @@
 //! wait on each other's rows; SQLite has one writer, which makes the same UPDATE atomic.
 
 use crate::calls::insert_event;
+use crate::gate::Work;
 use crate::locks::{lock, lock_shared, LockKey};
 use crate::rows::{corrupt, get, json};
 use crate::settle::{execute_in, SettledRow, SETTLED_RETURNING};
@@ -24,9 +25,36 @@ use sqlx::{Any, AnyConnection};
 /// Calls of a paused batch wait, and those of a batch still uploading (`loading`, see `batches`)
 /// are not there yet: neither is claimed nor counted as due (else the dispatcher would wake for
 /// them at once, forever). The subquery is uncorrelated and small (paused and loading batches),
-/// so it is evaluated once per query while the `calls_due` index is walked.
+/// so it is evaluated once per query. The lines of trunks are walked by this rule; the calls
+/// due in no line by [`due_calls`], which never walks a batch that is not running.
 const BATCH_RUNNING: &str = "(batch_id IS NULL OR batch_id NOT IN \
     (SELECT id FROM batches WHERE status IN ('paused', 'loading')))";
+
+/// The waiting calls in no trunk's line whose lease is free at `free_at` (none, or run out),
+/// due by `due_by` when given, oldest first, at most `limit`, as `(id, due_at)` rows; `lock`
+/// ends each part (PostgreSQL's `FOR UPDATE SKIP LOCKED`). Two parts, each walked in due order
+/// on its own index (migration 0018): the calls of no batch, and those of running batches, a
+/// batch at a time. So the calls of an upload in progress or of a paused batch cost nothing,
+/// where a walk of one due index stepped over each of them (BATCH_RUNNING).
+fn due_calls(due_by: Option<&str>, free_at: &str, limit: &str, lock: &str) -> String {
+    let waiting = sql_list(WAITING);
+    let due = due_by.map_or(String::new(), |d| format!("AND due_at <= {d} "));
+    let part = |whose: &str, name: &str| {
+        format!(
+            "SELECT id, due_at FROM (SELECT id, due_at FROM calls WHERE status IN ({waiting}) \
+             AND trunk_lane IS NULL AND {whose} {due}AND (lease_until IS NULL OR lease_until < {free_at}) \
+             ORDER BY due_at LIMIT {limit} {lock}) AS {name}"
+        )
+    };
+    format!(
+        "SELECT id, due_at FROM ({} UNION ALL {} ORDER BY due_at LIMIT {limit}) AS due",
+        part("batch_id IS NULL", "direct"),
+        part(
+            "batch_id IN (SELECT id FROM batches WHERE status NOT IN ('paused', 'loading'))",
+            "batched"
+        ),
+    )
+}
 
 /// How long a call waits before another try when a cap is full. Short, because capacity frees
 /// up as calls end; it is not idle polling: it only happens while calls are waiting.
@@ -581,7 +609,7 @@ impl SqlStore {
         ending: &Ending,
         now: Millis,
     ) -> Result<Option<Settled>, StoreError> {
-        let mut tx = self.background_tx().await?;
+        let mut tx = self.background_tx(Work::Settle).await?;
         let Some(decision) = end_attempt_in(&mut tx, f, ending, now).await? else {
             return Ok(None);
         };
@@ -600,7 +628,7 @@ impl SqlStore {
         ready: &[(usize, Ending)],
         now: Millis,
     ) -> Result<Vec<Option<Settled>>, StoreError> {
-        let mut tx = self.background_tx().await?;
+        let mut tx = self.background_tx(Work::Settle).await?;
         let mut decisions = Vec::with_capacity(ready.len());
         let mut settled = Vec::with_capacity(ready.len());
         for (i, ending) in ready {
@@ -619,17 +647,13 @@ impl SqlStore {
 #[async_trait::async_trait]
 impl DispatchStore for SqlStore {
     async fn next_due_at(&self, now: Millis) -> Result<Option<Millis>, StoreError> {
-        let waiting = sql_list(WAITING);
-        // Walks the partial `calls_due` index in order and stops at the first call nobody holds;
-        // calls claimed by a node that then died come back through the dispatcher's idle wake-up.
-        let row = sqlx::query(&format!(
-            "SELECT due_at FROM calls WHERE status IN ({waiting}) AND trunk_lane IS NULL \
-             AND (lease_until IS NULL OR lease_until < $1) AND {BATCH_RUNNING} ORDER BY due_at LIMIT 1"
-        ))
-        .bind(now.0)
-        .fetch_optional(&self.read)
-        .await
-        .map_err(db_err)?;
+        // The first call nobody holds; calls claimed by a node that then died come back through
+        // the dispatcher's idle wake-up.
+        let row = sqlx::query(&due_calls(None, "$1", "1", ""))
+            .bind(now.0)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(db_err)?;
         let due = row
             .map(|r| get::<i64>(&r, "due_at").map(Millis))
             .transpose()?;
@@ -650,13 +674,10 @@ impl DispatchStore for SqlStore {
         lease_until: Millis,
         limit: u32,
     ) -> Result<Vec<DueCall>, StoreError> {
-        let skip_locked = self.skip_locked();
-        let waiting = sql_list(WAITING);
-        let mut conn = self.background_conn().await?;
+        let due = due_calls(Some("$3"), "$3", "$4", self.skip_locked());
+        let mut conn = self.background_conn(Work::Dispatch).await?;
         let ids = sqlx::query(&format!(
-            "UPDATE calls SET lease_owner = $1, lease_until = $2 WHERE id IN ( \
-               SELECT id FROM calls WHERE status IN ({waiting}) AND trunk_lane IS NULL AND due_at <= $3 \
-               AND (lease_until IS NULL OR lease_until < $3) AND {BATCH_RUNNING} ORDER BY due_at LIMIT $4 {skip_locked}) \
+            "UPDATE calls SET lease_owner = $1, lease_until = $2 WHERE id IN (SELECT id FROM ({due}) AS claimed) \
              RETURNING id"
         ))
         .bind(node)
@@ -677,7 +698,7 @@ impl DispatchStore for SqlStore {
         reason: &str,
     ) -> Result<u64, StoreError> {
         let waiting = sql_list(WAITING);
-        let mut tx = self.background_tx().await?;
+        let mut tx = self.background_tx(Work::Dispatch).await?;
         // By the number the calls are made from (`calls_waiting_from`): the trunk's numbers are
         // its tenant's.
         let parked = sqlx::query(&format!(
@@ -738,7 +759,7 @@ impl DispatchStore for SqlStore {
         lease_until: Millis,
         limit: u32,
     ) -> Result<Vec<DueCall>, StoreError> {
-        let mut conn = self.background_conn().await?;
+        let mut conn = self.background_conn(Work::Dispatch).await?;
         let ids = sqlx::query(&format!(
             "UPDATE calls SET lease_owner = $1, lease_until = $2 WHERE id IN ( \
                SELECT id FROM calls WHERE trunk_lane = $3 AND status IN ({}) AND trunk_lane IS NOT NULL \
@@ -759,7 +780,7 @@ impl DispatchStore for SqlStore {
     }
 
     async fn hold_trunk(&self, trunk: TrunkId, until: Millis) -> Result<(), StoreError> {
-        let mut tx = self.background_tx().await?;
+        let mut tx = self.background_tx(Work::Dispatch).await?;
         shut_gate(&mut tx, trunk, until).await?;
         tx.commit().await
     }
@@ -771,7 +792,7 @@ impl DispatchStore for SqlStore {
         until: Millis,
         reason: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.background_tx().await?;
+        let mut tx = self.background_tx(Work::Dispatch).await?;
         let row = sqlx::query(&format!(
             "UPDATE calls SET status = 'queued', due_at = $1, lease_owner = NULL, lease_until = NULL, \
              trunk_lane = NULL WHERE id = $2 AND lease_owner = $3 AND status IN ({}) RETURNING tenant_id, status",
@@ -827,7 +848,7 @@ impl DispatchStore for SqlStore {
     ) -> Result<Vec<BeginDial>, StoreError> {
         // One transaction (one fsync) for a whole claim round; each call's caps are checked
         // against the rows the earlier ones in the round just wrote.
-        let mut tx = self.background_tx().await?;
+        let mut tx = self.background_tx(Work::Dispatch).await?;
         let mut outcomes = Vec::with_capacity(calls.len());
         for c in calls {
             outcomes.push(begin_dial_in(&mut tx, self.backend, c, node, now, lease_until).await?);
@@ -853,7 +874,7 @@ impl DispatchStore for SqlStore {
         } else {
             ""
         };
-        let mut tx = self.background_tx().await?;
+        let mut tx = self.background_tx(Work::Dispatch).await?;
         let sql = format!(
             "UPDATE calls SET status = $1{answered} WHERE id = $2 AND lease_owner = $3 AND status IN ({from}) RETURNING tenant_id"
         );
@@ -887,12 +908,14 @@ impl DispatchStore for SqlStore {
         until: Millis,
     ) -> Result<(), StoreError> {
         // One transaction for all of a node's live calls: one fsync per renewal round, not one
-        // per call.
-        let mut tx = self.background_tx().await?;
+        // per call. In id order, as settlements lock the same rows (`finish_attempts`).
+        let mut ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        ids.sort_unstable();
+        let mut tx = self.background_tx(Work::Dispatch).await?;
         for id in ids {
             sqlx::query("UPDATE calls SET lease_until = $1 WHERE id = $2 AND lease_owner = $3")
                 .bind(until.0)
-                .bind(id.to_string())
+                .bind(id)
                 .bind(node)
                 .execute(&mut *tx)
                 .await
@@ -933,6 +956,11 @@ impl DispatchStore for SqlStore {
                 Err(e) => answers.push(Some(Err(e))),
             }
         }
+        // Rows locked in one order by every writer of live calls (here and `renew_leases`), so
+        // that on PostgreSQL a batch never deadlocks with the lease renewal or with a stop's
+        // own settlement of the same calls (each deadlock cost a second: PostgreSQL's
+        // `deadlock_timeout`, seen as a 4 s stop after a burst).
+        ready.sort_by_cached_key(|(i, _)| finishes[*i].id.to_string());
         match self.finish_together(&finishes, &ready, now).await {
             Ok(settled) => {
                 for ((i, _), s) in ready.iter().zip(settled) {

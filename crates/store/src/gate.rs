@@ -56,17 +56,48 @@ impl Drop for Foreground<'_> {
     }
 }
 
+/// What a background transaction is for, as its metrics are labelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Work {
+    /// Claims, dial starts, leases.
+    Dispatch,
+    /// Ended calls' settlements.
+    Settle,
+    /// Webhook delivery bookkeeping.
+    Outbox,
+    /// Batch uploads' chunks.
+    Batch,
+    /// Deep pages' marks.
+    Pages,
+    /// Transcription jobs.
+    Transcription,
+}
+
+impl Work {
+    fn as_str(self) -> &'static str {
+        match self {
+            Work::Dispatch => "dispatch",
+            Work::Settle => "settle",
+            Work::Outbox => "outbox",
+            Work::Batch => "batch",
+            Work::Pages => "pages",
+            Work::Transcription => "transcription",
+        }
+    }
+}
+
 /// Held by a background transaction until it ends: the next one waits for it. Its length is
 /// how long `POST /v1/call` may have waited behind it, so it is measured
 /// (`outdial_db_background_hold_seconds`).
 pub(crate) struct BackgroundTurn {
     _permit: Option<OwnedSemaphorePermit>,
     since: Instant,
+    work: Work,
 }
 
 impl Drop for BackgroundTurn {
     fn drop(&mut self) {
-        metrics::histogram!("outdial_db_background_hold_seconds")
+        metrics::histogram!("outdial_db_background_hold_seconds", "work" => self.work.as_str())
             .record(self.since.elapsed().as_secs_f64());
     }
 }
@@ -86,7 +117,7 @@ impl Gate {
         Foreground(self)
     }
 
-    pub(crate) async fn background(&self) -> BackgroundTurn {
+    pub(crate) async fn background(&self, work: Work) -> BackgroundTurn {
         // The semaphore is never closed, so acquiring cannot fail; if it ever were, going on
         // without the turn only costs priority, never correctness.
         let permit = self.background.clone().acquire_owned().await.ok();
@@ -107,11 +138,12 @@ impl Gate {
                 }
             }
         }
-        metrics::histogram!("outdial_db_background_wait_seconds")
+        metrics::histogram!("outdial_db_background_wait_seconds", "work" => work.as_str())
             .record(arrived.elapsed().as_secs_f64());
         BackgroundTurn {
             _permit: permit,
             since: Instant::now(),
+            work,
         }
     }
 }
@@ -148,7 +180,7 @@ mod tests {
         let request = gate.foreground();
         let g = gate.clone();
         let turn = tokio::spawn(async move {
-            let _t = g.background().await;
+            let _t = g.background(Work::Dispatch).await;
         });
         tokio::time::sleep(50 * MS).await;
         assert!(!turn.is_finished(), "went while a request was waiting");
@@ -162,10 +194,10 @@ mod tests {
     #[tokio::test]
     async fn one_background_transaction_at_a_time() {
         let gate = Arc::new(Gate::new(Duration::from_secs(60)));
-        let first = gate.background().await;
+        let first = gate.background(Work::Dispatch).await;
         let g = gate.clone();
         let second = tokio::spawn(async move {
-            let _t = g.background().await;
+            let _t = g.background(Work::Dispatch).await;
         });
         tokio::time::sleep(50 * MS).await;
         assert!(!second.is_finished());

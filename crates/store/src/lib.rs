@@ -81,7 +81,7 @@ impl Default for StoreOptions {
             secrets: Default::default(),
             background_connections: 4,
             background_wait: Duration::from_millis(20),
-            upload_chunk_rows: 5_000,
+            upload_chunk_rows: 1_000,
             upload_lease: Duration::from_secs(120),
             group_commit: true,
             page_marks: PageMarks::default(),
@@ -325,8 +325,9 @@ impl SqlStore {
     /// A connection for background work, after its turn at the gate (see [`gate`]).
     pub(crate) async fn background_conn(
         &self,
+        work: gate::Work,
     ) -> Result<Background<PoolConnection<Any>>, StoreError> {
-        let turn = self.background_turn().await;
+        let turn = self.background_turn(work).await;
         let conn = self.background.acquire().await.map_err(db_err)?;
         Ok(Background { conn, _turn: turn })
     }
@@ -335,15 +336,16 @@ impl SqlStore {
     /// small: a waiting API request may be behind it.
     pub(crate) async fn background_tx(
         &self,
+        work: gate::Work,
     ) -> Result<Background<sqlx::Transaction<'static, Any>>, StoreError> {
-        let turn = self.background_turn().await;
+        let turn = self.background_turn(work).await;
         let conn = self.background.begin().await.map_err(db_err)?;
         Ok(Background { conn, _turn: turn })
     }
 
-    async fn background_turn(&self) -> Option<gate::BackgroundTurn> {
+    async fn background_turn(&self, work: gate::Work) -> Option<gate::BackgroundTurn> {
         match &self.gate {
-            Some(g) => Some(g.background().await),
+            Some(g) => Some(g.background(work).await),
             None => None,
         }
     }
@@ -591,6 +593,19 @@ mod tests {
                 format!("calls_trunk_lane ON calls (trunk_lane, due_at) WHERE status IN ({waiting}) AND trunk_lane IS NOT NULL;"),
             ] {
                 assert!(lines.contains(&index), "{index}");
+            }
+        }
+        // Since 0018 the calls in no line are indexed apart by whether they are a batch's.
+        for split in [
+            include_str!("../migrations/sqlite/0018_due_by_batch.sql"),
+            include_str!("../migrations/postgres/0018_due_by_batch.sql"),
+        ] {
+            let waiting = sql_list(WAITING);
+            for index in [
+                format!("calls_due_direct ON calls (due_at) WHERE status IN ({waiting}) AND trunk_lane IS NULL AND batch_id IS NULL;"),
+                format!("calls_due_batch ON calls (batch_id, due_at) WHERE status IN ({waiting}) AND trunk_lane IS NULL AND batch_id IS NOT NULL;"),
+            ] {
+                assert!(split.contains(&index), "{index}");
             }
         }
     }

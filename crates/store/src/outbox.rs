@@ -6,6 +6,7 @@
 //! connection serialises leases. A lease that is not settled before it ends (the worker died)
 //! makes the delivery leasable again, by any node, with the same `event_id`.
 
+use crate::gate::Work;
 use crate::rows::{get, json};
 use crate::{db_err, encode_err, json_ids, json_rows, placeholders, Backend, SqlStore};
 use domain::store::StoreError;
@@ -353,7 +354,7 @@ impl SqlStore {
     /// Like [`domain::webhooks::WebhookStore::enqueue_event`] for many events in one
     /// transaction (tests and the benchmark enqueue bursts this way).
     pub async fn enqueue_events(&self, events: &[OutboxEvent]) -> Result<u64, StoreError> {
-        let mut tx = self.background_tx().await?;
+        let mut tx = self.background_tx(Work::Outbox).await?;
         let mut created = 0;
         for event in events {
             created += enqueue_in(&mut tx, self.backend, event).await?;
@@ -426,7 +427,7 @@ impl SqlStore {
         for (target, cap) in target_caps {
             query = query.bind(target.0).bind(i64::from(*cap));
         }
-        let mut tx = self.background_tx().await?;
+        let mut tx = self.background_tx(Work::Outbox).await?;
         let ids: Vec<i64> = query
             .fetch_all(&mut *tx)
             .await
@@ -481,7 +482,7 @@ impl SqlStore {
         if results.is_empty() {
             return Ok(0);
         }
-        let mut tx = self.background_tx().await?;
+        let mut tx = self.background_tx(Work::Outbox).await?;
         insert_attempts(&mut tx, self.backend, results).await?;
         let mut settled: HashMap<i64, i64> = HashMap::with_capacity(results.len());
         // A delivery appears twice only when its lease lapsed and this worker leased it again
@@ -538,7 +539,7 @@ impl SqlStore {
              WHERE lease_owner = $1 AND status = 'pending' AND id IN ({})",
             json_ids(self.backend, 2)
         );
-        let mut conn = self.background_conn().await?;
+        let mut conn = self.background_conn(Work::Outbox).await?;
         Ok(sqlx::query(&sql)
             .bind(owner)
             .bind(serde_json::to_string(&ids).map_err(encode_err)?)

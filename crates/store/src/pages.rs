@@ -10,6 +10,7 @@
 //! (`forget_from`), under the same lock the pass takes, and the pass writes them again.
 
 use crate::batches::CALL_SHOWN;
+use crate::gate::Work;
 use crate::locks::{lock, LockKey};
 use crate::rows::{self, get};
 use crate::{db_err, Backend, SqlStore};
@@ -239,7 +240,7 @@ impl SqlStore {
     /// mark itself: on SQLite a read before the write could see a snapshot the call writer has
     /// moved past, and the write would then fail.
     async fn write_marks(&self, tenant: i64, agent: i64, horizon: i64) -> Result<u64, StoreError> {
-        let mut tx = self.background_tx().await?;
+        let mut tx = self.background_tx(Work::Pages).await?;
         lock(&mut tx, self.backend, LockKey::conversation_marks(tenant)).await?;
         let mut written = 0;
         for _ in 0..self.page_marks.per_transaction {

@@ -5,6 +5,7 @@
 //! [`insert_post_call_in`]) and reads its audio from the call's recording, not from
 //! `transcription_audio`.
 
+use crate::gate::Work;
 use crate::rows::{corrupt, get, json};
 use crate::{db_err, encode_err, SqlStore};
 use domain::store::StoreError;
@@ -107,7 +108,7 @@ impl SqlStore {
         outcome: &JobOutcome,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.background_tx().await?;
+        let mut tx = self.background_tx(Work::Transcription).await?;
         let (text, language, utterances, note, error) = match outcome {
             JobOutcome::Completed {
                 text,
@@ -229,7 +230,7 @@ impl TranscriptionStore for SqlStore {
             let seen =
                 u32::try_from(attempts).map_err(|_| corrupt("transcription_jobs.attempts"))?;
             let token = uuid::Uuid::new_v4().to_string();
-            let mut tx = self.background_tx().await?;
+            let mut tx = self.background_tx(Work::Transcription).await?;
             let taken = sqlx::query(&format!(
                 "UPDATE transcription_jobs SET status = $1, lease = $2, lease_until = $3, \
                  attempts = attempts + 1, started_at = COALESCE(started_at, $4) \
@@ -292,7 +293,7 @@ impl TranscriptionStore for SqlStore {
     }
 
     async fn renew_job(&self, id: &JobId, lease: &str, until: Millis) -> Result<bool, StoreError> {
-        let mut conn = self.background_conn().await?;
+        let mut conn = self.background_conn(Work::Transcription).await?;
         let renewed = sqlx::query(
             "UPDATE transcription_jobs SET lease_until = $1 \
              WHERE id = $2 AND status = $3 AND lease = $4",

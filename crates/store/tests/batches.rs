@@ -271,8 +271,13 @@ async fn scalar(conn: &mut sqlx::AnyConnection, sql: &str) -> i64 {
 
 /// `ROWS` recipients `+9198<i>` named `N<i>`, for `agent`.
 fn batch_of_rows(tenant: TenantId, agent: AgentId, now: Millis) -> NewBatch {
+    batch_of(ROWS, 0, tenant, agent, now)
+}
+
+/// `rows` recipients numbered from `from`.
+fn batch_of(rows: u32, from: u32, tenant: TenantId, agent: AgentId, now: Millis) -> NewBatch {
     let mut csv = String::from("customer_phone,customer_name\n");
-    for i in 0..ROWS {
+    for i in from..from + rows {
         csv.push_str(&format!("+9198{i:08},N{i}\n"));
     }
     NewBatch {
@@ -384,6 +389,64 @@ async fn loading_on_every_backend() {
             })
             .await;
         loading_story(&db, backend).await;
+        db.finish().await;
+    }
+}
+
+/// The claim takes the oldest due calls first whether they are a batch's or not (the two are
+/// walked on separate indexes and merged), never one of a paused batch, and the next due time
+/// is the oldest of either.
+async fn oldest_first_story(store: &dyn Store) {
+    let (tenant, agent) = common::tenant_with_agent(store, "acme", "+918035739222").await;
+    let t = Millis::now();
+    let at = |ms: i64| Millis(t.0 + ms);
+    let direct = |phone: &str, ms: i64| common::new_call(tenant, agent, phone, at(ms));
+    let first = store.create_call(direct("+919800000001", 0)).await.unwrap();
+    store
+        .create_batch(batch_of(3, 0, tenant, agent, at(100)))
+        .await
+        .unwrap();
+    let last = store
+        .create_call(direct("+919800000002", 200))
+        .await
+        .unwrap();
+    let paused = store
+        .create_batch(batch_of(2, 10, tenant, agent, at(50)))
+        .await
+        .unwrap();
+    store
+        .change_batch(tenant, paused.id, BatchAction::Pause, at(300))
+        .await
+        .unwrap();
+
+    let now = at(1_000);
+    assert_eq!(store.next_due_at(now).await.unwrap(), Some(at(0)));
+    let lease = Millis(now.0 + 30_000);
+    let two = store.claim_due("n1", now, lease, 2).await.unwrap();
+    assert_eq!(two.len(), 2);
+    assert_eq!(two[0].id, first.conversation_id);
+    assert_eq!(
+        two[1].due_at,
+        at(100),
+        "the batch's call, older than the last direct one"
+    );
+    assert_eq!(store.next_due_at(now).await.unwrap(), Some(at(100)));
+    let rest = store.claim_due("n1", now, lease, 10).await.unwrap();
+    let dues: Vec<Millis> = rest.iter().map(|c| c.due_at).collect();
+    assert_eq!(
+        dues,
+        vec![at(100), at(100), at(200)],
+        "the paused batch's calls stay"
+    );
+    assert_eq!(rest[2].id, last.conversation_id);
+    assert_eq!(store.next_due_at(now).await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oldest_first_on_every_backend() {
+    for backend in backends() {
+        let db = backend.open().await;
+        oldest_first_story(db.store().as_ref()).await;
         db.finish().await;
     }
 }
