@@ -31,7 +31,7 @@ pub struct SettleBatching {
 impl Default for SettleBatching {
     fn default() -> Self {
         Self {
-            max_calls: 64,
+            max_calls: 16,
             gather: Duration::from_millis(2),
         }
     }

@@ -81,7 +81,7 @@ impl Default for StoreOptions {
             secrets: Default::default(),
             background_connections: 4,
             background_wait: Duration::from_millis(20),
-            upload_chunk_rows: 1_000,
+            upload_chunk_rows: 250,
             upload_lease: Duration::from_secs(120),
             group_commit: true,
             page_marks: PageMarks::default(),
