@@ -212,7 +212,7 @@ struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(0..=60_000))]
     batch_upload_wait_ms: u64,
     /// Recipients a batch upload writes per transaction: each holds SQLite's writer (about
-    /// 16 ms for 1,000 under load), and `POST /v1/call` may wait behind one.
+    /// 5 ms for 250 under API load), and `POST /v1/call` may wait behind one.
     #[arg(long, env = "OUTDIAL_BATCH_UPLOAD_CHUNK_ROWS",
         default_value_t = store::StoreOptions::default().upload_chunk_rows as u64,
         value_parser = clap::value_parser!(u64).range(1..=100_000))]
