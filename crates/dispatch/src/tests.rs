@@ -333,6 +333,8 @@ async fn a_burst_of_ended_calls_is_settled_in_batches_each_once_with_its_retry()
             max_calls: 4,
             gather: Duration::from_millis(1),
         },
+        // The whole burst in one round, so its calls end together.
+        claim_batch: 20,
         ..DispatchConfig::default()
     };
     let d = dispatcher(store.clone(), phone.clone(), clock.clone(), config);
