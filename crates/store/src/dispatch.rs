@@ -13,7 +13,7 @@ use domain::dispatch::{
     BeginDial, CancelOutcome, DialLimits, DialStart, DispatchStore, DueCall, DueTrunk,
     FinishAttempt, OrphanedCall, Settled, TrunkLane,
 };
-use domain::lifecycle::settle::Event;
+use domain::lifecycle::settle::{Decision, Event};
 use domain::lifecycle::{sql_list, Transition, DIALLED, WAITING};
 use domain::store::StoreError;
 use domain::telephony::TrunkTarget;
@@ -628,16 +628,28 @@ impl SqlStore {
         ready: &[(usize, Ending)],
         now: Millis,
     ) -> Result<Vec<Option<Settled>>, StoreError> {
+        // The fenced updates lock the calls in id order, as `renew_leases` does, so that on
+        // PostgreSQL a batch never deadlocks with the lease renewal or with a stop's own
+        // settlement of the same calls (each deadlock cost a second, `deadlock_timeout`: a 4 s
+        // stop after a burst). What follows is written in the attempts' own order, as one by
+        // one.
+        let mut by_id: Vec<usize> = (0..ready.len()).collect();
+        by_id.sort_by_cached_key(|&k| finishes[ready[k].0].id.to_string());
+        let mut decided: Vec<Option<Decision>> = (0..ready.len()).map(|_| None).collect();
         let mut tx = self.background_tx(Work::Settle).await?;
-        let mut decisions = Vec::with_capacity(ready.len());
-        let mut settled = Vec::with_capacity(ready.len());
-        for (i, ending) in ready {
-            let decision = end_attempt_in(&mut tx, &finishes[*i], ending, now).await?;
-            settled.push(decision.as_ref().map(|d| Settled {
-                retry_at: d.retry.map(|r| r.due),
-            }));
-            decisions.extend(decision);
+        for k in by_id {
+            let (i, ending) = &ready[k];
+            decided[k] = end_attempt_in(&mut tx, &finishes[*i], ending, now).await?;
         }
+        let settled = decided
+            .iter()
+            .map(|d| {
+                d.as_ref().map(|d| Settled {
+                    retry_at: d.retry.map(|r| r.due),
+                })
+            })
+            .collect();
+        let decisions: Vec<Decision> = decided.into_iter().flatten().collect();
         execute_in(&mut tx, self.backend, &decisions, now).await?;
         tx.commit().await?;
         Ok(settled)
@@ -956,11 +968,6 @@ impl DispatchStore for SqlStore {
                 Err(e) => answers.push(Some(Err(e))),
             }
         }
-        // Rows locked in one order by every writer of live calls (here and `renew_leases`), so
-        // that on PostgreSQL a batch never deadlocks with the lease renewal or with a stop's
-        // own settlement of the same calls (each deadlock cost a second: PostgreSQL's
-        // `deadlock_timeout`, seen as a 4 s stop after a burst).
-        ready.sort_by_cached_key(|(i, _)| finishes[*i].id.to_string());
         match self.finish_together(&finishes, &ready, now).await {
             Ok(settled) => {
                 for ((i, _), s) in ready.iter().zip(settled) {
