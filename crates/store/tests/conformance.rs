@@ -651,13 +651,7 @@ async fn story_post_call_transcripts(store: Arc<dyn Store>) {
         assert_eq!(started, BeginDial::Started);
     }
     let ended = Millis(T0.0 + 20_000);
-    let job = PostCallJob {
-        id: JobId::new(),
-        engine: "whisper-base".into(),
-        languages: JobLanguages::for_call("en-US"),
-        call_language: "en-US".into(),
-        audio_bytes: 320_044,
-    };
+    let job = common::post_call_job();
     let settle = |id: ConversationId, post_call: Option<PostCallJob>| FinishAttempt {
         recording_path: Some(format!("/srv/outdial/recordings/{id}.wav").into()),
         duration_seconds: Some(10),

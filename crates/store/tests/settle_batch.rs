@@ -10,7 +10,7 @@ use common::{backends, new_call, Backend};
 use domain::batch::{parse_recipients, NewBatch};
 use domain::dispatch::{BeginDial, DialLimits, DialStart, DispatchStore, FinishAttempt, Settled};
 use domain::store::Store;
-use domain::transcription::{JobId, JobLanguages, PostCallJob};
+use domain::transcription::PostCallJob;
 use domain::webhooks::NewWebhookTarget;
 use domain::{CallStatus, ConversationId, Millis, TraceId};
 use sqlx::{Connection, Row};
@@ -299,13 +299,7 @@ async fn snapshot(url: &str) -> Vec<(&'static str, Vec<Vec<String>>)> {
 }
 
 async fn one_by_one_and_batched_agree(backend: Backend) {
-    let job = PostCallJob {
-        id: JobId::new(),
-        engine: "whisper-base".into(),
-        languages: JobLanguages::for_call("en-US"),
-        call_language: "en-US".into(),
-        audio_bytes: 320_044,
-    };
+    let job = common::post_call_job();
     let now = Millis(T0.0 + 20_000);
     let single = backend.open().await;
     let s = story(single.store().as_ref()).await;

@@ -111,3 +111,14 @@ pub fn new_call(
         now,
     }
 }
+
+/// The post-call transcript job a settlement of an `en-US` call carries (a fresh id each time).
+pub fn post_call_job() -> domain::transcription::PostCallJob {
+    domain::transcription::PostCallJob {
+        id: domain::transcription::JobId::new(),
+        engine: "whisper-base".into(),
+        languages: domain::transcription::JobLanguages::for_call("en-US"),
+        call_language: "en-US".into(),
+        audio_bytes: 320_044,
+    }
+}
