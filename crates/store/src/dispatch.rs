@@ -33,8 +33,8 @@ const BATCH_RUNNING: &str = "(batch_id IS NULL OR batch_id NOT IN \
 /// The waiting calls in no trunk's line whose lease is free at `free_at` (none, or run out),
 /// due by `due_by` when given, oldest first, at most `limit`, as `(id, due_at)` rows; `lock`
 /// ends each part (PostgreSQL's `FOR UPDATE SKIP LOCKED`). Two parts, each walked in due order
-/// on its own index (migration 0018): the calls of no batch, and those of running batches, a
-/// batch at a time. So the calls of an upload in progress or of a paused batch cost nothing,
+/// on its own index (migration 0018): the calls of no batch, and those of running (pending or
+/// in progress) batches, a batch at a time. So the calls of an upload in progress or of a paused batch cost nothing,
 /// where a walk of one due index stepped over each of them (BATCH_RUNNING).
 fn due_calls(due_by: Option<&str>, free_at: &str, limit: &str, lock: &str) -> String {
     let waiting = sql_list(WAITING);
@@ -49,8 +49,11 @@ fn due_calls(due_by: Option<&str>, free_at: &str, limit: &str, lock: &str) -> St
     format!(
         "SELECT id, due_at FROM ({} UNION ALL {} ORDER BY due_at LIMIT {limit}) AS due",
         part("batch_id IS NULL", "direct"),
+        // Only batches that can have waiting calls: a completed batch has none (it completes
+        // when none is pending or due again) and a cancel cancels them, so the walk is not a
+        // probe per batch ever run.
         part(
-            "batch_id IN (SELECT id FROM batches WHERE status NOT IN ('paused', 'loading'))",
+            "batch_id IN (SELECT id FROM batches WHERE status IN ('pending', 'in_progress'))",
             "batched"
         ),
     )
