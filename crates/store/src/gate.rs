@@ -4,9 +4,14 @@
 //! an API request waits behind every background transaction queued before it.
 //!
 //! The rule: one background transaction at a time, and it starts only while no `POST /v1/call`
-//! is waiting, or after it has itself waited `max_wait` (so a node under constant API load still
-//! dials). A request therefore waits behind at most one background transaction, and those are
-//! kept small (claims, settlements, outbox rounds, batch chunks).
+//! is waiting for the writer, or after it has itself waited `max_wait` (so a node under constant
+//! API load still dials). A request therefore waits behind at most one background transaction,
+//! and those are kept small (claims, settlements, outbox rounds, batch chunks).
+//!
+//! A request counts as waiting from its arrival at the writer until its transaction holds the
+//! connection, not until it is answered: a request whose batch is already committing cannot be
+//! overtaken, and counting it kept the count above zero for as long as clients kept sending, so
+//! under steady API load every background transaction waited out the whole of `max_wait`.
 //!
 //! [`Policy`] is the decision, time and counts in; [`Gate`] is its tokio wiring.
 
@@ -45,10 +50,11 @@ pub(crate) struct Gate {
     background: Arc<Semaphore>,
 }
 
-/// Held by a foreground write from its arrival to its answer.
-pub(crate) struct Foreground<'a>(&'a Gate);
+/// Held by a foreground write from its arrival until its transaction holds the writer's
+/// connection.
+pub(crate) struct Foreground(Arc<Gate>);
 
-impl Drop for Foreground<'_> {
+impl Drop for Foreground {
     fn drop(&mut self) {
         if self.0.foreground.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.drained.notify_waiters();
@@ -112,9 +118,9 @@ impl Gate {
         }
     }
 
-    pub(crate) fn foreground(&self) -> Foreground<'_> {
+    pub(crate) fn foreground(self: &Arc<Self>) -> Foreground {
         self.foreground.fetch_add(1, Ordering::AcqRel);
-        Foreground(self)
+        Foreground(self.clone())
     }
 
     pub(crate) async fn background(&self, work: Work) -> BackgroundTurn {

@@ -26,7 +26,7 @@ use crate::calls::{
     INSERT_CALL_SQL, INSERT_EVENT_SQL, LISTED_SQL, LIVE_COUNT_SQL, RECENT_TO_NUMBER_SQL,
 };
 use crate::db_err;
-use crate::gate::Gate;
+use crate::gate::{Foreground, Gate};
 use crate::locks::LockKey;
 use domain::call::{AcceptedCall, NewCall};
 use domain::store::{CreateCallError, StoreError};
@@ -40,21 +40,27 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 type Reply = oneshot::Sender<Result<AcceptedCall, CreateCallError>>;
+/// A call for the writer, with its place in the gate's count of waiting requests.
+type Request = (NewCall, Reply, Foreground);
 type Outcome = Result<AcceptedCall, CreateCallError>;
 
 #[derive(Clone)]
 pub(crate) struct Handle {
-    tx: mpsc::Sender<(NewCall, Reply)>,
+    tx: mpsc::Sender<Request>,
     gate: Arc<Gate>,
 }
 
 impl Handle {
     pub(crate) async fn create_call(&self, call: NewCall) -> Outcome {
-        // Background transactions hold back while this request waits (see `gate`).
-        let _first = self.gate.foreground();
+        // Background transactions hold back while this request waits (see `gate`); the writer
+        // lets go of it once its transaction holds the connection.
+        let waiting = self.gate.foreground();
         let (reply, answer) = oneshot::channel();
         let gone = || StoreError::Database("the write path has stopped".into());
-        self.tx.send((call, reply)).await.map_err(|_| gone())?;
+        self.tx
+            .send((call, reply, waiting))
+            .await
+            .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 }
@@ -150,17 +156,19 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<(NewCall, Reply)>, max_batch: usize) {
+    fn run(mut self, mut rx: mpsc::Receiver<Request>, max_batch: usize) {
         let mut batch = Vec::with_capacity(max_batch);
         while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
-            while batch.len() < max_batch {
-                match rx.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
-                }
+            let mut waiting = Vec::with_capacity(max_batch);
+            let mut next = Some(first);
+            while let Some((call, reply, w)) = next {
+                batch.push((call, reply));
+                waiting.push(w);
+                next = (batch.len() < max_batch)
+                    .then(|| rx.try_recv().ok())
+                    .flatten();
             }
-            let results = self.commit_batch(&batch);
+            let results = self.commit_batch(&batch, waiting);
             for ((_, reply), result) in batch.drain(..).zip(results) {
                 // The caller may have gone (client disconnected); the call is stored all the same.
                 let _ = reply.send(result);
@@ -168,7 +176,11 @@ impl Writer {
         }
     }
 
-    fn commit_batch(&mut self, batch: &[(NewCall, Reply)]) -> Vec<Outcome> {
+    fn commit_batch(
+        &mut self,
+        batch: &[(NewCall, Reply)],
+        waiting: Vec<Foreground>,
+    ) -> Vec<Outcome> {
         let fail_all = |e: StoreError| {
             let msg = e.to_string();
             batch
@@ -190,6 +202,8 @@ impl Writer {
         // How long accepted calls waited behind a background transaction.
         metrics::histogram!("outdial_db_call_writer_wait_seconds")
             .record(asked.elapsed().as_secs_f64());
+        // No background transaction can overtake these calls now.
+        drop(waiting);
         let began = std::time::Instant::now();
         let results = transaction(&mut self.conn, &self.sql, batch);
         metrics::histogram!("outdial_db_call_writer_commit_seconds")
