@@ -199,9 +199,17 @@ struct ServeArgs {
     db_background_connections: u32,
     /// SQLite: how long (ms) a background write lets waiting `POST /v1/call` requests go first
     /// before it takes its turn anyway.
-    #[arg(long, env = "OUTDIAL_DB_BACKGROUND_WAIT_MS", default_value_t = 20,
+    #[arg(long, env = "OUTDIAL_DB_BACKGROUND_WAIT_MS",
+        default_value_t = millis(StoreOptions::default().background_wait),
         value_parser = clap::value_parser!(u64).range(0..=10_000))]
     db_background_wait_ms: u64,
+    /// SQLite: how often (ms) a thread of its own copies the write-ahead log back into the
+    /// database, so that the checkpoint a commit runs when the log passes 1,000 pages finds
+    /// little left to copy. 0: off.
+    #[arg(long, env = "OUTDIAL_DB_CHECKPOINT_MS",
+        default_value_t = millis(StoreOptions::default().checkpoint_every),
+        value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    db_checkpoint_ms: u64,
     /// Batch uploads this node writes at once; more wait --batch-upload-wait-ms for a turn, then
     /// get 429 with Retry-After.
     #[arg(long, env = "OUTDIAL_BATCH_MAX_UPLOADS", default_value_t = 2,
@@ -685,6 +693,7 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
             max_write_batch: args.db_max_write_batch,
             background_connections: args.db_background_connections,
             background_wait: std::time::Duration::from_millis(args.db_background_wait_ms),
+            checkpoint_every: std::time::Duration::from_millis(args.db_checkpoint_ms),
             upload_chunk_rows: usize::try_from(args.batch_upload_chunk_rows).unwrap_or(usize::MAX),
             upload_lease: std::time::Duration::from_secs(args.batch_upload_lease_seconds),
             page_marks: store::PageMarks {

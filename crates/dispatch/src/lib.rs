@@ -82,7 +82,7 @@ impl Default for DispatchConfig {
         Self {
             node_id: format!("node-{}", std::process::id()),
             lease: Duration::from_secs(30),
-            claim_batch: 16,
+            claim_batch: 32,
             idle_wait: Duration::from_secs(5),
             default_window: CallingHours::Always,
             disclosure: None,

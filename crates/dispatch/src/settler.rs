@@ -31,7 +31,7 @@ pub struct SettleBatching {
 impl Default for SettleBatching {
     fn default() -> Self {
         Self {
-            max_calls: 16,
+            max_calls: 32,
             gather: Duration::from_millis(2),
         }
     }

@@ -5,6 +5,7 @@
 
 mod batches;
 mod calls;
+mod checkpoint;
 mod console;
 mod dispatch;
 mod do_not_call;
@@ -71,6 +72,9 @@ pub struct StoreOptions {
     pub group_commit: bool,
     /// Deep pages of `GET /v1/conversations` (see `pages`).
     pub page_marks: PageMarks,
+    /// SQLite file: how often a thread of its own copies the write-ahead log back into the
+    /// database ahead of the writers' own checkpoints (see `checkpoint`). Zero: only theirs.
+    pub checkpoint_every: Duration,
 }
 
 impl Default for StoreOptions {
@@ -80,11 +84,12 @@ impl Default for StoreOptions {
             max_write_batch: 128,
             secrets: Default::default(),
             background_connections: 4,
-            background_wait: Duration::from_millis(20),
+            background_wait: Duration::from_millis(10),
             upload_chunk_rows: 250,
             upload_lease: Duration::from_secs(120),
             group_commit: true,
             page_marks: PageMarks::default(),
+            checkpoint_every: Duration::from_millis(20),
         }
     }
 }
@@ -101,6 +106,8 @@ pub struct SqlStore {
     background: AnyPool,
     gate: Option<std::sync::Arc<gate::Gate>>,
     call_writer: Option<sqlite_writer::Handle>,
+    /// SQLite file: the checkpoints' thread, stopped when the store drops.
+    _checkpointer: Option<checkpoint::Checkpointer>,
     secrets: std::sync::Arc<secrets::SecretBox>,
     upload_chunk: usize,
     upload_lease: Duration,
@@ -245,6 +252,7 @@ impl SqlStore {
                     background,
                     gate: None,
                     call_writer: None,
+                    _checkpointer: None,
                     secrets: opts.secrets.clone(),
                     upload_chunk: opts.upload_chunk_rows,
                     upload_lease: opts.upload_lease,
@@ -282,6 +290,11 @@ impl SqlStore {
                     .map_err(db_err)?
                     .get_filename()
                     .to_path_buf();
+                let checkpointer = if file.is_file() && !opts.checkpoint_every.is_zero() {
+                    Some(checkpoint::spawn(&file, opts.checkpoint_every)?)
+                } else {
+                    None
+                };
                 let gate = std::sync::Arc::new(gate::Gate::new(opts.background_wait));
                 let call_writer = if opts.group_commit && file.is_file() {
                     Some(sqlite_writer::spawn(
@@ -301,6 +314,7 @@ impl SqlStore {
                     write,
                     gate: Some(gate),
                     call_writer,
+                    _checkpointer: checkpointer,
                     secrets: opts.secrets.clone(),
                     upload_chunk: opts.upload_chunk_rows,
                     upload_lease: opts.upload_lease,
