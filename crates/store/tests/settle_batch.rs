@@ -248,12 +248,18 @@ async fn snapshot(url: &str) -> Vec<(&'static str, Vec<Vec<String>>)> {
              FROM transcription_jobs ORDER BY id",
         ),
     ];
-    // Longest first: a conversation's id is its chain's followed by the attempt.
+    // Longest first: a conversation's id is its chain's followed by the attempt. A batch's
+    // calls share its trace id, named after the first of them: in a fixed order, since
+    // PostgreSQL returns unordered rows as they lie after the updates, which differ between
+    // the two databases now and then.
     let mut names: Vec<(String, String)> = Vec::new();
-    for row in sqlx::query("SELECT id, chain_id, trace_id, customer_phone, attempt FROM calls")
-        .fetch_all(&mut conn)
-        .await
-        .unwrap()
+    for row in sqlx::query(
+        "SELECT id, chain_id, trace_id, customer_phone, attempt FROM calls \
+         ORDER BY customer_phone, attempt",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
     {
         let phone: String = row.get("customer_phone");
         let attempt: i64 = row.get("attempt");
