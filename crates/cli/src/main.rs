@@ -222,7 +222,7 @@ struct ServeArgs {
     /// Recipients a batch upload writes per transaction: each holds SQLite's writer (about
     /// 5 ms for 250 under API load), and `POST /v1/call` may wait behind one.
     #[arg(long, env = "OUTDIAL_BATCH_UPLOAD_CHUNK_ROWS",
-        default_value_t = store::StoreOptions::default().upload_chunk_rows as u64,
+        default_value_t = StoreOptions::default().upload_chunk_rows as u64,
         value_parser = clap::value_parser!(u64).range(1..=100_000))]
     batch_upload_chunk_rows: u64,
     /// A batch upload that wrote nothing for this long is taken for dead and its half-written

@@ -34,8 +34,9 @@ const BATCH_RUNNING: &str = "(batch_id IS NULL OR batch_id NOT IN \
 /// due by `due_by` when given, oldest first, at most `limit`, as `(id, due_at)` rows; `lock`
 /// ends each part (PostgreSQL's `FOR UPDATE SKIP LOCKED`). Two parts, each walked in due order
 /// on its own index (migration 0018): the calls of no batch, and those of running (pending or
-/// in progress) batches, a batch at a time. So the calls of an upload in progress or of a paused batch cost nothing,
-/// where a walk of one due index stepped over each of them (BATCH_RUNNING).
+/// in progress) batches, a batch at a time. So the calls of an upload in progress or of a
+/// paused batch cost nothing, where a walk of one due index stepped over each of them
+/// (BATCH_RUNNING).
 fn due_calls(due_by: Option<&str>, free_at: &str, limit: &str, lock: &str) -> String {
     let waiting = sql_list(WAITING);
     let due = due_by.map_or(String::new(), |d| format!("AND due_at <= {d} "));
@@ -475,11 +476,11 @@ impl SqlStore {
         }
     }
 
-    /// The claimed calls (`RETURNING id` rows) with what dialling them needs, in due order.
-    /// The claimed calls, read in one statement. On SQLite after the claim's turn at the gate
-    /// has ended (the leases are committed: the claim is one autocommitted statement), from the
-    /// read pool, so a round's reads never hold up the settlements and starts queued behind it;
-    /// on PostgreSQL on the background connection, which is not the API's.
+    /// The claimed calls (`RETURNING id` rows) with what dialling them needs, in due order,
+    /// read in one statement. On SQLite after the claim's turn at the gate has ended (the
+    /// leases are committed: the claim is one autocommitted statement), from the read pool, so
+    /// a round's reads never hold up the settlements and starts queued behind it; on
+    /// PostgreSQL on the background connection, which is not the API's.
     async fn load_due(
         &self,
         conn: Background<PoolConnection<Any>>,
