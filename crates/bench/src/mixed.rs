@@ -444,3 +444,35 @@ fn histograms(text: &str, name: &str) -> Vec<(String, f64, f64)> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::histograms;
+
+    /// The writer's figures `mixed` prints come from this parse of the node's `/metrics`.
+    #[test]
+    fn every_series_of_a_histogram_with_its_count_and_sum() {
+        let text = "\
+# TYPE outdial_db_background_hold_seconds histogram
+outdial_db_background_hold_seconds_bucket{work=\"settle\",le=\"0.001\"} 3
+outdial_db_background_hold_seconds_sum{work=\"settle\"} 0.0125
+outdial_db_background_hold_seconds_count{work=\"settle\"} 5
+outdial_db_background_hold_seconds_sum{work=\"dispatch\"} 0.5
+outdial_db_background_hold_seconds_count{work=\"dispatch\"} 100
+outdial_db_call_writer_wait_seconds_sum 2.25
+outdial_db_call_writer_wait_seconds_count 900
+";
+        assert_eq!(
+            histograms(text, "outdial_db_background_hold_seconds"),
+            vec![
+                ("work=\"settle\"".to_string(), 5.0, 0.0125),
+                ("work=\"dispatch\"".to_string(), 100.0, 0.5),
+            ]
+        );
+        assert_eq!(
+            histograms(text, "outdial_db_call_writer_wait_seconds"),
+            vec![(String::new(), 900.0, 2.25)]
+        );
+        assert!(histograms(text, "outdial_db_call_writer_commit_seconds").is_empty());
+    }
+}
