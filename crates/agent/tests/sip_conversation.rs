@@ -160,7 +160,7 @@ async fn call(callee: &Callee, stt: Arc<PocketSphinx>) -> (ConversationOutcome, 
         control,
     } = telephony
         .dial(DialRequest {
-            conversation_id: ConversationId::first(),
+            conversation_id: ConversationId::first(domain::Millis::now()),
             trace_id: TraceId::new(),
             from: E164::parse("+14155550100").unwrap(),
             to: E164::parse("+14155550199").unwrap(),

@@ -16,9 +16,15 @@ pub struct ConversationId {
 }
 
 impl ConversationId {
-    pub fn first() -> Self {
+    /// A new chain's first attempt, created at `now`. The chain is a UUID v7: its leading bits
+    /// are `now`, so the ids of new calls sort after the ones before them and every index keyed
+    /// by them (the primary key, the chain's, the events') grows at its end, not by a random page
+    /// per call; the 74 bits after the time are random, so an id is no easier to guess.
+    pub fn first(now: Millis) -> Self {
+        let ms = u64::try_from(now.0).unwrap_or(0);
+        let at = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, (ms % 1000) as u32 * 1_000_000);
         Self {
-            chain: Uuid::new_v4(),
+            chain: Uuid::new_v7(at),
             attempt: 1,
         }
     }
@@ -427,7 +433,7 @@ mod tests {
 
     fn conversation(retry: Option<RetryContext>, stage: Option<&str>) -> Conversation {
         Conversation {
-            id: ConversationId::first(),
+            id: ConversationId::first(Millis(1_700_000_000_000)),
             tenant: TenantId(1),
             agent: AgentId(1),
             status: CallStatus::Busy,
@@ -530,7 +536,7 @@ mod tests {
 
     #[test]
     fn conversation_ids_round_trip_and_chain() {
-        let id = ConversationId::first();
+        let id = ConversationId::first(Millis(1_700_000_000_000));
         let s = id.to_string();
         assert!(s.ends_with("_1"));
         assert_eq!(s.parse::<ConversationId>(), Ok(id));

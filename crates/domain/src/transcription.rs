@@ -748,7 +748,7 @@ mod tests {
         retry_language: Option<&str>,
     ) -> crate::dispatch::DueCall {
         crate::dispatch::DueCall {
-            id: ConversationId::first(),
+            id: ConversationId::first(Millis(1_700_000_000_000)),
             tenant: TenantId(1),
             agent: crate::AgentId(1),
             status: crate::CallStatus::Ringing,

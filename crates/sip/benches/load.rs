@@ -187,7 +187,7 @@ async fn main() {
     let gap = Duration::from_secs_f64(1.0 / args.rate as f64);
     for _ in 0..args.calls {
         let request = DialRequest {
-            conversation_id: ConversationId::first(),
+            conversation_id: ConversationId::first(domain::Millis::now()),
             trace_id: TraceId::new(),
             from: E164::parse("+14155550100").unwrap(),
             to: E164::parse("+14155550199").unwrap(),

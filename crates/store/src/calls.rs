@@ -268,7 +268,7 @@ pub(crate) async fn create_call_in<T: CallTx>(
     }
 
     let conversation_id = match call.continues {
-        None => ConversationId::first(),
+        None => ConversationId::first(call.now),
         Some(prev) => {
             let chain = prev.chain.to_string();
             tx.lock(LockKey::new(&["chain", &chain])).await?;

@@ -247,7 +247,7 @@ mod tests {
 
     /// The call as a settling update left it.
     fn call(status: CallStatus, attempt: u32, started: bool, batch: Option<i64>) -> Conversation {
-        let mut id = ConversationId::first();
+        let mut id = ConversationId::first(Millis(1_700_000_000_000));
         id.attempt = attempt;
         Conversation {
             id,

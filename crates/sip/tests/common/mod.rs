@@ -189,7 +189,7 @@ pub async fn adapter(recordings: Option<&Path>, no_rtp_timeout: Duration) -> Sip
 
 pub fn request(uri: &str, ring: Duration, max: Duration) -> DialRequest {
     DialRequest {
-        conversation_id: ConversationId::first(),
+        conversation_id: ConversationId::first(domain::Millis::now()),
         trace_id: TraceId::new(),
         from: E164::parse("+14155550100").unwrap(),
         to: E164::parse("+14155550199").unwrap(),
