@@ -34,6 +34,10 @@ pub struct Args {
     /// Seconds of calls coming due.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// The tenant's `max_concurrent_calls` (0: none). With a cap, every dial counts the
+    /// tenant's live calls first, among all of its pending ones.
+    #[arg(long, default_value_t = 0)]
+    tenant_max_concurrent: u32,
 }
 
 /// Ends every call at once as completed: the bench measures dispatch, not telephony.
@@ -126,6 +130,15 @@ pub async fn run(args: Args) -> Result<()> {
     };
     let store = Arc::new(SqlStore::connect(&url, StoreOptions::default()).await?);
     let (tenant, agent) = crate::server::dialling_agent(&store).await?;
+    if args.tenant_max_concurrent > 0 {
+        let mut conn = sqlx::AnyConnection::connect(&url).await?;
+        sqlx::query("UPDATE tenants SET max_concurrent_calls = $1 WHERE id = $2")
+            .bind(i64::from(args.tenant_max_concurrent))
+            .bind(tenant.0)
+            .execute(&mut conn)
+            .await?;
+        conn.close().await?;
+    }
 
     let rss_before = crate::server::proc_status_mb("VmRSS");
     let far = Millis::now().0 + 20 * 24 * 3600 * 1000;
@@ -208,6 +221,7 @@ pub async fn run(args: Args) -> Result<()> {
         serde_json::to_string_pretty(&json!({
             "backend": if pg_name.is_some() { "postgres" } else { "sqlite" },
             "nodes": args.nodes,
+            "tenant_max_concurrent_calls": args.tenant_max_concurrent,
             "pending": args.pending,
             "bulk_insert_seconds": (insert_s * 10.0).round() / 10.0,
             "due_calls": due_n,

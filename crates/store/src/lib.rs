@@ -596,16 +596,17 @@ mod tests {
             assert!(init.contains(&due), "{due}");
             assert!(init.contains(&dialling), "{dialling}");
         }
-        let waiting = sql_list(WAITING);
+        let (waiting, dialled) = (sql_list(WAITING), sql_list(DIALLED));
         // Since 0014 the due index leaves out calls in a trunk's line, and each line has its
-        // own; since 0018 the calls in no line are indexed apart by whether they are a batch's.
+        // own; since 0018 the calls in no line are indexed apart by whether they are a batch's; 0019
+        // indexes the dialled calls by tenant for the tenant's cap.
         let later = [
             (
                 [
                     include_str!("../migrations/sqlite/0014_trunk_options.sql"),
                     include_str!("../migrations/postgres/0014_trunk_options.sql"),
                 ],
-                [
+                vec![
                     format!("calls_due ON calls (due_at) WHERE status IN ({waiting}) AND trunk_lane IS NULL;"),
                     format!("calls_trunk_lane ON calls (trunk_lane, due_at) WHERE status IN ({waiting}) AND trunk_lane IS NOT NULL;"),
                 ],
@@ -615,10 +616,19 @@ mod tests {
                     include_str!("../migrations/sqlite/0018_due_by_batch.sql"),
                     include_str!("../migrations/postgres/0018_due_by_batch.sql"),
                 ],
-                [
+                vec![
                     format!("calls_due_direct ON calls (due_at) WHERE status IN ({waiting}) AND trunk_lane IS NULL AND batch_id IS NULL;"),
                     format!("calls_due_batch ON calls (batch_id, due_at) WHERE status IN ({waiting}) AND trunk_lane IS NULL AND batch_id IS NOT NULL;"),
                 ],
+            ),
+            (
+                [
+                    include_str!("../migrations/sqlite/0019_dialled_by_tenant.sql"),
+                    include_str!("../migrations/postgres/0019_dialled_by_tenant.sql"),
+                ],
+                vec![format!(
+                    "calls_dialled_tenant ON calls (tenant_id) WHERE status IN ({dialled});"
+                )],
             ),
         ];
         for (migrations, indexes) in &later {
