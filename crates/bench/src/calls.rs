@@ -124,7 +124,7 @@ impl CallPoster {
 /// The `i`-th number of a run, spread over the 10^8 numbers (a bijection: 48,271 is prime to
 /// 10^8): a user's callees are not called in the order of their numbers, and numbers taken in
 /// order would make every index keyed by the number grow at one end, which real load does not.
-fn scattered(i: u64) -> u64 {
+pub(crate) fn scattered(i: u64) -> u64 {
     (i % 100_000_000) * 48_271 % 100_000_000
 }
 

@@ -4,7 +4,7 @@
 //! durable-commit rate measured in the same run, API p50/p99 overall and during the upload,
 //! dials/s, the upload's time, every 5xx, and how long SIGTERM takes to end the process.
 
-use crate::calls::{commit_rate, percentile, CallPoster};
+use crate::calls::{commit_rate, percentile, scattered, CallPoster};
 use anyhow::{bail, Context, Result};
 use domain::Millis;
 use hyper::header::HeaderValue;
@@ -175,7 +175,7 @@ fn batch_csv(rows: u32) -> Vec<u8> {
     let mut csv = String::with_capacity(rows as usize * 16 + 32);
     csv.push_str("customer_phone\n");
     for i in 0..rows {
-        csv.push_str(&format!("+9197{i:08}\n"));
+        csv.push_str(&format!("+9197{:08}\n", scattered(u64::from(i))));
     }
     csv.into_bytes()
 }

@@ -61,10 +61,11 @@ async fn cancel_listed_in(
             "SELECT id FROM calls WHERE tenant_id = $1 AND customer_phone = $2 \
              AND status IN ({cancellable})"
         ),
+        // Driven by the list, a lookup of each listed number's calls (`calls_number`), not a
+        // walk of every call the tenant has.
         None => format!(
-            "SELECT c.id AS id FROM calls c JOIN do_not_call d \
-             ON d.tenant_id = c.tenant_id AND d.number = c.customer_phone \
-             WHERE c.tenant_id = $1 AND c.status IN ({cancellable})"
+            "SELECT id FROM calls WHERE tenant_id = $1 AND status IN ({cancellable}) \
+             AND customer_phone IN (SELECT number FROM do_not_call WHERE tenant_id = $1)"
         ),
     };
     let mut query = sqlx::query(&sql).bind(tenant);
