@@ -22,7 +22,8 @@ impl ConversationId {
     /// per call; the 74 bits after the time are random, so an id is no easier to guess.
     pub fn first(now: Millis) -> Self {
         let ms = u64::try_from(now.0).unwrap_or(0);
-        let at = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, (ms % 1000) as u32 * 1_000_000);
+        let at =
+            uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, (ms % 1000) as u32 * 1_000_000);
         Self {
             chain: Uuid::new_v7(at),
             attempt: 1,
@@ -430,6 +431,24 @@ impl Conversation {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The store's indexes keyed by the id grow at their end only if a later call's id sorts
+    /// after an earlier one's, as text, which is how they are stored.
+    #[test]
+    fn a_later_calls_id_sorts_after_an_earlier_ones_and_carries_its_time() {
+        let now = Millis(1_764_950_400_123);
+        let mut ids: Vec<String> = (0..50)
+            .map(|k| ConversationId::first(Millis(now.0 + k)).to_string())
+            .collect();
+        let created = ids.clone();
+        ids.sort();
+        assert_eq!(ids, created);
+        let first: ConversationId = created[0].parse().unwrap();
+        let (secs, nanos) = first.chain.get_timestamp().unwrap().to_unix();
+        assert_eq!((secs * 1000 + u64::from(nanos) / 1_000_000) as i64, now.0);
+        // Two calls in the same millisecond still get different ids.
+        assert_ne!(ConversationId::first(now), ConversationId::first(now));
+    }
 
     fn conversation(retry: Option<RetryContext>, stage: Option<&str>) -> Conversation {
         Conversation {
