@@ -37,10 +37,16 @@ pub struct Args {
     /// The `outdial` binary (default: beside this one).
     #[arg(long)]
     outdial: Option<PathBuf>,
+    /// The sink rings each call for 0.5 s (`180 Ringing`) before it answers 486, as carriers
+    /// do: each call is then also marked `ringing`.
+    #[arg(long)]
+    ringing: bool,
 }
 
 /// The 486 callee of the tests (crates/cli/tests/scenarios).
 const BUSY_XML: &str = include_str!("../../cli/tests/scenarios/busy.xml");
+/// The same callee, ringing for 0.5 s first.
+const RINGING_BUSY_XML: &str = include_str!("../scenarios/ringing_busy.xml");
 
 fn free_port(udp: bool) -> Result<u16> {
     Ok(if udp {
@@ -64,9 +70,9 @@ impl Drop for Proc {
     }
 }
 
-fn sipp_busy(dir: &Path) -> Result<(Proc, u16)> {
+fn sipp_busy(dir: &Path, ringing: bool) -> Result<(Proc, u16)> {
     let scenario = dir.join("busy.xml");
-    std::fs::write(&scenario, BUSY_XML)?;
+    std::fs::write(&scenario, if ringing { RINGING_BUSY_XML } else { BUSY_XML })?;
     let port = free_port(true)?;
     let child = Command::new("sipp")
         .arg("-sf")
@@ -198,7 +204,7 @@ pub async fn run(args: Args) -> Result<()> {
     };
     let commits = commit_rate(dir, args.commit_seconds)?;
     let keys = tenants(dir).await?;
-    let (_sipp, sipp_port) = sipp_busy(dir)?;
+    let (_sipp, sipp_port) = sipp_busy(dir, args.ringing)?;
     let http_port = free_port(false)?;
     let addr: SocketAddr = format!("127.0.0.1:{http_port}").parse()?;
     let base = format!("http://{addr}");
