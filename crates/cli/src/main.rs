@@ -323,7 +323,8 @@ struct ServeArgs {
         value_parser = clap::value_parser!(u32).range(1..=10_000))]
     dispatch_claim_batch: u32,
     /// Most ended calls settled in one transaction: calls that end while a settlement is being
-    /// written are settled together in the next.
+    /// written are settled together in the next. Progress marks (`ringing`, `in_progress`) are
+    /// gathered the same way, with the same limits.
     #[arg(long, env = "OUTDIAL_DISPATCH_SETTLE_BATCH",
         default_value_t = dispatch::SettleBatching::default().max_calls as u64,
         value_parser = clap::value_parser!(u64).range(1..=10_000))]

@@ -2,7 +2,7 @@
 
 use crate::Dispatcher;
 use domain::call::{CallLatency, TranscriptItem};
-use domain::dispatch::{DueCall, FinishAttempt};
+use domain::dispatch::{DueCall, FinishAttempt, Progress};
 use domain::telephony::{CallControl, CallEnd, CallEvent, DialError, DialRequest};
 use domain::transcription::PostCallJob;
 use domain::{CallStatus, Millis};
@@ -262,10 +262,13 @@ impl Dispatcher {
         call: &DueCall,
         status: CallStatus,
         at: Millis,
-    ) -> Result<bool, domain::store::StoreError> {
-        self.store
-            .mark_progress(call.id, &self.config.node_id, status, at)
-            .await
+    ) -> Result<bool, crate::settler::SettleError> {
+        let mark = Progress {
+            id: call.id,
+            status,
+            at,
+        };
+        Ok(self.marker().submit(mark).await??)
     }
 
     async fn settle(&self, call: &DueCall, (end, talk): (CallEnd, Talk)) {
@@ -357,7 +360,8 @@ impl Dispatcher {
             post_call,
         };
         metrics::counter!("outdial_calls_ended_total", "status" => status.as_str()).increment(1);
-        match self.settler().settle(finish).await {
+        let settled = self.settler().submit(finish).await;
+        match settled.and_then(|s| s.map_err(crate::settler::SettleError::from)) {
             Ok(Some(settled)) => {
                 self.events_written();
                 if transcribe {

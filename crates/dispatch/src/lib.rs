@@ -118,6 +118,7 @@ pub struct Dispatcher {
     ended: Notify,
     /// Started by the first call that ends, inside the runtime.
     settler: OnceLock<settler::Settler>,
+    marker: OnceLock<settler::Marker>,
 }
 
 /// A call this node dials or talks on.
@@ -236,6 +237,7 @@ impl Dispatcher {
             live: Mutex::new(HashMap::new()),
             ended: Notify::new(),
             settler: OnceLock::new(),
+            marker: OnceLock::new(),
         })
     }
 
@@ -392,7 +394,17 @@ impl Dispatcher {
 
     pub(crate) fn settler(&self) -> &settler::Settler {
         self.settler.get_or_init(|| {
-            settler::Settler::start(self.store.clone(), self.clock.clone(), self.config.settle)
+            settler::settler(self.store.clone(), self.clock.clone(), self.config.settle)
+        })
+    }
+
+    pub(crate) fn marker(&self) -> &settler::Marker {
+        self.marker.get_or_init(|| {
+            settler::marker(
+                self.store.clone(),
+                self.config.node_id.clone(),
+                self.config.settle,
+            )
         })
     }
 

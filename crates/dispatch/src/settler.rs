@@ -9,7 +9,7 @@
 //! settles a failed batch again one call per transaction, so one bad call fails alone and the
 //! rest are settled; a call whose settlement fails is left to the orphan sweep, as before.
 
-use domain::dispatch::{FinishAttempt, Settled};
+use domain::dispatch::{FinishAttempt, Progress, Settled};
 use domain::store::Store;
 use domain::store::StoreError;
 use std::sync::Arc;
@@ -47,53 +47,104 @@ pub(crate) enum SettleError {
     Stopped,
 }
 
-struct Job {
-    finish: FinishAttempt,
-    answer: oneshot::Sender<Result<Option<Settled>, StoreError>>,
+struct Job<J, A> {
+    job: J,
+    answer: oneshot::Sender<A>,
 }
 
-/// The call tasks' side of the settler; its task ends when this is dropped.
-pub(crate) struct Settler {
-    jobs: mpsc::Sender<Job>,
+/// Gathers the call tasks' writes of one kind into transactions: the first one waits at most
+/// `gather` for more, up to `max_calls`, then `write` takes them all and answers each in order.
+/// Its task ends when this is dropped.
+pub(crate) struct Batcher<J, A> {
+    jobs: mpsc::Sender<Job<J, A>>,
 }
 
-impl Settler {
-    /// Spawns the settler's task: call from inside the runtime.
-    pub(crate) fn start(
-        store: Arc<dyn Store>,
-        clock: Arc<dyn Clock>,
-        batching: SettleBatching,
-    ) -> Self {
+impl<J: Send + 'static, A: Send + 'static> Batcher<J, A> {
+    /// Spawns the batcher's task: call from inside the runtime. `metric` is the histogram of
+    /// the batches' sizes.
+    pub(crate) fn start<W, F>(batching: SettleBatching, metric: &'static str, write: W) -> Self
+    where
+        W: FnMut(Vec<J>) -> F + Send + 'static,
+        F: std::future::Future<Output = Vec<A>> + Send + 'static,
+    {
         let max = batching.max_calls.max(1);
         // Each call task waits for its own answer, so at most one job per live call is ever
         // queued; the bound only makes a burst beyond it wait for room.
         let (jobs, rx) = mpsc::channel(max * 4);
-        tokio::spawn(run(store, clock, max, batching.gather, rx));
+        tokio::spawn(run(max, batching.gather, metric, rx, write));
         Self { jobs }
     }
 
-    /// Settles the attempt with whatever other calls end about now; answers as
-    /// [`domain::dispatch::DispatchStore::finish_attempt`] would.
-    pub(crate) async fn settle(
-        &self,
-        finish: FinishAttempt,
-    ) -> Result<Option<Settled>, SettleError> {
+    /// Writes `job` with whatever others come about now; its answer.
+    pub(crate) async fn submit(&self, job: J) -> Result<A, SettleError> {
         let (answer, answered) = oneshot::channel();
         self.jobs
-            .send(Job { finish, answer })
+            .send(Job { job, answer })
             .await
             .map_err(|_| SettleError::Stopped)?;
-        Ok(answered.await.map_err(|_| SettleError::Stopped)??)
+        answered.await.map_err(|_| SettleError::Stopped)
     }
 }
 
-async fn run(
+/// The call tasks' side of the settler.
+pub(crate) type Settler = Batcher<FinishAttempt, Result<Option<Settled>, StoreError>>;
+
+/// Spawns the settler, which settles through
+/// [`domain::dispatch::DispatchStore::finish_attempts`] and answers each attempt as
+/// [`domain::dispatch::DispatchStore::finish_attempt`] would.
+pub(crate) fn settler(
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    batching: SettleBatching,
+) -> Settler {
+    Batcher::start(batching, "outdial_settle_batch_calls", move |finishes| {
+        let (store, now) = (store.clone(), clock.now());
+        async move { store.finish_attempts(finishes, now).await }
+    })
+}
+
+/// The call tasks' side of the progress marks (`ringing`, `in_progress`): one transaction and
+/// one turn at the store's background gate per batch, not per call, as for settlements. A
+/// carrier sends `180 Ringing` for nearly every call, and one transaction each held a node
+/// under API load to about 120 dials/s (docs/benchmarks.md).
+pub(crate) type Marker = Batcher<Progress, Result<bool, StoreError>>;
+
+/// Spawns the marker for `node`, writing through
+/// [`domain::dispatch::DispatchStore::mark_progresses`]. A failed batch is written again one
+/// mark per transaction, so one bad mark fails alone.
+pub(crate) fn marker(store: Arc<dyn Store>, node: String, batching: SettleBatching) -> Marker {
+    Batcher::start(
+        batching,
+        "outdial_progress_batch_calls",
+        move |marks: Vec<Progress>| {
+            let (store, node) = (store.clone(), node.clone());
+            async move {
+                match store.mark_progresses(&node, &marks).await {
+                    Ok(marked) => marked.into_iter().map(Ok).collect(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, calls = marks.len(), "marking a batch of calls' progress failed; marking them one by one");
+                        let mut answers = Vec::with_capacity(marks.len());
+                        for m in &marks {
+                            answers.push(store.mark_progress(m.id, &node, m.status, m.at).await);
+                        }
+                        answers
+                    }
+                }
+            }
+        },
+    )
+}
+
+async fn run<J, A, W, F>(
     max: usize,
     gather: Duration,
-    mut rx: mpsc::Receiver<Job>,
-) {
+    metric: &'static str,
+    mut rx: mpsc::Receiver<Job<J, A>>,
+    mut write: W,
+) where
+    W: FnMut(Vec<J>) -> F,
+    F: std::future::Future<Output = Vec<A>>,
+{
     let mut jobs = Vec::with_capacity(max);
     while let Some(first) = rx.recv().await {
         jobs.push(first);
@@ -110,11 +161,9 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let (finishes, answers): (Vec<_>, Vec<_>) =
-            jobs.drain(..).map(|j| (j.finish, j.answer)).unzip();
-        let calls = finishes.len();
-        metrics::histogram!("outdial_settle_batch_calls").record(calls as f64);
-        let results = store.finish_attempts(finishes, clock.now()).await;
+        let (batch, answers): (Vec<_>, Vec<_>) = jobs.drain(..).map(|j| (j.job, j.answer)).unzip();
+        metrics::histogram!(metric).record(batch.len() as f64);
+        let results = write(batch).await;
         // A call task that is gone (its node stopping) no longer needs its answer.
         for (answer, result) in answers.into_iter().zip(results) {
             let _ = answer.send(result);

@@ -191,6 +191,15 @@ pub struct DialLimits {
     pub pace: Option<(crate::TrunkId, TokenBucket)>,
 }
 
+/// A dialled call's progress as telephony reports it: `ringing`, or `in_progress` answered at
+/// `at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub id: ConversationId,
+    pub status: CallStatus,
+    pub at: Millis,
+}
+
 /// One call of a claim round that may be dialled.
 #[derive(Debug, Clone)]
 pub struct DialStart {
@@ -398,6 +407,13 @@ pub trait DispatchStore: Send + Sync + 'static {
         status: CallStatus,
         at: Millis,
     ) -> Result<bool, crate::store::StoreError>;
+    /// [`DispatchStore::mark_progress`] for many calls in one transaction; whether each was
+    /// marked, in the marks' order.
+    async fn mark_progresses(
+        &self,
+        node: &str,
+        marks: &[Progress],
+    ) -> Result<Vec<bool>, crate::store::StoreError>;
     async fn renew_leases(
         &self,
         node: &str,

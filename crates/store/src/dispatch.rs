@@ -11,7 +11,7 @@ use domain::agent::AgentConfig;
 use domain::call::{AnsweredBy, Parameter, RetryContext};
 use domain::dispatch::{
     BeginDial, CancelOutcome, DialLimits, DialStart, DispatchStore, DueCall, DueTrunk,
-    FinishAttempt, OrphanedCall, Settled, TrunkLane,
+    FinishAttempt, OrphanedCall, Progress, Settled, TrunkLane,
 };
 use domain::lifecycle::settle::{Decision, Event};
 use domain::lifecycle::{sql_list, Transition, DIALLED, WAITING};
@@ -465,6 +465,49 @@ async fn begin_dial_in(
     Ok(BeginDial::Started)
 }
 
+/// A call's `ringing` or `in_progress` (with its answer time), fenced by the lease and by the
+/// states it may come from, with its event; whether it was marked.
+async fn mark_progress_in(
+    conn: &mut AnyConnection,
+    node: &str,
+    mark: &Progress,
+) -> Result<bool, StoreError> {
+    let Progress { id, status, at } = *mark;
+    let from = match status {
+        CallStatus::Ringing => Transition::Ring.from_sql(),
+        CallStatus::InProgress => Transition::Answer.from_sql(),
+        _ => return Ok(false),
+    };
+    let answered = if status == CallStatus::InProgress {
+        ", answered_at = $4"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "UPDATE calls SET status = $1{answered} WHERE id = $2 AND lease_owner = $3 AND status IN ({from}) RETURNING tenant_id"
+    );
+    let mut q = sqlx::query(&sql)
+        .bind(status.as_str())
+        .bind(id.to_string())
+        .bind(node);
+    if status == CallStatus::InProgress {
+        q = q.bind(at.0);
+    }
+    let Some(row) = q.fetch_optional(&mut *conn).await.map_err(db_err)? else {
+        return Ok(false);
+    };
+    insert_event(
+        conn,
+        &id.to_string(),
+        get(&row, "tenant_id")?,
+        at,
+        status,
+        None,
+    )
+    .await?;
+    Ok(true)
+}
+
 impl SqlStore {
     /// Claims leave rows another node is claiming to it, on PostgreSQL; SQLite's one writer
     /// makes the claim atomic anyway.
@@ -880,41 +923,28 @@ impl DispatchStore for SqlStore {
         status: CallStatus,
         at: Millis,
     ) -> Result<bool, StoreError> {
-        let from = match status {
-            CallStatus::Ringing => Transition::Ring.from_sql(),
-            CallStatus::InProgress => Transition::Answer.from_sql(),
-            _ => return Ok(false),
-        };
-        let answered = if status == CallStatus::InProgress {
-            ", answered_at = $4"
-        } else {
-            ""
-        };
+        let marks = self
+            .mark_progresses(node, &[Progress { id, status, at }])
+            .await?;
+        Ok(marks.first().copied().unwrap_or(false))
+    }
+
+    async fn mark_progresses(
+        &self,
+        node: &str,
+        marks: &[Progress],
+    ) -> Result<Vec<bool>, StoreError> {
+        // In id order, as settlements and lease renewals lock the same rows, so that two of
+        // them never deadlock on PostgreSQL; answered in the marks' own order.
+        let mut by_id: Vec<usize> = (0..marks.len()).collect();
+        by_id.sort_by_cached_key(|&k| marks[k].id.to_string());
+        let mut marked = vec![false; marks.len()];
         let mut tx = self.background_tx(Work::Dispatch).await?;
-        let sql = format!(
-            "UPDATE calls SET status = $1{answered} WHERE id = $2 AND lease_owner = $3 AND status IN ({from}) RETURNING tenant_id"
-        );
-        let mut q = sqlx::query(&sql)
-            .bind(status.as_str())
-            .bind(id.to_string())
-            .bind(node);
-        if status == CallStatus::InProgress {
-            q = q.bind(at.0);
+        for k in by_id {
+            marked[k] = mark_progress_in(&mut tx, node, &marks[k]).await?;
         }
-        let Some(row) = q.fetch_optional(&mut *tx).await.map_err(db_err)? else {
-            return Ok(false);
-        };
-        insert_event(
-            &mut tx,
-            &id.to_string(),
-            get(&row, "tenant_id")?,
-            at,
-            status,
-            None,
-        )
-        .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(marked)
     }
 
     async fn renew_leases(

@@ -8,7 +8,9 @@ mod common;
 
 use common::{backends, new_call, Backend};
 use domain::batch::{parse_recipients, NewBatch};
-use domain::dispatch::{BeginDial, DialLimits, DialStart, DispatchStore, FinishAttempt, Settled};
+use domain::dispatch::{
+    BeginDial, DialLimits, DialStart, DispatchStore, FinishAttempt, Progress, Settled,
+};
 use domain::store::Store;
 use domain::transcription::PostCallJob;
 use domain::webhooks::NewWebhookTarget;
@@ -472,5 +474,100 @@ async fn a_broken_call_fails_alone(backend: Backend) {
 async fn a_failed_batch_settles_its_other_calls_on_every_backend() {
     for backend in backends() {
         a_broken_call_fails_alone(backend).await;
+    }
+}
+
+/// Progress marks written together (`mark_progresses`) answer each call in the marks' order and
+/// write only what the node may: its own dialled calls, forward in the lifecycle, each with its
+/// event and an answered call with its answer time.
+async fn marks_together(backend: Backend) {
+    let db = backend.open().await;
+    let store = db.store();
+    let (t, agent) = testkit::dialling_agent(
+        store.as_ref(),
+        "acme",
+        "+918035739222",
+        None,
+        serde_json::json!({}),
+        T0,
+    )
+    .await;
+    let lease = Millis(T0.0 + LEASE_MS);
+    let mut dialled = Vec::new();
+    for (phone, node) in [
+        ("+919876500001", "n1"),
+        ("+919876500002", "n2"),
+        ("+919876500003", "n1"),
+    ] {
+        let id = store
+            .create_call(new_call(t, agent, phone, T0))
+            .await
+            .unwrap()
+            .conversation_id;
+        assert_eq!(store.claim_due(node, T0, lease, 1).await.unwrap().len(), 1);
+        let started = store
+            .begin_dial(id, node, T0, lease, None, &DialLimits::default())
+            .await
+            .unwrap();
+        assert_eq!(started, BeginDial::Started);
+        dialled.push(id);
+    }
+    let [ringing, other_node, answered] = [dialled[0], dialled[1], dialled[2]];
+    let at = Millis(T0.0 + 2_000);
+    let mark = |id, status| Progress { id, status, at };
+    let marked = store
+        .mark_progresses(
+            "n1",
+            &[
+                mark(ringing, CallStatus::Ringing),
+                mark(other_node, CallStatus::InProgress),
+                mark(answered, CallStatus::InProgress),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(marked, [true, false, true], "{backend:?}");
+    // Backwards is refused: an answered call does not ring again.
+    let again = store
+        .mark_progresses("n1", &[mark(answered, CallStatus::Ringing)])
+        .await
+        .unwrap();
+    assert_eq!(again, [false], "{backend:?}");
+
+    let mut conn = sqlx::AnyConnection::connect(&db.url).await.unwrap();
+    let mut state = Vec::new();
+    for id in [ringing, other_node, answered] {
+        let row = sqlx::query(
+            "SELECT status, answered_at, (SELECT COUNT(*) FROM call_events e \
+             WHERE e.call_id = c.id AND e.status IN ('ringing', 'in_progress')) AS marks \
+             FROM calls c WHERE id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        state.push((
+            row.get::<String, _>("status"),
+            row.get::<Option<i64>, _>("answered_at"),
+            row.get::<i64, _>("marks"),
+        ));
+    }
+    assert_eq!(
+        state,
+        [
+            ("ringing".to_string(), None, 1),
+            ("initiated".to_string(), None, 0),
+            ("in_progress".to_string(), Some(at.0), 1),
+        ],
+        "{backend:?}"
+    );
+    drop(conn);
+    db.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn progress_marks_written_together_answer_each_call_on_every_backend() {
+    for backend in backends() {
+        marks_together(backend).await;
     }
 }
