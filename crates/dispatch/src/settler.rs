@@ -8,6 +8,9 @@
 //! Nothing about a settlement changes: each call is still fenced by its lease, and the store
 //! settles a failed batch again one call per transaction, so one bad call fails alone and the
 //! rest are settled; a call whose settlement fails is left to the orphan sweep, as before.
+//!
+//! The gathering itself ([`Batcher`]) serves the progress marks too ([`Marker`]): `ringing`
+//! and `in_progress` come for nearly every call, and one transaction each cost as much.
 
 use domain::dispatch::{FinishAttempt, Progress, Settled};
 use domain::store::Store;
