@@ -92,8 +92,9 @@ impl CallPoster {
         Ok(Self { sender, uri, auth })
     }
 
-    /// Posts one call of `agent_id` to the `i`-th number of `+9198xxxxxxxx` ([`scattered`]) with `customer_name` as well
-    /// when `named`; the response's head and whole body, and the time to them.
+    /// Posts one call of `agent_id` to the `i`-th number of `+9198xxxxxxxx` ([`scattered`]),
+    /// with `customer_name` as well when `named`; the response's head and whole body, and the
+    /// time to them.
     pub async fn post(
         &mut self,
         agent_id: i64,

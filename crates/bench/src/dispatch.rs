@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use async_trait::async_trait;
 use dispatch::{DispatchConfig, Dispatcher, SystemClock};
 use domain::dispatch::CountryZones;
+use domain::store::Store;
 use domain::telephony::{
     CallControl, CallEnd, CallEvent, DialError, DialRequest, LiveCall, Telephony,
 };
@@ -131,13 +132,9 @@ pub async fn run(args: Args) -> Result<()> {
     let store = Arc::new(SqlStore::connect(&url, StoreOptions::default()).await?);
     let (tenant, agent) = crate::server::dialling_agent(&store).await?;
     if args.tenant_max_concurrent > 0 {
-        let mut conn = sqlx::AnyConnection::connect(&url).await?;
-        sqlx::query("UPDATE tenants SET max_concurrent_calls = $1 WHERE id = $2")
-            .bind(i64::from(args.tenant_max_concurrent))
-            .bind(tenant.0)
-            .execute(&mut conn)
-            .await?;
-        conn.close().await?;
+        let mut limits = store.get_tenant(tenant).await?.context("tenant")?.limits;
+        limits.max_concurrent_calls = Some(args.tenant_max_concurrent);
+        store.update_tenant_limits(tenant, &limits).await?;
     }
 
     let rss_before = crate::server::proc_status_mb("VmRSS");
