@@ -113,27 +113,14 @@ pub(crate) fn settler(
 pub(crate) type Marker = Batcher<Progress, Result<bool, StoreError>>;
 
 /// Spawns the marker for `node`, writing through
-/// [`domain::dispatch::DispatchStore::mark_progresses`]. A failed batch is written again one
-/// mark per transaction, so one bad mark fails alone.
+/// [`domain::dispatch::DispatchStore::mark_progresses`].
 pub(crate) fn marker(store: Arc<dyn Store>, node: String, batching: SettleBatching) -> Marker {
     Batcher::start(
         batching,
         "outdial_progress_batch_calls",
         move |marks: Vec<Progress>| {
             let (store, node) = (store.clone(), node.clone());
-            async move {
-                match store.mark_progresses(&node, &marks).await {
-                    Ok(marked) => marked.into_iter().map(Ok).collect(),
-                    Err(e) => {
-                        tracing::warn!(error = %e, calls = marks.len(), "marking a batch of calls' progress failed; marking them one by one");
-                        let mut answers = Vec::with_capacity(marks.len());
-                        for m in &marks {
-                            answers.push(store.mark_progress(m.id, &node, m.status, m.at).await);
-                        }
-                        answers
-                    }
-                }
-            }
+            async move { store.mark_progresses(&node, &marks).await }
         },
     )
 }

@@ -407,13 +407,14 @@ pub trait DispatchStore: Send + Sync + 'static {
         status: CallStatus,
         at: Millis,
     ) -> Result<bool, crate::store::StoreError>;
-    /// [`DispatchStore::mark_progress`] for many calls in one transaction; whether each was
-    /// marked, in the marks' order.
+    /// [`DispatchStore::mark_progress`] for many calls in one transaction, each answered in the
+    /// marks' order. A failed transaction is written again one mark per transaction, so one bad
+    /// mark fails alone.
     async fn mark_progresses(
         &self,
         node: &str,
         marks: &[Progress],
-    ) -> Result<Vec<bool>, crate::store::StoreError>;
+    ) -> Vec<Result<bool, crate::store::StoreError>>;
     async fn renew_leases(
         &self,
         node: &str,

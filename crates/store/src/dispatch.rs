@@ -680,8 +680,7 @@ impl SqlStore {
         // settlement of the same calls (each deadlock cost a second, `deadlock_timeout`: a 4 s
         // stop after a burst). What follows is written in the attempts' own order, as one by
         // one.
-        let mut by_id: Vec<usize> = (0..ready.len()).collect();
-        by_id.sort_by_cached_key(|&k| finishes[ready[k].0].id.to_string());
+        let by_id = in_id_order(ready.iter().map(|(i, _)| finishes[*i].id));
         let mut decided: Vec<Option<Decision>> = (0..ready.len()).map(|_| None).collect();
         let mut tx = self.background_tx(Work::Settle).await?;
         for k in by_id {
@@ -701,6 +700,28 @@ impl SqlStore {
         tx.commit().await?;
         Ok(settled)
     }
+
+    /// The marks in one transaction, locking their calls in id order as settlements do;
+    /// whether each was marked, in the marks' own order. Any error rolls the whole of it back.
+    async fn mark_together(&self, node: &str, marks: &[Progress]) -> Result<Vec<bool>, StoreError> {
+        let mut marked = vec![false; marks.len()];
+        let mut tx = self.background_tx(Work::Dispatch).await?;
+        for k in in_id_order(marks.iter().map(|m| m.id)) {
+            marked[k] = mark_progress_in(&mut tx, node, &marks[k]).await?;
+        }
+        tx.commit().await?;
+        Ok(marked)
+    }
+}
+
+/// The positions of `ids` in the order of the ids' text: the order in which every transaction
+/// that updates several live calls (settlements, marks, lease renewals) locks them, so that
+/// two such transactions never deadlock on PostgreSQL.
+fn in_id_order(ids: impl Iterator<Item = ConversationId>) -> Vec<usize> {
+    let mut keyed: Vec<(String, usize)> =
+        ids.enumerate().map(|(k, id)| (id.to_string(), k)).collect();
+    keyed.sort_unstable();
+    keyed.into_iter().map(|(_, k)| k).collect()
 }
 
 #[async_trait::async_trait]
@@ -923,28 +944,29 @@ impl DispatchStore for SqlStore {
         status: CallStatus,
         at: Millis,
     ) -> Result<bool, StoreError> {
-        let marks = self
-            .mark_progresses(node, &[Progress { id, status, at }])
-            .await?;
-        Ok(marks.first().copied().unwrap_or(false))
+        self.mark_together(node, &[Progress { id, status, at }])
+            .await
+            .map(|marked| marked.first().copied().unwrap_or(false))
     }
 
     async fn mark_progresses(
         &self,
         node: &str,
         marks: &[Progress],
-    ) -> Result<Vec<bool>, StoreError> {
-        // In id order, as settlements and lease renewals lock the same rows, so that two of
-        // them never deadlock on PostgreSQL; answered in the marks' own order.
-        let mut by_id: Vec<usize> = (0..marks.len()).collect();
-        by_id.sort_by_cached_key(|&k| marks[k].id.to_string());
-        let mut marked = vec![false; marks.len()];
-        let mut tx = self.background_tx(Work::Dispatch).await?;
-        for k in by_id {
-            marked[k] = mark_progress_in(&mut tx, node, &marks[k]).await?;
+    ) -> Vec<Result<bool, StoreError>> {
+        match self.mark_together(node, marks).await {
+            Ok(marked) => marked.into_iter().map(Ok).collect(),
+            Err(e) => {
+                // Nothing of the batch was written; each mark again in its own transaction, so
+                // the one that broke the batch fails alone (as `finish_attempts` does).
+                tracing::warn!(error = %e, calls = marks.len(), "marking a batch of calls' progress failed; marking them one by one");
+                let mut answers = Vec::with_capacity(marks.len());
+                for m in marks {
+                    answers.push(self.mark_progress(m.id, node, m.status, m.at).await);
+                }
+                answers
+            }
         }
-        tx.commit().await?;
-        Ok(marked)
     }
 
     async fn renew_leases(
