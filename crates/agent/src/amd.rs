@@ -1,6 +1,6 @@
 //! Answering-machine detection, sans-IO: per 20 ms frame, whether it held speech (the VAD,
 //! with the agent's own echo taken out) and whether a tone is sounding (the beep detector),
-//! with the time since the answer; out comes a verdict, and at most one revision.
+//! with the time since the answer; out comes a verdict, and later revisions of it.
 //!
 //! People answer in a word or three ("Hello?", "Yes?", "Hello, Rahul speaking") and then wait
 //! for the other side; a recorded greeting talks on ("Hi, you've reached Priya, I can't take your
@@ -9,7 +9,9 @@
 //! - a first utterance that has gone on for `greeting_ms`, mostly speech, is a machine;
 //! - so is one that has gone on for `continuous_percent` of that without a pause of
 //!   `continuous_gap_ms`: people say "Hello?" and stop, a recording reads its first sentence
-//!   in one breath;
+//!   in one breath. That verdict is early, and so provisional: should the utterance stop
+//!   (`stopped_silence_ms` of silence) before it has run `greeting_ms`, it was a person's long
+//!   "Hello, yes, who's calling please?" and the verdict is revised to `human`;
 //! - a shorter first utterance followed by `human_silence_ms` of silence is a person;
 //! - nothing said within `max_ms` (or no verdict by then) is unknown;
 //! - a beep within `beep_watch_ms` of the answer turns a `human` or `unknown` verdict into
@@ -58,6 +60,10 @@ pub struct AmdConfig {
     pub continuous_percent: u64,
     /// See `continuous_percent`.
     pub continuous_gap_ms: u64,
+    /// After a `machine` by the continuous rule, silence this long before the utterance has
+    /// run `greeting_ms` makes it a person after all: their long first sentence is over and
+    /// they wait for an answer. Longer than a recording's pause between two sentences.
+    pub stopped_silence_ms: u64,
 }
 
 impl Default for AmdConfig {
@@ -73,9 +79,11 @@ impl Default for AmdConfig {
             click_gap_ms: 200,
             beep_watch_ms: 30_000,
             min_beep_ms: 160,
-            // 1.7 s of the default 2.5 s.
-            continuous_percent: 68,
+            // 1.4 s of the default 2.5 s: early, since a person it takes is given back at once
+            // when they stop (`stopped_silence_ms`).
+            continuous_percent: 56,
             continuous_gap_ms: 350,
+            stopped_silence_ms: 600,
         }
     }
 }
@@ -90,6 +98,9 @@ pub enum Cue {
     ShortGreeting,
     /// Nothing decisive by `max_ms`.
     Timeout,
+    /// A first utterance taken for a machine by the continuous rule stopped before
+    /// `greeting_ms`: a person after all.
+    Stopped,
 }
 
 #[derive(Debug, Clone)]
@@ -108,6 +119,10 @@ pub struct Amd {
     tone_ms: u64,
     /// The verdict given, if any.
     given: Option<AnsweredBy>,
+    /// The `machine` given may yet be revised (it came from the continuous rule).
+    provisional: bool,
+    /// The last frame was speech by the detector's measure.
+    heard: bool,
 }
 
 /// The line's noise floor by minimum statistics: the `RANK`-th quietest level of the last
@@ -201,13 +216,16 @@ impl Amd {
             floor: NoiseFloor::new(frame_ms.max(1)),
             tone_ms: 0,
             given: None,
+            provisional: false,
+            heard: false,
         }
     }
 
     /// One frame (`samples`) ending `at_ms` after the answer; `vad`: the VAD took it for speech
     /// (and it was not the agent's echo); `tone`: the tone detector reports a tone sounding
     /// ([`media::tone::ToneDetector::in_tone`]). Returns the verdict when it is reached, and
-    /// once more if a beep revises it to `machine`; `None` otherwise.
+    /// again whenever it is revised: a provisional `machine` to `human` when the utterance
+    /// stops short, a `human` or `unknown` to `machine` on a beep; `None` otherwise.
     pub fn frame(
         &mut self,
         at_ms: u64,
@@ -221,7 +239,11 @@ impl Amd {
             0
         };
         let beep = tone && self.tone_ms >= self.cfg.min_beep_ms;
+        // Every frame feeds the floor, the quiet ones most of all.
+        let loud = self.floor.above(samples) >= self.cfg.above_floor_db;
+        self.heard = vad && loud;
         match self.given {
+            Some(AnsweredBy::Machine) if self.provisional => self.confirm(at_ms, self.heard, beep),
             Some(AnsweredBy::Machine) => None,
             Some(_) if beep && at_ms <= self.cfg.beep_watch_ms => {
                 self.given = Some(AnsweredBy::Machine);
@@ -229,45 +251,56 @@ impl Amd {
             }
             Some(_) => None,
             None => {
-                let loud = self.floor.above(samples) >= self.cfg.above_floor_db;
-                let verdict = self.decide(at_ms, vad && loud, beep);
+                let verdict = self.decide(at_ms, self.heard, beep);
                 self.given = verdict.map(|v| v.0);
+                self.provisional = verdict.is_some_and(|v| v.1 == Cue::Continuous);
                 verdict
             }
         }
     }
 
-    /// After the verdict: whether a frame is speech by the same measure (the VAD, and above
-    /// the line's noise floor), for [`GreetingEnd`].
-    pub fn heard(&mut self, samples: &[i16], vad: bool) -> bool {
-        let loud = self.floor.above(samples) >= self.cfg.above_floor_db;
-        vad && loud
+    /// Whether the last frame given to [`Amd::frame`] was speech by the detector's measure (the
+    /// VAD, and above the line's noise floor), for [`GreetingEnd`].
+    pub fn heard(&self) -> bool {
+        self.heard
+    }
+
+    /// The `machine` verdict given may still be revised to `human`: no message yet.
+    pub fn provisional(&self) -> bool {
+        self.provisional
+    }
+
+    /// Times the first utterance with one more frame: its onset, its last speech, its longest
+    /// pause and how much of it was speech.
+    fn track(&mut self, at_ms: u64, speech: bool) {
+        if !speech {
+            return;
+        }
+        match self.onset {
+            None => self.onset = Some(at_ms.saturating_sub(self.frame_ms)),
+            Some(_) => {
+                let gap = at_ms.saturating_sub(self.frame_ms + self.last_speech);
+                let click = self.cfg.click_gap_ms > 0
+                    && self.speech_ms < self.cfg.min_speech_ms
+                    && gap >= self.cfg.click_gap_ms;
+                if click {
+                    self.onset = Some(at_ms.saturating_sub(self.frame_ms));
+                    self.speech_ms = 0;
+                    self.longest_gap = 0;
+                } else {
+                    self.longest_gap = self.longest_gap.max(gap);
+                }
+            }
+        }
+        self.last_speech = at_ms;
+        self.speech_ms += self.frame_ms;
     }
 
     fn decide(&mut self, at_ms: u64, speech: bool, beep: bool) -> Option<(AnsweredBy, Cue)> {
         if beep {
             return Some((AnsweredBy::Machine, Cue::Beep));
         }
-        if speech {
-            match self.onset {
-                None => self.onset = Some(at_ms.saturating_sub(self.frame_ms)),
-                Some(_) => {
-                    let gap = at_ms.saturating_sub(self.frame_ms + self.last_speech);
-                    let click = self.cfg.click_gap_ms > 0
-                        && self.speech_ms < self.cfg.min_speech_ms
-                        && gap >= self.cfg.click_gap_ms;
-                    if click {
-                        self.onset = Some(at_ms.saturating_sub(self.frame_ms));
-                        self.speech_ms = 0;
-                        self.longest_gap = 0;
-                    } else {
-                        self.longest_gap = self.longest_gap.max(gap);
-                    }
-                }
-            }
-            self.last_speech = at_ms;
-            self.speech_ms += self.frame_ms;
-        }
+        self.track(at_ms, speech);
         let cfg = &self.cfg;
         if let Some(onset) = self.onset {
             let span = self.last_speech.saturating_sub(onset);
@@ -289,6 +322,23 @@ impl Amd {
             }
         }
         (at_ms >= cfg.max_ms).then_some((AnsweredBy::Unknown, Cue::Timeout))
+    }
+
+    /// After a `machine` by the continuous rule: a person after all if the utterance stops
+    /// (`stopped_silence_ms`) before it has run `greeting_ms`; for sure once it has, or on a
+    /// beep, or at `max_ms`.
+    fn confirm(&mut self, at_ms: u64, speech: bool, beep: bool) -> Option<(AnsweredBy, Cue)> {
+        self.track(at_ms, speech);
+        let onset = self.onset.unwrap_or(at_ms);
+        let span = self.last_speech.saturating_sub(onset);
+        let silence = at_ms.saturating_sub(self.last_speech);
+        if !beep && silence >= self.cfg.stopped_silence_ms {
+            self.provisional = false;
+            self.given = Some(AnsweredBy::Human);
+            return Some((AnsweredBy::Human, Cue::Stopped));
+        }
+        self.provisional = !beep && span < self.cfg.greeting_ms && at_ms < self.cfg.max_ms;
+        None
     }
 }
 
@@ -405,8 +455,72 @@ mod tests {
         let (verdict, cue, at) = run(&p).expect("a verdict");
         assert_eq!((verdict, cue), (AnsweredBy::Machine, Cue::Continuous));
         let cfg = AmdConfig::default();
-        assert!((300 + 1_700..300 + 1_700 + 500).contains(&at), "{at}");
+        let continuous = cfg.greeting_ms * cfg.continuous_percent / 100;
+        assert!(
+            (300 + continuous..300 + continuous + 500).contains(&at),
+            "{at}"
+        );
         assert!(at < 300 + cfg.greeting_ms, "{at}");
+    }
+
+    /// Every verdict and revision over `pattern` (as `run`), with when it came.
+    fn verdicts(pattern: &[(u64, bool)], tone_from: Option<u64>) -> Vec<(AnsweredBy, Cue, u64)> {
+        let mut amd = Amd::new(AmdConfig::default(), FRAME);
+        let mut out = Vec::new();
+        let (mut at, mut n) = (0, 0);
+        for &(ms, speech) in pattern {
+            for _ in 0..ms / FRAME {
+                at += FRAME;
+                n += 1;
+                let tone = tone_from.is_some_and(|from| (from..from + 400).contains(&at));
+                let samples = if speech || tone {
+                    speech_frame(n)
+                } else {
+                    &QUIET
+                };
+                if let Some((v, cue)) = amd.frame(at, samples, speech, tone) {
+                    out.push((v, cue, at));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_first_sentence_in_one_breath_that_stops_short_of_a_greeting_is_a_person_after_all() {
+        // "Hello, yes, who's calling please?" in one breath (2.1 s), then waiting for an answer:
+        // taken for a recording read in one breath, a person once they have stopped for long
+        // enough.
+        let v = verdicts(&[(300, false), (2_100, true), (3_000, false)], None);
+        let cfg = AmdConfig::default();
+        let kinds: Vec<_> = v.iter().map(|v| (v.0, v.1)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (AnsweredBy::Machine, Cue::Continuous),
+                (AnsweredBy::Human, Cue::Stopped)
+            ]
+        );
+        let stopped = 300 + 2_100 + cfg.stopped_silence_ms;
+        assert!((stopped - 40..=stopped).contains(&v[1].2), "{v:?}");
+        // A greeting read on past `greeting_ms` keeps its verdict.
+        let v = verdicts(&[(300, false), (4_000, true), (3_000, false)], None);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!((v[0].0, v[0].1), (AnsweredBy::Machine, Cue::Continuous));
+    }
+
+    #[test]
+    fn a_beep_after_the_verdict_was_taken_back_makes_it_a_machine_again() {
+        let v = verdicts(&[(300, false), (2_100, true), (3_000, false)], Some(4_000));
+        let kinds: Vec<_> = v.iter().map(|v| (v.0, v.1)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (AnsweredBy::Machine, Cue::Continuous),
+                (AnsweredBy::Human, Cue::Stopped),
+                (AnsweredBy::Machine, Cue::Beep)
+            ]
+        );
     }
 
     #[test]
@@ -526,7 +640,7 @@ mod tests {
     #[test]
     fn noise_poking_over_the_floor_before_a_hello_does_not_start_the_greeting() {
         // Two frames of street noise the VAD and the floor let through, 340 ms apart, then
-        // "Haan ji, hello?" in one breath and silence: timed from the clicks, 1.7 s of speech
+        // "Haan ji, hello?" in one breath and silence: timed from the clicks, 1.9 s of speech
         // without a long pause, a greeting read in one breath; timed from its words, a person.
         let v = run(&[
             (240, false),
@@ -534,7 +648,7 @@ mod tests {
             (340, false),
             (20, true),
             (300, false),
-            (1_400, true),
+            (1_200, true),
             (1_000, false),
         ]);
         assert_eq!(

@@ -326,6 +326,8 @@ struct Driver {
     answered_by: AnsweredBy,
     /// The message to leave on a machine, until it is queued.
     machine_message: Option<String>,
+    /// A machine answered and the detector will not revise it: the call is ending.
+    machine_sure: bool,
     /// A machine answered: waiting for its greeting to end before the message plays.
     greeting: Option<GreetingEnd>,
     /// Agent audio is held back (the machine's greeting is still going).
@@ -418,6 +420,7 @@ async fn run(
         beeps: ToneDetector::new(ToneConfig::default(), SAMPLE_RATE, FRAME_MS as u32),
         answered_by: AnsweredBy::Unknown,
         machine_message: voicemail.and_then(|v| v.message),
+        machine_sure: false,
         greeting: None,
         withhold: false,
         held,
@@ -876,9 +879,8 @@ impl Driver {
             return;
         }
         if self.answered_by == AnsweredBy::Machine {
-            // The greeting's words are not a turn to answer.
-            self.awaiting = None;
-            self.heard = None;
+            // The greeting's words are not a turn to answer; while the verdict may still be
+            // revised (see `listen_for_machine`), the turn waits.
             return;
         }
         let (Some(heard), Some(mut brain)) = (self.heard.take(), self.brain.take()) else {
@@ -1058,9 +1060,46 @@ impl Driver {
     /// then, on a machine, the wait for its greeting to end.
     fn listen_for_machine(&mut self, frame: &[i16], speech: bool, tone: Option<ToneEvent>) {
         let at_ms = self.frame_no * FRAME_MS;
+        let Some(amd) = self.amd.as_mut() else {
+            return;
+        };
+        let verdict = amd.frame(at_ms, frame, speech, self.beeps.in_tone());
+        let (heard, provisional) = (amd.heard(), amd.provisional());
+        if let Some((verdict, cue)) = verdict {
+            let was = std::mem::replace(&mut self.answered_by, verdict);
+            tracing::info!(
+                answered_by = verdict.as_str(),
+                ?cue,
+                at_ms,
+                provisional,
+                "who answered"
+            );
+            match verdict {
+                AnsweredBy::Machine => {
+                    // Nothing more is said to the machine, and nothing it says is a turn.
+                    let _ = self.control.try_send(CallControl::FlushAudio);
+                    self.stop_talking();
+                }
+                _ if was == AnsweredBy::Machine => {
+                    // A person's long first sentence after all: their turn, held back while the
+                    // verdict was open, is answered as any other.
+                    self.respond_if_ready();
+                    return;
+                }
+                // Still listening: a beep later on is a machine after all.
+                _ => return,
+            }
+        }
+        if self.answered_by != AnsweredBy::Machine || provisional {
+            return;
+        }
+        if !self.machine_sure {
+            self.machine_sure = true;
+            self.leave_message(at_ms, verdict.is_some_and(|v| v.1 == Cue::Beep) || speech);
+            return;
+        }
         if let Some(greeting) = self.greeting.as_mut() {
             let beep_ended = matches!(tone, Some(ToneEvent::Ended { .. }));
-            let heard = self.amd.as_mut().map_or(speech, |a| a.heard(frame, speech));
             let sound = heard || self.beeps.in_tone();
             if greeting.frame(at_ms, sound, beep_ended) && self.withhold {
                 tracing::info!(
@@ -1071,41 +1110,31 @@ impl Driver {
                 self.withhold = false;
                 self.fill();
             }
-            return;
         }
-        let Some(amd) = self.amd.as_mut() else {
-            return;
-        };
-        let Some((verdict, cue)) = amd.frame(at_ms, frame, speech, self.beeps.in_tone()) else {
-            return;
-        };
-        self.answered_by = verdict;
-        tracing::info!(answered_by = verdict.as_str(), ?cue, at_ms, "who answered");
-        if verdict != AnsweredBy::Machine {
-            // Still listening: a beep later on is a machine after all.
-            return;
-        }
-        // Nothing more is said to the machine but the message, and nothing it says is a turn.
-        let _ = self.control.try_send(CallControl::FlushAudio);
-        self.stop_talking();
+    }
+
+    /// A machine, for sure: the call ends, after the agent's message if it has one, which waits
+    /// for the greeting's end (`sounding`: the greeting is sounding at `at_ms`).
+    fn leave_message(&mut self, at_ms: u64, sounding: bool) {
         self.ending = true;
         self.awaiting = None;
         self.heard = None;
-        if let Some(message) = self.machine_message.take() {
-            let mut greeting = GreetingEnd::new(at_ms, GreetingEnd::QUIET_MS, GreetingEnd::MAX_MS);
-            // The beep that decided it may still be sounding: its end is the greeting's end.
-            greeting.frame(at_ms, cue == Cue::Beep || speech, false);
-            self.greeting = Some(greeting);
-            self.withhold = true;
-            self.speak(
-                Reply {
-                    say: vec![message],
-                    end: true,
-                    ..Reply::default()
-                },
-                None,
-            );
-        }
+        let Some(message) = self.machine_message.take() else {
+            return;
+        };
+        let mut greeting = GreetingEnd::new(at_ms, GreetingEnd::QUIET_MS, GreetingEnd::MAX_MS);
+        // The beep that decided it may still be sounding: its end is the greeting's end.
+        greeting.frame(at_ms, sounding, false);
+        self.greeting = Some(greeting);
+        self.withhold = true;
+        self.speak(
+            Reply {
+                say: vec![message],
+                end: true,
+                ..Reply::default()
+            },
+            None,
+        );
     }
 
     /// The callee put the call on hold or took it off. On hold the line being played is cut

@@ -2,6 +2,8 @@
 //! (instant, scripted), real earshot VAD on espeak-ng speech as the caller.
 
 mod caller;
+#[path = "common/detector.rs"]
+mod detector;
 mod tone_tts;
 
 use agent::{
@@ -486,6 +488,53 @@ async fn a_person_who_says_yes_after_the_question_is_a_person_and_the_call_goes_
     assert_eq!(r.outcome.results["intent"], "payment_promise");
     assert!(r.outcome.results.get("voicemail").is_none());
     assert!(!lines(&r.outcome).iter().any(|(_, m)| m == MESSAGE));
+}
+
+#[tokio::test]
+async fn a_person_whose_first_sentence_runs_on_like_a_greeting_is_not_hung_up_on() {
+    // "Hello, yes, I can pay it by Friday" in one breath runs as long as a recording's first
+    // sentence: taken for a machine at first, then, as they stop and wait, for a person.
+    let voice = EspeakNg::default()
+        .synthesize("Hello, yes, I can pay it by Friday", Some("en-us"))
+        .await
+        .expect("espeak-ng must be installed");
+    let caller_at = Duration::from_millis(300);
+    assert_eq!(
+        detector::verdicts(&voice, caller_at.as_millis() as u64),
+        [
+            (AnsweredBy::Machine, agent::amd::Cue::Continuous),
+            (AnsweredBy::Human, agent::amd::Cue::Stopped)
+        ],
+        "the caller must be one the detector takes for a machine at first"
+    );
+    let r = run_with(
+        "Hello Rahul, this is Asha calling from Acme about the invoice you received last week",
+        voice,
+        caller_at,
+        Duration::from_secs(12),
+        "hello yes i can pay it by friday",
+        leave(None),
+    )
+    .await;
+    let o = &r.outcome;
+    // Not hung up on as a machine: what they said was answered, and the call went on to its end.
+    assert_eq!(o.answered_by, AnsweredBy::Human);
+    assert!(o.results.get("voicemail").is_none(), "{:?}", o.results);
+    assert_eq!(o.results["intent"], "payment_promise", "{:?}", o.results);
+    assert_eq!(o.ended_by, EndedBy::AgentEnded);
+    let l = lines(o);
+    assert!(
+        l.contains(&("human".into(), "hello yes i can pay it by friday".into())),
+        "{l:?}"
+    );
+    assert_eq!(
+        l.last(),
+        Some(&(
+            "agent".into(),
+            "Thank you, we will note that. Goodbye.".into()
+        )),
+        "{l:?}"
+    );
 }
 
 #[tokio::test]

@@ -11,9 +11,11 @@
 //!
 //! The corpus is split by greeting/phrase and voice: even-numbered ones tuned the detector
 //! (`--set tune`), the others it never saw (`--set held-out`, the default).
-//! Reported: the confusion matrix, machines detected, people taken for machines, time to
-//! verdict (p50/p95 per class) and, for machines, whether the message would start after the
-//! beep or the greeting's end.
+//! Reported: the confusion matrix of the final verdicts, machines detected, people taken for
+//! machines, time to the final verdict (p50/p95 per class; a revised verdict counts from its
+//! revision), how many were taken for machines at first and given back as people and, for
+//! machines, whether the message would start after the beep or the
+//! greeting's end.
 
 use crate::understand::line::{carry, PROFILES};
 use crate::understand::{espeak_voices, speech, Voice};
@@ -54,6 +56,10 @@ pub struct Args {
     above_floor_db: Vec<f64>,
     #[arg(long, value_delimiter = ',')]
     min_speech_share: Vec<f64>,
+    #[arg(long, value_delimiter = ',')]
+    continuous_percent: Vec<u64>,
+    #[arg(long, value_delimiter = ',')]
+    stopped_silence_ms: Vec<u64>,
 
     /// Write every sample's per-frame measures (JSON lines) here for fitting the detector's
     /// settings offline (`scripts/amd_sweep.py`), then evaluate as usual.
@@ -307,6 +313,8 @@ struct Outcome {
     at_ms: u64,
     /// Machines: when the message would start.
     message_at_ms: Option<u64>,
+    /// A `machine` verdict later revised to `human`: how long after the first verdict.
+    revised_after_ms: Option<u64>,
 }
 
 /// The call's pipeline on one answered line.
@@ -316,32 +324,35 @@ fn detect(audio: &[i16], cfg: AmdConfig) -> Outcome {
     let mut amd = Amd::new(cfg, FRAME_MS);
     let mut verdict = None;
     let mut greeting: Option<GreetingEnd> = None;
+    let mut revised_after_ms = None;
     let mut at = 0;
     for frame in audio.chunks_exact(FRAME) {
         at += FRAME_MS;
         let speech = vad.is_speech(frame);
         let event = tone.frame(frame);
-        if let Some(g) = greeting.as_mut() {
-            let ended = matches!(event, Some(ToneEvent::Ended { .. }));
-            if g.frame(at, amd.heard(frame, speech) || tone.in_tone(), ended) {
-                if let Some((v, cue, at_ms)) = verdict {
-                    return Outcome {
-                        verdict: v,
-                        cue,
-                        at_ms,
-                        message_at_ms: Some(at),
-                    };
-                }
-            }
-            continue;
-        }
         if let Some((v, cue)) = amd.frame(at, frame, speech, tone.in_tone()) {
+            if let (Some((AnsweredBy::Machine, _, then)), AnsweredBy::Human) = (verdict, v) {
+                revised_after_ms = Some(at - then);
+            }
             verdict = Some((v, cue, at));
-            if v == AnsweredBy::Machine {
+            greeting = (v == AnsweredBy::Machine).then(|| {
                 // A beep that decided it is still sounding: its end is the greeting's end.
                 let mut g = GreetingEnd::new(at, GreetingEnd::QUIET_MS, GreetingEnd::MAX_MS);
                 g.frame(at, true, false);
-                greeting = Some(g);
+                g
+            });
+            continue;
+        }
+        if let (Some(g), Some((v, cue, at_ms))) = (greeting.as_mut(), verdict) {
+            let ended = matches!(event, Some(ToneEvent::Ended { .. }));
+            if g.frame(at, amd.heard() || tone.in_tone(), ended) && !amd.provisional() {
+                return Outcome {
+                    verdict: v,
+                    cue,
+                    at_ms,
+                    message_at_ms: Some(at),
+                    revised_after_ms,
+                };
             }
         }
     }
@@ -351,6 +362,7 @@ fn detect(audio: &[i16], cfg: AmdConfig) -> Outcome {
         cue,
         at_ms,
         message_at_ms: None,
+        revised_after_ms,
     }
 }
 
@@ -383,45 +395,58 @@ pub async fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.dump {
         dump(&samples, path)?;
     }
-    let shipped = AmdConfig::default();
-    let or = |v: &[u64], d: u64| if v.is_empty() { vec![d] } else { v.to_vec() };
-    let mut configs = Vec::new();
-    for greeting_ms in or(&args.greeting_ms, shipped.greeting_ms) {
-        for human_silence_ms in or(&args.human_silence_ms, shipped.human_silence_ms) {
-            let floors = if args.above_floor_db.is_empty() {
-                vec![shipped.above_floor_db]
-            } else {
-                args.above_floor_db.clone()
-            };
-            let shares = if args.min_speech_share.is_empty() {
-                vec![shipped.min_speech_share]
-            } else {
-                args.min_speech_share.clone()
-            };
-            for above_floor_db in floors {
-                for &min_speech_share in &shares {
-                    configs.push(AmdConfig {
-                        greeting_ms,
-                        human_silence_ms,
-                        above_floor_db,
-                        min_speech_share,
-                        ..shipped
-                    });
-                }
-            }
-        }
-    }
+    let mut configs = vec![AmdConfig::default()];
+    configs = vary(configs, &args.greeting_ms, |c, v| c.greeting_ms = v);
+    configs = vary(configs, &args.human_silence_ms, |c, v| {
+        c.human_silence_ms = v
+    });
+    configs = vary(configs, &args.above_floor_db, |c, v| c.above_floor_db = v);
+    configs = vary(configs, &args.min_speech_share, |c, v| {
+        c.min_speech_share = v
+    });
+    configs = vary(configs, &args.continuous_percent, |c, v| {
+        c.continuous_percent = v
+    });
+    configs = vary(configs, &args.stopped_silence_ms, |c, v| {
+        c.stopped_silence_ms = v
+    });
     for (i, cfg) in configs.into_iter().enumerate() {
         if i > 0 {
             println!();
         }
         println!(
-            "greeting_ms {} human_silence_ms {} above_floor_db {} min_speech_share {}",
-            cfg.greeting_ms, cfg.human_silence_ms, cfg.above_floor_db, cfg.min_speech_share
+            "greeting_ms {} human_silence_ms {} above_floor_db {} min_speech_share {} continuous_percent {} stopped_silence_ms {}",
+            cfg.greeting_ms,
+            cfg.human_silence_ms,
+            cfg.above_floor_db,
+            cfg.min_speech_share,
+            cfg.continuous_percent,
+            cfg.stopped_silence_ms
         );
         evaluate(&samples, cfg, args.verbose && i == 0);
     }
     Ok(())
+}
+
+/// Every config of `configs` with each of `values` set by `set`; `configs` as they are when no
+/// value is given.
+fn vary<T: Copy>(
+    configs: Vec<AmdConfig>,
+    values: &[T],
+    set: impl Fn(&mut AmdConfig, T),
+) -> Vec<AmdConfig> {
+    if values.is_empty() {
+        return configs;
+    }
+    let mut out = Vec::with_capacity(configs.len() * values.len());
+    for c in configs {
+        for &v in values {
+            let mut c = c;
+            set(&mut c, v);
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn evaluate(samples: &[Sample], cfg: AmdConfig, verbose: bool) {
@@ -431,6 +456,7 @@ fn evaluate(samples: &[Sample], cfg: AmdConfig, verbose: bool) {
     let mut cues: BTreeMap<String, usize> = BTreeMap::new();
     let mut audio_ms = 0u64;
     let (mut after_end, mut early, mut no_message) = (0, 0, 0);
+    let mut revised: BTreeMap<Truth, Vec<u64>> = BTreeMap::new();
     for s in samples {
         audio_ms += s.audio.len() as u64 * 1000 / u64::from(RATE);
         let o = detect(&s.audio, cfg);
@@ -444,6 +470,9 @@ fn evaluate(samples: &[Sample], cfg: AmdConfig, verbose: bool) {
             ))
             .or_default() += 1;
         times.entry(s.truth).or_default().push(o.at_ms);
+        if let Some(ms) = o.revised_after_ms {
+            revised.entry(s.truth).or_default().push(ms);
+        }
         if s.truth == Truth::Machine && o.verdict == AnsweredBy::Machine {
             match (o.message_at_ms, s.greeting_end_ms) {
                 (Some(m), Some(end)) if m >= end => after_end += 1,
@@ -496,6 +525,14 @@ fn evaluate(samples: &[Sample], cfg: AmdConfig, verbose: bool) {
     println!(
         "machines detected: message after the greeting's end {after_end}, before it {early}, never {no_message}"
     );
+    for (t, v) in revised.iter_mut() {
+        println!(
+            "{t:?}: {} taken for machines at first, then for people ({} ms p50, {} ms max from the first verdict to the revision)",
+            v.len(),
+            quantile(v, 0.5),
+            quantile(v, 1.0)
+        );
+    }
     for (cue, n) in &cues {
         println!("  {cue}: {n}");
     }

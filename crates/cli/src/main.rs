@@ -378,8 +378,10 @@ struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1_000..=30_000))]
     amd_max_ms: u64,
     /// Answering machines: a first utterance that has lasted this share (%) of
-    /// `amd-greeting-ms` without a pause of `amd-continuous-gap-ms` is a recorded greeting
-    /// read in one breath, found early. 0 turns the rule off.
+    /// `amd-greeting-ms` without a pause of `amd-continuous-gap-ms` is taken for a recorded
+    /// greeting read in one breath, early: the agent goes quiet, and the verdict is sure once
+    /// the utterance runs to `amd-greeting-ms` (see `amd-stopped-silence-ms`). 0 turns the
+    /// rule off.
     #[arg(long, env = "OUTDIAL_AMD_CONTINUOUS_PERCENT", default_value_t = agent::AmdConfig::default().continuous_percent,
         value_parser = clap::value_parser!(u64).range(0..=100))]
     amd_continuous_percent: u64,
@@ -393,6 +395,11 @@ struct ServeArgs {
     #[arg(long, env = "OUTDIAL_AMD_MIN_BEEP_MS", default_value_t = agent::AmdConfig::default().min_beep_ms,
         value_parser = clap::value_parser!(u64).range(20..=2_000))]
     amd_min_beep_ms: u64,
+    /// Answering machines: after a greeting taken for one by `amd-continuous-percent`, silence
+    /// (ms) this long before `amd-greeting-ms` makes it a person whose first sentence was long.
+    #[arg(long, env = "OUTDIAL_AMD_STOPPED_SILENCE_MS", default_value_t = agent::AmdConfig::default().stopped_silence_ms,
+        value_parser = clap::value_parser!(u64).range(100..=5_000))]
+    amd_stopped_silence_ms: u64,
     /// Largest CSV file `POST /v1/batch-call` accepts, in bytes (default 50 MiB).
     #[arg(long, env = "OUTDIAL_BATCH_MAX_BYTES", default_value_t = domain::batch::BatchLimits::default().max_bytes,
         value_parser = clap::value_parser!(u64).range(1..))]
@@ -870,6 +877,7 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
                 continuous_percent: args.amd_continuous_percent,
                 continuous_gap_ms: args.amd_continuous_gap_ms,
                 min_beep_ms: args.amd_min_beep_ms,
+                stopped_silence_ms: args.amd_stopped_silence_ms,
                 ..Default::default()
             },
         },

@@ -3,6 +3,8 @@
 //! the detector was not tuned on) and its beep, or a person who answers "Hello?" and waits.
 //! The API, the recording and the webhook show who answered and what the agent did.
 
+#[path = "../../agent/tests/common/detector.rs"]
+mod detector;
 mod support;
 #[path = "../../agent/tests/common/voice.rs"]
 mod voice;
@@ -220,6 +222,68 @@ async fn a_person_who_answers_hello_is_a_person_and_hears_the_agent_out() {
         .collect();
     assert!(agent_lines.iter().any(|l| l.contains('?')), "{lines:?}");
     assert!(!agent_lines.contains(&MESSAGE), "{lines:?}");
+    assert_eq!(a.webhook["data"]["call"]["answered_by"], "human");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_whose_first_sentence_runs_on_like_a_greeting_is_a_person_and_is_answered() {
+    const ANSWER: &str = "Hello, yes, I can pay it by Friday.";
+    let speak_after_ms = 500;
+    // The detector alone, on what the line carries, takes it for a greeting read in one breath
+    // at first and for a person once they stop and wait.
+    let dir = tempfile::tempdir().unwrap();
+    record(dir.path(), ANSWER, false);
+    let (ul, wide) = (dir.path().join("caller.ul"), dir.path().join("wide.wav"));
+    sox(&[
+        "-t",
+        "ul",
+        "-r",
+        "8000",
+        "-c",
+        "1",
+        ul.to_str().unwrap(),
+        "-r",
+        "16000",
+        "-e",
+        "signed-integer",
+        "-b",
+        "16",
+        wide.to_str().unwrap(),
+    ]);
+    let wav = media::wav::read(&std::fs::read(&wide).unwrap()).unwrap();
+    assert_eq!(
+        detector::verdicts(&wav.samples, speak_after_ms.into()),
+        [
+            (
+                domain::call::AnsweredBy::Machine,
+                agent::amd::Cue::Continuous
+            ),
+            (domain::call::AnsweredBy::Human, agent::amd::Cue::Stopped)
+        ],
+        "the caller must be one the detector takes for a machine at first"
+    );
+    let a = call(
+        Db::sqlite(),
+        ANSWER,
+        false,
+        speak_after_ms,
+        json!({"max_duration_seconds": 15}),
+        &[],
+    )
+    .await;
+    let c = &a.conversation;
+    assert_eq!(c["status"], "completed", "{c}");
+    assert_eq!(c["answered_by"], "human", "{c}");
+    assert!(c["results"].get("voicemail").is_none(), "{c}");
+    // Not left a voicemail nor hung up on: what they said was answered.
+    assert_eq!(c["results"]["intent"], "payment_promise", "{c}");
+    let lines = support::transcript_lines(c);
+    assert!(!lines.iter().any(|l| l.1 == MESSAGE), "{lines:?}");
+    assert_eq!(
+        lines.last(),
+        Some(&("agent".into(), "Thank you. Goodbye.".into())),
+        "{lines:?}"
+    );
     assert_eq!(a.webhook["data"]["call"]["answered_by"], "human");
 }
 
