@@ -7,7 +7,7 @@
 //! that lead, what the callee has heard: a barge-in stops the agent by flushing at most those
 //! frames, and the transcript records only what was played.
 
-use crate::amd::{Amd, AmdConfig, Cue, GreetingEnd};
+use crate::amd::{Amd, AmdConfig, GreetingEnd};
 use crate::brain::{Brain, Reply};
 use crate::stt::{Listening, SpeechToText, SttStream, Transcript};
 use crate::tts::TextToSpeech;
@@ -1095,7 +1095,7 @@ impl Driver {
         }
         if !self.machine_sure {
             self.machine_sure = true;
-            self.leave_message(at_ms, verdict.is_some_and(|v| v.1 == Cue::Beep) || speech);
+            self.leave_message(at_ms, speech || self.beeps.in_tone());
             return;
         }
         if let Some(greeting) = self.greeting.as_mut() {
@@ -1114,7 +1114,8 @@ impl Driver {
     }
 
     /// A machine, for sure: the call ends, after the agent's message if it has one, which waits
-    /// for the greeting's end (`sounding`: the greeting is sounding at `at_ms`).
+    /// for the greeting's end (`sounding`: the greeting or the beep that decided it is sounding
+    /// at `at_ms`).
     fn leave_message(&mut self, at_ms: u64, sounding: bool) {
         self.ending = true;
         self.awaiting = None;
@@ -1123,7 +1124,6 @@ impl Driver {
             return;
         };
         let mut greeting = GreetingEnd::new(at_ms, GreetingEnd::QUIET_MS, GreetingEnd::MAX_MS);
-        // The beep that decided it may still be sounding: its end is the greeting's end.
         greeting.frame(at_ms, sounding, false);
         self.greeting = Some(greeting);
         self.withhold = true;

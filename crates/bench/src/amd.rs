@@ -35,7 +35,8 @@ pub struct Args {
     /// Machine answers in the corpus (as many people).
     #[arg(long, default_value_t = 200)]
     calls: usize,
-    /// `tune` (the greetings and voices the detector was tuned on) or `held-out`.
+    /// `tune` (the greetings and voices the detector was tuned on), `held-out`, or `asterisk`
+    /// (greetings recorded by a person: Asterisk's voice prompts).
     #[arg(long, default_value = "held-out")]
     set: String,
     #[arg(long, default_value_t = 1)]
@@ -220,7 +221,8 @@ fn corpus(args: &Args, cache: &std::path::Path) -> Result<Vec<Sample>> {
     let tune = match args.set.as_str() {
         "tune" => true,
         "held-out" => false,
-        other => anyhow::bail!("--set is tune or held-out, not {other}"),
+        "asterisk" => return asterisk_corpus(args),
+        other => anyhow::bail!("--set is tune, held-out or asterisk, not {other}"),
     };
     let voices: Vec<Voice> = espeak_voices(true)?
         .into_iter()
@@ -286,23 +288,130 @@ fn corpus(args: &Args, cache: &std::path::Path) -> Result<Vec<Sample>> {
                 audio.extend(silence(6000));
             }
         }
-        match background {
-            Background::Quiet => {}
-            Background::Music if truth == Truth::Machine => add_music(&mut audio, 15.0, &mut rng),
-            // People do not answer over music; they answer in the street.
-            Background::Music | Background::Noise => {
-                add_noise(&mut audio, rng.gen_range(10.0..20.0), &mut rng)
-            }
-        }
-        let profile = PROFILES[n % PROFILES.len()];
-        label.push_str(&format!(" line:{}", profile.name));
-        let heard = carry(&audio, &profile, args.seed.wrapping_add(n as u64));
-        out.push(Sample {
+        out.push(on_the_line(
             truth,
             label,
-            audio: heard,
+            audio,
             greeting_end_ms,
-        });
+            background,
+            n,
+            args.seed,
+            &mut rng,
+        ));
+    }
+    Ok(out)
+}
+
+/// The sample as the detector hears it: `audio` under its background, across the `n`th line.
+#[allow(clippy::too_many_arguments)]
+fn on_the_line(
+    truth: Truth,
+    mut label: String,
+    mut audio: Vec<i16>,
+    greeting_end_ms: Option<u64>,
+    background: Background,
+    n: usize,
+    seed: u64,
+    rng: &mut StdRng,
+) -> Sample {
+    match background {
+        Background::Quiet => {}
+        Background::Music if truth == Truth::Machine => add_music(&mut audio, 15.0, rng),
+        // People do not answer over music; they answer in the street.
+        Background::Music | Background::Noise => {
+            add_noise(&mut audio, rng.gen_range(10.0..20.0), rng)
+        }
+    }
+    let profile = PROFILES[n % PROFILES.len()];
+    label.push_str(&format!(" line:{}", profile.name));
+    let heard = carry(&audio, &profile, seed.wrapping_add(n as u64));
+    Sample {
+        truth,
+        label,
+        audio: heard,
+        greeting_end_ms,
+    }
+}
+
+/// Asterisk's voice prompts (Debian's `asterisk-core-sounds-en-wav`): speech recorded by a
+/// person, one professional speaker, 8 kHz, as a phone system's greetings are.
+const ASTERISK_SOUNDS: &str = "/usr/share/asterisk/sounds/en_US_f_Allison";
+
+/// One prompt, at the corpus's 16 kHz.
+fn prompt(name: &str) -> Result<Vec<i16>> {
+    let path = std::path::Path::new(ASTERISK_SOUNDS).join(format!("{name}.wav"));
+    let bytes = std::fs::read(&path).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e} (apt-get install asterisk-core-sounds-en-wav)",
+            path.display()
+        )
+    })?;
+    let wav = media::wav::read(&bytes)?;
+    anyhow::ensure!(wav.sample_rate == 8_000, "{}: not 8 kHz", path.display());
+    let mut out = Vec::with_capacity(wav.samples.len() * 2);
+    media::resample::Upsampler::new().process(&wav.samples, &mut out);
+    Ok(out)
+}
+
+/// `--set asterisk`: machines are the voicemail greetings a phone system plays in a recorded
+/// human voice ("The person at extension 2 0 4 is unavailable. Please leave your message after
+/// the tone..."), people that voice's "Hello." (once, or twice with a pause between), each on
+/// the same backgrounds and lines as the synthetic sets. Never tuned on.
+fn asterisk_corpus(args: &Args) -> Result<Vec<Sample>> {
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let mut out = Vec::new();
+    for n in 0..args.calls * 2 {
+        let background = [Background::Quiet, Background::Music, Background::Noise][n / 2 % 3];
+        let mut audio = silence(rng.gen_range(200..1200));
+        let (truth, label, greeting_end_ms) = if n % 2 == 0 {
+            let extension: Vec<String> = (0..3)
+                .map(|_| format!("digits/{}", rng.gen_range(0..10)))
+                .collect();
+            let ext: Vec<&str> = extension.iter().map(String::as_str).collect();
+            let parts: Vec<&str> = match rng.gen_range(0..4) {
+                0 => [&["vm-theperson"][..], &ext, &["vm-isunavail", "vm-intro"]].concat(),
+                1 => [&["vm-theperson"][..], &ext, &["vm-isonphone", "vm-intro"]].concat(),
+                2 => vec!["vm-nobodyavail", "vm-intro"],
+                _ => [&["vm-theperson"][..], &ext, &["vm-isunavail"]].concat(),
+            };
+            // Back to back, as the phone system plays them: each file's own lead-in and tail
+            // (0.1-0.3 s) are the pauses.
+            for part in &parts {
+                audio.extend(prompt(part)?);
+            }
+            let mut label = format!("Machine asterisk {background:?} {}", parts.join("+"));
+            if rng.gen_bool(0.6) {
+                audio.extend(silence(rng.gen_range(200..1000)));
+                audio.extend(prompt("beep")?);
+                label.push_str(" beep");
+            } else {
+                label.push_str(" no-beep");
+            }
+            let end = audio.len() as u64 * 1000 / u64::from(RATE);
+            audio.extend(silence(8000));
+            (Truth::Machine, label, Some(end))
+        } else {
+            audio.extend(prompt("hello")?);
+            let mut label = format!("Person asterisk {background:?} hello");
+            if rng.gen_bool(0.5) {
+                let pause = rng.gen_range(300..1200);
+                audio.extend(silence(pause));
+                audio.extend(prompt("hello")?);
+                label.push_str(&format!(" +{pause}ms hello"));
+            }
+            audio.extend(silence(6000));
+            (Truth::Person, label, None)
+        };
+        out.push(on_the_line(
+            truth,
+            label,
+            audio,
+            greeting_end_ms,
+            background,
+            n,
+            args.seed,
+            &mut rng,
+        ));
     }
     Ok(out)
 }
