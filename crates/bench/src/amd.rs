@@ -288,27 +288,20 @@ fn corpus(args: &Args, cache: &std::path::Path) -> Result<Vec<Sample>> {
                 audio.extend(silence(6000));
             }
         }
-        out.push(on_the_line(
+        let sample = Sample {
             truth,
             label,
             audio,
             greeting_end_ms,
-            background,
-            n,
-            args.seed,
-            &mut rng,
-        ));
+        };
+        out.push(on_the_line(sample, background, n, args.seed, &mut rng));
     }
     Ok(out)
 }
 
-/// The sample as the detector hears it: `audio` under its background, across the `n`th line.
-#[allow(clippy::too_many_arguments)]
+/// The sample as the detector hears it: under its background, across the `n`th line.
 fn on_the_line(
-    truth: Truth,
-    mut label: String,
-    mut audio: Vec<i16>,
-    greeting_end_ms: Option<u64>,
+    mut s: Sample,
     background: Background,
     n: usize,
     seed: u64,
@@ -316,21 +309,16 @@ fn on_the_line(
 ) -> Sample {
     match background {
         Background::Quiet => {}
-        Background::Music if truth == Truth::Machine => add_music(&mut audio, 15.0, rng),
+        Background::Music if s.truth == Truth::Machine => add_music(&mut s.audio, 15.0, rng),
         // People do not answer over music; they answer in the street.
         Background::Music | Background::Noise => {
-            add_noise(&mut audio, rng.gen_range(10.0..20.0), rng)
+            add_noise(&mut s.audio, rng.gen_range(10.0..20.0), rng)
         }
     }
     let profile = PROFILES[n % PROFILES.len()];
-    label.push_str(&format!(" line:{}", profile.name));
-    let heard = carry(&audio, &profile, seed.wrapping_add(n as u64));
-    Sample {
-        truth,
-        label,
-        audio: heard,
-        greeting_end_ms,
-    }
+    s.label.push_str(&format!(" line:{}", profile.name));
+    s.audio = carry(&s.audio, &profile, seed.wrapping_add(n as u64));
+    s
 }
 
 /// Asterisk's voice prompts (Debian's `asterisk-core-sounds-en-wav`): speech recorded by a
@@ -402,16 +390,13 @@ fn asterisk_corpus(args: &Args) -> Result<Vec<Sample>> {
             audio.extend(silence(6000));
             (Truth::Person, label, None)
         };
-        out.push(on_the_line(
+        let sample = Sample {
             truth,
             label,
             audio,
             greeting_end_ms,
-            background,
-            n,
-            args.seed,
-            &mut rng,
-        ));
+        };
+        out.push(on_the_line(sample, background, n, args.seed, &mut rng));
     }
     Ok(out)
 }

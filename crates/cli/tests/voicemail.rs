@@ -232,27 +232,9 @@ async fn a_person_whose_first_sentence_runs_on_like_a_greeting_is_a_person_and_i
     // The detector alone, on what the line carries, takes it for a greeting read in one breath
     // at first and for a person once they stop and wait.
     let dir = tempfile::tempdir().unwrap();
-    record(dir.path(), ANSWER, false);
-    let (ul, wide) = (dir.path().join("caller.ul"), dir.path().join("wide.wav"));
-    sox(&[
-        "-t",
-        "ul",
-        "-r",
-        "8000",
-        "-c",
-        "1",
-        ul.to_str().unwrap(),
-        "-r",
-        "16000",
-        "-e",
-        "signed-integer",
-        "-b",
-        "16",
-        wide.to_str().unwrap(),
-    ]);
-    let wav = media::wav::read(&std::fs::read(&wide).unwrap()).unwrap();
+    let heard = voice::heard_on_the_phone(ANSWER, dir.path());
     assert_eq!(
-        detector::verdicts(&wav.samples, speak_after_ms.into()),
+        detector::verdicts(&heard, speak_after_ms.into()),
         [
             (
                 domain::call::AnsweredBy::Machine,
