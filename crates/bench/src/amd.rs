@@ -14,8 +14,7 @@
 //! Reported: the confusion matrix of the final verdicts, machines detected, people taken for
 //! machines, time to the final verdict (p50/p95 per class; a revised verdict counts from its
 //! revision), how many were taken for machines at first and given back as people and, for
-//! machines, whether the message would start after the beep or the
-//! greeting's end.
+//! machines, whether the message would start after the beep or the greeting's end.
 
 use crate::understand::line::{carry, PROFILES};
 use crate::understand::{espeak_voices, speech, Voice};

@@ -57,7 +57,8 @@ async fn slow_clients_without_a_key_cannot_starve_real_ones() {
     api.setup_agent(9, serde_json::json!({})).await;
 
     // The slow clients: a request line, then a header line every 500 ms, never the end. Each
-    // reports how long the server kept it and whether it was told why it was refused.
+    // reports how long the server kept it, whether it was told why it was refused, and when it
+    // ended.
     let mut slow = Vec::new();
     for _ in 0..2000 {
         slow.push(tokio::spawn(async move {
@@ -66,7 +67,7 @@ async fn slow_clients_without_a_key_cannot_starve_real_ones() {
             let socket = tokio::net::TcpSocket::new_v4().unwrap();
             socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
             let Ok(mut c) = socket.connect(target).await else {
-                return (started.elapsed(), false);
+                return (started.elapsed(), false, Instant::now());
             };
             let _ = c.write_all(b"POST /v1/call HTTP/1.1\r\nHost: x\r\n").await;
             let mut buf = vec![0u8; 4096];
@@ -75,17 +76,17 @@ async fn slow_clients_without_a_key_cannot_starve_real_ones() {
                     Ok(Ok(n)) => {
                         let told =
                             String::from_utf8_lossy(&buf[..n]).contains("too many connections");
-                        return (started.elapsed(), told);
+                        return (started.elapsed(), told, Instant::now());
                     }
-                    Ok(Err(_)) => return (started.elapsed(), false),
+                    Ok(Err(_)) => return (started.elapsed(), false, Instant::now()),
                     Err(_) => {
                         if c.write_all(b"X-Slow: 1\r\n").await.is_err() {
-                            return (started.elapsed(), false);
+                            return (started.elapsed(), false, Instant::now());
                         }
                     }
                 }
             }
-            (started.elapsed(), false)
+            (started.elapsed(), false, Instant::now())
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -122,25 +123,49 @@ async fn slow_clients_without_a_key_cannot_starve_real_ones() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
-    let mut held = 0;
+    // The cap is on connections held at once. A client held to the header deadline was held
+    // by the node for the 4 s before it was cut off; well inside that (0.5 s off each end, for
+    // the time the client takes to see the cut), it was certainly held. Clients whose connect
+    // waited behind others may be taken once the first ones are cut off, and are held then
+    // within the cap: counting them all together would not be the cap.
+    let mut held = Vec::new();
     let mut told = 0;
     for t in slow {
-        let (kept, refused_with_reason) = t.await.unwrap();
+        let (kept, refused_with_reason, ended) = t.await.unwrap();
         assert!(
             kept < Duration::from_secs(19),
             "a slow client was never cut off"
         );
         // Refused at once, or served until the header deadline (4 s) passed.
         if kept >= Duration::from_secs(3) {
-            held += 1;
+            held.push(ended);
         }
         told += usize::from(refused_with_reason);
     }
-    eprintln!("{answered} real requests answered; slow clients: {held} held to the deadline, {told} told they were refused");
+    let mut edges: Vec<(Instant, i32)> = held
+        .iter()
+        .flat_map(|&end| {
+            [
+                (end - Duration::from_millis(3_500), 1),
+                (end - Duration::from_millis(500), -1),
+            ]
+        })
+        .collect();
+    // At one instant, ends before starts: windows that only touch were not held together.
+    edges.sort();
+    let (mut now, mut peak) = (0, 0);
+    for (_, step) in edges {
+        now += step;
+        peak = peak.max(now);
+    }
+    eprintln!(
+        "{answered} real requests answered; slow clients: {} held to the deadline (at most {peak} at once), {told} told they were refused",
+        held.len()
+    );
     assert!(answered >= 32, "{answered}");
     assert!(
-        held <= 256,
-        "the node held more slow connections from one address than its cap: {held}"
+        peak <= 256,
+        "the node held more slow connections from one address at once than its cap: {peak}"
     );
     assert!(told >= 1, "refused clients get the error shape");
 }
