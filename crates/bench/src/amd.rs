@@ -428,25 +428,30 @@ fn detect(audio: &[i16], cfg: AmdConfig) -> Outcome {
                 revised_after_ms = Some(at - then);
             }
             verdict = Some((v, cue, at));
-            greeting = (v == AnsweredBy::Machine).then(|| {
-                // A beep that decided it is still sounding: its end is the greeting's end.
-                let mut g = GreetingEnd::new(at, GreetingEnd::QUIET_MS, GreetingEnd::MAX_MS);
-                g.frame(at, true, false);
-                g
-            });
+        }
+        // As the conversation does: the wait for the greeting's end starts once the machine
+        // verdict is sure, from what sounds then.
+        let Some((AnsweredBy::Machine, cue, at_ms)) = verdict else {
+            continue;
+        };
+        if amd.provisional() {
             continue;
         }
-        if let (Some(g), Some((v, cue, at_ms))) = (greeting.as_mut(), verdict) {
-            let ended = matches!(event, Some(ToneEvent::Ended { .. }));
-            if g.frame(at, amd.heard() || tone.in_tone(), ended) && !amd.provisional() {
-                return Outcome {
-                    verdict: v,
-                    cue,
-                    at_ms,
-                    message_at_ms: Some(at),
-                    revised_after_ms,
-                };
-            }
+        let Some(g) = greeting.as_mut() else {
+            let mut g = GreetingEnd::new(at, GreetingEnd::QUIET_MS, GreetingEnd::MAX_MS);
+            g.frame(at, speech || tone.in_tone(), false);
+            greeting = Some(g);
+            continue;
+        };
+        let ended = matches!(event, Some(ToneEvent::Ended { .. }));
+        if g.frame(at, amd.heard() || tone.in_tone(), ended) {
+            return Outcome {
+                verdict: AnsweredBy::Machine,
+                cue,
+                at_ms,
+                message_at_ms: Some(at),
+                revised_after_ms,
+            };
         }
     }
     let (verdict, cue, at_ms) = verdict.unwrap_or((AnsweredBy::Unknown, Cue::Timeout, at));
