@@ -12,7 +12,13 @@
 //!   in one breath. That verdict is early, and so provisional: should the utterance stop
 //!   (`stopped_silence_ms` of silence) before it has run `greeting_ms`, it was a person's long
 //!   "Hello, yes, who's calling please?" and the verdict is revised to `human`;
-//! - a shorter first utterance followed by `human_silence_ms` of silence is a person;
+//! - a shorter first utterance followed by `human_silence_ms` of silence is a person; but
+//!   should it go on after less than `resumed_gap_ms` and run to `resumed_greeting_ms` without
+//!   such a pause, it was a recording played in pieces ("The person at extension" - "2" - "0" -
+//!   "4" - "is unavailable" - ...: a phone system's prompts played back to back, each piece's
+//!   own silence at its ends), and the verdict is revised to `machine`. A person who says
+//!   "Hello?" and waits stops for longer, and one who talks on over the agent is done within
+//!   `resumed_greeting_ms`;
 //! - nothing said within `max_ms` (or no verdict by then) is unknown;
 //! - a beep within `beep_watch_ms` of the answer turns a `human` or `unknown` verdict into
 //!   `machine`: a greeting with sentence pauses long enough to pass for a person waiting still
@@ -64,6 +70,13 @@ pub struct AmdConfig {
     /// run `greeting_ms` makes it a person after all: their long first sentence is over and
     /// they wait for an answer. Longer than a recording's pause between two sentences.
     pub stopped_silence_ms: u64,
+    /// After a `human` verdict on the first utterance (a short one followed by silence, or a
+    /// long first sentence that stopped), speech that resumes within `resumed_gap_ms` and runs
+    /// on, with no pause that long, to this span from the utterance's first speech makes it a
+    /// recording played in pieces: a machine after all. 0: off.
+    pub resumed_greeting_ms: u64,
+    /// See `resumed_greeting_ms`: a pause this long ends the watch, the person stays a person.
+    pub resumed_gap_ms: u64,
 }
 
 impl Default for AmdConfig {
@@ -84,6 +97,8 @@ impl Default for AmdConfig {
             continuous_percent: 56,
             continuous_gap_ms: 350,
             stopped_silence_ms: 600,
+            resumed_greeting_ms: 5_000,
+            resumed_gap_ms: 800,
         }
     }
 }
@@ -101,6 +116,9 @@ pub enum Cue {
     /// A first utterance taken for a machine by the continuous rule stopped before
     /// `greeting_ms`: a person after all.
     Stopped,
+    /// A first utterance taken for a person resumed after a short pause and ran on to
+    /// `resumed_greeting_ms`: a recording played in pieces.
+    Resumed,
 }
 
 #[derive(Debug, Clone)]
@@ -121,6 +139,9 @@ pub struct Amd {
     given: Option<AnsweredBy>,
     /// The `machine` given may yet be revised (it came from the continuous rule).
     provisional: bool,
+    /// The `human` given on the first utterance may yet be revised should it resume and run on
+    /// (`resumed_greeting_ms`).
+    resumable: bool,
     /// The last frame was speech by the detector's measure.
     heard: bool,
 }
@@ -217,6 +238,7 @@ impl Amd {
             tone_ms: 0,
             given: None,
             provisional: false,
+            resumable: false,
             heard: false,
         }
     }
@@ -247,13 +269,16 @@ impl Amd {
             Some(AnsweredBy::Machine) => None,
             Some(_) if beep && at_ms <= self.cfg.beep_watch_ms => {
                 self.given = Some(AnsweredBy::Machine);
+                self.resumable = false;
                 Some((AnsweredBy::Machine, Cue::Beep))
             }
+            Some(AnsweredBy::Human) if self.resumable => self.resume(at_ms, self.heard),
             Some(_) => None,
             None => {
                 let verdict = self.decide(at_ms, self.heard, beep);
                 self.given = verdict.map(|v| v.0);
                 self.provisional = verdict.is_some_and(|v| v.1 == Cue::Continuous);
+                self.resumable = verdict.is_some_and(|v| v.1 == Cue::ShortGreeting);
                 verdict
             }
         }
@@ -334,11 +359,35 @@ impl Amd {
         let silence = at_ms.saturating_sub(self.last_speech);
         if !beep && silence >= self.cfg.stopped_silence_ms {
             self.provisional = false;
+            self.resumable = true;
             self.given = Some(AnsweredBy::Human);
             return Some((AnsweredBy::Human, Cue::Stopped));
         }
         self.provisional = !beep && span < self.cfg.greeting_ms && at_ms < self.cfg.max_ms;
         None
+    }
+
+    /// After a `human` verdict on the first utterance: a machine after all if the utterance
+    /// resumes and runs on to `resumed_greeting_ms` with no pause of `resumed_gap_ms`; the
+    /// watch ends at such a pause.
+    fn resume(&mut self, at_ms: u64, speech: bool) -> Option<(AnsweredBy, Cue)> {
+        self.track(at_ms, speech);
+        let cfg = &self.cfg;
+        if cfg.resumed_greeting_ms == 0
+            || at_ms.saturating_sub(self.last_speech) >= cfg.resumed_gap_ms
+        {
+            self.resumable = false;
+            return None;
+        }
+        let onset = self.onset.unwrap_or(at_ms);
+        let span = self.last_speech.saturating_sub(onset);
+        let dense = self.speech_ms as f64 >= cfg.min_speech_share * span as f64;
+        if span < cfg.resumed_greeting_ms || !dense {
+            return None;
+        }
+        self.resumable = false;
+        self.given = Some(AnsweredBy::Machine);
+        Some((AnsweredBy::Machine, Cue::Resumed))
     }
 }
 
@@ -521,6 +570,62 @@ mod tests {
                 (AnsweredBy::Machine, Cue::Beep)
             ]
         );
+    }
+
+    #[test]
+    fn a_greeting_played_in_pieces_is_a_machine_once_it_has_run_on() {
+        // A phone system's prompts played back to back: "The person at extension" - "2" - "0"
+        // - "4" - "is unavailable" - "Please leave your message...", each pause 600 ms as the
+        // noise floor measures it: the first piece passes for "Hello?" and a person waiting.
+        let mut pattern = vec![(300, false), (1_200, true)];
+        for piece in [500, 500, 500, 1_200, 3_000] {
+            pattern.extend([(600, false), (piece, true)]);
+        }
+        let v = verdicts(&pattern, None);
+        let kinds: Vec<_> = v.iter().map(|v| (v.0, v.1)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (AnsweredBy::Human, Cue::ShortGreeting),
+                (AnsweredBy::Machine, Cue::Resumed)
+            ]
+        );
+        // Revised once the pieces have run `resumed_greeting_ms` from the first word: here at
+        // the first speech after the piece that reached it (a piece's last frame can be one of
+        // its quiet dips).
+        let resumed = 300 + AmdConfig::default().resumed_greeting_ms;
+        assert!((resumed..resumed + 700).contains(&v[1].2), "{v:?}");
+    }
+
+    #[test]
+    fn a_person_who_talks_on_after_a_hello_or_after_a_wait_stays_a_person() {
+        // "Hello?", a short wait, then talking over the agent ("Yes, who is this? Sorry, I
+        // can't hear you") and done: shorter than a greeting in pieces runs.
+        let v = verdicts(
+            &[
+                (300, false),
+                (500, true),
+                (600, false),
+                (2_400, true),
+                (4_000, false),
+            ],
+            None,
+        );
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!((v[0].0, v[0].1), (AnsweredBy::Human, Cue::ShortGreeting));
+        // "Hello?", a person's wait for an answer, then however long they talk.
+        let v = verdicts(
+            &[
+                (300, false),
+                (500, true),
+                (1_000, false),
+                (6_000, true),
+                (2_000, false),
+            ],
+            None,
+        );
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!((v[0].0, v[0].1), (AnsweredBy::Human, Cue::ShortGreeting));
     }
 
     #[test]

@@ -1086,7 +1086,8 @@ impl Driver {
                     self.respond_if_ready();
                     return;
                 }
-                // Still listening: a beep later on is a machine after all.
+                // Still listening: a beep later on, or the greeting resuming, is a machine
+                // after all.
                 _ => return,
             }
         }

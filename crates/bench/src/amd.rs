@@ -10,7 +10,9 @@
 //! loss, noise at 20 or 10 dB).
 //!
 //! The corpus is split by greeting/phrase and voice: even-numbered ones tuned the detector
-//! (`--set tune`), the others it never saw (`--set held-out`, the default).
+//! (`--set tune`), the others it never saw (`--set held-out`, the default). Greetings recorded
+//! by people, Asterisk's prompts played as its voicemail plays them: `--set asterisk` (US
+//! English, never tuned on) and `--set asterisk-tune` (four other speakers).
 //! Reported: the confusion matrix of the final verdicts, machines detected, people taken for
 //! machines, time to the final verdict (p50/p95 per class; a revised verdict counts from its
 //! revision), how many were taken for machines at first and given back as people and, for
@@ -34,8 +36,10 @@ pub struct Args {
     /// Machine answers in the corpus (as many people).
     #[arg(long, default_value_t = 200)]
     calls: usize,
-    /// `tune` (the greetings and voices the detector was tuned on), `held-out`, or `asterisk`
-    /// (greetings recorded by a person: Asterisk's voice prompts).
+    /// `tune` (the greetings and voices the detector was tuned on), `held-out`, `asterisk`
+    /// (greetings recorded by a person: Asterisk's voice prompts, US English) or
+    /// `asterisk-tune` (the same greetings recorded by four other speakers, in French, Italian
+    /// and Russian, for tuning on recordings).
     #[arg(long, default_value = "held-out")]
     set: String,
     #[arg(long, default_value_t = 1)]
@@ -60,6 +64,10 @@ pub struct Args {
     continuous_percent: Vec<u64>,
     #[arg(long, value_delimiter = ',')]
     stopped_silence_ms: Vec<u64>,
+    #[arg(long, value_delimiter = ',')]
+    resumed_greeting_ms: Vec<u64>,
+    #[arg(long, value_delimiter = ',')]
+    resumed_gap_ms: Vec<u64>,
 
     /// Write every sample's per-frame measures (JSON lines) here for fitting the detector's
     /// settings offline (`scripts/amd_sweep.py`), then evaluate as usual.
@@ -220,8 +228,9 @@ fn corpus(args: &Args, cache: &std::path::Path) -> Result<Vec<Sample>> {
     let tune = match args.set.as_str() {
         "tune" => true,
         "held-out" => false,
-        "asterisk" => return asterisk_corpus(args),
-        other => anyhow::bail!("--set is tune, held-out or asterisk, not {other}"),
+        "asterisk" => return asterisk_corpus(args, HELD_OUT_PROMPTS),
+        "asterisk-tune" => return asterisk_corpus(args, TUNE_PROMPTS),
+        other => anyhow::bail!("--set is tune, held-out, asterisk or asterisk-tune, not {other}"),
     };
     let voices: Vec<Voice> = espeak_voices(true)?
         .into_iter()
@@ -320,37 +329,82 @@ fn on_the_line(
     s
 }
 
-/// Asterisk's voice prompts (Debian's `asterisk-core-sounds-en-wav`): speech recorded by a
-/// person, one professional speaker, 8 kHz, as a phone system's greetings are.
-const ASTERISK_SOUNDS: &str = "/usr/share/asterisk/sounds/en_US_f_Allison";
+/// Where Debian's Asterisk voice prompts install: speech recorded by people, professional
+/// speakers, 8 kHz, as a phone system's greetings are.
+const ASTERISK_SOUNDS: &str = "/usr/share/asterisk/sounds";
 
-/// One prompt, at the corpus's 16 kHz.
-fn prompt(name: &str) -> Result<Vec<i16>> {
-    let path = std::path::Path::new(ASTERISK_SOUNDS).join(format!("{name}.wav"));
-    let bytes = std::fs::read(&path).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: {e} (apt-get install asterisk-core-sounds-en-wav)",
-            path.display()
-        )
-    })?;
+/// `--set asterisk`: the one voice held out (`asterisk-core-sounds-en-wav`), never tuned on.
+const HELD_OUT_PROMPTS: &[&str] = &["en_US_f_Allison"];
+
+/// `--set asterisk-tune`: four other speakers in three other languages, for choosing settings
+/// on recordings without looking at the held-out voice. (`es_MX_f_Allison` is left out: it is
+/// the held-out speaker.)
+const TUNE_PROMPTS: &[&str] = &[
+    "fr_CA_f_June",
+    "it_IT_m_Carlo",
+    "it_IT_f_Menardi",
+    "ru_RU_f_IvrvoiceRU",
+];
+
+/// The Debian package that installs a voice's prompts, for the error that names it.
+fn prompt_package(voice: &str) -> &'static str {
+    match voice {
+        "fr_CA_f_June" => "asterisk-core-sounds-fr-wav",
+        "it_IT_m_Carlo" => "asterisk-core-sounds-it-wav",
+        "it_IT_f_Menardi" => "asterisk-prompt-it-menardi-wav",
+        "ru_RU_f_IvrvoiceRU" => "asterisk-core-sounds-ru-wav",
+        _ => "asterisk-core-sounds-en-wav",
+    }
+}
+
+/// One prompt of `voice`, at the corpus's 16 kHz; `None` if the voice has no such prompt.
+fn prompt(voice: &str, name: &str) -> Result<Option<Vec<i16>>> {
+    let dir = std::path::Path::new(ASTERISK_SOUNDS).join(voice);
+    anyhow::ensure!(
+        dir.is_dir(),
+        "{}: not installed (apt-get install {})",
+        dir.display(),
+        prompt_package(voice)
+    );
+    let path = dir.join(format!("{name}.wav"));
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Ok(None);
+    };
     let wav = media::wav::read(&bytes)?;
     anyhow::ensure!(wav.sample_rate == 8_000, "{}: not 8 kHz", path.display());
     let mut out = Vec::with_capacity(wav.samples.len() * 2);
     media::resample::Upsampler::new().process(&wav.samples, &mut out);
-    Ok(out)
+    Ok(Some(out))
 }
 
-/// `--set asterisk`: machines are the voicemail greetings a phone system plays in a recorded
-/// human voice ("The person at extension 2 0 4 is unavailable. Please leave your message after
-/// the tone..."), people that voice's "Hello." (once, or twice with a pause between), each on
-/// the same backgrounds and lines as the synthetic sets. Never tuned on.
-fn asterisk_corpus(args: &Args) -> Result<Vec<Sample>> {
+/// A prompt every voice of the sets has.
+fn required_prompt(voice: &str, name: &str) -> Result<Vec<i16>> {
+    prompt(voice, name)?.ok_or_else(|| anyhow::anyhow!("{voice} has no prompt {name}"))
+}
+
+/// `--set asterisk` and `asterisk-tune`: machines are the voicemail greetings a phone system
+/// plays in a recorded human voice ("The person at extension 2 0 4 is unavailable. Please leave
+/// your message after the tone..."), people that voice's "Hello." (once, or twice with a pause
+/// between; a voice without one lends its place to another of the set), each on the same
+/// backgrounds and lines as the synthetic sets.
+fn asterisk_corpus(args: &Args, voices: &[&str]) -> Result<Vec<Sample>> {
     let mut rng = StdRng::seed_from_u64(args.seed);
+    let mut hellos = Vec::new();
+    for voice in voices {
+        if let Some(hello) = prompt(voice, "hello")? {
+            hellos.push((*voice, hello));
+        }
+    }
+    anyhow::ensure!(!hellos.is_empty(), "no voice of {voices:?} says hello");
     let mut out = Vec::new();
     for n in 0..args.calls * 2 {
         let background = [Background::Quiet, Background::Music, Background::Noise][n / 2 % 3];
         let mut audio = silence(rng.gen_range(200..1200));
         let (truth, label, greeting_end_ms) = if n % 2 == 0 {
+            let voice = voices
+                .choose(&mut rng)
+                .copied()
+                .unwrap_or("en_US_f_Allison");
             let extension: Vec<String> = (0..3)
                 .map(|_| format!("digits/{}", rng.gen_range(0..10)))
                 .collect();
@@ -364,12 +418,12 @@ fn asterisk_corpus(args: &Args) -> Result<Vec<Sample>> {
             // Back to back, as the phone system plays them: each file's own lead-in and tail
             // (0.1-0.3 s) are the pauses.
             for part in &parts {
-                audio.extend(prompt(part)?);
+                audio.extend(required_prompt(voice, part)?);
             }
-            let mut label = format!("Machine asterisk {background:?} {}", parts.join("+"));
+            let mut label = format!("Machine {voice} {background:?} {}", parts.join("+"));
             if rng.gen_bool(0.6) {
                 audio.extend(silence(rng.gen_range(200..1000)));
-                audio.extend(prompt("beep")?);
+                audio.extend(required_prompt(voice, "beep")?);
                 label.push_str(" beep");
             } else {
                 label.push_str(" no-beep");
@@ -378,12 +432,13 @@ fn asterisk_corpus(args: &Args) -> Result<Vec<Sample>> {
             audio.extend(silence(8000));
             (Truth::Machine, label, Some(end))
         } else {
-            audio.extend(prompt("hello")?);
-            let mut label = format!("Person asterisk {background:?} hello");
+            let (voice, hello) = hellos.choose(&mut rng).cloned().unwrap_or_default();
+            audio.extend(&hello);
+            let mut label = format!("Person {voice} {background:?} hello");
             if rng.gen_bool(0.5) {
                 let pause = rng.gen_range(300..1200);
                 audio.extend(silence(pause));
-                audio.extend(prompt("hello")?);
+                audio.extend(&hello);
                 label.push_str(&format!(" +{pause}ms hello"));
             }
             audio.extend(silence(6000));
@@ -406,8 +461,9 @@ struct Outcome {
     at_ms: u64,
     /// Machines: when the message would start.
     message_at_ms: Option<u64>,
-    /// A `machine` verdict later revised to `human`: how long after the first verdict.
-    revised_after_ms: Option<u64>,
+    /// The last verdict a revision (`machine` to `human`, or `human` to `machine` on a
+    /// greeting that resumed; not a beep's): to what, and how long after the verdict before.
+    revised: Option<(AnsweredBy, u64)>,
 }
 
 /// The call's pipeline on one answered line.
@@ -417,16 +473,15 @@ fn detect(audio: &[i16], cfg: AmdConfig) -> Outcome {
     let mut amd = Amd::new(cfg, FRAME_MS);
     let mut verdict = None;
     let mut greeting: Option<GreetingEnd> = None;
-    let mut revised_after_ms = None;
+    // The verdict before the last, and when it was given.
+    let mut before: Option<(AnsweredBy, u64)> = None;
     let mut at = 0;
     for frame in audio.chunks_exact(FRAME) {
         at += FRAME_MS;
         let speech = vad.is_speech(frame);
         let event = tone.frame(frame);
         if let Some((v, cue)) = amd.frame(at, frame, speech, tone.in_tone()) {
-            if let (Some((AnsweredBy::Machine, _, then)), AnsweredBy::Human) = (verdict, v) {
-                revised_after_ms = Some(at - then);
-            }
+            before = verdict.map(|(v, _, at)| (v, at));
             verdict = Some((v, cue, at));
         }
         // As the conversation does: the wait for the greeting's end starts once the machine
@@ -450,7 +505,7 @@ fn detect(audio: &[i16], cfg: AmdConfig) -> Outcome {
                 cue,
                 at_ms,
                 message_at_ms: Some(at),
-                revised_after_ms,
+                revised: revision(before, AnsweredBy::Machine, at_ms),
             };
         }
     }
@@ -460,8 +515,19 @@ fn detect(audio: &[i16], cfg: AmdConfig) -> Outcome {
         cue,
         at_ms,
         message_at_ms: None,
-        revised_after_ms,
+        revised: revision(before, verdict, at_ms),
     }
+}
+
+/// The final verdict (`last`, given at `at_ms`) as a revision of the one `before` it.
+fn revision(
+    before: Option<(AnsweredBy, u64)>,
+    last: AnsweredBy,
+    at_ms: u64,
+) -> Option<(AnsweredBy, u64)> {
+    before
+        .filter(|&(v, _)| v != last && v != AnsweredBy::Unknown)
+        .map(|(_, then)| (last, at_ms - then))
 }
 
 fn quantile(v: &mut [u64], q: f64) -> u64 {
@@ -508,18 +574,24 @@ pub async fn run(args: Args) -> Result<()> {
     configs = vary(configs, &args.stopped_silence_ms, |c, v| {
         c.stopped_silence_ms = v
     });
+    configs = vary(configs, &args.resumed_greeting_ms, |c, v| {
+        c.resumed_greeting_ms = v
+    });
+    configs = vary(configs, &args.resumed_gap_ms, |c, v| c.resumed_gap_ms = v);
     for (i, cfg) in configs.into_iter().enumerate() {
         if i > 0 {
             println!();
         }
         println!(
-            "greeting_ms {} human_silence_ms {} above_floor_db {} min_speech_share {} continuous_percent {} stopped_silence_ms {}",
+            "greeting_ms {} human_silence_ms {} above_floor_db {} min_speech_share {} continuous_percent {} stopped_silence_ms {} resumed_greeting_ms {} resumed_gap_ms {}",
             cfg.greeting_ms,
             cfg.human_silence_ms,
             cfg.above_floor_db,
             cfg.min_speech_share,
             cfg.continuous_percent,
-            cfg.stopped_silence_ms
+            cfg.stopped_silence_ms,
+            cfg.resumed_greeting_ms,
+            cfg.resumed_gap_ms
         );
         evaluate(&samples, cfg, args.verbose && i == 0);
     }
@@ -554,7 +626,7 @@ fn evaluate(samples: &[Sample], cfg: AmdConfig, verbose: bool) {
     let mut cues: BTreeMap<String, usize> = BTreeMap::new();
     let mut audio_ms = 0u64;
     let (mut after_end, mut early, mut no_message) = (0, 0, 0);
-    let mut revised: BTreeMap<Truth, Vec<u64>> = BTreeMap::new();
+    let mut revised: BTreeMap<(Truth, &'static str), Vec<u64>> = BTreeMap::new();
     for s in samples {
         audio_ms += s.audio.len() as u64 * 1000 / u64::from(RATE);
         let o = detect(&s.audio, cfg);
@@ -568,8 +640,8 @@ fn evaluate(samples: &[Sample], cfg: AmdConfig, verbose: bool) {
             ))
             .or_default() += 1;
         times.entry(s.truth).or_default().push(o.at_ms);
-        if let Some(ms) = o.revised_after_ms {
-            revised.entry(s.truth).or_default().push(ms);
+        if let Some((to, ms)) = o.revised.filter(|_| o.cue != Cue::Beep) {
+            revised.entry((s.truth, to.as_str())).or_default().push(ms);
         }
         if s.truth == Truth::Machine && o.verdict == AnsweredBy::Machine {
             match (o.message_at_ms, s.greeting_end_ms) {
@@ -623,9 +695,10 @@ fn evaluate(samples: &[Sample], cfg: AmdConfig, verbose: bool) {
     println!(
         "machines detected: message after the greeting's end {after_end}, before it {early}, never {no_message}"
     );
-    for (t, v) in revised.iter_mut() {
+    for ((t, to), v) in revised.iter_mut() {
+        let from = if *to == "human" { "machines" } else { "people" };
         println!(
-            "{t:?}: {} taken for machines at first, then for people ({} ms p50, {} ms max from the first verdict to the revision)",
+            "{t:?}: {} taken for {from} at first, then for {to}s ({} ms p50, {} ms max from the first verdict to the revision)",
             v.len(),
             quantile(v, 0.5),
             quantile(v, 1.0)

@@ -400,6 +400,18 @@ struct ServeArgs {
     #[arg(long, env = "OUTDIAL_AMD_STOPPED_SILENCE_MS", default_value_t = agent::AmdConfig::default().stopped_silence_ms,
         value_parser = clap::value_parser!(u64).range(100..=5_000))]
     amd_stopped_silence_ms: u64,
+    /// Answering machines: a first utterance taken for a person ("Hello?" and a wait) that
+    /// resumes and runs on to this span (ms from its first word), with no pause of
+    /// `amd-resumed-gap-ms`, is a recorded greeting played in pieces (a phone system's prompts)
+    /// after all. 0 turns the rule off.
+    #[arg(long, env = "OUTDIAL_AMD_RESUMED_GREETING_MS", default_value_t = agent::AmdConfig::default().resumed_greeting_ms,
+        value_parser = clap::value_parser!(u64).range(0..=30_000))]
+    amd_resumed_greeting_ms: u64,
+    /// Answering machines: a pause (ms) this long after a first utterance taken for a person
+    /// keeps them a person, whatever they say next (see `amd-resumed-greeting-ms`).
+    #[arg(long, env = "OUTDIAL_AMD_RESUMED_GAP_MS", default_value_t = agent::AmdConfig::default().resumed_gap_ms,
+        value_parser = clap::value_parser!(u64).range(100..=5_000))]
+    amd_resumed_gap_ms: u64,
     /// Largest CSV file `POST /v1/batch-call` accepts, in bytes (default 50 MiB).
     #[arg(long, env = "OUTDIAL_BATCH_MAX_BYTES", default_value_t = domain::batch::BatchLimits::default().max_bytes,
         value_parser = clap::value_parser!(u64).range(1..))]
@@ -878,6 +890,8 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
                 continuous_gap_ms: args.amd_continuous_gap_ms,
                 min_beep_ms: args.amd_min_beep_ms,
                 stopped_silence_ms: args.amd_stopped_silence_ms,
+                resumed_greeting_ms: args.amd_resumed_greeting_ms,
+                resumed_gap_ms: args.amd_resumed_gap_ms,
                 ..Default::default()
             },
         },

@@ -1,6 +1,7 @@
 //! Answering machines through the real binary: `outdial serve`, a call placed through the HTTP
 //! API, a SIPp callee on loopback that plays a recorded voicemail greeting (the piper voice, which
 //! the detector was not tuned on) and its beep, or a person who answers "Hello?" and waits.
+//! A phone system's greeting in a recorded human voice (Asterisk's prompts) is played too.
 //! The API, the recording and the webhook show who answered and what the agent did.
 
 #[path = "../../agent/tests/common/detector.rs"]
@@ -88,6 +89,17 @@ async fn call(
 ) -> Answered {
     let dir = tempfile::tempdir().unwrap();
     record(dir.path(), greeting, beep);
+    call_playing(db, dir, speak_after_ms, extra, env).await
+}
+
+/// A call to a callee that plays the `caller.ul` already in `dir`.
+async fn call_playing(
+    db: Db,
+    dir: tempfile::TempDir,
+    speak_after_ms: u32,
+    extra: Value,
+    env: &[(&str, &str)],
+) -> Answered {
     let key = Service::create_tenant_in(dir.path(), &db);
     let mut env = env.to_vec();
     env.push(("OUTDIAL_NO_RTP_TIMEOUT_SECONDS", "30"));
@@ -267,6 +279,91 @@ async fn a_person_whose_first_sentence_runs_on_like_a_greeting_is_a_person_and_i
         "{lines:?}"
     );
     assert_eq!(a.webhook["data"]["call"]["answered_by"], "human");
+}
+
+/// Where Debian's `asterisk-core-sounds-en-wav` puts Allison's prompts: a phone system's
+/// voicemail read by a person, 8 kHz.
+const ALLISON: &str = "/usr/share/asterisk/sounds/en_US_f_Allison";
+
+/// A phone system's voicemail greeting as it plays its prompts, `pause_s` between two: "The
+/// person at extension" "2" "0" "4" "is unavailable", no beep; as `caller.wav` in `dir`.
+fn greeting_in_pieces(dir: &Path, pause_s: &str) -> PathBuf {
+    assert!(
+        Path::new(ALLISON).is_dir(),
+        "{ALLISON}: apt-get install asterisk-core-sounds-en-wav"
+    );
+    let gap = dir.join("gap.wav");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    sox(&[
+        "-n",
+        "-r",
+        "8000",
+        "-c",
+        "1",
+        "-b",
+        "16",
+        &s(&gap),
+        "trim",
+        "0",
+        pause_s,
+    ]);
+    let mut parts = Vec::new();
+    for prompt in [
+        "vm-theperson",
+        "digits/2",
+        "digits/0",
+        "digits/4",
+        "vm-isunavail",
+    ] {
+        if !parts.is_empty() {
+            parts.push(s(&gap));
+        }
+        parts.push(format!("{ALLISON}/{prompt}.wav"));
+    }
+    let all = dir.join("caller.wav");
+    parts.push(s(&all));
+    let args: Vec<&str> = parts.iter().map(String::as_str).collect();
+    sox(&args);
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_greeting_played_in_pieces_is_a_machine_though_its_first_piece_passes_for_a_hello() {
+    let speak_after_ms = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let greeting = greeting_in_pieces(dir.path(), "0.25");
+    // The detector alone, on what the line carries: its first piece and the pause after it
+    // pass for a person's "Hello?" and wait, and only the pieces that follow give it away.
+    let heard = voice::on_the_phone(&greeting, dir.path());
+    let without = agent::AmdConfig {
+        resumed_greeting_ms: 0,
+        ..Default::default()
+    };
+    use agent::amd::Cue;
+    use domain::call::AnsweredBy;
+    let before = detector::verdicts_with(&heard, speak_after_ms.into(), without);
+    assert!(
+        matches!(before.last(), Some((AnsweredBy::Human, _))),
+        "the greeting must be one the detector takes for a person without the rule: {before:?}"
+    );
+    assert_eq!(
+        detector::verdicts(&heard, speak_after_ms.into()).last(),
+        Some(&(AnsweredBy::Machine, Cue::Resumed))
+    );
+    voice::to_mulaw(&greeting, &dir.path().join("caller.ul"));
+    let a = call_playing(Db::sqlite(), dir, speak_after_ms, json!({}), &[]).await;
+    let c = &a.conversation;
+    assert_eq!(c["status"], "completed", "{c}");
+    assert_eq!(c["answered_by"], "machine", "{c}");
+    assert_eq!(c["results"]["voicemail"], "left", "{c}");
+    let lines = support::transcript_lines(c);
+    assert_eq!(
+        lines.last(),
+        Some(&("agent".into(), MESSAGE.into())),
+        "{lines:?}"
+    );
+    assert_eq!(a.webhook["data"]["call"]["answered_by"], "machine");
+    assert_eq!(a.webhook["data"]["results"]["voicemail"], "left");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

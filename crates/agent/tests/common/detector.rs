@@ -12,8 +12,13 @@ use domain::call::AnsweredBy;
 const FRAME: usize = 320;
 
 pub fn verdicts(audio: &[i16], lead_ms: u64) -> Vec<(AnsweredBy, Cue)> {
+    verdicts_with(audio, lead_ms, AmdConfig::default())
+}
+
+/// [`verdicts`] with the detector set as `cfg`.
+pub fn verdicts_with(audio: &[i16], lead_ms: u64, cfg: AmdConfig) -> Vec<(AnsweredBy, Cue)> {
     let mut vad = Vad::new(Timing::default().vad_threshold);
-    let mut amd = Amd::new(AmdConfig::default(), 20);
+    let mut amd = Amd::new(cfg, 20);
     let mut line = vec![0i16; (lead_ms * 16) as usize];
     line.extend_from_slice(audio);
     // Four seconds of the caller waiting for an answer.

@@ -65,10 +65,15 @@ pub fn to_mulaw(wav: &Path, ul: &Path) {
 /// hears on a call.
 pub fn heard_on_the_phone(text: &str, dir: &Path) -> Vec<i16> {
     let wav = dir.join("speech.wav");
+    speak(text, &wav);
+    on_the_phone(&wav, dir)
+}
+
+/// `wav` through the phone path (8 kHz mu-law), as 16 kHz samples: what the agent hears of it.
+pub fn on_the_phone(wav: &Path, dir: &Path) -> Vec<i16> {
     let ul = dir.join("speech.ul");
     let raw = dir.join("speech.raw");
-    speak(text, &wav);
-    to_mulaw(&wav, &ul);
+    to_mulaw(wav, &ul);
     let st = Command::new("sox")
         .args(["-t", "ul", "-r", "8000", "-c", "1"])
         .arg(&ul)
