@@ -135,6 +135,8 @@ pub struct Amd {
     floor: NoiseFloor,
     /// How long the tone detector has reported the tone now sounding.
     tone_ms: u64,
+    /// The last frame ended a beep (a tone heard for `min_beep_ms`).
+    beep_ended: bool,
     /// The verdict given, if any.
     given: Option<AnsweredBy>,
     /// The `machine` given may yet be revised (it came from the continuous rule).
@@ -236,6 +238,7 @@ impl Amd {
             longest_gap: 0,
             floor: NoiseFloor::new(frame_ms.max(1)),
             tone_ms: 0,
+            beep_ended: false,
             given: None,
             provisional: false,
             resumable: false,
@@ -255,6 +258,7 @@ impl Amd {
         vad: bool,
         tone: bool,
     ) -> Option<(AnsweredBy, Cue)> {
+        self.beep_ended = !tone && self.tone_ms >= self.cfg.min_beep_ms;
         self.tone_ms = if tone {
             self.tone_ms + self.frame_ms
         } else {
@@ -288,6 +292,13 @@ impl Amd {
     /// VAD, and above the line's noise floor), for [`GreetingEnd`].
     pub fn heard(&self) -> bool {
         self.heard
+    }
+
+    /// Whether the last frame ended a beep: a tone heard as long as a beep must be
+    /// (`min_beep_ms`), for [`GreetingEnd`]. A shorter tone (a held vowel, a note of the
+    /// greeting's music) is part of the greeting, not its end.
+    pub fn beep_ended(&self) -> bool {
+        self.beep_ended
     }
 
     /// The `machine` verdict given may still be revised to `human`: no message yet.
@@ -626,6 +637,30 @@ mod tests {
         );
         assert_eq!(v.len(), 1, "{v:?}");
         assert_eq!((v[0].0, v[0].1), (AnsweredBy::Human, Cue::ShortGreeting));
+    }
+
+    #[test]
+    fn only_a_tone_as_long_as_a_beep_ends_the_greeting() {
+        // A held vowel or a note of the greeting's music that the tone detector reports for
+        // 100 ms is part of the greeting; the beep after it (300 ms reported) ends it.
+        let mut amd = Amd::new(AmdConfig::default(), FRAME);
+        let (mut at, mut ends) = (0, Vec::new());
+        for (ms, tone) in [
+            (500, false),
+            (100, true),
+            (500, false),
+            (300, true),
+            (500, false),
+        ] {
+            for _ in 0..ms / FRAME {
+                at += FRAME;
+                amd.frame(at, &LOUD, true, tone);
+                if amd.beep_ended() {
+                    ends.push(at);
+                }
+            }
+        }
+        assert_eq!(ends, [500 + 100 + 500 + 300 + FRAME]);
     }
 
     #[test]

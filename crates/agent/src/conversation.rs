@@ -19,7 +19,7 @@ use domain::telephony::{
     AudioFrame, CallControl, MediaStream, TransferRequest, FRAME_SAMPLES, SAMPLE_RATE,
 };
 use domain::E164;
-use media::tone::{ToneConfig, ToneDetector, ToneEvent};
+use media::tone::{ToneConfig, ToneDetector};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -645,8 +645,8 @@ impl Driver {
         if speech {
             self.last_speech_at = Instant::now();
         }
-        let tone = self.beeps.frame(&frame);
-        self.listen_for_machine(&frame, speech, tone);
+        self.beeps.frame(&frame);
+        self.listen_for_machine(&frame, speech);
         let was_in = self.turns.in_utterance();
         let event = self
             .turns
@@ -1058,13 +1058,13 @@ impl Driver {
 
     /// Answering-machine detection on one inbound frame (`speech`: the VAD's, echo taken out),
     /// then, on a machine, the wait for its greeting to end.
-    fn listen_for_machine(&mut self, frame: &[i16], speech: bool, tone: Option<ToneEvent>) {
+    fn listen_for_machine(&mut self, frame: &[i16], speech: bool) {
         let at_ms = self.frame_no * FRAME_MS;
         let Some(amd) = self.amd.as_mut() else {
             return;
         };
         let verdict = amd.frame(at_ms, frame, speech, self.beeps.in_tone());
-        let (heard, provisional) = (amd.heard(), amd.provisional());
+        let (heard, provisional, beep_ended) = (amd.heard(), amd.provisional(), amd.beep_ended());
         if let Some((verdict, cue)) = verdict {
             let was = std::mem::replace(&mut self.answered_by, verdict);
             tracing::info!(
@@ -1100,7 +1100,6 @@ impl Driver {
             return;
         }
         if let Some(greeting) = self.greeting.as_mut() {
-            let beep_ended = matches!(tone, Some(ToneEvent::Ended { .. }));
             let sound = heard || self.beeps.in_tone();
             if greeting.frame(at_ms, sound, beep_ended) && self.withhold {
                 tracing::info!(

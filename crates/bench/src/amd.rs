@@ -479,7 +479,7 @@ fn detect(audio: &[i16], cfg: AmdConfig) -> Outcome {
     for frame in audio.chunks_exact(FRAME) {
         at += FRAME_MS;
         let speech = vad.is_speech(frame);
-        let event = tone.frame(frame);
+        tone.frame(frame);
         if let Some((v, cue)) = amd.frame(at, frame, speech, tone.in_tone()) {
             before = verdict.map(|(v, _, at)| (v, at));
             verdict = Some((v, cue, at));
@@ -498,8 +498,7 @@ fn detect(audio: &[i16], cfg: AmdConfig) -> Outcome {
             greeting = Some(g);
             continue;
         };
-        let ended = matches!(event, Some(ToneEvent::Ended { .. }));
-        if g.frame(at, amd.heard() || tone.in_tone(), ended) {
+        if g.frame(at, amd.heard() || tone.in_tone(), amd.beep_ended()) {
             return Outcome {
                 verdict: AnsweredBy::Machine,
                 cue,
@@ -626,6 +625,8 @@ fn evaluate(samples: &[Sample], cfg: AmdConfig, verbose: bool) {
     let mut cues: BTreeMap<String, usize> = BTreeMap::new();
     let mut audio_ms = 0u64;
     let (mut after_end, mut early, mut no_message) = (0, 0, 0);
+    // How long after the greeting's end the message started, when it did after it.
+    let mut waits = Vec::new();
     let mut revised: BTreeMap<(Truth, &'static str), Vec<u64>> = BTreeMap::new();
     for s in samples {
         audio_ms += s.audio.len() as u64 * 1000 / u64::from(RATE);
@@ -645,17 +646,25 @@ fn evaluate(samples: &[Sample], cfg: AmdConfig, verbose: bool) {
         }
         if s.truth == Truth::Machine && o.verdict == AnsweredBy::Machine {
             match (o.message_at_ms, s.greeting_end_ms) {
-                (Some(m), Some(end)) if m >= end => after_end += 1,
+                (Some(m), Some(end)) if m >= end => {
+                    after_end += 1;
+                    waits.push(m - end);
+                }
                 (Some(_), _) => early += 1,
                 (None, _) => no_message += 1,
             }
         }
         if verbose {
             println!(
-                "{:<8} at {:>5} ms by {:?} | {}",
+                "{:<8} at {:>5} ms by {:?}{} | {}",
                 o.verdict.as_str(),
                 o.at_ms,
                 o.cue,
+                match (o.message_at_ms, s.greeting_end_ms) {
+                    (Some(m), Some(end)) =>
+                        format!(", message at {m} ms, greeting over at {end} ms"),
+                    _ => String::new(),
+                },
                 s.label
             );
         }
@@ -693,7 +702,9 @@ fn evaluate(samples: &[Sample], cfg: AmdConfig, verbose: bool) {
         quantile(&mut all, 0.95)
     );
     println!(
-        "machines detected: message after the greeting's end {after_end}, before it {early}, never {no_message}"
+        "machines detected: message after the greeting's end {after_end} ({} ms p50, {} ms p95 after it), before it {early}, never {no_message}",
+        quantile(&mut waits, 0.5),
+        quantile(&mut waits, 0.95)
     );
     for ((t, to), v) in revised.iter_mut() {
         let from = if *to == "human" { "machines" } else { "people" };
