@@ -155,7 +155,7 @@ fn beep_then_sound(wav: &media::wav::Wav) -> (f64, Option<f64>) {
     let end = frames
         .iter()
         .position(|f| matches!(tone.frame(f), Some(ToneEvent::Ended { ms, .. }) if ms >= 300))
-        .expect("the beep is in the recording");
+        .expect("the beep is in the recording, clear of the agent's message");
     let loud = |f: &&[i16]| {
         (f.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / f.len() as f64).sqrt() > 300.0
     };
@@ -378,11 +378,15 @@ async fn a_greeting_played_in_pieces_is_a_machine_though_its_first_piece_passes_
 async fn a_recorded_greeting_gets_the_message_after_its_beep_not_in_its_middle() {
     // "Nobody is available to take your call at the moment. Please leave your message after
     // the tone. When done, hang up or press the pound key." and the beep, as Asterisk plays
-    // them: a person's voice holds a pitch here and there, as a beep does for a moment.
+    // them, in a phone line's band (300-3400 Hz): a person's voice holds a pitch here and
+    // there, as a beep does for a moment (here in "key", a second before the beep ends).
     let dir = tempfile::tempdir().unwrap();
     let prompts = ["vm-nobodyavail", "vm-intro", "beep"];
     let greeting = recorded_greeting(dir.path(), &prompts, "0.1");
-    voice::to_mulaw(&greeting, &dir.path().join("caller.ul"));
+    let banded = dir.path().join("banded.wav");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    sox(&[&s(&greeting), &s(&banded), "sinc", "300-3400"]);
+    voice::to_mulaw(&banded, &dir.path().join("caller.ul"));
     let a = call_playing(Db::sqlite(), dir, 300, json!({}), &[]).await;
     the_message_came_after_the_beep(&a);
 }
