@@ -367,8 +367,10 @@ fn prompt(voice: &str, name: &str) -> Result<Option<Vec<i16>>> {
         prompt_package(voice)
     );
     let path = dir.join(format!("{name}.wav"));
-    let Ok(bytes) = std::fs::read(&path) else {
-        return Ok(None);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => anyhow::bail!("{}: {e}", path.display()),
     };
     let wav = media::wav::read(&bytes)?;
     anyhow::ensure!(wav.sample_rate == 8_000, "{}: not 8 kHz", path.display());
