@@ -288,10 +288,11 @@ impl Amd {
         }
     }
 
-    /// Whether the last frame given to [`Amd::frame`] was speech by the detector's measure (the
-    /// VAD, and above the line's noise floor), for [`GreetingEnd`].
-    pub fn heard(&self) -> bool {
-        self.heard
+    /// Whether the last frame given to [`Amd::frame`] held a sound the greeting may still be
+    /// making: speech by the detector's measure (the VAD, and above the line's noise floor), or
+    /// a tone. For [`GreetingEnd`].
+    pub fn sounding(&self) -> bool {
+        self.heard || self.tone_ms > 0
     }
 
     /// Whether the last frame ended a beep: a tone heard as long as a beep must be

@@ -1064,7 +1064,8 @@ impl Driver {
             return;
         };
         let verdict = amd.frame(at_ms, frame, speech, self.beeps.in_tone());
-        let (heard, provisional, beep_ended) = (amd.heard(), amd.provisional(), amd.beep_ended());
+        let (sounding, provisional, beep_ended) =
+            (amd.sounding(), amd.provisional(), amd.beep_ended());
         if let Some((verdict, cue)) = verdict {
             let was = std::mem::replace(&mut self.answered_by, verdict);
             tracing::info!(
@@ -1100,8 +1101,7 @@ impl Driver {
             return;
         }
         if let Some(greeting) = self.greeting.as_mut() {
-            let sound = heard || self.beeps.in_tone();
-            if greeting.frame(at_ms, sound, beep_ended) && self.withhold {
+            if greeting.frame(at_ms, sounding, beep_ended) && self.withhold {
                 tracing::info!(
                     at_ms,
                     beep_ended,

@@ -500,7 +500,7 @@ fn detect(audio: &[i16], cfg: AmdConfig) -> Outcome {
             greeting = Some(g);
             continue;
         };
-        if g.frame(at, amd.heard() || tone.in_tone(), amd.beep_ended()) {
+        if g.frame(at, amd.sounding(), amd.beep_ended()) {
             return Outcome {
                 verdict: AnsweredBy::Machine,
                 cue,

@@ -43,6 +43,11 @@ fn scenario() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/tests/scenarios/callee_speaks.xml")
 }
 
+/// A path as a sox argument.
+fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
 fn sox(args: &[&str]) {
     let st = Command::new("sox").args(args).status().expect("sox");
     assert!(st.success(), "sox {args:?}");
@@ -55,7 +60,6 @@ fn record(dir: &Path, text: &str, beep: bool) -> f64 {
     voice::speak(text, &speech);
     let all = dir.join("caller.wav");
     if beep {
-        let s = |p: &Path| p.to_str().unwrap().to_string();
         let (gap, tone) = (dir.join("gap.wav"), dir.join("beep.wav"));
         let fmt = ["-r", "22050", "-c", "1", "-b", "16"];
         sox(&[&["-n"][..], &fmt, &[&s(&gap), "trim", "0", "0.6"]].concat());
@@ -299,7 +303,6 @@ fn recorded_greeting(dir: &Path, prompts: &[&str], pause_s: &str) -> PathBuf {
         "{ALLISON}: apt-get install asterisk-core-sounds-en-wav"
     );
     let gap = dir.join("gap.wav");
-    let s = |p: &Path| p.to_str().unwrap().to_string();
     sox(&[
         "-n",
         "-r",
@@ -384,7 +387,6 @@ async fn a_recorded_greeting_gets_the_message_after_its_beep_not_in_its_middle()
     let prompts = ["vm-nobodyavail", "vm-intro", "beep"];
     let greeting = recorded_greeting(dir.path(), &prompts, "0.1");
     let banded = dir.path().join("banded.wav");
-    let s = |p: &Path| p.to_str().unwrap().to_string();
     sox(&[&s(&greeting), &s(&banded), "sinc", "300-3400"]);
     voice::to_mulaw(&banded, &dir.path().join("caller.ul"));
     let a = call_playing(Db::sqlite(), dir, 300, json!({}), &[]).await;
