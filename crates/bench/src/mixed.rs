@@ -41,6 +41,9 @@ pub struct Args {
     /// do: each call is then also marked `ringing`.
     #[arg(long)]
     ringing: bool,
+    /// The trunk's `max_calls_per_second` (a carrier's pace); none by default.
+    #[arg(long)]
+    trunk_cps: Option<u32>,
 }
 
 /// The 486 callee of the tests (crates/cli/tests/scenarios).
@@ -116,20 +119,24 @@ async fn tenants(dir: &Path) -> Result<[String; 2]> {
     Ok([keys[0].clone(), keys[1].clone()])
 }
 
-async fn agent(http: &reqwest::Client, base: &str, key: &str, sipp: u16) -> Result<i64> {
+async fn agent(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    sipp: u16,
+    trunk_cps: Option<u32>,
+) -> Result<i64> {
     let post = |path: &str, body: Value| {
         http.post(format!("{base}{path}"))
             .bearer_auth(key)
             .json(&body)
             .send()
     };
-    let trunk: Value = post(
-        "/v1/trunks",
-        json!({"name": "sink", "uri": format!("sip:127.0.0.1:{sipp}")}),
-    )
-    .await?
-    .json()
-    .await?;
+    let mut sink = json!({"name": "sink", "uri": format!("sip:127.0.0.1:{sipp}")});
+    if let Some(cps) = trunk_cps {
+        sink["max_calls_per_second"] = json!(cps);
+    }
+    let trunk: Value = post("/v1/trunks", sink).await?.json().await?;
     post(
         "/v1/phone-numbers",
         json!({"number": "+918035739222", "trunk_id": trunk["data"]["trunk_id"]}),
@@ -233,8 +240,8 @@ pub async fn run(args: Args) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let http = reqwest::Client::new();
-    let caller_agent = agent(&http, &base, &keys[0], sipp_port).await?;
-    let uploader_agent = agent(&http, &base, &keys[1], sipp_port).await?;
+    let caller_agent = agent(&http, &base, &keys[0], sipp_port, args.trunk_cps).await?;
+    let uploader_agent = agent(&http, &base, &keys[1], sipp_port, args.trunk_cps).await?;
     let csv = batch_csv(args.rows);
 
     let start = Instant::now();

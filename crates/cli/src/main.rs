@@ -203,6 +203,13 @@ struct ServeArgs {
         default_value_t = millis(StoreOptions::default().background_wait),
         value_parser = clap::value_parser!(u64).range(0..=10_000))]
     db_background_wait_ms: u64,
+    /// SQLite: the most of the single writer's time (percent) that dial starts, progress marks
+    /// and settlements take while `POST /v1/call` requests wait (all they need when none wait).
+    /// Higher dials faster under API load and accepts fewer calls.
+    #[arg(long, env = "OUTDIAL_DB_BACKGROUND_SHARE",
+        default_value_t = StoreOptions::default().background_share,
+        value_parser = clap::value_parser!(u8).range(1..=100))]
+    db_background_share: u8,
     /// SQLite: how often (ms) a thread of its own copies the write-ahead log back into the
     /// database, so that the checkpoint a commit runs when the log passes 1,000 pages finds
     /// little left to copy. 0: off.
@@ -713,6 +720,7 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
             max_write_batch: args.db_max_write_batch,
             background_connections: args.db_background_connections,
             background_wait: std::time::Duration::from_millis(args.db_background_wait_ms),
+            background_share: args.db_background_share,
             checkpoint_every: std::time::Duration::from_millis(args.db_checkpoint_ms),
             upload_chunk_rows: usize::try_from(args.batch_upload_chunk_rows).unwrap_or(usize::MAX),
             upload_lease: std::time::Duration::from_secs(args.batch_upload_lease_seconds),

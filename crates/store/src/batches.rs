@@ -5,6 +5,7 @@
 //! exactly one recipient from one counter to another and the counters always add up to
 //! `total_recipients`; reading them is one primary-key lookup.
 
+use crate::exec::{query, Exec, Job};
 use crate::gate::Work;
 use crate::rows::{self, corrupt, get, CONVERSATION_COLUMNS};
 use crate::settle::SettledRow;
@@ -127,19 +128,17 @@ async fn begin_loading_in(
 
 /// Moves the lease of a loading batch forward; false when it is no longer loading (removed by
 /// a sweep that took it for abandoned), so the upload stops instead of writing orphans.
-async fn renew_loading_in(
-    conn: &mut AnyConnection,
+async fn renew_loading_in<E: Exec>(
+    conn: &mut E,
     id: i64,
     lease_until: Millis,
 ) -> Result<bool, StoreError> {
-    let done =
-        sqlx::query("UPDATE batches SET loading_until = $2 WHERE id = $1 AND status = 'loading'")
-            .bind(id)
-            .bind(lease_until.0)
-            .execute(&mut *conn)
-            .await
-            .map_err(db_err)?;
-    Ok(done.rows_affected() == 1)
+    let done = query("UPDATE batches SET loading_until = $2 WHERE id = $1 AND status = 'loading'")
+        .bind(id)
+        .bind(lease_until.0)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done == 1)
 }
 
 /// An upload whose loading batch was swept as abandoned (its lease ran out) while it ran.
@@ -155,12 +154,11 @@ struct BatchCall {
     attempt: i64,
 }
 
-async fn batch_call(conn: &mut AnyConnection, id: &str) -> Result<Option<BatchCall>, StoreError> {
-    let row = sqlx::query("SELECT batch_id, attempt FROM calls WHERE id = $1")
+async fn batch_call<E: Exec>(conn: &mut E, id: &str) -> Result<Option<BatchCall>, StoreError> {
+    let row = query("SELECT batch_id, attempt FROM calls WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_err)?;
+        .await?;
     let Some(row) = row else {
         return Ok(None);
     };
@@ -175,8 +173,8 @@ async fn batch_call(conn: &mut AnyConnection, id: &str) -> Result<Option<BatchCa
 
 /// Moves one recipient from the waiting counter to `in_progress`; the batch's first dial makes
 /// it `in_progress`. Called by `begin_dial` in its transaction once `initiated` is written.
-pub(crate) async fn on_dial_started_in(
-    conn: &mut AnyConnection,
+pub(crate) async fn on_dial_started_in<E: Exec>(
+    conn: &mut E,
     id: &str,
     now: Millis,
 ) -> Result<(), StoreError> {
@@ -184,13 +182,59 @@ pub(crate) async fn on_dial_started_in(
         return Ok(());
     };
     let attempt = u32::try_from(call.attempt).map_err(|_| corrupt("calls.attempt"))?;
-    sqlx::query(&crate::settle::dial_started_sql(attempt))
+    query(&crate::settle::dial_started_sql(attempt))
         .bind(call.batch_id)
         .bind(now.0)
         .execute(&mut *conn)
-        .await
-        .map_err(db_err)?;
+        .await?;
     Ok(())
+}
+
+/// One chunk of a loading batch's calls and their first events, in one transaction that renews
+/// the batch's lease first (a batch swept as abandoned takes no more calls).
+struct Chunk {
+    id: i64,
+    lease_until: Millis,
+    calls_sql: String,
+    events_sql: String,
+    tenant: i64,
+    agent: i64,
+    from_phone: String,
+    scheduled_for: Option<i64>,
+    due_at: i64,
+    trace: String,
+    now: i64,
+    /// `[id, phone, parameters]` rows, as JSON.
+    rows: String,
+}
+
+impl Job for Chunk {
+    type Out = ();
+
+    async fn run<E: Exec>(self, tx: &mut E) -> Result<(), StoreError> {
+        if !renew_loading_in(tx, self.id, self.lease_until).await? {
+            return Err(lease_lost(self.id));
+        }
+        query(&self.calls_sql)
+            .bind(self.tenant)
+            .bind(self.agent)
+            .bind(self.from_phone)
+            .bind(self.scheduled_for)
+            .bind(self.due_at)
+            .bind(self.trace)
+            .bind(self.id)
+            .bind(self.now)
+            .bind(self.rows.as_str())
+            .execute(tx)
+            .await?;
+        query(&self.events_sql)
+            .bind(self.tenant)
+            .bind(self.now)
+            .bind(self.rows)
+            .execute(tx)
+            .await?;
+        Ok(())
+    }
 }
 
 impl SqlStore {
@@ -230,32 +274,21 @@ impl SqlStore {
                     Ok((id.to_string(), b.recipients.phone(i), params))
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
-            let rows = serde_json::to_string(&rows).map_err(encode_err)?;
-            let mut tx = self.background_tx(Work::Batch).await?;
-            if !renew_loading_in(&mut tx, id, self.lease_from_now()).await? {
-                return Err(lease_lost(id).into());
-            }
-            sqlx::query(&calls_sql)
-                .bind(b.tenant.0)
-                .bind(b.agent.0)
-                .bind(from_phone)
-                .bind(b.scheduled_for.map(|m| m.0))
-                .bind(due_at)
-                .bind(trace.as_str())
-                .bind(id)
-                .bind(now)
-                .bind(rows.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            sqlx::query(&events_sql)
-                .bind(b.tenant.0)
-                .bind(now)
-                .bind(rows.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            tx.commit().await?;
+            let job = Chunk {
+                id,
+                lease_until: self.lease_from_now(),
+                calls_sql: calls_sql.clone(),
+                events_sql: events_sql.clone(),
+                tenant: b.tenant.0,
+                agent: b.agent.0,
+                from_phone: from_phone.to_string(),
+                scheduled_for: b.scheduled_for.map(|m| m.0),
+                due_at,
+                trace: trace.clone(),
+                now,
+                rows: serde_json::to_string(&rows).map_err(encode_err)?,
+            };
+            self.background_job(Work::Batch, job).await?;
         }
         let mut tx = self.background_tx(Work::Batch).await?;
         let row = sqlx::query(&format!(

@@ -7,6 +7,7 @@
 //! off) and the SQLite group-commit writer (`sqlite_writer`), which runs the same statements on
 //! its own rusqlite connection in one blocking thread.
 
+use crate::exec::{query, Exec};
 use crate::locks::{lock, LockKey};
 use crate::rows::{self, get};
 use crate::{db_err, Backend};
@@ -514,23 +515,22 @@ impl CallTx for SqlxCallTx<'_> {
     }
 }
 
-pub(crate) async fn insert_event(
-    conn: &mut AnyConnection,
+pub(crate) async fn insert_event<E: Exec>(
+    conn: &mut E,
     call_id: &str,
     tenant: i64,
     at: Millis,
     status: CallStatus,
     detail: Option<String>,
 ) -> Result<(), StoreError> {
-    sqlx::query(INSERT_EVENT_SQL)
+    query(INSERT_EVENT_SQL)
         .bind(call_id)
         .bind(tenant)
         .bind(at.0)
         .bind(status.as_str())
         .bind(detail)
         .execute(&mut *conn)
-        .await
-        .map_err(db_err)?;
+        .await?;
     Ok(())
 }
 

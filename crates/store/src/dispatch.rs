@@ -2,11 +2,12 @@
 //! wait on each other's rows; SQLite has one writer, which makes the same UPDATE atomic.
 
 use crate::calls::insert_event;
+use crate::exec::{query, Arg, Exec, Job};
 use crate::gate::Work;
 use crate::locks::{lock, lock_shared, LockKey};
 use crate::rows::{corrupt, get, json};
 use crate::settle::{execute_in, SettledRow, SETTLED_RETURNING};
-use crate::{db_err, Backend, Background, SqlStore};
+use crate::{db_err, Backend, SqlStore};
 use domain::agent::AgentConfig;
 use domain::call::{AnsweredBy, Parameter, RetryContext};
 use domain::dispatch::{
@@ -19,8 +20,6 @@ use domain::store::StoreError;
 use domain::telephony::TrunkTarget;
 use domain::tenant::TenantLimits;
 use domain::{AgentId, CallStatus, ConversationId, Millis, TenantId, TraceId, TrunkId, E164};
-use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyConnection};
 
 /// Calls of a paused batch wait, and those of a batch still uploading (`loading`, see `batches`)
 /// are not there yet: neither is claimed nor counted as due (else the dispatcher would wake for
@@ -64,28 +63,27 @@ fn due_calls(due_by: Option<&str>, free_at: &str, limit: &str, lock: &str) -> St
 /// up as calls end; it is not idle polling: it only happens while calls are waiting.
 const CAPACITY_RETRY_MS: i64 = 500;
 
-async fn listed(conn: &mut AnyConnection, tenant: i64, phone: &str) -> Result<bool, StoreError> {
-    Ok(sqlx::query(crate::calls::LISTED_SQL)
+async fn listed<E: Exec>(conn: &mut E, tenant: i64, phone: &str) -> Result<bool, StoreError> {
+    Ok(query(crate::calls::LISTED_SQL)
         .bind(tenant)
         .bind(phone)
         .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_err)?
+        .await?
         .is_some())
 }
 
 /// Settles a call that was never dialled as `canceled`, with everything its settlement decides
 /// (event, batch counter, `call.canceled` webhook event), in the caller's transaction. `None`
 /// when the call was no longer waiting (dialled, settled or taken back in the meantime).
-pub(crate) async fn cancel_waiting_in(
-    conn: &mut AnyConnection,
+pub(crate) async fn cancel_waiting_in<E: Exec>(
+    conn: &mut E,
     backend: Backend,
     id: &str,
     tenant: i64,
     reason: Option<&str>,
     now: Millis,
 ) -> Result<Option<domain::call::Conversation>, StoreError> {
-    let row = sqlx::query(&format!(
+    let row = query(&format!(
         "UPDATE calls SET status = 'canceled', failure_reason = $1, ended_at = $2, lease_owner = NULL, \
          lease_until = NULL WHERE tenant_id = $3 AND id = $4 AND status IN ({}) RETURNING {}",
         Transition::Cancel.from_sql(),
@@ -96,8 +94,7 @@ pub(crate) async fn cancel_waiting_in(
     .bind(tenant)
     .bind(id)
     .fetch_optional(&mut *conn)
-    .await
-    .map_err(db_err)?;
+    .await?;
     let Some(row) = row else {
         return Ok(None);
     };
@@ -108,20 +105,20 @@ pub(crate) async fn cancel_waiting_in(
     Ok(Some(settled.call))
 }
 
-async fn count(
-    conn: &mut AnyConnection,
+async fn count<E: Exec>(
+    conn: &mut E,
     sql: &str,
     binds: &[i64],
     text: Option<&str>,
 ) -> Result<i64, StoreError> {
-    let mut q = sqlx::query(sql);
+    let mut q = query(sql);
     for b in binds {
         q = q.bind(*b);
     }
     if let Some(t) = text {
         q = q.bind(t.to_string());
     }
-    let row = q.fetch_one(&mut *conn).await.map_err(db_err)?;
+    let row = q.fetch_one(&mut *conn).await?;
     get(&row, "n")
 }
 
@@ -204,20 +201,15 @@ const DUE_CALL_SELECT: &str = "SELECT c.id AS id, c.tenant_id AS tenant_id, c.ag
 
 /// The trunk takes no new INVITE before `until`; a gate already shut for longer stays so (a
 /// 503's hold is never shortened by a dial's token, nor the other way round).
-async fn shut_gate(
-    conn: &mut AnyConnection,
-    trunk: TrunkId,
-    until: Millis,
-) -> Result<(), StoreError> {
-    sqlx::query(
+async fn shut_gate<E: Exec>(conn: &mut E, trunk: TrunkId, until: Millis) -> Result<(), StoreError> {
+    query(
         "UPDATE trunks SET dial_after = CASE WHEN dial_after IS NULL OR dial_after < $1 THEN $1 \
          ELSE dial_after END WHERE id = $2",
     )
     .bind(until.0)
     .bind(trunk.0)
     .execute(&mut *conn)
-    .await
-    .map_err(db_err)?;
+    .await?;
     Ok(())
 }
 
@@ -232,14 +224,14 @@ struct Starting<'a> {
 
 /// Puts the call being started (back) in its trunk's line, releasing the lease; an event says
 /// why when it was not there already.
-async fn into_line(
-    conn: &mut AnyConnection,
+async fn into_line<E: Exec>(
+    conn: &mut E,
     call: &Starting<'_>,
     trunk: TrunkId,
     reason: &str,
     now: Millis,
 ) -> Result<(), StoreError> {
-    let moved = sqlx::query(&format!(
+    let moved = query(&format!(
         "UPDATE calls SET status = 'queued', trunk_lane = $1, lease_owner = NULL, lease_until = NULL \
          WHERE id = $2 AND lease_owner = $3 AND status IN ({})",
         Transition::Defer.from_sql()
@@ -248,9 +240,7 @@ async fn into_line(
     .bind(call.id.to_string())
     .bind(call.node)
     .execute(&mut *conn)
-    .await
-    .map_err(db_err)?
-    .rows_affected();
+    .await?;
     if moved == 1 && !call.in_line {
         let (id, detail) = (call.id.to_string(), Some(reason.to_string()));
         insert_event(conn, &id, call.tenant, now, CallStatus::Queued, detail).await?;
@@ -258,8 +248,8 @@ async fn into_line(
     Ok(())
 }
 
-async fn begin_dial_in(
-    tx: &mut AnyConnection,
+async fn begin_dial_in<E: Exec>(
+    tx: &mut E,
     backend: Backend,
     start: &DialStart,
     node: &str,
@@ -269,15 +259,14 @@ async fn begin_dial_in(
     let DialStart { id, trunk, limits } = start;
     let (id, trunk) = (*id, *trunk);
     let dial_from = Transition::Dial.from_sql();
-    let Some(row) = sqlx::query(&format!(
+    let Some(row) = query(&format!(
         "SELECT tenant_id, agent_id, customer_phone, trunk_lane FROM calls WHERE id = $1 AND lease_owner = $2 \
          AND status IN ({dial_from})"
     ))
     .bind(id.to_string())
     .bind(node)
     .fetch_optional(&mut *tx)
-    .await
-    .map_err(db_err)?
+    .await?
     else {
         return Ok(BeginDial::Gone);
     };
@@ -371,11 +360,10 @@ async fn begin_dial_in(
     // The token the call takes if it starts, and when the trunk's next one is due then.
     let mut token = None;
     if let Some((trunk_id, bucket)) = limits.pace {
-        let row = sqlx::query("SELECT dial_after FROM trunks WHERE id = $1")
+        let row = query("SELECT dial_after FROM trunks WHERE id = $1")
             .bind(trunk_id.0)
             .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err)?;
+            .await?;
         let dial_after = match row {
             Some(r) => get::<Option<i64>>(&r, "dial_after")?.map(Millis),
             None => None,
@@ -409,7 +397,7 @@ async fn begin_dial_in(
         )
         .await?;
         let window_ms = i64::from(window_s) * 1000;
-        let recent = sqlx::query(
+        let recent = query(
             "SELECT started_at FROM calls WHERE tenant_id = $1 AND customer_phone = $2 AND started_at > $3 \
              ORDER BY started_at DESC LIMIT $4",
         )
@@ -418,8 +406,7 @@ async fn begin_dial_in(
         .bind(now.0 - window_ms)
         .bind(i64::from(calls))
         .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err)?;
+        .await?;
         if recent.len() as i64 >= i64::from(calls) {
             let oldest: i64 = recent
                 .last()
@@ -432,7 +419,7 @@ async fn begin_dial_in(
             });
         }
     }
-    let updated = sqlx::query(&format!(
+    let updated = query(&format!(
         "UPDATE calls SET status = '{}', started_at = $1, lease_until = $2, trunk_id = $3 \
          WHERE id = $4 AND lease_owner = $5 AND status IN ({dial_from})",
         CallStatus::Initiated.as_str()
@@ -443,9 +430,7 @@ async fn begin_dial_in(
     .bind(id.to_string())
     .bind(node)
     .execute(&mut *tx)
-    .await
-    .map_err(db_err)?
-    .rows_affected();
+    .await?;
     if updated == 0 {
         return Ok(BeginDial::Gone);
     }
@@ -467,8 +452,8 @@ async fn begin_dial_in(
 
 /// A call's `ringing` or `in_progress` (with its answer time), fenced by the lease and by the
 /// states it may come from, with its event; whether it was marked.
-async fn mark_progress_in(
-    conn: &mut AnyConnection,
+async fn mark_progress_in<E: Exec>(
+    conn: &mut E,
     node: &str,
     mark: &Progress,
 ) -> Result<bool, StoreError> {
@@ -486,14 +471,14 @@ async fn mark_progress_in(
     let sql = format!(
         "UPDATE calls SET status = $1{answered} WHERE id = $2 AND lease_owner = $3 AND status IN ({from}) RETURNING tenant_id"
     );
-    let mut q = sqlx::query(&sql)
+    let mut q = query(&sql)
         .bind(status.as_str())
         .bind(id.to_string())
         .bind(node);
     if status == CallStatus::InProgress {
         q = q.bind(at.0);
     }
-    let Some(row) = q.fetch_optional(&mut *conn).await.map_err(db_err)? else {
+    let Some(row) = q.fetch_optional(&mut *conn).await? else {
         return Ok(false);
     };
     insert_event(
@@ -519,34 +504,24 @@ impl SqlStore {
         }
     }
 
-    /// The claimed calls (`RETURNING id` rows) with what dialling them needs, in due order,
-    /// read in one statement. On SQLite after the claim's turn at the gate has ended (the
-    /// leases are committed: the claim is one autocommitted statement), from the read pool, so
-    /// a round's reads never hold up the settlements and starts queued behind it; on
-    /// PostgreSQL on the background connection, which is not the API's.
-    async fn load_due(
-        &self,
-        conn: Background<PoolConnection<Any>>,
-        ids: &[sqlx::any::AnyRow],
-    ) -> Result<Vec<DueCall>, StoreError> {
+    /// The claimed calls with what dialling them needs, in due order, read in one statement
+    /// once the claim is committed: on SQLite from the read pool, so a round's reads never
+    /// hold the writer; on PostgreSQL from the background pool, which is not the API's.
+    async fn load_due(&self, ids: Vec<String>) -> Result<Vec<DueCall>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<String> = ids.iter().map(|r| get(r, "id")).collect::<Result<_, _>>()?;
         let ids = serde_json::to_string(&ids).map_err(crate::encode_err)?;
         let sql = format!("{DUE_CALL_SELECT} ({})", crate::json_texts(self.backend, 1));
-        let query = sqlx::query(&sql).bind(ids);
-        let rows = match self.backend {
-            Backend::Sqlite => {
-                drop(conn);
-                query.fetch_all(&self.read).await
-            }
-            Backend::Postgres => {
-                let mut conn = conn;
-                query.fetch_all(&mut *conn).await
-            }
-        }
-        .map_err(db_err)?;
+        let pool = match self.backend {
+            Backend::Sqlite => &self.read,
+            Backend::Postgres => &self.background,
+        };
+        let rows = sqlx::query(&sql)
+            .bind(ids)
+            .fetch_all(pool)
+            .await
+            .map_err(db_err)?;
         let mut due = Vec::with_capacity(rows.len());
         for row in &rows {
             let mut call = due_call(row)?;
@@ -564,6 +539,7 @@ impl SqlStore {
 }
 
 /// A finished attempt's columns, encoded before any transaction starts.
+#[derive(Clone)]
 struct Ending {
     transcript: String,
     results: String,
@@ -600,8 +576,8 @@ impl Ending {
 /// An attempt's fenced end and what [`domain::lifecycle::settle::settle`] decides follows it, in
 /// the caller's transaction; the decision is left to the caller to execute. `None` when the
 /// call was not `f.node`'s to settle.
-async fn end_attempt_in(
-    conn: &mut AnyConnection,
+async fn end_attempt_in<E: Exec>(
+    conn: &mut E,
     f: &FinishAttempt,
     ending: &Ending,
     now: Millis,
@@ -618,7 +594,7 @@ async fn end_attempt_in(
         ),
         false => String::new(),
     };
-    let Some(row) = sqlx::query(&format!(
+    let Some(row) = query(&format!(
         "UPDATE calls SET status = $1, failure_reason = $2, ended_at = $3, duration_seconds = $4, \
          recording_path = $5, transcript = $6, results = $7, latency = $11, stage_id = $12, answered_by = $13, transfer = $14, \
          lease_owner = NULL, lease_until = NULL WHERE id = $8 AND ((status IN ({dialled}) AND (lease_owner = $9 OR lease_until < $10)){refused}) \
@@ -640,52 +616,36 @@ async fn end_attempt_in(
     .bind(f.answered_by.map(AnsweredBy::as_str))
     .bind(ending.transfer.clone())
     .fetch_optional(&mut *conn)
-    .await
-    .map_err(db_err)?
+    .await?
     else {
         return Ok(None);
     };
     SettledRow::read(&row)?.decide(f.event(), now).map(Some)
 }
 
-impl SqlStore {
-    /// One attempt's settlement in its own transaction.
-    async fn finish_one(
-        &self,
-        f: &FinishAttempt,
-        ending: &Ending,
-        now: Millis,
-    ) -> Result<Option<Settled>, StoreError> {
-        let mut tx = self.background_tx(Work::Settle).await?;
-        let Some(decision) = end_attempt_in(&mut tx, f, ending, now).await? else {
-            return Ok(None);
-        };
-        let retry_at = decision.retry.map(|r| r.due);
-        execute_in(&mut tx, self.backend, std::slice::from_ref(&decision), now).await?;
-        tx.commit().await?;
-        Ok(Some(Settled { retry_at }))
-    }
+/// Attempts' settlements in one transaction (one fsync, one turn at the gate): each call's
+/// fenced end, then every decision executed together, as [`execute_in`] does for a batch's
+/// cancel. Any error rolls the whole of it back. For each attempt, `None` when it was not its
+/// node's to settle.
+struct Finish {
+    backend: Backend,
+    attempts: Vec<(FinishAttempt, Ending)>,
+    now: Millis,
+}
 
-    /// The attempts at `ready` in one transaction (one fsync, one turn at the gate): each call's
-    /// fenced end in order, then every decision executed together, as [`execute_in`] does for
-    /// a batch's cancel. Any error rolls the whole transaction back.
-    async fn finish_together(
-        &self,
-        finishes: &[FinishAttempt],
-        ready: &[(usize, Ending)],
-        now: Millis,
-    ) -> Result<Vec<Option<Settled>>, StoreError> {
+impl Job for Finish {
+    type Out = Vec<Option<Settled>>;
+
+    async fn run<E: Exec>(self, tx: &mut E) -> Result<Self::Out, StoreError> {
         // The fenced updates lock the calls in id order, as `renew_leases` does, so that on
         // PostgreSQL a batch never deadlocks with the lease renewal or with a stop's own
         // settlement of the same calls (each deadlock cost a second, `deadlock_timeout`: a 4 s
         // stop after a burst). What follows is written in the attempts' own order, as one by
         // one.
-        let by_id = in_id_order(ready.iter().map(|(i, _)| finishes[*i].id));
-        let mut decided: Vec<Option<Decision>> = (0..ready.len()).map(|_| None).collect();
-        let mut tx = self.background_tx(Work::Settle).await?;
-        for k in by_id {
-            let (i, ending) = &ready[k];
-            decided[k] = end_attempt_in(&mut tx, &finishes[*i], ending, now).await?;
+        let mut decided: Vec<Option<Decision>> = self.attempts.iter().map(|_| None).collect();
+        for k in in_id_order(self.attempts.iter().map(|(f, _)| f.id)) {
+            let (f, ending) = &self.attempts[k];
+            decided[k] = end_attempt_in(tx, f, ending, self.now).await?;
         }
         let settled = decided
             .iter()
@@ -696,21 +656,201 @@ impl SqlStore {
             })
             .collect();
         let decisions: Vec<Decision> = decided.into_iter().flatten().collect();
-        execute_in(&mut tx, self.backend, &decisions, now).await?;
-        tx.commit().await?;
+        execute_in(tx, self.backend, &decisions, self.now).await?;
         Ok(settled)
     }
+}
 
-    /// The marks in one transaction, locking their calls in id order as settlements do;
-    /// whether each was marked, in the marks' own order. Any error rolls the whole of it back.
-    async fn mark_together(&self, node: &str, marks: &[Progress]) -> Result<Vec<bool>, StoreError> {
-        let mut marked = vec![false; marks.len()];
-        let mut tx = self.background_tx(Work::Dispatch).await?;
-        for k in in_id_order(marks.iter().map(|m| m.id)) {
-            marked[k] = mark_progress_in(&mut tx, node, &marks[k]).await?;
+/// Calls' `ringing` / `in_progress` marks in one transaction, locking their calls in id order
+/// as settlements do; whether each was marked, in the marks' own order. Any error rolls the
+/// whole of it back.
+struct Mark {
+    node: String,
+    marks: Vec<Progress>,
+}
+
+impl Job for Mark {
+    type Out = Vec<bool>;
+
+    async fn run<E: Exec>(self, tx: &mut E) -> Result<Self::Out, StoreError> {
+        let mut marked = vec![false; self.marks.len()];
+        for k in in_id_order(self.marks.iter().map(|m| m.id)) {
+            marked[k] = mark_progress_in(tx, &self.node, &self.marks[k]).await?;
         }
-        tx.commit().await?;
         Ok(marked)
+    }
+}
+
+/// A claim round's starts in one transaction (one fsync); each call's caps are checked against
+/// the rows the earlier ones in the round just wrote.
+struct Start {
+    backend: Backend,
+    node: String,
+    now: Millis,
+    lease_until: Millis,
+    calls: Vec<DialStart>,
+}
+
+impl Job for Start {
+    type Out = Vec<BeginDial>;
+
+    async fn run<E: Exec>(self, tx: &mut E) -> Result<Self::Out, StoreError> {
+        let mut outcomes = Vec::with_capacity(self.calls.len());
+        for c in &self.calls {
+            let (node, now, until) = (self.node.as_str(), self.now, self.lease_until);
+            outcomes.push(begin_dial_in(tx, self.backend, c, node, now, until).await?);
+        }
+        Ok(outcomes)
+    }
+}
+
+/// A claim's `UPDATE ... RETURNING id`: the ids of the calls it leased.
+struct Claim {
+    sql: String,
+    args: Vec<Arg>,
+}
+
+impl Job for Claim {
+    type Out = Vec<String>;
+
+    async fn run<E: Exec>(self, tx: &mut E) -> Result<Self::Out, StoreError> {
+        let mut q = query(&self.sql);
+        for a in self.args {
+            q = q.bind(a);
+        }
+        q.fetch_all(tx)
+            .await?
+            .iter()
+            .map(|r| get(r, "id"))
+            .collect()
+    }
+}
+
+/// Calls due now moved into their trunk's line, each with an event saying why.
+struct Park {
+    sql: String,
+    trunk: TrunkId,
+    node: String,
+    now: Millis,
+    reason: String,
+}
+
+impl Job for Park {
+    type Out = u64;
+
+    async fn run<E: Exec>(self, tx: &mut E) -> Result<Self::Out, StoreError> {
+        let parked = query(&self.sql)
+            .bind(self.trunk.0)
+            .bind(self.now.0)
+            .bind(self.node.as_str())
+            .fetch_all(tx)
+            .await?;
+        for row in &parked {
+            let id: String = get(row, "id")?;
+            let tenant: i64 = get(row, "tenant_id")?;
+            let detail = Some(self.reason.clone());
+            insert_event(tx, &id, tenant, self.now, CallStatus::Queued, detail).await?;
+        }
+        Ok(parked.len() as u64)
+    }
+}
+
+/// A trunk's gate shut until a time (see [`shut_gate`]).
+struct Hold {
+    trunk: TrunkId,
+    until: Millis,
+}
+
+impl Job for Hold {
+    type Out = ();
+
+    async fn run<E: Exec>(self, tx: &mut E) -> Result<(), StoreError> {
+        shut_gate(tx, self.trunk, self.until).await
+    }
+}
+
+/// A claimed call put back to wait until a time, with an event saying why.
+struct Defer {
+    id: ConversationId,
+    node: String,
+    until: Millis,
+    reason: String,
+}
+
+impl Job for Defer {
+    type Out = ();
+
+    async fn run<E: Exec>(self, tx: &mut E) -> Result<(), StoreError> {
+        let row = query(&format!(
+            "UPDATE calls SET status = 'queued', due_at = $1, lease_owner = NULL, lease_until = NULL, \
+             trunk_lane = NULL WHERE id = $2 AND lease_owner = $3 AND status IN ({}) RETURNING tenant_id, status",
+            Transition::Defer.from_sql()
+        ))
+        .bind(self.until.0)
+        .bind(self.id.to_string())
+        .bind(self.node.as_str())
+        .fetch_optional(tx)
+        .await?;
+        if let Some(row) = row {
+            let tenant: i64 = get(&row, "tenant_id")?;
+            let (id, detail) = (self.id.to_string(), Some(self.reason));
+            insert_event(tx, &id, tenant, Millis::now(), CallStatus::Queued, detail).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A node's live calls' leases renewed, in id order, as settlements lock the same rows.
+struct Renew {
+    node: String,
+    ids: Vec<String>,
+    until: Millis,
+}
+
+impl Job for Renew {
+    type Out = ();
+
+    async fn run<E: Exec>(self, tx: &mut E) -> Result<(), StoreError> {
+        for id in self.ids {
+            query("UPDATE calls SET lease_until = $1 WHERE id = $2 AND lease_owner = $3")
+                .bind(self.until.0)
+                .bind(id)
+                .bind(self.node.as_str())
+                .execute(tx)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+impl SqlStore {
+    /// Attempts settled in one transaction (see [`Finish`]).
+    async fn finish(
+        &self,
+        attempts: Vec<(FinishAttempt, Ending)>,
+        now: Millis,
+    ) -> Result<Vec<Option<Settled>>, StoreError> {
+        let backend = self.backend;
+        let job = Finish {
+            backend,
+            attempts,
+            now,
+        };
+        self.background_job(Work::Settle, job).await
+    }
+
+    async fn mark_together(&self, node: &str, marks: &[Progress]) -> Result<Vec<bool>, StoreError> {
+        let (node, marks) = (node.to_string(), marks.to_vec());
+        self.background_job(Work::Dispatch, Mark { node, marks })
+            .await
+    }
+
+    /// Leases the calls a claim statement picks and reads what dialling them needs.
+    async fn claim(&self, sql: String, args: Vec<Arg>) -> Result<Vec<DueCall>, StoreError> {
+        let ids = self
+            .background_job(Work::Dispatch, Claim { sql, args })
+            .await?;
+        self.load_due(ids).await
     }
 }
 
@@ -755,19 +895,17 @@ impl DispatchStore for SqlStore {
         limit: u32,
     ) -> Result<Vec<DueCall>, StoreError> {
         let due = due_calls(Some("$3"), "$3", "$4", self.skip_locked());
-        let mut conn = self.background_conn(Work::Dispatch).await?;
-        let ids = sqlx::query(&format!(
+        let sql = format!(
             "UPDATE calls SET lease_owner = $1, lease_until = $2 WHERE id IN (SELECT id FROM ({due}) AS claimed) \
              RETURNING id"
-        ))
-        .bind(node)
-        .bind(lease_until.0)
-        .bind(now.0)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db_err)?;
-        self.load_due(conn, &ids).await
+        );
+        let args = vec![
+            node.into(),
+            lease_until.0.into(),
+            now.0.into(),
+            i64::from(limit).into(),
+        ];
+        self.claim(sql, args).await
     }
 
     async fn park_calls(
@@ -778,10 +916,9 @@ impl DispatchStore for SqlStore {
         reason: &str,
     ) -> Result<u64, StoreError> {
         let waiting = sql_list(WAITING);
-        let mut tx = self.background_tx(Work::Dispatch).await?;
         // By the number the calls are made from (`calls_waiting_from`): the trunk's numbers are
         // its tenant's.
-        let parked = sqlx::query(&format!(
+        let sql = format!(
             "UPDATE calls SET status = 'queued', trunk_lane = $1, lease_owner = NULL, lease_until = NULL \
              WHERE id IN (SELECT id FROM calls WHERE tenant_id = (SELECT tenant_id FROM trunks WHERE id = $1) \
                AND from_phone IN (SELECT number FROM phone_numbers WHERE trunk_id = $1) \
@@ -789,21 +926,15 @@ impl DispatchStore for SqlStore {
                AND (lease_until IS NULL OR lease_until < $2 OR lease_owner = $3) AND {BATCH_RUNNING} {}) \
              RETURNING id, tenant_id",
             self.skip_locked()
-        ))
-        .bind(trunk.0)
-        .bind(now.0)
-        .bind(node)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        for row in &parked {
-            let id: String = get(row, "id")?;
-            let tenant: i64 = get(row, "tenant_id")?;
-            let detail = Some(reason.to_string());
-            insert_event(&mut tx, &id, tenant, now, CallStatus::Queued, detail).await?;
-        }
-        tx.commit().await?;
-        Ok(parked.len() as u64)
+        );
+        let job = Park {
+            sql,
+            trunk,
+            node: node.to_string(),
+            now,
+            reason: reason.to_string(),
+        };
+        self.background_job(Work::Dispatch, job).await
     }
 
     async fn trunk_lanes(&self, now: Millis) -> Result<Vec<TrunkLane>, StoreError> {
@@ -839,30 +970,27 @@ impl DispatchStore for SqlStore {
         lease_until: Millis,
         limit: u32,
     ) -> Result<Vec<DueCall>, StoreError> {
-        let mut conn = self.background_conn(Work::Dispatch).await?;
-        let ids = sqlx::query(&format!(
+        let sql = format!(
             "UPDATE calls SET lease_owner = $1, lease_until = $2 WHERE id IN ( \
                SELECT id FROM calls WHERE trunk_lane = $3 AND status IN ({}) AND trunk_lane IS NOT NULL \
                AND (lease_until IS NULL OR lease_until < $4) AND {BATCH_RUNNING} ORDER BY due_at LIMIT $5 {}) \
              RETURNING id",
             sql_list(WAITING),
             self.skip_locked()
-        ))
-        .bind(node)
-        .bind(lease_until.0)
-        .bind(trunk.0)
-        .bind(now.0)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db_err)?;
-        self.load_due(conn, &ids).await
+        );
+        let args = vec![
+            node.into(),
+            lease_until.0.into(),
+            trunk.0.into(),
+            now.0.into(),
+            i64::from(limit).into(),
+        ];
+        self.claim(sql, args).await
     }
 
     async fn hold_trunk(&self, trunk: TrunkId, until: Millis) -> Result<(), StoreError> {
-        let mut tx = self.background_tx(Work::Dispatch).await?;
-        shut_gate(&mut tx, trunk, until).await?;
-        tx.commit().await
+        self.background_job(Work::Dispatch, Hold { trunk, until })
+            .await
     }
 
     async fn defer_call(
@@ -872,31 +1000,13 @@ impl DispatchStore for SqlStore {
         until: Millis,
         reason: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.background_tx(Work::Dispatch).await?;
-        let row = sqlx::query(&format!(
-            "UPDATE calls SET status = 'queued', due_at = $1, lease_owner = NULL, lease_until = NULL, \
-             trunk_lane = NULL WHERE id = $2 AND lease_owner = $3 AND status IN ({}) RETURNING tenant_id, status",
-            Transition::Defer.from_sql()
-        ))
-        .bind(until.0)
-        .bind(id.to_string())
-        .bind(node)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        if let Some(row) = row {
-            let tenant: i64 = get(&row, "tenant_id")?;
-            insert_event(
-                &mut tx,
-                &id.to_string(),
-                tenant,
-                Millis::now(),
-                CallStatus::Queued,
-                Some(reason.to_string()),
-            )
-            .await?;
-        }
-        tx.commit().await
+        let job = Defer {
+            id,
+            node: node.to_string(),
+            until,
+            reason: reason.to_string(),
+        };
+        self.background_job(Work::Dispatch, job).await
     }
 
     async fn begin_dial(
@@ -926,15 +1036,14 @@ impl DispatchStore for SqlStore {
         lease_until: Millis,
         calls: &[DialStart],
     ) -> Result<Vec<BeginDial>, StoreError> {
-        // One transaction (one fsync) for a whole claim round; each call's caps are checked
-        // against the rows the earlier ones in the round just wrote.
-        let mut tx = self.background_tx(Work::Dispatch).await?;
-        let mut outcomes = Vec::with_capacity(calls.len());
-        for c in calls {
-            outcomes.push(begin_dial_in(&mut tx, self.backend, c, node, now, lease_until).await?);
-        }
-        tx.commit().await?;
-        Ok(outcomes)
+        let job = Start {
+            backend: self.backend,
+            node: node.to_string(),
+            now,
+            lease_until,
+            calls: calls.to_vec(),
+        };
+        self.background_job(Work::Dispatch, job).await
     }
 
     async fn mark_progress(
@@ -976,20 +1085,12 @@ impl DispatchStore for SqlStore {
         until: Millis,
     ) -> Result<(), StoreError> {
         // One transaction for all of a node's live calls: one fsync per renewal round, not one
-        // per call. In id order, as settlements lock the same rows (`finish_attempts`).
+        // per call.
         let mut ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
         ids.sort_unstable();
-        let mut tx = self.background_tx(Work::Dispatch).await?;
-        for id in ids {
-            sqlx::query("UPDATE calls SET lease_until = $1 WHERE id = $2 AND lease_owner = $3")
-                .bind(until.0)
-                .bind(id)
-                .bind(node)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-        }
-        tx.commit().await
+        let node = node.to_string();
+        self.background_job(Work::Dispatch, Renew { node, ids, until })
+            .await
     }
 
     async fn finish_attempt(
@@ -998,7 +1099,8 @@ impl DispatchStore for SqlStore {
         now: Millis,
     ) -> Result<Option<Settled>, StoreError> {
         let ending = Ending::of(&f)?;
-        self.finish_one(&f, &ending, now).await
+        let mut settled = self.finish(vec![(f, ending)], now).await?;
+        Ok(settled.pop().flatten())
     }
 
     async fn finish_attempts(
@@ -1006,38 +1108,42 @@ impl DispatchStore for SqlStore {
         finishes: Vec<FinishAttempt>,
         now: Millis,
     ) -> Vec<Result<Option<Settled>, StoreError>> {
-        if let [f] = finishes.as_slice() {
-            return vec![match Ending::of(f) {
-                Ok(ending) => self.finish_one(f, &ending, now).await,
-                Err(e) => Err(e),
-            }];
-        }
         // An attempt that cannot even be encoded fails alone, before the transaction.
         let mut answers: Vec<Option<Result<Option<Settled>, StoreError>>> = Vec::new();
         let mut ready = Vec::new();
-        for (i, f) in finishes.iter().enumerate() {
-            match Ending::of(f) {
+        for f in finishes {
+            match Ending::of(&f) {
                 Ok(ending) => {
                     answers.push(None);
-                    ready.push((i, ending));
+                    ready.push((answers.len() - 1, f, ending));
                 }
                 Err(e) => answers.push(Some(Err(e))),
             }
         }
-        match self.finish_together(&finishes, &ready, now).await {
+        let attempts = ready
+            .iter()
+            .map(|(_, f, e)| (f.clone(), e.clone()))
+            .collect();
+        match self.finish(attempts, now).await {
             Ok(settled) => {
-                for ((i, _), s) in ready.iter().zip(settled) {
+                for ((i, _, _), s) in ready.iter().zip(settled) {
                     answers[*i] = Some(Ok(s));
                 }
             }
-            Err(e) => {
+            Err(e) if ready.len() > 1 => {
                 // Nothing of the batch was written. Each attempt gets its own transaction, so
                 // the one that broke the batch fails alone (and is left to the orphan sweep,
                 // as a failed single settlement is); the fence makes a second try of a call
                 // the first one did settle (a commit whose answer was lost) answer `None`.
                 tracing::warn!(error = %e, calls = ready.len(), "settling a batch of calls failed; settling them one by one");
-                for (i, ending) in &ready {
-                    answers[*i] = Some(self.finish_one(&finishes[*i], ending, now).await);
+                for (i, f, ending) in ready {
+                    let one = self.finish(vec![(f, ending)], now).await;
+                    answers[i] = Some(one.map(|mut s| s.pop().flatten()));
+                }
+            }
+            Err(e) => {
+                if let Some((i, _, _)) = ready.first() {
+                    answers[*i] = Some(Err(e));
                 }
             }
         }

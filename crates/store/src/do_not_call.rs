@@ -4,6 +4,7 @@
 //! commits or never.
 
 use crate::dispatch::cancel_waiting_in;
+use crate::exec::{query, Exec};
 use crate::locks::{lock, LockKey};
 use crate::rows::{corrupt, get};
 use crate::{db_err, encode_err, json_rows, Backend, SqlStore};
@@ -11,14 +12,13 @@ use domain::do_not_call::{DoNotCallStore, Entry, Imported, Listing, Source, FAIL
 use domain::lifecycle::Transition;
 use domain::store::{Listed, Page, StoreError};
 use domain::{Millis, TenantId, E164};
-use sqlx::AnyConnection;
 
 /// Rows per INSERT of an import, bound as one JSON parameter.
 const IMPORT_CHUNK: usize = 10_000;
 
 const COLUMNS: &str = "number, reason, source, created_at";
 
-fn entry(row: &sqlx::any::AnyRow) -> Result<Entry, StoreError> {
+fn entry(row: &impl crate::exec::RowRead) -> Result<Entry, StoreError> {
     let source: String = get(row, "source")?;
     Ok(Entry {
         number: E164::from_trusted(get(row, "number")?),
@@ -28,19 +28,18 @@ fn entry(row: &sqlx::any::AnyRow) -> Result<Entry, StoreError> {
     })
 }
 
-async fn entry_in(
-    conn: &mut AnyConnection,
+async fn entry_in<E: Exec>(
+    conn: &mut E,
     tenant: i64,
     number: &str,
 ) -> Result<Option<Entry>, StoreError> {
-    sqlx::query(&format!(
+    query(&format!(
         "SELECT {COLUMNS} FROM do_not_call WHERE tenant_id = $1 AND number = $2"
     ))
     .bind(tenant)
     .bind(number)
     .fetch_optional(&mut *conn)
-    .await
-    .map_err(db_err)?
+    .await?
     .as_ref()
     .map(entry)
     .transpose()
@@ -48,8 +47,8 @@ async fn entry_in(
 
 /// Cancels (`do-not-call`) every call of the tenant still waiting for a listed number, in the
 /// caller's transaction; `only` narrows it to one number. Returns how many.
-async fn cancel_listed_in(
-    conn: &mut AnyConnection,
+async fn cancel_listed_in<E: Exec>(
+    conn: &mut E,
     backend: Backend,
     tenant: i64,
     only: Option<&str>,
@@ -68,11 +67,11 @@ async fn cancel_listed_in(
              AND customer_phone IN (SELECT number FROM do_not_call WHERE tenant_id = $1)"
         ),
     };
-    let mut query = sqlx::query(&sql).bind(tenant);
+    let mut query = query(&sql).bind(tenant);
     if let Some(number) = only {
         query = query.bind(number);
     }
-    let rows = query.fetch_all(&mut *conn).await.map_err(db_err)?;
+    let rows = query.fetch_all(&mut *conn).await?;
     let mut canceled = 0;
     for row in &rows {
         let id: String = get(row, "id")?;
@@ -90,15 +89,15 @@ async fn cancel_listed_in(
 /// Lists one number and cancels the calls waiting for it, in the caller's transaction (which
 /// must hold the tenant's list lock). Used by the API and by the settlement of a call whose
 /// callee opted out.
-pub(crate) async fn list_number_in(
-    conn: &mut AnyConnection,
+pub(crate) async fn list_number_in<E: Exec>(
+    conn: &mut E,
     backend: Backend,
     tenant: i64,
     listing: &Listing,
     source: Source,
     now: Millis,
 ) -> Result<Entry, StoreError> {
-    sqlx::query(
+    query(
         "INSERT INTO do_not_call (tenant_id, number, reason, source, created_at) \
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, number) DO NOTHING",
     )
@@ -108,8 +107,7 @@ pub(crate) async fn list_number_in(
     .bind(source.as_str())
     .bind(now.0)
     .execute(&mut *conn)
-    .await
-    .map_err(db_err)?;
+    .await?;
     let canceled = cancel_listed_in(
         &mut *conn,
         backend,

@@ -43,6 +43,52 @@ impl Policy {
     }
 }
 
+/// The writer thread's rule for its queued jobs (dial starts, marks, settlements): while calls
+/// wait, background work gets at most `share` of the thread's time, counted as credit that
+/// calls' batches earn and jobs spend; with no call waiting a job goes at once. Credit is
+/// earned only while a job waits and is banked up to `MAX_CREDIT`, so an idle spell of
+/// background work cannot buy a long run of jobs ahead of the calls later.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Share {
+    share: f64,
+    /// Seconds of writer time background work may still take ahead of waiting calls; negative
+    /// while it owes them.
+    credit: f64,
+}
+
+const MAX_CREDIT: f64 = 0.010;
+
+impl Share {
+    /// `percent` of the writer's time, 1-100.
+    pub(crate) fn new(percent: u8) -> Self {
+        Self {
+            share: f64::from(percent.clamp(1, 100)) / 100.0,
+            credit: 0.0,
+        }
+    }
+
+    /// Whether the oldest queued job goes before the calls waiting now.
+    pub(crate) fn job_goes(&self, calls_waiting: usize) -> bool {
+        calls_waiting == 0 || self.credit >= 0.0
+    }
+
+    pub(crate) fn job_ran(&mut self, took: Duration) {
+        self.credit -= took.as_secs_f64();
+    }
+
+    /// A batch of calls took `took`; `jobs_waiting`: whether a job waited meanwhile.
+    pub(crate) fn calls_ran(&mut self, took: Duration, jobs_waiting: bool) {
+        if !jobs_waiting {
+            self.credit = self.credit.min(0.0);
+        } else if self.share >= 1.0 {
+            self.credit = MAX_CREDIT;
+        } else {
+            let earned = took.as_secs_f64() * self.share / (1.0 - self.share);
+            self.credit = (self.credit + earned).min(MAX_CREDIT);
+        }
+    }
+}
+
 pub(crate) struct Gate {
     policy: Policy,
     foreground: AtomicUsize,
@@ -80,7 +126,7 @@ pub(crate) enum Work {
 }
 
 impl Work {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Work::Dispatch => "dispatch",
             Work::Settle => "settle",
@@ -116,6 +162,10 @@ impl Gate {
             drained: Notify::new(),
             background: Arc::new(Semaphore::new(1)),
         }
+    }
+
+    pub(crate) fn policy(&self) -> Policy {
+        self.policy
     }
 
     pub(crate) fn foreground(self: &Arc<Self>) -> Foreground {
@@ -159,6 +209,57 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn jobs_get_their_share_of_the_writer_while_calls_wait() {
+        let mut s = Share::new(25);
+        assert!(s.job_goes(5), "the first job goes with no debt");
+        s.job_ran(3 * MS);
+        assert!(
+            !s.job_goes(5),
+            "then calls go until they have had three times as long"
+        );
+        s.calls_ran(6 * MS, true);
+        assert!(!s.job_goes(5));
+        s.calls_ran(3 * MS, true);
+        assert!(s.job_goes(5));
+    }
+
+    #[test]
+    fn a_job_goes_at_once_when_no_call_waits_whatever_it_owes() {
+        let mut s = Share::new(25);
+        s.job_ran(50 * MS);
+        assert!(s.job_goes(0));
+        assert!(!s.job_goes(1));
+    }
+
+    #[test]
+    fn credit_is_earned_only_while_a_job_waits_and_is_banked_only_so_far() {
+        let mut s = Share::new(25);
+        s.calls_ran(1000 * MS, false);
+        s.job_ran(MS);
+        assert!(
+            !s.job_goes(1),
+            "calls that ran with no job waiting earn nothing"
+        );
+        s.calls_ran(1000 * MS, true);
+        for _ in 0..4 {
+            assert!(s.job_goes(1));
+            s.job_ran(3 * MS);
+        }
+        assert!(
+            !s.job_goes(1),
+            "a long spell of calls buys 10 ms of jobs (and the job that crosses the line)"
+        );
+    }
+
+    #[test]
+    fn a_full_share_lets_every_job_go() {
+        let mut s = Share::new(100);
+        s.job_ran(5 * MS);
+        s.calls_ran(MS, true);
+        assert!(s.job_goes(10));
+    }
 
     #[test]
     fn background_goes_at_once_when_no_request_waits() {

@@ -10,6 +10,7 @@ mod console;
 mod dispatch;
 mod do_not_call;
 mod engines;
+mod exec;
 mod gate;
 mod locks;
 mod manage;
@@ -61,6 +62,10 @@ pub struct StoreOptions {
     /// SQLite: how long a background transaction lets waiting `POST /v1/call` requests go first
     /// before it takes its turn anyway (so dispatch is never starved).
     pub background_wait: Duration,
+    /// SQLite file: the most of the writer's time, in percent, that background work on its
+    /// thread (dial starts, progress marks, settlements) takes while `POST /v1/call` requests
+    /// wait; with none waiting it takes what it needs.
+    pub background_share: u8,
     /// Recipients written per transaction by a batch upload.
     pub upload_chunk_rows: usize,
     /// How long a loading batch whose upload stopped writing is kept before a sweep removes it
@@ -85,6 +90,7 @@ impl Default for StoreOptions {
             secrets: Default::default(),
             background_connections: 4,
             background_wait: Duration::from_millis(10),
+            background_share: 25,
             upload_chunk_rows: 250,
             upload_lease: Duration::from_secs(120),
             group_commit: true,
@@ -302,6 +308,7 @@ impl SqlStore {
                         write.clone(),
                         opts.max_write_batch.max(1),
                         gate.clone(),
+                        gate::Share::new(opts.background_share),
                     )?)
                 } else {
                     // An in-memory database cannot be opened twice: calls take the sqlx path.
@@ -355,6 +362,25 @@ impl SqlStore {
         let turn = self.background_turn(work).await;
         let conn = self.background.begin().await.map_err(db_err)?;
         Ok(Background { conn, _turn: turn })
+    }
+
+    /// Background work of one transaction: on SQLite's writer thread, which lets waiting calls go
+    /// first (statement by statement on its rusqlite connection, see [`exec`]), else in a sqlx
+    /// transaction on the background pool after its turn at the gate. Either way nothing of it
+    /// is kept on an error.
+    pub(crate) async fn background_job<J: exec::Job>(
+        &self,
+        work: gate::Work,
+        job: J,
+    ) -> Result<J::Out, StoreError> {
+        if let Some(writer) = &self.call_writer {
+            // The writer's thread keeps the gate's rule itself (`sqlite_writer`).
+            return writer.run(work, job).await;
+        }
+        let mut tx = self.background_tx(work).await?;
+        let out = job.run(&mut tx).await?;
+        tx.commit().await?;
+        Ok(out)
     }
 
     async fn background_turn(&self, work: gate::Work) -> Option<gate::BackgroundTurn> {

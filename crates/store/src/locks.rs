@@ -2,9 +2,9 @@
 //! check-then-write (a cap, a rate limit, a chain, the do-not-call list) across nodes without
 //! locking whole tables. SQLite has one writer, which serialises the same sections already.
 
-use crate::{db_err, Backend};
+use crate::exec::{query, Exec};
+use crate::Backend;
 use domain::store::StoreError;
-use sqlx::AnyConnection;
 
 /// A lock's key: a stable 64-bit FNV-1a hash of its parts, each ended by a NUL so that
 /// `["ab", "c"]` and `["a", "bc"]` differ. Stable across nodes and versions of Rust.
@@ -37,8 +37,8 @@ impl LockKey {
 }
 
 /// Held until the transaction ends.
-pub(crate) async fn lock(
-    conn: &mut AnyConnection,
+pub(crate) async fn lock<E: Exec>(
+    conn: &mut E,
     backend: Backend,
     key: LockKey,
 ) -> Result<(), StoreError> {
@@ -46,8 +46,8 @@ pub(crate) async fn lock(
 }
 
 /// Shared with other shared holders, exclusive of `lock`; until the transaction ends.
-pub(crate) async fn lock_shared(
-    conn: &mut AnyConnection,
+pub(crate) async fn lock_shared<E: Exec>(
+    conn: &mut E,
     backend: Backend,
     key: LockKey,
 ) -> Result<(), StoreError> {
@@ -60,18 +60,14 @@ pub(crate) async fn lock_shared(
     .await
 }
 
-async fn take(
-    conn: &mut AnyConnection,
+async fn take<E: Exec>(
+    conn: &mut E,
     backend: Backend,
     sql: &str,
     key: LockKey,
 ) -> Result<(), StoreError> {
     if backend == Backend::Postgres {
-        sqlx::query(sql)
-            .bind(key.0)
-            .execute(&mut *conn)
-            .await
-            .map_err(db_err)?;
+        query(sql).bind(key.0).execute(&mut *conn).await?;
     }
     Ok(())
 }

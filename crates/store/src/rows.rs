@@ -1,23 +1,19 @@
 //! Row <-> domain mapping. Values read back were parsed before they were written, so a value
 //! that does not parse now means the database was changed behind our back: `Corrupt`.
 
+use crate::exec::{Column, RowRead};
 use domain::call::{
     AnsweredBy, CallLatency, Conversation, Parameter, RetryContext, TranscriptItem, Transfer,
 };
 use domain::store::StoreError;
 use domain::{AgentId, CallStatus, ConversationId, Millis, TenantId, TraceId};
-use sqlx::any::AnyRow;
-use sqlx::Row;
 
 pub(crate) fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
 
-pub(crate) fn get<'r, T>(row: &'r AnyRow, col: &str) -> Result<T, StoreError>
-where
-    T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
-{
-    row.try_get(col).map_err(crate::db_err)
+pub(crate) fn get<T: Column>(row: &impl RowRead, col: &str) -> Result<T, StoreError> {
+    row.read(col)
 }
 
 pub(crate) fn json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T, StoreError> {
@@ -29,7 +25,7 @@ pub(crate) const CONVERSATION_COLUMNS: &str = "id, tenant_id, agent_id, status, 
     results, transcript, recording_path, created_at, started_at, ended_at, duration_seconds, batch_id, \
     latency, stage_id, answered_by, transfer";
 
-pub(crate) fn conversation(row: &AnyRow) -> Result<Conversation, StoreError> {
+pub(crate) fn conversation(row: &impl RowRead) -> Result<Conversation, StoreError> {
     let id: String = get(row, "id")?;
     let status: String = get(row, "status")?;
     let trace: String = get(row, "trace_id")?;

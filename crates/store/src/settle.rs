@@ -6,16 +6,16 @@
 //! are the domain's.
 
 use crate::calls::INSERT_EVENT_SQL;
+use crate::exec::{query, Exec};
 use crate::locks::{lock, LockKey};
 use crate::rows::{self, get, CONVERSATION_COLUMNS};
-use crate::{db_err, encode_err, json_rows, Backend};
+use crate::{encode_err, json_rows, Backend};
 use domain::agent::AgentConfig;
 use domain::batch::{BatchCounter, BatchCounts};
 use domain::call::Conversation;
 use domain::lifecycle::settle::{settle, Decision, Event, Settling};
 use domain::store::StoreError;
 use domain::Millis;
-use sqlx::AnyConnection;
 use std::sync::LazyLock;
 
 /// What a settling `UPDATE calls ... RETURNING` reads back: the call as settled and its agent
@@ -37,7 +37,7 @@ pub(crate) struct SettledRow {
 
 impl SettledRow {
     /// A row of [`SETTLED_RETURNING`].
-    pub(crate) fn read(row: &sqlx::any::AnyRow) -> Result<Self, StoreError> {
+    pub(crate) fn read(row: &impl crate::exec::RowRead) -> Result<Self, StoreError> {
         Ok(Self {
             call: rows::conversation(row)?,
             agent: rows::agent_config(get(row, "agent_config")?)?,
@@ -94,15 +94,15 @@ fn column(counter: BatchCounter) -> &'static str {
 /// them), the history rows, the webhook events, the post-call jobs, the batch counters (one
 /// statement per batch, whatever the number of calls), then the do-not-call listings (last:
 /// the waiting calls a listing cancels are the others).
-pub(crate) async fn execute_in(
-    conn: &mut AnyConnection,
+pub(crate) async fn execute_in<E: Exec>(
+    conn: &mut E,
     backend: Backend,
     decisions: &[Decision],
     now: Millis,
 ) -> Result<(), StoreError> {
     for d in decisions {
         if let Some(r) = &d.retry {
-            sqlx::query(
+            query(
                 "INSERT INTO calls (id, chain_id, attempt, tenant_id, agent_id, status, immediate, customer_phone, \
                  from_phone, parameters, metadata, retry_context, scheduled_for, due_at, trace_id, batch_id, results, created_at) \
                  SELECT $1, chain_id, attempt + 1, tenant_id, agent_id, 'scheduled', 0, customer_phone, from_phone, \
@@ -113,8 +113,7 @@ pub(crate) async fn execute_in(
             .bind(now.0)
             .bind(r.of.to_string())
             .execute(&mut *conn)
-            .await
-            .map_err(db_err)?;
+            .await?;
         }
     }
     insert_history(conn, backend, decisions).await?;
@@ -175,8 +174,8 @@ pub(crate) async fn execute_in(
 }
 
 /// The decisions' history rows: one plain INSERT for one row, else one INSERT of a JSON table.
-async fn insert_history(
-    conn: &mut AnyConnection,
+async fn insert_history<E: Exec>(
+    conn: &mut E,
     backend: Backend,
     decisions: &[Decision],
 ) -> Result<(), StoreError> {
@@ -187,15 +186,14 @@ async fn insert_history(
     match rows.as_slice() {
         [] => Ok(()),
         [(tenant, e)] => {
-            sqlx::query(INSERT_EVENT_SQL)
+            query(INSERT_EVENT_SQL)
                 .bind(e.call.to_string())
                 .bind(tenant.0)
                 .bind(e.at.0)
                 .bind(e.status.as_str())
                 .bind(e.detail.as_deref())
                 .execute(&mut *conn)
-                .await
-                .map_err(db_err)?;
+                .await?;
             Ok(())
         }
         many => {
@@ -217,11 +215,7 @@ async fn insert_history(
                  SELECT v.column1, v.column2, v.column3, v.column4, v.column5 FROM {} AS v",
                 json_rows(backend, 1, &["text", "bigint", "bigint", "text", "text"])
             );
-            sqlx::query(&sql)
-                .bind(table)
-                .execute(&mut *conn)
-                .await
-                .map_err(db_err)?;
+            query(&sql).bind(table).execute(&mut *conn).await?;
             Ok(())
         }
     }
@@ -230,8 +224,8 @@ async fn insert_history(
 /// Applies the moves of a batch's recipients, summed. The last unfinished recipient to land in
 /// a final counter completes the batch: SET expressions read the row as it was, so that is an
 /// unfinished total that the moves bring to 0.
-async fn move_recipients(
-    conn: &mut AnyConnection,
+async fn move_recipients<E: Exec>(
+    conn: &mut E,
     batch: i64,
     delta: &BatchCounts,
     now: Millis,
@@ -257,7 +251,7 @@ async fn move_recipients(
         n + 3,
         n + 4
     );
-    let mut q = sqlx::query(&sql);
+    let mut q = query(&sql);
     for b in binds {
         q = q.bind(b);
     }
@@ -266,8 +260,7 @@ async fn move_recipients(
         .bind(now.0)
         .bind(batch)
         .execute(&mut *conn)
-        .await
-        .map_err(db_err)?;
+        .await?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 //! [`insert_post_call_in`]) and reads its audio from the call's recording, not from
 //! `transcription_audio`.
 
+use crate::exec::{query, Exec};
 use crate::gate::Work;
 use crate::rows::{corrupt, get, json};
 use crate::{db_err, encode_err, SqlStore};
@@ -14,7 +15,6 @@ use domain::transcription::{
     JobId, JobLanguages, JobOutcome, JobStatus, NewJob, PostCallJob, TranscriptionStore,
 };
 use domain::{ConversationId, Millis, TenantId};
-use sqlx::AnyConnection;
 use std::time::Duration;
 
 const COLUMNS: &str = "id, tenant_id, engine, status, languages, diarize, format, text, \
@@ -24,14 +24,14 @@ const COLUMNS: &str = "id, tenant_id, engine, status, languages, diarize, format
 /// Writes the post-call transcript job of the call `conversation` (of `tenant`), `pending`, in
 /// the caller's transaction (the call's settlement). A second one for the same call is not
 /// written (the unique index), so a settlement can only ever make one.
-pub(crate) async fn insert_post_call_in(
-    conn: &mut AnyConnection,
+pub(crate) async fn insert_post_call_in<E: Exec>(
+    conn: &mut E,
     tenant: i64,
     conversation: &str,
     job: &PostCallJob,
     now: Millis,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    query(
         "INSERT INTO transcription_jobs (id, tenant_id, engine, status, languages, diarize, \
          format, audio_format, audio_bytes, created_at, conversation_id, call_language) \
          VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11) \
@@ -50,8 +50,7 @@ pub(crate) async fn insert_post_call_in(
     .bind(conversation)
     .bind(job.call_language.as_str())
     .execute(&mut *conn)
-    .await
-    .map_err(db_err)?;
+    .await?;
     Ok(())
 }
 
