@@ -1,7 +1,8 @@
-//! Foreground first on SQLite's one writer. `POST /v1/call` commits through the group-commit
-//! writer; the dispatcher, the webhook outbox and batch uploads write through the sqlx write
-//! pool's single connection. Both take that connection for each transaction, so without a rule
-//! an API request waits behind every background transaction queued before it.
+//! Foreground first on SQLite's one writer. `POST /v1/call`, the dispatcher's work and upload
+//! chunks go through the group-commit writer's thread, which keeps its own rule ([`Share`]);
+//! the webhook outbox and the other background writers write through the sqlx write pool's
+//! single connection. Both take that connection to write, so without a rule an API request
+//! waits behind every background transaction queued before it.
 //!
 //! The rule: one background transaction at a time, and it starts only while no `POST /v1/call`
 //! is waiting for the writer, or after it has itself waited `max_wait` (so a node under constant
@@ -13,7 +14,8 @@
 //! overtaken, and counting it kept the count above zero for as long as clients kept sending, so
 //! under steady API load every background transaction waited out the whole of `max_wait`.
 //!
-//! [`Policy`] is the decision, time and counts in; [`Gate`] is its tokio wiring.
+//! [`Policy`] is the decision, time and counts in; [`Gate`] is its tokio wiring. [`Share`] is
+//! the writer thread's decision for its own queue of jobs.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

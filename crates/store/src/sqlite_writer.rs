@@ -14,11 +14,16 @@
 //! trip to sqlx's connection thread and back (two wake-ups each, five statements a call), and
 //! those task switches, not SQLite, were most of the CPU a call cost.
 //!
-//! SQLite has one writer at a time, and the other writers (dispatch, batches, webhooks) use the
-//! sqlx write pool's single connection. The writer holds that connection, unused, for the length
-//! of each of its transactions, so the two never write at once: nobody meets `SQLITE_BUSY`, and
-//! the checks a batch reads stay true until its commit. Background writers let queued calls go
-//! first (`gate`), so a call waits behind at most one of their transactions.
+//! The same thread runs the dispatcher's and uploads' background work ([`Job`]s: claims, dial
+//! starts, marks, settlements, upload chunks), each in a transaction of its own between batches
+//! of calls, with at most its share of the thread's time while calls wait ([`Share`]).
+//!
+//! SQLite has one writer at a time, and the other writers (the webhook outbox, transcription
+//! jobs, deep pages' marks, the API's rarer writes) use the sqlx write pool's single connection.
+//! This thread holds that connection, unused, while it writes (across consecutive batches and
+//! jobs, for at most the gate's `max_wait`), so the two never write at once: nobody meets
+//! `SQLITE_BUSY`, and the checks a batch reads stay true until its commit. Those writers let
+//! queued calls go first (`gate`), so a call waits behind at most one of their transactions.
 
 use crate::calls::{
     create_call_in, AgentLimits, CallRow, CallTx, IdempotencyKey, AGENT_SQL, CHAIN_EXISTS_SQL,
