@@ -623,7 +623,7 @@ async fn end_attempt_in<E: Exec>(
     SettledRow::read(&row)?.decide(f.event(), now).map(Some)
 }
 
-/// Attempts' settlements in one transaction (one fsync, one turn at the gate): each call's
+/// Attempts' settlements in one transaction (one fsync, one turn at the writer): each call's
 /// fenced end, then every decision executed together, as [`execute_in`] does for a batch's
 /// cancel. Any error rolls the whole of it back. For each attempt, `None` when it was not its
 /// node's to settle.

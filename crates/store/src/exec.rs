@@ -21,7 +21,6 @@ pub(crate) enum Arg {
     Int(Option<i64>),
     Real(Option<f64>),
     Text(Option<String>),
-    Bool(Option<bool>),
 }
 
 macro_rules! arg_from {
@@ -35,16 +34,14 @@ macro_rules! arg_from {
     )*};
 }
 
-arg_from!(Int: i64 => Some, Option<i64> => |v| v, i32 => |v| Some(i64::from(v)), u32 => |v| Some(i64::from(v)));
+arg_from!(Int: i64 => Some, Option<i64> => |v| v);
 arg_from!(Real: f64 => Some, Option<f64> => |v| v);
-arg_from!(Bool: bool => Some, Option<bool> => |v| v);
 arg_from!(Text:
     String => Some,
     Option<String> => |v| v,
     &str => |v: &str| Some(v.to_string()),
     &String => |v: &String| Some(v.clone()),
     Option<&str> => |v: Option<&str>| v.map(str::to_string),
-    Option<&String> => |v: Option<&String>| v.cloned(),
 );
 
 impl rusqlite::ToSql for Arg {
@@ -52,7 +49,6 @@ impl rusqlite::ToSql for Arg {
         Ok(match self {
             Arg::Int(v) => v.map_or(ToSqlOutput::Owned(Value::Null), |v| v.into()),
             Arg::Real(v) => v.map_or(ToSqlOutput::Owned(Value::Null), |v| v.into()),
-            Arg::Bool(v) => v.map_or(ToSqlOutput::Owned(Value::Null), |v| i64::from(v).into()),
             Arg::Text(v) => v
                 .as_deref()
                 .map_or(ToSqlOutput::Owned(Value::Null), |v| v.into()),
@@ -126,7 +122,6 @@ fn sqlx_query<'a>(
             Arg::Int(v) => s.bind(*v),
             Arg::Real(v) => s.bind(*v),
             Arg::Text(v) => s.bind(v.clone()),
-            Arg::Bool(v) => s.bind(*v),
         };
     }
     s
@@ -327,28 +322,10 @@ impl Column for f64 {
     }
 }
 
-impl Column for bool {
-    fn from_value(v: &Value) -> Option<Self> {
-        match v {
-            Value::Integer(i) => Some(*i != 0),
-            _ => None,
-        }
-    }
-}
-
 impl Column for String {
     fn from_value(v: &Value) -> Option<Self> {
         match v {
             Value::Text(s) => Some(s.clone()),
-            _ => None,
-        }
-    }
-}
-
-impl Column for Vec<u8> {
-    fn from_value(v: &Value) -> Option<Self> {
-        match v {
-            Value::Blob(b) => Some(b.clone()),
             _ => None,
         }
     }

@@ -112,9 +112,9 @@ impl Handle {
         answer.await.map_err(|_| stopped())?
     }
 
-    /// Runs `job` on the writer's thread in a transaction of its own, between batches of calls.
-    /// The caller holds its turn at the gate. A job whose caller has gone before its turn came
-    /// is not run, so a dropped caller leaves nothing written (as a dropped sqlx transaction).
+    /// Runs `job` on the writer's thread in a transaction of its own, between batches of calls,
+    /// when its share lets it ([`Share`]). A job whose caller has gone before its turn came is
+    /// not run, so a dropped caller leaves nothing written (as a dropped sqlx transaction).
     pub(crate) async fn run<J: Job>(&self, work: Work, job: J) -> Result<J::Out, StoreError> {
         let (reply, answer) = oneshot::channel();
         let run: JobFn = Box::new(move |conn: &mut Connection| {
@@ -254,7 +254,6 @@ impl Writer {
     /// load still dials, at a bounded cost to the API. The connection the other writers share is
     /// held across batches and jobs for at most the gate's `max_wait`.
     fn run(mut self, mut rx: mpsc::Receiver<Request>, max_batch: usize, mut share: Share) {
-        let max_hold = self.max_hold;
         let mut queue = Queue::default();
         loop {
             if queue.batch.is_empty() && queue.jobs.is_empty() {
@@ -278,7 +277,7 @@ impl Writer {
             if self
                 .token
                 .as_ref()
-                .is_some_and(|(_, since)| since.elapsed() >= max_hold)
+                .is_some_and(|(_, since)| since.elapsed() >= self.max_hold)
             {
                 // Whoever waits for the connection (a batch chunk, the API's other writes)
                 // gets it now.
