@@ -20,6 +20,7 @@ use domain::store::StoreError;
 use domain::telephony::TrunkTarget;
 use domain::tenant::TenantLimits;
 use domain::{AgentId, CallStatus, ConversationId, Millis, TenantId, TraceId, TrunkId, E164};
+use std::sync::Arc;
 
 /// Calls of a paused batch wait, and those of a batch still uploading (`loading`, see `batches`)
 /// are not there yet: neither is claimed nor counted as due (else the dispatcher would wake for
@@ -539,7 +540,6 @@ impl SqlStore {
 }
 
 /// A finished attempt's columns, encoded before any transaction starts.
-#[derive(Clone)]
 struct Ending {
     transcript: String,
     results: String,
@@ -629,7 +629,10 @@ async fn end_attempt_in<E: Exec>(
 /// node's to settle.
 struct Finish {
     backend: Backend,
-    attempts: Vec<(FinishAttempt, Ending)>,
+    /// Shared with the caller, which settles them again one by one if the batch fails.
+    attempts: Arc<[(FinishAttempt, Ending)]>,
+    /// The positions in `attempts` this transaction settles; the answer is in this order.
+    which: Vec<usize>,
     now: Millis,
 }
 
@@ -642,9 +645,9 @@ impl Job for Finish {
         // settlement of the same calls (each deadlock cost a second, `deadlock_timeout`: a 4 s
         // stop after a burst). What follows is written in the attempts' own order, as one by
         // one.
-        let mut decided: Vec<Option<Decision>> = self.attempts.iter().map(|_| None).collect();
-        for k in in_id_order(self.attempts.iter().map(|(f, _)| f.id)) {
-            let (f, ending) = &self.attempts[k];
+        let mut decided: Vec<Option<Decision>> = self.which.iter().map(|_| None).collect();
+        for k in in_id_order(self.which.iter().map(|&i| self.attempts[i].0.id)) {
+            let (f, ending) = &self.attempts[self.which[k]];
             decided[k] = end_attempt_in(tx, f, ending, self.now).await?;
         }
         let settled = decided
@@ -827,13 +830,15 @@ impl SqlStore {
     /// Attempts settled in one transaction (see [`Finish`]).
     async fn finish(
         &self,
-        attempts: Vec<(FinishAttempt, Ending)>,
+        attempts: Arc<[(FinishAttempt, Ending)]>,
+        which: Vec<usize>,
         now: Millis,
     ) -> Result<Vec<Option<Settled>>, StoreError> {
         let backend = self.backend;
         let job = Finish {
             backend,
             attempts,
+            which,
             now,
         };
         self.background_job(Work::Settle, job).await
@@ -1099,7 +1104,8 @@ impl DispatchStore for SqlStore {
         now: Millis,
     ) -> Result<Option<Settled>, StoreError> {
         let ending = Ending::of(&f)?;
-        let mut settled = self.finish(vec![(f, ending)], now).await?;
+        let attempts = Arc::from(vec![(f, ending)]);
+        let mut settled = self.finish(attempts, vec![0], now).await?;
         Ok(settled.pop().flatten())
     }
 
@@ -1110,42 +1116,40 @@ impl DispatchStore for SqlStore {
     ) -> Vec<Result<Option<Settled>, StoreError>> {
         // An attempt that cannot even be encoded fails alone, before the transaction.
         let mut answers: Vec<Option<Result<Option<Settled>, StoreError>>> = Vec::new();
-        let mut ready = Vec::new();
+        let (mut slots, mut ready) = (Vec::new(), Vec::new());
         for f in finishes {
             match Ending::of(&f) {
                 Ok(ending) => {
+                    slots.push(answers.len());
                     answers.push(None);
-                    ready.push((answers.len() - 1, f, ending));
+                    ready.push((f, ending));
                 }
                 Err(e) => answers.push(Some(Err(e))),
             }
         }
-        let attempts = ready
-            .iter()
-            .map(|(_, f, e)| (f.clone(), e.clone()))
-            .collect();
-        match self.finish(attempts, now).await {
-            Ok(settled) => {
-                for ((i, _, _), s) in ready.iter().zip(settled) {
-                    answers[*i] = Some(Ok(s));
+        let attempts: Arc<[(FinishAttempt, Ending)]> = Arc::from(ready);
+        match attempts.len() {
+            0 => {}
+            n => match self.finish(attempts.clone(), (0..n).collect(), now).await {
+                Ok(settled) => {
+                    for (slot, s) in slots.iter().zip(settled) {
+                        answers[*slot] = Some(Ok(s));
+                    }
                 }
-            }
-            Err(e) if ready.len() > 1 => {
-                // Nothing of the batch was written. Each attempt gets its own transaction, so
-                // the one that broke the batch fails alone (and is left to the orphan sweep,
-                // as a failed single settlement is); the fence makes a second try of a call
-                // the first one did settle (a commit whose answer was lost) answer `None`.
-                tracing::warn!(error = %e, calls = ready.len(), "settling a batch of calls failed; settling them one by one");
-                for (i, f, ending) in ready {
-                    let one = self.finish(vec![(f, ending)], now).await;
-                    answers[i] = Some(one.map(|mut s| s.pop().flatten()));
+                Err(e) if n > 1 => {
+                    // Nothing of the batch was written. Each attempt gets its own transaction,
+                    // so the one that broke the batch fails alone (and is left to the orphan
+                    // sweep, as a failed single settlement is); the fence makes a second try of
+                    // a call the first one did settle (a commit whose answer was lost) answer
+                    // `None`.
+                    tracing::warn!(error = %e, calls = n, "settling a batch of calls failed; settling them one by one");
+                    for (k, slot) in slots.iter().enumerate() {
+                        let one = self.finish(attempts.clone(), vec![k], now).await;
+                        answers[*slot] = Some(one.map(|mut s| s.pop().flatten()));
+                    }
                 }
-            }
-            Err(e) => {
-                if let Some((i, _, _)) = ready.first() {
-                    answers[*i] = Some(Err(e));
-                }
-            }
+                Err(e) => answers[slots[0]] = Some(Err(e)),
+            },
         }
         answers.into_iter().map(|a| a.unwrap_or(Ok(None))).collect()
     }

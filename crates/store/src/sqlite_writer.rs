@@ -58,7 +58,8 @@ type JobFn = Box<dyn FnOnce(&mut Connection) + Send>;
 enum Request {
     /// A call, with its place in the gate's count of waiting requests.
     Call(NewCall, Reply, Foreground),
-    Job(JobFn, Work),
+    /// A job, with when it was sent (its wait in the queue is a metric).
+    Job(JobFn, Work, Instant),
 }
 
 /// A job waiting for its turn on the writer's thread.
@@ -84,11 +85,7 @@ impl Queue {
                 self.batch.push((call, reply));
                 self.waiting.push(waiting);
             }
-            Request::Job(run, work) => self.jobs.push_back(Queued {
-                run,
-                work,
-                since: Instant::now(),
-            }),
+            Request::Job(run, work, since) => self.jobs.push_back(Queued { run, work, since }),
         }
     }
 }
@@ -123,7 +120,7 @@ impl Handle {
             }
         });
         self.tx
-            .send(Request::Job(run, work))
+            .send(Request::Job(run, work, Instant::now()))
             .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
