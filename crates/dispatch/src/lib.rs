@@ -259,8 +259,9 @@ impl Dispatcher {
     ///
     /// A due call of a paced or held trunk is not dialled from that claim: it joins its trunk's
     /// line, with the trunk's other due calls (one write each, once). Then each line whose
-    /// trunk's gate is open gives as many calls as the gate lets through (one per token of a
-    /// paced trunk), oldest first. So a long line never holds up another trunk's calls, and no
+    /// trunk's gate is open gives as many calls as the gate lets through (a paced trunk's
+    /// tokens back within `pacing::BOOK_AHEAD`, each call's INVITE at its token's time), oldest
+    /// first. So a long line never holds up another trunk's calls, and no
     /// call is claimed only to be held.
     pub async fn tick(self: &Arc<Self>) -> Result<usize, StoreError> {
         let now = self.clock.now();
@@ -337,11 +338,8 @@ impl Dispatcher {
             .await?;
         for ((call, _), outcome) in to_dial.into_iter().zip(outcomes) {
             match outcome {
-                BeginDial::Started => {
-                    self.track(&call);
-                    let me = self.clone();
-                    tokio::spawn(async move { me.run_call(call).await });
-                }
+                BeginDial::Started => self.start(call, None),
+                BeginDial::Booked(invite_at) => self.start(call, Some(invite_at)),
                 BeginDial::Deferred { until, reason } => {
                     self.store.defer_call(call.id, node, until, &reason).await?;
                 }
@@ -356,6 +354,21 @@ impl Dispatcher {
             }
         }
         Ok(claimed)
+    }
+
+    /// Runs a call whose `initiated` is durable, its INVITE at once or at the instant its
+    /// trunk's pace booked for it (less than `pacing::BOOK_AHEAD` on). It is live from now, so
+    /// a stop meanwhile gives it the grace of the calls already ringing.
+    fn start(self: &Arc<Self>, call: DueCall, invite_at: Option<Millis>) {
+        self.track(&call);
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Some(at) = invite_at {
+                let wait = u64::try_from(at.0 - me.clock.now().0).unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            me.run_call(call).await
+        });
     }
 
     /// Carries out a decision on a claimed call; one to dial is added to `to_dial`.

@@ -819,17 +819,19 @@ async fn a_paced_trunk_dials_one_call_per_token_in_due_order_and_holds_up_no_oth
     );
     let waiting = store.get_conversation(tp, paced[1]).await.unwrap().unwrap();
     assert_eq!(waiting.status, CallStatus::Queued);
-    // Then one call per token (every 500 ms), oldest first, never early.
+    // Then one call per token (every 500 ms), oldest first: booked by a round less than
+    // `BOOK_AHEAD` before its token, and started at the token, never early.
+    let ahead = domain::pacing::BOOK_AHEAD.as_millis() as i64;
     for (k, id) in paced.iter().enumerate().skip(1) {
         let token = start + 500 * k as i64;
         assert_eq!(
             store.next_due_at(clock.now()).await.unwrap(),
             Some(Millis(token))
         );
-        clock.0.store(token - 1, Ordering::SeqCst);
+        clock.0.store(token - ahead, Ordering::SeqCst);
         rounds(&d).await;
-        assert_eq!(phone.count(), 3 + k, "not before the token");
-        clock.0.store(token, Ordering::SeqCst);
+        assert_eq!(phone.count(), 3 + k, "not booked before its token is near");
+        clock.0.store(token - ahead + 1, Ordering::SeqCst);
         rounds(&d).await;
         assert_eq!(phone.count(), 4 + k);
         let c = store.get_conversation(tp, *id).await.unwrap().unwrap();

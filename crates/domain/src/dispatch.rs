@@ -212,6 +212,9 @@ pub struct DialStart {
 pub enum BeginDial {
     /// `initiated` is durable: dial now.
     Started,
+    /// `initiated` is durable, and the trunk's pace booked the call's INVITE for this instant
+    /// (less than [`crate::pacing::BOOK_AHEAD`] on): dial then.
+    Booked(Millis),
     /// A cap is full; try again after this time.
     Deferred { until: Millis, reason: String },
     /// Cancelled, or taken by another node, in the meantime: do nothing.

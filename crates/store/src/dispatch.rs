@@ -370,7 +370,7 @@ async fn begin_dial_in<E: Exec>(
             None => None,
         };
         match bucket.take(dial_after, now) {
-            Ok(next) => token = Some((trunk_id, next)),
+            Ok(taken) => token = Some((trunk_id, taken)),
             Err(_) => {
                 let reason = format!(
                     "waiting for the trunk's pace (one call per {} ms)",
@@ -420,12 +420,15 @@ async fn begin_dial_in<E: Exec>(
             });
         }
     }
+    // A booked call starts when its INVITE leaves (its `start_timestamp`, and what the
+    // per-number window counts).
+    let started_at = token.map_or(now, |(_, taken)| taken.invite_at);
     let updated = query(&format!(
         "UPDATE calls SET status = '{}', started_at = $1, lease_until = $2, trunk_id = $3 \
          WHERE id = $4 AND lease_owner = $5 AND status IN ({dial_from})",
         CallStatus::Initiated.as_str()
     ))
-    .bind(now.0)
+    .bind(started_at.0)
     .bind(lease_until.0)
     .bind(trunk.map(|t| t.0))
     .bind(id.to_string())
@@ -435,8 +438,8 @@ async fn begin_dial_in<E: Exec>(
     if updated == 0 {
         return Ok(BeginDial::Gone);
     }
-    if let Some((trunk_id, next)) = token {
-        shut_gate(&mut *tx, trunk_id, next).await?;
+    if let Some((trunk_id, taken)) = token {
+        shut_gate(&mut *tx, trunk_id, taken.back_at).await?;
     }
     insert_event(
         &mut *tx,
@@ -448,7 +451,11 @@ async fn begin_dial_in<E: Exec>(
     )
     .await?;
     crate::batches::on_dial_started_in(&mut *tx, &id.to_string(), now).await?;
-    Ok(BeginDial::Started)
+    Ok(if started_at > now {
+        BeginDial::Booked(started_at)
+    } else {
+        BeginDial::Started
+    })
 }
 
 /// A call's `ringing` or `in_progress` (with its answer time), fenced by the lease and by the

@@ -887,14 +887,16 @@ async fn story_trunk_lines(store: Arc<dyn Store>) {
         Some(next)
     );
     assert_eq!(store.next_due_at(now).await.unwrap(), Some(next));
-    // A node that claims the head anyway (its view was stale) cannot dial it before the token.
+    // A node that claims the head anyway (its view was stale) cannot book it while the token
+    // is further away than a round books.
     let again = store
         .claim_lane("n2", carrier.id, now, lease, 1)
         .await
         .unwrap();
     assert_eq!(again[0].id, ids[1]);
+    let ahead = domain::pacing::BOOK_AHEAD.as_millis() as i64;
     let early = store
-        .begin_dials("n2", Millis(next.0 - 1), lease, &[start(ids[1])])
+        .begin_dials("n2", Millis(next.0 - ahead), lease, &[start(ids[1])])
         .await;
     assert_eq!(early.unwrap(), vec![BeginDial::Paced]);
     // A hold past the token keeps the gate shut until it ends; a dial never shortens it.
@@ -938,6 +940,103 @@ async fn story_trunk_lines(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(due.iter().map(|c| c.id).collect::<Vec<_>>(), vec![ids[2]]);
+}
+
+/// A fast trunk's line: one round books every token back within `BOOK_AHEAD`, each call's
+/// INVITE an interval after the one before, and the rest keep their places; the next round
+/// books on from where the last one ended.
+async fn story_a_round_books_a_fast_trunks_tokens(store: Arc<dyn Store>) {
+    use domain::dispatch::{BeginDial, DialLimits, DialStart};
+    use domain::pacing::{CallsPerSecond, TokenBucket, BOOK_AHEAD};
+    use domain::tenant::NewTrunk;
+    // A token every 10 ms: 10 of them within the 100 ms a round books.
+    let rate = CallsPerSecond::new(100.0).unwrap();
+    assert_eq!(BOOK_AHEAD, std::time::Duration::from_millis(100));
+    let trunk = NewTrunk {
+        max_calls_per_second: Some(rate),
+        ..NewTrunk::new("carrier", "sip:127.0.0.1:5080")
+    };
+    let (t, agent) = testkit::dialling_agent_on(
+        store.as_ref(),
+        "acme",
+        "+918035739222",
+        &trunk,
+        json!({}),
+        T0,
+    )
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..14 {
+        let call = new_call(t, agent, &format!("+9198765000{i:02}"), Millis(T0.0 + i));
+        ids.push(store.create_call(call).await.unwrap().conversation_id);
+    }
+    let now = Millis(T0.0 + 1_000);
+    let lease = Millis(now.0 + 30_000);
+    let carrier = store.list_trunks(t).await.unwrap().remove(0).id;
+    assert_eq!(
+        store.park_calls("n1", carrier, now, "paced").await.unwrap(),
+        14
+    );
+    let limits = DialLimits {
+        pace: Some((carrier, TokenBucket::new(rate))),
+        ..Default::default()
+    };
+    let starts = |calls: Vec<domain::dispatch::DueCall>| -> Vec<DialStart> {
+        calls
+            .into_iter()
+            .map(|c| DialStart {
+                id: c.id,
+                trunk: Some(carrier),
+                limits: limits.clone(),
+            })
+            .collect()
+    };
+    let head = store
+        .claim_lane("n1", carrier, now, lease, 12)
+        .await
+        .unwrap();
+    let outcomes = store
+        .begin_dials("n1", now, lease, &starts(head))
+        .await
+        .unwrap();
+    let mut expected = vec![BeginDial::Started];
+    expected.extend((1..10).map(|i| BeginDial::Booked(Millis(now.0 + 10 * i))));
+    expected.extend([BeginDial::Paced, BeginDial::Paced]);
+    assert_eq!(outcomes, expected);
+    // A booked call starts when its INVITE leaves.
+    for (n, id) in ids.iter().enumerate() {
+        let c = store.get_conversation(t, *id).await.unwrap().unwrap();
+        let want = if n < 10 {
+            (
+                domain::CallStatus::Initiated,
+                Some(Millis(now.0 + 10 * n as i64)),
+            )
+        } else {
+            (domain::CallStatus::Queued, None)
+        };
+        assert_eq!((c.status, c.started_at), want, "call {n}");
+    }
+    assert_eq!(
+        store.trunk_lanes(now).await.unwrap()[0].dial_after,
+        Some(Millis(now.0 + 100))
+    );
+    // 30 ms on, the tokens back by 130 ms: the line's next three, in order.
+    let later = Millis(now.0 + 30);
+    let next = store
+        .claim_lane("n1", carrier, later, lease, 3)
+        .await
+        .unwrap();
+    assert_eq!(next.iter().map(|c| c.id).collect::<Vec<_>>(), ids[10..13]);
+    let outcomes = store
+        .begin_dials("n1", later, lease, &starts(next))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        (0..3)
+            .map(|i| BeginDial::Booked(Millis(now.0 + 100 + 10 * i)))
+            .collect::<Vec<_>>()
+    );
 }
 
 /// Each story on every backend, and on SQLite without the group-commit writer.
@@ -1056,6 +1155,10 @@ on_both!(idempotency_race_on_every_backend, story_idempotency_race);
 on_both!(limits_race_on_every_backend, story_limits_race);
 on_both!(do_not_call_on_every_backend, story_do_not_call);
 on_both!(trunk_lines_on_every_backend, story_trunk_lines);
+on_both!(
+    a_round_books_a_fast_trunks_tokens_on_every_backend,
+    story_a_round_books_a_fast_trunks_tokens
+);
 on_both!(
     transcription_jobs_on_every_backend,
     story_transcription_jobs
