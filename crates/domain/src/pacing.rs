@@ -29,12 +29,12 @@ impl CallsPerSecond {
     }
 }
 
-/// How far ahead a dispatch round books a paced trunk's tokens. A round that took only the token
-/// there is now dialled one call per round: under API load a round comes every 20-45 ms, so a
-/// trunk paced at 50 calls a second dialled 29 and one at 600 dialled 45. Booked ahead, a
-/// round takes every token that comes back before `now + BOOK_AHEAD`, and each call's INVITE
-/// leaves at its token's time, so the trunk dials at its pace whatever the rounds' rhythm. A
-/// booked call is `initiated` (durable) up to this long before its INVITE.
+/// How far ahead a dispatch round books a paced trunk's tokens. Taking only the token that is
+/// there meant one call per paced line per round, and under API load a round comes every
+/// 20-45 ms: a trunk paced at 50 calls a second dialled 29, one at 600 dialled 45. A round
+/// takes every token that comes back before `now + BOOK_AHEAD`, and each call's INVITE leaves
+/// at its token's time, so the trunk dials at its pace whatever the rounds' rhythm. A booked
+/// call is `initiated` (durable) up to this long before its INVITE.
 pub const BOOK_AHEAD: Duration = Duration::from_millis(100);
 
 /// A token bucket that holds one token, refilled `rate` times a second. Its state is the instant
@@ -76,7 +76,7 @@ impl TokenBucket {
     /// `now + BOOK_AHEAD`: `Ok` with the call's INVITE time and the bucket's new state, or
     /// `Err` with when the token will be there.
     pub fn take(&self, token_back_at: Option<Millis>, now: Millis) -> Result<Token, Millis> {
-        let invite_at = token_back_at.map_or(now, |at| at.max(now));
+        let invite_at = next_token(token_back_at, now);
         if invite_at >= booking_ends(now) {
             return Err(invite_at);
         }
@@ -88,13 +88,17 @@ impl TokenBucket {
 
     /// How many tokens a round at `now` can book: those back before `now + BOOK_AHEAD`.
     pub fn bookable(&self, token_back_at: Option<Millis>, now: Millis) -> u32 {
-        let first = token_back_at.map_or(now, |at| at.max(now));
-        let span = booking_ends(now).0 - first.0;
+        let span = booking_ends(now).0 - next_token(token_back_at, now).0;
         if span <= 0 {
             return 0;
         }
         u32::try_from((span + self.interval_ms - 1) / self.interval_ms).unwrap_or(u32::MAX)
     }
+}
+
+/// When the next call may go: when the token is back, or now if it is.
+fn next_token(token_back_at: Option<Millis>, now: Millis) -> Millis {
+    token_back_at.map_or(now, |at| at.max(now))
 }
 
 fn booking_ends(now: Millis) -> Millis {
