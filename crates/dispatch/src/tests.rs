@@ -820,13 +820,14 @@ async fn a_paced_trunk_dials_one_call_per_token_in_due_order_and_holds_up_no_oth
     let waiting = store.get_conversation(tp, paced[1]).await.unwrap().unwrap();
     assert_eq!(waiting.status, CallStatus::Queued);
     // Then one call per token (every 500 ms), oldest first: booked by a round less than
-    // `BOOK_AHEAD` before its token, and started at the token, never early.
+    // `BOOK_AHEAD` before its token (the line is due half of that before), and started at
+    // the token, never early.
     let ahead = domain::pacing::BOOK_AHEAD.as_millis() as i64;
     for (k, id) in paced.iter().enumerate().skip(1) {
         let token = start + 500 * k as i64;
         assert_eq!(
             store.next_due_at(clock.now()).await.unwrap(),
-            Some(Millis(token))
+            Some(Millis(token - ahead / 2))
         );
         clock.0.store(token - ahead, Ordering::SeqCst);
         rounds(&d).await;

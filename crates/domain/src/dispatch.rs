@@ -333,8 +333,9 @@ pub enum CancelOutcome {
 #[async_trait::async_trait]
 pub trait DispatchStore: Send + Sync + 'static {
     /// When the dispatcher next has something to do: the earliest `due_at` of a call waiting to
-    /// be dialled that no node holds and no trunk's line keeps, or the earliest gate of a
-    /// trunk with such calls in its line. Must stay index walks: it runs on every wake-up.
+    /// be dialled that no node holds and no trunk's line keeps, or the earliest time a trunk
+    /// with such calls in its line gives some ([`crate::pacing::line_due`]). Must stay index
+    /// walks: it runs on every wake-up.
     async fn next_due_at(&self, now: Millis) -> Result<Option<Millis>, crate::store::StoreError>;
     /// Leases up to `limit` due calls (`scheduled`/`queued`, `due_at <= now`, not leased by a
     /// live node, in no trunk's line) to `node` until `lease_until`.

@@ -140,6 +140,19 @@ pub fn lane_room(
     }
 }
 
+/// When a round can next take calls from a trunk's line whose gate is `dial_after`: an
+/// unpaced trunk's when its hold ends (now without one); a paced trunk's half a booking before
+/// its next token, so the round that wakes then books on from where the last one ended.
+/// Woken at the token itself, every round would start its booking late by its own wake-up
+/// delay, and the pace would lose that much each time.
+pub fn line_due(pace: Option<CallsPerSecond>, dial_after: Option<Millis>, now: Millis) -> Millis {
+    match (pace, dial_after) {
+        (_, None) => now,
+        (Some(_), Some(at)) => Millis(at.0 - BOOK_AHEAD.as_millis() as i64 / 2),
+        (None, Some(at)) => at,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,5 +290,18 @@ mod tests {
         assert_eq!(lane_room(Some(rate(1000.0)), None, now, 64), 64);
         assert_eq!(lane_room(None, Some(Millis(10_000)), now, 64), 64);
         assert_eq!(lane_room(None, Some(Millis(12_000)), now, 64), 0);
+    }
+
+    #[test]
+    fn a_paced_line_is_due_half_a_booking_before_its_token() {
+        let now = Millis(10_000);
+        let paced = Some(rate(5.0));
+        assert_eq!(line_due(paced, None, now), now);
+        let token = Some(Millis(10_200));
+        assert_eq!(line_due(paced, token, now), Millis(10_150));
+        // Due then, the line has a call to give: the round never wakes for nothing.
+        assert_eq!(lane_room(paced, token, Millis(10_150), 64), 1);
+        assert_eq!(line_due(None, token, now), Millis(10_200));
+        assert_eq!(line_due(None, None, now), now);
     }
 }

@@ -889,12 +889,11 @@ impl DispatchStore for SqlStore {
         let due = row
             .map(|r| get::<i64>(&r, "due_at").map(Millis))
             .transpose()?;
-        // A trunk's line is due when its gate opens (a never-shut gate is open now).
         let gate = self
             .trunk_lanes(now)
             .await?
             .into_iter()
-            .map(|l| l.dial_after.unwrap_or(now))
+            .map(|l| domain::pacing::line_due(l.max_calls_per_second, l.dial_after, now))
             .min();
         Ok(due.into_iter().chain(gate).min())
     }
