@@ -832,7 +832,7 @@ async fn a_paced_trunk_dials_one_call_per_token_in_due_order_and_holds_up_no_oth
         clock.0.store(token - ahead, Ordering::SeqCst);
         rounds(&d).await;
         assert_eq!(phone.count(), 3 + k, "not booked before its token is near");
-        clock.0.store(token - ahead + 1, Ordering::SeqCst);
+        clock.0.store(token - ahead / 2, Ordering::SeqCst);
         rounds(&d).await;
         assert_eq!(phone.count(), 4 + k);
         let c = store.get_conversation(tp, *id).await.unwrap().unwrap();

@@ -956,9 +956,9 @@ async fn story_a_round_books_a_fast_trunks_tokens(store: Arc<dyn Store>) {
     use domain::dispatch::{BeginDial, DialLimits, DialStart};
     use domain::pacing::{CallsPerSecond, TokenBucket, BOOK_AHEAD};
     use domain::tenant::NewTrunk;
-    // A token every 10 ms: 10 of them within the 100 ms a round books.
-    let rate = CallsPerSecond::new(100.0).unwrap();
-    assert_eq!(BOOK_AHEAD, std::time::Duration::from_millis(100));
+    // A token every 25 ms: 10 of them within the 250 ms a round books.
+    let rate = CallsPerSecond::new(40.0).unwrap();
+    assert_eq!(BOOK_AHEAD, std::time::Duration::from_millis(250));
     let trunk = NewTrunk {
         max_calls_per_second: Some(rate),
         ..NewTrunk::new("carrier", "sip:127.0.0.1:5080")
@@ -1007,7 +1007,7 @@ async fn story_a_round_books_a_fast_trunks_tokens(store: Arc<dyn Store>) {
         .await
         .unwrap();
     let mut expected = vec![BeginDial::Started];
-    expected.extend((1..10).map(|i| BeginDial::Booked(Millis(now.0 + 10 * i))));
+    expected.extend((1..10).map(|i| BeginDial::Booked(Millis(now.0 + 25 * i))));
     expected.extend([BeginDial::Paced, BeginDial::Paced]);
     assert_eq!(outcomes, expected);
     // A booked call starts when its INVITE leaves.
@@ -1016,7 +1016,7 @@ async fn story_a_round_books_a_fast_trunks_tokens(store: Arc<dyn Store>) {
         let want = if n < 10 {
             (
                 domain::CallStatus::Initiated,
-                Some(Millis(now.0 + 10 * n as i64)),
+                Some(Millis(now.0 + 25 * n as i64)),
             )
         } else {
             (domain::CallStatus::Queued, None)
@@ -1025,10 +1025,10 @@ async fn story_a_round_books_a_fast_trunks_tokens(store: Arc<dyn Store>) {
     }
     assert_eq!(
         store.trunk_lanes(now).await.unwrap()[0].dial_after,
-        Some(Millis(now.0 + 100))
+        Some(Millis(now.0 + 250))
     );
-    // 30 ms on, the tokens back by 130 ms: the line's next three, in order.
-    let later = Millis(now.0 + 30);
+    // 75 ms on, the tokens back by 325 ms: the line's next three, in order.
+    let later = Millis(now.0 + 75);
     let next = store
         .claim_lane("n1", carrier, later, lease, 3)
         .await
@@ -1041,7 +1041,7 @@ async fn story_a_round_books_a_fast_trunks_tokens(store: Arc<dyn Store>) {
     assert_eq!(
         outcomes,
         (0..3)
-            .map(|i| BeginDial::Booked(Millis(now.0 + 100 + 10 * i)))
+            .map(|i| BeginDial::Booked(Millis(now.0 + 250 + 25 * i)))
             .collect::<Vec<_>>()
     );
 }
