@@ -61,7 +61,8 @@ fn most_in_window(times: &[f64], window: f64) -> usize {
 
 /// 24 calls on a trunk paced at 5 calls per second, then 6 on an unpaced trunk: each is dialled
 /// exactly once; the paced ones start at least 200 ms apart (the bucket holds one token: the
-/// first call goes at once, no burst), so no second holds more than 5, at the callee too; the
+/// first call goes at once, no burst), so no second holds more than 5, at the callee too, and
+/// no INVITE reaches the callee before the turn its round booked for it; the
 /// unpaced trunk's calls go while the paced line is still far from done.
 async fn a_paced_trunk_keeps_its_pace_and_slows_no_other(db: Db) {
     let dir = tempfile::tempdir().unwrap();
@@ -141,6 +142,16 @@ async fn a_paced_trunk_keeps_its_pace_and_slows_no_other(db: Db) {
     );
     let most = most_in_window(&arrivals, 1000.0 - WIRE_JITTER_MS);
     assert!(most <= 5, "{most} INVITEs within a second: {arrivals:?}");
+    // A round books the tokens of the next 250 ms: a booked call's INVITE waits for its turn,
+    // its `start_timestamp` (whole ms, hence the 1 ms).
+    for (number, at) in carrier.invite_arrivals() {
+        let turn = started[&number] as f64;
+        assert!(
+            at >= turn - 1.0,
+            "{number}'s INVITE came {} ms before its turn",
+            turn - at
+        );
+    }
     let span = arrivals.last().unwrap() - arrivals[0];
     assert!(
         span >= 23.0 * 200.0 - WIRE_JITTER_MS,

@@ -399,7 +399,12 @@ impl Sipp {
                 .to_string();
             let at = chrono::NaiveDateTime::parse_from_str(stamp.trim(), "%Y-%m-%d %H:%M:%S%.f")
                 .unwrap_or_else(|e| panic!("SIPp's time stamp {stamp:?}: {e}"));
-            arrivals.push((number, at.and_utc().timestamp_micros() as f64 / 1000.0));
+            // SIPp stamps its trace in the machine's local time.
+            let at = at
+                .and_local_timezone(chrono::Local)
+                .earliest()
+                .unwrap_or_else(|| panic!("SIPp's time stamp {stamp:?} is not a local time"));
+            arrivals.push((number, at.timestamp_micros() as f64 / 1000.0));
         }
         arrivals
     }
