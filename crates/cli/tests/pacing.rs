@@ -127,7 +127,8 @@ async fn a_paced_trunk_keeps_its_pace_and_slows_no_other(db: Db) {
         assert_eq!(invites.get(n), Some(&1), "{n}: {invites:?}");
     }
     assert_eq!(invites.len(), paced_numbers.len(), "{invites:?}");
-    let arrivals: Vec<f64> = carrier.invite_arrivals().iter().map(|(_, t)| *t).collect();
+    let invite_arrivals = carrier.invite_arrivals();
+    let arrivals: Vec<f64> = invite_arrivals.iter().map(|(_, t)| *t).collect();
     assert_eq!(arrivals.len(), 24);
     let tightest = |t: &[f64]| {
         t.windows(6)
@@ -144,10 +145,10 @@ async fn a_paced_trunk_keeps_its_pace_and_slows_no_other(db: Db) {
     assert!(most <= 5, "{most} INVITEs within a second: {arrivals:?}");
     // A round books the tokens of the next 250 ms: a booked call's INVITE waits for its turn,
     // its `start_timestamp` (whole ms, hence the 1 ms).
-    for (number, at) in carrier.invite_arrivals() {
-        let turn = started[&number] as f64;
+    for (number, at) in &invite_arrivals {
+        let turn = started[number] as f64;
         assert!(
-            at >= turn - 1.0,
+            *at >= turn - 1.0,
             "{number}'s INVITE came {} ms before its turn",
             turn - at
         );

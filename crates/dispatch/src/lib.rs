@@ -261,8 +261,8 @@ impl Dispatcher {
     /// line, with the trunk's other due calls (one write each, once). Then each line whose
     /// trunk's gate is open gives as many calls as the gate lets through (a paced trunk's
     /// tokens back within `pacing::BOOK_AHEAD`, each call's INVITE at its token's time), oldest
-    /// first. So a long line never holds up another trunk's calls, and no
-    /// call is claimed only to be held.
+    /// first. So a long line never holds up another trunk's calls, and no call is claimed only
+    /// to be held.
     pub async fn tick(self: &Arc<Self>) -> Result<usize, StoreError> {
         let now = self.clock.now();
         let node = self.config.node_id.as_str();

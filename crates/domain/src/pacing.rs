@@ -31,13 +31,14 @@ impl CallsPerSecond {
 
 /// How far ahead a dispatch round books a paced trunk's tokens. Taking only the token that is
 /// there meant one call per paced line per round, and under API load a round comes every
-/// 20-45 ms: a trunk paced at 50 calls a second dialled 29, one at 600 dialled 45. A round
+/// 20-45 ms: a trunk paced at 50 calls a second dialled 15-17, one at 500 dialled 23. A round
 /// takes every token that comes back before `now + BOOK_AHEAD`, and each call's INVITE leaves
 /// at its token's time, so the trunk dials at its pace as long as rounds come more often than
 /// this. 100 ms was not enough under `outdial-bench mixed` (a 50/s trunk dialled 40-47/s:
 /// some rounds waited longer at the writer); at 250 ms it dials 50/s. A booked call is
 /// `initiated` (durable) up to this long before its INVITE.
-pub const BOOK_AHEAD: Duration = Duration::from_millis(250);
+pub const BOOK_AHEAD: Duration = Duration::from_millis(BOOK_AHEAD_MS as u64);
+const BOOK_AHEAD_MS: i64 = 250;
 
 /// A token bucket that holds one token, refilled `rate` times a second. Its state is the instant
 /// the token is back (`None`: never taken, the bucket is full).
@@ -104,7 +105,7 @@ fn next_token(token_back_at: Option<Millis>, now: Millis) -> Millis {
 }
 
 fn booking_ends(now: Millis) -> Millis {
-    Millis(now.0.saturating_add(BOOK_AHEAD.as_millis() as i64))
+    Millis(now.0.saturating_add(BOOK_AHEAD_MS))
 }
 
 /// Whether a trunk whose gate is `dial_after` takes a new INVITE at `now`.
@@ -150,7 +151,7 @@ pub fn lane_room(
 pub fn line_due(pace: Option<CallsPerSecond>, dial_after: Option<Millis>, now: Millis) -> Millis {
     match (pace, dial_after) {
         (_, None) => now,
-        (Some(_), Some(at)) => Millis(at.0 - BOOK_AHEAD.as_millis() as i64 / 2),
+        (Some(_), Some(at)) => Millis(at.0 - BOOK_AHEAD_MS / 2),
         (None, Some(at)) => at,
     }
 }
