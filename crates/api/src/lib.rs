@@ -10,7 +10,7 @@ pub mod readiness;
 pub mod routes;
 pub mod server;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -18,6 +18,7 @@ use domain::store::Store;
 use domain::TraceId;
 use error::{ApiError, REQUEST_TRACE};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tracing::Instrument;
@@ -119,6 +120,40 @@ pub struct AppState {
     pub transcription_wake: Option<Arc<tokio::sync::Notify>>,
     /// This node's view of its trunks' registration and OPTIONS probes (`None`: no SIP side).
     pub trunk_health: Option<Arc<dyn domain::telephony::TrunkHealthSource>>,
+    /// The requests being served, which the node's dispatcher yields to.
+    pub in_flight: Arc<InFlight>,
+}
+
+/// How many requests this node's API is serving now. The dispatcher reads it
+/// ([`domain::pacing::Foreground`]) and dials at its busy rate while any is.
+#[derive(Debug, Default)]
+pub struct InFlight(AtomicUsize);
+
+impl domain::pacing::Foreground for InFlight {
+    fn busy(&self) -> bool {
+        self.0.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// One request being served; dropped when its response is done or the client went away.
+struct Serving(Arc<InFlight>);
+
+impl Serving {
+    fn new(in_flight: Arc<InFlight>) -> Self {
+        in_flight.0.fetch_add(1, Ordering::Relaxed);
+        Self(in_flight)
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serving(State(in_flight): State<Arc<InFlight>>, req: Request, next: Next) -> Response {
+    let _serving = Serving::new(in_flight);
+    next.run(req).await
 }
 
 /// The process-wide Prometheus recorder (a `metrics` recorder can be installed only once).
@@ -176,6 +211,7 @@ impl AppState {
             dispatch_wake: None,
             transcription_wake: None,
             trunk_health: None,
+            in_flight: Arc::new(InFlight::default()),
             readiness: Arc::new(readiness::Readiness::new()),
             console: Arc::new(console::session::Sessions::new()),
         }
@@ -189,6 +225,12 @@ impl AppState {
 
     pub fn with_dispatch_wake(mut self, wake: Arc<tokio::sync::Notify>) -> Self {
         self.dispatch_wake = Some(wake);
+        self
+    }
+
+    /// Counts the requests served in `in_flight`, which the node's dispatcher reads.
+    pub fn with_in_flight(mut self, in_flight: Arc<InFlight>) -> Self {
+        self.in_flight = in_flight;
         self
     }
 
@@ -295,12 +337,13 @@ pub fn router(state: AppState) -> Router {
     edge(routes, state)
 }
 
-/// What every request passes through, around `routes`. Layers, outermost first: the trace id
-/// and request metrics; the panic catcher (so a panic answers the contract's 500 naming that
-/// trace id); the body deadline; authentication and the rate-limit headers for every `/v1`
-/// request, whatever route it matches (so a 404 or 405 is answered only to a caller with a
-/// key, with the headers). Public so that a test can put a route of its own (one that
-/// panics, say) behind exactly the service's edge.
+/// What every request passes through, around `routes`. Layers, outermost first: the count of
+/// requests in flight (which the node's dispatcher yields to); the trace id and request
+/// metrics; the panic catcher (so a panic answers the contract's 500 naming that trace id);
+/// the body deadline; authentication and the rate-limit headers for every `/v1` request,
+/// whatever route it matches (so a 404 or 405 is answered only to a caller with a key, with
+/// the headers). Public so that a test can put a route of its own (one that panics, say)
+/// behind exactly the service's edge.
 pub fn edge(routes: Router<AppState>, state: AppState) -> Router {
     routes
         .fallback(|| async { ApiError::NotFound("not found".into()) })
@@ -318,6 +361,10 @@ pub fn edge(routes: Router<AppState>, state: AppState) -> Router {
         ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .layer(middleware::from_fn(observe))
+        .layer(middleware::from_fn_with_state(
+            state.in_flight.clone(),
+            serving,
+        ))
         .with_state(state)
 }
 

@@ -329,6 +329,11 @@ struct ServeArgs {
         default_value_t = dispatch::DispatchConfig::default().claim_batch,
         value_parser = clap::value_parser!(u32).range(1..=10_000))]
     dispatch_claim_batch: u32,
+    /// Calls a second this node dials while its API is serving requests (0: no limit). Dials
+    /// are background work: on a busy node they take the CPU the API needs. While no request
+    /// is being served the node dials as fast as it can.
+    #[arg(long, env = "OUTDIAL_DISPATCH_BUSY_DIAL_RATE", default_value_t = 1000)]
+    dispatch_busy_dial_rate: u32,
     /// Most ended calls settled in one transaction: calls that end while a settlement is being
     /// written are settled together in the next. Progress marks (`ringing`, `in_progress`) are
     /// gathered the same way, with the same limits.
@@ -869,6 +874,7 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
     ));
     let telephony = Arc::new(telephony);
     let trunk_upkeep = Arc::new(trunks::TrunkUpkeep::default());
+    let in_flight = Arc::new(api::InFlight::default());
     let dispatcher = dispatch::Dispatcher::new(
         store.clone(),
         telephony.clone(),
@@ -886,6 +892,8 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
             post_call_written: Some(transcription_worker.waker()),
             shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_seconds),
             claim_batch: args.dispatch_claim_batch,
+            busy_dial_rate: args.dispatch_busy_dial_rate,
+            foreground: Some(in_flight.clone()),
             settle: dispatch::SettleBatching {
                 max_calls: usize::try_from(args.dispatch_settle_batch).unwrap_or(usize::MAX),
                 gather: std::time::Duration::from_millis(args.dispatch_settle_gather_ms),
@@ -974,6 +982,7 @@ async fn serve(db: &DbArgs, args: ServeArgs) -> Result<()> {
     let app = api::router(
         api::AppState::new(store.clone(), config)
             .with_dispatch_wake(dispatcher.waker())
+            .with_in_flight(in_flight)
             .with_transcription_wake(transcription_wake)
             .with_trunk_health(trunk_upkeep)
             .with_readiness(readiness),

@@ -316,3 +316,82 @@ async fn a_loading_batch_is_invisible_and_a_sigkill_mid_upload_leaves_nothing_on
     let (db, _pg) = Db::postgres();
     loading_batch_is_invisible_and_sigkill_leaves_nothing(db).await;
 }
+
+/// A request the node is still serving: its headers are in, its body never comes (the
+/// body's idle timeout is 30 s). Dropped, the connection closes and the request ends.
+async fn held_request(base: &str, key: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/call HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// While the node's API serves a request, it dials at its busy rate (here 5 calls a second
+/// after a first round of 4, the claim batch); once no request is being served, every call
+/// still due goes at once. Each is dialled once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_api_slows_the_nodes_dials_and_an_idle_one_lets_them_go() {
+    const CALLS: usize = 40;
+    const RATE: f64 = 5.0;
+    const BURST: f64 = 4.0;
+    let db = Db::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    let key = Service::create_tenant_in(dir.path(), &db);
+    let svc = Service::start_with(
+        dir.path(),
+        &db,
+        &[
+            ("OUTDIAL_DISPATCH_BUSY_DIAL_RATE", "5"),
+            ("OUTDIAL_DISPATCH_CLAIM_BATCH", "4"),
+        ],
+    );
+    let sipp = Sipp::busy(dir.path());
+    let api = Api::new(&svc.base, &key);
+    let agent = api
+        .setup_agent(sipp.port, json!({"first_message": ""}))
+        .await;
+    let numbers: Vec<String> = (0..CALLS).map(|i| format!("+9198765440{i:02}")).collect();
+
+    let held = held_request(&svc.base, &key).await;
+    let busy_from = Instant::now();
+    for n in &numbers {
+        api.call(agent, n).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let busy_for = busy_from.elapsed().as_secs_f64();
+    let while_busy = sipp.invites_per_number().len() as f64;
+    let most = BURST + RATE * busy_for + 1.0;
+    assert!(
+        (RATE..=most).contains(&while_busy),
+        "{while_busy} calls dialled in {busy_for:.1} s of a busy API (busy rate {RATE}/s, \
+         burst {BURST}: at most {most:.0}, and dialling goes on)"
+    );
+
+    drop(held);
+    let idle_from = Instant::now();
+    while sipp.invites_per_number().len() < CALLS {
+        assert!(
+            idle_from.elapsed() < Duration::from_secs(20),
+            "calls never dialled: {:?}",
+            sipp.invites_per_number()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rest = CALLS as f64 - while_busy;
+    let took = idle_from.elapsed().as_secs_f64();
+    eprintln!("{while_busy} dialled in {busy_for:.1} s busy; the {rest} left in {took:.2} s idle");
+    // At the busy rate the rest would take rest / RATE seconds (4 s or more).
+    assert!(
+        took < rest / RATE / 2.0,
+        "the {rest} calls left took {took:.1} s once the API was idle"
+    );
+    let invites = sipp.invites_per_number();
+    for n in &numbers {
+        assert_eq!(invites.get(n), Some(&1), "{n}: {invites:?}");
+    }
+}

@@ -19,7 +19,7 @@ use domain::dispatch::{
     next_opening, BeginDial, CountryZones, DialLimits, DialStart, DueCall, FinishAttempt,
     OrphanedCall,
 };
-use domain::pacing::{lane_room, TokenBucket};
+use domain::pacing::{lane_room, BusyBudget, Foreground, TokenBucket};
 use domain::store::{Store, StoreError};
 use domain::telephony::{CallControl, Telephony};
 use domain::{CallStatus, ConversationId, Millis, TrunkId};
@@ -75,6 +75,10 @@ pub struct DispatchConfig {
     pub amd: agent::AmdConfig,
     /// How ended calls are gathered into settling transactions (see `settler`).
     pub settle: SettleBatching,
+    /// Calls a second this node dials while its API is busy (`foreground`); 0 is no limit.
+    pub busy_dial_rate: u32,
+    /// Whether the node's API is serving requests (`None`: no API on this node).
+    pub foreground: Option<Arc<dyn Foreground>>,
 }
 
 impl Default for DispatchConfig {
@@ -92,6 +96,8 @@ impl Default for DispatchConfig {
             shutdown_grace: Duration::from_secs(30),
             amd: agent::AmdConfig::default(),
             settle: SettleBatching::default(),
+            busy_dial_rate: 0,
+            foreground: None,
         }
     }
 }
@@ -119,6 +125,8 @@ pub struct Dispatcher {
     /// Started by the first call that ends, inside the runtime.
     settler: OnceLock<settler::Settler>,
     marker: OnceLock<settler::Marker>,
+    /// The node's pace while its API is busy.
+    budget: Mutex<BusyBudget>,
 }
 
 /// A call this node dials or talks on.
@@ -226,7 +234,9 @@ impl Dispatcher {
         clock: Arc<dyn Clock>,
         config: DispatchConfig,
     ) -> Arc<Self> {
+        let budget = BusyBudget::new(config.busy_dial_rate, config.claim_batch, clock.now());
         Arc::new(Self {
+            budget: Mutex::new(budget),
             store,
             telephony,
             engines,
@@ -239,6 +249,25 @@ impl Dispatcher {
             settler: OnceLock::new(),
             marker: OnceLock::new(),
         })
+    }
+
+    fn api_busy(&self) -> bool {
+        self.config.foreground.as_ref().is_some_and(|f| f.busy())
+    }
+
+    fn with_budget<T>(&self, f: impl FnOnce(&mut BusyBudget) -> T) -> T {
+        // A poisoned lock only means a panic elsewhere; the budget is a plain value.
+        let mut budget = self.budget.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut budget)
+    }
+
+    /// When a busy node's next round is worth making, if that is later than `now` (see
+    /// [`BusyBudget::next_round`]); `None` while the API is idle or the bucket holds enough.
+    fn slowed_until(&self, now: Millis) -> Option<Millis> {
+        if !self.api_busy() {
+            return None;
+        }
+        self.with_budget(|b| b.next_round()).filter(|at| *at > now)
     }
 
     /// Poke this after accepting a call that is due now, so it does not wait for the next wake-up.
@@ -263,14 +292,28 @@ impl Dispatcher {
     /// tokens back within `pacing::BOOK_AHEAD`, each call's INVITE at its token's time), oldest
     /// first. So a long line never holds up another trunk's calls, and no call is claimed only
     /// to be held.
+    ///
+    /// While the node's API is busy, a round takes no more than the node's busy rate lets
+    /// through ([`BusyBudget`]), from the due calls and the lines together.
     pub async fn tick(self: &Arc<Self>) -> Result<usize, StoreError> {
         let now = self.clock.now();
         let node = self.config.node_id.as_str();
+        let busy = self.api_busy();
+        let left = self.with_budget(|b| b.room(busy, now, u32::MAX));
+        if left == 0 {
+            return Ok(0);
+        }
         let due = self
             .store
-            .claim_due(node, now, self.lease_until(now), self.config.claim_batch)
+            .claim_due(
+                node,
+                now,
+                self.lease_until(now),
+                self.config.claim_batch.min(left),
+            )
             .await?;
         let claimed = due.len();
+        let mut taken = u32::try_from(claimed).unwrap_or(u32::MAX);
         let mut to_dial = Vec::new();
         // Each trunk's due calls join its line in one statement, however many this round met.
         let mut lines: BTreeMap<TrunkId, String> = BTreeMap::new();
@@ -298,7 +341,7 @@ impl Dispatcher {
                 lane.max_calls_per_second,
                 lane.dial_after,
                 now,
-                self.config.claim_batch,
+                self.config.claim_batch.min(left.saturating_sub(taken)),
             );
             if room == 0 {
                 continue;
@@ -307,6 +350,7 @@ impl Dispatcher {
                 .store
                 .claim_lane(node, lane.trunk, now, self.lease_until(now), room)
                 .await?;
+            taken = taken.saturating_add(u32::try_from(calls.len()).unwrap_or(u32::MAX));
             for call in calls {
                 let decision = decide(
                     &call,
@@ -318,6 +362,7 @@ impl Dispatcher {
                 self.act(call, decision, now, &mut to_dial).await?;
             }
         }
+        self.with_budget(|b| b.spend(taken, now));
         if to_dial.is_empty() {
             return Ok(claimed);
         }
@@ -596,6 +641,17 @@ impl Dispatcher {
                 next_sweep = now_i + self.config.lease / 2;
             }
             let now = self.clock.now();
+            if let Some(at) = self.slowed_until(now) {
+                // The API is busy and this node has dialled its busy rate's worth: the calls
+                // due meanwhile wait for the budget, and a poke from the API brings nothing
+                // new to take.
+                let wait = Duration::from_millis(u64::try_from(at.0 - now.0).unwrap_or(0));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
             let wait_for_due = match self.store.next_due_at(now).await {
                 Ok(Some(due)) => Duration::from_millis(u64::try_from(due.0 - now.0).unwrap_or(0)),
                 Ok(None) => self.config.idle_wait,

@@ -980,3 +980,55 @@ async fn two_nodes_on_postgres_keep_one_trunks_pace_between_them() {
     }
     store.close().await;
 }
+
+/// The API's side of `Foreground`, switched by the test.
+#[derive(Debug, Default)]
+struct Api(std::sync::atomic::AtomicBool);
+
+impl Foreground for Api {
+    fn busy(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn a_busy_api_slows_the_dials_to_the_busy_rate_and_an_idle_one_lets_them_all_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, t, a) = setup(&sqlite_url(&dir), json!({})).await;
+    let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
+    let phone = Phone::new(Script::Busy, clock.clone());
+    let api = Arc::new(Api::default());
+    let config = DispatchConfig {
+        claim_batch: 8,
+        busy_dial_rate: 100,
+        foreground: Some(api.clone()),
+        ..Default::default()
+    };
+    let d = dispatcher(store.clone(), phone.clone(), clock.clone(), config);
+    for i in 0..40 {
+        let c = call(t, a, &format!("+9198765000{i:02}"), T0, None);
+        store.create_call(c).await.unwrap();
+    }
+    api.0.store(true, Ordering::SeqCst);
+    clock.0.store(T0 + 100, Ordering::SeqCst);
+    rounds(&d).await;
+    assert_eq!(
+        phone.count(),
+        8,
+        "a busy node's first round: the bucket's burst"
+    );
+    // Two calls' worth later (20 ms at 100/s), not a round per call.
+    assert_eq!(d.slowed_until(clock.now()), Some(Millis(T0 + 120)));
+    clock.0.store(T0 + 150, Ordering::SeqCst);
+    rounds(&d).await;
+    assert_eq!(phone.count(), 13, "50 ms at 100 calls a second");
+    // The API goes quiet: every call still due goes in the rounds that follow.
+    api.0.store(false, Ordering::SeqCst);
+    assert_eq!(d.slowed_until(clock.now()), None);
+    rounds(&d).await;
+    assert_eq!(phone.count(), 40);
+    let mut dialled = phone.dials.lock().unwrap().clone();
+    dialled.sort();
+    dialled.dedup();
+    assert_eq!(dialled.len(), 40, "each call dialled once");
+}
