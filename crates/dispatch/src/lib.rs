@@ -139,6 +139,10 @@ struct Live {
     abandoned: bool,
 }
 
+fn dials(to_dial: &[(DueCall, DialLimits)]) -> u32 {
+    u32::try_from(to_dial.len()).unwrap_or(u32::MAX)
+}
+
 /// What to do with one due call.
 #[derive(Debug, PartialEq)]
 enum Decision {
@@ -293,8 +297,9 @@ impl Dispatcher {
     /// first. So a long line never holds up another trunk's calls, and no call is claimed only
     /// to be held.
     ///
-    /// While the node's API is busy, a round takes no more than the node's busy rate lets
-    /// through ([`BusyBudget`]), from the due calls and the lines together.
+    /// While the node's API is busy, a round dials no more than the node's busy rate lets
+    /// through ([`BusyBudget`]), from the due calls and the lines together; a call that only
+    /// joins its line is not a dial.
     pub async fn tick(self: &Arc<Self>) -> Result<usize, StoreError> {
         let now = self.clock.now();
         let node = self.config.node_id.as_str();
@@ -313,7 +318,6 @@ impl Dispatcher {
             )
             .await?;
         let claimed = due.len();
-        let mut taken = u32::try_from(claimed).unwrap_or(u32::MAX);
         let mut to_dial = Vec::new();
         // Each trunk's due calls join its line in one statement, however many this round met.
         let mut lines: BTreeMap<TrunkId, String> = BTreeMap::new();
@@ -341,7 +345,9 @@ impl Dispatcher {
                 lane.max_calls_per_second,
                 lane.dial_after,
                 now,
-                self.config.claim_batch.min(left.saturating_sub(taken)),
+                self.config
+                    .claim_batch
+                    .min(left.saturating_sub(dials(&to_dial))),
             );
             if room == 0 {
                 continue;
@@ -350,7 +356,6 @@ impl Dispatcher {
                 .store
                 .claim_lane(node, lane.trunk, now, self.lease_until(now), room)
                 .await?;
-            taken = taken.saturating_add(u32::try_from(calls.len()).unwrap_or(u32::MAX));
             for call in calls {
                 let decision = decide(
                     &call,
@@ -362,7 +367,7 @@ impl Dispatcher {
                 self.act(call, decision, now, &mut to_dial).await?;
             }
         }
-        self.with_budget(|b| b.spend(taken, now));
+        self.with_budget(|b| b.spend(dials(&to_dial), now));
         if to_dial.is_empty() {
             return Ok(claimed);
         }

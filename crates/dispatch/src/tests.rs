@@ -1032,3 +1032,35 @@ async fn a_busy_api_slows_the_dials_to_the_busy_rate_and_an_idle_one_lets_them_a
     dialled.dedup();
     assert_eq!(dialled.len(), 40, "each call dialled once");
 }
+
+#[tokio::test]
+async fn a_busy_apis_budget_goes_to_dials_not_to_calls_joining_a_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, (tp, ap), _) = two_trunks(&sqlite_url(&dir), Some(40.0)).await;
+    let clock = Arc::new(ManualClock(AtomicI64::new(T0)));
+    let phone = Phone::new(Script::Busy, clock.clone());
+    let api = Arc::new(Api(true.into()));
+    let config = DispatchConfig {
+        claim_batch: 8,
+        busy_dial_rate: 100,
+        foreground: Some(api),
+        ..Default::default()
+    };
+    let d = dispatcher(store.clone(), phone.clone(), clock.clone(), config);
+    let mut paced = Vec::new();
+    for i in 0..20 {
+        let c = call(tp, ap, &format!("+9198765000{i:02}"), T0, None);
+        paced.push(store.create_call(c).await.unwrap().conversation_id);
+    }
+    clock.0.store(T0 + 100, Ordering::SeqCst);
+    rounds(&d).await;
+    // Claimed from the due calls, all 20 joined the paced trunk's line without spending the
+    // budget; the line then booked the 8 tokens the budget let through (the trunk's next
+    // 250 ms hold 10).
+    let mut started = 0;
+    for id in &paced {
+        let c = store.get_conversation(tp, *id).await.unwrap().unwrap();
+        started += usize::from(c.started_at.is_some());
+    }
+    assert_eq!(started, 8);
+}
