@@ -240,7 +240,6 @@ impl Dispatcher {
     ) -> Arc<Self> {
         let budget = BusyBudget::new(config.busy_dial_rate, config.claim_batch, clock.now());
         Arc::new(Self {
-            budget: Mutex::new(budget),
             store,
             telephony,
             engines,
@@ -252,6 +251,7 @@ impl Dispatcher {
             ended: Notify::new(),
             settler: OnceLock::new(),
             marker: OnceLock::new(),
+            budget: Mutex::new(budget),
         })
     }
 

@@ -164,9 +164,9 @@ pub trait Foreground: Send + Sync + std::fmt::Debug {
 
 /// The node's own pace while its API is busy (`dispatch_busy_dial_rate`). On a node whose
 /// API is saturated, every dial (its rounds, SIP transaction and settlement) takes CPU that
-/// the API needs: `outdial-bench mixed` on 2 cores accepted 1.21-1.23x the commit rate while
-/// the node dialled 2,100-2,600 calls/s, and 1.49-1.55x at 1,100/s. While the API is idle a
-/// round takes all it may.
+/// the API needs: `outdial-bench mixed` on 2 cores accepted 1.21-1.52x the commit rate while
+/// the node dialled 1,900-2,650 calls/s, 1.49-1.55x at 1,100/s and 0.37-0.54x at 4,300-6,000/s.
+/// While the API is idle a round takes all it may.
 ///
 /// A bucket of `burst` calls refilled `per_second` times a second; 0 calls a second is no
 /// limit. The bucket is spent while the API is idle too, so when it turns busy after a run at
