@@ -199,7 +199,8 @@ impl BusyBudget {
             .milli_calls
             .saturating_add(ms.saturating_mul(u64::from(self.per_second)))
             .min(full);
-        self.at = self.at.max(now);
+        // Set back too: a wall clock stepped back must not leave the next round in its future.
+        self.at = now;
     }
 
     /// How many calls a round at `now` may take: `up_to` while the API is idle or without a
@@ -427,8 +428,13 @@ mod tests {
         assert_eq!(b.room(true, Millis(t0 + 99), 4), 0);
         assert_eq!(b.next_round(), Some(Millis(t0 + 100)));
         assert_eq!(b.room(true, Millis(t0 + 100), 4), 1);
-        // A clock that steps back neither refills nor empties the bucket.
-        assert_eq!(b.room(true, Millis(t0), 4), 1);
+        // A clock stepped back an hour neither refills nor empties the bucket, and the next
+        // round is counted from the new time, not an hour on.
+        let back = t0 - 3_600_000;
+        assert_eq!(b.room(true, Millis(back), 4), 1);
+        assert_eq!(b.next_round(), Some(Millis(back)));
+        b.spend(1, Millis(back));
+        assert_eq!(b.next_round(), Some(Millis(back + 100)));
         let mut none = BusyBudget::new(0, 32, Millis(t0));
         none.spend(1_000, Millis(t0));
         assert_eq!(none.room(true, Millis(t0), 32), 32);
