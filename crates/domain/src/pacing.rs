@@ -391,6 +391,7 @@ mod tests {
         assert_eq!(line_due(None, token, now), Millis(10_200));
         assert_eq!(line_due(None, None, now), now);
     }
+
     #[test]
     fn a_busy_node_dials_at_its_busy_rate_and_an_idle_one_at_full_speed() {
         let t0 = 1_000_000;
