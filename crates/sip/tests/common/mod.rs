@@ -52,7 +52,22 @@ pub struct Sipp {
 
 impl Sipp {
     /// Starts `sipp -sf <scenario>` as a UAS on a free loopback port and waits until it listens.
+    /// A port found free can be taken by a test running beside this one before SIPp binds it,
+    /// and SIPp then exits at once: it is started again on other ports, three times at most.
     pub fn uas(scenario_file: &str, extra: &[&str]) -> Self {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let mut sipp = Self::start_uas(scenario_file, extra);
+            match sipp.wait_listening() {
+                Ok(()) => return sipp,
+                Err(why) if tries < 3 => eprintln!("SIPp did not start ({why}); other ports"),
+                Err(why) => panic!("sipp did not start listening: {why}"),
+            }
+        }
+    }
+
+    fn start_uas(scenario_file: &str, extra: &[&str]) -> Self {
         let port = free_udp_port();
         let media_port = free_media_port();
         let log_dir = tempfile::tempdir().unwrap();
@@ -71,24 +86,44 @@ impl Sipp {
             .current_dir(log_dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(
+                std::fs::File::create(log_dir.path().join("stderr.log"))
+                    .expect("SIPp's stderr file"),
+            );
         let child = cmd.spawn().expect("start sipp");
-        let sipp = Self {
+        Self {
             child,
             port,
             media_port,
             log_dir,
-        };
-        sipp.wait_listening();
-        sipp
+        }
     }
 
-    fn wait_listening(&self) {
+    /// Once SIPp holds the port our bind fails; until then a call would get ICMP unreachable.
+    fn wait_listening(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(5);
-        // Once SIPp holds the port our bind fails; until then a call would get ICMP unreachable.
         while UdpSocket::bind(("127.0.0.1", self.port)).is_ok() {
-            assert!(Instant::now() < deadline, "sipp did not start listening");
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("it exited, {status}: {}", self.stderr()));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "port {} still free after 5 s: {}",
+                    self.port,
+                    self.stderr()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        // It binds its media ports after the signalling one, and exits if one is taken.
+        std::thread::sleep(Duration::from_millis(100));
+        match self.child.try_wait() {
+            Ok(Some(status)) => Err(format!(
+                "it exited after binding port {}, {status}: {}",
+                self.port,
+                self.stderr()
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -128,6 +163,11 @@ impl Sipp {
     /// The SIP messages SIPp sent, in order.
     pub fn sent(&self) -> Vec<String> {
         trace_blocks(&self.messages(), "message sent")
+    }
+
+    /// What SIPp printed (why it would not start, say).
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.log_dir.path().join("stderr.log")).unwrap_or_default()
     }
 
     pub fn errors(&self) -> String {
