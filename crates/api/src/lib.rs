@@ -10,7 +10,7 @@ pub mod readiness;
 pub mod routes;
 pub mod server;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -18,9 +18,9 @@ use domain::store::Store;
 use domain::TraceId;
 use error::{ApiError, REQUEST_TRACE};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
+use tower_http::metrics::in_flight_requests::{InFlightRequestsCounter, InFlightRequestsLayer};
 use tracing::Instrument;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -124,36 +124,16 @@ pub struct AppState {
     pub in_flight: Arc<InFlight>,
 }
 
-/// How many requests this node's API is serving now. The dispatcher reads it
-/// ([`domain::pacing::Foreground`]) and dials at its busy rate while any is.
-#[derive(Debug, Default)]
-pub struct InFlight(AtomicUsize);
+/// How many requests this node's API is serving now (tower-http's counter, kept by the
+/// edge's outermost layer). The dispatcher reads it ([`domain::pacing::Foreground`]) and dials
+/// at its busy rate while any is.
+#[derive(Debug, Clone, Default)]
+pub struct InFlight(InFlightRequestsCounter);
 
 impl domain::pacing::Foreground for InFlight {
     fn busy(&self) -> bool {
-        self.0.load(Ordering::Relaxed) > 0
+        self.0.get() > 0
     }
-}
-
-/// One request being served; dropped when its response is done or the client went away.
-struct Serving(Arc<InFlight>);
-
-impl Serving {
-    fn new(in_flight: Arc<InFlight>) -> Self {
-        in_flight.0.fetch_add(1, Ordering::Relaxed);
-        Self(in_flight)
-    }
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        self.0 .0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-async fn serving(State(in_flight): State<Arc<InFlight>>, req: Request, next: Next) -> Response {
-    let _serving = Serving::new(in_flight);
-    next.run(req).await
 }
 
 /// The process-wide Prometheus recorder (a `metrics` recorder can be installed only once).
@@ -361,10 +341,7 @@ pub fn edge(routes: Router<AppState>, state: AppState) -> Router {
         ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .layer(middleware::from_fn(observe))
-        .layer(middleware::from_fn_with_state(
-            state.in_flight.clone(),
-            serving,
-        ))
+        .layer(InFlightRequestsLayer::new(state.in_flight.0.clone()))
         .with_state(state)
 }
 
