@@ -3,14 +3,16 @@
 //! that are dropped however the test ends, and the seeding of a tenant that can dial.
 //! Databases are made with the server's own `psql`, synchronously, so a plain test, an async
 //! one and one driving the binary all get theirs the same way. [`kamailio`] is the SIP proxy the
-//! SIP tests and benches put in front of their callees.
+//! SIP tests and benches put in front of their callees; [`sipp_listening`] tells whether a SIPp
+//! they started holds its ports.
 
 pub mod kamailio;
 
 use domain::store::Store;
 use domain::tenant::NewTrunk;
 use domain::{AgentConfig, AgentId, Millis, TenantId, E164};
-use std::process::Command;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
 
 /// A tenant `tenant` with a trunk (`sip:127.0.0.1:5080`, at most `trunk_cap` calls), `number`
 /// on it, and an agent calling from that number: `{"name": "a", "phone_number": number}` with
@@ -119,4 +121,27 @@ fn psql(url: &str, sql: &str) {
          skip it knowingly",
         String::from_utf8_lossy(&out.stderr).trim()
     );
+}
+
+/// Waits until the SIPp in `child` listens on UDP `port` (a bind of ours then fails), at most
+/// `within`, and checks it is still up 100 ms later, when it has bound its media ports too.
+/// Ports are picked free, but a test running beside this one may take one first, and SIPp then
+/// exits at once: `Err` says so (or that the port stayed free), and the caller starts another
+/// SIPp on other ports.
+pub fn sipp_listening(child: &mut Child, port: u16, within: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    while std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("SIPp exited, {status}"));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("port {port} still free after {within:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    match child.try_wait() {
+        Ok(Some(status)) => Err(format!("SIPp exited after binding port {port}, {status}")),
+        _ => Ok(()),
+    }
 }

@@ -294,6 +294,7 @@ impl Sipp {
         // Ports are picked free, but a test running beside this one may take the same ones
         // before SIPp binds them, and SIPp then exits: an INVITE to it is refused
         // (`telephony_failed`). So: wait until it listens, check it stayed up, else new ports.
+        let mut last = String::new();
         for _ in 0..5 {
             let port = free_udp_port();
             let media = free_rtp_base();
@@ -321,23 +322,16 @@ impl Sipp {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("sipp (Debian package sip-tester) must be installed");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let mut exited = false;
-            while std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-                exited = child.try_wait().ok().flatten().is_some();
-                if exited {
-                    break;
+            match testkit::sipp_listening(&mut child, port, Duration::from_secs(10)) {
+                Ok(()) => return Sipp { child, port, trace },
+                Err(why) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last = why;
                 }
-                assert!(Instant::now() < deadline, "sipp did not start listening");
-                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(100));
-            if exited || child.try_wait().ok().flatten().is_some() {
-                continue;
-            }
-            return Sipp { child, port, trace };
         }
-        panic!("sipp exited at start five times (ports taken?)")
+        panic!("sipp did not start five times (ports taken?): {last}")
     }
 
     /// Distinct dial attempts (INVITE Call-IDs) per destination number, from SIPp's own log.

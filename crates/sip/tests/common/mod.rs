@@ -101,30 +101,8 @@ impl Sipp {
 
     /// Once SIPp holds the port our bind fails; until then a call would get ICMP unreachable.
     fn wait_listening(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while UdpSocket::bind(("127.0.0.1", self.port)).is_ok() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("it exited, {status}: {}", self.stderr()));
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "port {} still free after 5 s: {}",
-                    self.port,
-                    self.stderr()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // It binds its media ports after the signalling one, and exits if one is taken.
-        std::thread::sleep(Duration::from_millis(100));
-        match self.child.try_wait() {
-            Ok(Some(status)) => Err(format!(
-                "it exited after binding port {}, {status}: {}",
-                self.port,
-                self.stderr()
-            )),
-            _ => Ok(()),
-        }
+        testkit::sipp_listening(&mut self.child, self.port, Duration::from_secs(5))
+            .map_err(|why| format!("{why}: {}", self.stderr()))
     }
 
     pub fn uri(&self) -> String {
